@@ -1,0 +1,280 @@
+"""``nsr-extract``: the exact zero-level mesh (or the full complex) of a ReLU network.
+
+Hydra app (``conf/extract.yaml``); :func:`run_extract` is the same job for a plain config.
+Outputs in ``out_dir``: ``mesh.obj``, ``mesh.ply``, ``mesh_polygons.ply`` (``polygons=true``),
+``complex.npz`` (``mode=complex``), ``preview.png`` and, written last by rename,
+``stats.json``: a directory without ``stats.json`` is an incomplete run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from nsr._config import config_dir
+from nsr.marching_cubes import as_bounds
+from nsr.metrics import abs_values, max_rss_bytes, peak_memory
+from nsr.networks import NetworkError, PLNetwork, as_network
+
+DEFAULT_BOUNDS = (-0.5, 0.5)
+_BOX_KEYS = ("bounds", "box", "domain")
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float64"``/``"float32"`` (or a torch dtype) to a torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    if str(name) not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[str(name)]
+
+
+def _find_box(cfg: Any) -> Any:
+    """First value under a key named bounds/box/domain in a nested config, else ``None``."""
+    if isinstance(cfg, Mapping):
+        for key in _BOX_KEYS:
+            if cfg.get(key) is not None:
+                return cfg[key]
+        for value in cfg.values():
+            found = _find_box(value)
+            if found is not None:
+                return found
+    return None
+
+
+def _run_box(run_dir: Path) -> Any:
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        return None
+    box = _find_box(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False))
+    return box
+
+
+def resolve_network(spec: str | Path) -> tuple[PLNetwork, Any, Path]:
+    """Read ``net=``: a run directory, a checkpoint or any network file.
+
+    Returns the network, the run's box (``None`` when unknown) and the file read. A run
+    directory is read through its ``checkpoints/last.ckpt``; its box comes from the run's
+    ``.hydra/config.yaml`` (the first ``bounds``/``box``/``domain`` key).
+    """
+    path = Path(str(spec)).expanduser()
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"{path} is a directory but not a training run: {ckpt} does not exist"
+            )
+        return as_network(ckpt), _run_box(path), ckpt
+    if not path.exists():
+        raise FileNotFoundError(f"net={spec}: no such run directory, checkpoint or network file")
+    box = _run_box(path.parent.parent) if path.parent.name == "checkpoints" else None
+    return as_network(path), box, path
+
+
+def prepare_out_dir(out_dir: str | Path, names: tuple[str, ...] = ("stats.json",)) -> Path:
+    """Create ``out_dir``, check it is writable and remove stale completion markers."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"output directory {out} is not writable: {err}") from err
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+def write_json(data: Mapping[str, Any], path: Path) -> Path:
+    """Write JSON through a temporary file and rename (atomic on POSIX)."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _output_dir(cfg: Any) -> Path:
+    if cfg.get("out_dir"):
+        return Path(str(cfg.out_dir))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        raise ValueError("out_dir is required outside a Hydra app") from None
+
+
+def _box(cfg: Any, run_box: Any, dim: int) -> np.ndarray:
+    chosen = cfg.get("bounds")
+    if chosen is None:
+        chosen = run_box if run_box is not None else DEFAULT_BOUNDS
+    if OmegaConf.is_config(chosen):
+        chosen = OmegaConf.to_container(chosen)
+    return as_bounds(chosen, dim)
+
+
+def _mesh_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
+    fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+    return {
+        "n_vertices": int(len(mesh.vertices)),
+        "n_polygons": int(len(mesh.polygons)),
+        "n_triangles": int(len(mesh.triangles)),
+        "watertight": bool(not mesh.is_empty and mesh.to_trimesh().is_watertight),
+        "abs_f_vertices_mean": float(fv.mean()) if fv.size else None,
+        "abs_f_vertices_max": float(fv.max()) if fv.size else None,
+    }
+
+
+def _complex_stats(cplx: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_complex_vertices": int(len(cplx.vertices))}
+    for key in ("f_vector", "euler_characteristic"):
+        try:
+            out[key] = _jsonable(getattr(cplx, key))
+        except Exception:  # optional attributes of the complex
+            out[key] = None
+    return out
+
+
+def _extract_complex(net: PLNetwork, box: np.ndarray, kw: dict, out: Path) -> tuple[Any, dict]:
+    from nsr.complex import extract_complex
+
+    cplx = extract_complex(net, box, **kw)
+    cplx.save(out / "complex.npz")
+    return cplx, _complex_stats(cplx)
+
+
+def _write_mesh(mesh: Any, out: Path, polygons: bool) -> list[Path]:
+    files = [out / "mesh.obj", out / "mesh.ply"]
+    for f in files:
+        mesh.export(f)
+    if polygons:
+        files.append(out / "mesh_polygons.ply")
+        mesh.export(files[-1], polygons=True)
+    return files
+
+
+def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path) -> Path | None:
+    from nsr import render
+
+    if net.in_dim == 2 and cplx is not None:
+        v, e = cplx.vertices.detach().cpu().numpy(), cplx.edges.detach().cpu().numpy()
+        return render.render_complex_2d(v, e, out / "preview.png")
+    if mesh is None:
+        return None
+    if mesh.is_empty:
+        return render.render_slice(net, box, 2, float(box[2].mean()), out / "preview.png")
+    return render.render_mesh(mesh.to_trimesh(), out / "preview.png", polygons=mesh.polygons)
+
+
+def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Extract, write every output, and return the stats written to ``stats.json``.
+
+    ``cfg`` keys as in ``conf/extract.yaml``. Raises ``FileNotFoundError`` (missing run,
+    checkpoint or file), :class:`nsr.networks.NetworkError` (not a ReLU MLP),
+    ``PermissionError`` (unwritable ``out_dir``) before anything is written.
+    """
+    cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
+    t_start = time.perf_counter()
+    if "net" not in cfg or OmegaConf.is_missing(cfg, "net") or cfg.net is None:
+        raise ValueError("net= is required: a run directory, a checkpoint or a network file")
+    mode = str(cfg.get("mode", "surface"))
+    if mode not in ("surface", "complex"):
+        raise ValueError(f"mode must be 'surface' or 'complex', got {mode!r}")
+    dtype, device = parse_dtype(cfg.get("dtype", "float64")), cfg.get("device", None)
+    net, run_box, source = resolve_network(cfg.net)
+    box = _box(cfg, run_box, net.in_dim)
+    if net.in_dim != 3 and mode == "surface":
+        raise ValueError(f"mode=surface needs a 3D network (got {net.in_dim}D); use mode=complex")
+    out = prepare_out_dir(_output_dir(cfg))
+    kw = {"dtype": dtype, "device": device, "progress": bool(cfg.get("progress", False))}
+    stats: dict[str, Any] = {"net": str(source), "mode": mode, "bounds": box.tolist()}
+    stats |= {"dtype": str(dtype).removeprefix("torch."), "device": str(device or "cpu")}
+    timings: dict[str, float] = {"load_s": time.perf_counter() - t_start}
+    mesh, cplx = None, None
+    with peak_memory() as mem:
+        if mode == "complex":
+            t = time.perf_counter()
+            cplx, cstats = _extract_complex(net, box, kw, out)
+            stats |= cstats
+            timings["complex_s"] = time.perf_counter() - t
+        if net.in_dim == 3:
+            from nsr.surface import extract_mesh
+
+            t = time.perf_counter()
+            mesh = extract_mesh(net, box, mode=mode, close=bool(cfg.get("close", False)), **kw)
+            timings["surface_s"] = time.perf_counter() - t
+    if mesh is not None:
+        t = time.perf_counter()
+        stats |= _mesh_stats(mesh, net)
+        stats["surface_stats"] = _jsonable(getattr(mesh, "stats", {}))
+        files = _write_mesh(mesh, out, bool(cfg.get("polygons", False)))
+        timings["export_s"] = time.perf_counter() - t
+    else:
+        files = []
+    if cfg.get("preview", True):
+        t = time.perf_counter()
+        png = _preview(mesh, cplx, net, box, out)
+        files += [png] if png else []
+        timings["preview_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+    stats["timings"] = timings
+    stats["memory"] = dict(mem) | {"max_rss_mb": max_rss_bytes() / 2**20}
+    if torch.cuda.is_available():
+        stats["memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    stats["files"] = [str(f) for f in files + ([out / "complex.npz"] if cplx is not None else [])]
+    write_json(stats, out / "stats.json")
+    stats["out_dir"] = str(out)
+    return stats
+
+
+USER_ERRORS = (FileNotFoundError, NetworkError, PermissionError, MemoryError, ValueError)
+
+
+def _app(cfg: DictConfig) -> None:
+    try:
+        stats = run_extract(cfg)
+    except USER_ERRORS as err:
+        print(f"nsr-extract: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    n_v, n_p = stats.get("n_vertices", 0), stats.get("n_polygons", 0)
+    print(f"exact mesh: {n_v} vertices, {n_p} polygons; outputs in {stats['out_dir']}")
+
+
+def main() -> None:
+    """Console script ``nsr-extract net=PATH [bounds=[lo,hi]] [mode=complex] ...``."""
+    hydra.main(config_path=config_dir(), config_name="extract", version_base="1.3")(_app)()
+
+
+if __name__ == "__main__":
+    main()
