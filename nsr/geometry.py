@@ -1,0 +1,425 @@
+"""Differentiable geometry of the exact polyhedral complex of a ReLU network.
+
+The extractor (:mod:`nsr.surface`) gives positions and combinatorics without gradients.
+Here the combinatorics (the active constraints and activation pattern of each vertex, the
+pattern of each polygon's linear region) are kept fixed and positions are re-expressed as
+functions of the network's parameters:
+
+* a generic vertex solves ``D`` affine equations ``J x + c = 0`` (its zero neurons with the
+  pattern fixed, box facets ``x_d = lo/hi``, the output ``f = level``); one Newton step
+  ``x = x0 - J^-1 (J x0 + c)`` from the detached position is exactly ``-J^-1 c``, whose value
+  equals ``x0`` when ``x0`` is the extracted vertex and whose gradient is the
+  implicit-function gradient;
+* a polygon's region has the affine map ``f(x) = a . x + b`` given by its pattern, so its
+  normal ``a / |a|`` and gradient norm ``|a|`` need no vertex at all.
+
+All functions are batched (masked layer products, ``torch.linalg.solve``), run on the
+parameters' device and never loop over vertices in Python. The mesh geometry (areas,
+normals, edge lengths, dihedral and triangle angles, enclosed volume) is computed from
+positions with the combinatorics held in :class:`SurfaceStructure`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nsr.networks import PLNetwork, ReLUMLP
+
+Params = tuple[list[Tensor], list[Tensor]]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def network_params(net: Any, dtype: torch.dtype | None = None) -> Params:
+    """Live ``(weights, biases)`` of a network, keeping the autograd graph.
+
+    Accepts a :class:`ReLUMLP` (its ``nn.Linear`` parameters, so gradients reach
+    ``net.parameters()``), a module with a ``.net`` ReLUMLP (nsr's LightningModule), a
+    :class:`PLNetwork`, or a ``(weights, biases)`` pair. ``weights[l]`` is ``(n_l, n_{l-1})``.
+    With ``dtype`` the tensors are cast (a differentiable cast).
+    """
+    if isinstance(net, ReLUMLP):
+        ws = [m.weight for m in net.layers]
+        bs = [m.bias for m in net.layers]
+    elif isinstance(net, PLNetwork):
+        ws, bs = list(net.weights), list(net.biases)
+    elif isinstance(net, nn.Module) and isinstance(getattr(net, "net", None), ReLUMLP):
+        return network_params(net.net, dtype)
+    elif isinstance(net, (tuple, list)) and len(net) == 2:
+        ws, bs = list(net[0]), list(net[1])
+    else:
+        raise TypeError(
+            f"cannot read differentiable parameters from {type(net).__name__}: pass a ReLUMLP, "
+            "a PLNetwork or a (weights, biases) pair"
+        )
+    if dtype is not None:
+        ws = [w.to(dtype) for w in ws]
+        bs = [b.to(dtype) for b in bs]
+    return ws, bs
+
+
+def _split_patterns(patterns: Tensor, widths: Sequence[int]) -> list[Tensor]:
+    return list(torch.split(patterns, list(widths), dim=1))
+
+
+def _layer_maps(params: Params, patterns: Tensor):  # noqa: ANN202 (generator)
+    """Yield the affine maps ``(A (V, n_l, D), c (V, n_l))`` of every layer's pre-activations.
+
+    With the activation pattern fixed per row, layer ``l``'s pre-activation is the affine
+    function ``A x + c`` of the input; the last yield is the output layer (``n_L = 1``).
+    """
+    ws, bs = params
+    widths = [int(w.shape[0]) for w in ws[:-1]]
+    masks = _split_patterns(patterns, widths)
+    n_rows = patterns.shape[0]
+    a = ws[0].unsqueeze(0).expand(n_rows, -1, -1)  # (V, n_0, D)
+    c = bs[0].unsqueeze(0).expand(n_rows, -1)  # (V, n_0)
+    yield a, c
+    for w, b, m in zip(ws[1:], bs[1:], masks):
+        mf = m.to(a.dtype)
+        a = torch.einsum("ij,vjd->vid", w, a * mf.unsqueeze(-1))
+        c = (c * mf) @ w.T + b
+        yield a, c
+
+
+def region_affine(
+    net: Any, patterns: Tensor, dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
+    """Affine map ``f(x) = grad . x + offset`` of the linear regions with given patterns.
+
+    ``patterns`` is ``(P, N)`` bool (hidden neurons in layer order). Returns ``grad (P, D)``
+    and ``offset (P,)``, differentiable in the parameters.
+    """
+    params = network_params(net, dtype)
+    patterns = patterns.to(params[0][0].device)
+    ws, bs = params
+    # Backward product for the gradient (cheap: no (P, n, D) tensors), forward for the offset.
+    widths = [int(w.shape[0]) for w in ws[:-1]]
+    masks = [m.to(ws[0].dtype) for m in _split_patterns(patterns, widths)]
+    g = ws[-1].expand(patterns.shape[0], -1)
+    for w, m in zip(reversed(ws[:-1]), reversed(masks)):
+        g = (g * m) @ w
+    h = None
+    for i, (w, b) in enumerate(zip(ws, bs)):
+        z = (b.expand(patterns.shape[0], -1) if h is None else h @ w.T + b)
+        h = z * masks[i] if i < len(masks) else z
+    return g, h.squeeze(-1)
+
+
+def region_normals(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Unit normals ``grad f / |grad f|`` of regions, ``(P, D)`` (pointing to ``f > 0``)."""
+    g, _ = region_affine(net, patterns, dtype)
+    return g / safe_norm(g).unsqueeze(-1)
+
+
+def region_gradient_norm(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``|grad f|`` on regions with the given ``(P, N)`` patterns, ``(P,)``."""
+    g, _ = region_affine(net, patterns, dtype)
+    return safe_norm(g)
+
+
+def constraint_system(
+    net: Any,
+    constraints: Tensor,
+    patterns: Tensor,
+    bounds: Tensor | np.ndarray | Sequence[Sequence[float]],
+    level: float = 0.0,
+    dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The affine equations ``J x + c = 0`` of each vertex's active constraints.
+
+    ``constraints`` is ``(V, D)`` long with nsr's ids (``c < 2D`` box facet, ``c = 2d`` is
+    ``x_d = lo_d`` and ``c = 2d+1`` is ``x_d = hi_d``; ``2D <= c < 2D+N`` hidden neuron
+    ``c - 2D``; ``c == 2D+N`` the output at ``level``). ``patterns`` is ``(V, N)`` bool.
+    Returns ``J (V, D, D)`` and ``c (V, D)``.
+    """
+    ws, bs = network_params(net, dtype)
+    device, fdtype = ws[0].device, ws[0].dtype
+    constraints = constraints.to(device=device, dtype=torch.long)
+    patterns = patterns.to(device)
+    n_v, dim = constraints.shape
+    bounds_t = torch.as_tensor(np.asarray(bounds, dtype=np.float64), device=device).to(fdtype)
+    # Box facets: row e_d, offset -lo_d or -hi_d.
+    is_box = constraints < 2 * dim
+    box_axis = torch.div(constraints.clamp(0, 2 * dim - 1), 2, rounding_mode="floor")
+    box_side = constraints.clamp(0, 2 * dim - 1) % 2
+    eye = torch.eye(dim, dtype=fdtype, device=device)
+    jac = eye[box_axis]  # (V, D, D)
+    off = -bounds_t[box_axis, box_side]  # (V, D)
+    offset = 2 * dim
+    n_layers = len(ws)
+    for layer, (a, c) in enumerate(_layer_maps((ws, bs), patterns)):
+        n_l = a.shape[1]
+        sel = (constraints >= offset) & (constraints < offset + n_l)
+        if bool(sel.any()):
+            idx = (constraints - offset).clamp(0, n_l - 1)  # (V, D)
+            a_sel = torch.gather(a, 1, idx.unsqueeze(-1).expand(-1, -1, dim))
+            c_sel = torch.gather(c, 1, idx)
+            if layer == n_layers - 1:
+                c_sel = c_sel - level  # the output layer: f = level
+            jac = torch.where(sel.unsqueeze(-1), a_sel, jac)
+            off = torch.where(sel, c_sel, off)
+        offset += n_l
+    bad_ids = (~is_box) & (constraints >= offset)
+    if bool(bad_ids.any()):
+        raise ValueError(f"constraint ids must be < {offset} (2D + N + 1) for this network")
+    return jac, off
+
+
+def differentiable_vertices(
+    net: Any,
+    vertices: Tensor,
+    constraints: Tensor,
+    patterns: Tensor,
+    bounds: Tensor | np.ndarray | Sequence[Sequence[float]],
+    level: float = 0.0,
+    dtype: torch.dtype | None = None,
+    cond_max: float = 1e12,
+) -> Tensor:
+    """Vertex positions as differentiable functions of the network parameters.
+
+    ``vertices`` ``(V, D)`` float (detached, e.g. from :func:`nsr.surface.extract_mesh`),
+    ``constraints`` ``(V, D)`` long, ``patterns`` ``(V, N)`` bool (see
+    :func:`constraint_system`). One Newton step with the pattern fixed,
+    ``x = x0 - J^-1 (J x0 + c)``: the value equals ``x0`` for an exact vertex (and is the
+    re-solved vertex of the same constraints after the parameters moved), the gradient is the
+    implicit-function gradient ``dx/dθ = -J^-1 (dJ/dθ x + dc/dθ)``. Degenerate vertices
+    (``cond(J) > cond_max``) keep ``x0`` with zero gradient. Returns ``(V, D)`` in the
+    parameters' dtype (or ``dtype``).
+    """
+    jac, off = constraint_system(net, constraints, patterns, bounds, level, dtype)
+    x0 = vertices.detach().to(device=jac.device, dtype=jac.dtype)
+    if x0.shape[0] == 0:
+        return x0 + 0.0 * jac.sum()
+    with torch.no_grad():
+        cond = torch.linalg.cond(jac)
+        bad = ~torch.isfinite(cond) | (cond > cond_max)
+    eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+    jac_safe = torch.where(bad[:, None, None], eye, jac)
+    resid = torch.einsum("vij,vj->vi", jac_safe, x0) + off
+    resid = torch.where(bad[:, None], torch.zeros_like(resid), resid)
+    step = torch.linalg.solve(jac_safe, resid.unsqueeze(-1)).squeeze(-1)
+    return x0 - step
+
+
+# ------------------------------------------------------------------------ combinatorics
+
+
+@dataclass
+class SurfaceStructure:
+    """Combinatorics of an exact surface mesh, as tensors on one device.
+
+    ``vertices0 (V, 3)`` float64 extracted positions, ``constraints (V, 3)`` long,
+    ``vertex_patterns (V, N)`` bool, ``polygon_patterns (P, N)`` bool, ``cycles (P, K)`` long
+    (each polygon's cycle padded by repeating its first vertex), ``cycle_len (P,)``,
+    ``triangles (T, 3)`` long, ``triangle_polygon (T,)`` long, ``edges (E, 2)`` long (unique
+    undirected), ``edge_polygons (E, 2)`` long (the polygons on either side, ``-1`` when the
+    edge borders one polygon only), ``bounds (3, 2)`` float64.
+    """
+
+    vertices0: Tensor
+    constraints: Tensor
+    vertex_patterns: Tensor
+    polygon_patterns: Tensor
+    cycles: Tensor
+    cycle_len: Tensor
+    triangles: Tensor
+    triangle_polygon: Tensor
+    edges: Tensor
+    edge_polygons: Tensor
+    bounds: Tensor
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.vertices0.shape[0])
+
+    @property
+    def n_polygons(self) -> int:
+        return int(self.cycles.shape[0])
+
+    @property
+    def interior_edges(self) -> Tensor:
+        """Indices of edges shared by exactly two polygons, ``(E_i,)`` long."""
+        return torch.nonzero(self.edge_polygons[:, 1] >= 0).squeeze(-1)
+
+    @classmethod
+    def from_mesh(cls, mesh: Any, device: torch.device | str | None = None) -> SurfaceStructure:
+        """Build from an ``ExactMesh`` (or any object with its numpy fields)."""
+        polygons = [np.asarray(p, dtype=np.int64) for p in mesh.polygons]
+        cycles, cycle_len = pad_cycles(polygons)
+        edges, edge_polygons = polygon_edges(cycles, cycle_len)
+        tri = np.asarray(mesh.triangles, dtype=np.int64).reshape(-1, 3)
+        tri_poly = np.asarray(mesh.triangle_polygon, dtype=np.int64).reshape(-1)
+        v = np.asarray(mesh.vertices, dtype=np.float64)
+        n_neurons = np.asarray(mesh.vertex_patterns).reshape(v.shape[0], -1).shape[1]
+
+        def t(a: np.ndarray, dt: torch.dtype) -> Tensor:
+            return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dt)
+
+        return cls(
+            vertices0=t(v, torch.float64),
+            constraints=t(np.asarray(mesh.vertex_constraints).reshape(v.shape[0], -1), torch.long),
+            vertex_patterns=t(np.asarray(mesh.vertex_patterns).reshape(v.shape[0], -1), torch.bool),
+            polygon_patterns=t(
+                np.asarray(mesh.polygon_patterns).reshape(len(polygons), n_neurons), torch.bool
+            ),
+            cycles=t(cycles, torch.long),
+            cycle_len=t(cycle_len, torch.long),
+            triangles=t(tri, torch.long),
+            triangle_polygon=t(tri_poly, torch.long),
+            edges=t(edges, torch.long),
+            edge_polygons=t(edge_polygons, torch.long),
+            bounds=t(np.asarray(mesh.bounds, dtype=np.float64), torch.float64),
+        )
+
+
+def pad_cycles(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pad vertex cycles to ``(P, K)`` by repeating each cycle's first vertex; lengths ``(P,)``.
+
+    The repeated vertex adds zero-length edges only, so sums over cycle edges are unchanged.
+    """
+    n = len(polygons)
+    lens = np.fromiter((len(p) for p in polygons), dtype=np.int64, count=n)
+    k = int(lens.max()) if n else 0
+    if n == 0:
+        return np.zeros((0, 0), dtype=np.int64), lens
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in polygons])
+    firsts = flat[np.concatenate([[0], np.cumsum(lens)[:-1]])]
+    out = np.repeat(firsts[:, None], k, axis=1)
+    rows = np.repeat(np.arange(n), lens)
+    cols = np.arange(flat.size) - np.repeat(np.cumsum(lens) - lens, lens)
+    out[rows, cols] = flat
+    return out, lens
+
+
+def polygon_edges(cycles: np.ndarray, cycle_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unique undirected edges ``(E, 2)`` of padded cycles and their two polygons ``(E, 2)``.
+
+    ``edge_polygons[e, 1]`` is ``-1`` for an edge with one polygon (the box cut, or an open
+    boundary); an edge of more than two polygons keeps the first two.
+    """
+    p, k = cycles.shape
+    if p == 0 or k == 0:
+        return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
+    a = cycles
+    b = np.roll(cycles, -1, axis=1)
+    valid = np.arange(k)[None, :] < cycle_len[:, None]
+    # the last real edge closes the cycle: (v_{len-1}, v_0)
+    b = np.where(np.arange(k)[None, :] == (cycle_len[:, None] - 1), cycles[:, :1], b)
+    poly = np.repeat(np.arange(p)[:, None], k, axis=1)
+    a, b, poly = a[valid], b[valid], poly[valid]
+    keep = a != b
+    a, b, poly = a[keep], b[keep], poly[keep]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    keys = np.stack([lo, hi], axis=1)
+    edges, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.argsort(inverse, kind="stable")
+    inv_sorted, poly_sorted = inverse[order], poly[order]
+    first = np.ones(inv_sorted.size, dtype=bool)
+    first[1:] = inv_sorted[1:] != inv_sorted[:-1]
+    edge_polygons = -np.ones((edges.shape[0], 2), dtype=np.int64)
+    edge_polygons[inv_sorted[first], 0] = poly_sorted[first]
+    second = np.zeros_like(first)
+    second[1:] = (~first[1:]) & first[:-1]
+    edge_polygons[inv_sorted[second], 1] = poly_sorted[second]
+    return edges, edge_polygons
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def safe_norm(v: Tensor, eps: float = 1e-30) -> Tensor:
+    """Euclidean norm over the last axis with a finite gradient at zero, ``(...,)``."""
+    return torch.sqrt((v * v).sum(-1) + eps)
+
+
+def polygon_vector_areas(vertices: Tensor, cycles: Tensor) -> Tensor:
+    """Vector areas ``1/2 sum_i v_i x v_{i+1}`` of padded cycles, ``(P, 3)``.
+
+    Its norm is the area of a planar polygon and its direction the normal given by the
+    cycle's orientation (outward for nsr's meshes).
+    """
+    v = vertices[cycles]  # (P, K, 3)
+    return 0.5 * torch.cross(v, torch.roll(v, -1, dims=1), dim=-1).sum(1)
+
+
+def polygon_areas(vertices: Tensor, cycles: Tensor) -> Tensor:
+    """Areas of planar polygons from their ordered cycles, ``(P,)``."""
+    return safe_norm(polygon_vector_areas(vertices, cycles))
+
+
+def polygon_normals(vertices: Tensor, cycles: Tensor) -> Tensor:
+    """Unit normals of polygons from their ordered cycles, ``(P, 3)``."""
+    va = polygon_vector_areas(vertices, cycles)
+    return va / safe_norm(va).unsqueeze(-1)
+
+
+def polygon_perimeters(vertices: Tensor, cycles: Tensor) -> Tensor:
+    """Perimeters of padded cycles, ``(P,)`` (padding edges have zero length)."""
+    v = vertices[cycles]
+    d = torch.roll(v, -1, dims=1) - v
+    return (torch.sqrt((d * d).sum(-1) + 1e-30) - 1e-15).sum(1)
+
+
+def total_area(vertices: Tensor, cycles: Tensor) -> Tensor:
+    """Total area of the polygons, scalar."""
+    return polygon_areas(vertices, cycles).sum()
+
+
+def triangle_areas(vertices: Tensor, triangles: Tensor) -> Tensor:
+    """Triangle areas, ``(T,)``."""
+    a, b, c = vertices[triangles].unbind(1)
+    return 0.5 * safe_norm(torch.cross(b - a, c - a, dim=-1))
+
+
+def edge_lengths(vertices: Tensor, edges: Tensor) -> Tensor:
+    """Lengths of ``(E, 2)`` edges, ``(E,)``."""
+    return safe_norm(vertices[edges[:, 1]] - vertices[edges[:, 0]])
+
+
+def angle_between(u: Tensor, v: Tensor) -> Tensor:
+    """Angle in radians between vectors ``(..., 3)`` (``atan2(|u x v|, u . v)``), ``(...,)``."""
+    return torch.atan2(safe_norm(torch.cross(u, v, dim=-1)), (u * v).sum(-1))
+
+
+def dihedral_angles(normals: Tensor, edge_polygons: Tensor) -> Tensor:
+    """Angle between the normals of the two polygons of each edge, ``(E_i,)`` radians.
+
+    ``normals`` ``(P, 3)``; ``edge_polygons`` ``(E_i, 2)`` with both entries valid. ``0``
+    means the two polygons are coplanar (a flat edge), ``pi`` a knife edge.
+    """
+    return angle_between(normals[edge_polygons[:, 0]], normals[edge_polygons[:, 1]])
+
+
+def triangle_angles(vertices: Tensor, triangles: Tensor) -> Tensor:
+    """The three interior angles of each triangle, ``(T, 3)`` radians (at vertex 0, 1, 2)."""
+    p = vertices[triangles]  # (T, 3, 3)
+    nxt = torch.roll(p, -1, dims=1)
+    prv = torch.roll(p, 1, dims=1)
+    return angle_between(nxt - p, prv - p)
+
+
+def enclosed_volume(vertices: Tensor, triangles: Tensor) -> Tensor:
+    """Volume enclosed by a closed, outward-oriented triangle mesh (divergence theorem), scalar.
+
+    ``sum det(a, b, c) / 6`` over triangles; meaningful only for closed surfaces (e.g.
+    ``extract_mesh(..., close=True)``).
+    """
+    a, b, c = vertices[triangles].unbind(1)
+    return (a * torch.cross(b, c, dim=-1)).sum() / 6.0
+
+
+def polygon_isoperimetric_quality(vertices: Tensor, cycles: Tensor) -> Tensor:
+    """``4 pi A / L^2`` per polygon, ``(P,)``: 1 disc, 0.60 equilateral triangle, 0 sliver."""
+    area = polygon_areas(vertices, cycles)
+    per = polygon_perimeters(vertices, cycles)
+    return 4.0 * math.pi * area / (per * per + 1e-30)

@@ -1,0 +1,568 @@
+"""Regularizers on the exact zero-level surface of a ReLU network, fed back into training.
+
+Every ``k`` training steps :class:`ExactRegularizerCallback` re-extracts the exact surface
+(:func:`nsr.surface.extract_mesh`, no gradients) and keeps its combinatorics
+(:class:`~nsr.geometry.SurfaceStructure`). In every step it then rebuilds the positions as
+differentiable functions of the *current* parameters (:func:`~nsr.geometry.differentiable_vertices`:
+the same constraints and patterns, re-solved) and evaluates the chosen regularizers:
+
+* :class:`AreaRegularizer` - total exact surface area;
+* :class:`SmoothnessRegularizer` - ``sum_e len_e (1 - n_a . n_b)`` over edges shared by two
+  polygons (normals exact, from the regions' patterns);
+* :class:`QualityRegularizer` - penalties on short edges, small triangle angles and sliver
+  polygons;
+* :class:`FitRegularizer` - squared distance from points on the exact polygons (vertices and
+  barycentric samples) to a target (a callable SDF, or a point set via a KD-tree);
+* :class:`EikonalRegularizer` - ``(|grad f| - 1)^2`` per polygon region, exact from its pattern.
+
+Each has a ``weight`` and a schedule (``start_step``, linear ``ramp_steps``, ``end_step``);
+any list of them can be combined. A regularizer that needs a surface on a network without one
+in the box, or with input dimension other than 3, warns once and contributes zero.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nsr import geometry as G
+from nsr.geometry import SurfaceStructure
+
+try:  # Lightning is a dependency, but keep the geometry usable without importing it eagerly
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[assignment,misc]
+
+
+def _zero(net: Any) -> Tensor:
+    """A zero scalar attached to the parameters' graph (so ``backward`` works), ``()``."""
+    ws, bs = G.network_params(net)
+    return sum((p.sum() * 0.0 for p in (*ws, *bs)), torch.zeros((), dtype=ws[0].dtype,
+                                                                  device=ws[0].device))
+
+
+class ExactSurface:
+    """The exact surface of fixed combinatorics, with positions differentiable in ``net``.
+
+    Quantities are computed lazily and cached, so several regularizers share them.
+    ``dtype`` is the dtype of the geometry (float64 by default; gradients flow back to the
+    parameters through a differentiable cast).
+    """
+
+    def __init__(
+        self,
+        net: Any,
+        structure: SurfaceStructure,
+        level: float = 0.0,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        self.net = net
+        self.structure = structure
+        self.level = level
+        self.dtype = dtype
+
+    @cached_property
+    def params(self) -> G.Params:
+        return G.network_params(self.net, self.dtype)
+
+    @cached_property
+    def vertices(self) -> Tensor:
+        """Differentiable vertex positions, ``(V, 3)``."""
+        s = self.structure
+        return G.differentiable_vertices(
+            self.params, s.vertices0, s.constraints, s.vertex_patterns, s.bounds, self.level
+        )
+
+    @cached_property
+    def polygon_areas(self) -> Tensor:
+        """``(P,)``."""
+        return G.polygon_areas(self.vertices, self.structure.cycles)
+
+    @cached_property
+    def region_gradients(self) -> Tensor:
+        """Exact ``grad f`` of each polygon's region, ``(P, 3)``."""
+        return G.region_affine(self.params, self.structure.polygon_patterns)[0]
+
+    @cached_property
+    def region_normals(self) -> Tensor:
+        """Exact unit normals of the polygons from their regions, ``(P, 3)``."""
+        g = self.region_gradients
+        return g / G.safe_norm(g).unsqueeze(-1)
+
+    @cached_property
+    def edge_lengths(self) -> Tensor:
+        """``(E,)``."""
+        return G.edge_lengths(self.vertices, self.structure.edges)
+
+    @cached_property
+    def triangle_angles(self) -> Tensor:
+        """``(T, 3)`` radians."""
+        return G.triangle_angles(self.vertices, self.structure.triangles)
+
+    @cached_property
+    def triangle_areas(self) -> Tensor:
+        """``(T,)``."""
+        return G.triangle_areas(self.vertices, self.structure.triangles)
+
+    @property
+    def diagonal(self) -> float:
+        """Length of the box diagonal."""
+        b = self.structure.bounds
+        return float(torch.linalg.vector_norm(b[:, 1] - b[:, 0]))
+
+    def sample_points(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` points uniform on the polygons (barycentric), differentiable, ``(n, 3)``."""
+        s = self.structure
+        if n <= 0 or s.triangles.shape[0] == 0:
+            return self.vertices[:0]
+        w = self.triangle_areas.detach().clamp_min(0)
+        if not bool(w.sum() > 0):
+            w = torch.ones_like(w)
+        tri = torch.multinomial(w.cpu(), n, replacement=True, generator=generator)
+        tri = tri.to(s.triangles.device)
+        u = torch.rand(n, 2, dtype=self.vertices.dtype, generator=generator).to(tri.device)
+        su = u[:, 0].sqrt()
+        bary = torch.stack([1 - su, su * (1 - u[:, 1]), su * u[:, 1]], dim=1)  # (n, 3)
+        corners = self.vertices[s.triangles[tri]]  # (n, 3, 3)
+        return (bary.unsqueeze(-1) * corners).sum(1)
+
+
+class ExactRegularizer:
+    """Base class: a scalar function of an :class:`ExactSurface`, weighted and scheduled.
+
+    The effective weight at a training step is ``weight * ramp`` where ``ramp`` is 0 before
+    ``start_step``, grows linearly to 1 over ``ramp_steps`` and is 0 again from ``end_step``.
+    """
+
+    name = "exact"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        start_step: int = 0,
+        ramp_steps: int = 0,
+        end_step: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.weight = float(weight)
+        self.start_step = int(start_step)
+        self.ramp_steps = int(ramp_steps)
+        self.end_step = None if end_step is None else int(end_step)
+        if name is not None:
+            self.name = name
+        self._warned: set[str] = set()
+
+    def factor(self, step: int) -> float:
+        """Schedule factor in ``[0, 1]`` at ``step``."""
+        if step < self.start_step or (self.end_step is not None and step >= self.end_step):
+            return 0.0
+        if self.ramp_steps <= 0:
+            return 1.0
+        return min(1.0, (step - self.start_step + 1) / self.ramp_steps)
+
+    def compute(self, surface: ExactSurface) -> Tensor:
+        """The unweighted value, a scalar tensor."""
+        raise NotImplementedError
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Warn the first time ``key`` happens for this regularizer."""
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"{self.name} regularizer: {message}", RuntimeWarning, stacklevel=3)
+
+    def __call__(self, surface: ExactSurface, step: int | None = None) -> Tensor:
+        """Weighted (and, with ``step``, scheduled) value; zero with a warning on bad input."""
+        f = 1.0 if step is None else self.factor(step)
+        s = surface.structure
+        if s.vertices0.shape[1] != 3:
+            self.warn_once("dim", f"needs a 3D surface, got input dimension "
+                                  f"{s.vertices0.shape[1]}; contributing zero")
+            return _zero(surface.net)
+        if s.n_polygons == 0:
+            self.warn_once("empty", "the network has no surface in the box; contributing zero")
+            return _zero(surface.net)
+        if f == 0.0 or self.weight == 0.0:
+            return _zero(surface.net)
+        return (self.weight * f) * self.compute(surface)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(weight={self.weight}, start_step={self.start_step}, "
+                f"ramp_steps={self.ramp_steps}, end_step={self.end_step})")
+
+
+class AreaRegularizer(ExactRegularizer):
+    """Total area of the exact surface (scalar, in squared box units)."""
+
+    name = "area"
+
+    def compute(self, surface: ExactSurface) -> Tensor:
+        return surface.polygon_areas.sum()
+
+
+class SmoothnessRegularizer(ExactRegularizer):
+    """``sum_e len_e (1 - n_a . n_b)`` over edges shared by two polygons.
+
+    ``normals="region"`` uses the exact region normals from the patterns, ``"positions"``
+    the normals of the polygons' vertex cycles. With ``normalize`` the sum is divided by the
+    total (detached) length of those edges.
+    """
+
+    name = "smooth"
+
+    def __init__(self, *args: Any, normals: str = "region", normalize: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if normals not in ("region", "positions"):
+            raise ValueError(f"normals must be 'region' or 'positions', got {normals!r}")
+        self.normals = normals
+        self.normalize = normalize
+
+    def compute(self, surface: ExactSurface) -> Tensor:
+        s = surface.structure
+        inner = s.interior_edges
+        if inner.numel() == 0:
+            return _zero(surface.net)
+        if self.normals == "region":
+            n = surface.region_normals
+        else:
+            n = G.polygon_normals(surface.vertices, s.cycles)
+        ep = s.edge_polygons[inner]
+        cos = (n[ep[:, 0]] * n[ep[:, 1]]).sum(-1)
+        length = surface.edge_lengths[inner]
+        total = (length * (1.0 - cos)).sum()
+        if self.normalize:
+            total = total / length.detach().sum().clamp_min(1e-30)
+        return total
+
+
+class QualityRegularizer(ExactRegularizer):
+    """Mesh-quality penalties, each a mean of squared hinge losses (scalar).
+
+    * short edges: ``relu(1 - len / min_edge)^2`` with ``min_edge`` a fraction of the box
+      diagonal;
+    * sliver triangles: ``relu(1 - angle / min_angle)^2`` over the fan triangles' angles;
+    * sliver polygons: ``relu(1 - q / min_quality)^2`` with ``q = 4 pi A / L^2``.
+    """
+
+    name = "quality"
+
+    def __init__(
+        self,
+        *args: Any,
+        min_edge: float = 0.005,
+        min_angle_deg: float = 10.0,
+        min_quality: float = 0.1,
+        edge_weight: float = 1.0,
+        angle_weight: float = 1.0,
+        polygon_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_edge = float(min_edge)
+        self.min_angle = math.radians(float(min_angle_deg))
+        self.min_quality = float(min_quality)
+        self.edge_weight, self.angle_weight = float(edge_weight), float(angle_weight)
+        self.polygon_weight = float(polygon_weight)
+
+    def compute(self, surface: ExactSurface) -> Tensor:
+        s = surface.structure
+        total = _zero(surface.net)
+        if self.edge_weight and s.edges.shape[0]:
+            lmin = self.min_edge * surface.diagonal
+            pen = torch.relu(1.0 - surface.edge_lengths / lmin) ** 2
+            total = total + self.edge_weight * pen.mean()
+        if self.angle_weight and s.triangles.shape[0]:
+            pen = torch.relu(1.0 - surface.triangle_angles / self.min_angle) ** 2
+            total = total + self.angle_weight * pen.mean()
+        if self.polygon_weight and s.n_polygons:
+            q = G.polygon_isoperimetric_quality(surface.vertices, s.cycles)
+            pen = torch.relu(1.0 - q / self.min_quality) ** 2
+            total = total + self.polygon_weight * pen.mean()
+        return total
+
+
+class FitRegularizer(ExactRegularizer):
+    """Mean squared distance from points on the exact polygons to a target surface.
+
+    ``target`` is a callable SDF (``(M, 3) tensor -> (M,)``, differentiable in its input), or a
+    point set ``(M, 3)`` (array, tensor or a path to a mesh file, sampled) whose nearest
+    points are found with a KD-tree on detached positions. The points are the vertices (with
+    ``include_vertices``) and ``n_samples`` barycentric samples drawn anew each call. Set the
+    target later with :meth:`set_target` (e.g. from the training data).
+    """
+
+    name = "fit"
+
+    def __init__(
+        self,
+        *args: Any,
+        target: Callable[[Tensor], Tensor] | np.ndarray | Tensor | str | None = None,
+        n_samples: int = 2048,
+        include_vertices: bool = True,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.n_samples = int(n_samples)
+        self.include_vertices = include_vertices
+        self._gen = torch.Generator().manual_seed(seed)
+        self._sdf: Callable[[Tensor], Tensor] | None = None
+        self._points: np.ndarray | None = None
+        self._tree: Any = None
+        if target is not None:
+            self.set_target(target)
+
+    @property
+    def has_target(self) -> bool:
+        return self._sdf is not None or self._tree is not None
+
+    def set_target(self, target: Callable[[Tensor], Tensor] | np.ndarray | Tensor | str) -> None:
+        """Use a callable SDF or a point set ``(M, 3)`` (or a mesh file path) as the target."""
+        if isinstance(target, str):
+            import trimesh
+
+            mesh = trimesh.load(target, force="mesh")
+            target = np.asarray(mesh.sample(100_000), dtype=np.float64)
+        if callable(target) and not isinstance(target, (np.ndarray, Tensor)):
+            self._sdf, self._tree = target, None
+            return
+        from scipy.spatial import cKDTree
+
+        pts = target.detach().cpu().numpy() if isinstance(target, Tensor) else np.asarray(target)
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+        self._points, self._tree, self._sdf = pts, cKDTree(pts), None
+
+    def compute(self, surface: ExactSurface) -> Tensor:
+        if not self.has_target:
+            self.warn_once("target", "no target set (set_target); contributing zero")
+            return _zero(surface.net)
+        parts = [surface.sample_points(self.n_samples, self._gen)]
+        if self.include_vertices:
+            parts.append(surface.vertices)
+        p = torch.cat(parts, 0)
+        if self._sdf is not None:
+            d = self._sdf(p)
+            return (d.to(p.dtype) ** 2).mean()
+        assert self._points is not None
+        _, idx = self._tree.query(p.detach().cpu().numpy())
+        q = torch.as_tensor(self._points[idx], dtype=p.dtype, device=p.device)
+        return ((p - q) ** 2).sum(-1).mean()
+
+
+class EikonalRegularizer(ExactRegularizer):
+    """``(|grad f| - 1)^2`` on each polygon's region, exact from its pattern (scalar).
+
+    Averaged with the polygons' (detached) areas as weights, or uniformly over polygons.
+    """
+
+    name = "eikonal"
+
+    def __init__(self, *args: Any, area_weighted: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.area_weighted = area_weighted
+
+    def compute(self, surface: ExactSurface) -> Tensor:
+        gn = G.safe_norm(surface.region_gradients)
+        pen = (gn - 1.0) ** 2
+        if not self.area_weighted:
+            return pen.mean()
+        w = surface.polygon_areas.detach()
+        return (pen * w).sum() / w.sum().clamp_min(1e-30)
+
+
+def regularizer_terms(
+    net: Any,
+    structure: SurfaceStructure | None,
+    regularizers: Sequence[ExactRegularizer],
+    step: int | None = None,
+    level: float = 0.0,
+    out_dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """Evaluate ``regularizers`` on the surface of fixed ``structure`` with ``net``'s parameters.
+
+    Returns ``{name: weighted scalar}``; a missing surface (``structure is None``) gives zeros
+    with a warning per regularizer. ``out_dtype`` casts the values (e.g. to the loss dtype).
+    """
+    out: dict[str, Tensor] = {}
+    if structure is None:
+        for r in regularizers:
+            r.warn_once("empty", "the network has no surface in the box; contributing zero")
+            out[r.name] = _zero(net)
+    else:
+        surface = ExactSurface(net, structure, level=level)
+        for r in regularizers:
+            out[r.name] = r(surface, step)
+    if out_dtype is not None:
+        out = {k: v.to(out_dtype) for k, v in out.items()}
+    return out
+
+
+def _as_bounds(bounds: Any, dim: int) -> np.ndarray:
+    if bounds is None:
+        return np.array([[-1.0, 1.0]] * dim)
+    b = np.asarray(bounds, dtype=np.float64)
+    if b.ndim == 0:
+        return np.array([[-float(b), float(b)]] * dim)
+    if b.shape == (2,):
+        return np.tile(b, (dim, 1))
+    return b.reshape(dim, 2)
+
+
+class ExactRegularizerCallback(Callback):
+    """Feed exact-surface regularizers back into training.
+
+    On ``setup`` it appends :meth:`term` to ``pl_module.regularizer_terms`` (nsr's training
+    module adds the sum of the returned values to the loss and logs each as ``reg/<name>``).
+    Every ``every_n_steps`` steps it re-extracts the surface of ``pl_module.net`` under
+    ``no_grad`` (``extract_mesh(..., mode="surface", dtype=float64)``) and keeps its
+    combinatorics; in every step :meth:`term` re-solves the positions with the current
+    parameters. ``bounds`` is ``(D, 2)``, a scalar half-width, or ``None`` for the module's
+    ``bounds`` attribute (else ``[-1, 1]^D``). Costs are logged as ``reg_cost/extract_s``,
+    ``reg_cost/term_s``, ``reg_cost/polygons`` and accumulated in :attr:`stats`.
+    """
+
+    def __init__(
+        self,
+        regularizers: Sequence[ExactRegularizer] | Mapping[str, ExactRegularizer],
+        every_n_steps: int = 10,
+        bounds: Any = None,
+        level: float = 0.0,
+        max_vertices: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(regularizers, Mapping):
+            regularizers = list(regularizers.values())
+        self.regularizers = [r for r in regularizers if r is not None]
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = int(every_n_steps)
+        self.bounds = bounds
+        self.level = float(level)
+        self.max_vertices = max_vertices
+        self.structure: SurfaceStructure | None = None
+        self._extracted_at: int | None = None
+        self._last_extract_s = 0.0
+        self._warned: set[str] = set()
+        self.stats = {"extractions": 0, "extract_s": 0.0, "terms": 0, "term_s": 0.0}
+
+    # -- Lightning hooks ---------------------------------------------------------------
+    def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
+        """Register :meth:`term` with the module (once)."""
+        terms = getattr(pl_module, "regularizer_terms", None)
+        if terms is None:
+            self._warn("terms", f"{type(pl_module).__name__} has no `regularizer_terms` list; "
+                                "exact regularizers are not applied")
+            return
+        if self.term not in terms:
+            terms.append(self.term)
+        fit = [r for r in self.regularizers if isinstance(r, FitRegularizer) and not r.has_target]
+        if fit:
+            target = _find_target(trainer, pl_module)
+            if target is not None:
+                for r in fit:
+                    r.set_target(target)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Re-extract the surface every ``every_n_steps`` steps."""
+        step = int(trainer.global_step)
+        if self._extracted_at is None or step - self._extracted_at >= self.every_n_steps:
+            self.refresh(pl_module, step)
+
+    # -- work ----------------------------------------------------------------------------
+    def _warn(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(f"ExactRegularizerCallback: {message}", RuntimeWarning, stacklevel=3)
+
+    def _bounds(self, pl_module: Any, dim: int) -> np.ndarray:
+        b = self.bounds if self.bounds is not None else getattr(pl_module, "bounds", None)
+        return _as_bounds(b, dim)
+
+    def refresh(self, pl_module: Any, step: int = 0) -> None:
+        """Re-extract the surface of ``pl_module.net`` and keep its combinatorics."""
+        from nsr.networks import as_network
+
+        net = getattr(pl_module, "net", pl_module)
+        pl = as_network(net)
+        dim = pl.in_dim
+        self._extracted_at = step
+        if dim != 3:
+            self._warn("dim", f"exact regularizers need a 3D network, got input dimension {dim}; "
+                              "contributing zero")
+            self.structure = None
+            return
+        from nsr.surface import extract_mesh
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            mesh = extract_mesh(pl, self._bounds(pl_module, dim), mode="surface",
+                                dtype=torch.float64, device=pl.device, progress=False)
+        if mesh.is_empty or len(mesh.polygons) == 0:
+            self.structure = None
+        elif self.max_vertices is not None and len(mesh.vertices) > self.max_vertices:
+            self._warn("big", f"surface has {len(mesh.vertices)} vertices > max_vertices="
+                              f"{self.max_vertices}; skipping regularizers until it shrinks")
+            self.structure = None
+        else:
+            self.structure = SurfaceStructure.from_mesh(mesh, device=pl.device)
+        self._last_extract_s = time.perf_counter() - t0
+        self.stats["extractions"] += 1
+        self.stats["extract_s"] += self._last_extract_s
+
+    def term(self, pl_module: Any) -> dict[str, Tensor]:
+        """Regularizer values with the current parameters, ``{name: scalar}``."""
+        net = getattr(pl_module, "net", pl_module)
+        if self._extracted_at is None:
+            self.refresh(pl_module, 0)
+        step = _global_step(pl_module)
+        t0 = time.perf_counter()
+        ws, _ = G.network_params(net)
+        terms = regularizer_terms(net, self.structure, self.regularizers, step,
+                                  level=self.level, out_dtype=ws[0].dtype)
+        dt = time.perf_counter() - t0
+        self.stats["terms"] += 1
+        self.stats["term_s"] += dt
+        n_poly = 0 if self.structure is None else self.structure.n_polygons
+        for key, val in (("extract_s", self._last_extract_s), ("term_s", dt),
+                         ("polygons", float(n_poly))):
+            try:
+                pl_module.log(f"reg_cost/{key}", val, on_step=True, on_epoch=False)
+            except Exception:  # not attached to a trainer, or logging not allowed here
+                pass
+        return terms
+
+
+def _global_step(pl_module: Any) -> int:
+    try:
+        return int(pl_module.trainer.global_step)
+    except Exception:
+        return 0
+
+
+_TARGET_NAMES = ("target_points", "surface_points", "points")
+
+
+def _find_target(trainer: Any, pl_module: Any) -> Any:
+    """A fit target from the module or data module (an ``sdf`` callable or surface points)."""
+    holders = [pl_module, getattr(trainer, "datamodule", None)]
+    for h in holders:
+        if h is None:
+            continue
+        for name in _TARGET_NAMES:
+            val = getattr(h, name, None)
+            if isinstance(val, (np.ndarray, Tensor)) and val.ndim == 2 and val.shape[1] == 3:
+                return val
+        sdf = getattr(h, "target_sdf", None)
+        if callable(sdf):
+            return sdf
+    return None
