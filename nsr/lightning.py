@@ -1,0 +1,270 @@
+"""Lightning pieces: :class:`ShapeDataModule` (samples) and :class:`ImplicitShapeModule` (training).
+
+Both are DDP-safe: no global state, every batch generated from ``(seed, epoch, index)`` so the
+data does not depend on the number of processes, metrics logged with ``sync_dist=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from nsr.data import ShapeSource, batch_generator, make_source, sample_points, split_counts
+from nsr.losses import ImplicitLoss
+from nsr.networks import ReLUMLP
+from nsr.shapes import Shape
+
+RegularizerTerm = Callable[[L.LightningModule], dict[str, Tensor]]
+
+
+class _BatchDataset(Dataset):
+    """``length`` whole batches; item ``i`` is drawn from ``batch_generator(seed, epoch, i)``.
+
+    With a ``pool`` (dict of pre-sampled tensors) items are random subsets of the pool;
+    otherwise fresh points are sampled. ``resample=False`` keeps ``epoch`` at 0 (same
+    batches every epoch).
+    """
+
+    def __init__(
+        self,
+        source: ShapeSource,
+        counts: dict[str, int],
+        sigmas: Sequence[float],
+        box: float,
+        seed: int,
+        length: int,
+        pool: dict[str, Tensor] | None = None,
+        resample: bool = True,
+    ) -> None:
+        self.source, self.counts, self.sigmas, self.box = source, counts, list(sigmas), box
+        self.seed, self.length, self.pool, self.resample = seed, length, pool, resample
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        gen = batch_generator(self.seed, self.epoch if self.resample else 0, index)
+        if self.pool is None:
+            return sample_points(self.source, self.counts, self.sigmas, self.box, gen)
+        p = self.pool
+        i_s = torch.randint(0, p["surface"].shape[0], (self.counts["surface"],), generator=gen)
+        n_q = self.counts["near"] + self.counts["uniform"]
+        i_q = torch.randint(0, p["points"].shape[0], (n_q,), generator=gen)
+        return {
+            "surface": p["surface"][i_s],
+            "normals": p["normals"][i_s],
+            "points": p["points"][i_q],
+            "sdf": p["sdf"][i_q],
+        }
+
+
+class _ValDataset(Dataset):
+    """One fixed validation batch: uniform points (IoU) and near-surface points (SDF MAE)."""
+
+    def __init__(self, batch: dict[str, Tensor]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.batch
+
+
+class ShapeDataModule(L.LightningDataModule):
+    """Training samples of one shape (see :mod:`nsr.data`); the source is built and validated
+    in ``__init__`` so bad input fails before any training.
+
+    ``sampling``: ``batch_size``, ``steps_per_epoch``, ``fractions`` (surface / near / uniform),
+    ``sigmas`` (box-relative), ``mode`` (``resample``: new points every batch and epoch;
+    ``pool``: subsets of ``pool_size`` points drawn once), ``seed``, ``n_val``.
+    """
+
+    def __init__(
+        self,
+        kind: str = "analytic",
+        shape: Shape | None = None,
+        path: str | None = None,
+        dim: int = 3,
+        box: float = 0.5,
+        fit: float = 0.45,
+        n_rays: int = 11,
+        require_normals: bool = True,
+        sampling: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = make_source(kind, shape, path, box, fit, n_rays, require_normals)
+        if self.source.dim != dim:
+            raise ValueError(f"data.dim={dim} but the shape is {self.source.dim}-dimensional")
+        self.kind, self.dim, self.box = kind, dim, float(box)
+        s = dict(sampling or {})
+        self.batch_size = int(s.get("batch_size", 4096))
+        self.steps_per_epoch = int(s.get("steps_per_epoch", 100))
+        self.sigmas = [float(v) for v in s.get("sigmas", [0.01, 0.003])]
+        self.fractions = {k: float(v) for k, v in dict(s.get("fractions", {})).items()} or {
+            "surface": 0.2,
+            "near": 0.5,
+            "uniform": 0.3,
+        }
+        self.mode = str(s.get("mode", "resample"))
+        if self.mode not in ("resample", "pool"):
+            raise ValueError(f"sampling.mode must be resample or pool, got {self.mode!r}")
+        self.pool_size = int(s.get("pool_size", 200_000))
+        self.seed = int(s.get("seed", 0))
+        self.n_val = int(s.get("n_val", 20_000))
+        if self.batch_size < 2 or self.steps_per_epoch < 1:
+            raise ValueError("sampling.batch_size must be >= 2 and steps_per_epoch >= 1")
+        self.counts = split_counts(self.batch_size, self.fractions, len(self.sigmas))
+        self._train: _BatchDataset | None = None
+        self._val: _ValDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is None:
+            pool = None
+            if self.mode == "pool":
+                counts = split_counts(self.pool_size, self.fractions, len(self.sigmas))
+                pool = sample_points(
+                    self.source, counts, self.sigmas, self.box, batch_generator(self.seed, -1, 0)
+                )
+            self._train = _BatchDataset(
+                self.source,
+                self.counts,
+                self.sigmas,
+                self.box,
+                self.seed,
+                self.steps_per_epoch,
+                pool,
+                resample=self.mode == "resample",
+            )
+        if self._val is None:
+            self._val = _ValDataset(self.validation_batch())
+
+    def validation_batch(self) -> dict[str, Tensor]:
+        """Fixed validation samples: ``uniform``/``uniform_sdf`` and ``near``/``near_sdf``."""
+        gen = batch_generator(self.seed + 1, -2, 0)
+        n = self.n_val
+        uni = sample_points(self.source, {"surface": 1, "near": 0, "uniform": n}, [], self.box, gen)
+        small = [min(self.sigmas)] if self.sigmas else [0.003]
+        near = sample_points(
+            self.source, {"surface": n // 4, "near": n // 4, "uniform": 0}, small, self.box, gen
+        )
+        if not self.source.has_sdf:  # point clouds: distance 0 on the surface
+            near = {"points": near["surface"], "sdf": torch.zeros(near["surface"].shape[0])}
+        return {
+            "uniform": uni["points"],
+            "uniform_sdf": uni["sdf"],
+            "near": near["points"],
+            "near_sdf": near["sdf"],
+        }
+
+    def set_epoch(self, epoch: int) -> None:
+        """New samples per epoch in ``resample`` mode (called by the module each epoch)."""
+        if self._train is not None:
+            self._train.epoch = epoch
+
+    def train_dataloader(self) -> DataLoader:
+        assert self._train is not None, "call setup() first"
+        return DataLoader(self._train, batch_size=None, shuffle=False, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self._val is not None, "call setup() first"
+        return DataLoader(self._val, batch_size=None, shuffle=False, num_workers=0)
+
+
+class ImplicitShapeModule(L.LightningModule):
+    """Trains ``self.net`` (a :class:`~nsr.networks.ReLUMLP`) with ``self.loss``.
+
+    ``optimizer(params=...)`` and ``scheduler(optimizer=...)`` are factories (Hydra
+    ``_partial_`` configs). ``regularizer_terms``: callables ``module -> {name: tensor}``
+    whose values are added to the loss and logged as ``reg/<name>``.
+    """
+
+    def __init__(
+        self,
+        net: ReLUMLP,
+        loss: ImplicitLoss,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        transform: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(net, ReLUMLP):
+            raise TypeError(f"net must be an nsr.networks.ReLUMLP, got {type(net).__name__}")
+        self.net: nn.Module = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.regularizer_terms: list[RegularizerTerm] = []
+        self.save_hyperparameters(
+            {
+                "transform": transform or {},
+                "config": config or {},
+                "net": {"in_dim": net.in_dim, "width": net.width, "depth": net.depth},
+            },
+            logger=False,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, D) -> (N,)`` signed distance (box units)."""
+        return self.net(x)
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        n = int(batch["points"].shape[0] + batch["surface"].shape[0])
+        terms = self.loss(self.net, batch)
+        loss = terms.pop("loss")
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=n, sync_dist=True)
+        for term in self.regularizer_terms:
+            for name, value in term(self).items():
+                loss = loss + value
+                self.log(f"reg/{name}", value, batch_size=n, sync_dist=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        mae = (self.net(batch["near"]) - batch["near_sdf"]).abs().mean()
+        self.log("val/sdf_mae", mae, prog_bar=True, batch_size=1, sync_dist=True)
+        sdf_u = batch["uniform_sdf"]
+        if torch.isfinite(sdf_u).all():
+            pred, gt = self.net(batch["uniform"]) < 0, sdf_u < 0
+            iou = (pred & gt).sum() / (pred | gt).sum().clamp(min=1)
+            self.log("val/iou", iou.float(), prog_bar=True, batch_size=1, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        opt = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(optimizer=opt)
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": sched,
+                "interval": self.scheduler_interval,
+                "monitor": "val/sdf_mae",
+            },
+        }
+
+
+def load_module_network(path: str | Path) -> ReLUMLP:
+    """Rebuild the trained :class:`ReLUMLP` from an nsr checkpoint file."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    spec = ckpt["hyper_parameters"]["net"]
+    net = ReLUMLP(spec["in_dim"], spec["width"], spec["depth"])
+    net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
+    return net

@@ -1,0 +1,205 @@
+"""Built-in analytic shapes with exact signed distance functions (negative inside).
+
+The formulas are Inigo Quilez's exact SDFs (https://iquilezles.org/articles/distfunctions/
+and .../distfunctions2d/). Every shape is a :class:`Shape`: ``shape.sdf(x)`` maps a torch
+tensor ``(N, D) float`` to ``(N,)``; calling the shape also accepts numpy arrays and returns
+numpy then. Shapes are given directly in training-box coordinates (no normalization).
+
+CSG (:class:`Union`, :class:`Intersection`, :class:`Difference`) uses min / max, which is
+exact outside a union and a lower bound (in absolute value) elsewhere; the zero level set
+and the sign are always exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _vec(values: Sequence[float] | float, dim: int) -> Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if t.numel() == 1:
+        t = t.expand(dim)
+    if t.numel() != dim:
+        raise ValueError(f"expected {dim} values, got {t.numel()}")
+    return t.clone()
+
+
+class Shape:
+    """An analytic shape in ``dim`` dimensions with an exact SDF, negative inside."""
+
+    dim: int = 3
+
+    def sdf(self, x: Tensor) -> Tensor:
+        """Signed distance ``(N, D) float -> (N,)``; differentiable in ``x``."""
+        raise NotImplementedError
+
+    def __call__(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        """Like :meth:`sdf`, but also takes a numpy ``(N, D)`` array and returns numpy."""
+        if isinstance(x, np.ndarray):
+            return self.sdf(torch.as_tensor(x, dtype=torch.float64)).numpy()
+        return self.sdf(x)
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__}: expected (N, {self.dim}) points, got {tuple(x.shape)}"
+            )
+
+
+class Sphere(Shape):
+    """Ball of ``radius`` around ``center`` (any dimension; ``dim`` from ``center``)."""
+
+    def __init__(
+        self, radius: float = 0.3, center: Sequence[float] | None = None, dim: int = 3
+    ) -> None:
+        if radius <= 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        self.dim = len(center) if center is not None else dim
+        self.center = _vec(center if center is not None else 0.0, self.dim)
+        self.radius = float(radius)
+
+    def sdf(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return torch.linalg.vector_norm(x - self.center.to(x), dim=-1) - self.radius
+
+
+class Circle(Sphere):
+    """Disk in 2D."""
+
+    def __init__(self, radius: float = 0.3, center: Sequence[float] | None = None) -> None:
+        super().__init__(radius, center if center is not None else (0.0, 0.0), dim=2)
+
+
+class Box(Shape):
+    """Axis-aligned box with half side lengths ``half_size`` (any dimension)."""
+
+    def __init__(
+        self,
+        half_size: Sequence[float] | float = 0.25,
+        center: Sequence[float] | None = None,
+        dim: int = 3,
+    ) -> None:
+        if center is not None:
+            dim = len(center)
+        elif not isinstance(half_size, (int, float)):
+            dim = len(half_size)
+        self.dim = dim
+        self.half_size = _vec(half_size, dim)
+        if (self.half_size <= 0).any():
+            raise ValueError(f"half_size must be > 0, got {self.half_size.tolist()}")
+        self.center = _vec(center if center is not None else 0.0, dim)
+
+    def sdf(self, x: Tensor) -> Tensor:
+        self._check(x)
+        q = (x - self.center.to(x)).abs() - self.half_size.to(x)
+        outside = torch.linalg.vector_norm(q.clamp(min=0), dim=-1)
+        inside = q.max(dim=-1).values.clamp(max=0)
+        return outside + inside
+
+
+class Torus(Shape):
+    """Torus around the z axis: major radius ``major``, tube radius ``minor``."""
+
+    dim = 3
+
+    def __init__(
+        self, major: float = 0.3, minor: float = 0.1, center: Sequence[float] | None = None
+    ) -> None:
+        if not 0 < minor or major <= 0:
+            raise ValueError(f"radii must be > 0, got major={major}, minor={minor}")
+        self.major, self.minor = float(major), float(minor)
+        self.center = _vec(center if center is not None else 0.0, 3)
+
+    def sdf(self, x: Tensor) -> Tensor:
+        self._check(x)
+        p = x - self.center.to(x)
+        qx = torch.linalg.vector_norm(p[:, :2], dim=-1) - self.major
+        return torch.sqrt(qx**2 + p[:, 2] ** 2) - self.minor
+
+
+class Capsule(Shape):
+    """Segment ``a``-``b`` thickened by ``radius`` (any dimension)."""
+
+    def __init__(
+        self,
+        a: Sequence[float] = (-0.2, 0.0, 0.0),
+        b: Sequence[float] = (0.2, 0.0, 0.0),
+        radius: float = 0.1,
+    ) -> None:
+        if radius <= 0 or len(a) != len(b):
+            raise ValueError("capsule needs radius > 0 and end points of one dimension")
+        self.dim = len(a)
+        self.a, self.b, self.radius = _vec(a, self.dim), _vec(b, self.dim), float(radius)
+
+    def sdf(self, x: Tensor) -> Tensor:
+        self._check(x)
+        pa, ba = x - self.a.to(x), (self.b - self.a).to(x)
+        h = ((pa @ ba) / ba.dot(ba).clamp(min=1e-30)).clamp(0, 1)
+        return torch.linalg.vector_norm(pa - h[:, None] * ba, dim=-1) - self.radius
+
+
+class Polygon(Shape):
+    """Simple polygon in 2D from its ``(M, 2)`` vertices (either orientation)."""
+
+    dim = 2
+
+    def __init__(self, vertices: Sequence[Sequence[float]]) -> None:
+        v = torch.as_tensor(vertices, dtype=torch.float64)
+        if v.ndim != 2 or v.shape[1] != 2 or v.shape[0] < 3:
+            raise ValueError(f"polygon needs (M >= 3, 2) vertices, got shape {tuple(v.shape)}")
+        self.vertices = v
+
+    def sdf(self, x: Tensor) -> Tensor:
+        self._check(x)
+        v = self.vertices.to(x)
+        vj = torch.roll(v, 1, dims=0)  # previous vertex: edge i goes v[i-1] -> v[i]
+        e = vj - v  # (M, 2)
+        w = x[:, None, :] - v[None]  # (N, M, 2)
+        t = ((w * e).sum(-1) / (e * e).sum(-1)).clamp(0, 1)
+        b = w - t[..., None] * e
+        d2 = (b * b).sum(-1).min(dim=1).values
+        c1 = x[:, None, 1] >= v[None, :, 1]
+        c2 = x[:, None, 1] < vj[None, :, 1]
+        c3 = e[None, :, 0] * w[..., 1] > e[None, :, 1] * w[..., 0]
+        flips = ((c1 & c2 & c3) | (~c1 & ~c2 & ~c3)).sum(dim=1)
+        sign = 1.0 - 2.0 * (flips % 2).to(x.dtype)
+        return sign * torch.sqrt(d2)
+
+
+class _CSG(Shape):
+    def __init__(self, shapes: Sequence[Shape]) -> None:
+        shapes = list(shapes)
+        if len(shapes) < 2 or len({s.dim for s in shapes}) != 1:
+            raise ValueError("CSG needs at least two shapes of one dimension")
+        self.shapes = shapes
+        self.dim = shapes[0].dim
+
+    def _stack(self, x: Tensor) -> Tensor:
+        self._check(x)
+        return torch.stack([s.sdf(x) for s in self.shapes], dim=0)  # (K, N)
+
+
+class Union(_CSG):
+    """Union of shapes: ``min`` of their SDFs."""
+
+    def sdf(self, x: Tensor) -> Tensor:
+        return self._stack(x).min(dim=0).values
+
+
+class Intersection(_CSG):
+    """Intersection of shapes: ``max`` of their SDFs."""
+
+    def sdf(self, x: Tensor) -> Tensor:
+        return self._stack(x).max(dim=0).values
+
+
+class Difference(_CSG):
+    """First shape minus all others: ``max(d0, -d1, -d2, ...)``."""
+
+    def sdf(self, x: Tensor) -> Tensor:
+        d = self._stack(x)
+        return torch.cat([d[:1], -d[1:]], dim=0).max(dim=0).values

@@ -1,0 +1,200 @@
+"""Hydra app training ReLU implicit surface networks with Lightning.
+
+``python -m nsr.train`` / ``nsr-train`` (primary config ``conf/train.yaml``), or
+:func:`train` with a composed config. A run directory holds ``config.yaml`` (and ``.hydra/``
+for the app), ``checkpoints/last.ckpt`` and ``best.ckpt``, TensorBoard and CSV logs,
+``transform.json``, the exact mesh ``mesh.obj`` / ``mesh.ply`` in the shape's own units with
+a preview ``mesh.png``, and, written last (temp file + rename) only after success,
+``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nsr._config import config_dir
+from nsr.data import ShapeSource
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict config group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+
+
+def _resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.get("run_dir"):
+        return Path(str(cfg.run_dir)).resolve()
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir).resolve()
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return (
+        Path("outputs") / str(cfg.get("task_name", "train")) / f"{stamp}_{os.getpid()}"
+    ).resolve()
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def export_exact_mesh(
+    net: torch.nn.Module, source: ShapeSource, run_dir: Path, extract_cfg: DictConfig | dict | None
+) -> dict[str, Any]:
+    """Extract the network's exact zero-level mesh, export it in shape units, render a preview.
+
+    Uses ``nsr.surface.extract_mesh`` and ``nsr.render.render_mesh``; where they are missing
+    (ImportError / AttributeError) it warns and returns what was skipped. Returns a summary
+    for ``metrics.json``.
+    """
+    ecfg = dict(extract_cfg or {})
+    if not ecfg.get("enabled", True):
+        return {"skipped": "extract.enabled=false"}
+    if source.dim != 3:
+        return {"skipped": f"mesh export needs a 3D shape, this one is {source.dim}D"}
+    try:
+        from nsr.surface import extract_mesh
+    except (ImportError, AttributeError) as err:
+        warnings.warn(
+            f"exact mesh not exported: nsr.surface.extract_mesh unavailable ({err})", stacklevel=2
+        )
+        return {"skipped": f"nsr.surface.extract_mesh unavailable: {err}"}
+    import trimesh
+
+    box = float(ecfg.get("box", 0.5))
+    dtype = getattr(torch, str(ecfg.get("dtype", "float64")))
+    t0 = time.perf_counter()
+    net = net.to("cpu").eval()
+    try:
+        mesh = extract_mesh(
+            net, (-box, box), mode=str(ecfg.get("mode", "surface")), dtype=dtype, progress=False
+        )
+    except Exception as err:  # a failed export must not lose the trained run
+        warnings.warn(f"exact mesh extraction failed: {type(err).__name__}: {err}", stacklevel=2)
+        return {"error": f"{type(err).__name__}: {err}"}
+    summary: dict[str, Any] = {"extract_s": time.perf_counter() - t0}
+    if mesh.is_empty:
+        warnings.warn("the trained network has an empty zero level set in the box", stacklevel=2)
+        return {**summary, "vertices": 0, "triangles": 0}
+    verts = np.asarray(torch.as_tensor(mesh.vertices).detach().cpu().numpy(), dtype=np.float64)
+    faces = np.asarray(torch.as_tensor(mesh.triangles).detach().cpu().numpy(), dtype=np.int64)
+    tm = trimesh.Trimesh(source.to_shape_units(verts), faces, process=False)
+    for fmt in ecfg.get("formats", ["obj", "ply"]):
+        tm.export(run_dir / f"mesh.{fmt}")
+    summary.update(vertices=len(verts), triangles=len(faces))
+    if ecfg.get("render", True):
+        try:
+            from nsr.render import render_mesh
+
+            render_mesh(tm, run_dir / "mesh.png", size=tuple(ecfg.get("size", (512, 512))))
+        except (ImportError, AttributeError) as err:
+            warnings.warn(
+                f"mesh preview not rendered: nsr.render unavailable ({err})", stacklevel=2
+            )
+    return summary
+
+
+@rank_zero_only
+def _write_run_files(run_dir: Path, cfg: DictConfig, source: ShapeSource) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    _write_json_atomic(run_dir / "transform.json", source.transform())
+
+
+def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if torch.as_tensor(v).numel() == 1}
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train as configured by a composed ``train.yaml``; returns the run directory.
+
+    Bad input (missing or empty shape files, NaN coordinates, missing normals, zero-size
+    box) raises before the run directory is written.
+    """
+    import lightning as L
+
+    from nsr.lightning import ImplicitShapeModule
+
+    cfg = cfg.copy()
+    if cfg.get("seed") is not None:
+        L.seed_everything(int(cfg.seed), workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)  # validates the shape: fails early
+    source: ShapeSource = datamodule.source
+    run_dir = _resolve_run_dir(cfg)
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    _write_run_files(run_dir, cfg, source)
+
+    net = hydra.utils.instantiate(cfg.model)
+    module = ImplicitShapeModule(
+        net=net,
+        loss=hydra.utils.instantiate(cfg.loss),
+        optimizer=hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        scheduler_interval=str(cfg.get("scheduler_interval", "epoch")),
+        transform=source.transform(),
+        config=OmegaConf.to_container(cfg, resolve=False),
+    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    reg = cfg.get("regularizer")
+    if reg and "_target_" in reg:
+        callbacks.append(hydra.utils.instantiate(reg))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_s = time.perf_counter() - t0
+    if trainer.is_global_zero:
+        _finish_run(run_dir, trainer, module, source, cfg, train_s)
+    return run_dir
+
+
+def _finish_run(
+    run_dir: Path, trainer: Any, module: Any, source: ShapeSource, cfg: DictConfig, train_s: float
+) -> None:
+    ckpt = trainer.checkpoint_callback
+    metrics: dict[str, Any] = {
+        **_float_metrics(trainer.callback_metrics),
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "train_s": train_s,
+        "transform": source.transform(),
+        "best_checkpoint": str(ckpt.best_model_path) if ckpt is not None else "",
+        "last_checkpoint": str(getattr(ckpt, "last_model_path", "") or "")
+        if ckpt is not None
+        else "",
+    }
+    metrics["mesh"] = export_exact_mesh(module.net, source, run_dir, cfg.get("extract"))
+    _write_json_atomic(run_dir / "metrics.json", metrics)
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``nsr-train``; returns the final ``val/sdf_mae`` (for sweepers)."""
+    run_dir = train(cfg)
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text()).get("val/sdf_mae")
+    return None
+
+
+if __name__ == "__main__":
+    main()
