@@ -1,12 +1,17 @@
 """Mesh comparison metrics, built on :class:`scipy.spatial.cKDTree` (no Python loops over points).
 
-Conventions (every distance is in world units, between area-weighted surface samples):
+Conventions (every distance is in world units). Each mesh is sampled (area-weighted, the
+same seed for both); ``d(p, R)`` is the distance from a sample ``p`` of one mesh to the
+*surface* of the other, computed exactly against the triangles under the ``k = 4`` nearest
+samples of the other mesh (a cKDTree query, then vectorized point-triangle distances). This
+removes the sampling floor of plain point-to-point Chamfer (about half the sample spacing,
+~2e-3 for 1e5 samples on a unit-size shape), which would hide marching-cubes errors.
 
 * **Chamfer-L1** (Occupancy Networks style): ``0.5 * (mean_p d(p, R) + mean_r d(r, P))``,
-  the mean of both directions of the mean Euclidean nearest-neighbour distance.
+  the mean of both directions of the mean Euclidean distance.
 * **Chamfer-L2**: ``0.5 * (mean_p d(p, R)^2 + mean_r d(r, P)^2)``, mean *squared* distances.
-* **Normal consistency**: mean over both directions of ``|n_p . n_nearest|`` (face normals of the
-  sampled faces; orientation-free, 1 is perfect).
+* **Normal consistency**: mean over both directions of ``|n_p . n_closest|`` (normal of the
+  sampled face against the normal of the closest face found; orientation-free, 1 is perfect).
 * **F-score at tau**: harmonic mean of precision (fraction of predicted samples within tau of
   the reference samples) and recall (the converse). ``tau`` is a fraction (0.5 % and 1 %) of the
   **diagonal of the reference mesh's axis-aligned bounding box**.
@@ -35,12 +40,19 @@ F_THRESHOLDS = (0.005, 0.01)
 ANGLE_PERCENTILES = (1, 5, 50)
 
 
+def sample_faces(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Area-weighted samples ``(n, 3)`` and the index of the face each lies on ``(n,)``."""
+    if mesh.is_empty or len(mesh.faces) == 0 or mesh.area <= 0:
+        return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
+    points, face_index = trimesh.sample.sample_surface(mesh, n, seed=seed)
+    return np.asarray(points, dtype=np.float64), np.asarray(face_index, dtype=np.int64)
+
+
 def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Area-weighted samples: points ``(n, 3)`` and the unit normals of their faces ``(n, 3)``."""
-    if mesh.is_empty or len(mesh.faces) == 0 or mesh.area <= 0:
-        return np.zeros((0, 3)), np.zeros((0, 3))
-    points, face_index = trimesh.sample.sample_surface(mesh, n, seed=seed)
-    return np.asarray(points, dtype=np.float64), np.asarray(mesh.face_normals[face_index])
+    points, face_index = sample_faces(mesh, n, seed)
+    normals = np.asarray(mesh.face_normals)[face_index] if len(points) else np.zeros((0, 3))
+    return points, normals
 
 
 def nearest(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +61,34 @@ def nearest(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dist, idx
 
 
+def surface_distance(
+    points: np.ndarray, mesh: trimesh.Trimesh, samples: np.ndarray, faces: np.ndarray, k: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance from ``points`` ``(N, 3)`` to the surface of ``mesh``, and the closest face.
+
+    Candidates are the faces ``faces`` ``(M,)`` of the ``k`` nearest ``samples`` ``(M, 3)``
+    of ``mesh``; the distance to each candidate triangle is exact, and never exceeds the
+    distance to the nearest sample (which lies on the surface; identical meshes give exactly
+    zero). Returns ``(N,)``, ``(N,)``.
+    """
+    k = min(k, len(samples))
+    nn, idx = cKDTree(samples).query(points, k=k, workers=-1)
+    cand = faces[idx.reshape(len(points), k)]  # (N, k)
+    tris = np.asarray(mesh.triangles)[cand.ravel()]
+    pts = np.repeat(points, k, axis=0)
+    closest = trimesh.triangles.closest_point(tris, pts)
+    d = np.linalg.norm(closest - pts, axis=1).reshape(-1, k)
+    best = d.argmin(1)
+    rows = np.arange(len(points))
+    d_best, f_best = d[rows, best], cand[rows, best]
+    use_nn = nn.reshape(len(points), k)[:, 0] < d_best
+    d_best[use_nn] = nn.reshape(len(points), k)[use_nn, 0]
+    f_best[use_nn] = cand[use_nn, 0]
+    return d_best, f_best
+
+
 def chamfer(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Chamfer-L1, Chamfer-L2, Hausdorff, accuracy and completeness of two point sets ``(N, 3)``."""
+    """Point-to-point Chamfer-L1/L2, Hausdorff, accuracy, completeness of two point sets."""
     d_pr, _ = nearest(pred, ref)
     d_rp, _ = nearest(ref, pred)
     return _chamfer_from(d_pr, d_rp)
@@ -73,11 +111,12 @@ def f_score(d_pr: np.ndarray, d_rp: np.ndarray, tau: float) -> float:
 
 
 def normal_consistency(
-    n_pred: np.ndarray, n_ref: np.ndarray, idx_pr: np.ndarray, idx_rp: np.ndarray
+    n_pred: np.ndarray, n_ref: np.ndarray, m_pr: np.ndarray, m_rp: np.ndarray
 ) -> float:
-    """Mean ``|cos|`` between each sample's normal and its nearest neighbour's, both ways."""
-    c_pr = np.abs((n_pred * n_ref[idx_pr]).sum(1))
-    c_rp = np.abs((n_ref * n_pred[idx_rp]).sum(1))
+    """Mean ``|cos|`` of paired normals, both ways: ``n_pred`` ``(N, 3)`` against ``m_pr``
+    (the other mesh's normals matched to each), ``n_ref`` ``(M, 3)`` against ``m_rp``."""
+    c_pr = np.abs((n_pred * m_pr).sum(1))
+    c_rp = np.abs((n_ref * m_rp).sum(1))
     return float(0.5 * (c_pr.mean() + c_rp.mean()))
 
 
@@ -159,14 +198,15 @@ def compare_meshes(
     out |= triangle_quality(pred)
     if net is not None:
         out |= residuals(net, pred, n_samples, seed)
-    p, n_p = sample_surface(pred, n_samples, seed)
-    r, n_r = sample_surface(ref, n_samples, seed)
+    p, fp = sample_faces(pred, n_samples, seed)
+    r, fr = sample_faces(ref, n_samples, seed)
     if len(p) == 0 or len(r) == 0:
         return out | _nan_distances()
-    d_pr, i_pr = nearest(p, r)
-    d_rp, i_rp = nearest(r, p)
+    d_pr, c_pr = surface_distance(p, ref, r, fr)
+    d_rp, c_rp = surface_distance(r, pred, p, fp)
     out |= _chamfer_from(d_pr, d_rp)
-    out["normal_consistency"] = normal_consistency(n_p, n_r, i_pr, i_rp)
+    npred, nref = np.asarray(pred.face_normals), np.asarray(ref.face_normals)
+    out["normal_consistency"] = normal_consistency(npred[fp], nref[fr], nref[c_pr], npred[c_rp])
     diag = float(np.linalg.norm(np.ptp(np.asarray(ref.vertices), axis=0)))
     for t in F_THRESHOLDS:
         out[f"f_score@{t:g}"] = f_score(d_pr, d_rp, t * diag)

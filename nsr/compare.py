@@ -1,0 +1,236 @@
+"""``nsr-compare``: the exact zero-level mesh against marching cubes at several resolutions.
+
+Hydra app (``conf/compare.yaml``); :func:`run_compare` is the same job for a plain config.
+One row per method and resolution (see :data:`COLUMNS`); distances are measured against
+the ground-truth mesh given as ``reference=PATH`` (in the network's coordinates), otherwise
+against the exact mesh (the ``reference`` column says which). Outputs in ``out_dir``:
+``compare.csv``, ``compare.md``, ``time_vs_resolution.png``, ``error_vs_resolution.png``,
+``side_by_side.png``, ``meshes/*.ply`` and, written last by rename, ``compare.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import trimesh
+from omegaconf import DictConfig, OmegaConf
+
+from nsr._config import config_dir
+from nsr.extract import (
+    USER_ERRORS,
+    _box,
+    _output_dir,
+    parse_dtype,
+    prepare_out_dir,
+    resolve_network,
+    write_json,
+)
+from nsr.marching_cubes import check_memory, marching_cubes
+from nsr.metrics import compare_meshes, peak_memory
+from nsr.networks import PLNetwork
+
+COLUMNS = [
+    "method", "resolution", "eval_s", "mesh_s", "total_s", "peak_rss_mb", "n_vertices",
+    "n_faces", "abs_f_vertices_mean", "abs_f_vertices_max", "abs_f_samples_mean",
+    "abs_f_samples_max", "chamfer_l1", "chamfer_l2", "normal_consistency", "f_score@0.005",
+    "f_score@0.01", "hausdorff", "watertight", "min_angle_p1", "min_angle_p5", "min_angle_p50",
+    "reference",
+]  # fmt: skip
+MD_COLUMNS = [
+    ("method", "method", "{}"), ("resolution", "res", "{}"), ("total_s", "time s", "{:.2f}"),
+    ("eval_s", "eval s", "{:.2f}"), ("mesh_s", "mesh s", "{:.2f}"),
+    ("peak_rss_mb", "+RSS MB", "{:.0f}"), ("n_vertices", "V", "{:d}"), ("n_faces", "F", "{:d}"),
+    ("abs_f_vertices_max", "max abs f (verts)", "{:.1e}"),
+    ("abs_f_samples_mean", "mean abs f (samples)", "{:.1e}"),
+    ("chamfer_l1", "CD-L1", "{:.2e}"), ("chamfer_l2", "CD-L2", "{:.2e}"),
+    ("normal_consistency", "NC", "{:.4f}"), ("f_score@0.005", "F@0.5%", "{:.3f}"),
+    ("f_score@0.01", "F@1%", "{:.3f}"), ("hausdorff", "Hausdorff", "{:.2e}"),
+    ("watertight", "watertight", "{}"), ("min_angle_p5", "min-angle p5 deg", "{:.1f}"),
+]  # fmt: skip
+
+
+def _exact_mesh(net: PLNetwork, box: np.ndarray, cfg: Any) -> tuple[trimesh.Trimesh, dict, Any]:
+    from nsr.surface import extract_mesh
+
+    kw = {"dtype": parse_dtype(cfg.get("dtype", "float64")), "device": cfg.get("device")}
+    with peak_memory() as mem:
+        t = time.perf_counter()
+        mesh = extract_mesh(net, box, mode=str(cfg.get("mode", "surface")), progress=False, **kw)
+        total = time.perf_counter() - t
+    tm = mesh.to_trimesh() if not mesh.is_empty else trimesh.Trimesh()
+    timing = {"eval_s": float("nan"), "mesh_s": float("nan"), "total_s": total}
+    return tm, timing | {"peak_rss_mb": mem["delta_rss_mb"]}, mesh
+
+
+def _mc_mesh(net: PLNetwork, box: np.ndarray, res: int, cfg: Any) -> tuple[trimesh.Trimesh, dict]:
+    dtype = parse_dtype(cfg.get("mc_dtype", "float32"))
+    with peak_memory() as mem:
+        mesh, timing = marching_cubes(
+            net, box, res, dtype=dtype, device=cfg.get("device"), return_timings=True
+        )
+    return mesh, timing | {"peak_rss_mb": mem["delta_rss_mb"]}
+
+
+def _row(method: str, res: int | None, mesh: trimesh.Trimesh, timing: dict, ref: Any, cfg: Any,
+         net: PLNetwork, ref_name: str) -> dict[str, Any]:  # fmt: skip
+    n, seed = int(cfg.get("n_samples", 100_000)), int(cfg.get("seed", 0))
+    metrics = compare_meshes(mesh, ref, n_samples=n, seed=seed, net=net)
+    row = {"method": method, "resolution": res, "reference": ref_name} | timing | metrics
+    return {k: row.get(k) for k in COLUMNS}
+
+
+def _load_reference(path: Any) -> trimesh.Trimesh:
+    p = Path(str(path))
+    if not p.is_file():
+        raise FileNotFoundError(f"reference={path}: no such mesh file")
+    return trimesh.load(p, force="mesh", process=False)
+
+
+def _resolutions(cfg: Any) -> list[int]:
+    res = cfg.get("resolutions", [64, 128, 256])
+    res = [int(r) for r in (OmegaConf.to_container(res) if OmegaConf.is_config(res) else res)]
+    for r in res:
+        check_memory(r)  # refuse before any work
+    return res
+
+
+def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of the main columns (NaN and missing shown as ``-``)."""
+    head = "| " + " | ".join(h for _, h, _ in MD_COLUMNS) + " |"
+    sep = "| " + " | ".join("---" for _ in MD_COLUMNS) + " |"
+    lines = [head, sep]
+    for row in rows:
+        cells = [_fmt(row.get(k), f) for k, _, f in MD_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _plots(rows: list[dict], out: Path) -> list[Path]:
+    from nsr import render
+
+    mc = [r for r in rows if r["method"] == "marching_cubes"]
+    exact = next((r for r in rows if r["method"] == "exact"), None)
+    if not mc:
+        return []
+    x = [r["resolution"] for r in mc]
+    times = {k: [r[k] for r in mc] for k in ("eval_s", "mesh_s", "total_s")}
+    hl = {"exact total_s": exact["total_s"]} if exact else None
+    files = [render.plot_series(x, times, out / "time_vs_resolution.png", "resolution",
+                                "seconds", "marching cubes time", hlines=hl)]  # fmt: skip
+    keys = ("chamfer_l1", "hausdorff", "abs_f_samples_mean", "abs_f_vertices_max")
+    errs = {k: [r[k] for r in mc] for k in keys}
+    hl = {f"exact {k}": exact[k] for k in keys[2:]} if exact else None
+    files.append(render.plot_series(x, errs, out / "error_vs_resolution.png", "resolution",
+                                    "error (world units)", "marching cubes error vs "
+                                    + str(mc[0]["reference"]), hlines=hl))  # fmt: skip
+    return [f for f in files if f]
+
+
+def run_compare(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Run the comparison, write every output and return ``{"rows", "out_dir", "files", ...}``.
+
+    ``cfg`` keys as in ``conf/compare.yaml``. Bad input (missing network or reference,
+    not a ReLU MLP, resolutions that do not fit in memory, unwritable ``out_dir``) raises
+    before anything is written.
+    """
+    cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
+    if "net" not in cfg or OmegaConf.is_missing(cfg, "net") or cfg.net is None:
+        raise ValueError("net= is required: a run directory, a checkpoint or a network file")
+    net, run_box, source = resolve_network(cfg.net)
+    if net.in_dim != 3:
+        raise ValueError(f"compare needs a 3D network, got input dimension {net.in_dim}")
+    box = _box(cfg, run_box, 3)
+    resolutions = _resolutions(cfg)
+    gt = _load_reference(cfg.reference) if cfg.get("reference") else None
+    out = prepare_out_dir(_output_dir(cfg), ("compare.json",))
+    (out / "meshes").mkdir(exist_ok=True)
+    meshes: list[tuple[str, int | None, trimesh.Trimesh, dict]] = []
+    polygons = None
+    if cfg.get("exact", True):
+        tm, timing, exact = _exact_mesh(net, box, cfg)
+        meshes.append(("exact", None, tm, timing))
+        polygons = exact.polygons
+    for res in resolutions:
+        meshes.append(("marching_cubes", res, *_mc_mesh(net, box, res, cfg)))
+    ref, ref_name = (gt, f"ground truth {Path(str(cfg.reference)).name}") if gt else (None, "")
+    if ref is None:
+        ref, ref_name = (meshes[0][2], "exact mesh") if meshes[0][0] == "exact" else (None, "")
+    if ref is None:
+        raise ValueError("nothing to compare against: set exact=true or reference=PATH")
+    rows = [_row(m, r, tm, t, ref, cfg, net, ref_name) for m, r, tm, t in meshes]
+    files = _write_outputs(rows, meshes, polygons, out, bool(cfg.get("render", True)))
+    result = {"net": str(source), "bounds": box.tolist(), "reference": ref_name, "rows": rows}
+    result["files"] = [str(f) for f in files]
+    write_json(result, out / "compare.json")
+    return result | {"out_dir": str(out), "markdown": format_markdown(rows)}
+
+
+def _write_outputs(rows: list[dict], meshes: list, polygons: Any, out: Path,
+                   pictures: bool) -> list[Path]:  # fmt: skip
+    _write_csv(rows, out / "compare.csv")
+    (out / "compare.md").write_text(format_markdown(rows))
+    files = [out / "compare.csv", out / "compare.md"]
+    for method, res, tm, _ in meshes:
+        name = out / "meshes" / (f"{method}.ply" if res is None else f"{method}_{res}.ply")
+        if len(tm.faces):
+            tm.export(name)
+            files.append(name)
+    if pictures:
+        files += _plots(rows, out)
+        titles = [m if r is None else f"MC {r}^3" for m, r, _, _ in meshes]
+        polys = [polygons if m == "exact" else None for m, _, _, _ in meshes]
+        png = _side_by_side([tm for _, _, tm, _ in meshes], titles, polys, out)
+        files += [png] if png else []
+    return files
+
+
+def _side_by_side(meshes: list, titles: list[str], polys: list, out: Path) -> Path | None:
+    from nsr import render
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return render.render_side_by_side(meshes, titles, out / "side_by_side.png", polygons=polys)
+
+
+def _app(cfg: DictConfig) -> None:
+    try:
+        result = run_compare(cfg)
+    except USER_ERRORS as err:
+        print(f"nsr-compare: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result["markdown"])
+    print(f"outputs in {result['out_dir']}")
+
+
+def main() -> None:
+    """Console script ``nsr-compare net=PATH [resolutions=[64,128,256,512]] [reference=MESH]``."""
+    hydra.main(config_path=config_dir(), config_name="compare", version_base="1.3")(_app)()
+
+
+if __name__ == "__main__":
+    main()
