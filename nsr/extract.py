@@ -55,19 +55,28 @@ def _find_box(cfg: Any) -> Any:
 
 
 def _run_box(run_dir: Path) -> Any:
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
+    """The training box of a run: ``data.box`` of its ``config.yaml`` or ``.hydra/config.yaml``
+    (scalar ``b`` means ``[-b, b]^dim``), else the first bounds/box/domain key; else ``None``."""
+    paths = [run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"]
+    cfg_path = next((p for p in paths if p.is_file()), None)
+    if cfg_path is None:
         return None
-    box = _find_box(OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False))
-    return box
+    cfg = OmegaConf.load(cfg_path)
+    try:
+        box = OmegaConf.select(cfg, "data.box")
+        if box is not None:
+            return OmegaConf.to_container(box) if OmegaConf.is_config(box) else box
+    except Exception:  # unresolvable interpolation: fall back to a plain search
+        pass
+    box = _find_box(OmegaConf.to_container(cfg, resolve=False))
+    return None if isinstance(box, str) else box
 
 
 def resolve_network(spec: str | Path) -> tuple[PLNetwork, Any, Path]:
     """Read ``net=``: a run directory, a checkpoint or any network file.
 
     Returns the network, the run's box (``None`` when unknown) and the file read. A run
-    directory is read through its ``checkpoints/last.ckpt``; its box comes from the run's
-    ``.hydra/config.yaml`` (the first ``bounds``/``box``/``domain`` key).
+    directory is read through its ``checkpoints/last.ckpt``; its box from the run's config.
     """
     path = Path(str(spec)).expanduser()
     if path.is_dir():

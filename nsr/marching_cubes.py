@@ -27,9 +27,12 @@ _BYTES_PER_VOXEL = 12
 def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
     """Normalize a box to a ``(dim, 2)`` float64 array of ``[lo, hi]`` rows.
 
-    Accepts ``(lo, hi)`` scalars (the same interval on every axis) or a ``(dim, 2)`` array.
+    Accepts a scalar ``b`` (the box ``[-b, b]^dim``, nsr's training-box convention),
+    ``(lo, hi)`` scalars (the same interval on every axis) or a ``(dim, 2)`` array.
     """
     b = np.asarray(bounds, dtype=np.float64)
+    if b.ndim == 0:
+        b = np.array([-abs(float(b)), abs(float(b))])
     if b.shape == (2,):
         b = np.tile(b, (dim, 1))
     if b.shape != (dim, 2):

@@ -100,8 +100,10 @@ def _draw_mesh(
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
     order = np.argsort(tris.mean(1) @ eye)  # painter's order: far faces first
     light = eye + np.array([0.3, 0.3, 0.6])
+    colors = lambert_colors(normals[order], light)
+    # Edges in the face color hide antialiasing seams between neighbouring triangles.
     coll = Poly3DCollection(
-        tris[order], facecolors=lambert_colors(normals[order], light), zsort="average"
+        tris[order], facecolors=colors, edgecolors=colors, linewidths=0.15, zsort="average"
     )
     if edges and polygons is None:
         coll.set_edgecolor((0, 0, 0, 0.35))
