@@ -259,18 +259,20 @@ class SurfaceStructure:
         tri = np.asarray(mesh.triangles, dtype=np.int64).reshape(-1, 3)
         tri_poly = np.asarray(mesh.triangle_polygon, dtype=np.int64).reshape(-1)
         v = np.asarray(mesh.vertices, dtype=np.float64)
-        n_neurons = np.asarray(mesh.vertex_patterns).reshape(v.shape[0], -1).shape[1]
+        vp = np.asarray(mesh.vertex_patterns, dtype=bool)
+        vp = vp if vp.ndim == 2 else vp.reshape(v.shape[0], -1)
+        pp = np.asarray(mesh.polygon_patterns, dtype=bool).reshape(len(polygons), vp.shape[1])
+        cons = np.asarray(mesh.vertex_constraints, dtype=np.int64)
+        cons = cons if cons.ndim == 2 else cons.reshape(v.shape[0], -1)
 
         def t(a: np.ndarray, dt: torch.dtype) -> Tensor:
             return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dt)
 
         return cls(
             vertices0=t(v, torch.float64),
-            constraints=t(np.asarray(mesh.vertex_constraints).reshape(v.shape[0], -1), torch.long),
-            vertex_patterns=t(np.asarray(mesh.vertex_patterns).reshape(v.shape[0], -1), torch.bool),
-            polygon_patterns=t(
-                np.asarray(mesh.polygon_patterns).reshape(len(polygons), n_neurons), torch.bool
-            ),
+            constraints=t(cons, torch.long),
+            vertex_patterns=t(vp, torch.bool),
+            polygon_patterns=t(pp, torch.bool),
             cycles=t(cycles, torch.long),
             cycle_len=t(cycle_len, torch.long),
             triangles=t(tri, torch.long),

@@ -212,7 +212,7 @@ class SmoothnessRegularizer(ExactRegularizer):
 
     ``normals="region"`` uses the exact region normals from the patterns, ``"positions"``
     the normals of the polygons' vertex cycles. With ``normalize`` the sum is divided by the
-    total (detached) length of those edges.
+    total length of those edges (a length-weighted mean, invariant to scale).
     """
 
     name = "smooth"
@@ -239,7 +239,7 @@ class SmoothnessRegularizer(ExactRegularizer):
         length = surface.edge_lengths[inner]
         total = (length * (1.0 - cos)).sum()
         if self.normalize:
-            total = total / length.detach().sum().clamp_min(1e-30)
+            total = total / length.sum().clamp_min(1e-30)
         return total
 
 
@@ -451,6 +451,7 @@ class ExactRegularizerCallback(Callback):
         self._extracted_at: int | None = None
         self._last_extract_s = 0.0
         self._warned: set[str] = set()
+        self._trainer: Any = None
         self.stats = {"extractions": 0, "extract_s": 0.0, "terms": 0, "term_s": 0.0}
 
     # -- Lightning hooks ---------------------------------------------------------------
@@ -461,6 +462,7 @@ class ExactRegularizerCallback(Callback):
             self._warn("terms", f"{type(pl_module).__name__} has no `regularizer_terms` list; "
                                 "exact regularizers are not applied")
             return
+        self._trainer = trainer
         if self.term not in terms:
             terms.append(self.term)
         fit = [r for r in self.regularizers if isinstance(r, FitRegularizer) and not r.has_target]
@@ -486,6 +488,8 @@ class ExactRegularizerCallback(Callback):
 
     def _bounds(self, pl_module: Any, dim: int) -> np.ndarray:
         b = self.bounds if self.bounds is not None else getattr(pl_module, "bounds", None)
+        if b is None:  # nsr's ShapeDataModule trains in [-box, box]^dim
+            b = getattr(getattr(self._trainer, "datamodule", None), "box", None)
         return _as_bounds(b, dim)
 
     def refresh(self, pl_module: Any, step: int = 0) -> None:
@@ -552,10 +556,14 @@ def _global_step(pl_module: Any) -> int:
 _TARGET_NAMES = ("target_points", "surface_points", "points")
 
 
-def _find_target(trainer: Any, pl_module: Any) -> Any:
-    """A fit target from the module or data module (an ``sdf`` callable or surface points)."""
-    holders = [pl_module, getattr(trainer, "datamodule", None)]
-    for h in holders:
+def _find_target(trainer: Any, pl_module: Any, n_points: int = 100_000) -> Any:
+    """A fit target: surface points (or an ``sdf`` callable) of the module or data module.
+
+    nsr's ``ShapeDataModule`` has a ``source`` with ``sample_surface(n, generator)``; its
+    samples (box units) are used as the target point set.
+    """
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    for h in (pl_module, dm):
         if h is None:
             continue
         for name in _TARGET_NAMES:
@@ -565,4 +573,15 @@ def _find_target(trainer: Any, pl_module: Any) -> Any:
         sdf = getattr(h, "target_sdf", None)
         if callable(sdf):
             return sdf
+    source = getattr(dm, "source", None)
+    if source is not None and hasattr(source, "sample_surface"):
+        try:
+            pts = source.sample_surface(n_points, torch.Generator().manual_seed(0))
+        except Exception as err:  # noqa: BLE001 - a missing target only disables the term
+            warnings.warn(f"fit regularizer: sampling the target failed ({err})",
+                          RuntimeWarning, stacklevel=2)
+            return None
+        pts = pts[0] if isinstance(pts, (tuple, list)) else pts
+        if isinstance(pts, (np.ndarray, Tensor)) and pts.ndim == 2 and pts.shape[1] == 3:
+            return pts
     return None
