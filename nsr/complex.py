@@ -1,0 +1,786 @@
+"""The exact polyhedral complex of a ReLU network, by edge subdivision.
+
+Berzins, "Polyhedral Complex Extraction from ReLU Networks using Edge Subdivision",
+ICML 2023 (arXiv 2306.07212). The 1-skeleton (vertices, edges) of the current complex is
+kept together with the sign-vectors that encode its combinatorics. For every neuron in
+order, its pre-activation is evaluated at the vertices; every edge whose endpoints have
+opposite signs is split at the interpolated zero (exact: the neuron is affine on every
+current edge); the new vertices that bound a common 2-face are connected. A 2-face is
+named by a *face key*: the sign-vector of one of its edges with one zero entry made
+non-zero. Keys are hashed, sorted, and paired.
+
+Constraints and sign-vectors
+----------------------------
+Constraint ids are ``0 .. 2D-1`` for the box facets (``2d``: ``x_d >= lo_d``, ``2d+1``:
+``x_d <= hi_d``, positive inside), ``2D .. 2D+N-1`` for the hidden neurons in layer order,
+and ``2D+N`` for the output level set (used by :meth:`PolyhedralComplex.level_set`). A
+sign-vector has one entry in {-1, 0, +1} per constraint. It is stored compactly: the
+zero entries of a vertex (``D`` of them) or an edge (``D-1``) as sorted ids, and the
+positive entries as a bit set packed in int64 words.
+
+Degenerate positions
+--------------------
+A vertex can land exactly on a later neuron's hyperplane (this happens in float32 on
+trained networks). nsr resolves it by symbolic perturbation: a pre-activation that is
+exactly 0 counts as positive, i.e. the hyperplane is moved by an infinitesimal amount
+towards its negative side. Because {z >= 0} is a closed half-space, it meets the boundary
+of every convex 2-face in one contiguous arc, so every face is still cut at most once and
+the result is a valid complex of the perturbed network: every edge has two vertices and
+the Euler characteristic of the box complex is 1. Geometrically, the perturbation shows up
+as vertices that coincide and edges of zero length. Rounding can still, rarely, make a
+face key appear other than twice; those keys are left unpaired and counted in
+``stats["unpaired_face_keys"]`` (0 on every generic network we tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nsr.networks import PLNetwork, as_network
+
+_BITS = 64
+# Fixed odd multipliers for hashing packed keys; collisions are checked afterwards.
+_HASH_GEN = torch.Generator().manual_seed(20230607)
+_HASH_MULT = (torch.randint(1, 2**62, (4096,), generator=_HASH_GEN, dtype=torch.int64) * 2 + 1)
+
+
+# --------------------------------------------------------------------------------------
+# Input checking
+# --------------------------------------------------------------------------------------
+
+
+def as_bounds(bounds: Any, dim: int) -> np.ndarray:
+    """Normalize a box to a ``(D, 2)`` float64 array ``[[lo_0, hi_0], ...]``.
+
+    Accepts ``(lo, hi)`` scalars for every axis or a per-axis ``(D, 2)`` array.
+    """
+    arr = np.asarray(bounds, dtype=np.float64)
+    if arr.shape == (2,):
+        arr = np.tile(arr, (dim, 1))
+    if arr.shape != (dim, 2):
+        raise ValueError(
+            f"bounds must be (lo, hi) or a ({dim}, 2) array for a {dim}-D network, got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"bounds contain NaN or inf: {arr.tolist()}")
+    if not (arr[:, 0] < arr[:, 1]).all():
+        bad = int(np.argmax(arr[:, 0] >= arr[:, 1]))
+        raise ValueError(f"bounds: axis {bad} has lo={arr[bad, 0]} >= hi={arr[bad, 1]}")
+    return arr
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """float64 unless asked otherwise: exactness is the product, and float64 makes
+    degenerate positions (vertices on later hyperplanes) far rarer; the extra cost is small
+    because the work is dominated by index bookkeeping, not arithmetic."""
+    if dtype is None:
+        return torch.float64
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64,
+                 "float": torch.float32}.get(dtype, None)  # type: ignore[assignment]
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Switch TF32 off (it would round matmuls to 10 mantissa bits) and restore it after."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process (resident set, CPU) or of the CUDA allocator, in MB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --------------------------------------------------------------------------------------
+# Bit-packed sign sets
+# --------------------------------------------------------------------------------------
+
+
+def n_words(n_constraints: int) -> int:
+    return max(1, math.ceil(n_constraints / _BITS))
+
+
+def bit_values(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Word index and single-bit mask of constraint ids, ``(...,)`` each."""
+    word = torch.div(ids, _BITS, rounding_mode="floor")
+    mask = torch.ones_like(ids) << (ids - word * _BITS)
+    return word, mask
+
+
+def unpack_bits(pos: Tensor, ids: Tensor) -> Tensor:
+    """Bits ``ids`` of packed sets ``pos`` ``(M, W)`` -> ``(M, len(ids))`` bool."""
+    word, _ = bit_values(ids)
+    shift = ids - word * _BITS
+    return ((pos[:, word] >> shift) & 1).bool()
+
+
+def pack_bits(flags: Tensor, n_words_: int) -> Tensor:
+    """``(M, C)`` bool over constraints ``0..C-1`` -> ``(M, W)`` int64."""
+    m, c = flags.shape
+    out = torch.zeros(m, n_words_, dtype=torch.int64, device=flags.device)
+    ids = torch.arange(c, device=flags.device)
+    word, mask = bit_values(ids)
+    for w in range(n_words_):
+        sel = word == w
+        if sel.any():
+            out[:, w] = (flags[:, sel].long() * mask[sel]).sum(1)  # distinct bits: sum == or
+    return out
+
+
+def hash_rows(rows: Tensor) -> Tensor:
+    """Hash ``(M, K)`` int64 rows into ``(M,)`` int64 (wrapping multiply-add)."""
+    mult = _HASH_MULT[: rows.shape[1]].to(rows.device)
+    h = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    for k in range(rows.shape[1]):
+        h = h * 1000003 + rows[:, k] * mult[k]
+    return h
+
+
+def group_equal_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Group identical rows: returns ``(order, group_id)`` where ``rows[order]`` is sorted
+    by hash with equal rows adjacent and ``group_id[k]`` numbers the group of ``rows[order[k]]``.
+
+    Hash collisions between different rows are split into separate groups.
+    """
+    if rows.shape[0] == 0:
+        e = torch.zeros(0, dtype=torch.int64, device=rows.device)
+        return e, e
+    h = hash_rows(rows)
+    h_sorted, order = torch.sort(h, stable=True)
+    r = rows[order]
+    new = torch.ones(len(order), dtype=torch.bool, device=rows.device)
+    new[1:] = (h_sorted[1:] != h_sorted[:-1]) | (r[1:] != r[:-1]).any(1)
+    if bool(new[1:].logical_not().any()):
+        # Rows with equal hash must be adjacent *and equal*; a collision interleaving
+        # different rows would split one group in two, so fall back to an exact sort.
+        hh = h_sorted[1:] == h_sorted[:-1]
+        if bool(((r[1:] != r[:-1]).any(1) & hh).any()):
+            uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
+            inv_sorted, order = torch.sort(inv, stable=True)
+            return order, inv_sorted
+    return order, torch.cumsum(new.long(), 0) - 1
+
+
+# --------------------------------------------------------------------------------------
+# Growable buffers (amortized appends instead of a torch.cat per neuron)
+# --------------------------------------------------------------------------------------
+
+
+class _Buffer:
+    def __init__(self, data: Tensor) -> None:
+        self.data = data
+        self.n = data.shape[0]
+
+    @property
+    def t(self) -> Tensor:
+        return self.data[: self.n]
+
+    def append(self, rows: Tensor) -> None:
+        need = self.n + rows.shape[0]
+        if need > self.data.shape[0]:
+            cap = max(need, int(self.data.shape[0] * 1.5) + 1024)
+            new = torch.empty((cap, *self.data.shape[1:]), dtype=self.data.dtype, device=self.data.device)
+            new[: self.n] = self.data[: self.n]
+            self.data = new
+        self.data[self.n : need] = rows
+        self.n = need
+
+    def keep(self, mask_or_index: Tensor) -> None:
+        self.data = self.t[mask_or_index].clone()
+        self.n = self.data.shape[0]
+
+
+@dataclass
+class _Skeleton:
+    """Working state of edge subdivision over a batch of disjoint tiles (boxes)."""
+
+    x: _Buffer  # (V, D) positions
+    vzeros: _Buffer  # (V, D) int64 sorted zero constraint ids
+    vpos: _Buffer  # (V, W) int64 packed positive constraints
+    vtile: _Buffer  # (V,) int64 tile of each vertex
+    edges: _Buffer  # (E, 2) int64
+    ezeros: _Buffer  # (E, D-1) int64 sorted zero constraint ids
+    dim: int
+    unpaired: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_vertices(self) -> int:
+        return self.x.n
+
+    @property
+    def n_edges(self) -> int:
+        return self.edges.n
+
+
+def box_skeleton(tile_lo: Tensor, tile_hi: Tensor, n_constraints: int) -> _Skeleton:
+    """The 1-skeleton of ``K`` disjoint boxes ``(K, D)`` with their sign-vectors."""
+    k, d = tile_lo.shape
+    dev, dt = tile_lo.device, tile_lo.dtype
+    corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d)  # (2^D, D)
+    nc = corners.shape[0]
+    x = torch.where(corners.bool()[None], tile_hi[:, None, :], tile_lo[:, None, :]).reshape(-1, d)
+    facet_axis = torch.arange(d, device=dev)
+    on = 2 * facet_axis[None, :] + corners  # facet each corner lies on, per axis (2^D, D)
+    off = 2 * facet_axis[None, :] + 1 - corners  # facet it is strictly inside of
+    w = n_words(n_constraints)
+    flags = torch.zeros(nc, 2 * d, dtype=torch.bool, device=dev)
+    flags.scatter_(1, off, True)
+    pos = pack_bits(flags, w)
+    # Edges: corner pairs differing in one axis; zero set = the other axes' facets.
+    ce, cz = [], []
+    for axis in range(d):
+        low = corners[:, axis] == 0
+        a = torch.nonzero(low).squeeze(1)
+        b = a + (1 << (d - 1 - axis))  # cartesian_prod is row-major, last axis fastest
+        ce.append(torch.stack([a, b], 1))
+        others = [ax for ax in range(d) if ax != axis]
+        cz.append(on[a][:, others] if others else torch.zeros(len(a), 0, dtype=torch.int64, device=dev))
+    cedges, cezeros = torch.cat(ce), torch.cat(cz)
+    offs = (torch.arange(k, device=dev) * nc)[:, None, None]
+    edges = (cedges[None] + offs).reshape(-1, 2)
+    return _Skeleton(
+        x=_Buffer(x.to(dt)),
+        vzeros=_Buffer(on.repeat(k, 1)),
+        vpos=_Buffer(pos.repeat(k, 1)),
+        vtile=_Buffer(torch.arange(k, device=dev).repeat_interleave(nc)),
+        edges=_Buffer(edges),
+        ezeros=_Buffer(cezeros.repeat(k, 1)),
+        dim=d,
+    )
+
+
+def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int) -> None:
+    """Subdivide the skeleton by the zero set of ``z`` (one value per vertex), constraint ``c``.
+
+    ``z`` must be affine on every edge. ``values`` (same-layer pre-activations, ``(V, n)``)
+    are interpolated onto the new vertices. Mutates ``sk`` in place.
+    """
+    d = sk.dim
+    s = z >= 0  # symbolic perturbation: exact zeros count as positive
+    word, mask = bit_values(torch.tensor(c, device=z.device))
+    vpos = sk.vpos.t
+    vpos[:, word] |= s.long() * mask
+    e = sk.edges.t
+    a, b = e[:, 0], e[:, 1]
+    cut = torch.nonzero(s[a] != s[b]).squeeze(1)
+    n = cut.numel()
+    if n == 0:
+        return
+    ca, cb = a[cut], b[cut]
+    za, zb = z[ca], z[cb]
+    t = (za / (za - zb)).unsqueeze(1)
+    x = sk.x.t
+    xn = x[ca] + t * (x[cb] - x[ca])
+    ez = sk.ezeros.t[cut]  # (n, D-1)
+    pe = vpos[ca] | vpos[cb]
+    pe[:, word] &= ~mask  # the new vertices are zero on c
+    new_ids = torch.arange(sk.n_vertices, sk.n_vertices + n, device=z.device)
+    if values is not None:
+        vv = values.t
+        vn = vv[ca] + t.to(vv.dtype) * (vv[cb] - vv[ca])
+        values.append(vn)
+    cz = torch.full((n, 1), c, dtype=torch.int64, device=z.device)
+    sk.x.append(xn)
+    sk.vzeros.append(torch.cat([ez, cz], 1))
+    sk.vpos.append(pe)
+    sk.vtile.append(sk.vtile.t[ca])
+    # Split each cut edge (a, b) into (a, new) in place and (new, b) appended.
+    sk.edges.t[cut, 1] = new_ids
+    sk.edges.append(torch.stack([new_ids, cb], 1))
+    sk.ezeros.append(ez)
+    if d < 2:
+        return
+    # Face keys: for each zero slot i of the cut edge and each side, the 2-face obtained by
+    # making that entry non-zero. Box facets have no outside.
+    keys, owners = [], []
+    tile = sk.vtile.t[ca].unsqueeze(1)
+    for i in range(d - 1):
+        zi = ez[:, i]
+        rest = torch.cat([ez[:, :i], ez[:, i + 1 :]], 1)
+        wi, mi = bit_values(zi)
+        for side in (0, 1):
+            pk = pe.clone()
+            if side:
+                rows = torch.arange(n, device=z.device)
+                pk[rows, wi] |= mi
+                sel = torch.arange(n, device=z.device)
+            else:
+                sel = torch.nonzero(zi >= 2 * d).squeeze(1)
+            keys.append(torch.cat([tile[sel], pk[sel], rest[sel]], 1))
+            owners.append(sel)
+    key = torch.cat(keys)
+    owner = torch.cat(owners)
+    order, gid = group_equal_rows(key)
+    counts = torch.bincount(gid)
+    first = torch.ones_like(gid, dtype=torch.bool)
+    first[1:] = gid[1:] != gid[:-1]
+    starts = torch.nonzero(first).squeeze(1)
+    pair_groups = torch.nonzero(counts == 2).squeeze(1)
+    sk.unpaired += int((counts != 2).sum())
+    p = order[starts[pair_groups]]
+    q = order[starts[pair_groups] + 1]
+    new_edges = torch.stack([new_ids[owner[p]], new_ids[owner[q]]], 1)
+    zrest = key[p][:, key.shape[1] - (d - 2) :] if d > 2 else key.new_zeros(len(p), 0)
+    sk.edges.append(new_edges)
+    sk.ezeros.append(torch.cat([zrest, torch.full((len(p), 1), c, dtype=torch.int64, device=z.device)], 1))
+
+
+def _interval_output_bounds(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Interval bounds of the output given bounds ``(K, n)`` on pre-activations of ``layer``."""
+    lo, hi = torch.relu(lo), torch.relu(hi)
+    for w, b in zip(net.weights[layer + 1 :], net.biases[layer + 1 :]):
+        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        zm, zr = mid @ w.T + b, rad @ w.abs().T
+        lo, hi = zm - zr, zm + zr
+        if w is not net.weights[-1]:
+            lo, hi = torch.relu(lo), torch.relu(hi)
+    return lo[:, 0], hi[:, 0]
+
+
+def box_output_bounds(net: PLNetwork, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Interval bounds of the network output over boxes ``(K, D)``."""
+    w, b = net.weights[0], net.biases[0]
+    mid, rad = (lo + hi) / 2, (hi - lo) / 2
+    zm, zr = mid @ w.T + b, rad @ w.abs().T
+    if len(net.weights) == 1:
+        return (zm - zr)[:, 0], (zm + zr)[:, 0]
+    return _interval_output_bounds(net, 0, zm - zr, zm + zr)
+
+
+def _prune_tiles(sk: _Skeleton, values: _Buffer, alive_tiles: Tensor) -> None:
+    """Drop every vertex and edge of the tiles not in ``alive_tiles`` (bool per tile)."""
+    keep_v = alive_tiles[sk.vtile.t]
+    if bool(keep_v.all()):
+        return
+    remap = torch.cumsum(keep_v.long(), 0) - 1
+    keep_e = keep_v[sk.edges.t[:, 0]]
+    edges = remap[sk.edges.t[keep_e]]
+    for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile, values):
+        buf.keep(keep_v)
+    sk.ezeros.keep(keep_e)
+    sk.edges = _Buffer(edges)
+
+
+def subdivide(
+    net: PLNetwork,
+    tile_lo: Tensor,
+    tile_hi: Tensor,
+    *,
+    level: float | None = None,
+    prune: bool = False,
+    keep_negative: Tensor | None = None,
+    progress: bool = True,
+    desc: str = "extract",
+) -> tuple[_Skeleton, Tensor]:
+    """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
+    output level set ``f = level`` if ``level`` is given.
+
+    ``prune=True`` drops, before each layer, tiles whose output provably cannot reach
+    ``level`` (interval bounds from the exact range of that layer's pre-activations over the
+    tile, which are affine on every current cell and so extreme at vertices), except tiles
+    marked in ``keep_negative`` (bool per tile) that are below the level. Returns the
+    skeleton and the tiles kept.
+    """
+    d = net.in_dim
+    n_neurons = net.n_neurons
+    n_constraints = 2 * d + n_neurons + 1
+    sk = box_skeleton(tile_lo, tile_hi, n_constraints)
+    alive = torch.ones(tile_lo.shape[0], dtype=torch.bool, device=tile_lo.device)
+    lv = 0.0 if level is None else float(level)
+    n_layers = len(net.weights) if level is not None else len(net.weights) - 1
+    total = n_neurons + (1 if level is not None else 0)
+    bar = _progress(total, desc, progress)
+    c = 2 * d
+    t0 = time.perf_counter()
+    try:
+        for layer in range(n_layers):
+            zl = net.preactivations(sk.x.t, layer)
+            if layer == len(net.weights) - 1:
+                zl = zl - lv
+            values = _Buffer(zl)
+            if prune:
+                k = tile_lo.shape[0]
+                vmin = torch.full((k, zl.shape[1]), math.inf, dtype=zl.dtype, device=zl.device)
+                vmax = torch.full((k, zl.shape[1]), -math.inf, dtype=zl.dtype, device=zl.device)
+                idx = sk.vtile.t[:, None].expand_as(zl)
+                vmin.scatter_reduce_(0, idx, zl, "amin")
+                vmax.scatter_reduce_(0, idx, zl, "amax")
+                if layer == len(net.weights) - 1:
+                    olo, ohi = vmin[:, 0], vmax[:, 0]
+                else:
+                    olo, ohi = _interval_output_bounds(net, layer, vmin, vmax)
+                    olo, ohi = olo - lv, ohi - lv
+                reach = (olo <= 0) & (ohi >= 0)
+                if keep_negative is not None:
+                    reach |= keep_negative & (ohi < 0)
+                alive &= reach
+                _prune_tiles(sk, values, alive)
+            for j in range(values.t.shape[1]):
+                split_by_constraint(sk, values, values.t[:, j].clone(), c)
+                c += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(layer=layer, V=sk.n_vertices, E=sk.n_edges, refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    sk.stats["subdivision_s"] = time.perf_counter() - t0
+    if sk.unpaired:
+        warnings.warn(
+            f"{sk.unpaired} face keys appeared other than twice (rounding near degenerate "
+            "positions); those faces were left unpaired. Use dtype=float64 if you did not.",
+            stacklevel=2,
+        )
+    return sk, alive
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="neuron", leave=False)
+
+
+# --------------------------------------------------------------------------------------
+# The complex
+# --------------------------------------------------------------------------------------
+
+
+class PolyhedralComplex:
+    """The polyhedral complex of a ReLU network restricted to a box.
+
+    Attributes
+    ----------
+    vertices : ``(V, D)`` float tensor.
+    edges : ``(E, 2)`` int64 tensor of vertex indices.
+    vertex_zeros : ``(V, D)`` int64, the constraint ids each vertex lies on.
+    edge_zeros : ``(E, D-1)`` int64, the constraint ids each edge lies on.
+    vertex_signs : ``(V, W)`` int64, packed positive entries of the sign-vectors.
+    net : the :class:`~nsr.networks.PLNetwork`, bounds ``(D, 2)``, and ``stats``.
+    """
+
+    def __init__(
+        self,
+        net: PLNetwork,
+        bounds: np.ndarray,
+        vertices: Tensor,
+        edges: Tensor,
+        vertex_zeros: Tensor,
+        edge_zeros: Tensor,
+        vertex_signs: Tensor,
+        stats: dict[str, Any] | None = None,
+        level: float | None = None,
+    ) -> None:
+        self.net = net
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.vertices = vertices
+        self.edges = edges
+        self.vertex_zeros = vertex_zeros
+        self.edge_zeros = edge_zeros
+        self.vertex_signs = vertex_signs
+        self.stats: dict[str, Any] = dict(stats or {})
+        self.level = level  # set when the complex is refined by the level set f = level
+        self._cells: dict[int, tuple[Tensor, Tensor]] = {}
+        self._incidence: dict[int, Tensor] = {}
+
+    # -- sizes --------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.vertices.shape[1])
+
+    @property
+    def n_neurons(self) -> int:
+        return self.net.n_neurons
+
+    @property
+    def n_constraints(self) -> int:
+        """Box facets, hidden neurons and the output."""
+        return 2 * self.dim + self.n_neurons + 1
+
+    @property
+    def output_constraint(self) -> int:
+        return 2 * self.dim + self.n_neurons
+
+    def __repr__(self) -> str:
+        return f"PolyhedralComplex(dim={self.dim}, f_vector={self.f_vector})"
+
+    # -- cells --------------------------------------------------------------------------
+    def edge_signs(self) -> Tensor:
+        """Packed positive entries of the edges' sign-vectors, ``(E, W)`` int64."""
+        return self.vertex_signs[self.edges[:, 0]] | self.vertex_signs[self.edges[:, 1]]
+
+    def cells(self, k: int) -> tuple[Tensor, Tensor]:
+        """Cells of dimension ``k`` as ``(signs (M, W) int64 packed, zeros (M, D-k) int64)``.
+
+        Cells of dimension ``k >= 2`` are recovered from the ``(k-1)``-cells' sign-vectors:
+        each zero entry made positive or negative (box facets only positive) names a
+        ``k``-cell containing it.
+        """
+        if not 0 <= k <= self.dim:
+            raise ValueError(f"cell dimension must be in 0..{self.dim}, got {k}")
+        if k == 0:
+            return self.vertex_signs, self.vertex_zeros
+        if k == 1:
+            return self.edge_signs(), self.edge_zeros
+        if k not in self._cells:
+            self._build_cells(k)
+        return self._cells[k]
+
+    def _build_cells(self, k: int) -> None:
+        pos, zeros = self.cells(k - 1)
+        nz = zeros.shape[1]
+        keys, owners = [], []
+        m = pos.shape[0]
+        ar = torch.arange(m, device=pos.device)
+        for i in range(nz):
+            zi = zeros[:, i]
+            rest = torch.cat([zeros[:, :i], zeros[:, i + 1 :]], 1)
+            wi, mi = bit_values(zi)
+            for side in (0, 1):
+                if side:
+                    pk = pos.clone()
+                    pk[ar, wi] |= mi
+                    sel = ar
+                else:
+                    sel = torch.nonzero(zi >= 2 * self.dim).squeeze(1)
+                    pk = pos
+                keys.append(torch.cat([pk[sel], rest[sel]], 1))
+                owners.append(sel)
+        key = torch.cat(keys)
+        owner = torch.cat(owners)
+        order, gid = group_equal_rows(key)
+        first = torch.ones_like(gid, dtype=torch.bool)
+        first[1:] = gid[1:] != gid[:-1]
+        reps = key[order[first]]
+        w = pos.shape[1]
+        self._cells[k] = (reps[:, :w].contiguous(), reps[:, w:].contiguous())
+        inc = torch.zeros(len(gid), 2, dtype=torch.int64, device=pos.device)
+        inc[:, 0] = owner[order]
+        inc[:, 1] = gid
+        self._incidence[k] = torch.unique(inc, dim=0)
+
+    def incidence(self, k: int) -> Tensor:
+        """Pairs ``(i, j)``: ``(k-1)``-cell ``i`` is a facet of ``k``-cell ``j``, ``(M, 2)``."""
+        if k == 1:
+            n = self.edges.shape[0]
+            return torch.stack([self.edges.reshape(-1), torch.arange(n).repeat_interleave(2)], 1)
+        self.cells(k)
+        return self._incidence[k]
+
+    @property
+    def f_vector(self) -> list[int]:
+        """Number of cells of each dimension ``0..D``."""
+        return [int(self.cells(k)[0].shape[0]) for k in range(self.dim + 1)]
+
+    @property
+    def euler_characteristic(self) -> int:
+        """``sum_k (-1)^k f_k``; 1 for a complex that subdivides a box."""
+        return sum((-1) ** k * f for k, f in enumerate(self.f_vector))
+
+    def sign_vectors(self, k: int, index: Tensor | None = None) -> Tensor:
+        """Full sign-vectors of ``k``-cells, ``(M, C)`` int8 in {-1, 0, +1} over all constraints
+        (box facets, neurons, output)."""
+        pos, zeros = self.cells(k)
+        if index is not None:
+            pos, zeros = pos[index], zeros[index]
+        ids = torch.arange(self.n_constraints, device=pos.device)
+        sv = unpack_bits(pos, ids).to(torch.int8) * 2 - 1
+        if zeros.shape[1]:
+            sv.scatter_(1, zeros, torch.zeros_like(zeros, dtype=torch.int8))
+        return sv
+
+    def activation_patterns(self, k: int, index: Tensor | None = None) -> Tensor:
+        """Activation patterns (neuron strictly positive) of ``k``-cells, ``(M, N)`` bool."""
+        pos, _ = self.cells(k)
+        if index is not None:
+            pos = pos[index]
+        ids = torch.arange(2 * self.dim, 2 * self.dim + self.n_neurons, device=pos.device)
+        return unpack_bits(pos, ids)
+
+    def region_gradients(self, index: Tensor | None = None) -> Tensor:
+        """Gradient of the network on each D-cell (region), ``(M, D)``."""
+        pat = self.activation_patterns(self.dim, index)
+        splits = torch.split(pat, self.net.widths, dim=1)
+        return self.net.local_gradients(list(splits))
+
+    # -- level set ----------------------------------------------------------------------
+    def refine(self, level: float = 0.0, progress: bool = False) -> PolyhedralComplex:
+        """This complex subdivided by the output level set ``f = level`` as well."""
+        if self.level is not None:
+            if self.level != level:
+                raise ValueError(f"complex already refined by the level {self.level}")
+            return self
+        lo = torch.as_tensor(self.bounds[:, 0], dtype=self.vertices.dtype, device=self.vertices.device)
+        hi = torch.as_tensor(self.bounds[:, 1], dtype=self.vertices.dtype, device=self.vertices.device)
+        sk = box_skeleton(lo[None], hi[None], self.n_constraints)
+        sk.x = _Buffer(self.vertices.clone())
+        sk.vzeros = _Buffer(self.vertex_zeros.clone())
+        sk.vpos = _Buffer(self.vertex_signs.clone())
+        sk.vtile = _Buffer(torch.zeros(len(self.vertices), dtype=torch.int64, device=self.vertices.device))
+        sk.edges = _Buffer(self.edges.clone())
+        sk.ezeros = _Buffer(self.edge_zeros.clone())
+        net = self.net.to(device=self.vertices.device, dtype=self.vertices.dtype)
+        with torch.no_grad(), no_tf32():
+            f = net(sk.x.t) - level
+            split_by_constraint(sk, None, f, self.output_constraint)
+        stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired)
+        return PolyhedralComplex(self.net, self.bounds, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t,
+                                 sk.vpos.t, stats, level=level)
+
+    def level_set(self, level: float = 0.0) -> LevelSet:
+        """The sub-complex on ``f = level``: cells of dimension ``0..D-1`` whose sign-vector is
+        zero on the output."""
+        ref = self.refine(level)
+        out = ref.output_constraint
+        cells = []
+        for k in range(ref.dim):
+            pos, zeros = ref.cells(k)
+            on = (zeros == out).any(1) if zeros.shape[1] else torch.zeros(len(pos), dtype=torch.bool)
+            cells.append(torch.nonzero(on).squeeze(1))
+        return LevelSet(ref, cells)
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the complex, its network and metadata to one ``.npz`` file (atomically)."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {
+            "vertices": self.vertices.cpu().numpy(),
+            "edges": self.edges.cpu().numpy(),
+            "vertex_zeros": self.vertex_zeros.cpu().numpy(),
+            "edge_zeros": self.edge_zeros.cpu().numpy(),
+            "vertex_signs": self.vertex_signs.cpu().numpy(),
+            "bounds": self.bounds,
+        }
+        for i, (w, b) in enumerate(zip(self.net.weights, self.net.biases)):
+            arrays[f"weight_{i}"] = w.detach().cpu().double().numpy()
+            arrays[f"bias_{i}"] = b.detach().cpu().double().numpy()
+        meta = {"format": "nsr.PolyhedralComplex", "version": 1, "level": self.level,
+                "n_layers": len(self.net.weights), "dtype": str(self.vertices.dtype),
+                "stats": self.stats}
+        arrays["meta"] = np.array(json.dumps(meta, default=float))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez_compressed(tmp, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolyhedralComplex:
+        """Read a complex written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != "nsr.PolyhedralComplex":
+                raise ValueError(f"{path}: not an nsr complex file")
+            net = PLNetwork([torch.from_numpy(z[f"weight_{i}"]) for i in range(meta["n_layers"])],
+                            [torch.from_numpy(z[f"bias_{i}"]) for i in range(meta["n_layers"])])
+            v = torch.from_numpy(z["vertices"])
+            return cls(net, z["bounds"], v, torch.from_numpy(z["edges"]),
+                       torch.from_numpy(z["vertex_zeros"]), torch.from_numpy(z["edge_zeros"]),
+                       torch.from_numpy(z["vertex_signs"]), meta.get("stats"), meta.get("level"))
+
+
+@dataclass
+class LevelSet:
+    """Cells of a refined complex lying on ``f = level``; ``cells[k]`` indexes ``complex.cells(k)``."""
+
+    complex: PolyhedralComplex
+    cells: list[Tensor]
+
+    @property
+    def dim(self) -> int:
+        return self.complex.dim - 1
+
+    @property
+    def vertices(self) -> Tensor:
+        return self.complex.vertices[self.cells[0]]
+
+    @property
+    def edges(self) -> Tensor:
+        """Level-set edges as indices into :attr:`vertices`, ``(E, 2)``."""
+        if self.dim < 1:
+            return torch.zeros(0, 2, dtype=torch.int64)
+        remap = torch.full((len(self.complex.vertices),), -1, dtype=torch.int64)
+        remap[self.cells[0]] = torch.arange(len(self.cells[0]))
+        return remap[self.complex.edges[self.cells[1]]]
+
+    @property
+    def f_vector(self) -> list[int]:
+        return [len(c) for c in self.cells]
+
+    @property
+    def euler_characteristic(self) -> int:
+        return sum((-1) ** k * f for k, f in enumerate(self.f_vector))
+
+
+def extract_complex(
+    net: Any,
+    bounds: Any,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> PolyhedralComplex:
+    """Extract the exact polyhedral complex of a ReLU network over a box.
+
+    Parameters
+    ----------
+    net : anything :func:`nsr.networks.as_network` accepts.
+    bounds : ``(lo, hi)`` for every axis, or a ``(D, 2)`` array.
+    dtype : float64 by default (see :func:`resolve_dtype`); float32 on request.
+    device : "cpu", "cuda", ...; defaults to the network's device.
+    progress : show a progress bar per neuron with vertex and edge counts.
+    """
+    net = as_network(net)
+    dt = resolve_dtype(dtype)
+    dev = torch.device(device) if device is not None else net.device
+    b = as_bounds(bounds, net.in_dim)
+    netd = net.to(device=dev, dtype=dt)
+    lo = torch.as_tensor(b[:, 0], dtype=dt, device=dev)[None]
+    hi = torch.as_tensor(b[:, 1], dtype=dt, device=dev)[None]
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad(), no_tf32():
+        sk, _ = subdivide(netd, lo, hi, level=None, progress=progress, desc="complex")
+    stats = {
+        "time_s": time.perf_counter() - t0,
+        "peak_memory_mb": peak_memory_mb(dev),
+        "unpaired_face_keys": sk.unpaired,
+        "dtype": str(dt),
+        "device": str(dev),
+    }
+    return PolyhedralComplex(netd, b, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t, sk.vpos.t, stats)

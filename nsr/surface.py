@@ -1,0 +1,660 @@
+"""Exact zero-level meshes of ReLU networks: polygons, triangles, polylines, export.
+
+The level set ``f = level`` of a ReLU network is piecewise planar: every linear region the
+surface crosses contributes one convex planar polygon, and polygons meet exactly along
+shared edges. Vertices are welded by their combinatorial identity (sign-vector), never by
+a distance tolerance.
+
+Two modes give the same polygons:
+
+* ``mode="complex"`` builds the whole complex over the box, then refines it by the level set.
+* ``mode="surface"`` splits the box into a grid of tiles, drops tiles whose output provably
+  cannot reach the level (interval bounds, tightened before every layer from the exact
+  range of that layer's pre-activations over the tile), subdivides all remaining tiles in
+  one batch, and stitches them: vertices by global identity, polygon pieces that only a
+  tile plane split by the identity of their linear region. Vertices that only a tile plane
+  created are removed, so the result equals complex mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nsr.complex import (
+    as_bounds,
+    bit_values,
+    box_output_bounds,
+    extract_complex,
+    group_equal_rows,
+    n_words,
+    no_tf32,
+    peak_memory_mb,
+    resolve_dtype,
+    subdivide,
+    unpack_bits,
+)
+from nsr.networks import PLNetwork, as_network
+
+EXPORT_SUFFIXES = (".obj", ".ply", ".off", ".stl")
+
+
+@dataclass
+class ExactMesh:
+    """An exact level-set mesh.
+
+    ``vertices`` ``(V, D)`` float64; for D = 3 ``polygons`` (vertex cycles, oriented so that
+    normals point from negative to positive, i.e. outward for an SDF negative inside),
+    ``triangles`` ``(T, 3)`` (fan triangulation of the convex polygons) and
+    ``triangle_polygon`` ``(T,)``; for D = 2 ``polylines`` (ordered vertex paths; closed loops
+    repeat their first vertex at the end).
+
+    Combinatorics, for differentiable geometry: ``vertex_constraints`` ``(V, D)`` int64, the
+    constraints each vertex lies on (``2d``/``2d+1``: box facet ``x_d = lo_d``/``hi_d``;
+    ``2D + j``: hidden neuron ``j`` in layer order; ``2D + N``: the level set);
+    ``vertex_patterns`` ``(V, N)`` bool, an activation pattern valid at the vertex (zero
+    neurons inactive); ``polygon_patterns`` ``(P, N)`` bool, the pattern of each polygon's
+    linear region; ``polygon_is_cap`` ``(P,)`` bool for box caps (``close=True``).
+    """
+
+    vertices: np.ndarray
+    bounds: np.ndarray
+    level: float = 0.0
+    polygons: list[np.ndarray] = field(default_factory=list)
+    triangles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    triangle_polygon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    polylines: list[np.ndarray] = field(default_factory=list)
+    vertex_constraints: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    vertex_patterns: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    polygon_patterns: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    polygon_is_cap: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.bounds.shape[0])
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.vertices) == 0
+
+    @property
+    def faces(self) -> np.ndarray:
+        return self.triangles
+
+    def to_trimesh(self) -> Any:
+        """A ``trimesh.Trimesh`` of the triangles (vertices kept as they are, no merging)."""
+        import trimesh
+
+        self._require_3d("to_trimesh")
+        return trimesh.Trimesh(self.vertices, self.triangles, process=False)
+
+    def to_open3d(self) -> Any:
+        """An ``open3d.geometry.TriangleMesh`` of the triangles."""
+        self._require_3d("to_open3d")
+        try:
+            import open3d as o3d
+        except (ImportError, OSError) as err:
+            raise ImportError(f"open3d is not usable here ({err}); install libusb-1.0-0") from err
+        m = o3d.geometry.TriangleMesh(
+            o3d.utility.Vector3dVector(self.vertices), o3d.utility.Vector3iVector(self.triangles.astype(np.int32))
+        )
+        m.compute_triangle_normals()
+        return m
+
+    def _require_3d(self, what: str) -> None:
+        if self.dim != 3:
+            raise ValueError(f"{what} needs a 3-D mesh; this level set is {self.dim - 1}-dimensional")
+
+    def export(self, path: str | Path, *, polygons: bool = False, binary: bool = True) -> Path:
+        """Write the mesh; the format follows the suffix (``.obj``, ``.ply``, ``.off``, ``.stl``).
+
+        ``polygons=True`` writes the true n-gons (OBJ and PLY only) instead of triangles;
+        ``binary`` selects binary or ASCII PLY. The file is written to a temporary name in
+        the same folder and renamed, so a failure leaves no half-written file.
+        """
+        self._require_3d("export")
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in EXPORT_SUFFIXES:
+            raise ValueError(f"cannot export to '{path.name}': unknown suffix, use one of {EXPORT_SUFFIXES}")
+        if polygons and suffix not in (".obj", ".ply"):
+            raise ValueError("polygons=True is supported for .obj and .ply only")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot export to {path}: folder {path.parent} does not exist")
+        if suffix == ".obj":
+            data = _obj_bytes(self.vertices, self.polygons if polygons else list(self.triangles))
+        elif suffix == ".ply":
+            data = _ply_bytes(self.vertices, self.polygons if polygons else list(self.triangles), binary)
+        else:
+            import trimesh.exchange.export as tex
+
+            data = tex.export_mesh(self.to_trimesh(), file_type=suffix[1:])
+            data = data.encode() if isinstance(data, str) else data
+        _atomic_write(path, data)
+        return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise PermissionError(f"cannot write to {path.parent}: {err}") from err
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _obj_bytes(vertices: np.ndarray, faces: list[np.ndarray]) -> bytes:
+    lines = ["# exact level-set mesh written by nsr"]
+    lines += [f"v {x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices]
+    lines += ["f " + " ".join(str(int(i) + 1) for i in f) for f in faces]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ply_bytes(vertices: np.ndarray, faces: list[np.ndarray], binary: bool) -> bytes:
+    fmt = "binary_little_endian" if binary else "ascii"
+    header = (
+        f"ply\nformat {fmt} 1.0\ncomment exact level-set mesh written by nsr\n"
+        f"element vertex {len(vertices)}\nproperty double x\nproperty double y\nproperty double z\n"
+        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode()
+    if not binary:
+        body = [f"{x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices]
+        body += [f"{len(f)} " + " ".join(str(int(i)) for i in f) for f in faces]
+        return header + ("\n".join(body) + "\n").encode()
+    if faces and max(len(f) for f in faces) > 255:
+        raise ValueError("a polygon has more than 255 vertices, which binary PLY cannot store")
+    parts = [header, np.ascontiguousarray(vertices, dtype="<f8").tobytes()]
+    sizes = np.array([len(f) for f in faces], dtype=np.int64)
+    flat = np.concatenate([np.asarray(f, dtype="<i4") for f in faces]) if faces else np.zeros(0, "<i4")
+    # Interleave (count:uint8, indices:int32*count) per face without a Python loop over bytes.
+    rec = np.zeros(int(sizes.sum() * 4 + len(sizes)), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(sizes * 4 + 1)[:-1]]) if len(sizes) else np.zeros(0, np.int64)
+    rec[starts] = sizes.astype(np.uint8)
+    mask = np.ones(len(rec), dtype=bool)
+    mask[starts] = False
+    rec[mask] = flat.view(np.uint8)
+    parts.append(rec.tobytes())
+    return b"".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Vertex cycles of faces
+# --------------------------------------------------------------------------------------
+
+
+def order_cycles(face: Tensor, u: Tensor, v: Tensor, n_faces: int) -> tuple[Tensor, Tensor]:
+    """Order the edges of each face into a vertex cycle.
+
+    ``face``, ``u``, ``v`` ``(M,)``: undirected edge ``(u, v)`` bounds face ``face``. Returns
+    ``cycles`` ``(F, L)`` padded with -1 and ``valid`` ``(F,)`` (every vertex of the face has
+    exactly two of its edges, and one walk visits them all).
+    """
+    dev = face.device
+    if face.numel() == 0:
+        empty = torch.zeros(n_faces, 0, dtype=torch.int64, device=dev)
+        return empty, torch.zeros(n_faces, dtype=torch.bool, device=dev)
+    f2 = torch.cat([face, face])
+    src = torch.cat([u, v])
+    dst = torch.cat([v, u])
+    nv = int(torch.maximum(u.max(), v.max())) + 1
+    key = f2 * nv + src
+    key_sorted, order = torch.sort(key)
+    f2, src, dst = f2[order], src[order], dst[order]
+    # each (face, vertex) must appear exactly twice
+    uniq, counts = torch.unique_consecutive(key_sorted, return_counts=True)
+    bad_key = uniq[counts != 2]
+    bad_face = torch.zeros(n_faces, dtype=torch.bool, device=dev)
+    bad_face[torch.div(bad_key, nv, rounding_mode="floor")] = True
+    # successor of half-edge h = (f, s -> d): the other half-edge leaving d in f
+    tgt = torch.searchsorted(key_sorted, f2 * nv + dst)
+    tgt = tgt.clamp(max=len(key_sorted) - 2)
+    alt = torch.where(dst[tgt] == src, tgt + 1, tgt)
+    ok = (key_sorted[alt] == f2 * nv + dst)
+    nxt = torch.where(ok, alt, torch.full_like(alt, -1))
+    n_edges = torch.bincount(face, minlength=n_faces)
+    # start at the first half-edge of each face
+    first = torch.full((n_faces,), -1, dtype=torch.int64, device=dev)
+    idx = torch.arange(len(f2), device=dev)
+    first.scatter_reduce_(0, f2, idx, "amax", include_self=False)
+    first.scatter_reduce_(0, f2, idx, "amin", include_self=False)
+    lmax = int(n_edges.max())
+    cycles = torch.full((n_faces, lmax), -1, dtype=torch.int64, device=dev)
+    has = first >= 0
+    cur = first.clamp(min=0)
+    start_vertex = src[cur]
+    alive = has & ~bad_face
+    length = torch.zeros(n_faces, dtype=torch.int64, device=dev)
+    for step in range(lmax):
+        cycles[:, step] = torch.where(alive, src[cur], torch.full_like(cur, -1))
+        length += alive.long()
+        nx = nxt[cur]
+        broken = alive & (nx < 0)
+        bad_face |= broken
+        cur = nx.clamp(min=0)
+        alive = alive & ~broken & (src[cur] != start_vertex)
+    valid = has & ~bad_face & (length == n_edges) & ~alive
+    return cycles, valid
+
+
+def _orient(cycles: Tensor, x: Tensor, normal: Tensor) -> Tensor:
+    """Reverse cycles whose Newell normal points against ``normal`` ``(F, D)``."""
+    length = (cycles >= 0).sum(1)
+    lmax = cycles.shape[1]
+    if lmax == 0:
+        return cycles
+    ar = torch.arange(lmax, device=cycles.device)
+    nxt_idx = (ar[None] + 1) % length.clamp(min=1)[:, None]
+    p = x[cycles.clamp(min=0)]
+    q = x[torch.gather(cycles, 1, nxt_idx).clamp(min=0)]
+    valid = (cycles >= 0).unsqueeze(-1)
+    newell = (torch.cross(p, q, dim=-1) * valid).sum(1)
+    flip = (newell * normal).sum(1) < 0
+    rev_idx = (length[:, None] - ar[None]) % length.clamp(min=1)[:, None]
+    rev = torch.gather(cycles, 1, rev_idx)
+    rev = torch.where(ar[None] < length[:, None], rev, torch.full_like(rev, -1))
+    return torch.where(flip[:, None], rev, cycles)
+
+
+def _compact_rows(cycles: Tensor, keep: Tensor) -> Tensor:
+    """Drop entries where ``keep`` is False from each padded row, keeping order."""
+    keep = keep & (cycles >= 0)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    out = torch.gather(cycles, 1, order)
+    return torch.where(torch.gather(keep, 1, order), out, torch.full_like(out, -1))
+
+
+def _fan(cycles: Tensor) -> tuple[Tensor, Tensor]:
+    tris, owner = [], []
+    for i in range(1, cycles.shape[1] - 1):
+        ok = cycles[:, i + 1] >= 0
+        rows = torch.nonzero(ok).squeeze(1)
+        tris.append(torch.stack([cycles[rows, 0], cycles[rows, i], cycles[rows, i + 1]], 1))
+        owner.append(rows)
+    if not tris:
+        return torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(tris), torch.cat(owner)
+
+
+# --------------------------------------------------------------------------------------
+# From a subdivided skeleton to a mesh
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Arrays:
+    """Vertices/edges of a level-set-refined complex over a grid of tiles."""
+
+    x: Tensor
+    vzeros: Tensor
+    vpos: Tensor
+    vtile: Tensor
+    edges: Tensor
+    ezeros: Tensor
+    tile_index: Tensor  # (K, D) grid index of each tile
+    grid: int  # tiles per axis
+
+
+def _global_zeros(zeros: Tensor, tile: Tensor, arr: _Arrays, d: int) -> tuple[Tensor, Tensor]:
+    """Map local tile-facet ids to global plane ids ``-(1 + axis*(T+1) + k)``; also return
+    whether each entry is an internal tile plane (not on the box boundary)."""
+    is_facet = zeros < 2 * d
+    axis = torch.div(zeros, 2, rounding_mode="floor").clamp(max=d - 1)
+    k = arr.tile_index[tile][:, None, :].expand(-1, zeros.shape[1], -1)
+    k = torch.gather(k, 2, axis.unsqueeze(-1)).squeeze(-1) + zeros % 2
+    plane = -(1 + axis * (arr.grid + 1) + k)
+    internal = is_facet & (k > 0) & (k < arr.grid)
+    return torch.where(is_facet, plane, zeros), internal
+
+
+def _plane_to_constraint(g: Tensor, grid: int) -> Tensor:
+    """Global ids back to constraint ids (boundary planes -> box facets ``2d``/``2d+1``)."""
+    p = -g - 1
+    axis = torch.div(p, grid + 1, rounding_mode="floor")
+    k = p - axis * (grid + 1)
+    return torch.where(g < 0, 2 * axis + (k == grid).long(), g)
+
+
+def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: float, close: bool) -> ExactMesh:
+    d = arr.x.shape[1]
+    n = net.n_neurons
+    out = 2 * d + n
+    w = arr.vpos.shape[1]
+    dev = arr.x.device
+    # bits >= 2D: neurons and output (tile-facet bits differ between tiles for one vertex)
+    ids = torch.arange(w * 64, device=dev)
+    keep_bits = (ids >= 2 * d) & (ids < out + 1)
+    wd, mk = bit_values(ids[keep_bits])
+    mask = torch.zeros(w, dtype=torch.int64, device=dev).index_put_((wd,), mk, accumulate=True)
+
+    gz, internal = _global_zeros(arr.vzeros, arr.vtile, arr, d)
+    gz = torch.sort(gz, 1).values
+    e = arr.edges
+    ge, e_internal = _global_zeros(arr.ezeros, arr.vtile[e[:, 0]], arr, d)
+    epos = (arr.vpos[e[:, 0]] | arr.vpos[e[:, 1]]) & mask
+
+    if d == 2:
+        return _polylines(net, arr, bounds, level, gz, internal, ge, e_internal, mask)
+
+    faces_support, faces_pos, inc_edge = [], [], []
+
+    def add(edge_idx: Tensor, support: Tensor, other: Tensor, sides: tuple[int, ...], need_neg: bool) -> None:
+        for side in sides:
+            sel = edge_idx
+            pk = epos[sel].clone()
+            oth = other
+            is_neuron = (oth >= 2 * d) & (oth < out)
+            if side == 1:  # the positive side of a neuron; the inside of a box plane
+                wi, mi = bit_values(oth.clamp(min=0))
+                rows = torch.nonzero(is_neuron).squeeze(1)
+                pk[rows, wi[rows]] |= mi[rows]
+                keep = is_neuron | (oth < 0)
+            else:  # the negative side of a neuron or of the level set
+                keep = is_neuron | (oth == out)
+            if need_neg:
+                wo, mo = bit_values(torch.tensor(out, device=dev))
+                keep = keep & ((pk[:, wo] & mo) == 0)
+            r = torch.nonzero(keep).squeeze(1)
+            faces_support.append(support[r])
+            faces_pos.append(pk[r])
+            inc_edge.append(sel[r])
+
+    # surface: edges on the level set whose other zero is not an internal tile plane
+    on_ls = arr.ezeros[:, -1] == out
+    s_edges = torch.nonzero(on_ls & ~e_internal[:, 0]).squeeze(1)
+    add(s_edges, torch.full((len(s_edges),), out, device=dev), ge[s_edges, 0], (0, 1), need_neg=False)
+    if close:
+        for slot in range(2):
+            g = ge[:, slot]
+            on_boundary = (g < 0) & ~e_internal[:, slot]
+            other = ge[:, 1 - slot]
+            sel = torch.nonzero(on_boundary & ~e_internal[:, 1 - slot]).squeeze(1)
+            add(sel, g[sel], other[sel], (0, 1), need_neg=True)
+
+    support = torch.cat(faces_support)
+    fpos = torch.cat(faces_pos)
+    inc = torch.cat(inc_edge)
+    if len(inc) == 0:
+        return _empty(bounds, level, d, n)
+    order, fid = group_equal_rows(torch.cat([support[:, None], fpos], 1))
+    n_faces = int(fid.max()) + 1
+    face_of_inc = torch.empty_like(fid)
+    face_of_inc[order] = fid
+    rep = torch.zeros(n_faces, dtype=torch.int64, device=dev)
+    rep[fid] = order
+    f_support, f_pos = support[rep], fpos[rep]
+
+    # weld vertices of the incident edges by (neuron/output signs, global zero ids)
+    used = torch.unique(e[inc].reshape(-1))
+    vkey = torch.cat([arr.vpos[used] & mask, gz[used]], 1)
+    vorder, vid = group_equal_rows(vkey)
+    weld = torch.full((len(arr.x),), -1, dtype=torch.int64, device=dev)
+    weld[used[vorder]] = vid
+    n_w = int(vid.max()) + 1
+    wrep = torch.zeros(n_w, dtype=torch.int64, device=dev)
+    wrep[vid] = used[vorder]
+    wx = arr.x[wrep].double()
+
+    cycles, valid = order_cycles(face_of_inc, weld[e[inc, 0]], weld[e[inc, 1]], n_faces)
+    n_invalid = int((~valid).sum())
+    cycles, f_support, f_pos = cycles[valid], f_support[valid], f_pos[valid]
+    # remove vertices that only a tile plane created (they lie inside polygon edges)
+    split_vertex = internal[wrep].any(1)
+    cycles = _compact_rows(cycles, ~split_vertex[cycles.clamp(min=0)])
+    # orientation: surface polygons along the gradient, caps along the outward facet normal
+    is_cap = f_support != out
+    patterns = unpack_bits(f_pos, torch.arange(2 * d, out, device=dev))
+    netd = net.to(device=dev, dtype=torch.float64)
+    normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1))) if n else None
+    if normal is None:
+        normal = netd.weights[0].expand(len(patterns), -1).clone()
+    cap_c = _plane_to_constraint(f_support[is_cap], arr.grid)
+    cap_n = torch.zeros(int(is_cap.sum()), d, dtype=torch.float64, device=dev)
+    cap_n[torch.arange(len(cap_c)), torch.div(cap_c, 2, rounding_mode="floor")] = (cap_c % 2).double() * 2 - 1
+    normal[is_cap] = cap_n
+    cycles = _orient(cycles, wx, normal)
+
+    # compact vertices to those used by polygons
+    usedv = torch.unique(cycles[cycles >= 0])
+    remap = torch.full((n_w,), -1, dtype=torch.int64, device=dev)
+    remap[usedv] = torch.arange(len(usedv), device=dev)
+    cycles = torch.where(cycles >= 0, remap[cycles.clamp(min=0)], cycles)
+    verts = wx[usedv]
+    vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
+    vpat = unpack_bits(arr.vpos[wrep[usedv]], torch.arange(2 * d, out, device=dev))
+    tris, owner = _fan(cycles)
+    cyc_np = cycles.cpu().numpy()
+    polys = [row[row >= 0] for row in cyc_np]
+    mesh = ExactMesh(
+        vertices=verts.cpu().numpy(),
+        bounds=bounds,
+        level=level,
+        polygons=polys,
+        triangles=tris.cpu().numpy(),
+        triangle_polygon=owner.cpu().numpy(),
+        vertex_constraints=vcons.cpu().numpy(),
+        vertex_patterns=vpat.cpu().numpy(),
+        polygon_patterns=patterns.cpu().numpy(),
+        polygon_is_cap=is_cap.cpu().numpy(),
+    )
+    mesh.stats["invalid_faces"] = n_invalid
+    return mesh
+
+
+def _polylines(
+    net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: float, gz: Tensor, internal: Tensor,
+    ge: Tensor, e_internal: Tensor, mask: Tensor,
+) -> ExactMesh:
+    d, n = 2, net.n_neurons
+    out = 2 * d + n
+    e = arr.edges
+    sel = torch.nonzero(arr.ezeros[:, 0] == out).squeeze(1)
+    if len(sel) == 0:
+        return _empty(bounds, level, d, n)
+    used = torch.unique(e[sel].reshape(-1))
+    vkey = torch.cat([arr.vpos[used] & mask, gz[used]], 1)
+    vorder, vid = group_equal_rows(vkey)
+    weld = torch.full((len(arr.x),), -1, dtype=torch.int64)
+    weld[used[vorder]] = vid
+    n_w = int(vid.max()) + 1
+    wrep = torch.zeros(n_w, dtype=torch.int64)
+    wrep[vid] = used[vorder]
+    split = internal[wrep].any(1).numpy()
+    ends = weld[e[sel]].numpy()
+    # Walk the graph (degree <= 2); 2-D level sets are small, plain Python is fine here.
+    adj: dict[int, list[int]] = {}
+    for a, b in ends:
+        adj.setdefault(int(a), []).append(int(b))
+        adj.setdefault(int(b), []).append(int(a))
+    seen: set[tuple[int, int]] = set()
+    lines = []
+    starts = [v for v, nb in adj.items() if len(nb) == 1] + list(adj)
+    for s in starts:
+        for nb in adj[s]:
+            if (s, nb) in seen:
+                continue
+            path, prev, cur = [s], s, nb
+            seen.update({(s, nb), (nb, s)})
+            while True:
+                path.append(cur)
+                nxt = [w for w in adj[cur] if w != prev]
+                if not nxt or cur == s:
+                    break
+                prev, cur = cur, nxt[0]
+                if (prev, cur) in seen:
+                    path.append(cur)
+                    break
+                seen.update({(prev, cur), (cur, prev)})
+            lines.append([v for i, v in enumerate(path) if not split[v] or i in (0, len(path) - 1)])
+    usedv = np.unique(np.concatenate([np.asarray(p) for p in lines]))
+    remap = -np.ones(n_w, dtype=np.int64)
+    remap[usedv] = np.arange(len(usedv))
+    x = arr.x[wrep].double().numpy()
+    return ExactMesh(
+        vertices=x[usedv],
+        bounds=bounds,
+        level=level,
+        polylines=[remap[np.asarray(p)] for p in lines],
+        vertex_constraints=_plane_to_constraint(gz[wrep[torch.as_tensor(usedv)]], arr.grid).numpy(),
+        vertex_patterns=unpack_bits(arr.vpos[wrep[torch.as_tensor(usedv)]], torch.arange(2 * d, out)).numpy(),
+    )
+
+
+def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:
+    return ExactMesh(
+        vertices=np.zeros((0, d)),
+        bounds=bounds,
+        level=level,
+        vertex_constraints=np.zeros((0, d), dtype=np.int64),
+        vertex_patterns=np.zeros((0, n), dtype=bool),
+        polygon_patterns=np.zeros((0, n), dtype=bool),
+    )
+
+
+def _tile_grid(
+    bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    d = bounds.shape[0]
+    idx = torch.cartesian_prod(*[torch.arange(grid, device=device)] * d).reshape(-1, d)
+    lo = torch.as_tensor(bounds[:, 0], dtype=dtype, device=device)
+    hi = torch.as_tensor(bounds[:, 1], dtype=dtype, device=device)
+    # Tile planes computed once per grid line so neighbouring tiles share them bitwise.
+    ticks = [lo[a] + (hi[a] - lo[a]) * torch.arange(grid + 1, device=device, dtype=dtype) / grid for a in range(d)]
+    for a in range(d):
+        ticks[a][-1] = hi[a]
+    tlo = torch.stack([ticks[a][idx[:, a]] for a in range(d)], 1)
+    thi = torch.stack([ticks[a][idx[:, a] + 1] for a in range(d)], 1)
+    return tlo, thi, idx
+
+
+def default_tiles(net: PLNetwork) -> int:
+    """Tiles per axis for surface mode: finer for larger networks (more to prune)."""
+    if net.in_dim != 3:
+        return 4 if net.in_dim == 2 else 1
+    return 8 if net.n_neurons <= 64 else 12
+
+
+def extract_mesh(
+    net: Any,
+    bounds: Any,
+    *,
+    mode: str = "surface",
+    close: bool = False,
+    level: float = 0.0,
+    tiles: int | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> ExactMesh:
+    """The exact level set ``f = level`` of a ReLU network over a box.
+
+    Parameters
+    ----------
+    net : anything :func:`nsr.networks.as_network` accepts; input dimension 2 or 3.
+    bounds : ``(lo, hi)`` for every axis or a ``(D, 2)`` array.
+    mode : ``"surface"`` (tiles, pruning; default) or ``"complex"`` (the whole complex).
+    close : cap the surface with the box faces where the network is below ``level`` (D = 3).
+    tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
+    dtype, device, progress : as for :func:`nsr.extract_complex`.
+
+    A network with no crossing in the box gives an empty mesh and a warning.
+    """
+    net = as_network(net)
+    d = net.in_dim
+    if d not in (2, 3):
+        raise ValueError(
+            f"extract_mesh needs a 2-D or 3-D network (polylines or a triangle mesh), got {d}-D; "
+            "use nsr.extract_complex(net, bounds).level_set() for the level-set complex in any dimension"
+        )
+    if mode not in ("surface", "complex"):
+        raise ValueError(f"mode must be 'surface' or 'complex', got {mode!r}")
+    if close and d != 3:
+        raise ValueError("close=True needs a 3-D network")
+    b = as_bounds(bounds, d)
+    dt = resolve_dtype(dtype)
+    dev = torch.device(device) if device is not None else net.device
+    netd = net.to(device=dev, dtype=dt)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad(), no_tf32():
+        if mode == "complex":
+            cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress).refine(level)
+            arr = _Arrays(cx.vertices, cx.vertex_zeros, cx.vertex_signs,
+                          torch.zeros(len(cx.vertices), dtype=torch.int64, device=dev),
+                          cx.edges, cx.edge_zeros, torch.zeros(1, d, dtype=torch.int64, device=dev), 1)
+            n_tiles, kept, unpaired = 1, 1, cx.stats["unpaired_face_keys"]
+        else:
+            grid = tiles if tiles is not None else default_tiles(netd)
+            if grid < 1:
+                raise ValueError(f"tiles must be >= 1, got {grid}")
+            tlo, thi, tidx = _tile_grid(b, grid, dt, dev)
+            lo, hi = box_output_bounds(netd, tlo, thi)
+            reach = (lo <= level) & (hi >= level)
+            keep_neg = None
+            if close:
+                on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
+                keep_neg = on_boundary  # their box faces below the level are caps
+                reach |= on_boundary & (hi < level)
+            sel = torch.nonzero(reach).squeeze(1)
+            n_tiles, kept = len(tlo), len(sel)
+            sk, alive = subdivide(netd, tlo[sel], thi[sel], level=level, prune=True,
+                                  keep_negative=None if keep_neg is None else keep_neg[sel],
+                                  progress=progress, desc="surface")
+            arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx[sel], grid)
+            unpaired = sk.unpaired
+        t_sub = time.perf_counter() - t0
+        mesh = _mesh_from_arrays(netd, arr, b, level, close)
+    stats = mesh.stats
+    stats.update(mode=mode, dtype=str(dt), device=str(dev), tiles=n_tiles, tiles_kept=kept,
+                 unpaired_face_keys=unpaired, subdivision_s=t_sub,
+                 time_s=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
+    _measure(mesh, netd)
+    if mesh.is_empty:
+        warnings.warn(f"the network does not reach the level {level} inside the box: empty mesh", stacklevel=2)
+    return mesh
+
+
+def _measure(mesh: ExactMesh, net: PLNetwork) -> None:
+    """Record counts and the measured |f - level| at the vertices (float64 evaluation)."""
+    s = mesh.stats
+    s["n_vertices"] = len(mesh.vertices)
+    s["n_polygons"] = len(mesh.polygons)
+    s["n_triangles"] = len(mesh.triangles)
+    s["n_polylines"] = len(mesh.polylines)
+    if mesh.is_empty:
+        s["max_abs_f"] = s["mean_abs_f"] = 0.0
+        return
+    n64 = net.to(device="cpu", dtype=torch.float64)
+    with torch.no_grad():
+        f = (n64(torch.as_tensor(mesh.vertices)) - mesh.level).abs()
+    if mesh.dim == 3 and mesh.polygon_is_cap.any():
+        # cap-only vertices are not on the level set; measure those of surface polygons
+        surf = np.unique(np.concatenate([p for p, c in zip(mesh.polygons, mesh.polygon_is_cap) if not c]
+                                        or [np.zeros(0, np.int64)]))
+        f = f[torch.as_tensor(surf)]
+    s["max_abs_f"] = float(f.max()) if len(f) else 0.0
+    s["mean_abs_f"] = float(f.mean()) if len(f) else 0.0
+    if mesh.dim == 3 and len(mesh.triangles):
+        s["watertight"] = bool(mesh.to_trimesh().is_watertight)
+
+
+def n_words_for(net: PLNetwork) -> int:
+    """Packed words per sign-vector for ``net`` (box facets, neurons, output)."""
+    return n_words(2 * net.in_dim + net.n_neurons + 1)
