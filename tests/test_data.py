@@ -1,0 +1,265 @@
+"""Shapes, sources, sampling and losses, checked against closed-form answers."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from conftest import open3d_available
+
+from nsr import shapes as S
+from nsr.data import (
+    AnalyticSource,
+    MeshSource,
+    PointCloudSource,
+    ShapeError,
+    batch_generator,
+    make_source,
+    sample_points,
+    split_counts,
+)
+from nsr.losses import ImplicitLoss, eikonal, normal_alignment, occupancy_bce, sdf_l1
+
+needs_o3d = pytest.mark.skipif(not open3d_available(), reason="open3d not importable")
+
+
+def _pts(*rows: tuple[float, ...]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- analytic SDFs
+
+
+def test_sphere_sdf_closed_form_and_sign():
+    s = S.Sphere(0.3, center=(0.1, 0.0, 0.0))
+    x = _pts((0.1, 0, 0), (0.5, 0, 0), (0.1, 0.3, 0.0))
+    assert torch.allclose(s.sdf(x), torch.tensor([-0.3, 0.1, 0.0], dtype=torch.float64))
+    out = s(np.array([[0.1, 0.0, 0.0]]))
+    assert isinstance(out, np.ndarray) and out[0] < 0  # negative inside
+
+
+def test_box_sdf_inside_face_edge_corner():
+    b = S.Box((0.2, 0.1, 0.3))
+    x = _pts((0, 0, 0), (0.5, 0, 0), (0.3, 0.2, 0.0), (0.3, 0.2, 0.4))
+    want = [-0.1, 0.3, math.hypot(0.1, 0.1), math.sqrt(3) * 0.1]
+    assert torch.allclose(b.sdf(x), torch.tensor(want, dtype=torch.float64))
+
+
+def test_torus_and_capsule_closed_form():
+    t = S.Torus(0.3, 0.1)
+    x = _pts((0.3, 0, 0), (0, 0, 0), (0.0, 0.3, 0.25))
+    assert torch.allclose(t.sdf(x), torch.tensor([-0.1, 0.2, 0.15], dtype=torch.float64))
+    c = S.Capsule((-0.2, 0, 0), (0.2, 0, 0), 0.1)
+    y = _pts((0, 0, 0), (0, 0.3, 0), (0.5, 0, 0))
+    assert torch.allclose(c.sdf(y), torch.tensor([-0.1, 0.2, 0.2], dtype=torch.float64))
+
+
+def test_polygon_matches_2d_box_and_circle_is_2d():
+    square = S.Polygon([[-0.2, -0.2], [0.2, -0.2], [0.2, 0.2], [-0.2, 0.2]])
+    box = S.Box((0.2, 0.2))
+    x = (torch.rand(500, 2, dtype=torch.float64) - 0.5) * 1.2
+    assert torch.allclose(square.sdf(x), box.sdf(x), atol=1e-12)
+    cw = S.Polygon([[-0.2, 0.2], [0.2, 0.2], [0.2, -0.2], [-0.2, -0.2]])  # other orientation
+    assert torch.allclose(cw.sdf(x), box.sdf(x), atol=1e-12)
+    assert S.Circle(0.3).dim == 2 and S.Circle(0.3).sdf(_pts((0.0, 0.0)))[0] == -0.3
+
+
+def test_csg_is_min_max_of_children():
+    a, b = S.Sphere(0.3), S.Box(0.2, center=(0.3, 0.0, 0.0))
+    x = torch.rand(300, 3, dtype=torch.float64) - 0.5
+    da, db = a.sdf(x), b.sdf(x)
+    assert torch.equal(S.Union([a, b]).sdf(x), torch.minimum(da, db))
+    assert torch.equal(S.Intersection([a, b]).sdf(x), torch.maximum(da, db))
+    assert torch.equal(S.Difference([a, b]).sdf(x), torch.maximum(da, -db))
+    with pytest.raises(ValueError):
+        S.Union([a, S.Circle(0.2)])
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def test_analytic_source_surface_samples_lie_on_sphere():
+    src = AnalyticSource(S.Sphere(0.35))
+    pts, nrm = src.sample_surface(500, torch.Generator().manual_seed(0))
+    r = pts.double().norm(dim=1)
+    assert pts.shape == (500, 3) and torch.allclose(r, torch.full_like(r, 0.35), atol=1e-5)
+    assert torch.allclose(nrm.double(), pts.double() / r[:, None], atol=1e-4)
+    assert src.signed_distance(torch.zeros(1, 3))[0] < 0
+
+
+def test_analytic_source_outside_box_is_an_error():
+    with pytest.raises(ShapeError, match="no surface"):
+        AnalyticSource(S.Sphere(0.1, center=(3.0, 0.0, 0.0)))
+
+
+def _sphere_mesh(center=(1.0, 2.0, 3.0), radius=2.0) -> trimesh.Trimesh:
+    m = trimesh.creation.icosphere(subdivisions=3, radius=radius)
+    m.apply_translation(center)
+    return m
+
+
+@needs_o3d
+@pytest.mark.parametrize("suffix", ["obj", "ply", "stl", "off", "glb"])
+def test_mesh_formats_round_trip_and_sign(tmp_path, suffix):
+    mesh = _sphere_mesh()
+    path = tmp_path / f"sphere.{suffix}"
+    mesh.export(path)
+    src = MeshSource(path, fit=0.45)
+    lo, hi = mesh.bounds
+    assert np.allclose(src.center, (lo + hi) / 2, atol=1e-5)
+    assert src.scale == pytest.approx(0.9 / (hi - lo).max(), rel=1e-5)
+    assert np.abs(src.vertices).max() == pytest.approx(0.45, abs=1e-5)
+    back = src.to_shape_units(src.vertices)  # STL/GLB may duplicate vertices: compare geometry
+    assert np.allclose(np.linalg.norm(back - (1.0, 2.0, 3.0), axis=1), 2.0, atol=1e-5)
+    assert np.allclose([back.min(0), back.max(0)], mesh.bounds, atol=1e-5)
+    # sign and values: a sphere of radius ~0.45 in box units, negative inside
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.49, 0.49, 0.0]])
+    r = 2.0 * src.scale
+    d = src.signed_distance(x)
+    want = x.norm(dim=1) - r
+    assert d[0] < 0 and d[1] < 0 and d[2] > 0
+    assert torch.allclose(d, want, atol=0.01)
+
+
+@needs_o3d
+def test_open_mesh_still_has_inside(tmp_path):
+    mesh = _sphere_mesh(center=(0, 0, 0), radius=1.0)
+    keep = np.ones(len(mesh.faces), bool)
+    keep[:6] = False  # punch a hole
+    open_mesh = trimesh.Trimesh(mesh.vertices, mesh.faces[keep], process=False)
+    assert not open_mesh.is_watertight
+    path = tmp_path / "open.obj"
+    open_mesh.export(path)
+    src = MeshSource(path)
+    assert not src.watertight and src.n_rays > 1 and src.n_rays % 2 == 1
+    x = torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.1, 0.05], [0.48, 0.48, 0.48]])
+    d = src.signed_distance(x)
+    assert d[0] < 0 and d[1] < 0 and d[2] > 0
+
+
+@needs_o3d
+def test_mesh_surface_samples_are_on_surface(tmp_path):
+    path = tmp_path / "s.obj"
+    _sphere_mesh().export(path)
+    src = MeshSource(path)
+    pts, nrm = src.sample_surface(400, torch.Generator().manual_seed(1))
+    assert src.signed_distance(pts).abs().max() < 1e-4
+    assert (torch.nn.functional.cosine_similarity(nrm, pts, dim=1) > 0.95).all()  # outward
+
+
+@needs_o3d
+@pytest.mark.parametrize("suffix", ["ply", "pcd", "xyzn"])
+def test_point_cloud_formats_round_trip(tmp_path, suffix):
+    import open3d as o3d
+
+    mesh = _sphere_mesh()
+    pts, face = trimesh.sample.sample_surface(mesh, 300, seed=0)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    pcd.normals = o3d.utility.Vector3dVector(mesh.face_normals[face])
+    path = tmp_path / f"cloud.{suffix}"
+    o3d.io.write_point_cloud(str(path), pcd)
+    src = PointCloudSource(path)
+    assert not src.has_sdf and src.points.shape == (300, 3)
+    assert np.allclose(src.to_shape_units(src.points), pts, atol=1e-4)
+    assert torch.allclose(src.normals.double(), torch.from_numpy(mesh.face_normals[face]), atol=1e-4)
+    assert torch.isnan(src.signed_distance(torch.zeros(3, 3))).all()
+
+
+@needs_o3d
+def test_xyz_without_normals(tmp_path):
+    import open3d as o3d
+
+    pts = np.random.default_rng(0).normal(size=(50, 3))
+    path = tmp_path / "cloud.xyz"
+    o3d.io.write_point_cloud(str(path), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts)))
+    with pytest.raises(ShapeError, match="no normals"):
+        PointCloudSource(path)
+    src = PointCloudSource(path, require_normals=False)
+    assert np.allclose(src.to_shape_units(src.points), pts, atol=1e-4) and not src.has_normals
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_source("mesh", path=tmp_path / "nope.obj")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_source("pointcloud", path=tmp_path / "nope.ply")
+
+
+@needs_o3d
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("v 0 0 0\nv 1 0 0\nv 0 1 0\n", "empty"),
+        ("v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n", "NaN|empty"),
+        ("v 1 1 1\nv 1 1 1\nv 1 1 1\nf 1 2 3\n", "zero size"),
+    ],
+)
+def test_bad_meshes(tmp_path, text, match):
+    path = tmp_path / "bad.obj"
+    path.write_text(text)
+    with pytest.raises(ShapeError, match=match):
+        make_source("mesh", path=path)
+
+
+def test_unreadable_mesh_and_bad_box(tmp_path):
+    path = tmp_path / "bad.stl"
+    path.write_bytes(b"\x00garbage" * 3)
+    with pytest.raises(ShapeError):
+        make_source("mesh", path=path)
+    with pytest.raises(ShapeError, match="box"):
+        make_source("analytic", S.Sphere(0.3), box=0.0)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_split_counts_and_sample_points_are_reproducible():
+    counts = split_counts(1000, {"surface": 0.2, "near": 0.5, "uniform": 0.3}, 2)
+    assert counts == {"surface": 200, "near": 500, "uniform": 300}
+    src = AnalyticSource(S.Sphere(0.3))
+    a = sample_points(src, counts, [0.01, 0.003], 0.5, batch_generator(0, 1, 2))
+    b = sample_points(src, counts, [0.01, 0.003], 0.5, batch_generator(0, 1, 2))
+    c = sample_points(src, counts, [0.01, 0.003], 0.5, batch_generator(0, 2, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["points"], c["points"])
+    assert a["surface"].shape == (200, 3) and a["points"].shape == (800, 3)
+    exact = a["points"].double().norm(dim=1) - 0.3
+    assert torch.allclose(a["sdf"].double(), exact, atol=1e-6)
+    near = exact[:500].abs()
+    assert near.max() < 5 * 0.01 * 1.0 and near[250:].mean() < near[:250].mean()  # sigma order
+    assert (a["points"][500:].abs() <= 0.5).all()
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_losses_closed_form():
+    pred, target = torch.tensor([0.5, -0.05, 0.0]), torch.tensor([0.2, 0.0, -0.3])
+    assert sdf_l1(pred, target, clamp=0.1).item() == pytest.approx((0.0 + 0.05 + 0.1) / 3)
+    g = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    assert eikonal(g).item() == pytest.approx((16 + 0) / 2)
+    assert normal_alignment(g, torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.0, -1.0]])).item() == pytest.approx(1.0)
+    bce = occupancy_bce(torch.tensor([-1.0, 1.0]), torch.tensor([-0.1, 0.1]), temperature=0.01)
+    assert bce.item() < 1e-6
+
+
+def test_implicit_loss_vanishes_on_exact_sdf():
+    sphere = S.Sphere(0.3)
+    src = AnalyticSource(sphere)
+    batch = sample_points(src, {"surface": 100, "near": 100, "uniform": 100}, [0.01], 0.5, batch_generator(0, 0, 0))
+    terms = ImplicitLoss(sdf=1, surface=1, eikonal=1, normal=1)(lambda x: sphere.sdf(x.double()), batch)
+    for k in ("sdf", "surface", "eikonal", "normal", "loss"):
+        assert terms[k].item() < 1e-5, k
+
+
+def test_import_does_not_load_open3d():
+    code = "import sys, nsr, nsr.data, nsr.shapes, nsr.losses; print('open3d' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
