@@ -41,12 +41,20 @@ def train_default(out: Path, overrides: Sequence[str] = ()) -> Path:
     return Path(train(cfg))
 
 
-def _render_slice(run_dir: Path, bounds: Any, out: Path) -> Path | None:
+def _render_slice(run_dir: Path, bounds: Any, mesh_path: Path, out: Path) -> Path | None:
+    """Field on the plane z = 0 with the exact mesh's crossing segments, ``(K, 2, 2)``."""
+    import trimesh
+
     from nsr.networks import as_network
     from nsr.render import render_slice
 
     net = as_network(run_dir / "checkpoints" / "last.ckpt")
-    return render_slice(net, bounds, 2, 0.0, out / "slice_z0.png")
+    segments = None
+    if mesh_path.is_file():
+        mesh = trimesh.load(mesh_path, force="mesh", process=False)
+        if len(mesh.faces):
+            segments = trimesh.intersections.mesh_plane(mesh, [0, 0, 1], [0, 0, 0])[:, :, :2]
+    return render_slice(net, bounds, 2, 0.0, out / "slice_z0.png", segments=segments)
 
 
 def summary_table(compare: dict[str, Any]) -> str:
@@ -79,7 +87,7 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS,
     compare = run_compare({"net": str(run_dir), "out_dir": str(out / "compare"),
                            "resolutions": list(resolutions), "n_samples": 50_000})  # fmt: skip
     timings["compare_s"] = time.perf_counter() - t
-    slice_png = _render_slice(run_dir, extract["bounds"], out)
+    slice_png = _render_slice(run_dir, extract["bounds"], out / "extract" / "mesh.obj", out)
     files = sorted(str(p) for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts)
     files += extract["files"] + [str(out / "extract" / "stats.json")]
     files += compare["files"] + [str(out / "compare" / "compare.json")]
