@@ -109,14 +109,33 @@ def _draw_mesh(
         coll.set_edgecolor((0, 0, 0, 0.35))
         coll.set_linewidth(0.2)
     ax.add_collection3d(coll)
-    if polygons is not None:
-        verts = np.asarray(mesh.vertices)
-        segs = [verts[np.stack([p, np.roll(p, -1)], 1)] for p in polygons if len(p) > 1]
-        if segs:
-            ax.add_collection3d(
-                Line3DCollection(np.concatenate(segs), colors=(0, 0, 0, 0.6), linewidths=0.3)
-            )
+    if polygons is not None and len(polygons):
+        segs = polygon_segments(np.asarray(mesh.vertices), polygons, eye)
+        if len(segs):
+            ax.add_collection3d(Line3DCollection(segs, colors=(0, 0, 0, 0.6), linewidths=0.3))
     _set_box(ax, np.asarray(mesh.vertices))
+
+
+def polygon_segments(
+    vertices: np.ndarray, polygons: Sequence[np.ndarray], eye: np.ndarray | None = None
+) -> np.ndarray:
+    """Boundary edges ``(K, 2, 3)`` of polygons (vertex cycles into ``vertices`` ``(V, 3)``).
+
+    With ``eye`` (towards the camera) only polygons whose Newell normal faces it are kept:
+    matplotlib draws lines over all faces, so back edges would show through.
+    """
+    lens = np.array([len(p) for p in polygons])
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in polygons])
+    start = np.repeat(np.cumsum(lens) - lens, lens)
+    pos = np.arange(len(flat))
+    nxt = flat[start + (pos - start + 1) % np.repeat(lens, lens)]
+    a, b = vertices[flat], vertices[nxt]
+    keep = np.repeat(lens > 1, lens)
+    if eye is not None:
+        normals = np.zeros((len(lens), 3))
+        np.add.at(normals, np.repeat(np.arange(len(lens)), lens), np.cross(a, b))
+        keep &= np.repeat(normals @ eye > 0, lens)
+    return np.stack([a[keep], b[keep]], 1)
 
 
 @_safe
