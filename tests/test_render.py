@@ -71,3 +71,14 @@ def test_failure_degrades_to_warning(tmp_path):
     with pytest.warns(UserWarning, match="render_mesh failed"):
         assert render_mesh("not a mesh", tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
+
+
+def test_polygon_segments_cull_back_faces():
+    from nsr.render import polygon_segments
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=float)
+    up, down = np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])
+    assert polygon_segments(v, [up, down]).shape == (8, 2, 3)
+    segs = polygon_segments(v, [up, down], eye=np.array([0.0, 0.0, 1.0]))
+    assert segs.shape == (4, 2, 3)
+    np.testing.assert_allclose(segs[:, 1], v[[1, 2, 3, 0]])
