@@ -71,23 +71,24 @@ def _split_patterns(patterns: Tensor, widths: Sequence[int]) -> list[Tensor]:
 
 
 def _layer_maps(params: Params, patterns: Tensor):  # noqa: ANN202 (generator)
-    """Yield the affine maps ``(A (V, n_l, D), c (V, n_l))`` of every layer's pre-activations.
+    """Yield the affine maps ``M (V, D+1, n_l)`` of every layer's pre-activations.
 
     With the activation pattern fixed per row, layer ``l``'s pre-activation is the affine
-    function ``A x + c`` of the input; the last yield is the output layer (``n_L = 1``).
+    function ``x -> M[:, :D].T x + M[:, D]`` of the input (rows ``:D`` the coefficients, row
+    ``D`` the offset); the last yield is the output layer (``n_L = 1``). Each layer is one
+    GEMM of ``(V (D+1), n_{l-1}) x (n_{l-1}, n_l)``.
     """
     ws, bs = params
     widths = [int(w.shape[0]) for w in ws[:-1]]
     masks = _split_patterns(patterns, widths)
-    n_rows = patterns.shape[0]
-    a = ws[0].unsqueeze(0).expand(n_rows, -1, -1)  # (V, n_0, D)
-    c = bs[0].unsqueeze(0).expand(n_rows, -1)  # (V, n_0)
-    yield a, c
-    for w, b, m in zip(ws[1:], bs[1:], masks):
-        mf = m.to(a.dtype)
-        a = torch.einsum("ij,vjd->vid", w, a * mf.unsqueeze(-1))
-        c = (c * mf) @ w.T + b
-        yield a, c
+    n_rows, dim = patterns.shape[0], int(ws[0].shape[1])
+    m = torch.cat([ws[0].T, bs[0].unsqueeze(0)], 0).unsqueeze(0).expand(n_rows, -1, -1)
+    yield m
+    lift = torch.zeros(dim + 1, 1, dtype=ws[0].dtype, device=ws[0].device)
+    lift[dim] = 1.0  # the bias enters the offset row only
+    for w, b, mk in zip(ws[1:], bs[1:], masks):
+        m = (m * mk.to(m.dtype).unsqueeze(1)) @ w.T + lift * b
+        yield m
 
 
 def region_affine(
@@ -156,13 +157,14 @@ def constraint_system(
     off = -bounds_t[box_axis, box_side]  # (V, D)
     offset = 2 * dim
     n_layers = len(ws)
-    for layer, (a, c) in enumerate(_layer_maps((ws, bs), patterns)):
-        n_l = a.shape[1]
+    for layer, m in enumerate(_layer_maps((ws, bs), patterns)):
+        n_l = m.shape[2]
         sel = (constraints >= offset) & (constraints < offset + n_l)
         if bool(sel.any()):
             idx = (constraints - offset).clamp(0, n_l - 1)  # (V, D)
-            a_sel = torch.gather(a, 1, idx.unsqueeze(-1).expand(-1, -1, dim))
-            c_sel = torch.gather(c, 1, idx)
+            g = torch.gather(m, 2, idx.unsqueeze(1).expand(-1, dim + 1, -1))  # (V, D+1, D)
+            a_sel = g[:, :dim, :].transpose(1, 2)  # (V, constraint, coordinate)
+            c_sel = g[:, dim, :]
             if layer == n_layers - 1:
                 c_sel = c_sel - level  # the output layer: f = level
             jac = torch.where(sel.unsqueeze(-1), a_sel, jac)
