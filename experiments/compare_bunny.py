@@ -28,10 +28,12 @@ def main() -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--out", default=str(ROOT / "outputs" / "compare_bunny"))
     parser.add_argument("--n-samples", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 is steadier "
+                        "on a loaded machine)")  # fmt: skip
     args = parser.parse_args()
     if not MODELS.is_dir():
         raise SystemExit(f"{MODELS} not found: the shared bunny networks are needed")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     lines = [f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}; {time.strftime('%Y-%m-%d')}.\n"]  # fmt: skip
     for name in args.models:
