@@ -54,9 +54,6 @@ from torch import Tensor
 from nsr.networks import PLNetwork, as_network
 
 _BITS = 64
-# Fixed odd multipliers for hashing packed keys; collisions are checked afterwards.
-_HASH_GEN = torch.Generator().manual_seed(20230607)
-_HASH_MULT = (torch.randint(1, 2**62, (4096,), generator=_HASH_GEN, dtype=torch.int64) * 2 + 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -153,12 +150,28 @@ def pack_bits(flags: Tensor, n_words_: int) -> Tensor:
     return out
 
 
+def _to_int64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_C1, _C2, _C3 = _to_int64(0xBF58476D1CE4E5B9), _to_int64(0x94D049BB133111EB), _to_int64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: Tensor) -> Tensor:
+    """splitmix64 finalizer on int64 (logical shifts emulated by masking the sign fill):
+    a linear hash would collide on keys that differ only in high bits."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _C1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _C2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
 def hash_rows(rows: Tensor) -> Tensor:
-    """Hash ``(M, K)`` int64 rows into ``(M,)`` int64 (wrapping multiply-add)."""
-    mult = _HASH_MULT[: rows.shape[1]].to(rows.device)
-    h = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
+    """Hash ``(M, K)`` int64 rows into ``(M,)`` int64."""
+    h = torch.full((rows.shape[0],), _C3, dtype=torch.int64, device=rows.device)
     for k in range(rows.shape[1]):
-        h = h * 1000003 + rows[:, k] * mult[k]
+        h = _mix(h * _C3 + rows[:, k])
     return h
 
 

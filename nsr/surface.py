@@ -120,7 +120,9 @@ class ExactMesh:
         """Write the mesh; the format follows the suffix (``.obj``, ``.ply``, ``.off``, ``.stl``).
 
         ``polygons=True`` writes the true n-gons (OBJ and PLY only) instead of triangles;
-        ``binary`` selects binary or ASCII PLY. The file is written to a temporary name in
+        ``binary`` selects binary or ASCII PLY. Readers differ on n-gons: open3d reads
+        n-gon PLY but skips n-gons in OBJ; trimesh reads n-gon OBJ and ASCII PLY, but its
+        binary PLY reader needs faces of one size. The file is written to a temporary name in
         the same folder and renamed, so a failure leaves no half-written file.
         """
         self._require_3d("export")
@@ -137,9 +139,7 @@ class ExactMesh:
         elif suffix == ".ply":
             data = _ply_bytes(self.vertices, self.polygons if polygons else list(self.triangles), binary)
         else:
-            import trimesh.exchange.export as tex
-
-            data = tex.export_mesh(self.to_trimesh(), file_type=suffix[1:])
+            data = self.to_trimesh().export(file_type=suffix[1:])
             data = data.encode() if isinstance(data, str) else data
         _atomic_write(path, data)
         return path

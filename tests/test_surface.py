@@ -1,0 +1,236 @@
+"""Exact level-set meshes: closed forms, invariants, mode agreement, export round trips."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from nsr.networks import PLNetwork, cube_network, load_network, octahedron_network, random_network
+from nsr.surface import extract_mesh
+from tests.conftest import open3d_available
+
+
+def _centered(dim: int, widths: list[int], seed: int, dtype: torch.dtype = torch.float64) -> PLNetwork:
+    """A random network whose zero level set crosses the box [-1, 1]^D."""
+    net = random_network(dim, widths, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(4096, dim, generator=gen, dtype=torch.float64) * 2 - 1
+    net.biases[-1] -= net(x).median()
+    return net.to(dtype=dtype)
+
+
+def _unique_rows(a: np.ndarray, decimals: int = 9) -> np.ndarray:
+    return np.unique(np.round(a, decimals) + 0.0, axis=0)
+
+
+@pytest.mark.parametrize("mode", ["complex", "surface"])
+def test_octahedron_exactly(mode):
+    r = 0.5
+    mesh = extract_mesh(octahedron_network(r), (-1, 1), mode=mode, tiles=3, progress=False)
+    want = np.array([s * r * e for e in np.eye(3) for s in (1, -1)])
+    np.testing.assert_allclose(_unique_rows(mesh.vertices), _unique_rows(want), atol=1e-12)
+    assert len(mesh.polygons) == 8 and all(len(p) == 3 for p in mesh.polygons)
+    tm = mesh.to_trimesh()
+    assert tm.is_watertight and tm.is_winding_consistent
+    assert tm.volume == pytest.approx(4 / 3 * r**3, rel=1e-12)
+    assert tm.area == pytest.approx(8 * math.sqrt(3) / 4 * (r * math.sqrt(2)) ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["complex", "surface"])
+def test_cube_exactly(mode):
+    r = 0.4
+    mesh = extract_mesh(cube_network(r), (-1, 1), mode=mode, tiles=4, progress=False)
+    # corners, edge midpoints and face centres: the coordinate planes and the planes
+    # |x| = |y| of the construction cut the faces there
+    want = np.array([p for p in np.array(np.meshgrid(*[[-r, 0, r]] * 3)).reshape(3, -1).T if np.abs(p).max() == r])
+    np.testing.assert_allclose(_unique_rows(mesh.vertices), _unique_rows(want), atol=1e-12)
+    tm = mesh.to_trimesh()
+    assert tm.is_watertight and tm.is_winding_consistent
+    assert tm.volume == pytest.approx((2 * r) ** 3, rel=1e-12)
+    assert tm.area == pytest.approx(6 * (2 * r) ** 2, rel=1e-12)
+    # x- and y-faces are cut into 4 quads, z-faces into 8 triangles (the |x| = |y| planes)
+    areas = np.array([trimesh.triangles.area(tm.triangles[mesh.triangle_polygon == i]).sum()
+                      for i in range(len(mesh.polygons))])
+    assert (areas > 1e-12).sum() == 4 * 4 + 2 * 8
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_surface_mode_equals_complex_mode(seed):
+    net = _centered(3, [12, 12, 12], seed)
+    a = extract_mesh(net, (-1, 1), mode="complex", progress=False)
+    b = extract_mesh(net, (-1, 1), mode="surface", tiles=5, progress=False)
+    assert len(a.polygons) > 20
+    assert b.stats["tiles"] == 125
+    # same linear regions, same vertices, same polygon areas per region
+    key = lambda m: {r.tobytes(): i for i, r in enumerate(m.polygon_patterns)}  # noqa: E731
+    ka, kb = key(a), key(b)
+    assert ka.keys() == kb.keys()
+    np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
+    ta, tb = a.to_trimesh(), b.to_trimesh()
+    area_a = np.bincount(a.triangle_polygon, trimesh.triangles.area(ta.triangles), len(a.polygons))
+    area_b = np.bincount(b.triangle_polygon, trimesh.triangles.area(tb.triangles), len(b.polygons))
+    for k, i in ka.items():
+        assert area_a[i] == pytest.approx(area_b[kb[k]], rel=1e-9, abs=1e-14)
+
+
+def test_surface_mode_prunes_tiles_far_from_the_surface():
+    mesh = extract_mesh(octahedron_network(0.3), (-1, 1), mode="surface", tiles=8, progress=False)
+    assert mesh.stats["tiles_kept"] < mesh.stats["tiles"] / 2
+    assert mesh.to_trimesh().volume == pytest.approx(4 / 3 * 0.3**3, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_vertices_satisfy_the_level_set(dtype, tol):
+    net = _centered(3, [16, 16], 4)
+    mesh = extract_mesh(net, (-1, 1), dtype=dtype, progress=False)
+    f = net.to(dtype=torch.float64)(torch.as_tensor(mesh.vertices))
+    assert f.abs().max() <= tol
+    assert mesh.stats["max_abs_f"] <= tol
+
+
+@pytest.mark.parametrize("mode", ["complex", "surface"])
+def test_closed_mesh_is_watertight_with_the_monte_carlo_volume(mode):
+    net = _centered(3, [12, 12], 6)
+    mesh = extract_mesh(net, (-1, 1), mode=mode, close=True, tiles=4, progress=False)
+    tm = mesh.to_trimesh()
+    assert tm.is_watertight and tm.is_winding_consistent
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(400_000, 3, generator=gen, dtype=torch.float64) * 2 - 1
+    frac = float((net(x) < 0).double().mean())
+    sigma = math.sqrt(frac * (1 - frac) / len(x)) * 8
+    assert tm.volume > 0
+    assert tm.volume == pytest.approx(frac * 8, abs=4 * sigma)
+
+
+def test_normals_point_from_negative_to_positive():
+    net = _centered(3, [16, 16], 8)
+    mesh = extract_mesh(net, (-1, 1), progress=False)
+    tm = mesh.to_trimesh()
+    c = torch.tensor(tm.triangles_center)
+    n = torch.tensor(tm.face_normals)
+    big = torch.tensor(tm.area_faces) > 1e-6
+    eps = 1e-7
+    diff = net(c + eps * n) - net(c - eps * n)
+    assert (diff[big] > 0).all()
+
+
+def test_two_dimensional_level_sets_are_polylines():
+    # a diamond |x| + |y| = 0.5 as a 2-D ReLU net: one closed loop of 4 segments
+    eye = torch.eye(2, dtype=torch.float64)
+    net = PLNetwork([torch.cat([eye, -eye]), torch.tensor([[2.0, 2.0, 1.0, 1.0]], dtype=torch.float64)],
+                    [torch.tensor([0.0, 0.0, 10.0, 10.0], dtype=torch.float64),
+                     torch.tensor([-20.5], dtype=torch.float64)])
+    for mode in ("complex", "surface"):
+        mesh = extract_mesh(net, (-1, 1), mode=mode, progress=False)
+        assert len(mesh.polylines) == 1
+        loop = mesh.polylines[0]
+        assert loop[0] == loop[-1] and len(loop) == 5
+        np.testing.assert_allclose(np.abs(mesh.vertices).sum(1), 0.5, atol=1e-12)
+
+
+def test_empty_level_set_warns_and_returns_an_empty_mesh():
+    net = octahedron_network(0.5)
+    net.biases[-1] += 100.0
+    with pytest.warns(UserWarning, match="does not reach"):
+        mesh = extract_mesh(net, (-1, 1), progress=False)
+    assert mesh.is_empty and len(mesh.triangles) == 0
+
+
+@pytest.mark.parametrize("dim", [1, 4])
+def test_wrong_dimension_is_refused(dim):
+    with pytest.raises(ValueError, match="level_set"):
+        extract_mesh(random_network(dim, [4], seed=0), (-1, 1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_mesh():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return extract_mesh(_centered(3, [10, 10], 3), (-1, 1), progress=False)
+
+
+@pytest.mark.parametrize("name, kw", [("m.obj", {}), ("m.ply", {}), ("m.ply", {"binary": False}),
+                                      ("m.off", {}), ("m.stl", {})])
+def test_export_round_trip_triangles(tmp_path, small_mesh, name, kw):
+    path = small_mesh.export(tmp_path / name, **kw)
+    back = trimesh.load(path, process=False, force="mesh")
+    assert len(back.faces) == len(small_mesh.triangles)
+    if name.endswith((".obj", ".ply", ".off")):
+        assert len(back.vertices) == len(small_mesh.vertices)
+        np.testing.assert_allclose(back.vertices, small_mesh.vertices, atol=1e-12)
+    if open3d_available() and name.endswith((".obj", ".ply")):
+        import open3d as o3d
+
+        m = o3d.io.read_triangle_mesh(str(path))
+        assert len(m.triangles) == len(small_mesh.triangles)
+        assert len(m.vertices) == len(small_mesh.vertices)
+
+
+@pytest.mark.parametrize("name, kw", [("p.obj", {}), ("p.ply", {}), ("p.ply", {"binary": False})])
+def test_export_polygons(tmp_path, small_mesh, name, kw):
+    path = small_mesh.export(tmp_path / name, polygons=True, **kw)
+    n_tri = sum(len(p) - 2 for p in small_mesh.polygons)  # readers triangulate n-gons
+    if name.endswith(".obj"):
+        faces = [line for line in path.read_text().splitlines() if line.startswith("f ")]
+        assert [len(f.split()) - 1 for f in faces] == [len(p) for p in small_mesh.polygons]
+    if name.endswith(".obj") or not kw.get("binary", True):
+        # trimesh reads n-gon OBJ and ASCII PLY (its binary PLY reader needs one face size)
+        back = trimesh.load(path, process=False)
+        assert len(back.vertices) == len(small_mesh.vertices)
+        assert len(back.faces) == n_tri
+    if name.endswith(".ply") and open3d_available():
+        # open3d reads n-gon PLY, binary and ASCII (its OBJ reader skips n-gons)
+        import open3d as o3d
+
+        m = o3d.io.read_triangle_mesh(str(path))
+        assert len(m.vertices) == len(small_mesh.vertices)
+        assert len(m.triangles) == n_tri
+
+
+def test_export_errors_leave_no_file(tmp_path, small_mesh):
+    with pytest.raises(ValueError, match="unknown suffix"):
+        small_mesh.export(tmp_path / "m.xyz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        small_mesh.export(tmp_path / "missing" / "m.obj")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        import os
+
+        if os.access(tmp_path / "ro", os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(PermissionError):
+            small_mesh.export(tmp_path / "ro" / "m.obj")
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    assert list((tmp_path / "ro").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path, small_mesh):
+    (tmp_path / "taken.obj").mkdir()  # the target name is a folder: the final rename fails
+    with pytest.raises(OSError):
+        small_mesh.export(tmp_path / "taken.obj")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.obj"]
+    assert list((tmp_path / "taken.obj").iterdir()) == []
+
+
+def test_open3d_conversion(small_mesh):
+    if not open3d_available():
+        pytest.skip("open3d not importable")
+    m = small_mesh.to_open3d()
+    assert len(m.triangles) == len(small_mesh.triangles)
+
+
+def test_shared_bunny_3x16_surface(shared_dir):
+    net = load_network(shared_dir / "models" / "bunny_3d_3x16.pt")
+    a = extract_mesh(net, (-0.5, 0.5), mode="surface", progress=False)
+    b = extract_mesh(net, (-0.5, 0.5), mode="complex", progress=False)
+    assert len(a.polygons) == len(b.polygons) > 100
+    assert a.stats["max_abs_f"] < 1e-12
+    assert a.stats["invalid_faces"] == 0
