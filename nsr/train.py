@@ -35,6 +35,18 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
+def _instantiate_data(cfg: DictConfig) -> Any:
+    """The data module; bad input raises its own clear error, not Hydra's wrapper."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return hydra.utils.instantiate(cfg.data)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (OSError, ValueError, ImportError)):
+            raise err.__cause__ from None
+        raise
+
+
 def _resolve_run_dir(cfg: DictConfig) -> Path:
     if cfg.get("run_dir"):
         return Path(str(cfg.run_dir)).resolve()
@@ -43,9 +55,7 @@ def _resolve_run_dir(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir).resolve()
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return (
-        Path("outputs") / str(cfg.get("task_name", "train")) / f"{stamp}_{os.getpid()}"
-    ).resolve()
+    return (Path("outputs") / str(cfg.get("task_name", "train")) / f"{stamp}_{os.getpid()}").resolve()
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -71,9 +81,7 @@ def export_exact_mesh(
     try:
         from nsr.surface import extract_mesh
     except (ImportError, AttributeError) as err:
-        warnings.warn(
-            f"exact mesh not exported: nsr.surface.extract_mesh unavailable ({err})", stacklevel=2
-        )
+        warnings.warn(f"exact mesh not exported: nsr.surface.extract_mesh unavailable ({err})", stacklevel=2)
         return {"skipped": f"nsr.surface.extract_mesh unavailable: {err}"}
     import trimesh
 
@@ -82,9 +90,7 @@ def export_exact_mesh(
     t0 = time.perf_counter()
     net = net.to("cpu").eval()
     try:
-        mesh = extract_mesh(
-            net, (-box, box), mode=str(ecfg.get("mode", "surface")), dtype=dtype, progress=False
-        )
+        mesh = extract_mesh(net, (-box, box), mode=str(ecfg.get("mode", "surface")), dtype=dtype, progress=False)
     except Exception as err:  # a failed export must not lose the trained run
         warnings.warn(f"exact mesh extraction failed: {type(err).__name__}: {err}", stacklevel=2)
         return {"error": f"{type(err).__name__}: {err}"}
@@ -104,9 +110,7 @@ def export_exact_mesh(
 
             render_mesh(tm, run_dir / "mesh.png", size=tuple(ecfg.get("size", (512, 512))))
         except (ImportError, AttributeError) as err:
-            warnings.warn(
-                f"mesh preview not rendered: nsr.render unavailable ({err})", stacklevel=2
-            )
+            warnings.warn(f"mesh preview not rendered: nsr.render unavailable ({err})", stacklevel=2)
     return summary
 
 
@@ -134,7 +138,7 @@ def train(cfg: DictConfig) -> Path:
     cfg = cfg.copy()
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)  # validates the shape: fails early
+    datamodule = _instantiate_data(cfg)  # validates the shape: fails early
     source: ShapeSource = datamodule.source
     run_dir = _resolve_run_dir(cfg)
     with open_dict(cfg):
@@ -167,20 +171,21 @@ def train(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _finish_run(
-    run_dir: Path, trainer: Any, module: Any, source: ShapeSource, cfg: DictConfig, train_s: float
-) -> None:
+def _finish_run(run_dir: Path, trainer: Any, module: Any, source: ShapeSource, cfg: DictConfig, train_s: float) -> None:
     ckpt = trainer.checkpoint_callback
+    step, epoch = int(trainer.global_step), int(trainer.current_epoch)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if step == 0 and last.is_file():  # ddp_spawn: the main process did not step itself
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        step, epoch = int(state["global_step"]), int(state["epoch"]) + 1
     metrics: dict[str, Any] = {
         **_float_metrics(trainer.callback_metrics),
-        "global_step": int(trainer.global_step),
-        "epochs": int(trainer.current_epoch),
+        "global_step": step,
+        "epochs": epoch,
         "train_s": train_s,
         "transform": source.transform(),
         "best_checkpoint": str(ckpt.best_model_path) if ckpt is not None else "",
-        "last_checkpoint": str(getattr(ckpt, "last_model_path", "") or "")
-        if ckpt is not None
-        else "",
+        "last_checkpoint": str(getattr(ckpt, "last_model_path", "") or "") if ckpt is not None else "",
     }
     metrics["mesh"] = export_exact_mesh(module.net, source, run_dir, cfg.get("extract"))
     _write_json_atomic(run_dir / "metrics.json", metrics)

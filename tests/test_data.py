@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from conftest import open3d_available
 
 from nsr import shapes as S
 from nsr.data import (
@@ -24,6 +23,7 @@ from nsr.data import (
     split_counts,
 )
 from nsr.losses import ImplicitLoss, eikonal, normal_alignment, occupancy_bce, sdf_l1
+from tests.conftest import open3d_available
 
 needs_o3d = pytest.mark.skipif(not open3d_available(), reason="open3d not importable")
 

@@ -1,0 +1,97 @@
+"""Every config group option and experiment composes (Hydra compose API) and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import trimesh
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nsr._config import config_dir
+from nsr.networks import ReLUMLP
+
+CONF = Path(config_dir())
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hydra():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        yield
+
+
+def _compose(overrides: list[str], hydra_cfg: bool = False):
+    return compose("train", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def test_expected_groups_exist():
+    want = {
+        "data",
+        "model",
+        "loss",
+        "trainer",
+        "callbacks",
+        "logger",
+        "extract",
+        "regularizer",
+        "experiment",
+        "launcher",
+    }
+    assert want <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(group, option, tmp_path):
+    cfg = _compose([f"{group}={option}", f"run_dir={tmp_path}", "data.path=x.obj"], hydra_cfg=True)
+    assert cfg.hydra.runtime.choices[group] == option
+    OmegaConf.to_container(cfg.model, resolve=True)  # interpolations resolve
+    OmegaConf.to_container(cfg.callbacks, resolve=True)
+
+
+def test_default_is_small_and_fast():
+    cfg = _compose([])
+    assert cfg.model.width == 32 and cfg.model.depth == 3 and cfg.data.kind == "analytic"
+    assert "_target_" not in (cfg.regularizer or {})
+
+
+@pytest.mark.parametrize("option", ["sphere", "torus", "box", "capsule", "csg", "circle2d", "polygon2d", "csg2d"])
+def test_analytic_data_instantiates_with_matching_model(option):
+    cfg = _compose([f"data={option}"])
+    dm = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model)
+    assert isinstance(net, ReLUMLP) and net.in_dim == dm.source.dim == cfg.data.dim
+
+
+def test_mesh_experiment_needs_path_and_uses_it(tmp_path):
+    path = tmp_path / "s.obj"
+    trimesh.creation.icosphere(2).export(path)
+    cfg = _compose(["experiment=mesh", f"data.path={path}"])
+    assert cfg.data.kind == "mesh" and cfg.data.path == str(path) and cfg.model.width == 128
+    cfg = _compose(["experiment=mesh"])
+    with pytest.raises(Exception, match="path"):
+        hydra.utils.instantiate(cfg.data)
+
+
+def test_loss_optimizer_scheduler_instantiate():
+    cfg = _compose(["loss=occupancy"])
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert loss.weights["occupancy"] == 1.0 and loss.weights["sdf"] == 0.0
+    net = hydra.utils.instantiate(cfg.model)
+    opt = hydra.utils.instantiate(cfg.optimizer)(params=net.parameters())
+    sched = hydra.utils.instantiate(cfg.scheduler)(optimizer=opt)
+    assert sched.T_max == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("launcher, target", [("joblib", "Joblib"), ("slurm", "Slurm")])
+def test_launchers_for_multirun(launcher, target):
+    cfg = _compose([f"launcher={launcher}", "model.width=32"], hydra_cfg=True)
+    assert target in cfg.hydra.launcher._target_
+
+
+def test_trainer_ddp_cpu_config():
+    cfg = _compose(["trainer=ddp_cpu"])
+    assert cfg.trainer.strategy == "ddp_spawn" and cfg.trainer.devices == 2

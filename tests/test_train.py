@@ -1,0 +1,186 @@
+"""Training runs on CPU: fast_dev_run, checkpoints and resume, DDP, sign, bad input, export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import trimesh
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from nsr._config import config_dir
+from nsr.data import AnalyticSource, ShapeError
+from nsr.networks import as_network
+from nsr.shapes import Sphere
+from nsr.train import export_exact_mesh, train
+
+TINY = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "model.width=16",
+    "model.depth=2",
+    "data.sampling.batch_size=256",
+    "data.sampling.steps_per_epoch=4",
+    "data.sampling.n_val=512",
+    "extract=none",
+    "logger=csv",
+]
+
+
+def _cfg(tmp_path: Path, *overrides: str, name: str = "run"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=[*TINY, f"run_dir={tmp_path / name}", *overrides])
+
+
+class DummyRegularizer(L.Callback):
+    """A regularizer as issue 7 will write them: registers a term in the module."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.regularizer_terms.append(
+            lambda m: {"dummy": 1e-3 * sum(p.square().sum() for p in m.net.parameters())}
+        )
+
+
+def test_fast_dev_run(tmp_path):
+    run = train(_cfg(tmp_path, "trainer.fast_dev_run=true"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 1 and np.isfinite(metrics["train/loss"])
+    assert (run / "config.yaml").is_file() and (run / "transform.json").is_file()
+
+
+def test_train_checkpoints_sign_and_resume(tmp_path):
+    cfg = _cfg(tmp_path, "data=sphere", "trainer.max_epochs=2")
+    with open_dict(cfg):  # a regularizer config as issue 7 provides them
+        cfg.regularizer = {"_target_": f"{__name__}.DummyRegularizer"}
+    run = train(cfg)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and (ckpts / "best.ckpt").is_file()
+    assert (run / "csv" / "metrics.csv").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 8 and "reg/dummy" in metrics and "val/iou" in metrics
+    # the checkpoint is an extractable network with the sign convention: negative inside
+    net = as_network(str(ckpts / "last.ckpt"), dtype=torch.float64)
+    vals = net(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]], dtype=torch.float64))
+    assert vals[0] < 0 < vals[1]
+    # resume from last.ckpt for one more epoch
+    cfg2 = _cfg(tmp_path, "data=sphere", "trainer.max_epochs=3", f"ckpt_path={ckpts / 'last.ckpt'}", name="resumed")
+    run2 = train(cfg2)
+    assert json.loads((run2 / "metrics.json").read_text())["global_step"] == 12
+
+
+def test_sphere_learns_sign_convention(tmp_path):
+    """Starting as a smaller sphere (r=0.15), a short run learns r=0.35, negative inside."""
+    cfg = _cfg(
+        tmp_path,
+        "data=sphere",
+        "trainer.max_epochs=3",
+        "data.sampling.steps_per_epoch=10",
+        "model.radius=0.15",
+        "callbacks=none",
+        "logger=none",
+        "optimizer.lr=1e-2",
+    )
+    run = train(cfg)
+    assert json.loads((run / "metrics.json").read_text())["val/iou"] > 0.8
+    net = as_network(_TRAINED[run], dtype=torch.float64)
+    x = torch.rand(2000, 3, dtype=torch.float64) - 0.5
+    exact = x.norm(dim=1) - 0.35  # closed form, conf/data/sphere.yaml
+    far = exact.abs() > 0.05
+    assert ((net(x) < 0) == (exact < 0))[far].double().mean() > 0.95
+
+
+_TRAINED: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _capture_module(monkeypatch):
+    """Keep the trained module of each run (for runs without checkpoints)."""
+    import nsr.train as T
+
+    orig = T._finish_run
+
+    def spy(run_dir, trainer, module, *args):
+        _TRAINED[run_dir] = module.net
+        return orig(run_dir, trainer, module, *args)
+
+    monkeypatch.setattr(T, "_finish_run", spy)
+
+
+def test_point_cloud_and_2d_runs(tmp_path):
+    import open3d as o3d
+
+    mesh = trimesh.creation.icosphere(2, radius=3.0)
+    pts, face = trimesh.sample.sample_surface(mesh, 500, seed=0)
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
+    pcd.normals = o3d.utility.Vector3dVector(mesh.face_normals[face])
+    path = tmp_path / "cloud.ply"
+    o3d.io.write_point_cloud(str(path), pcd)
+    run = train(
+        _cfg(tmp_path, "experiment=pointcloud", f"data.path={path}", *TINY, "trainer.fast_dev_run=true", name="pc")
+    )
+    assert "val/sdf_mae" in json.loads((run / "metrics.json").read_text())
+    run2 = train(_cfg(tmp_path, "data=polygon2d", "trainer.fast_dev_run=true", "extract=default", name="2d"))
+    assert "skipped" in json.loads((run2 / "metrics.json").read_text())["mesh"]
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (["data=mesh", "data.path=/nonexistent/x.obj"], FileNotFoundError),
+        (["data=mesh", "data.path={tmp}/nan.obj"], ShapeError),
+        (["data=pointcloud", "data.path={tmp}/plain.xyz"], ShapeError),
+        (["data.box=0"], ShapeError),
+    ],
+)
+def test_bad_input_fails_before_the_run_dir(tmp_path, overrides, error):
+    (tmp_path / "nan.obj").write_text("v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n")
+    (tmp_path / "plain.xyz").write_text("0 0 0\n1 0 0\n0 1 0\n")
+    cfg = _cfg(tmp_path, *[o.format(tmp=tmp_path) for o in overrides])
+    with pytest.raises(error) as info:
+        train(cfg)
+    assert "hydra" not in type(info.value).__module__
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_converts_to_shape_units(tmp_path, monkeypatch):
+    """With a stand-in extractor: vertices come back in shape units, in OBJ and PLY."""
+    tet_v = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], dtype=torch.float64)
+    tet_f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    fake = types.ModuleType("nsr.surface")
+    fake.extract_mesh = lambda net, bounds, mode, dtype, progress: types.SimpleNamespace(
+        vertices=tet_v, triangles=tet_f, is_empty=False
+    )
+    monkeypatch.setitem(sys.modules, "nsr.surface", fake)
+    src = AnalyticSource(Sphere(0.3))
+    src.center, src.scale = np.array([1.0, 2.0, 3.0]), 0.5
+    out = export_exact_mesh(torch.nn.Linear(3, 1), src, tmp_path, {"render": False})
+    assert out["triangles"] == 4
+    for fmt in ("obj", "ply"):
+        m = trimesh.load(tmp_path / f"mesh.{fmt}", force="mesh", process=False)
+        assert np.allclose(np.sort(m.vertices, axis=0), np.sort(tet_v.numpy() / 0.5 + [1, 2, 3], axis=0))
+
+
+def test_hydra_app_writes_its_config(tmp_path):
+    run = tmp_path / "app"
+    cmd = [sys.executable, "-m", "nsr.train", *TINY, "trainer.fast_dev_run=true", f"hydra.run.dir={run}"]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path, timeout=120)
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    cfg = _cfg(tmp_path, "trainer=ddp_cpu", *TINY, "trainer.max_epochs=1", "data=sphere")
+    run = train(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 == metrics["global_step"]  # 4 batches over 2 processes
+    assert np.isfinite(metrics["val/sdf_mae"])
