@@ -82,29 +82,6 @@ def marching_cubes_mesh(net: torch.nn.Module, source: MeshSource, res: int, box:
     return trimesh.Trimesh(source.to_shape_units(verts), faces, process=False)
 
 
-def calibrate_epochs(cfg, minutes: float) -> int:
-    """Epochs fitting ``minutes`` from a short timing of training steps at this config."""
-    import hydra
-
-    dm = hydra.utils.instantiate(cfg.data)
-    dm.setup("fit")
-    net = hydra.utils.instantiate(cfg.model)
-    loss = hydra.utils.instantiate(cfg.loss)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    ds = dm.train_dataloader().dataset
-    for i in range(3):
-        loss(net, ds[i])["loss"].backward()
-    t0 = time.perf_counter()
-    n = 15
-    for i in range(n):
-        opt.zero_grad()
-        loss(net, ds[i])["loss"].backward()
-        opt.step()
-    per_step = (time.perf_counter() - t0) / n
-    steps = minutes * 60 * 0.92 / per_step  # margin for validation and checkpoints
-    return max(1, int(steps // cfg.data.sampling.steps_per_epoch))
-
-
 def run_mesh(path: Path, args: argparse.Namespace, out: Path) -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
@@ -118,16 +95,15 @@ def run_mesh(path: Path, args: argparse.Namespace, out: Path) -> dict:
                 "trainer.enable_progress_bar=false",
                 "trainer.accelerator=cpu",
                 f"trainer.max_time=00:00:{int(args.minutes):02d}:{int(args.minutes % 1 * 60):02d}",
+                f"callbacks.time_lr.budget_s={args.minutes * 60}",
                 "extract=none",
                 "logger=csv",
             ],
         )
-    epochs = calibrate_epochs(cfg, args.minutes)
-    cfg.trainer.max_epochs = epochs
-    print(f"{path.stem}: {epochs} epochs of {cfg.data.sampling.steps_per_epoch} steps", flush=True)
     t0 = time.perf_counter()
     run_dir = train(cfg)
     train_s = time.perf_counter() - t0
+    steps = json.loads((run_dir / "metrics.json").read_text())["global_step"]
     net = load_module_network(run_dir / "checkpoints" / "last.ckpt").eval()
     source = MeshSource(path, cfg.data.fit)
     pred = marching_cubes_mesh(net, source, args.resolution)
@@ -136,11 +112,11 @@ def run_mesh(path: Path, args: argparse.Namespace, out: Path) -> dict:
     res.update(
         mesh=path.stem,
         train_s=round(train_s, 1),
-        epochs=epochs,
+        steps=steps,
         width=args.width,
         depth=args.depth,
         mc_resolution=args.resolution,
-        metrics=json.loads((run_dir / "metrics.json").read_text()).get("val/sdf_mae"),
+        val_sdf_mae=json.loads((run_dir / "metrics.json").read_text()).get("val/sdf_mae"),
     )
     return res
 
@@ -163,11 +139,12 @@ def main() -> None:
         paths = [p for p in paths if p.stem in args.meshes]
     rows = [run_mesh(p, args, args.out) for p in paths]
     print(f"machine: {platform.processor() or platform.machine()}, torch threads 2")
-    print("| mesh | width x depth | train s | Chamfer-L1 | normal cons. | F@1% |")
-    print("|---|---|---|---|---|---|")
+    print("| mesh | width x depth | train s | steps | Chamfer-L1 | normal cons. | F@1% |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['mesh']} | {r['width']}x{r['depth']} | {r['train_s']} | {r['chamfer_l1']:.5f} "
+            f"| {r['mesh']} | {r['width']}x{r['depth']} | {r['train_s']} | {r['steps']} "
+            f"| {r['chamfer_l1']:.5f} "
             f"| {r['normal_consistency']:.4f} | {r['fscore_1pct']:.4f} |"
         )
     print(json.dumps(rows, indent=1))

@@ -268,3 +268,37 @@ def load_module_network(path: str | Path) -> ReLUMLP:
     net = ReLUMLP(spec["in_dim"], spec["width"], spec["depth"])
     net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
     return net
+
+
+class TimeCosineLR(L.Callback):
+    """Cosine learning-rate decay over a wall-clock budget instead of a step count.
+
+    ``lr = eta_min + (lr0 - eta_min) * (1 + cos(pi * t / budget_s)) / 2`` with ``t`` the
+    training time so far; ends at ``eta_min`` when the budget (e.g. ``trainer.max_time``) is
+    spent, whatever the machine's speed. Use with ``scheduler: null``.
+    """
+
+    def __init__(self, budget_s: float, eta_min: float = 1e-5) -> None:
+        if budget_s <= 0:
+            raise ValueError(f"budget_s must be > 0, got {budget_s}")
+        self.budget_s, self.eta_min = float(budget_s), float(eta_min)
+        self._t0: float | None = None
+        self._lr0: list[float] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self._t0 = time.monotonic()
+        self._lr0 = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups]
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import math
+        import time
+
+        frac = min((time.monotonic() - (self._t0 or time.monotonic())) / self.budget_s, 1.0)
+        scale = 0.5 * (1.0 + math.cos(math.pi * frac))
+        groups = [g for opt in trainer.optimizers for g in opt.param_groups]
+        for g, lr0 in zip(groups, self._lr0):
+            g["lr"] = self.eta_min + (lr0 - self.eta_min) * scale
