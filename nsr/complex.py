@@ -234,11 +234,11 @@ class _Skeleton:
     """Working state of edge subdivision over a batch of disjoint tiles (boxes)."""
 
     x: _Buffer  # (V, D) positions
-    vzeros: _Buffer  # (V, D) int64 sorted zero constraint ids
+    vzeros: _Buffer  # (V, D) int32 sorted zero constraint ids
     vpos: _Buffer  # (V, W) int64 packed positive constraints
-    vtile: _Buffer  # (V,) int64 tile of each vertex
-    edges: _Buffer  # (E, 2) int64
-    ezeros: _Buffer  # (E, D-1) int64 sorted zero constraint ids
+    vtile: _Buffer  # (V,) int32 tile of each vertex
+    edges: _Buffer  # (E, 2) int32 (indices stay below 2^31: that is 500 GB of vertices)
+    ezeros: _Buffer  # (E, D-1) int32 sorted zero constraint ids
     dim: int
     unpaired: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
@@ -280,11 +280,11 @@ def box_skeleton(tile_lo: Tensor, tile_hi: Tensor, n_constraints: int) -> _Skele
     edges = (cedges[None] + offs).reshape(-1, 2)
     return _Skeleton(
         x=_Buffer(x.to(dt)),
-        vzeros=_Buffer(on.repeat(k, 1)),
+        vzeros=_Buffer(on.repeat(k, 1).int()),
         vpos=_Buffer(pos.repeat(k, 1)),
-        vtile=_Buffer(torch.arange(k, device=dev).repeat_interleave(nc)),
-        edges=_Buffer(edges),
-        ezeros=_Buffer(cezeros.repeat(k, 1)),
+        vtile=_Buffer(torch.arange(k, device=dev).repeat_interleave(nc).int()),
+        edges=_Buffer(edges.int()),
+        ezeros=_Buffer(cezeros.repeat(k, 1).int()),
         dim=d,
     )
 
@@ -311,29 +311,29 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     t = (za / (za - zb)).unsqueeze(1)
     x = sk.x.t
     xn = x[ca] + t * (x[cb] - x[ca])
-    ez = sk.ezeros.t[cut]  # (n, D-1)
+    ez = sk.ezeros.t[cut].long()  # (n, D-1)
     pe = vpos[ca] | vpos[cb]
     pe[:, word] &= ~mask  # the new vertices are zero on c
-    new_ids = torch.arange(sk.n_vertices, sk.n_vertices + n, device=z.device)
+    new_ids = torch.arange(sk.n_vertices, sk.n_vertices + n, device=z.device, dtype=torch.int32)
     if values is not None:
         vv = values.t
         vn = vv[ca] + t.to(vv.dtype) * (vv[cb] - vv[ca])
         values.append(vn)
     cz = torch.full((n, 1), c, dtype=torch.int64, device=z.device)
     sk.x.append(xn)
-    sk.vzeros.append(torch.cat([ez, cz], 1))
+    sk.vzeros.append(torch.cat([ez, cz], 1).int())
     sk.vpos.append(pe)
     sk.vtile.append(sk.vtile.t[ca])
     # Split each cut edge (a, b) into (a, new) in place and (new, b) appended.
     sk.edges.t[cut, 1] = new_ids
     sk.edges.append(torch.stack([new_ids, cb], 1))
-    sk.ezeros.append(ez)
+    sk.ezeros.append(ez.int())
     if d < 2:
         return
     # Face keys: for each zero slot i of the cut edge and each side, the 2-face obtained by
     # making that entry non-zero. Box facets have no outside.
     keys, owners = [], []
-    tile = sk.vtile.t[ca].unsqueeze(1)
+    tile = sk.vtile.t[ca].long().unsqueeze(1)
     for i in range(d - 1):
         zi = ez[:, i]
         rest = torch.cat([ez[:, :i], ez[:, i + 1 :]], 1)
@@ -362,7 +362,7 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     new_edges = torch.stack([new_ids[owner[p]], new_ids[owner[q]]], 1)
     zrest = key[p][:, key.shape[1] - (d - 2) :] if d > 2 else key.new_zeros(len(p), 0)
     sk.edges.append(new_edges)
-    sk.ezeros.append(torch.cat([zrest, torch.full((len(p), 1), c, dtype=torch.int64, device=z.device)], 1))
+    sk.ezeros.append(torch.cat([zrest, torch.full((len(p), 1), c, dtype=torch.int64, device=z.device)], 1).int())
 
 
 def _interval_output_bounds(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -387,15 +387,15 @@ def box_output_bounds(net: PLNetwork, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     return _interval_output_bounds(net, 0, zm - zr, zm + zr)
 
 
-def _prune_tiles(sk: _Skeleton, values: _Buffer, alive_tiles: Tensor) -> None:
+def _prune_tiles(sk: _Skeleton, alive_tiles: Tensor) -> None:
     """Drop every vertex and edge of the tiles not in ``alive_tiles`` (bool per tile)."""
     keep_v = alive_tiles[sk.vtile.t]
     if bool(keep_v.all()):
         return
-    remap = torch.cumsum(keep_v.long(), 0) - 1
+    remap = (torch.cumsum(keep_v.long(), 0) - 1).int()
     keep_e = keep_v[sk.edges.t[:, 0]]
     edges = remap[sk.edges.t[keep_e]]
-    for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile, values):
+    for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile):
         buf.keep(keep_v)
     sk.ezeros.keep(keep_e)
     sk.edges = _Buffer(edges)
@@ -411,6 +411,7 @@ def subdivide(
     keep_negative: Tensor | None = None,
     progress: bool = True,
     desc: str = "extract",
+    max_value_bytes: int = 2**30,
 ) -> tuple[_Skeleton, Tensor]:
     """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
     output level set ``f = level`` if ``level`` is given.
@@ -425,42 +426,36 @@ def subdivide(
     n_neurons = net.n_neurons
     n_constraints = 2 * d + n_neurons + 1
     sk = box_skeleton(tile_lo, tile_hi, n_constraints)
-    alive = torch.ones(tile_lo.shape[0], dtype=torch.bool, device=tile_lo.device)
+    n_tiles = tile_lo.shape[0]
+    alive = torch.ones(n_tiles, dtype=torch.bool, device=tile_lo.device)
     lv = 0.0 if level is None else float(level)
-    n_layers = len(net.weights) if level is not None else len(net.weights) - 1
-    total = n_neurons + (1 if level is not None else 0)
-    bar = _progress(total, desc, progress)
+    out_layer = len(net.weights) - 1
+    n_layers = len(net.weights) if level is not None else out_layer
+    bar = _progress(n_neurons + (1 if level is not None else 0), desc, progress)
     c = 2 * d
     t0 = time.perf_counter()
+    itemsize = torch.finfo(tile_lo.dtype).bits // 8
     try:
         for layer in range(n_layers):
-            zl = net.preactivations(sk.x.t, layer)
-            if layer == len(net.weights) - 1:
-                zl = zl - lv
-            values = _Buffer(zl)
+            width = int(net.weights[layer].shape[0])
             if prune:
-                k = tile_lo.shape[0]
-                vmin = torch.full((k, zl.shape[1]), math.inf, dtype=zl.dtype, device=zl.device)
-                vmax = torch.full((k, zl.shape[1]), -math.inf, dtype=zl.dtype, device=zl.device)
-                idx = sk.vtile.t[:, None].expand_as(zl)
-                vmin.scatter_reduce_(0, idx, zl, "amin")
-                vmax.scatter_reduce_(0, idx, zl, "amax")
-                if layer == len(net.weights) - 1:
-                    olo, ohi = vmin[:, 0], vmax[:, 0]
-                else:
-                    olo, ohi = _interval_output_bounds(net, layer, vmin, vmax)
-                    olo, ohi = olo - lv, ohi - lv
-                reach = (olo <= 0) & (ohi >= 0)
-                if keep_negative is not None:
-                    reach |= keep_negative & (ohi < 0)
-                alive &= reach
-                _prune_tiles(sk, values, alive)
-            for j in range(values.t.shape[1]):
-                split_by_constraint(sk, values, values.t[:, j].clone(), c)
-                c += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(layer=layer, V=sk.n_vertices, E=sk.n_edges, refresh=False)
+                alive &= _tiles_reaching(net, sk, layer, n_tiles, lv, keep_negative)
+                _prune_tiles(sk, alive)
+            j0 = 0
+            while j0 < width:
+                # Pre-activations of this layer are affine on every current edge, so new
+                # vertices inherit interpolated values; only a block of columns is kept at a
+                # time (fresh evaluation per block) to bound memory.
+                cols = max(1, min(width - j0, max_value_bytes // max(1, sk.n_vertices * itemsize * 2)))
+                values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
+                for j in range(cols):
+                    split_by_constraint(sk, values, values.t[:, j].clone(), c)
+                    c += 1
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(layer=layer, V=sk.n_vertices, E=sk.n_edges, refresh=False)
+                del values
+                j0 += cols
     finally:
         if bar is not None:
             bar.close()
@@ -472,6 +467,45 @@ def subdivide(
             stacklevel=2,
         )
     return sk, alive
+
+
+def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: float,
+              batch: int = 2**17) -> Tensor:
+    """Pre-activations ``[:, j0:j1]`` of ``layer`` at ``x`` ``(V, D)``, in vertex batches."""
+    w, b = net.weights[layer][j0:j1], net.biases[layer][j0:j1]
+    out = torch.empty(x.shape[0], j1 - j0, dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], batch):
+        h = x[s : s + batch]
+        for wk, bk in zip(net.weights[:layer], net.biases[:layer]):
+            h = torch.relu(torch.addmm(bk, h, wk.T))
+        out[s : s + batch] = torch.addmm(b, h, w.T) - shift
+    return out
+
+
+def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, n_tiles: int, level: float,
+                    keep_negative: Tensor | None) -> Tensor:
+    """Tiles whose output may reach ``level``: the exact range of ``layer``'s pre-activations
+    over each tile (min/max over its vertices: they are affine on every current cell),
+    propagated by interval arithmetic through the remaining layers."""
+    width = int(net.weights[layer].shape[0])
+    x = sk.x.t
+    vmin = torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device)
+    vmax = torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)
+    batch = 2**17
+    for s in range(0, x.shape[0], batch):
+        zl = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0)
+        idx = sk.vtile.t[s : s + batch].long()[:, None].expand_as(zl)
+        vmin.scatter_reduce_(0, idx, zl, "amin")
+        vmax.scatter_reduce_(0, idx, zl, "amax")
+    if layer == len(net.weights) - 1:
+        olo, ohi = vmin[:, 0], vmax[:, 0]
+    else:
+        olo, ohi = _interval_output_bounds(net, layer, vmin, vmax)
+    olo, ohi = olo - level, ohi - level
+    reach = (olo <= 0) & (ohi >= 0)
+    if keep_negative is not None:
+        reach |= keep_negative & (ohi < 0)
+    return reach
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -493,9 +527,10 @@ class PolyhedralComplex:
     Attributes
     ----------
     vertices : ``(V, D)`` float tensor.
-    edges : ``(E, 2)`` int64 tensor of vertex indices.
-    vertex_zeros : ``(V, D)`` int64, the constraint ids each vertex lies on.
-    edge_zeros : ``(E, D-1)`` int64, the constraint ids each edge lies on.
+    edges : ``(E, 2)`` int32 tensor of vertex indices (int32 halves the memory of large
+        complexes; it indexes tensors like int64).
+    vertex_zeros : ``(V, D)`` int32, the sorted constraint ids each vertex lies on.
+    edge_zeros : ``(E, D-1)`` int32, the sorted constraint ids each edge lies on.
     vertex_signs : ``(V, W)`` int64, packed positive entries of the sign-vectors.
     net : the :class:`~nsr.networks.PLNetwork`, bounds ``(D, 2)``, and ``stats``.
     """
@@ -560,9 +595,9 @@ class PolyhedralComplex:
         if not 0 <= k <= self.dim:
             raise ValueError(f"cell dimension must be in 0..{self.dim}, got {k}")
         if k == 0:
-            return self.vertex_signs, self.vertex_zeros
+            return self.vertex_signs, self.vertex_zeros.long()
         if k == 1:
-            return self.edge_signs(), self.edge_zeros
+            return self.edge_signs(), self.edge_zeros.long()
         if k not in self._cells:
             self._build_cells(k)
         return self._cells[k]
@@ -604,7 +639,7 @@ class PolyhedralComplex:
         """Pairs ``(i, j)``: ``(k-1)``-cell ``i`` is a facet of ``k``-cell ``j``, ``(M, 2)``."""
         if k == 1:
             n = self.edges.shape[0]
-            return torch.stack([self.edges.reshape(-1), torch.arange(n).repeat_interleave(2)], 1)
+            return torch.stack([self.edges.reshape(-1).long(), torch.arange(n).repeat_interleave(2)], 1)
         self.cells(k)
         return self._incidence[k]
 
@@ -657,7 +692,7 @@ class PolyhedralComplex:
         sk.x = _Buffer(self.vertices.clone())
         sk.vzeros = _Buffer(self.vertex_zeros.clone())
         sk.vpos = _Buffer(self.vertex_signs.clone())
-        sk.vtile = _Buffer(torch.zeros(len(self.vertices), dtype=torch.int64, device=self.vertices.device))
+        sk.vtile = _Buffer(torch.zeros(len(self.vertices), dtype=torch.int32, device=self.vertices.device))
         sk.edges = _Buffer(self.edges.clone())
         sk.ezeros = _Buffer(self.edge_zeros.clone())
         net = self.net.to(device=self.vertices.device, dtype=self.vertices.dtype)

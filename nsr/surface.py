@@ -332,6 +332,8 @@ def _plane_to_constraint(g: Tensor, grid: int) -> Tensor:
 
 
 def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: float, close: bool) -> ExactMesh:
+    arr = _Arrays(arr.x, arr.vzeros.long(), arr.vpos, arr.vtile.long(), arr.edges.long(), arr.ezeros.long(),
+                  arr.tile_index, arr.grid)
     d = arr.x.shape[1]
     n = net.n_neurons
     out = 2 * d + n

@@ -89,7 +89,7 @@ def test_vertices_lie_on_exactly_their_d_zero_constraints(dim):
     # all D zero ids distinct
     assert (cx.vertex_zeros.sort(1).values.diff(dim=1) > 0).all()
     vals = _constraint_values(net, cx.vertices, bounds)
-    on = vals.gather(1, cx.vertex_zeros)
+    on = vals.gather(1, cx.vertex_zeros.long())
     scale = 1 + vals.abs().max(1, keepdim=True).values
     assert (on.abs() / scale).max() < 1e-9
     # the others are non-zero with the recorded sign (output excluded: not processed)
