@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import trimesh
 
-DEFAULT_VIEW = (20.0, -60.0)  # (elevation, azimuth) in degrees
+DEFAULT_VIEW = (35.0, -60.0)  # (elevation, azimuth) in degrees
 MAX_RENDER_FACES = 300_000
 
 
@@ -112,7 +112,7 @@ def _draw_mesh(
     if polygons is not None and len(polygons):
         segs = polygon_segments(np.asarray(mesh.vertices), polygons, eye)
         if len(segs):
-            ax.add_collection3d(Line3DCollection(segs, colors=(0, 0, 0, 0.6), linewidths=0.3))
+            ax.add_collection3d(Line3DCollection(segs, colors=(0, 0, 0, 0.45), linewidths=0.25))
     _set_box(ax, np.asarray(mesh.vertices))
 
 
