@@ -153,9 +153,24 @@ def _box(cfg: Any, run_box: Any, dim: int) -> np.ndarray:
     return as_bounds(chosen, dim)
 
 
+def surface_f_vector(n_vertices: int, polygons: list[np.ndarray]) -> list[int]:
+    """``[V, E, P]`` of a polygon mesh: vertices, distinct polygon edges, polygons."""
+    if not polygons:
+        return [n_vertices, 0, 0]
+    lens = np.array([len(p) for p in polygons])
+    flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in polygons])
+    start = np.repeat(np.cumsum(lens) - lens, lens)
+    nxt = flat[start + (np.arange(len(flat)) - start + 1) % np.repeat(lens, lens)]
+    edges = np.unique(np.sort(np.stack([flat, nxt], 1), axis=1), axis=0)
+    return [n_vertices, int(len(edges)), len(polygons)]
+
+
 def _mesh_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
     fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+    f_vec = surface_f_vector(len(mesh.vertices), list(mesh.polygons))
     return {
+        "surface_f_vector": f_vec,
+        "surface_euler_characteristic": f_vec[0] - f_vec[1] + f_vec[2],
         "n_vertices": int(len(mesh.vertices)),
         "n_polygons": int(len(mesh.polygons)),
         "n_triangles": int(len(mesh.triangles)),

@@ -46,6 +46,9 @@ def test_extract_surface(tiny_net, tmp_path):
     assert saved["bounds"] == [[-0.5, 0.5]] * 3
     assert {"surface_s", "total_s"} <= set(saved["timings"]) and saved["memory"]["max_rss_mb"] > 0
     assert len(trimesh.load(tmp_path / "mesh.obj").faces) == saved["n_triangles"]
+    v, e, f = saved["surface_f_vector"]
+    assert v == saved["n_vertices"] and f == saved["n_polygons"]
+    assert saved["surface_euler_characteristic"] == v - e + f
 
 
 def test_extract_complex_2d(tmp_path):
