@@ -122,9 +122,9 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
     ]
     pre_dir = out / "pretrain"
     t0 = time.perf_counter()
-    pre_cfg = compose_cfg(common + [f"run_dir={pre_dir}", f"trainer.max_epochs={args.pre_epochs}",
-                                    f"scheduler.T_max={args.pre_epochs + args.epochs}"])
-    train(pre_cfg)
+    pre_cfg = compose_cfg(common + [f"run_dir={pre_dir}", f"trainer.max_epochs={args.pre_epochs}"])
+    if not (args.reuse_pretrain and (pre_dir / "checkpoints" / "last.ckpt").is_file()):
+        train(pre_cfg)
     print(f"{path.stem}: pretrain {time.perf_counter() - t0:.0f}s", flush=True)
     ckpt = pre_dir / "checkpoints" / "last.ckpt"
     gt = trimesh.load(path, force="mesh", process=False)
@@ -136,7 +136,6 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
         ov = common + [
             f"run_dir={run_dir}",
             f"trainer.max_epochs={args.pre_epochs + args.epochs}",
-            f"scheduler.T_max={args.pre_epochs + args.epochs}",
             f"ckpt_path={ckpt}",
         ]
         if variant != "baseline":
@@ -198,6 +197,7 @@ def main() -> None:
     ap.add_argument("--w-quality", type=float, default=1e-2)
     ap.add_argument("--w-fit", type=float, default=10.0)
     ap.add_argument("--w-eikonal", type=float, default=1e-2)
+    ap.add_argument("--reuse-pretrain", action="store_true", help="keep an existing pretraining")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "regularizers")
     args = ap.parse_args()
     args.weights = {

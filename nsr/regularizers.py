@@ -55,6 +55,14 @@ class ExactSurface:
     Quantities are computed lazily and cached, so several regularizers share them.
     ``dtype`` is the dtype of the geometry (float64 by default; gradients flow back to the
     parameters through a differentiable cast).
+
+    Between re-extractions the parameters move and the combinatorics go stale: a vertex is
+    re-solved from the same constraints and pattern, which is exact while the vertex stays
+    nearby but extrapolates wildly once its constraints have moved far (e.g. nearly parallel
+    planes). A vertex is *valid* while it stays in the box and within ``max_move`` (fraction
+    of the box diagonal) of its extracted position; invalid vertices are frozen at their
+    extracted position (no gradient) and every polygon, edge and triangle touching one is
+    left out of the regularizers (see :attr:`invalid_fraction`).
     """
 
     def __init__(
@@ -63,23 +71,63 @@ class ExactSurface:
         structure: SurfaceStructure,
         level: float = 0.0,
         dtype: torch.dtype = torch.float64,
+        max_move: float = 0.05,
     ) -> None:
         self.net = net
         self.structure = structure
         self.level = level
         self.dtype = dtype
+        self.max_move = float(max_move)
 
     @cached_property
     def params(self) -> G.Params:
         return G.network_params(self.net, self.dtype)
 
     @cached_property
-    def vertices(self) -> Tensor:
-        """Differentiable vertex positions, ``(V, 3)``."""
+    def _solved(self) -> tuple[Tensor, Tensor]:
         s = self.structure
-        return G.differentiable_vertices(
+        x = G.differentiable_vertices(
             self.params, s.vertices0, s.constraints, s.vertex_patterns, s.bounds, self.level
         )
+        x0 = s.vertices0.to(x.dtype)
+        with torch.no_grad():
+            b = s.bounds.to(x.dtype)
+            tol = 1e-9 * self.diagonal
+            inside = ((x >= b[:, 0] - tol) & (x <= b[:, 1] + tol)).all(1)
+            near = (x - x0).norm(dim=1) <= self.max_move * self.diagonal
+            valid = inside & near & torch.isfinite(x).all(1)
+        return torch.where(valid.unsqueeze(1), x, x0), valid
+
+    @property
+    def vertices(self) -> Tensor:
+        """Differentiable vertex positions, ``(V, 3)`` (invalid ones frozen)."""
+        return self._solved[0]
+
+    @property
+    def vertex_valid(self) -> Tensor:
+        """``(V,)`` bool, see the class docstring."""
+        return self._solved[1]
+
+    @cached_property
+    def polygon_valid(self) -> Tensor:
+        """``(P,)`` bool: all vertices of the polygon valid."""
+        return self.vertex_valid[self.structure.cycles].all(1)
+
+    @cached_property
+    def edge_valid(self) -> Tensor:
+        """``(E,)`` bool: both end points valid."""
+        return self.vertex_valid[self.structure.edges].all(1)
+
+    @cached_property
+    def triangle_valid(self) -> Tensor:
+        """``(T,)`` bool: the triangle's polygon is valid."""
+        return self.polygon_valid[self.structure.triangle_polygon]
+
+    @property
+    def invalid_fraction(self) -> float:
+        """Fraction of polygons left out because the structure went stale."""
+        p = self.polygon_valid
+        return float(1.0 - p.float().mean()) if p.numel() else 0.0
 
     @cached_property
     def polygon_areas(self) -> Tensor:
@@ -112,27 +160,30 @@ class ExactSurface:
         """``(T,)``."""
         return G.triangle_areas(self.vertices, self.structure.triangles)
 
-    @property
+    @cached_property
     def diagonal(self) -> float:
         """Length of the box diagonal."""
         b = self.structure.bounds
         return float(torch.linalg.vector_norm(b[:, 1] - b[:, 0]))
 
     def sample_points(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` points uniform on the polygons (barycentric), differentiable, ``(n, 3)``."""
+        """``n`` points uniform on the valid polygons (barycentric), differentiable, ``(n, 3)``."""
         s = self.structure
-        if n <= 0 or s.triangles.shape[0] == 0:
+        w = (self.triangle_areas.detach().clamp_min(0) * self.triangle_valid).cpu()
+        if n <= 0 or not bool(w.sum() > 0):
             return self.vertices[:0]
-        w = self.triangle_areas.detach().clamp_min(0)
-        if not bool(w.sum() > 0):
-            w = torch.ones_like(w)
-        tri = torch.multinomial(w.cpu(), n, replacement=True, generator=generator)
+        tri = torch.multinomial(w, n, replacement=True, generator=generator)
         tri = tri.to(s.triangles.device)
         u = torch.rand(n, 2, dtype=self.vertices.dtype, generator=generator).to(tri.device)
         su = u[:, 0].sqrt()
         bary = torch.stack([1 - su, su * (1 - u[:, 1]), su * u[:, 1]], dim=1)  # (n, 3)
         corners = self.vertices[s.triangles[tri]]  # (n, 3, 3)
         return (bary.unsqueeze(-1) * corners).sum(1)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)
 
 
 class ExactRegularizer:
@@ -204,7 +255,7 @@ class AreaRegularizer(ExactRegularizer):
     name = "area"
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        return surface.polygon_areas.sum()
+        return (surface.polygon_areas * surface.polygon_valid).sum()
 
 
 class SmoothnessRegularizer(ExactRegularizer):
@@ -236,7 +287,8 @@ class SmoothnessRegularizer(ExactRegularizer):
             n = G.polygon_normals(surface.vertices, s.cycles)
         ep = s.edge_polygons[inner]
         cos = (n[ep[:, 0]] * n[ep[:, 1]]).sum(-1)
-        length = surface.edge_lengths[inner]
+        ok = surface.polygon_valid[ep].all(1).to(cos.dtype)
+        length = surface.edge_lengths[inner] * ok
         total = (length * (1.0 - cos)).sum()
         if self.normalize:
             total = total / length.sum().clamp_min(1e-30)
@@ -278,14 +330,14 @@ class QualityRegularizer(ExactRegularizer):
         if self.edge_weight and s.edges.shape[0]:
             lmin = self.min_edge * surface.diagonal
             pen = torch.relu(1.0 - surface.edge_lengths / lmin) ** 2
-            total = total + self.edge_weight * pen.mean()
+            total = total + self.edge_weight * _masked_mean(pen, surface.edge_valid)
         if self.angle_weight and s.triangles.shape[0]:
-            pen = torch.relu(1.0 - surface.triangle_angles / self.min_angle) ** 2
-            total = total + self.angle_weight * pen.mean()
+            pen = (torch.relu(1.0 - surface.triangle_angles / self.min_angle) ** 2).mean(1)
+            total = total + self.angle_weight * _masked_mean(pen, surface.triangle_valid)
         if self.polygon_weight and s.n_polygons:
             q = G.polygon_isoperimetric_quality(surface.vertices, s.cycles)
             pen = torch.relu(1.0 - q / self.min_quality) ** 2
-            total = total + self.polygon_weight * pen.mean()
+            total = total + self.polygon_weight * _masked_mean(pen, surface.polygon_valid)
         return total
 
 
@@ -346,8 +398,10 @@ class FitRegularizer(ExactRegularizer):
             return _zero(surface.net)
         parts = [surface.sample_points(self.n_samples, self._gen)]
         if self.include_vertices:
-            parts.append(surface.vertices)
+            parts.append(surface.vertices[surface.vertex_valid])
         p = torch.cat(parts, 0)
+        if p.shape[0] == 0:
+            return _zero(surface.net)
         if self._sdf is not None:
             d = self._sdf(p)
             return (d.to(p.dtype) ** 2).mean()
@@ -372,9 +426,10 @@ class EikonalRegularizer(ExactRegularizer):
     def compute(self, surface: ExactSurface) -> Tensor:
         gn = G.safe_norm(surface.region_gradients)
         pen = (gn - 1.0) ** 2
+        valid = surface.polygon_valid
         if not self.area_weighted:
-            return pen.mean()
-        w = surface.polygon_areas.detach()
+            return _masked_mean(pen, valid)
+        w = surface.polygon_areas.detach() * valid
         return (pen * w).sum() / w.sum().clamp_min(1e-30)
 
 
@@ -385,24 +440,39 @@ def regularizer_terms(
     step: int | None = None,
     level: float = 0.0,
     out_dtype: torch.dtype | None = None,
+    max_move: float = 0.05,
 ) -> dict[str, Tensor]:
     """Evaluate ``regularizers`` on the surface of fixed ``structure`` with ``net``'s parameters.
 
     Returns ``{name: weighted scalar}``; a missing surface (``structure is None``) gives zeros
-    with a warning per regularizer. ``out_dtype`` casts the values (e.g. to the loss dtype).
+    with a warning per regularizer. ``out_dtype`` casts the values (e.g. to the loss dtype);
+    ``max_move`` as in :class:`ExactSurface`.
     """
+    return _evaluate(net, structure, regularizers, step, level, out_dtype, max_move)[0]
+
+
+def _evaluate(
+    net: Any,
+    structure: SurfaceStructure | None,
+    regularizers: Sequence[ExactRegularizer],
+    step: int | None,
+    level: float,
+    out_dtype: torch.dtype | None,
+    max_move: float,
+) -> tuple[dict[str, Tensor], ExactSurface | None]:
     out: dict[str, Tensor] = {}
+    surface = None
     if structure is None:
         for r in regularizers:
             r.warn_once("empty", "the network has no surface in the box; contributing zero")
             out[r.name] = _zero(net)
     else:
-        surface = ExactSurface(net, structure, level=level)
+        surface = ExactSurface(net, structure, level=level, max_move=max_move)
         for r in regularizers:
             out[r.name] = r(surface, step)
     if out_dtype is not None:
         out = {k: v.to(out_dtype) for k, v in out.items()}
-    return out
+    return out, surface
 
 
 def _as_bounds(bounds: Any, dim: int) -> np.ndarray:
@@ -425,7 +495,11 @@ class ExactRegularizerCallback(Callback):
     ``no_grad`` (``extract_mesh(..., mode="surface", dtype=float64)``) and keeps its
     combinatorics; in every step :meth:`term` re-solves the positions with the current
     parameters. ``bounds`` is ``(D, 2)``, a scalar half-width, or ``None`` for the module's
-    ``bounds`` attribute (else ``[-1, 1]^D``). Costs are logged as ``reg_cost/extract_s``,
+    ``bounds`` attribute (else the datamodule's ``box``, else ``[-1, 1]^D``);
+    ``extract_kwargs`` go to ``extract_mesh`` (e.g. ``tiles``). Vertices that moved more
+    than ``max_move`` (see :class:`ExactSurface`) are left out; when more than
+    ``refresh_invalid`` of the polygons are, the surface is re-extracted before the next
+    step, whatever ``every_n_steps`` says. Costs are logged as ``reg_cost/extract_s``,
     ``reg_cost/term_s``, ``reg_cost/polygons`` and accumulated in :attr:`stats`.
     """
 
@@ -436,6 +510,9 @@ class ExactRegularizerCallback(Callback):
         bounds: Any = None,
         level: float = 0.0,
         max_vertices: int | None = None,
+        extract_kwargs: Mapping[str, Any] | None = None,
+        max_move: float = 0.05,
+        refresh_invalid: float = 0.2,
     ) -> None:
         super().__init__()
         if isinstance(regularizers, Mapping):
@@ -447,6 +524,9 @@ class ExactRegularizerCallback(Callback):
         self.bounds = bounds
         self.level = float(level)
         self.max_vertices = max_vertices
+        self.extract_kwargs = dict(extract_kwargs or {})
+        self.max_move, self.refresh_invalid = float(max_move), float(refresh_invalid)
+        self._stale = False
         self.structure: SurfaceStructure | None = None
         self._extracted_at: int | None = None
         self._last_extract_s = 0.0
@@ -477,7 +557,8 @@ class ExactRegularizerCallback(Callback):
     ) -> None:
         """Re-extract the surface every ``every_n_steps`` steps."""
         step = int(trainer.global_step)
-        if self._extracted_at is None or step - self._extracted_at >= self.every_n_steps:
+        due = self._extracted_at is None or step - self._extracted_at >= self.every_n_steps
+        if due or self._stale:
             self.refresh(pl_module, step)
 
     # -- work ----------------------------------------------------------------------------
@@ -499,7 +580,7 @@ class ExactRegularizerCallback(Callback):
         net = getattr(pl_module, "net", pl_module)
         pl = as_network(net)
         dim = pl.in_dim
-        self._extracted_at = step
+        self._extracted_at, self._stale = step, False
         if dim != 3:
             self._warn("dim", f"exact regularizers need a 3D network, got input dimension {dim}; "
                               "contributing zero")
@@ -510,7 +591,8 @@ class ExactRegularizerCallback(Callback):
         t0 = time.perf_counter()
         with torch.no_grad():
             mesh = extract_mesh(pl, self._bounds(pl_module, dim), mode="surface",
-                                dtype=torch.float64, device=pl.device, progress=False)
+                                dtype=torch.float64, device=pl.device, progress=False,
+                                **self.extract_kwargs)
         if mesh.is_empty or len(mesh.polygons) == 0:
             self.structure = None
         elif self.max_vertices is not None and len(mesh.vertices) > self.max_vertices:
@@ -531,14 +613,17 @@ class ExactRegularizerCallback(Callback):
         step = _global_step(pl_module)
         t0 = time.perf_counter()
         ws, _ = G.network_params(net)
-        terms = regularizer_terms(net, self.structure, self.regularizers, step,
-                                  level=self.level, out_dtype=ws[0].dtype)
+        terms, surface = _evaluate(net, self.structure, self.regularizers, step, self.level,
+                                   ws[0].dtype, self.max_move)
         dt = time.perf_counter() - t0
+        invalid = 0.0 if surface is None else surface.invalid_fraction
+        if invalid > self.refresh_invalid:
+            self._stale = True  # re-extract before the next step
         self.stats["terms"] += 1
         self.stats["term_s"] += dt
         n_poly = 0 if self.structure is None else self.structure.n_polygons
         for key, val in (("extract_s", self._last_extract_s), ("term_s", dt),
-                         ("polygons", float(n_poly))):
+                         ("polygons", float(n_poly)), ("invalid_fraction", invalid)):
             try:
                 pl_module.log(f"reg_cost/{key}", val, on_step=True, on_epoch=False)
             except Exception:  # not attached to a trainer, or logging not allowed here

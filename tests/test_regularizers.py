@@ -649,16 +649,23 @@ def test_extracted_vertices_are_reproduced_with_fd_gradients():
     keep = [i for i in range(len(sel)) if np.linalg.cond(jac[i]) < 1e8]
     weights = torch.tensor(rng.normal(size=(len(keep), 3)))
     (xv[torch.as_tensor(sel[keep])] * weights).sum().backward()
-    b_last = bs[-1]
     h = 1e-6
-    vals = []
-    for sgn in (1.0, -1.0):
-        b_last[0] += sgn * h
-        xs = np.stack([np_solve_vertex(ws, bs, cons[i], pats[i], BOX) for i in keep])
-        vals.append((xs * weights.numpy()).sum())
-        b_last[0] -= sgn * h
-    fd = (vals[0] - vals[1]) / (2 * h)
-    assert float(net.layers[-1].bias.grad) == pytest.approx(fd, rel=1e-5, abs=1e-7)
+    entries = [(len(ws) + len(ws) - 1, (0,))]  # the output bias
+    entries += [(0, tuple(rng.integers(0, n) for n in ws[0].shape)) for _ in range(3)]
+    entries += [(1, tuple(rng.integers(0, n) for n in ws[1].shape)) for _ in range(3)]
+    arrays = ws + bs
+    grads = [m.weight.grad for m in net.layers] + [m.bias.grad for m in net.layers]
+    for which, k in entries:
+        arr = arrays[which]
+        vals = []
+        for sgn in (1.0, -1.0):
+            old = arr[k]
+            arr[k] = old + sgn * h
+            xs = np.stack([np_solve_vertex(ws, bs, cons[i], pats[i], BOX) for i in keep])
+            vals.append((xs * weights.numpy()).sum())
+            arr[k] = old
+        fd = (vals[0] - vals[1]) / (2 * h)
+        assert float(grads[which][k]) == pytest.approx(fd, rel=1e-5, abs=1e-7)
 
 
 def _pl(net: ReLUMLP) -> PLNetwork:
@@ -689,3 +696,65 @@ def test_extracted_closed_forms(shape):
     assert torch.allclose(n_reg[big], expected[big], atol=1e-12)
     if shape == "octahedron":
         assert torch.allclose(n_reg[big].abs(), torch.full_like(n_reg[big], 3**-0.5))
+
+
+def _small_net(widths=(12, 12), seed=1) -> ReLUMLP:
+    pl = random_network(3, list(widths), seed=seed)
+    net = mlp_from(pl.weights, pl.biases)
+    with torch.no_grad():  # put the surface through the origin
+        net.layers[-1].bias.sub_(float(net(torch.zeros(1, 3, dtype=torch.float64))))
+    return net
+
+
+def _exact_area(surface, net) -> float:
+    """Area of a fresh extraction from its triangles (numpy, independent of nsr.geometry)."""
+    m = surface.extract_mesh(_pl(net), BOX, mode="surface", dtype=torch.float64,
+                             progress=False, tiles=1)
+    a, b, c = (m.vertices[m.triangles[:, i]] for i in range(3))
+    return float(0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum())
+
+
+def _train_with_callback(net, regs, steps, every, lr=5e-4):
+    module = _Module(net)
+    cb = R.ExactRegularizerCallback(regs, every_n_steps=every, bounds=1.0,
+                                    extract_kwargs={"tiles": 1})
+    cb.setup(None, module, "fit")
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    trainer = types.SimpleNamespace(global_step=0)
+    vals = []
+    for step in range(steps):
+        trainer.global_step = step
+        cb.on_train_batch_start(trainer, module, None, step)
+        opt.zero_grad()
+        terms = module.regularizer_terms[0](module)
+        sum(terms.values()).backward()
+        opt.step()
+        vals.append(sum(float(v.detach()) for v in terms.values()))
+    return vals, cb
+
+
+def test_area_decreases_with_reextraction_through_the_callback():
+    surface = _surface_module()
+    net = _small_net()
+    before = _exact_area(surface, net)
+    vals, cb = _train_with_callback(net, [R.AreaRegularizer()], steps=12, every=4)
+    assert cb.stats["extractions"] >= 3
+    assert vals[-1] < vals[0]
+    assert _exact_area(surface, net) < 0.9 * before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "reg",
+    [
+        R.SmoothnessRegularizer(),
+        R.QualityRegularizer(min_edge=0.05, min_angle_deg=20.0, min_quality=0.3),
+        R.FitRegularizer(target=_sphere_sdf, n_samples=512),
+        R.EikonalRegularizer(),
+    ],
+    ids=["smooth", "quality", "fit", "eikonal"],
+)
+def test_each_regularizer_decreases_with_reextraction(reg):
+    _surface_module()
+    vals, _ = _train_with_callback(_small_net(), [reg], steps=20, every=5)
+    assert vals[-1] < vals[0], vals
