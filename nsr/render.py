@@ -18,6 +18,7 @@ import trimesh
 
 DEFAULT_VIEW = (35.0, -60.0)  # (elevation, azimuth) in degrees
 MAX_RENDER_FACES = 300_000
+MAX_POLYGON_EDGES = 10_000  # more polygons than this: their edges would only blacken the shape
 
 
 def _safe(fn: Callable) -> Callable:
@@ -109,7 +110,7 @@ def _draw_mesh(
         coll.set_edgecolor((0, 0, 0, 0.35))
         coll.set_linewidth(0.2)
     ax.add_collection3d(coll)
-    if polygons is not None and len(polygons):
+    if polygons is not None and 0 < len(polygons) <= MAX_POLYGON_EDGES:
         segs = polygon_segments(np.asarray(mesh.vertices), polygons, eye)
         if len(segs):
             ax.add_collection3d(Line3DCollection(segs, colors=(0, 0, 0, 0.45), linewidths=0.25))
@@ -152,7 +153,8 @@ def render_mesh(
 
     ``mesh``: vertices ``(V, 3)``, faces ``(F, 3)``. ``edges`` outlines the triangles;
     ``polygons`` (list of ``(k,)`` vertex cycles, the exact mesh's planar polygons) draws the
-    polygon edges instead. ``size`` in pixels; ``view`` = ``(elevation, azimuth)`` degrees.
+    edges of the front-facing polygons instead (up to ``MAX_POLYGON_EDGES`` polygons).
+    ``size`` in pixels; ``view`` = ``(elevation, azimuth)`` degrees.
     """
     fig = _figure(size)
     ax = fig.add_axes((0, 0, 1, 0.94 if title else 1), projection="3d")
