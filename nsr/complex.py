@@ -301,29 +301,34 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     vpos = sk.vpos.t
     vpos[:, word] |= s.long() * mask
     e = sk.edges.t
-    a, b = e[:, 0], e[:, 1]
-    cut = torch.nonzero(s[a] != s[b]).squeeze(1)
+    # index_select on the flattened (E, 2) array: one contiguous gather per neuron, the
+    # hot loop of the whole extraction
+    se = s.index_select(0, e.reshape(-1)).view(-1, 2)
+    cut = torch.nonzero(se[:, 0] != se[:, 1]).squeeze(1)
     n = cut.numel()
     if n == 0:
         return
-    ca, cb = a[cut], b[cut]
-    za, zb = z[ca], z[cb]
+    ce = e.index_select(0, cut)
+    ca, cb = ce[:, 0].contiguous(), ce[:, 1].contiguous()
+    za, zb = z.index_select(0, ca), z.index_select(0, cb)
     t = (za / (za - zb)).unsqueeze(1)
     x = sk.x.t
-    xn = x[ca] + t * (x[cb] - x[ca])
-    ez = sk.ezeros.t[cut].long()  # (n, D-1)
-    pe = vpos[ca] | vpos[cb]
+    xa = x.index_select(0, ca)
+    xn = xa + t * (x.index_select(0, cb) - xa)
+    ez = sk.ezeros.t.index_select(0, cut).long()  # (n, D-1)
+    pe = vpos.index_select(0, ca) | vpos.index_select(0, cb)
     pe[:, word] &= ~mask  # the new vertices are zero on c
     new_ids = torch.arange(sk.n_vertices, sk.n_vertices + n, device=z.device, dtype=torch.int32)
     if values is not None:
         vv = values.t
-        vn = vv[ca] + t.to(vv.dtype) * (vv[cb] - vv[ca])
-        values.append(vn)
+        va = vv.index_select(0, ca)
+        values.append(va + t.to(vv.dtype) * (vv.index_select(0, cb) - va))
     cz = torch.full((n, 1), c, dtype=torch.int64, device=z.device)
     sk.x.append(xn)
     sk.vzeros.append(torch.cat([ez, cz], 1).int())
     sk.vpos.append(pe)
-    sk.vtile.append(sk.vtile.t[ca])
+    tile_a = sk.vtile.t.index_select(0, ca)
+    sk.vtile.append(tile_a)
     # Split each cut edge (a, b) into (a, new) in place and (new, b) appended.
     sk.edges.t[cut, 1] = new_ids
     sk.edges.append(torch.stack([new_ids, cb], 1))
@@ -333,7 +338,7 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     # Face keys: for each zero slot i of the cut edge and each side, the 2-face obtained by
     # making that entry non-zero. Box facets have no outside.
     keys, owners = [], []
-    tile = sk.vtile.t[ca].long().unsqueeze(1)
+    tile = tile_a.long().unsqueeze(1)
     for i in range(d - 1):
         zi = ez[:, i]
         rest = torch.cat([ez[:, :i], ez[:, i + 1 :]], 1)
@@ -365,26 +370,72 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     sk.ezeros.append(torch.cat([zrest, torch.full((len(p), 1), c, dtype=torch.int64, device=z.device)], 1).int())
 
 
-def _interval_output_bounds(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Interval bounds of the output given bounds ``(K, n)`` on pre-activations of ``layer``."""
-    lo, hi = torch.relu(lo), torch.relu(hi)
-    for w, b in zip(net.weights[layer + 1 :], net.biases[layer + 1 :]):
-        mid, rad = (lo + hi) / 2, (hi - lo) / 2
-        zm, zr = mid @ w.T + b, rad @ w.abs().T
-        lo, hi = zm - zr, zm + zr
-        if w is not net.weights[-1]:
-            lo, hi = torch.relu(lo), torch.relu(hi)
-    return lo[:, 0], hi[:, 0]
+def _relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Linear relaxation of ``relu(z)`` for ``z`` in ``[lo, hi]`` (CROWN): upper line
+    ``s_up z + t_up`` (the chord), lower line ``s_lo z`` with ``s_lo`` in {0, 1}."""
+    active, inactive = lo >= 0, hi <= 0
+    unstable = ~active & ~inactive
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    s_up = torch.where(active, torch.ones_like(lo), torch.where(unstable, hi / denom, torch.zeros_like(lo)))
+    t_up = torch.where(unstable, -lo * hi / denom, torch.zeros_like(lo))
+    s_lo = torch.where(active | (unstable & (hi > -lo)), torch.ones_like(lo), torch.zeros_like(lo))
+    return s_up, t_up, s_lo, torch.zeros_like(lo)
 
 
-def box_output_bounds(net: PLNetwork, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Interval bounds of the network output over boxes ``(K, D)``."""
-    w, b = net.weights[0], net.biases[0]
-    mid, rad = (lo + hi) / 2, (hi - lo) / 2
-    zm, zr = mid @ w.T + b, rad @ w.abs().T
-    if len(net.weights) == 1:
-        return (zm - zr)[:, 0], (zm + zr)[:, 0]
-    return _interval_output_bounds(net, 0, zm - zr, zm + zr)
+def _crown_layer(net: PLNetwork, k: int, lo: Tensor, hi: Tensor, pre: list[tuple[Tensor, Tensor]]
+                 ) -> tuple[Tensor, Tensor]:
+    """Bounds ``(K, n_k)`` on the pre-activations of layer ``k`` over boxes ``(K, D)`` by
+    backward linear bound propagation, given bounds ``pre[j]`` on earlier layers."""
+    w, b = net.weights[k], net.biases[k]
+    n_tiles = lo.shape[0]
+    a_up = w.expand(n_tiles, -1, -1)
+    a_lo = a_up
+    c_up = b.expand(n_tiles, -1)
+    c_lo = c_up
+    for j in range(k - 1, -1, -1):
+        s_up, t_up, s_lo, _ = _relu_relaxation(*pre[j])
+        pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
+        c_up = c_up + (pos * t_up[:, None, :]).sum(-1)
+        a_up = pos * s_up[:, None, :] + neg * s_lo[:, None, :]
+        pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
+        c_lo = c_lo + (neg * t_up[:, None, :]).sum(-1)
+        a_lo = pos * s_lo[:, None, :] + neg * s_up[:, None, :]
+        wj, bj = net.weights[j], net.biases[j]
+        c_up, a_up = c_up + a_up @ bj, a_up @ wj
+        c_lo, a_lo = c_lo + a_lo @ bj, a_lo @ wj
+    mid, rad = ((lo + hi) / 2)[..., None], ((hi - lo) / 2)[..., None]
+    upper = (a_up @ mid).squeeze(-1) + (a_up.abs() @ rad).squeeze(-1) + c_up
+    lower = (a_lo @ mid).squeeze(-1) - (a_lo.abs() @ rad).squeeze(-1) + c_lo
+    return lower, upper
+
+
+def output_bounds(
+    net: PLNetwork, lo: Tensor, hi: Tensor, known: list[tuple[Tensor, Tensor]] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Bounds ``(K,)`` of the network output over boxes ``(K, D)``.
+
+    Linear bound propagation (CROWN, Zhang et al. 2018) layer by layer, intersected with
+    interval arithmetic; ``known[j]`` are given bounds on layer ``j``'s pre-activations
+    (e.g. their exact range over a tile), used in place of computed ones.
+    """
+    known = known or []
+    pre: list[tuple[Tensor, Tensor]] = []
+    for k in range(len(net.weights)):
+        if k < len(known):
+            pre.append(known[k])
+            continue
+        lo_k, hi_k = _crown_layer(net, k, lo, hi, pre)
+        # interval step from the previous layer's bounds: keep the tighter of the two
+        if k == 0:
+            prev_lo, prev_hi = lo, hi
+        else:
+            prev_lo, prev_hi = torch.relu(pre[-1][0]), torch.relu(pre[-1][1])
+        w, b = net.weights[k], net.biases[k]
+        zm = ((prev_lo + prev_hi) / 2) @ w.T + b
+        zr = ((prev_hi - prev_lo) / 2) @ w.abs().T
+        pre.append((torch.maximum(lo_k, zm - zr), torch.minimum(hi_k, zm + zr)))
+    return pre[-1][0][:, 0], pre[-1][1][:, 0]
+
 
 
 def _prune_tiles(sk: _Skeleton, alive_tiles: Tensor) -> None:
@@ -439,7 +490,7 @@ def subdivide(
         for layer in range(n_layers):
             width = int(net.weights[layer].shape[0])
             if prune:
-                alive &= _tiles_reaching(net, sk, layer, n_tiles, lv, keep_negative)
+                alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative)
                 _prune_tiles(sk, alive)
             j0 = 0
             while j0 < width:
@@ -460,6 +511,7 @@ def subdivide(
         if bar is not None:
             bar.close()
     sk.stats["subdivision_s"] = time.perf_counter() - t0
+    sk.stats["tiles_alive"] = int(alive.sum())
     if sk.unpaired:
         warnings.warn(
             f"{sk.unpaired} face keys appeared other than twice (rounding near degenerate "
@@ -482,29 +534,34 @@ def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: fl
     return out
 
 
-def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, n_tiles: int, level: float,
+def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, tile_hi: Tensor, level: float,
                     keep_negative: Tensor | None) -> Tensor:
-    """Tiles whose output may reach ``level``: the exact range of ``layer``'s pre-activations
-    over each tile (min/max over its vertices: they are affine on every current cell),
-    propagated by interval arithmetic through the remaining layers."""
-    width = int(net.weights[layer].shape[0])
+    """Tiles whose output may reach ``level``. The pre-activations of layers ``0..layer`` are
+    affine on every current cell, so their exact range over a tile is their min/max over the
+    tile's vertices; later layers and the output are bounded by linear bound propagation."""
+    n_tiles = tile_lo.shape[0]
     x = sk.x.t
-    vmin = torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device)
-    vmax = torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)
+    ranges = []
+    for k in range(layer + 1):
+        width = int(net.weights[k].shape[0])
+        ranges.append((torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device),
+                       torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)))
     batch = 2**17
     for s in range(0, x.shape[0], batch):
-        zl = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0)
-        idx = sk.vtile.t[s : s + batch].long()[:, None].expand_as(zl)
-        vmin.scatter_reduce_(0, idx, zl, "amin")
-        vmax.scatter_reduce_(0, idx, zl, "amax")
-    if layer == len(net.weights) - 1:
-        olo, ohi = vmin[:, 0], vmax[:, 0]
-    else:
-        olo, ohi = _interval_output_bounds(net, layer, vmin, vmax)
+        h = x[s : s + batch]
+        idx = sk.vtile.t[s : s + batch].long()[:, None]
+        for k in range(layer + 1):
+            z = torch.addmm(net.biases[k], h, net.weights[k].T)
+            ranges[k][0].scatter_reduce_(0, idx.expand_as(z), z, "amin")
+            ranges[k][1].scatter_reduce_(0, idx.expand_as(z), z, "amax")
+            h = torch.relu(z)
+    has = torch.isfinite(ranges[0][0][:, 0])
+    known = [(torch.where(has[:, None], lo, 0.0), torch.where(has[:, None], hi, 0.0)) for lo, hi in ranges]
+    olo, ohi = output_bounds(net, tile_lo, tile_hi, known)
     olo, ohi = olo - level, ohi - level
-    reach = (olo <= 0) & (ohi >= 0)
+    reach = has & (olo <= 0) & (ohi >= 0)
     if keep_negative is not None:
-        reach |= keep_negative & (ohi < 0)
+        reach |= has & keep_negative & (ohi < 0)
     return reach
 
 

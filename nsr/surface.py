@@ -34,11 +34,11 @@ from torch import Tensor
 from nsr.complex import (
     as_bounds,
     bit_values,
-    box_output_bounds,
     extract_complex,
     group_equal_rows,
     n_words,
     no_tf32,
+    output_bounds,
     peak_memory_mb,
     resolve_dtype,
     subdivide,
@@ -503,7 +503,11 @@ def _polylines(
                     path.append(cur)
                     break
                 seen.update({(prev, cur), (cur, prev)})
-            lines.append([v for i, v in enumerate(path) if not split[v] or i in (0, len(path) - 1)])
+            if path[0] == path[-1]:  # closed loop: drop tile-plane vertices, re-close
+                loop = [v for v in path[:-1] if not split[v]]
+                lines.append(loop + loop[:1])
+            else:  # open paths end on the box boundary, never on a tile-plane vertex
+                lines.append([v for v in path if not split[v]])
     usedv = np.unique(np.concatenate([np.asarray(p) for p in lines]))
     remap = -np.ones(n_w, dtype=np.int64)
     remap[usedv] = np.arange(len(usedv))
@@ -529,27 +533,59 @@ def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:
     )
 
 
-def _tile_grid(
-    bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
+def select_tiles(
+    net: PLNetwork, bounds: np.ndarray, grid: int, level: float, close: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Tiles of a ``grid^D`` partition of the box where the output may reach ``level``.
+
+    Coarse-to-fine: bounds (linear bound propagation) are computed on coarse tiles first and
+    only the children of tiles that may reach the level are bounded again, so fine grids
+    cost about as much as the band around the surface. With ``close``, tiles touching the
+    box boundary are also kept where the output may be below the level (they carry caps).
+    Returns ``(lo, hi, index, on_boundary)``, ``(K, D)`` each but the last ``(K,)``.
+    """
     d = bounds.shape[0]
-    idx = torch.cartesian_prod(*[torch.arange(grid, device=device)] * d).reshape(-1, d)
-    lo = torch.as_tensor(bounds[:, 0], dtype=dtype, device=device)
-    hi = torch.as_tensor(bounds[:, 1], dtype=dtype, device=device)
-    # Tile planes computed once per grid line so neighbouring tiles share them bitwise.
-    ticks = [lo[a] + (hi[a] - lo[a]) * torch.arange(grid + 1, device=device, dtype=dtype) / grid for a in range(d)]
+    dt, dev = net.dtype, net.device
+    lo_b = torch.as_tensor(bounds[:, 0], dtype=dt, device=dev)
+    hi_b = torch.as_tensor(bounds[:, 1], dtype=dt, device=dev)
+    # tile planes computed once per grid line so neighbouring tiles share them bitwise
+    ticks = [lo_b[a] + (hi_b[a] - lo_b[a]) * torch.arange(grid + 1, device=dev, dtype=dt) / grid for a in range(d)]
     for a in range(d):
-        ticks[a][-1] = hi[a]
+        ticks[a][-1] = hi_b[a]
+    factors = [1]
+    while grid % (factors[-1] * 2) == 0 and grid // (factors[-1] * 2) >= 2:
+        factors.append(factors[-1] * 2)
+    offsets = torch.cartesian_prod(*[torch.arange(2, device=dev)] * d).reshape(-1, d)
+    g = grid // factors[-1]
+    idx = torch.cartesian_prod(*[torch.arange(g, device=dev)] * d).reshape(-1, d)
+    for f in reversed(factors):
+        g = grid // f
+        tlo = torch.stack([ticks[a][idx[:, a] * f] for a in range(d)], 1)
+        thi = torch.stack([ticks[a][(idx[:, a] + 1) * f] for a in range(d)], 1)
+        keep = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+        on_boundary = ((idx == 0) | (idx == g - 1)).any(1)
+        for s in range(0, len(idx), 4096):  # bounded memory for the linear relaxations
+            lo, hi = output_bounds(net, tlo[s : s + 4096], thi[s : s + 4096])
+            k = (lo <= level) & (hi >= level)
+            if close:
+                k |= on_boundary[s : s + 4096] & (hi < level)
+            keep[s : s + 4096] = k
+        idx = idx[keep]
+        if f > 1:
+            idx = (idx[:, None, :] * 2 + offsets[None]).reshape(-1, d)
     tlo = torch.stack([ticks[a][idx[:, a]] for a in range(d)], 1)
     thi = torch.stack([ticks[a][idx[:, a] + 1] for a in range(d)], 1)
-    return tlo, thi, idx
+    return tlo, thi, idx, ((idx == 0) | (idx == grid - 1)).any(1)
 
 
 def default_tiles(net: PLNetwork) -> int:
-    """Tiles per axis for surface mode: finer for larger networks (more to prune)."""
-    if net.in_dim != 3:
-        return 4 if net.in_dim == 2 else 1
-    return 8 if net.n_neurons <= 64 else 12
+    """Tiles per axis for surface mode (a power of two, so tiles are selected coarse-to-fine).
+
+    Small tiles make the bounds tight and drop most of the box early; every tile also adds
+    the vertices its faces cut from the complex, which costs on small networks."""
+    if net.in_dim == 2:
+        return 8
+    return 8 if net.n_neurons <= 64 else 16
 
 
 def extract_mesh(
@@ -606,20 +642,13 @@ def extract_mesh(
             grid = tiles if tiles is not None else default_tiles(netd)
             if grid < 1:
                 raise ValueError(f"tiles must be >= 1, got {grid}")
-            tlo, thi, tidx = _tile_grid(b, grid, dt, dev)
-            lo, hi = box_output_bounds(netd, tlo, thi)
-            reach = (lo <= level) & (hi >= level)
-            keep_neg = None
-            if close:
-                on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
-                keep_neg = on_boundary  # their box faces below the level are caps
-                reach |= on_boundary & (hi < level)
-            sel = torch.nonzero(reach).squeeze(1)
-            n_tiles, kept = len(tlo), len(sel)
-            sk, alive = subdivide(netd, tlo[sel], thi[sel], level=level, prune=True,
-                                  keep_negative=None if keep_neg is None else keep_neg[sel],
+            tlo, thi, tidx, on_boundary = select_tiles(netd, b, grid, level, close)
+            n_tiles = grid**d
+            sk, alive = subdivide(netd, tlo, thi, level=level, prune=True,
+                                  keep_negative=on_boundary if close else None,
                                   progress=progress, desc="surface")
-            arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx[sel], grid)
+            arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
+            kept = sk.stats["tiles_alive"]
             unpaired = sk.unpaired
         t_sub = time.perf_counter() - t0
         mesh = _mesh_from_arrays(netd, arr, b, level, close)

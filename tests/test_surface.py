@@ -234,3 +234,25 @@ def test_shared_bunny_3x16_surface(shared_dir):
     assert len(a.polygons) == len(b.polygons) > 100
     assert a.stats["max_abs_f"] < 1e-12
     assert a.stats["invalid_faces"] == 0
+
+
+def test_output_bounds_are_sound_and_tighter_than_intervals():
+    from nsr.complex import output_bounds
+
+    net = random_network(3, [16, 16, 16], seed=9)
+    gen = torch.Generator().manual_seed(1)
+    lo = torch.rand(64, 3, generator=gen, dtype=torch.float64) * 1.6 - 1
+    hi = lo + 0.05 + torch.rand(64, 3, generator=gen, dtype=torch.float64) * 0.3
+    blo, bhi = output_bounds(net, lo, hi)
+    x = lo[:, None] + (hi - lo)[:, None] * torch.rand(64, 2000, 3, generator=gen, dtype=torch.float64)
+    f = net(x.reshape(-1, 3)).reshape(64, 2000)
+    assert (f.min(1).values >= blo - 1e-12).all() and (f.max(1).values <= bhi + 1e-12).all()
+    # plain interval arithmetic, for comparison
+    a, b = lo, hi
+    for k, (w, bias) in enumerate(zip(net.weights, net.biases)):
+        mid, rad = (a + b) / 2 @ w.T + bias, (b - a) / 2 @ w.abs().T
+        a, b = mid - rad, mid + rad
+        if k < len(net.weights) - 1:
+            a, b = torch.relu(a), torch.relu(b)
+    assert ((bhi - blo) <= (b - a)[:, 0] + 1e-12).all()
+    assert ((bhi - blo) < 0.8 * (b - a)[:, 0]).float().mean() > 0.5

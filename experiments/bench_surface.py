@@ -1,0 +1,137 @@
+"""Benchmark: exact surface extraction versus marching cubes, side by side in one run.
+
+For each network: nsr's exact surface (``mode="surface"``, float64) and nsr's marching-cubes
+baseline (scikit-image Lewiner on a chunked grid evaluation, float32, network evaluation
+included) at 128^3 and 256^3. Every method runs in a fresh process so that its peak
+resident memory is its own; the ratio column divides by the exact extraction's time in
+the same run.
+
+    python experiments/bench_surface.py                       # shared bunny networks
+    python experiments/bench_surface.py --nets run/checkpoints/last.ckpt:4x128 ...
+    python experiments/bench_surface.py --tiles 8 12 16        # compare tilings
+
+Prints a Markdown table and writes ``experiments/out/bench_surface.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def _abs_f(net, vertices) -> tuple[float, float]:
+    import numpy as np
+    import torch
+
+    if len(vertices) == 0:
+        return float("nan"), float("nan")
+    n64 = net.to(dtype=torch.float64, device="cpu")
+    with torch.no_grad():
+        f = n64(torch.as_tensor(np.asarray(vertices, dtype=np.float64))).abs()
+    return float(f.mean()), float(f.max())
+
+
+def _run(spec: dict) -> dict:
+    import resource
+
+    import torch
+
+    from nsr.networks import load_network
+
+    torch.set_num_threads(spec["threads"])
+    net = load_network(spec["path"])
+    bounds = spec["bounds"]
+    t0 = time.perf_counter()
+    if spec["method"] == "exact":
+        from nsr.surface import extract_mesh
+
+        mesh = extract_mesh(net, bounds, mode="surface", tiles=spec.get("tiles"), dtype=torch.float64,
+                            device=spec["device"], progress=False)
+        elapsed = time.perf_counter() - t0
+        verts, n_faces = mesh.vertices, len(mesh.triangles)
+        extra = {"polygons": len(mesh.polygons), "tiles_kept": mesh.stats["tiles_kept"],
+                 "tiles": mesh.stats["tiles"], "watertight": mesh.stats.get("watertight")}
+    else:
+        from nsr.marching_cubes import marching_cubes
+
+        tm = marching_cubes(net, bounds, spec["resolution"], device=spec["device"])
+        elapsed = time.perf_counter() - t0
+        verts, n_faces = tm.vertices, len(tm.faces)
+        extra = {"watertight": bool(tm.is_watertight)}
+    mean_f, max_f = _abs_f(net, verts)
+    return {**spec, **extra, "time_s": elapsed, "vertices": len(verts), "faces": n_faces,
+            "mean_abs_f": mean_f, "max_abs_f": max_f,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_isolated(spec: dict) -> dict:
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_run, (spec,))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nets", nargs="*", default=[], help="extra network files, optionally PATH:LABEL")
+    ap.add_argument("--bounds", type=float, nargs=2, default=(-0.5, 0.5))
+    ap.add_argument("--resolutions", type=int, nargs="*", default=[128, 256])
+    ap.add_argument("--tiles", type=int, nargs="*", default=[None])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-8x32", action="store_true")
+    args = ap.parse_args()
+
+    nets: list[tuple[str, str]] = []
+    if (SHARED / "models").is_dir():
+        for name in ("bunny_3d_3x16", "bunny_3d_8x32"):
+            if not (name == "bunny_3d_8x32" and args.skip_8x32):
+                nets.append((str(SHARED / "models" / f"{name}.pt"), name))
+    else:
+        print("../shared/models not found: only --nets are measured")
+    for item in args.nets:
+        path, _, label = item.partition(":")
+        nets.append((path, label or Path(path).stem))
+
+    base = {"device": args.device, "threads": args.threads, "bounds": list(args.bounds)}
+    rows = []
+    for path, label in nets:
+        specs = [{**base, "path": path, "net": label, "method": "exact", "tiles": t} for t in args.tiles]
+        specs += [{**base, "path": path, "net": label, "method": "marching_cubes", "resolution": r}
+                  for r in args.resolutions]
+        for spec in specs:
+            r = run_isolated(spec)
+            rows.append(r)
+            what = f"exact tiles={r.get('tiles')}" if r["method"] == "exact" else f"MC {r['resolution']}^3"
+            print(f"{label:16s} {what:20s} t={r['time_s']:8.2f}s peak={r['peak_rss_mb']:7.0f}MB "
+                  f"V={r['vertices']:>9,d} F={r['faces']:>9,d} max|f|={r['max_abs_f']:.2e}", flush=True)
+
+    out = ROOT / "experiments" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "cpus": mp.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+            "device": args.device, "threads": args.threads}
+    (out / "bench_surface.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    print(f"\n{meta}\n")
+    print("| network | method | time (s) | time / exact | peak memory (MB) | vertices | faces "
+          "| mean \\|f\\| | max \\|f\\| | watertight |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for label in dict.fromkeys(r["net"] for r in rows):
+        group = [r for r in rows if r["net"] == label]
+        exact_t = min(r["time_s"] for r in group if r["method"] == "exact")
+        for r in group:
+            if r["method"] == "exact":
+                what = f"exact surface ({r['tiles_kept']}/{r['tiles']} tiles, {r['polygons']:,} polygons)"
+            else:
+                what = f"marching cubes {r['resolution']}^3"
+            print(f"| {label} | {what} | {r['time_s']:.2f} | {r['time_s'] / exact_t:.2f} | {r['peak_rss_mb']:.0f} "
+                  f"| {r['vertices']:,} | {r['faces']:,} | {r['mean_abs_f']:.1e} | {r['max_abs_f']:.1e} "
+                  f"| {r['watertight']} |")
+
+
+if __name__ == "__main__":
+    main()
