@@ -18,14 +18,14 @@ demo: $(STAMP)
 	$(PY) -m nsr.demo
 
 test: $(STAMP)
-	$(PY) -m ruff check nsr tests experiments
+	$(PY) -m ruff check nsr tests experiments data
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check nsr tests experiments
+	$(PY) -m ruff check nsr tests experiments data
 
 install: $(STAMP)
 
