@@ -297,7 +297,9 @@ class TimeCosineLR(L.Callback):
         import math
         import time
 
-        frac = min((time.monotonic() - (self._t0 or time.monotonic())) / self.budget_s, 1.0)
+        now = time.monotonic()
+        t0 = self._t0 if self._t0 is not None else now
+        frac = min((now - t0) / self.budget_s, 1.0)
         scale = 0.5 * (1.0 + math.cos(math.pi * frac))
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
         for g, lr0 in zip(groups, self._lr0):

@@ -184,3 +184,21 @@ def test_ddp_two_cpu_processes(tmp_path):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 == metrics["global_step"]  # 4 batches over 2 processes
     assert np.isfinite(metrics["val/sdf_mae"])
+
+
+def test_time_cosine_lr_anneals_over_the_budget(monkeypatch):
+    import time
+
+    from nsr.lightning import TimeCosineLR
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    trainer = types.SimpleNamespace(optimizers=[opt])
+    clock = iter([0.0, 0.0, 50.0, 100.0, 500.0])
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    cb = TimeCosineLR(budget_s=100.0, eta_min=0.0)
+    cb.on_train_start(trainer, None)
+    lrs = []
+    for _ in range(4):
+        cb.on_train_batch_start(trainer, None, None, 0)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-12)
