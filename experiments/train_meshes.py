@@ -97,6 +97,7 @@ def run_mesh(path: Path, args: argparse.Namespace, out: Path) -> dict:
                 f"trainer.max_time=00:00:{int(args.minutes):02d}:{int(args.minutes % 1 * 60):02d}",
                 f"callbacks.time_lr.budget_s={args.minutes * 60}",
                 "extract=none",
+                *args.overrides,
                 "logger=csv",
             ],
         )
@@ -116,6 +117,7 @@ def run_mesh(path: Path, args: argparse.Namespace, out: Path) -> dict:
         width=args.width,
         depth=args.depth,
         mc_resolution=args.resolution,
+        overrides=list(args.overrides),
         val_sdf_mae=json.loads((run_dir / "metrics.json").read_text()).get("val/sdf_mae"),
     )
     return res
@@ -128,6 +130,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=256)
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides of train.yaml")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "train_meshes")
     args = ap.parse_args()
     if not SHARED.is_dir():
