@@ -253,10 +253,14 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             stats |= cstats
             timings["complex_s"] = time.perf_counter() - t
         if net.in_dim == 3:
-            from nsr.surface import extract_mesh
+            from nsr.surface import extract_mesh, mesh_from_complex
 
             t = time.perf_counter()
-            mesh = extract_mesh(net, box, mode=mode, close=bool(cfg.get("close", False)), **kw)
+            close = bool(cfg.get("close", False))
+            if cplx is not None:  # mesh the complex already extracted, not a second one
+                mesh = mesh_from_complex(cplx, close=close)
+            else:
+                mesh = extract_mesh(net, box, mode=mode, close=close, **kw)
             timings["surface_s"] = time.perf_counter() - t
     if mesh is not None:
         t = time.perf_counter()

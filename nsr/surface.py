@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from nsr.complex import (
+    PolyhedralComplex,
     as_bounds,
     bit_values,
     extract_complex,
@@ -634,9 +635,7 @@ def extract_mesh(
     with torch.no_grad(), no_tf32():
         if mode == "complex":
             cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress).refine(level)
-            arr = _Arrays(cx.vertices, cx.vertex_zeros, cx.vertex_signs,
-                          torch.zeros(len(cx.vertices), dtype=torch.int64, device=dev),
-                          cx.edges, cx.edge_zeros, torch.zeros(1, d, dtype=torch.int64, device=dev), 1)
+            arr = _complex_arrays(cx)
             n_tiles, kept, unpaired = 1, 1, cx.stats["unpaired_face_keys"]
         else:
             grid = tiles if tiles is not None else default_tiles(netd)
@@ -659,6 +658,31 @@ def extract_mesh(
     _measure(mesh, netd)
     if mesh.is_empty:
         warnings.warn(f"the network does not reach the level {level} inside the box: empty mesh", stacklevel=2)
+    return mesh
+
+
+def _complex_arrays(cx: PolyhedralComplex) -> _Arrays:
+    dev = cx.vertices.device
+    return _Arrays(cx.vertices, cx.vertex_zeros, cx.vertex_signs,
+                   torch.zeros(len(cx.vertices), dtype=torch.int64, device=dev),
+                   cx.edges, cx.edge_zeros, torch.zeros(1, cx.dim, dtype=torch.int64, device=dev), 1)
+
+
+def mesh_from_complex(cx: PolyhedralComplex, level: float = 0.0, *, close: bool = False) -> ExactMesh:
+    """The exact level-set mesh of an already extracted complex (no second extraction)."""
+    if cx.dim not in (2, 3):
+        raise ValueError(f"a mesh needs a 2-D or 3-D complex, got {cx.dim}-D; use cx.level_set()")
+    if close and cx.dim != 3:
+        raise ValueError("close=True needs a 3-D network")
+    t0 = time.perf_counter()
+    with torch.no_grad(), no_tf32():
+        ref = cx.refine(level)
+        net = cx.net.to(device=cx.vertices.device, dtype=cx.vertices.dtype)
+        mesh = _mesh_from_arrays(net, _complex_arrays(ref), cx.bounds, level, close)
+    mesh.stats.update(mode="complex", dtype=str(cx.vertices.dtype), device=str(cx.vertices.device), tiles=1,
+                      tiles_kept=1, unpaired_face_keys=ref.stats.get("unpaired_face_keys", 0),
+                      time_s=time.perf_counter() - t0)
+    _measure(mesh, net)
     return mesh
 
 

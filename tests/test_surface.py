@@ -256,3 +256,16 @@ def test_output_bounds_are_sound_and_tighter_than_intervals():
             a, b = torch.relu(a), torch.relu(b)
     assert ((bhi - blo) <= (b - a)[:, 0] + 1e-12).all()
     assert ((bhi - blo) < 0.8 * (b - a)[:, 0]).float().mean() > 0.5
+
+
+def test_mesh_from_an_existing_complex_equals_complex_mode():
+    from nsr.complex import extract_complex
+    from nsr.surface import mesh_from_complex
+
+    net = _centered(3, [10, 10], 12)
+    cx = extract_complex(net, (-1, 1), progress=False)
+    a = mesh_from_complex(cx, close=True)
+    b = extract_mesh(net, (-1, 1), mode="complex", close=True, progress=False)
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    np.testing.assert_array_equal(a.triangles, b.triangles)
+    assert cx.euler_characteristic == 1
