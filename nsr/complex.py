@@ -61,12 +61,15 @@ _BITS = 64
 # --------------------------------------------------------------------------------------
 
 
-def as_bounds(bounds: Any, dim: int) -> np.ndarray:
+def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
     """Normalize a box to a ``(D, 2)`` float64 array ``[[lo_0, hi_0], ...]``.
 
-    Accepts ``(lo, hi)`` scalars for every axis or a per-axis ``(D, 2)`` array.
+    Accepts a scalar ``b`` (the box ``[-b, b]^D``), ``(lo, hi)`` scalars for every axis, or
+    a per-axis ``(D, 2)`` array.
     """
     arr = np.asarray(bounds, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.array([-abs(float(arr)), abs(float(arr))])
     if arr.shape == (2,):
         arr = np.tile(arr, (dim, 1))
     if arr.shape != (dim, 2):

@@ -17,29 +17,12 @@ import numpy as np
 import torch
 import trimesh
 
+from nsr.complex import as_bounds
 from nsr.networks import PLNetwork, as_network
 
 # Bytes held per grid sample: the float32 value grid plus scikit-image's working copy,
 # and headroom for the output mesh of a busy surface.
 _BYTES_PER_VOXEL = 12
-
-
-def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
-    """Normalize a box to a ``(dim, 2)`` float64 array of ``[lo, hi]`` rows.
-
-    Accepts a scalar ``b`` (the box ``[-b, b]^dim``, nsr's training-box convention),
-    ``(lo, hi)`` scalars (the same interval on every axis) or a ``(dim, 2)`` array.
-    """
-    b = np.asarray(bounds, dtype=np.float64)
-    if b.ndim == 0:
-        b = np.array([-abs(float(b)), abs(float(b))])
-    if b.shape == (2,):
-        b = np.tile(b, (dim, 1))
-    if b.shape != (dim, 2):
-        raise ValueError(f"bounds must be (lo, hi) or a ({dim}, 2) array, got shape {b.shape}")
-    if not np.all(np.isfinite(b)) or np.any(b[:, 1] <= b[:, 0]):
-        raise ValueError(f"bounds must be finite with lo < hi on every axis, got {b.tolist()}")
-    return b
 
 
 def _resolution3(resolution: int | Sequence[int]) -> tuple[int, int, int]:

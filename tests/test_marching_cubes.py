@@ -73,6 +73,6 @@ def test_refuses_resolution_that_does_not_fit():
 def test_bad_input():
     with pytest.raises(ValueError, match="3D network"):
         marching_cubes(ReLUMLP(2, 4, 1), (-1, 1), 8)
-    with pytest.raises(ValueError, match="lo < hi"):
+    with pytest.raises(ValueError, match="lo=1.0 >= hi=-1.0"):
         as_bounds([1.0, -1.0])
     np.testing.assert_allclose(as_bounds(0.5), [[-0.5, 0.5]] * 3)
