@@ -446,13 +446,110 @@ def _prune_tiles(sk: _Skeleton, alive_tiles: Tensor) -> None:
     keep_v = alive_tiles[sk.vtile.t]
     if bool(keep_v.all()):
         return
+    _keep(sk, keep_v, keep_v[sk.edges.t[:, 0]])
+
+
+def _keep(sk: _Skeleton, keep_v: Tensor, keep_e: Tensor) -> None:
+    """Keep the marked vertices and edges (every kept edge must have kept endpoints)."""
     remap = (torch.cumsum(keep_v.long(), 0) - 1).int()
-    keep_e = keep_v[sk.edges.t[:, 0]]
     edges = remap[sk.edges.t[keep_e]]
     for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile):
         buf.keep(keep_v)
     sk.ezeros.keep(keep_e)
     sk.edges = _Buffer(edges)
+
+
+def _index_reduce(out: Tensor, index: Tensor, src: Tensor, op: str) -> None:
+    """``out[index[i]] = op(out[index[i]], src[i])`` row-wise (3x faster than scatter_reduce)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "index_reduce() is in beta"
+        out.index_reduce_(0, index, src, op)
+
+
+def _region_keys(pos: Tensor, zeros: Tensor, tile: Tensor, n_box: int) -> tuple[Tensor, Tensor]:
+    """Keys of the regions around cells with sign bits ``pos`` ``(M, W)`` and zero ids
+    ``zeros`` ``(M, k)``: every zero made + or - (box facets only +). Returns ``keys``
+    ``(M * 2^k, 1 + W)`` and ``valid`` ``(M * 2^k,)``; row ``c * M + i`` is cell ``i``, combo ``c``."""
+    m, k = zeros.shape
+    words, masks = bit_values(zeros.long())
+    keys, valid = [], []
+    rows = torch.arange(m, device=pos.device)
+    for combo in range(1 << k):
+        pk = pos.clone()
+        ok = torch.ones(m, dtype=torch.bool, device=pos.device)
+        for i in range(k):
+            if combo >> i & 1:
+                pk[rows, words[:, i]] |= masks[:, i]
+            else:
+                ok &= zeros[:, i] >= n_box  # a box facet has no outside
+        keys.append(torch.cat([tile.long()[:, None], pk], 1))
+        valid.append(ok)
+    return torch.cat(keys), torch.cat(valid)
+
+
+def _prune_regions(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
+    """Drop the regions (cells of dimension D) whose output provably cannot reach ``level``.
+
+    On a region, the pre-activations of ``layer`` are affine (every earlier neuron is
+    resolved), so their exact range over it is their min/max over its vertices; interval
+    arithmetic carries it through the remaining layers. Edges and vertices that bound no
+    live region are dropped. Returns the number of live regions.
+    """
+    d = sk.dim
+    x = sk.x.t
+    v = x.shape[0]
+    keys, valid = _region_keys(sk.vpos.t, sk.vzeros.t, sk.vtile.t, 2 * d)
+    order, gid = group_equal_rows(keys)
+    region = torch.empty_like(gid)
+    region[order] = gid
+    region = torch.where(valid, region, torch.full_like(region, -1))
+    n_regions = int(gid.max()) + 1 if len(gid) else 0
+    width = int(net.weights[layer].shape[0])
+    lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=x.device)
+    hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=x.device)
+    combos = 1 << d
+    batch = 2**16
+    sink = torch.where(region < 0, n_regions, region).view(combos, v)  # row n_regions: a sink
+    for s in range(0, v, batch):
+        z = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0)
+        r = sink[:, s : s + batch].reshape(-1)
+        zz = z.repeat(combos, 1)
+        _index_reduce(lo, r, zz, "amin")
+        _index_reduce(hi, r, zz, "amax")
+    lo, hi = lo[:n_regions], hi[:n_regions]
+    if layer == len(net.weights) - 1:
+        olo, ohi = lo[:, 0], hi[:, 0]
+    else:
+        olo, ohi = torch.relu(lo), torch.relu(hi)
+        for k in range(layer + 1, len(net.weights)):
+            w, b = net.weights[k], net.biases[k]
+            zm, zr = ((olo + ohi) / 2) @ w.T + b, ((ohi - olo) / 2) @ w.abs().T
+            olo, ohi = zm - zr, zm + zr
+            if k < len(net.weights) - 1:
+                olo, ohi = torch.relu(olo), torch.relu(ohi)
+        olo, ohi = olo[:, 0], ohi[:, 0]
+    alive_region = (olo <= level) & (ohi >= level)
+    # an edge lives if one of the regions around it lives
+    e = sk.edges.t
+    epos = sk.vpos.t.index_select(0, e[:, 0]) | sk.vpos.t.index_select(0, e[:, 1])
+    ekeys, evalid = _region_keys(epos, sk.ezeros.t, sk.vtile.t.index_select(0, e[:, 0]), 2 * d)
+    rep = order[torch.cat([torch.ones(1, dtype=torch.bool, device=x.device), gid[1:] != gid[:-1]])]
+    rkeys = keys[rep]  # (R, 1 + W), row r is region r
+    rhash = hash_rows(rkeys)
+    rh_sorted, rh_order = torch.sort(rhash)
+    eh = hash_rows(ekeys)
+    at = torch.searchsorted(rh_sorted, eh).clamp(max=max(len(rh_sorted) - 1, 0))
+    cand = rh_order[at]
+    found = (rh_sorted[at] == eh) & (rkeys[cand] == ekeys).all(1)
+    # a region key of an edge that is not a region seen from vertices: keep (conservative)
+    live = evalid & (~found | alive_region[cand])
+    n_e = e.shape[0]
+    keep_e = live.view(-1, n_e).any(0)
+    keep_v = torch.zeros(v, dtype=torch.bool, device=x.device)
+    keep_v[e[keep_e].reshape(-1).long()] = True
+    if not bool(keep_e.all()):
+        _keep(sk, keep_v, keep_e)
+    return int(alive_region.sum())
 
 
 def subdivide(
@@ -495,6 +592,8 @@ def subdivide(
             if prune:
                 alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative)
                 _prune_tiles(sk, alive)
+                if keep_negative is None and layer > 0 and sk.n_edges:
+                    sk.stats[f"regions_alive_layer{layer}"] = _prune_regions(net, sk, layer, lv)
             j0 = 0
             while j0 < width:
                 # Pre-activations of this layer are affine on every current edge, so new
@@ -515,7 +614,7 @@ def subdivide(
             bar.close()
     sk.stats["subdivision_s"] = time.perf_counter() - t0
     sk.stats["tiles_alive"] = int(alive.sum())
-    if sk.unpaired:
+    if sk.unpaired and not prune:
         warnings.warn(
             f"{sk.unpaired} face keys appeared other than twice (rounding near degenerate "
             "positions); those faces were left unpaired. Use dtype=float64 if you did not.",
@@ -555,8 +654,8 @@ def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, 
         idx = sk.vtile.t[s : s + batch].long()[:, None]
         for k in range(layer + 1):
             z = torch.addmm(net.biases[k], h, net.weights[k].T)
-            ranges[k][0].scatter_reduce_(0, idx.expand_as(z), z, "amin")
-            ranges[k][1].scatter_reduce_(0, idx.expand_as(z), z, "amax")
+            _index_reduce(ranges[k][0], idx[:, 0], z, "amin")
+            _index_reduce(ranges[k][1], idx[:, 0], z, "amax")
             h = torch.relu(z)
     has = torch.isfinite(ranges[0][0][:, 0])
     known = [(torch.where(has[:, None], lo, 0.0), torch.where(has[:, None], hi, 0.0)) for lo, hi in ranges]
