@@ -26,6 +26,7 @@ TINY = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "trainer.check_val_every_n_epoch=1",
     "model.width=16",
     "model.depth=2",
     "data.sampling.batch_size=256",
