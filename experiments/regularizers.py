@@ -180,6 +180,49 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def step_costs(path: Path, args: argparse.Namespace, repeats: int = 5) -> dict:
+    """Median seconds of one plain training step, one extraction and each regularizer term
+    (forward + backward), measured back to back on the pretrained network of ``path``."""
+    import hydra
+
+    from nsr import regularizers as R
+    from nsr.lightning import load_module_network
+
+    ckpt = args.out / path.stem / "pretrain" / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg([
+        "experiment=mesh", f"data.path={path}", f"model.width={args.width}",
+        f"model.depth={args.depth}", "data.sampling.mode=pool", "data.sampling.pool_size=20000",
+        f"data.sampling.batch_size={args.batch}", "data.sampling.n_val=1000",
+    ])
+    dm = hydra.utils.instantiate(cfg.data)
+    dm.setup("fit")
+    batch = dm.train_dataloader().dataset[0]
+    loss_fn = hydra.utils.instantiate(cfg.loss)
+    net = load_module_network(ckpt).train()
+    target = dm.source.sample_surface(100_000, torch.Generator().manual_seed(0))[0]
+    regs = {"area": R.AreaRegularizer(), "smooth": R.SmoothnessRegularizer(),
+            "quality": R.QualityRegularizer(), "fit": R.FitRegularizer(target=target),
+            "eikonal": R.EikonalRegularizer()}
+    cb = R.ExactRegularizerCallback([], bounds=float(cfg.data.box))
+
+    def timed(fn) -> float:
+        ts = []
+        for _ in range(repeats):
+            net.zero_grad()
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    out = {"mesh": path.stem, "plain_step_s": timed(lambda: loss_fn(net, batch)["loss"].backward())}
+    out["extract_s"] = timed(lambda: cb.refresh(net))
+    out["polygons"] = cb.structure.n_polygons if cb.structure is not None else 0
+    for name, r in regs.items():
+        out[f"{name}_term_s"] = timed(
+            lambda r=r: R.regularizer_terms(net, cb.structure, [r])[r.name].backward())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--meshes", nargs="*", default=["stanford-bunny", "fandisk"])
@@ -197,6 +240,8 @@ def main() -> None:
     ap.add_argument("--w-quality", type=float, default=1e-2)
     ap.add_argument("--w-fit", type=float, default=10.0)
     ap.add_argument("--w-eikonal", type=float, default=1e-2)
+    ap.add_argument("--costs", action="store_true",
+                    help="only time step / extraction / terms on the pretrained networks")
     ap.add_argument("--reuse-pretrain", action="store_true", help="keep an existing pretraining")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "regularizers")
     args = ap.parse_args()
@@ -208,6 +253,11 @@ def main() -> None:
         print(f"skipping: {SHARED} not present")
         return
     torch.set_num_threads(2)
+    if args.costs:
+        for stem in args.meshes:
+            if (SHARED / f"{stem}.obj").is_file():
+                print(json.dumps(step_costs(SHARED / f"{stem}.obj", args)), flush=True)
+        return
     rows = []
     for stem in args.meshes:
         path = SHARED / f"{stem}.obj"
