@@ -635,7 +635,7 @@ def test_extracted_vertices_are_reproduced_with_fd_gradients():
     with torch.no_grad():  # put the surface through the origin
         net.layers[-1].bias.sub_(float(net(torch.zeros(1, 3, dtype=torch.float64))))
     mesh = surface.extract_mesh(_pl(net), BOX, mode="surface", dtype=torch.float64,
-                                progress=False)
+                                progress=False, tiles=1)
     assert not mesh.is_empty
     s = structure(mesh)
     xv = G.differentiable_vertices(net, s.vertices0, s.constraints, s.vertex_patterns, BOX)
@@ -680,7 +680,7 @@ def test_extracted_closed_forms(shape):
     r = 0.45
     net = octahedron_net(r) if shape == "octahedron" else cube_net(r)
     mesh = surface.extract_mesh(_pl(net), BOX, mode="surface", dtype=torch.float64,
-                                progress=False)
+                                progress=False, tiles=1)
     s = structure(mesh)
     v = G.differentiable_vertices(net, s.vertices0, s.constraints, s.vertex_patterns, BOX)
     area = 4 * math.sqrt(3) * r**2 if shape == "octahedron" else 24 * r**2
@@ -758,3 +758,19 @@ def test_each_regularizer_decreases_with_reextraction(reg):
     _surface_module()
     vals, _ = _train_with_callback(_small_net(), [reg], steps=20, every=5)
     assert vals[-1] < vals[0], vals
+
+
+def test_regularizer_group_composes_with_train_config():
+    """``regularizer=all`` composes with train.yaml; the box comes from ``data.box``."""
+    hydra = pytest.importorskip("hydra")
+    from hydra.utils import instantiate
+
+    from nsr._config import config_dir
+
+    with hydra.initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra.compose("train", overrides=["regularizer=all", "data.box=0.7"])
+    cb = instantiate(cfg.regularizer)
+    assert isinstance(cb, R.ExactRegularizerCallback)
+    assert cb.bounds == pytest.approx(0.7)
+    assert np.allclose(cb._bounds(None, 3), [[-0.7, 0.7]] * 3)
+    assert [r.name for r in cb.regularizers] == ["area", "smooth", "quality", "fit", "eikonal"]
