@@ -413,13 +413,16 @@ def _crown_layer(net: PLNetwork, k: int, lo: Tensor, hi: Tensor, pre: list[tuple
 
 
 def output_bounds(
-    net: PLNetwork, lo: Tensor, hi: Tensor, known: list[tuple[Tensor, Tensor]] | None = None
+    net: PLNetwork, lo: Tensor, hi: Tensor, known: list[tuple[Tensor, Tensor]] | None = None,
+    crown_hidden: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Bounds ``(K,)`` of the network output over boxes ``(K, D)``.
 
     Linear bound propagation (CROWN, Zhang et al. 2018) layer by layer, intersected with
     interval arithmetic; ``known[j]`` are given bounds on layer ``j``'s pre-activations
-    (e.g. their exact range over a tile), used in place of computed ones.
+    (e.g. their exact range over a tile), used in place of computed ones. With
+    ``crown_hidden=False`` hidden layers get interval bounds only and the linear relaxation
+    is used for the output alone (CROWN-IBP: ``depth`` times cheaper, looser).
     """
     known = known or []
     pre: list[tuple[Tensor, Tensor]] = []
@@ -427,8 +430,7 @@ def output_bounds(
         if k < len(known):
             pre.append(known[k])
             continue
-        lo_k, hi_k = _crown_layer(net, k, lo, hi, pre)
-        # interval step from the previous layer's bounds: keep the tighter of the two
+        # interval step from the previous layer's bounds
         if k == 0:
             prev_lo, prev_hi = lo, hi
         else:
@@ -436,7 +438,11 @@ def output_bounds(
         w, b = net.weights[k], net.biases[k]
         zm = ((prev_lo + prev_hi) / 2) @ w.T + b
         zr = ((prev_hi - prev_lo) / 2) @ w.abs().T
-        pre.append((torch.maximum(lo_k, zm - zr), torch.minimum(hi_k, zm + zr)))
+        if crown_hidden or k == len(net.weights) - 1:  # keep the tighter of the two
+            lo_k, hi_k = _crown_layer(net, k, lo, hi, pre)
+            pre.append((torch.maximum(lo_k, zm - zr), torch.minimum(hi_k, zm + zr)))
+        else:
+            pre.append((zm - zr, zm + zr))
     return pre[-1][0][:, 0], pre[-1][1][:, 0]
 
 
@@ -487,69 +493,123 @@ def _region_keys(pos: Tensor, zeros: Tensor, tile: Tensor, n_box: int) -> tuple[
     return torch.cat(keys), torch.cat(valid)
 
 
-def _prune_regions(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
-    """Drop the regions (cells of dimension D) whose output provably cannot reach ``level``.
+class Band:
+    """Cells of a ``res^D`` grid over a box that may contain the level set; the complement
+    provably does not (linear bound propagation on each cell). Queried by boxes through a
+    summed-area table."""
 
-    On a region, the pre-activations of ``layer`` are affine (every earlier neuron is
-    resolved), so their exact range over it is their min/max over its vertices; interval
-    arithmetic carries it through the remaining layers. Edges and vertices that bound no
-    live region are dropped. Returns the number of live regions.
-    """
+    def __init__(self, occupied: Tensor, lo: Tensor, hi: Tensor) -> None:
+        self.res = occupied.shape[0]
+        self.dim = occupied.dim()
+        self.lo, self.cell = lo, (hi - lo) / self.res
+        sat = occupied.to(torch.int32)
+        for axis in range(self.dim):
+            sat = torch.nn.functional.pad(sat.cumsum(axis).to(torch.int32), (0, 0) * (self.dim - 1 - axis) + (1, 0))
+        self.sat = sat  # (res+1)^D, sat[i...] = number of occupied cells below index i
+        self.n_occupied = int(occupied.sum())
+
+    def hits(self, box_lo: Tensor, box_hi: Tensor) -> Tensor:
+        """Whether each box ``(M, D)`` meets an occupied cell (dilated by one cell, so that
+        rounding at cell borders cannot lose one)."""
+        i0 = torch.floor((box_lo - self.lo) / self.cell).long() - 1
+        i1 = torch.floor((box_hi - self.lo) / self.cell).long() + 2  # exclusive
+        i0, i1 = i0.clamp(0, self.res), i1.clamp(0, self.res)
+        total = torch.zeros(len(box_lo), dtype=torch.int64, device=box_lo.device)
+        for corner in range(1 << self.dim):
+            idx, sign = [], 1
+            for axis in range(self.dim):
+                if corner >> axis & 1:
+                    idx.append(i1[:, axis])
+                else:
+                    idx.append(i0[:, axis])
+                    sign = -sign
+            total += sign * self.sat[tuple(idx)].long()
+        return total > 0
+
+
+def _region_ids(sk: _Skeleton) -> tuple[Tensor, int]:
+    """Region (D-cell) ids around every vertex: ``(2^D, V)``, -1 where the combination of
+    signs on the vertex's zeros leaves the box; and the number of regions."""
     d = sk.dim
-    x = sk.x.t
-    v = x.shape[0]
+    v = sk.n_vertices
     keys, valid = _region_keys(sk.vpos.t, sk.vzeros.t, sk.vtile.t, 2 * d)
     order, gid = group_equal_rows(keys)
     region = torch.empty_like(gid)
     region[order] = gid
     region = torch.where(valid, region, torch.full_like(region, -1))
-    n_regions = int(gid.max()) + 1 if len(gid) else 0
-    width = int(net.weights[layer].shape[0])
-    lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=x.device)
-    hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=x.device)
-    combos = 1 << d
-    batch = 2**16
-    sink = torch.where(region < 0, n_regions, region).view(combos, v)  # row n_regions: a sink
-    for s in range(0, v, batch):
-        z = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0)
-        r = sink[:, s : s + batch].reshape(-1)
-        zz = z.repeat(combos, 1)
-        _index_reduce(lo, r, zz, "amin")
-        _index_reduce(hi, r, zz, "amax")
-    lo, hi = lo[:n_regions], hi[:n_regions]
-    if layer == len(net.weights) - 1:
-        olo, ohi = lo[:, 0], hi[:, 0]
-    else:
-        olo, ohi = torch.relu(lo), torch.relu(hi)
-        for k in range(layer + 1, len(net.weights)):
-            w, b = net.weights[k], net.biases[k]
-            zm, zr = ((olo + ohi) / 2) @ w.T + b, ((ohi - olo) / 2) @ w.abs().T
-            olo, ohi = zm - zr, zm + zr
-            if k < len(net.weights) - 1:
-                olo, ohi = torch.relu(olo), torch.relu(ohi)
-        olo, ohi = olo[:, 0], ohi[:, 0]
-    alive_region = (olo <= level) & (ohi >= level)
-    # an edge lives if one of the regions around it lives
+    return region.view(1 << d, v), (int(gid.max()) + 1 if len(gid) else 0)
+
+
+def _prune_regions(sk: _Skeleton, band: Band) -> int:
+    """Drop the regions whose bounding box misses the band, and every edge and vertex that
+    bounds no remaining region. Returns the number of regions kept."""
+    d = sk.dim
+    x = sk.x.t
+    v = x.shape[0]
+    region, n_regions = _region_ids(sk)
+    sink = torch.where(region < 0, n_regions, region).reshape(-1)  # row n_regions: a sink
+    rlo = torch.full((n_regions + 1, d), math.inf, dtype=x.dtype, device=x.device)
+    rhi = torch.full((n_regions + 1, d), -math.inf, dtype=x.dtype, device=x.device)
+    xx = x.repeat(1 << d, 1)
+    _index_reduce(rlo, sink, xx, "amin")
+    _index_reduce(rhi, sink, xx, "amax")
+    del xx
+    alive = torch.cat([band.hits(rlo[:n_regions], rhi[:n_regions]),
+                       torch.zeros(1, dtype=torch.bool, device=x.device)])
+    combo_alive = alive[sink].view(1 << d, v).T  # (V, 2^D)
+    # An edge (a, b) lies in the regions of a whose sign on a's extra zero (the one b does
+    # not share) is b's sign there.
     e = sk.edges.t
-    epos = sk.vpos.t.index_select(0, e[:, 0]) | sk.vpos.t.index_select(0, e[:, 1])
-    ekeys, evalid = _region_keys(epos, sk.ezeros.t, sk.vtile.t.index_select(0, e[:, 0]), 2 * d)
-    rep = order[torch.cat([torch.ones(1, dtype=torch.bool, device=x.device), gid[1:] != gid[:-1]])]
-    rkeys = keys[rep]  # (R, 1 + W), row r is region r
-    rhash = hash_rows(rkeys)
-    rh_sorted, rh_order = torch.sort(rhash)
-    eh = hash_rows(ekeys)
-    at = torch.searchsorted(rh_sorted, eh).clamp(max=max(len(rh_sorted) - 1, 0))
-    cand = rh_order[at]
-    found = (rh_sorted[at] == eh) & (rkeys[cand] == ekeys).all(1)
-    # a region key of an edge that is not a region seen from vertices: keep (conservative)
-    live = evalid & (~found | alive_region[cand])
-    n_e = e.shape[0]
-    keep_e = live.view(-1, n_e).any(0)
+    za = sk.vzeros.t.index_select(0, e[:, 0]).long()
+    zb = sk.vzeros.t.index_select(0, e[:, 1]).long()
+    extra = ~(za[:, :, None] == zb[:, None, :]).any(2)  # (E, D), one True per row
+    slot = extra.long().argmax(1)
+    cid = za.gather(1, slot[:, None]).squeeze(1)
+    w, m = bit_values(cid)
+    pos_b = sk.vpos.t.index_select(0, e[:, 1])
+    sign = (pos_b.gather(1, w[:, None]).squeeze(1) & m) != 0
+    combos = torch.arange(1 << d, device=x.device)
+    want = ((combos[None, :] >> slot[:, None]) & 1).bool() == sign[:, None]  # (E, 2^D)
+    keep_e = (combo_alive.index_select(0, e[:, 0]) & want).any(1)
     keep_v = torch.zeros(v, dtype=torch.bool, device=x.device)
     keep_v[e[keep_e].reshape(-1).long()] = True
     if not bool(keep_e.all()):
         _keep(sk, keep_v, keep_e)
-    return int(alive_region.sum())
+    return int(alive.sum())
+
+
+def band_cells(net: PLNetwork, bounds: Tensor, res: int, level: float, close: bool = False,
+               crown_hidden: bool = True) -> Tensor:
+    """Occupancy ``(res,)*D`` bool of the grid cells where the output may reach ``level``
+    (or, with ``close``, be below it on a cell touching the box boundary), refined
+    coarse-to-fine so that only cells near the surface are ever bounded. ``res`` is a power
+    of two."""
+    d = bounds.shape[0]
+    dev, dt = net.device, net.dtype
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    offsets = torch.cartesian_prod(*[torch.arange(2, device=dev)] * d).reshape(-1, d)
+    idx = torch.zeros(1, d, dtype=torch.int64, device=dev)
+    g = 1
+    while True:
+        cell = (hi - lo) / g
+        keep = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+        for s in range(0, len(idx), 4096):  # bounded memory for the linear relaxations
+            blo = lo + idx[s : s + 4096].to(dt) * cell
+            bhi = torch.minimum(blo + cell, hi)
+            olo, ohi = output_bounds(net, blo, bhi, crown_hidden=crown_hidden)
+            k = (olo <= level) & (ohi >= level)
+            if close:
+                k |= ((idx[s : s + 4096] == 0) | (idx[s : s + 4096] == g - 1)).any(1) & (ohi < level)
+            keep[s : s + 4096] = k
+        idx = idx[keep]
+        if g >= res:
+            break
+        idx = (idx[:, None, :] * 2 + offsets[None]).reshape(-1, d)
+        g *= 2
+    occ = torch.zeros((res,) * d, dtype=torch.bool, device=dev)
+    if len(idx):
+        occ[tuple(idx.T)] = True
+    return occ
 
 
 def subdivide(
@@ -560,6 +620,7 @@ def subdivide(
     level: float | None = None,
     prune: bool = False,
     keep_negative: Tensor | None = None,
+    band: Band | None = None,
     progress: bool = True,
     desc: str = "extract",
     max_value_bytes: int = 2**30,
@@ -592,8 +653,8 @@ def subdivide(
             if prune:
                 alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative)
                 _prune_tiles(sk, alive)
-                if keep_negative is None and layer > 0 and sk.n_edges:
-                    sk.stats[f"regions_alive_layer{layer}"] = _prune_regions(net, sk, layer, lv)
+                if band is not None and layer > 0 and sk.n_edges:
+                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
             j0 = 0
             while j0 < width:
                 # Pre-activations of this layer are affine on every current edge, so new

@@ -32,8 +32,10 @@ import torch
 from torch import Tensor
 
 from nsr.complex import (
+    Band,
     PolyhedralComplex,
     as_bounds,
+    band_cells,
     bit_values,
     extract_complex,
     group_equal_rows,
@@ -534,59 +536,32 @@ def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:
     )
 
 
-def select_tiles(
-    net: PLNetwork, bounds: np.ndarray, grid: int, level: float, close: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Tiles of a ``grid^D`` partition of the box where the output may reach ``level``.
-
-    Coarse-to-fine: bounds (linear bound propagation) are computed on coarse tiles first and
-    only the children of tiles that may reach the level are bounded again, so fine grids
-    cost about as much as the band around the surface. With ``close``, tiles touching the
-    box boundary are also kept where the output may be below the level (they carry caps).
-    Returns ``(lo, hi, index, on_boundary)``, ``(K, D)`` each but the last ``(K,)``.
-    """
+def tile_grid(bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``grid^D`` tiles of the box: ``(lo, hi, index)``, each ``(K, D)``. Tile planes are
+    computed once per grid line, so neighbouring tiles share them bitwise."""
     d = bounds.shape[0]
-    dt, dev = net.dtype, net.device
-    lo_b = torch.as_tensor(bounds[:, 0], dtype=dt, device=dev)
-    hi_b = torch.as_tensor(bounds[:, 1], dtype=dt, device=dev)
-    # tile planes computed once per grid line so neighbouring tiles share them bitwise
-    ticks = [lo_b[a] + (hi_b[a] - lo_b[a]) * torch.arange(grid + 1, device=dev, dtype=dt) / grid for a in range(d)]
+    lo_b = torch.as_tensor(bounds[:, 0], dtype=dtype, device=device)
+    hi_b = torch.as_tensor(bounds[:, 1], dtype=dtype, device=device)
+    ticks = [lo_b[a] + (hi_b[a] - lo_b[a]) * torch.arange(grid + 1, device=device, dtype=dtype) / grid
+             for a in range(d)]
     for a in range(d):
         ticks[a][-1] = hi_b[a]
-    factors = [1]
-    while grid % (factors[-1] * 2) == 0 and grid // (factors[-1] * 2) >= 2:
-        factors.append(factors[-1] * 2)
-    offsets = torch.cartesian_prod(*[torch.arange(2, device=dev)] * d).reshape(-1, d)
-    g = grid // factors[-1]
-    idx = torch.cartesian_prod(*[torch.arange(g, device=dev)] * d).reshape(-1, d)
-    for f in reversed(factors):
-        g = grid // f
-        tlo = torch.stack([ticks[a][idx[:, a] * f] for a in range(d)], 1)
-        thi = torch.stack([ticks[a][(idx[:, a] + 1) * f] for a in range(d)], 1)
-        keep = torch.zeros(len(idx), dtype=torch.bool, device=dev)
-        on_boundary = ((idx == 0) | (idx == g - 1)).any(1)
-        for s in range(0, len(idx), 4096):  # bounded memory for the linear relaxations
-            lo, hi = output_bounds(net, tlo[s : s + 4096], thi[s : s + 4096])
-            k = (lo <= level) & (hi >= level)
-            if close:
-                k |= on_boundary[s : s + 4096] & (hi < level)
-            keep[s : s + 4096] = k
-        idx = idx[keep]
-        if f > 1:
-            idx = (idx[:, None, :] * 2 + offsets[None]).reshape(-1, d)
+    idx = torch.cartesian_prod(*[torch.arange(grid, device=device)] * d).reshape(-1, d)
     tlo = torch.stack([ticks[a][idx[:, a]] for a in range(d)], 1)
     thi = torch.stack([ticks[a][idx[:, a] + 1] for a in range(d)], 1)
-    return tlo, thi, idx, ((idx == 0) | (idx == grid - 1)).any(1)
+    return tlo, thi, idx
 
 
 def default_tiles(net: PLNetwork) -> int:
-    """Tiles per axis for surface mode (a power of two, so tiles are selected coarse-to-fine).
+    """Tiles per axis for surface mode. Tiles are the unit of independent work; every tile
+    also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
+    regions, not of tiles, does most of the work."""
+    return 4 if net.in_dim == 3 else 2
 
-    Small tiles make the bounds tight and drop most of the box early; every tile also adds
-    the vertices its faces cut from the complex, which costs on small networks."""
-    if net.in_dim == 2:
-        return 8
-    return 8 if net.n_neurons <= 64 else 16
+
+def default_band(net: PLNetwork) -> int:
+    """Cells per axis of the grid on which surface mode bounds the output (a power of two)."""
+    return 0
 
 
 def extract_mesh(
@@ -597,6 +572,7 @@ def extract_mesh(
     close: bool = False,
     level: float = 0.0,
     tiles: int | None = None,
+    band: int | None = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
@@ -610,6 +586,9 @@ def extract_mesh(
     mode : ``"surface"`` (tiles, pruning; default) or ``"complex"`` (the whole complex).
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
+    band : cells per axis of the grid on which surface mode bounds the output by linear
+        bound propagation (default: :func:`default_band`); regions whose bounding box misses
+        every cell that may hold the surface are dropped before each layer.
     dtype, device, progress : as for :func:`nsr.extract_complex`.
 
     A network with no crossing in the box gives an empty mesh and a warning.
@@ -641,10 +620,27 @@ def extract_mesh(
             grid = tiles if tiles is not None else default_tiles(netd)
             if grid < 1:
                 raise ValueError(f"tiles must be >= 1, got {grid}")
-            tlo, thi, tidx, on_boundary = select_tiles(netd, b, grid, level, close)
+            res = band if band is not None else default_band(netd)
+            if res < 0 or res & (res - 1):
+                raise ValueError(f"band must be 0 (off) or a power of two, got {res}")
+            t_band = time.perf_counter()
+            tlo, thi, tidx = tile_grid(b, grid, dt, dev)
+            cells = None
+            if res:
+                bt = torch.as_tensor(b, dtype=dt, device=dev)
+                cells = Band(band_cells(netd, bt, res, level, close), bt[:, 0], bt[:, 1])
+                sel = cells.hits(tlo, thi)
+            else:
+                olo, ohi = output_bounds(netd, tlo, thi)
+                sel = (olo <= level) & (ohi >= level)
+                if close:
+                    sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level)
+            t_band = time.perf_counter() - t_band
+            tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
+            on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
             n_tiles = grid**d
             sk, alive = subdivide(netd, tlo, thi, level=level, prune=True,
-                                  keep_negative=on_boundary if close else None,
+                                  keep_negative=on_boundary if close else None, band=cells,
                                   progress=progress, desc="surface")
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept = sk.stats["tiles_alive"]
@@ -652,6 +648,9 @@ def extract_mesh(
         t_sub = time.perf_counter() - t0
         mesh = _mesh_from_arrays(netd, arr, b, level, close)
     stats = mesh.stats
+    if mode == "surface":
+        stats.update(band=res, band_cells=cells.n_occupied if cells else None, bounds_s=t_band,
+                     **{k: v for k, v in sk.stats.items() if k.startswith("regions_")})
     stats.update(mode=mode, dtype=str(dt), device=str(dev), tiles=n_tiles, tiles_kept=kept,
                  unpaired_face_keys=unpaired, subdivision_s=t_sub,
                  time_s=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))

@@ -269,3 +269,35 @@ def test_mesh_from_an_existing_complex_equals_complex_mode():
     np.testing.assert_array_equal(a.vertices, b.vertices)
     np.testing.assert_array_equal(a.triangles, b.triangles)
     assert cx.euler_characteristic == 1
+
+
+def test_band_box_queries_match_brute_force():
+    from nsr.complex import Band
+
+    gen = torch.Generator().manual_seed(3)
+    occ = torch.rand(16, 16, 16, generator=gen) < 0.02
+    band = Band(occ, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    lo = torch.rand(500, 3, generator=gen, dtype=torch.float64) * 0.9
+    hi = lo + torch.rand(500, 3, generator=gen, dtype=torch.float64) * 0.2
+    got = band.hits(lo, hi)
+    # brute force: cells (dilated by one) overlapping each box
+    i0 = (torch.floor(lo * 16).long() - 1).clamp(0, 16)
+    i1 = (torch.floor(hi * 16).long() + 2).clamp(0, 16)
+    want = torch.tensor([bool(occ[a[0]:b[0], a[1]:b[1], a[2]:b[2]].any()) for a, b in zip(i0, i1)])
+    assert torch.equal(got, want)
+    assert 0 < int(got.sum()) < 500
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_region_pruning_by_band_keeps_the_surface(close):
+    net = _centered(3, [12, 12, 12], 5)
+    a = extract_mesh(net, (-1, 1), mode="complex", close=close, progress=False)
+    b = extract_mesh(net, (-1, 1), mode="surface", close=close, tiles=2, band=16, progress=False)
+    assert any(k.startswith("regions_kept") for k in b.stats)
+    assert b.stats["band_cells"] < 16**3
+    key = lambda m: sorted(r.tobytes() + bytes([int(c)]) for r, c in zip(m.polygon_patterns, m.polygon_is_cap))  # noqa: E731
+    assert key(a) == key(b)
+    np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
+    if close:
+        assert b.to_trimesh().is_watertight
+        assert b.to_trimesh().volume == pytest.approx(a.to_trimesh().volume, rel=1e-9)
