@@ -27,6 +27,8 @@ _LAZY = {
     "extract_mesh": "nsr.surface",
     "ExactMesh": "nsr.surface",
     "marching_cubes": "nsr.marching_cubes",
+    "mesh_from_complex": "nsr.surface",
+    "ExactRegularizerCallback": "nsr.regularizers",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -472,27 +472,6 @@ def _index_reduce(out: Tensor, index: Tensor, src: Tensor, op: str) -> None:
         out.index_reduce_(0, index, src, op)
 
 
-def _region_keys(pos: Tensor, zeros: Tensor, tile: Tensor, n_box: int) -> tuple[Tensor, Tensor]:
-    """Keys of the regions around cells with sign bits ``pos`` ``(M, W)`` and zero ids
-    ``zeros`` ``(M, k)``: every zero made + or - (box facets only +). Returns ``keys``
-    ``(M * 2^k, 1 + W)`` and ``valid`` ``(M * 2^k,)``; row ``c * M + i`` is cell ``i``, combo ``c``."""
-    m, k = zeros.shape
-    words, masks = bit_values(zeros.long())
-    keys, valid = [], []
-    rows = torch.arange(m, device=pos.device)
-    for combo in range(1 << k):
-        pk = pos.clone()
-        ok = torch.ones(m, dtype=torch.bool, device=pos.device)
-        for i in range(k):
-            if combo >> i & 1:
-                pk[rows, words[:, i]] |= masks[:, i]
-            else:
-                ok &= zeros[:, i] >= n_box  # a box facet has no outside
-        keys.append(torch.cat([tile.long()[:, None], pk], 1))
-        valid.append(ok)
-    return torch.cat(keys), torch.cat(valid)
-
-
 class Band:
     """Cells of a ``res^D`` grid over a box that may contain the level set; the complement
     provably does not (linear bound propagation on each cell). Queried by boxes through a
@@ -529,15 +508,32 @@ class Band:
 
 def _region_ids(sk: _Skeleton) -> tuple[Tensor, int]:
     """Region (D-cell) ids around every vertex: ``(2^D, V)``, -1 where the combination of
-    signs on the vertex's zeros leaves the box; and the number of regions."""
+    signs on the vertex's zeros leaves the box; and the number of regions.
+
+    Regions are grouped by a 64-bit hash of their keys without comparing the keys: a
+    collision (odds ~1e-5 for 10^7 keys) would merge two regions, which only widens the
+    bounds computed on them, so pruning stays sound; it saves a copy of all keys."""
     d = sk.dim
     v = sk.n_vertices
-    keys, valid = _region_keys(sk.vpos.t, sk.vzeros.t, sk.vtile.t, 2 * d)
-    order, gid = group_equal_rows(keys)
-    region = torch.empty_like(gid)
-    region[order] = gid
-    region = torch.where(valid, region, torch.full_like(region, -1))
-    return region.view(1 << d, v), (int(gid.max()) + 1 if len(gid) else 0)
+    rows = torch.arange(v, device=sk.x.data.device)
+    words, masks = bit_values(sk.vzeros.t.long())
+    tile = sk.vtile.t.long()[:, None]
+    hashes = torch.empty(1 << d, v, dtype=torch.int64, device=rows.device)
+    valid = torch.empty(1 << d, v, dtype=torch.bool, device=rows.device)
+    for combo in range(1 << d):
+        pk = sk.vpos.t.clone()
+        ok = torch.ones(v, dtype=torch.bool, device=rows.device)
+        for i in range(d):
+            if combo >> i & 1:
+                pk[rows, words[:, i]] |= masks[:, i]
+            else:
+                ok &= sk.vzeros.t[:, i] >= 2 * d  # a box facet has no outside
+        hashes[combo] = hash_rows(torch.cat([tile, pk], 1))
+        valid[combo] = ok
+    uniq, inv = torch.unique(hashes[valid], return_inverse=True)
+    region = torch.full((1 << d, v), -1, dtype=torch.int64, device=rows.device)
+    region[valid] = inv
+    return region, len(uniq)
 
 
 def _prune_regions(sk: _Skeleton, band: Band) -> int:
@@ -545,7 +541,6 @@ def _prune_regions(sk: _Skeleton, band: Band) -> int:
     bounds no remaining region. Returns the number of regions kept."""
     d = sk.dim
     x = sk.x.t
-    v = x.shape[0]
     region, n_regions = _region_ids(sk)
     sink = torch.where(region < 0, n_regions, region).reshape(-1)  # row n_regions: a sink
     rlo = torch.full((n_regions + 1, d), math.inf, dtype=x.dtype, device=x.device)
@@ -556,6 +551,18 @@ def _prune_regions(sk: _Skeleton, band: Band) -> int:
     del xx
     alive = torch.cat([band.hits(rlo[:n_regions], rhi[:n_regions]),
                        torch.zeros(1, dtype=torch.bool, device=x.device)])
+    _keep_live_regions(sk, region, alive, n_regions)
+    return int(alive.sum())
+
+
+def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: int) -> None:
+    """Keep the edges (and their vertices) that bound a live region. ``region`` ``(2^D, V)``
+    are the region ids around each vertex (-1: outside the box); ``alive`` ``(R + 1,)``
+    with a last False entry for the outside."""
+    d = sk.dim
+    x = sk.x.t
+    v = x.shape[0]
+    sink = torch.where(region < 0, n_regions, region).reshape(-1)
     combo_alive = alive[sink].view(1 << d, v).T  # (V, 2^D)
     # An edge (a, b) lies in the regions of a whose sign on a's extra zero (the one b does
     # not share) is b's sign there.
@@ -575,6 +582,37 @@ def _prune_regions(sk: _Skeleton, band: Band) -> int:
     keep_v[e[keep_e].reshape(-1).long()] = True
     if not bool(keep_e.all()):
         _keep(sk, keep_v, keep_e)
+
+
+def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
+    """Drop the regions whose output provably cannot reach ``level``: on a region the
+    pre-activations of ``layer`` are affine, so their exact range is their min/max over the
+    region's vertices; interval arithmetic carries it through the remaining layers (tight
+    near the output, which is where this is used). Returns the number of regions kept."""
+    d = sk.dim
+    x = sk.x.t
+    v = x.shape[0]
+    region, n_regions = _region_ids(sk)
+    sink = torch.where(region < 0, n_regions, region)  # (2^D, V); row n_regions: a sink
+    width = int(net.weights[layer].shape[0])
+    lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=x.device)
+    hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=x.device)
+    batch = 2**15
+    for s in range(0, v, batch):
+        z = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0).repeat(1 << d, 1)
+        r = sink[:, s : s + batch].reshape(-1)
+        _index_reduce(lo, r, z, "amin")
+        _index_reduce(hi, r, z, "amax")
+    olo, ohi = torch.relu(lo[:n_regions]), torch.relu(hi[:n_regions])
+    for k in range(layer + 1, len(net.weights)):
+        w, b = net.weights[k], net.biases[k]
+        zm, zr = ((olo + ohi) / 2) @ w.T + b, ((ohi - olo) / 2) @ w.abs().T
+        olo, ohi = zm - zr, zm + zr
+        if k < len(net.weights) - 1:
+            olo, ohi = torch.relu(olo), torch.relu(ohi)
+    alive = (olo[:, 0] <= level) & (ohi[:, 0] >= level)
+    _keep_live_regions(sk, region, torch.cat([alive, torch.zeros(1, dtype=torch.bool, device=x.device)]),
+                       n_regions)
     return int(alive.sum())
 
 
@@ -621,6 +659,7 @@ def subdivide(
     prune: bool = False,
     keep_negative: Tensor | None = None,
     band: Band | None = None,
+    region_layers: int = 3,
     progress: bool = True,
     desc: str = "extract",
     max_value_bytes: int = 2**30,
@@ -631,8 +670,10 @@ def subdivide(
     ``prune=True`` drops, before each layer, tiles whose output provably cannot reach
     ``level`` (interval bounds from the exact range of that layer's pre-activations over the
     tile, which are affine on every current cell and so extreme at vertices), except tiles
-    marked in ``keep_negative`` (bool per tile) that are below the level. Returns the
-    skeleton and the tiles kept.
+    marked in ``keep_negative`` (bool per tile) that are below the level. Before each of the
+    last ``region_layers`` hidden layers, regions are pruned one by one too (interval bounds
+    from the exact range of the layer over each region: tight near the output), and with a
+    ``band``, regions whose bounding box misses it. Returns the skeleton and the tiles kept.
     """
     d = net.in_dim
     n_neurons = net.n_neurons
@@ -650,11 +691,13 @@ def subdivide(
     try:
         for layer in range(n_layers):
             width = int(net.weights[layer].shape[0])
-            if prune:
+            if prune and layer < out_layer:  # at the output the split itself finds the crossings
                 alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative)
                 _prune_tiles(sk, alive)
                 if band is not None and layer > 0 and sk.n_edges:
                     sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
+                if keep_negative is None and layer >= out_layer - region_layers and layer > 0 and sk.n_edges:
+                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_ibp(net, sk, layer, lv)
             j0 = 0
             while j0 < width:
                 # Pre-activations of this layer are affine on every current edge, so new

@@ -556,7 +556,9 @@ def default_tiles(net: PLNetwork) -> int:
     """Tiles per axis for surface mode. Tiles are the unit of independent work; every tile
     also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
     regions, not of tiles, does most of the work."""
-    return 4 if net.in_dim == 3 else 2
+    if net.in_dim != 3:
+        return 2
+    return 8 if net.n_neurons > 64 else 4
 
 
 def default_band(net: PLNetwork) -> int:
