@@ -663,6 +663,7 @@ def subdivide(
     progress: bool = True,
     desc: str = "extract",
     max_value_bytes: int = 2**30,
+    memory_limit: float | None = None,
 ) -> tuple[_Skeleton, Tensor]:
     """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
     output level set ``f = level`` if ``level`` is given.
@@ -688,6 +689,7 @@ def subdivide(
     c = 2 * d
     t0 = time.perf_counter()
     itemsize = torch.finfo(tile_lo.dtype).bits // 8
+    limit = memory_limit if memory_limit is not None else default_memory_limit()
     try:
         for layer in range(n_layers):
             width = int(net.weights[layer].shape[0])
@@ -707,6 +709,7 @@ def subdivide(
                 values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
                 for j in range(cols):
                     split_by_constraint(sk, values, values.t[:, j].clone(), c)
+                    _check_memory(sk, values, limit, c - 2 * d, n_neurons)
                     c += 1
                     if bar is not None:
                         bar.update(1)
@@ -725,6 +728,38 @@ def subdivide(
             stacklevel=2,
         )
     return sk, alive
+
+
+def default_memory_limit() -> float | None:
+    """80% of the memory available now (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return 0.8 * int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def skeleton_bytes(sk: _Skeleton, values: _Buffer | None) -> int:
+    """Bytes held by the skeleton's arrays (and the current block of layer values)."""
+    bufs = [sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.edges, sk.ezeros] + ([values] if values is not None else [])
+    return sum(b.data.element_size() * b.data.numel() for b in bufs)
+
+
+def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, done: int, total: int) -> None:
+    # Pairing face keys and growing buffers need about as much again as the arrays hold.
+    if limit is None:
+        return
+    need = 2 * skeleton_bytes(sk, values)
+    if need > limit:
+        raise MemoryError(
+            f"edge subdivision stopped after {done} of {total} neurons: {sk.n_vertices:,} vertices and "
+            f"{sk.n_edges:,} edges already need ~{need / 2**30:.1f} GiB, over the limit of {limit / 2**30:.1f} GiB "
+            "(memory_limit; default 80% of the available memory). The complex of this network over this box is "
+            "too large here: use mode='surface', a smaller box, or a machine with more memory."
+        )
 
 
 def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: float,
@@ -1064,6 +1099,7 @@ def extract_complex(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    memory_limit: float | None = None,
 ) -> PolyhedralComplex:
     """Extract the exact polyhedral complex of a ReLU network over a box.
 
@@ -1074,6 +1110,8 @@ def extract_complex(
     dtype : float64 by default (see :func:`resolve_dtype`); float32 on request.
     device : "cpu", "cuda", ...; defaults to the network's device.
     progress : show a progress bar per neuron with vertex and edge counts.
+    memory_limit : bytes the extraction may hold before it stops with a ``MemoryError``
+        naming what it reached (default: 80% of the memory available at the start).
     """
     net = as_network(net)
     dt = resolve_dtype(dtype)
@@ -1086,7 +1124,7 @@ def extract_complex(
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     with torch.no_grad(), no_tf32():
-        sk, _ = subdivide(netd, lo, hi, level=None, progress=progress, desc="complex")
+        sk, _ = subdivide(netd, lo, hi, level=None, progress=progress, desc="complex", memory_limit=memory_limit)
     stats = {
         "time_s": time.perf_counter() - t0,
         "peak_memory_mb": peak_memory_mb(dev),

@@ -578,6 +578,7 @@ def extract_mesh(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    memory_limit: float | None = None,
 ) -> ExactMesh:
     """The exact level set ``f = level`` of a ReLU network over a box.
 
@@ -591,7 +592,7 @@ def extract_mesh(
     band : cells per axis of the grid on which surface mode bounds the output by linear
         bound propagation (default: :func:`default_band`); regions whose bounding box misses
         every cell that may hold the surface are dropped before each layer.
-    dtype, device, progress : as for :func:`nsr.extract_complex`.
+    dtype, device, progress, memory_limit : as for :func:`nsr.extract_complex`.
 
     A network with no crossing in the box gives an empty mesh and a warning.
     """
@@ -615,7 +616,8 @@ def extract_mesh(
     t0 = time.perf_counter()
     with torch.no_grad(), no_tf32():
         if mode == "complex":
-            cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress).refine(level)
+            cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress,
+                                 memory_limit=memory_limit).refine(level)
             arr = _complex_arrays(cx)
             n_tiles, kept, unpaired = 1, 1, cx.stats["unpaired_face_keys"]
         else:
@@ -643,7 +645,7 @@ def extract_mesh(
             n_tiles = grid**d
             sk, alive = subdivide(netd, tlo, thi, level=level, prune=True,
                                   keep_negative=on_boundary if close else None, band=cells,
-                                  progress=progress, desc="surface")
+                                  progress=progress, desc="surface", memory_limit=memory_limit)
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept = sk.stats["tiles_alive"]
             unpaired = sk.unpaired

@@ -204,3 +204,13 @@ def test_shared_bunny_3x16_complex(shared_dir):
     cx = extract_complex(net, (-0.5, 0.5), progress=False)
     assert cx.euler_characteristic == 1
     assert cx.stats["unpaired_face_keys"] == 0
+
+
+def test_a_complex_too_large_for_the_memory_limit_stops_with_a_clear_error():
+    net = random_network(3, [32, 32], seed=0)
+    with pytest.raises(MemoryError, match=r"stopped after \d+ of 64 neurons"):
+        extract_complex(net, (-1, 1), progress=False, memory_limit=2e5)
+    from nsr.surface import extract_mesh
+
+    with pytest.raises(MemoryError, match="memory_limit"):
+        extract_mesh(net, (-1, 1), mode="surface", progress=False, memory_limit=2e5)
