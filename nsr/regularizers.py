@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from nsr import geometry as G
+from nsr.complex import as_bounds
 from nsr.geometry import SurfaceStructure
 
 try:  # Lightning is a dependency, but keep the geometry usable without importing it eagerly
@@ -475,17 +476,6 @@ def _evaluate(
     return out, surface
 
 
-def _as_bounds(bounds: Any, dim: int) -> np.ndarray:
-    if bounds is None:
-        return np.array([[-1.0, 1.0]] * dim)
-    b = np.asarray(bounds, dtype=np.float64)
-    if b.ndim == 0:
-        return np.array([[-float(b), float(b)]] * dim)
-    if b.shape == (2,):
-        return np.tile(b, (dim, 1))
-    return b.reshape(dim, 2)
-
-
 class ExactRegularizerCallback(Callback):
     """Feed exact-surface regularizers back into training.
 
@@ -571,7 +561,7 @@ class ExactRegularizerCallback(Callback):
         b = self.bounds if self.bounds is not None else getattr(pl_module, "bounds", None)
         if b is None:  # nsr's ShapeDataModule trains in [-box, box]^dim
             b = getattr(getattr(self._trainer, "datamodule", None), "box", None)
-        return _as_bounds(b, dim)
+        return as_bounds((-1.0, 1.0) if b is None else b, dim)
 
     def refresh(self, pl_module: Any, step: int = 0) -> None:
         """Re-extract the surface of ``pl_module.net`` and keep its combinatorics."""
