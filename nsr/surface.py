@@ -39,7 +39,6 @@ from nsr.complex import (
     bit_values,
     extract_complex,
     group_equal_rows,
-    n_words,
     no_tf32,
     output_bounds,
     peak_memory_mb,
@@ -711,8 +710,3 @@ def _measure(mesh: ExactMesh, net: PLNetwork) -> None:
     s["mean_abs_f"] = float(f.mean()) if len(f) else 0.0
     if mesh.dim == 3 and len(mesh.triangles):
         s["watertight"] = bool(mesh.to_trimesh().is_watertight)
-
-
-def n_words_for(net: PLNetwork) -> int:
-    """Packed words per sign-vector for ``net`` (box facets, neurons, output)."""
-    return n_words(2 * net.in_dim + net.n_neurons + 1)

@@ -214,3 +214,16 @@ def test_a_complex_too_large_for_the_memory_limit_stops_with_a_clear_error():
 
     with pytest.raises(MemoryError, match="memory_limit"):
         extract_mesh(net, (-1, 1), mode="surface", progress=False, memory_limit=2e5)
+
+
+def test_incidences_of_regions_and_edges_in_2d():
+    net = random_network(2, [10, 10], seed=4)
+    cx = extract_complex(net, (-1, 1), progress=False)
+    inc = cx.incidence(2)  # (edge, region) pairs
+    per_edge = torch.bincount(inc[:, 0], minlength=len(cx.edges))
+    on_box = (cx.edge_zeros.long() < 4).any(1)
+    # an edge on the box bounds one region, every other edge two
+    assert (per_edge[on_box] == 1).all() and (per_edge[~on_box] == 2).all()
+    # every region is a polygon with at least three edges, and V - E + F = 1
+    assert (torch.bincount(inc[:, 1]) >= 3).all()
+    assert len(cx.vertices) - len(cx.edges) + int(inc[:, 1].max()) + 1 == 1
