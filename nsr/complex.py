@@ -585,14 +585,10 @@ def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: 
 
 
 def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
-    """Drop the regions whose output provably cannot reach ``level``.
-
-    On a region the pre-activations ``z`` of ``layer`` are affine, so their exact range is
-    their min/max over the region's vertices. Interval arithmetic from that range bounds the
-    later layers; a backward linear relaxation (CROWN-IBP, one vector per region) then bounds
-    the output by ``lam . z + c`` on the region, whose extremes are again attained at its
-    vertices. The tighter of the two bounds is used. Returns the number of regions kept.
-    """
+    """Drop the regions whose output provably cannot reach ``level``: on a region the
+    pre-activations of ``layer`` are affine, so their exact range is their min/max over the
+    region's vertices; interval arithmetic carries it through the remaining layers (tight
+    near the output, which is where this is used). Returns the number of regions kept."""
     d = sk.dim
     x = sk.x.t
     v = x.shape[0]
@@ -607,43 +603,14 @@ def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) 
         r = sink[:, s : s + batch].reshape(-1)
         _index_reduce(lo, r, z, "amin")
         _index_reduce(hi, r, z, "amax")
-    lo, hi = lo[:n_regions], hi[:n_regions]
-    # interval bounds of the later pre-activations
-    pre = [(lo, hi)]
+    olo, ohi = torch.relu(lo[:n_regions]), torch.relu(hi[:n_regions])
     for k in range(layer + 1, len(net.weights)):
         w, b = net.weights[k], net.biases[k]
-        a, c = torch.relu(pre[-1][0]), torch.relu(pre[-1][1])
-        zm, zr = ((a + c) / 2) @ w.T + b, ((c - a) / 2) @ w.abs().T
-        pre.append((zm - zr, zm + zr))
-    olo, ohi = pre[-1][0][:, 0], pre[-1][1][:, 0]
-    # backward linear relaxation to the affine z of this layer: f <= lam_u . z + c_u, f >= lam_l . z + c_l
-    lam_u = net.weights[-1].expand(n_regions, -1)
-    lam_l = lam_u
-    c_u = net.biases[-1].expand(n_regions).clone()
-    c_l = c_u.clone()
-    for k in range(len(net.weights) - 2, layer - 1, -1):
-        s_up, t_up, s_lo, _ = _relu_relaxation(*pre[k - layer])
-        pos, neg = lam_u.clamp(min=0), lam_u.clamp(max=0)
-        c_u = c_u + (pos * t_up).sum(1)
-        lam_u = pos * s_up + neg * s_lo
-        pos, neg = lam_l.clamp(min=0), lam_l.clamp(max=0)
-        c_l = c_l + (neg * t_up).sum(1)
-        lam_l = pos * s_lo + neg * s_up
-        if k > layer:
-            c_u, lam_u = c_u + lam_u @ net.biases[k], lam_u @ net.weights[k]
-            c_l, lam_l = c_l + lam_l @ net.biases[k], lam_l @ net.weights[k]
-    up = torch.full((n_regions + 1,), -math.inf, dtype=x.dtype, device=x.device)
-    dn = torch.full((n_regions + 1,), math.inf, dtype=x.dtype, device=x.device)
-    lam_u = torch.cat([lam_u, lam_u.new_zeros(1, width)])
-    lam_l = torch.cat([lam_l, lam_l.new_zeros(1, width)])
-    for s in range(0, v, batch):
-        z = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0).repeat(1 << d, 1)
-        r = sink[:, s : s + batch].reshape(-1)
-        _index_reduce(up[:, None], r, (lam_u.index_select(0, r) * z).sum(1, keepdim=True), "amax")
-        _index_reduce(dn[:, None], r, (lam_l.index_select(0, r) * z).sum(1, keepdim=True), "amin")
-    ohi = torch.minimum(ohi, up[:n_regions] + c_u)
-    olo = torch.maximum(olo, dn[:n_regions] + c_l)
-    alive = (olo <= level) & (ohi >= level)
+        zm, zr = ((olo + ohi) / 2) @ w.T + b, ((ohi - olo) / 2) @ w.abs().T
+        olo, ohi = zm - zr, zm + zr
+        if k < len(net.weights) - 1:
+            olo, ohi = torch.relu(olo), torch.relu(ohi)
+    alive = (olo[:, 0] <= level) & (ohi[:, 0] >= level)
     _keep_live_regions(sk, region, torch.cat([alive, torch.zeros(1, dtype=torch.bool, device=x.device)]),
                        n_regions)
     return int(alive.sum())
