@@ -136,7 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--meshes", nargs="*", default=None, help="mesh stems (default: all)")
     ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--exact", action="store_true", help="evaluate the exact surface instead of marching cubes")

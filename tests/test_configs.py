@@ -70,7 +70,7 @@ def test_mesh_experiment_needs_path_and_uses_it(tmp_path):
     path = tmp_path / "s.obj"
     trimesh.creation.icosphere(2).export(path)
     cfg = _compose(["experiment=mesh", f"data.path={path}"])
-    assert cfg.data.kind == "mesh" and cfg.data.path == str(path) and cfg.model.width == 128
+    assert cfg.data.kind == "mesh" and cfg.data.path == str(path) and (cfg.model.width, cfg.model.depth) == (64, 4)
     cfg = _compose(["experiment=mesh"])
     with pytest.raises(Exception, match="path"):
         hydra.utils.instantiate(cfg.data)
