@@ -578,6 +578,7 @@ def extract_mesh(
     device: torch.device | str | None = None,
     progress: bool = True,
     memory_limit: float | None = None,
+    workers: int = 1,
 ) -> ExactMesh:
     """The exact level set ``f = level`` of a ReLU network over a box.
 
@@ -592,6 +593,10 @@ def extract_mesh(
         bound propagation (default: :func:`default_band`); regions whose bounding box misses
         every cell that may hold the surface are dropped before each layer.
     dtype, device, progress, memory_limit : as for :func:`nsr.extract_complex`.
+    workers : surface mode: subdivide the tiles in this many processes (one torch thread
+        each; CPU only); tiles are independent and are stitched by identity afterwards. The
+        processes are spawned, so a calling script needs the ``if __name__ == "__main__":``
+        guard, and ``stats["peak_memory_mb"]`` counts the calling process only.
 
     A network with no crossing in the box gives an empty mesh and a warning.
     """
@@ -604,6 +609,8 @@ def extract_mesh(
         )
     if mode not in ("surface", "complex"):
         raise ValueError(f"mode must be 'surface' or 'complex', got {mode!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     if close and d != 3:
         raise ValueError("close=True needs a 3-D network")
     b = as_bounds(bounds, d)
@@ -642,18 +649,23 @@ def extract_mesh(
             tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
             on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
             n_tiles = grid**d
-            sk, alive = subdivide(netd, tlo, thi, level=level, prune=True,
-                                  keep_negative=on_boundary if close else None, band=cells,
-                                  progress=progress, desc="surface", memory_limit=memory_limit)
-            arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
-            kept = sk.stats["tiles_alive"]
-            unpaired = sk.unpaired
+            keep_neg = on_boundary if close else None
+            region_stats: dict[str, Any] = {}
+            if workers > 1 and len(tlo) > 1:
+                arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
+                                                            workers, memory_limit)
+            else:
+                sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
+                                      band=cells, progress=progress, desc="surface", memory_limit=memory_limit)
+                arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
+                kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
+                region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_")}
         t_sub = time.perf_counter() - t0
         mesh = _mesh_from_arrays(netd, arr, b, level, close)
     stats = mesh.stats
     if mode == "surface":
         stats.update(band=res, band_cells=cells.n_occupied if cells else None, bounds_s=t_band,
-                     **{k: v for k, v in sk.stats.items() if k.startswith("regions_")})
+                     workers=workers, **region_stats)
     stats.update(mode=mode, dtype=str(dt), device=str(dev), tiles=n_tiles, tiles_kept=kept,
                  unpaired_face_keys=unpaired, subdivision_s=t_sub,
                  time_s=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
@@ -661,6 +673,51 @@ def extract_mesh(
     if mesh.is_empty:
         warnings.warn(f"the network does not reach the level {level} inside the box: empty mesh", stacklevel=2)
     return mesh
+
+
+def _subdivide_tiles(weights: list[np.ndarray], biases: list[np.ndarray], tlo: np.ndarray, thi: np.ndarray,
+                     level: float, keep_negative: np.ndarray | None, memory_limit: float | None
+                     ) -> tuple[list[np.ndarray], int, int]:
+    """Worker: subdivide a batch of tiles; plain arrays in and out (picklable)."""
+    torch.set_num_threads(1)
+    net = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
+    with torch.no_grad(), no_tf32():
+        sk, _ = subdivide(net, torch.from_numpy(tlo), torch.from_numpy(thi), level=level, prune=True,
+                          keep_negative=None if keep_negative is None else torch.from_numpy(keep_negative),
+                          progress=False, memory_limit=memory_limit)
+    arrays = [b.t.numpy() for b in (sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.edges, sk.ezeros)]
+    return arrays, sk.stats["tiles_alive"], sk.unpaired
+
+
+def _subdivide_in_workers(net: PLNetwork, tlo: Tensor, thi: Tensor, tidx: Tensor, grid: int, level: float,
+                          keep_negative: Tensor | None, workers: int, memory_limit: float | None
+                          ) -> tuple[_Arrays, int, int]:
+    """Split the tiles into ``workers`` batches, subdivide them in separate processes, and
+    concatenate the skeletons (vertex and tile indices offset)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if net.device.type != "cpu":
+        raise ValueError("workers > 1 runs on the CPU; use one process per GPU instead")
+    parts = np.array_split(np.arange(len(tlo)), min(workers, len(tlo)))
+    w = [t.numpy() for t in net.weights]
+    b = [t.numpy() for t in net.biases]
+    limit = None if memory_limit is None else memory_limit / len(parts)
+    with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_subdivide_tiles, w, b, tlo[p].numpy(), thi[p].numpy(), level,
+                               None if keep_negative is None else keep_negative[p].numpy(), limit) for p in parts]
+        results = [f.result() for f in futures]
+    cols: list[list[Tensor]] = [[] for _ in range(6)]
+    v_off, t_off = 0, 0
+    for (arrays, _, _), p in zip(results, parts):
+        x, vz, vp, vt, e, ez = (torch.from_numpy(a) for a in arrays)
+        for i, t in enumerate((x, vz, vp, vt + t_off, e + v_off, ez)):
+            cols[i].append(t)
+        v_off += len(x)
+        t_off += len(p)
+    merged = [torch.cat(c) for c in cols]
+    order = torch.from_numpy(np.concatenate(parts))
+    return (_Arrays(*merged, tidx[order], grid), sum(r[1] for r in results), sum(r[2] for r in results))
 
 
 def _complex_arrays(cx: PolyhedralComplex) -> _Arrays:

@@ -301,3 +301,13 @@ def test_region_pruning_by_band_keeps_the_surface(close):
     if close:
         assert b.to_trimesh().is_watertight
         assert b.to_trimesh().volume == pytest.approx(a.to_trimesh().volume, rel=1e-9)
+
+
+def test_tiles_in_worker_processes_give_the_same_mesh():
+    net = _centered(3, [10, 10], 7)
+    a = extract_mesh(net, (-1, 1), tiles=3, progress=False)
+    b = extract_mesh(net, (-1, 1), tiles=3, workers=2, progress=False)
+    key = lambda m: sorted(r.tobytes() for r in m.polygon_patterns)  # noqa: E731
+    assert len(a.polygons) > 10 and key(a) == key(b)
+    np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
+    assert b.to_trimesh().area == pytest.approx(a.to_trimesh().area, rel=1e-12)
