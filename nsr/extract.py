@@ -260,7 +260,7 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             if cplx is not None:  # mesh the complex already extracted, not a second one
                 mesh = mesh_from_complex(cplx, close=close)
             else:
-                mesh = extract_mesh(net, box, mode=mode, close=close, **kw)
+                mesh = extract_mesh(net, box, mode=mode, close=close, workers=int(cfg.get("workers", 1)), **kw)
             timings["surface_s"] = time.perf_counter() - t
     if mesh is not None:
         t = time.perf_counter()
