@@ -978,21 +978,21 @@ class PolyhedralComplex:
         return self.net.local_gradients(list(splits))
 
     # -- level set ----------------------------------------------------------------------
-    def refine(self, level: float = 0.0, progress: bool = False) -> PolyhedralComplex:
+    def refine(self, level: float = 0.0) -> PolyhedralComplex:
         """This complex subdivided by the output level set ``f = level`` as well."""
         if self.level is not None:
             if self.level != level:
                 raise ValueError(f"complex already refined by the level {self.level}")
             return self
-        lo = torch.as_tensor(self.bounds[:, 0], dtype=self.vertices.dtype, device=self.vertices.device)
-        hi = torch.as_tensor(self.bounds[:, 1], dtype=self.vertices.dtype, device=self.vertices.device)
-        sk = box_skeleton(lo[None], hi[None], self.n_constraints)
-        sk.x = _Buffer(self.vertices.clone())
-        sk.vzeros = _Buffer(self.vertex_zeros.clone())
-        sk.vpos = _Buffer(self.vertex_signs.clone())
-        sk.vtile = _Buffer(torch.zeros(len(self.vertices), dtype=torch.int32, device=self.vertices.device))
-        sk.edges = _Buffer(self.edges.clone())
-        sk.ezeros = _Buffer(self.edge_zeros.clone())
+        sk = _Skeleton(
+            x=_Buffer(self.vertices.clone()),
+            vzeros=_Buffer(self.vertex_zeros.clone()),
+            vpos=_Buffer(self.vertex_signs.clone()),
+            vtile=_Buffer(torch.zeros(len(self.vertices), dtype=torch.int32, device=self.vertices.device)),
+            edges=_Buffer(self.edges.clone()),
+            ezeros=_Buffer(self.edge_zeros.clone()),
+            dim=self.dim,
+        )
         net = self.net.to(device=self.vertices.device, dtype=self.vertices.dtype)
         with torch.no_grad(), no_tf32():
             f = net(sk.x.t) - level
