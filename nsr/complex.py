@@ -203,6 +203,24 @@ def group_equal_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     return order, torch.cumsum(new.long(), 0) - 1
 
 
+# Temporaries of at most this size are recycled by the allocator; larger ones are mapped
+# and page-faulted afresh on every allocation, which on some VMs costs more than the
+# arithmetic (a (1.4M, 32) float64 matmul: 0.07 s into a reused buffer, 0.55 s fresh).
+CHUNK_BYTES = 2**23
+
+
+def _chunks(n: int, row_bytes: int, device: torch.device) -> list[slice]:
+    """Row slices covering ``range(n)`` whose temporaries of ``row_bytes`` per row stay
+    under :data:`CHUNK_BYTES` on CPU (one slice on GPUs, where the caching allocator
+    recycles memory anyway)."""
+    step = n if device.type != "cpu" else max(256, CHUNK_BYTES // max(1, row_bytes))
+    return [slice(s, min(n, s + step)) for s in range(0, n, max(1, step))]
+
+
+def _max_width(net: PLNetwork) -> int:
+    return max(int(w.shape[0]) for w in net.weights)
+
+
 # --------------------------------------------------------------------------------------
 # Growable buffers (amortized appends instead of a torch.cat per neuron)
 # --------------------------------------------------------------------------------------
@@ -466,10 +484,9 @@ def _keep(sk: _Skeleton, keep_v: Tensor, keep_e: Tensor) -> None:
 
 
 def _index_reduce(out: Tensor, index: Tensor, src: Tensor, op: str) -> None:
-    """``out[index[i]] = op(out[index[i]], src[i])`` row-wise (3x faster than scatter_reduce)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "index_reduce() is in beta"
-        out.index_reduce_(0, index, src, op)
+    """``out[index[i]] = op(out[index[i]], src[i])`` row-wise. ``scatter_reduce_`` with an
+    expanded index: 6x faster on CPU than ``index_reduce_`` for millions of rows."""
+    out.scatter_reduce_(0, index[:, None].expand(-1, src.shape[1]), src, op)
 
 
 class Band:
@@ -515,23 +532,26 @@ def _region_ids(sk: _Skeleton) -> tuple[Tensor, int]:
     bounds computed on them, so pruning stays sound; it saves a copy of all keys."""
     d = sk.dim
     v = sk.n_vertices
-    rows = torch.arange(v, device=sk.x.data.device)
-    words, masks = bit_values(sk.vzeros.t.long())
-    tile = sk.vtile.t.long()[:, None]
-    hashes = torch.empty(1 << d, v, dtype=torch.int64, device=rows.device)
-    valid = torch.empty(1 << d, v, dtype=torch.bool, device=rows.device)
-    for combo in range(1 << d):
-        pk = sk.vpos.t.clone()
-        ok = torch.ones(v, dtype=torch.bool, device=rows.device)
-        for i in range(d):
-            if combo >> i & 1:
-                pk[rows, words[:, i]] |= masks[:, i]
-            else:
-                ok &= sk.vzeros.t[:, i] >= 2 * d  # a box facet has no outside
-        hashes[combo] = hash_rows(torch.cat([tile, pk], 1))
-        valid[combo] = ok
+    dev = sk.x.data.device
+    hashes = torch.empty(1 << d, v, dtype=torch.int64, device=dev)
+    valid = torch.empty(1 << d, v, dtype=torch.bool, device=dev)
+    for sl in _chunks(v, 16 * (sk.vpos.data.shape[1] + 1), dev):
+        vz = sk.vzeros.t[sl]
+        words, masks = bit_values(vz.long())
+        rows = torch.arange(vz.shape[0], device=dev)
+        base = torch.cat([sk.vtile.t[sl].long()[:, None], sk.vpos.t[sl]], 1)
+        for combo in range(1 << d):
+            pk = base.clone()
+            ok = torch.ones(vz.shape[0], dtype=torch.bool, device=dev)
+            for i in range(d):
+                if combo >> i & 1:
+                    pk[rows, words[:, i] + 1] |= masks[:, i]
+                else:
+                    ok &= vz[:, i] >= 2 * d  # a box facet has no outside
+            hashes[combo, sl] = hash_rows(pk)
+            valid[combo, sl] = ok
     uniq, inv = torch.unique(hashes[valid], return_inverse=True)
-    region = torch.full((1 << d, v), -1, dtype=torch.int64, device=rows.device)
+    region = torch.full((1 << d, v), -1, dtype=torch.int64, device=dev)
     region[valid] = inv
     return region, len(uniq)
 
@@ -542,13 +562,12 @@ def _prune_regions(sk: _Skeleton, band: Band) -> int:
     d = sk.dim
     x = sk.x.t
     region, n_regions = _region_ids(sk)
-    sink = torch.where(region < 0, n_regions, region).reshape(-1)  # row n_regions: a sink
+    sink = torch.where(region < 0, n_regions, region)  # row n_regions: a sink
     rlo = torch.full((n_regions + 1, d), math.inf, dtype=x.dtype, device=x.device)
     rhi = torch.full((n_regions + 1, d), -math.inf, dtype=x.dtype, device=x.device)
-    xx = x.repeat(1 << d, 1)
-    _index_reduce(rlo, sink, xx, "amin")
-    _index_reduce(rhi, sink, xx, "amax")
-    del xx
+    for combo in range(1 << d):
+        _index_reduce(rlo, sink[combo], x, "amin")
+        _index_reduce(rhi, sink[combo], x, "amax")
     alive = torch.cat([band.hits(rlo[:n_regions], rhi[:n_regions]),
                        torch.zeros(1, dtype=torch.bool, device=x.device)])
     _keep_live_regions(sk, region, alive, n_regions)
@@ -560,28 +579,42 @@ def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: 
     are the region ids around each vertex (-1: outside the box); ``alive`` ``(R + 1,)``
     with a last False entry for the outside."""
     d = sk.dim
-    x = sk.x.t
-    v = x.shape[0]
-    sink = torch.where(region < 0, n_regions, region).reshape(-1)
-    combo_alive = alive[sink].view(1 << d, v).T  # (V, 2^D)
-    # An edge (a, b) lies in the regions of a whose sign on a's extra zero (the one b does
-    # not share) is b's sign there.
-    e = sk.edges.t
-    za = sk.vzeros.t.index_select(0, e[:, 0]).long()
-    zb = sk.vzeros.t.index_select(0, e[:, 1]).long()
-    extra = ~(za[:, :, None] == zb[:, None, :]).any(2)  # (E, D), one True per row
-    slot = extra.long().argmax(1)
-    cid = za.gather(1, slot[:, None]).squeeze(1)
-    w, m = bit_values(cid)
-    pos_b = sk.vpos.t.index_select(0, e[:, 1])
-    sign = (pos_b.gather(1, w[:, None]).squeeze(1) & m) != 0
-    combos = torch.arange(1 << d, device=x.device)
-    want = ((combos[None, :] >> slot[:, None]) & 1).bool() == sign[:, None]  # (E, 2^D)
-    keep_e = (combo_alive.index_select(0, e[:, 0]) & want).any(1)
-    keep_v = torch.zeros(v, dtype=torch.bool, device=x.device)
-    keep_v[e[keep_e].reshape(-1).long()] = True
+    dev = sk.x.data.device
+    v = sk.n_vertices
+    combos = torch.arange(1 << d, device=dev)
+    keep_e = torch.empty(sk.n_edges, dtype=torch.bool, device=dev)
+    for sl in _chunks(sk.n_edges, 64 * (d + 1) * (1 << d), dev):
+        e = sk.edges.t[sl]
+        a = e[:, 0]
+        # An edge (a, b) lies in the regions of a whose sign on a's extra zero (the one b
+        # does not share) is b's sign there.
+        za = sk.vzeros.t.index_select(0, a).long()
+        zb = sk.vzeros.t.index_select(0, e[:, 1]).long()
+        extra = ~(za[:, :, None] == zb[:, None, :]).any(2)  # (e, D), one True per row
+        slot = extra.long().argmax(1)
+        w, m = bit_values(za.gather(1, slot[:, None]).squeeze(1))
+        sign = (sk.vpos.t.index_select(0, e[:, 1]).gather(1, w[:, None]).squeeze(1) & m) != 0
+        want = ((combos[None, :] >> slot[:, None]) & 1).bool() == sign[:, None]  # (e, 2^D)
+        ids = region[:, a.long()].T  # (e, 2^D)
+        live = alive[torch.where(ids < 0, n_regions, ids)]
+        keep_e[sl] = (live & want).any(1)
+    keep_v = torch.zeros(v, dtype=torch.bool, device=dev)
+    keep_v[sk.edges.t[keep_e].reshape(-1).long()] = True
     if not bool(keep_e.all()):
         _keep(sk, keep_v, keep_e)
+
+
+def _interval_reaches(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor, level: float) -> Tensor:
+    """Whether the output may reach ``level`` given bounds ``(R, n)`` on the pre-activations
+    of ``layer`` (interval arithmetic through the remaining layers)."""
+    olo, ohi = torch.relu(lo), torch.relu(hi)
+    for k in range(layer + 1, len(net.weights)):
+        w, b = net.weights[k], net.biases[k]
+        zm, zr = torch.addmm(b, (olo + ohi) / 2, w.T), ((ohi - olo) / 2) @ w.abs().T
+        olo, ohi = zm - zr, zm + zr
+        if k < len(net.weights) - 1:
+            olo, ohi = torch.relu(olo), torch.relu(ohi)
+    return (olo[:, 0] <= level) & (ohi[:, 0] >= level)
 
 
 def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
@@ -591,28 +624,22 @@ def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) 
     near the output, which is where this is used). Returns the number of regions kept."""
     d = sk.dim
     x = sk.x.t
-    v = x.shape[0]
+    dev = x.device
     region, n_regions = _region_ids(sk)
     sink = torch.where(region < 0, n_regions, region)  # (2^D, V); row n_regions: a sink
     width = int(net.weights[layer].shape[0])
-    lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=x.device)
-    hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=x.device)
-    batch = 2**15
-    for s in range(0, v, batch):
-        z = _evaluate(net, x[s : s + batch], layer, 0, width, 0.0).repeat(1 << d, 1)
-        r = sink[:, s : s + batch].reshape(-1)
-        _index_reduce(lo, r, z, "amin")
-        _index_reduce(hi, r, z, "amax")
-    olo, ohi = torch.relu(lo[:n_regions]), torch.relu(hi[:n_regions])
-    for k in range(layer + 1, len(net.weights)):
-        w, b = net.weights[k], net.biases[k]
-        zm, zr = ((olo + ohi) / 2) @ w.T + b, ((ohi - olo) / 2) @ w.abs().T
-        olo, ohi = zm - zr, zm + zr
-        if k < len(net.weights) - 1:
-            olo, ohi = torch.relu(olo), torch.relu(ohi)
-    alive = (olo[:, 0] <= level) & (ohi[:, 0] >= level)
-    _keep_live_regions(sk, region, torch.cat([alive, torch.zeros(1, dtype=torch.bool, device=x.device)]),
-                       n_regions)
+    lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=dev)
+    hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=dev)
+    for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), dev):
+        z = _evaluate(net, x[sl], layer, 0, width, 0.0)
+        for combo in range(1 << d):
+            _index_reduce(lo, sink[combo, sl], z, "amin")
+            _index_reduce(hi, sink[combo, sl], z, "amax")
+    alive = torch.zeros(n_regions + 1, dtype=torch.bool, device=dev)
+    for sl in _chunks(n_regions, 4 * x.element_size() * _max_width(net), dev):
+        alive[sl] = _interval_reaches(net, layer, lo[sl], hi[sl], level)
+    del lo, hi
+    _keep_live_regions(sk, region, alive, n_regions)
     return int(alive.sum())
 
 
@@ -690,11 +717,12 @@ def subdivide(
     t0 = time.perf_counter()
     itemsize = torch.finfo(tile_lo.dtype).bits // 8
     limit = memory_limit if memory_limit is not None else default_memory_limit()
+    tile_ranges: list[tuple[Tensor, Tensor]] = []
     try:
         for layer in range(n_layers):
             width = int(net.weights[layer].shape[0])
             if prune and layer < out_layer:  # at the output the split itself finds the crossings
-                alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative)
+                alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges)
                 _prune_tiles(sk, alive)
                 if band is not None and layer > 0 and sk.n_edges:
                     sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
@@ -762,41 +790,41 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
         )
 
 
-def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: float,
-              batch: int = 2**17) -> Tensor:
-    """Pre-activations ``[:, j0:j1]`` of ``layer`` at ``x`` ``(V, D)``, in vertex batches."""
+def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: float) -> Tensor:
+    """Pre-activations ``[:, j0:j1]`` of ``layer`` at ``x`` ``(V, D)``, in vertex chunks."""
     w, b = net.weights[layer][j0:j1], net.biases[layer][j0:j1]
     out = torch.empty(x.shape[0], j1 - j0, dtype=x.dtype, device=x.device)
-    for s in range(0, x.shape[0], batch):
-        h = x[s : s + batch]
+    for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), x.device):
+        h = x[sl]
         for wk, bk in zip(net.weights[:layer], net.biases[:layer]):
-            h = torch.relu(torch.addmm(bk, h, wk.T))
-        out[s : s + batch] = torch.addmm(b, h, w.T) - shift
+            h = torch.addmm(bk, h, wk.T).relu_()
+        torch.addmm(b, h, w.T, out=out[sl])
+    if shift:
+        out -= shift
     return out
 
 
 def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, tile_hi: Tensor, level: float,
-                    keep_negative: Tensor | None) -> Tensor:
+                    keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]]) -> Tensor:
     """Tiles whose output may reach ``level``. The pre-activations of layers ``0..layer`` are
     affine on every current cell, so their exact range over a tile is their min/max over the
-    tile's vertices; later layers and the output are bounded by linear bound propagation."""
+    tile's vertices; later layers and the output are bounded by linear bound propagation.
+
+    ``ranges`` holds the ranges of earlier layers from earlier calls and gets this layer's:
+    subdivision adds vertices only inside cells where those layers are affine and pruning
+    only removes vertices, so an earlier range stays a valid bound."""
     n_tiles = tile_lo.shape[0]
     x = sk.x.t
-    ranges = []
-    for k in range(layer + 1):
-        width = int(net.weights[k].shape[0])
-        ranges.append((torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device),
-                       torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)))
-    batch = 2**17
-    for s in range(0, x.shape[0], batch):
-        h = x[s : s + batch]
-        idx = sk.vtile.t[s : s + batch].long()[:, None]
-        for k in range(layer + 1):
-            z = torch.addmm(net.biases[k], h, net.weights[k].T)
-            _index_reduce(ranges[k][0], idx[:, 0], z, "amin")
-            _index_reduce(ranges[k][1], idx[:, 0], z, "amax")
-            h = torch.relu(z)
-    has = torch.isfinite(ranges[0][0][:, 0])
+    width = int(net.weights[layer].shape[0])
+    lo = torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device)
+    hi = torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)
+    for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), x.device):
+        z = _evaluate(net, x[sl], layer, 0, width, 0.0)
+        idx = sk.vtile.t[sl].long()
+        _index_reduce(lo, idx, z, "amin")
+        _index_reduce(hi, idx, z, "amax")
+    ranges.append((lo, hi))
+    has = torch.isfinite(lo[:, 0])
     known = [(torch.where(has[:, None], lo, 0.0), torch.where(has[:, None], hi, 0.0)) for lo, hi in ranges]
     olo, ohi = output_bounds(net, tile_lo, tile_hi, known)
     olo, ohi = olo - level, ohi - level

@@ -145,7 +145,7 @@ def triangle_quality(
     return out
 
 
-def abs_values(net: Any, points: np.ndarray, chunk: int = 2**18) -> np.ndarray:
+def abs_values(net: Any, points: np.ndarray, chunk: int = 2**14) -> np.ndarray:
     """``|f(points)|`` in float64 for a network ``as_network`` reads; ``(N, 3) -> (N,)``."""
     from nsr.networks import as_network
 
