@@ -246,7 +246,7 @@ class _Buffer:
         self.n = need
 
     def keep(self, mask_or_index: Tensor) -> None:
-        self.data = self.t[mask_or_index].clone()
+        self.data = self.t[mask_or_index]  # advanced indexing already copies
         self.n = self.data.shape[0]
 
 
@@ -263,6 +263,9 @@ class _Skeleton:
     dim: int
     unpaired: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    # (V, n) pre-activations of the current layer while pruning: filtered with the vertices,
+    # so that the bounds and the subdivision share one evaluation
+    values: _Buffer | None = None
 
     @property
     def n_vertices(self) -> int:
@@ -477,8 +480,9 @@ def _keep(sk: _Skeleton, keep_v: Tensor, keep_e: Tensor) -> None:
     """Keep the marked vertices and edges (every kept edge must have kept endpoints)."""
     remap = (torch.cumsum(keep_v.long(), 0) - 1).int()
     edges = remap[sk.edges.t[keep_e]]
-    for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile):
-        buf.keep(keep_v)
+    for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.values):
+        if buf is not None:
+            buf.keep(keep_v)
     sk.ezeros.keep(keep_e)
     sk.edges = _Buffer(edges)
 
@@ -617,11 +621,55 @@ def _interval_reaches(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor, level:
     return (olo[:, 0] <= level) & (ohi[:, 0] >= level)
 
 
-def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
-    """Drop the regions whose output provably cannot reach ``level``: on a region the
-    pre-activations of ``layer`` are affine, so their exact range is their min/max over the
-    region's vertices; interval arithmetic carries it through the remaining layers (tight
-    near the output, which is where this is used). Returns the number of regions kept."""
+def _linear_bounds(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Linear bounds of the output in terms of the pre-activations ``z`` of ``layer``, given
+    their range ``(R, n)``: ``a_lo z + c_lo <= f <= a_up z + c_up`` for every ``z`` in the
+    range (CROWN back-substitution; intermediate layers bounded by intervals). Returns
+    ``a_lo, c_lo, a_up, c_up`` with shapes ``(R, n), (R,), (R, n), (R,)``."""
+    pre = [(lo, hi)]
+    olo, ohi = lo, hi
+    for k in range(layer + 1, len(net.weights) - 1):
+        w, b = net.weights[k], net.biases[k]
+        rl, rh = torch.relu(olo), torch.relu(ohi)
+        zm, zr = torch.addmm(b, (rl + rh) / 2, w.T), ((rh - rl) / 2) @ w.abs().T
+        olo, ohi = zm - zr, zm + zr
+        pre.append((olo, ohi))
+    r = lo.shape[0]
+    w_out, b_out = net.weights[-1], net.biases[-1]
+    a_up = w_out[0].expand(r, -1)
+    a_lo = a_up
+    c_up = b_out[0].expand(r).clone()
+    c_lo = c_up.clone()
+    for i in range(len(pre) - 1, -1, -1):
+        s_up, t_up, s_lo, _ = _relu_relaxation(*pre[i])
+        pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
+        c_up = c_up + (pos * t_up).sum(-1)
+        a_up = pos * s_up + neg * s_lo
+        pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
+        c_lo = c_lo + (neg * t_up).sum(-1)
+        a_lo = pos * s_lo + neg * s_up
+        if i > 0:
+            k = layer + i
+            w, b = net.weights[k], net.biases[k]
+            c_up, a_up = c_up + a_up @ b, a_up @ w
+            c_lo, a_lo = c_lo + a_lo @ b, a_lo @ w
+    return a_lo, c_lo, a_up, c_up
+
+
+def _layer_values(net: PLNetwork, sk: _Skeleton, layer: int, sl: slice) -> Tensor:
+    """Pre-activations of ``layer`` at the vertices ``sl``: carried ones, else evaluated."""
+    if sk.values is not None:
+        return sk.values.t[sl]
+    return _evaluate(net, sk.x.t[sl], layer, 0, int(net.weights[layer].shape[0]), 0.0)
+
+
+def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
+    """Drop the regions whose output provably cannot reach ``level``. On a region the
+    pre-activations ``z`` of ``layer`` are affine, so their exact range is their min/max over
+    the region's vertices. From it, interval arithmetic bounds the output, and so do linear
+    bounds ``a z + c`` (CROWN back-substitution with interval bounds on the later layers),
+    which are affine on the region too and so exact at its vertices; a region is kept while
+    both allow the level. Returns the number of regions kept."""
     d = sk.dim
     x = sk.x.t
     dev = x.device
@@ -630,15 +678,31 @@ def _prune_regions_ibp(net: PLNetwork, sk: _Skeleton, layer: int, level: float) 
     width = int(net.weights[layer].shape[0])
     lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=dev)
     hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=dev)
-    for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), dev):
-        z = _evaluate(net, x[sl], layer, 0, width, 0.0)
+    row = x.element_size() * _max_width(net)
+    for sl in _chunks(x.shape[0], row, dev):
+        z = _layer_values(net, sk, layer, sl)
         for combo in range(1 << d):
             _index_reduce(lo, sink[combo, sl], z, "amin")
             _index_reduce(hi, sink[combo, sl], z, "amax")
-    alive = torch.zeros(n_regions + 1, dtype=torch.bool, device=dev)
-    for sl in _chunks(n_regions, 4 * x.element_size() * _max_width(net), dev):
+    lo[n_regions], hi[n_regions] = 0.0, 0.0  # the sink: finite, dropped below
+    a_lo, a_up = torch.empty_like(lo), torch.empty_like(lo)
+    c_lo = torch.empty(n_regions + 1, dtype=x.dtype, device=dev)
+    c_up = torch.empty_like(c_lo)
+    alive = torch.empty(n_regions + 1, dtype=torch.bool, device=dev)
+    for sl in _chunks(n_regions + 1, 8 * row, dev):
+        a_lo[sl], c_lo[sl], a_up[sl], c_up[sl] = _linear_bounds(net, layer, lo[sl], hi[sl])
         alive[sl] = _interval_reaches(net, layer, lo[sl], hi[sl], level)
     del lo, hi
+    fmin = torch.full((n_regions + 1,), math.inf, dtype=x.dtype, device=dev)
+    fmax = torch.full((n_regions + 1,), -math.inf, dtype=x.dtype, device=dev)
+    for sl in _chunks(x.shape[0], 3 * row, dev):
+        z = _layer_values(net, sk, layer, sl)
+        for combo in range(1 << d):
+            r = sink[combo, sl]
+            fmin.scatter_reduce_(0, r, (a_lo.index_select(0, r) * z).sum(1), "amin")
+            fmax.scatter_reduce_(0, r, (a_up.index_select(0, r) * z).sum(1), "amax")
+    alive &= (fmin + c_lo <= level) & (fmax + c_up >= level)
+    alive[n_regions] = False
     _keep_live_regions(sk, region, alive, n_regions)
     return int(alive.sum())
 
@@ -686,7 +750,7 @@ def subdivide(
     prune: bool = False,
     keep_negative: Tensor | None = None,
     band: Band | None = None,
-    region_layers: int = 3,
+    region_layers: int = 5,
     progress: bool = True,
     desc: str = "extract",
     max_value_bytes: int = 2**30,
@@ -699,9 +763,10 @@ def subdivide(
     ``level`` (interval bounds from the exact range of that layer's pre-activations over the
     tile, which are affine on every current cell and so extreme at vertices), except tiles
     marked in ``keep_negative`` (bool per tile) that are below the level. Before each of the
-    last ``region_layers`` hidden layers, regions are pruned one by one too (interval bounds
-    from the exact range of the layer over each region: tight near the output), and with a
-    ``band``, regions whose bounding box misses it. Returns the skeleton and the tiles kept.
+    last ``region_layers`` hidden layers, regions are pruned one by one too (interval and
+    linear bounds from the exact range of the layer over each region, see
+    :func:`_prune_regions_bounded`), and with a ``band``, regions whose bounding box misses
+    it. Returns the skeleton and the tiles kept.
     """
     d = net.in_dim
     n_neurons = net.n_neurons
@@ -722,19 +787,24 @@ def subdivide(
         for layer in range(n_layers):
             width = int(net.weights[layer].shape[0])
             if prune and layer < out_layer:  # at the output the split itself finds the crossings
+                if sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
+                    sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
                 alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges)
                 _prune_tiles(sk, alive)
                 if band is not None and layer > 0 and sk.n_edges:
                     sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
                 if keep_negative is None and layer >= out_layer - region_layers and layer > 0 and sk.n_edges:
-                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_ibp(net, sk, layer, lv)
+                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_bounded(net, sk, layer, lv)
             j0 = 0
             while j0 < width:
                 # Pre-activations of this layer are affine on every current edge, so new
                 # vertices inherit interpolated values; only a block of columns is kept at a
                 # time (fresh evaluation per block) to bound memory.
                 cols = max(1, min(width - j0, max_value_bytes // max(1, sk.n_vertices * itemsize * 2)))
-                values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
+                if sk.values is not None:  # evaluated for pruning, filtered with the vertices
+                    values, sk.values, cols = sk.values, None, width
+                else:
+                    values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
                 for j in range(cols):
                     split_by_constraint(sk, values, values.t[:, j].clone(), c)
                     _check_memory(sk, values, limit, c - 2 * d, n_neurons)
@@ -819,7 +889,7 @@ def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, 
     lo = torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device)
     hi = torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)
     for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), x.device):
-        z = _evaluate(net, x[sl], layer, 0, width, 0.0)
+        z = _layer_values(net, sk, layer, sl)
         idx = sk.vtile.t[sl].long()
         _index_reduce(lo, idx, z, "amin")
         _index_reduce(hi, idx, z, "amax")

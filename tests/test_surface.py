@@ -311,3 +311,38 @@ def test_tiles_in_worker_processes_give_the_same_mesh():
     assert len(a.polygons) > 10 and key(a) == key(b)
     np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
     assert b.to_trimesh().area == pytest.approx(a.to_trimesh().area, rel=1e-12)
+
+
+@pytest.mark.parametrize("layer", [0, 1, 3])
+def test_linear_bounds_of_the_output_in_a_layer_are_sound(layer):
+    """``a_lo z + c_lo <= f <= a_up z + c_up`` for every ``z`` in the given range, checked on
+    samples pushed through the remaining layers."""
+    from nsr.complex import _interval_reaches, _linear_bounds
+
+    net = random_network(3, [10, 10, 10, 10], seed=3)
+    gen = torch.Generator().manual_seed(layer)
+    lo = torch.randn(32, 10, generator=gen, dtype=torch.float64)
+    hi = lo + torch.rand(32, 10, generator=gen, dtype=torch.float64) * 2
+    a_lo, c_lo, a_up, c_up = _linear_bounds(net, layer, lo, hi)
+    z = lo[:, None] + (hi - lo)[:, None] * torch.rand(32, 500, 10, generator=gen, dtype=torch.float64)
+    h = z
+    for k in range(layer + 1, len(net.weights)):
+        h = torch.relu(h) @ net.weights[k].T + net.biases[k]
+    f = h[..., 0]
+    assert (f >= (z * a_lo[:, None]).sum(-1) + c_lo[:, None] - 1e-12).all()
+    assert (f <= (z * a_up[:, None]).sum(-1) + c_up[:, None] + 1e-12).all()
+    # the interval test never rejects a range whose samples reach the level
+    level = float(f.median())
+    reached = (f.min(1).values <= level) & (f.max(1).values >= level)
+    assert (_interval_reaches(net, layer, lo, hi, level) | ~reached).all()
+
+
+def test_region_pruning_on_a_deep_network_keeps_every_polygon():
+    """Six hidden layers: regions are pruned before five of them (linear bounds per region)."""
+    net = _centered(3, [8] * 6, seed=4)
+    a = extract_mesh(net, (-1, 1), mode="complex", progress=False)
+    b = extract_mesh(net, (-1, 1), mode="surface", tiles=3, progress=False)
+    assert len(a.polygons) > 20
+    assert any(k.startswith("regions_kept_layer") for k in b.stats)
+    assert {r.tobytes() for r in a.polygon_patterns} == {r.tobytes() for r in b.polygon_patterns}
+    np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
