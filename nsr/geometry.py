@@ -105,14 +105,28 @@ def region_affine(
     # Backward product for the gradient (cheap: no (P, n, D) tensors), forward for the offset.
     widths = [int(w.shape[0]) for w in ws[:-1]]
     masks = [m.to(ws[0].dtype) for m in _split_patterns(patterns, widths)]
-    g = ws[-1].expand(patterns.shape[0], -1)
-    for w, m in zip(reversed(ws[:-1]), reversed(masks)):
-        g = (g * m) @ w
+    g = _region_gradient(ws, masks, patterns.shape[0])
     h = None
     for i, (w, b) in enumerate(zip(ws, bs)):
         z = (b.expand(patterns.shape[0], -1) if h is None else h @ w.T + b)
         h = z * masks[i] if i < len(masks) else z
     return g, h.squeeze(-1)
+
+
+def _region_gradient(ws: list[Tensor], masks: list[Tensor], n: int) -> Tensor:
+    g = ws[-1].expand(n, -1)
+    for w, m in zip(reversed(ws[:-1]), reversed(masks)):
+        g = (g * m) @ w
+    return g
+
+
+def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``grad f`` of the regions with ``(P, N)`` patterns, ``(P, D)`` (the first output of
+    :func:`region_affine` without its forward pass for the offsets)."""
+    ws, _ = network_params(net, dtype)
+    patterns = patterns.to(ws[0].device)
+    masks = [m.to(ws[0].dtype) for m in _split_patterns(patterns, [int(w.shape[0]) for w in ws[:-1]])]
+    return _region_gradient(ws, masks, patterns.shape[0])
 
 
 def region_normals(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -176,6 +190,53 @@ def constraint_system(
     return jac, off
 
 
+def constraint_residuals(
+    net: Any,
+    vertices: Tensor,
+    constraints: Tensor,
+    patterns: Tensor,
+    bounds: Tensor | np.ndarray | Sequence[Sequence[float]],
+    level: float = 0.0,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``J x + c`` of each vertex's active constraints at ``vertices``, ``(V, D)``.
+
+    The same values as :func:`constraint_system` applied to ``vertices`` (each constraint's
+    pre-activation with the pattern fixed; ``x_d - lo_d`` / ``x_d - hi_d`` for box facets;
+    ``f - level`` for the output), computed by one masked forward pass: ``(V, n_l)`` per
+    layer instead of the ``(V, D+1, n_l)`` maps, so its graph is about ``D+1`` times
+    cheaper. Differentiable in the parameters (``vertices`` are detached).
+    """
+    ws, bs = network_params(net, dtype)
+    device, fdtype = ws[0].device, ws[0].dtype
+    constraints = constraints.to(device=device, dtype=torch.long)
+    patterns = patterns.to(device)
+    x = vertices.detach().to(device=device, dtype=fdtype)
+    dim = x.shape[1]
+    bounds_t = torch.as_tensor(np.asarray(bounds, dtype=np.float64), device=device).to(fdtype)
+    box_axis = torch.div(constraints.clamp(0, 2 * dim - 1), 2, rounding_mode="floor")
+    box_side = constraints.clamp(0, 2 * dim - 1) % 2
+    res = torch.gather(x, 1, box_axis) - bounds_t[box_axis, box_side]  # box facets
+    widths = [int(w.shape[0]) for w in ws[:-1]]
+    masks = _split_patterns(patterns, widths)
+    offset, h = 2 * dim, x
+    for layer, (w, b) in enumerate(zip(ws, bs)):
+        z = h @ w.T + b  # (V, n_l)
+        if layer == len(ws) - 1:
+            z = z - level
+        n_l = z.shape[1]
+        sel = (constraints >= offset) & (constraints < offset + n_l)
+        if bool(sel.any()):
+            idx = (constraints - offset).clamp(0, n_l - 1)
+            res = torch.where(sel, torch.gather(z, 1, idx), res)
+        if layer < len(masks):
+            h = z * masks[layer].to(z.dtype)
+        offset += n_l
+    if bool(((constraints >= offset) & (constraints >= 2 * dim)).any()):
+        raise ValueError(f"constraint ids must be < {offset} (2D + N + 1) for this network")
+    return res
+
+
 def differentiable_vertices(
     net: Any,
     vertices: Tensor,
@@ -185,6 +246,7 @@ def differentiable_vertices(
     level: float = 0.0,
     dtype: torch.dtype | None = None,
     cond_max: float = 1e12,
+    frozen_jacobian: bool = False,
 ) -> Tensor:
     """Vertex positions as differentiable functions of the network parameters.
 
@@ -194,17 +256,48 @@ def differentiable_vertices(
     ``x = x0 - J^-1 (J x0 + c)``: the value equals ``x0`` for an exact vertex (and is the
     re-solved vertex of the same constraints after the parameters moved), the gradient is the
     implicit-function gradient ``dx/dθ = -J^-1 (dJ/dθ x + dc/dθ)``. Degenerate vertices
-    (``cond(J) > cond_max``) keep ``x0`` with zero gradient. Returns ``(V, D)`` in the
+    (Frobenius ``cond(J) > cond_max``) keep ``x0`` with zero gradient. Returns ``(V, D)`` in the
     parameters' dtype (or ``dtype``).
+
+    ``frozen_jacobian``: ``J`` is built without gradient and the residual ``J x0 + c`` comes
+    from :func:`constraint_residuals` (several times cheaper, forward and backward). The
+    value is the same; the gradient is ``-J^-1 d(J x0 + c)/dθ``, which equals the
+    implicit-function gradient wherever ``x0`` solves the constraints (a fresh extraction)
+    and differs from it by ``J^-1 (dJ/dθ) J^-1 r`` for a stale structure with residual ``r``.
     """
+    if frozen_jacobian:
+        with torch.no_grad():
+            jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
+        res = constraint_residuals(net, vertices, constraints, patterns, bounds, level, dtype)
+        x0 = vertices.detach().to(device=jac.device, dtype=jac.dtype)
+        if x0.shape[0] == 0:
+            return x0 + 0.0 * res.sum()
+        return _newton_step(jac, x0, cond_max, resid=res)
     jac, off = constraint_system(net, constraints, patterns, bounds, level, dtype)
     x0 = vertices.detach().to(device=jac.device, dtype=jac.dtype)
     if x0.shape[0] == 0:
         return x0 + 0.0 * jac.sum()
+    return _newton_step(jac, x0, cond_max, off=off)
+
+
+def _newton_step(jac: Tensor, x0: Tensor, cond_max: float, off: Tensor | None = None,
+                 resid: Tensor | None = None) -> Tensor:
+    """``x0 - J^-1 r`` with ``r = J x0 + off``, or with ``resid`` and ``J`` held constant.
+
+    Rows whose Frobenius condition number ``|J| |J^-1|`` (between ``cond_2`` and ``D cond_2``;
+    one batched inverse instead of an SVD) exceeds ``cond_max``, or that are singular, keep
+    ``x0`` with zero gradient.
+    """
     with torch.no_grad():
-        cond = torch.linalg.cond(jac)
-        bad = ~torch.isfinite(cond) | (cond > cond_max)
+        inv, info = torch.linalg.inv_ex(jac)
+        cond = torch.linalg.matrix_norm(jac) * torch.linalg.matrix_norm(inv)
+        bad = (info != 0) | ~torch.isfinite(cond) | (cond > cond_max)
     eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+    if resid is not None:  # J constant: reuse the inverse
+        resid = torch.where(bad[:, None], torch.zeros_like(resid), resid)
+        inv = torch.where(bad[:, None, None], eye, inv)
+        return x0 - torch.einsum("vij,vj->vi", inv, resid)
+    assert off is not None
     jac_safe = torch.where(bad[:, None, None], eye, jac)
     resid = torch.einsum("vij,vj->vi", jac_safe, x0) + off
     resid = torch.where(bad[:, None], torch.zeros_like(resid), resid)
