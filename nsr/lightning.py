@@ -304,3 +304,70 @@ class TimeCosineLR(L.Callback):
         groups = [g for opt in trainer.optimizers for g in opt.param_groups]
         for g, lr0 in zip(groups, self._lr0):
             g["lr"] = self.eta_min + (lr0 - self.eta_min) * scale
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training steps, two ways.
+
+    :attr:`times`: from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
+    backward, optimizer step, logging and the callbacks' batch hooks; place the timer before
+    other callbacks, Lightning calls them in order, so that their work in
+    ``on_train_batch_start``, e.g. an exact-surface re-extraction, is counted).
+    :attr:`loop_times`: from one ``on_train_batch_end`` to the next within an epoch, i.e. a
+    whole loop iteration including fetching the batch (the first step of each epoch, which
+    would include validation and checkpointing, is left out). With ``path`` both are written
+    there as JSON at the end of training (see :meth:`summary`).
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.times: list[float] = []
+        self.loop_times: list[float] = []
+        self._t0: float | None = None
+        self._last_end: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = None
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import time
+
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self._t0 is not None:
+            self.times.append(now - self._t0)
+            self._t0 = None
+        if self._last_end is not None:
+            self.loop_times.append(now - self._last_end)
+        self._last_end = now
+
+    def summary(self) -> dict[str, Any]:
+        """``steps``, ``mean_s``, ``median_s``, ``total_s`` of :attr:`times` and
+        ``loop_mean_s``, ``loop_median_s`` of :attr:`loop_times`."""
+        import statistics
+
+        def stats(t: list[float]) -> tuple[float, float]:
+            return (sum(t) / len(t), statistics.median(t)) if t else (float("nan"),) * 2
+
+        (mean, median), (loop_mean, loop_median) = stats(self.times), stats(self.loop_times)
+        return {"steps": len(self.times), "mean_s": mean, "median_s": median,
+                "total_s": sum(self.times), "loop_mean_s": loop_mean, "loop_median_s": loop_median}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path is None or not trainer.is_global_zero:
+            return
+        import json
+
+        out = Path(self.path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**self.summary(), "times": self.times,
+                                   "loop_times": self.loop_times}))
