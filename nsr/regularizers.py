@@ -23,9 +23,11 @@ in the box, or with input dimension other than 3, warns once and contributes zer
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -64,6 +66,10 @@ class ExactSurface:
     of the box diagonal) of its extracted position; invalid vertices are frozen at their
     extracted position (no gradient) and every polygon, edge and triangle touching one is
     left out of the regularizers (see :attr:`invalid_fraction`).
+
+    ``frozen_jacobian``: see :func:`nsr.geometry.differentiable_vertices` (same positions,
+    several times cheaper; the gradient is exact for a fresh structure and first-order
+    accurate for a stale one).
     """
 
     def __init__(
@@ -73,12 +79,23 @@ class ExactSurface:
         level: float = 0.0,
         dtype: torch.dtype = torch.float64,
         max_move: float = 0.05,
+        frozen_jacobian: bool = False,
     ) -> None:
         self.net = net
         self.structure = structure
         self.level = level
         self.dtype = dtype
         self.max_move = float(max_move)
+        self.frozen_jacobian = bool(frozen_jacobian)
+
+    def _patterns(self, name: str) -> Tensor:
+        """The structure's bool patterns as 0/1 in the geometry dtype, cached on the structure
+        (the geometry multiplies by them; converting them anew costs as much as a layer)."""
+        cache = self.structure.__dict__.setdefault("_float_patterns", {})
+        key = (name, self.dtype)
+        if key not in cache:
+            cache[key] = getattr(self.structure, name).to(self.dtype)
+        return cache[key]
 
     @cached_property
     def params(self) -> G.Params:
@@ -88,7 +105,9 @@ class ExactSurface:
     def _solved(self) -> tuple[Tensor, Tensor]:
         s = self.structure
         x = G.differentiable_vertices(
-            self.params, s.vertices0, s.constraints, s.vertex_patterns, s.bounds, self.level
+            self.params, s.vertices0, s.constraints, self._patterns("vertex_patterns"), s.bounds,
+            self.level,
+            frozen_jacobian=self.frozen_jacobian,
         )
         x0 = s.vertices0.to(x.dtype)
         with torch.no_grad():
@@ -138,7 +157,7 @@ class ExactSurface:
     @cached_property
     def region_gradients(self) -> Tensor:
         """Exact ``grad f`` of each polygon's region, ``(P, 3)``."""
-        return G.region_affine(self.params, self.structure.polygon_patterns)[0]
+        return G.region_gradients(self.params, self._patterns("polygon_patterns"))
 
     @cached_property
     def region_normals(self) -> Tensor:
@@ -442,14 +461,18 @@ def regularizer_terms(
     level: float = 0.0,
     out_dtype: torch.dtype | None = None,
     max_move: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+    frozen_jacobian: bool = False,
 ) -> dict[str, Tensor]:
     """Evaluate ``regularizers`` on the surface of fixed ``structure`` with ``net``'s parameters.
 
     Returns ``{name: weighted scalar}``; a missing surface (``structure is None``) gives zeros
     with a warning per regularizer. ``out_dtype`` casts the values (e.g. to the loss dtype);
-    ``max_move`` as in :class:`ExactSurface`.
+    ``max_move``, ``dtype`` (of the geometry) and ``frozen_jacobian`` as in
+    :class:`ExactSurface`.
     """
-    return _evaluate(net, structure, regularizers, step, level, out_dtype, max_move)[0]
+    return _evaluate(net, structure, regularizers, step, level, out_dtype, max_move, dtype,
+                     frozen_jacobian)[0]
 
 
 def _evaluate(
@@ -460,6 +483,8 @@ def _evaluate(
     level: float,
     out_dtype: torch.dtype | None,
     max_move: float,
+    dtype: torch.dtype = torch.float64,
+    frozen_jacobian: bool = False,
 ) -> tuple[dict[str, Tensor], ExactSurface | None]:
     out: dict[str, Tensor] = {}
     surface = None
@@ -468,7 +493,8 @@ def _evaluate(
             r.warn_once("empty", "the network has no surface in the box; contributing zero")
             out[r.name] = _zero(net)
     else:
-        surface = ExactSurface(net, structure, level=level, max_move=max_move)
+        surface = ExactSurface(net, structure, level=level, dtype=dtype, max_move=max_move,
+                               frozen_jacobian=frozen_jacobian)
         for r in regularizers:
             out[r.name] = r(surface, step)
     if out_dtype is not None:
@@ -483,14 +509,38 @@ class ExactRegularizerCallback(Callback):
     module adds the sum of the returned values to the loss and logs each as ``reg/<name>``).
     Every ``every_n_steps`` steps it re-extracts the surface of ``pl_module.net`` under
     ``no_grad`` (``extract_mesh(..., mode="surface", dtype=float64)``) and keeps its
-    combinatorics; in every step :meth:`term` re-solves the positions with the current
-    parameters. ``bounds`` is ``(D, 2)``, a scalar half-width, or ``None`` for the module's
-    ``bounds`` attribute (else the datamodule's ``box``, else ``[-1, 1]^D``);
-    ``extract_kwargs`` go to ``extract_mesh`` (e.g. ``tiles``). Vertices that moved more
-    than ``max_move`` (see :class:`ExactSurface`) are left out; when more than
-    ``refresh_invalid`` of the polygons are, the surface is re-extracted before the next
-    step, whatever ``every_n_steps`` says. Costs are logged as ``reg_cost/extract_s``,
-    ``reg_cost/term_s``, ``reg_cost/polygons`` and accumulated in :attr:`stats`.
+    combinatorics; :meth:`term` re-solves the positions with the current parameters.
+    ``bounds`` is ``(D, 2)``, a scalar half-width, or ``None`` for the module's ``bounds``
+    attribute (else the datamodule's ``box``, else ``[-1, 1]^D``); ``extract_kwargs`` go to
+    ``extract_mesh`` (e.g. ``tiles``). Vertices that moved more than ``max_move`` (see
+    :class:`ExactSurface`) are left out; when more than ``refresh_invalid`` of the polygons
+    are, the surface is re-extracted as soon as possible, whatever ``every_n_steps`` says.
+
+    Cost controls:
+
+    * ``term_every_n_steps = k``: the regularizers enter the loss only in steps
+      ``step % k == 0`` (other steps return no term, so they cost nothing), and then with
+      their weights multiplied by ``k``: the regularizers' gradient summed over ``k`` steps is
+      the same as with ``k = 1`` at the same weight, so the weights keep their meaning.
+    * ``background``: ``"process"`` (or ``true``) or ``"thread"``: the re-extraction runs in
+      one worker on a snapshot of the parameters (cloned in the training thread; the worker
+      never reads the live module) while training goes on; the new combinatorics are swapped
+      in at the first step after the worker is done (the structure is then a few steps old,
+      which the re-solve handles as any stale structure). A worker *process* (spawned, one
+      torch thread, niceness ``worker_nice``: on a machine without an idle core a positive
+      value keeps it from slowing training, but starves it) does not compete for the training thread's GIL, a worker
+      thread does (the extraction is partly Python); a spawned process needs the calling
+      script's ``if __name__ == "__main__":`` guard. The worker is started (and its imports
+      done) from ``on_fit_start``; the first extraction is synchronous, so the regularizers
+      apply from the first step. ``on_fit_end`` (and :meth:`close`) waits for a running extraction and stops the
+      worker. ``false`` extracts synchronously in ``on_train_batch_start``.
+    * ``dtype``: dtype of the differentiable geometry (``"float32"`` halves the term's cost
+      on CPU; the extraction itself is always float64).
+    * ``frozen_jacobian``: see :class:`ExactSurface` (the term several times cheaper).
+
+    Costs are logged as ``reg_cost/extract_s``, ``reg_cost/term_s``, ``reg_cost/polygons``,
+    ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps) and
+    accumulated in :attr:`stats`.
     """
 
     def __init__(
@@ -503,6 +553,11 @@ class ExactRegularizerCallback(Callback):
         extract_kwargs: Mapping[str, Any] | None = None,
         max_move: float = 0.05,
         refresh_invalid: float = 0.2,
+        term_every_n_steps: int = 1,
+        background: bool | str = False,
+        dtype: torch.dtype | str = torch.float64,
+        frozen_jacobian: bool = False,
+        worker_nice: int = 10,
     ) -> None:
         super().__init__()
         if isinstance(regularizers, Mapping):
@@ -510,7 +565,20 @@ class ExactRegularizerCallback(Callback):
         self.regularizers = [r for r in regularizers if r is not None]
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if term_every_n_steps < 1:
+            raise ValueError(f"term_every_n_steps must be >= 1, got {term_every_n_steps}")
         self.every_n_steps = int(every_n_steps)
+        self.term_every_n_steps = int(term_every_n_steps)
+        if background is True:
+            background = "process"
+        if background not in (False, None, "thread", "process"):
+            raise ValueError(f"background must be false, 'thread' or 'process', got {background!r}")
+        self.background: str | bool = background or False
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating torch dtype, got {dtype!r}")
+        self.frozen_jacobian = bool(frozen_jacobian)
+        self.worker_nice = int(worker_nice)
         self.bounds = bounds
         self.level = float(level)
         self.max_vertices = max_vertices
@@ -518,11 +586,17 @@ class ExactRegularizerCallback(Callback):
         self.max_move, self.refresh_invalid = float(max_move), float(refresh_invalid)
         self._stale = False
         self.structure: SurfaceStructure | None = None
-        self._extracted_at: int | None = None
+        self._extracted_at: int | None = None  # step of the parameters of self.structure
+        self._requested_at: int | None = None  # step of the last extraction started
         self._last_extract_s = 0.0
         self._warned: set[str] = set()
         self._trainer: Any = None
-        self.stats = {"extractions": 0, "extract_s": 0.0, "terms": 0, "term_s": 0.0}
+        self._executor: Executor | None = None
+        self._job: Future | None = None
+        self._job_step = 0
+        self._job_device = torch.device("cpu")
+        self.stats = {"extractions": 0, "extract_s": 0.0, "terms": 0, "term_s": 0.0,
+                      "background_extractions": 0, "wait_s": 0.0}
 
     # -- Lightning hooks ---------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
@@ -545,11 +619,50 @@ class ExactRegularizerCallback(Callback):
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Re-extract the surface every ``every_n_steps`` steps."""
+        """Re-extract the surface every ``every_n_steps`` steps (or start/collect a worker)."""
         step = int(trainer.global_step)
-        due = self._extracted_at is None or step - self._extracted_at >= self.every_n_steps
-        if due or self._stale:
-            self.refresh(pl_module, step)
+        if not self.background or self._extracted_at is None:
+            due = self._extracted_at is None or step - self._extracted_at >= self.every_n_steps
+            if due or self._stale:
+                self.refresh(pl_module, step)
+            return
+        self._collect()
+        if self._job is None:
+            last = self._requested_at
+            if last is None or self._stale or step - last >= self.every_n_steps:
+                self._submit(pl_module, step)
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Start the background worker early (a spawned process imports torch first)."""
+        if self.background and self._executor is None:
+            self._executor = _make_executor(self.background, self.worker_nice)
+            self._executor.submit(int, 0)  # starts the worker process
+            _renice_workers(self._executor, self.worker_nice)
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        """Wait for a running background extraction and stop the worker."""
+        self.close()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for a running background extraction (keeping its result) and stop the worker."""
+        if self._job is not None:
+            t0 = time.perf_counter()
+            try:
+                self._job.result()
+            finally:
+                self.stats["wait_s"] += time.perf_counter() - t0
+            self._collect()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def __getstate__(self) -> dict[str, Any]:  # the worker and its job stay in this process
+        state = self.__dict__.copy()
+        state["_executor"], state["_job"] = None, None
+        return state
 
     # -- work ----------------------------------------------------------------------------
     def _warn(self, key: str, message: str) -> None:
@@ -563,62 +676,179 @@ class ExactRegularizerCallback(Callback):
             b = getattr(getattr(self._trainer, "datamodule", None), "box", None)
         return as_bounds((-1.0, 1.0) if b is None else b, dim)
 
-    def refresh(self, pl_module: Any, step: int = 0) -> None:
-        """Re-extract the surface of ``pl_module.net`` and keep its combinatorics."""
-        from nsr.networks import as_network
+    def _extract(self, pl: Any, bounds: np.ndarray) -> tuple[SurfaceStructure | None, float]:
+        structure, seconds, n_big = _extract_structure(pl, bounds, self.extract_kwargs,
+                                                       self.max_vertices)
+        self._warn_big(n_big)
+        return structure, seconds
 
-        net = getattr(pl_module, "net", pl_module)
-        pl = as_network(net)
+    def _warn_big(self, n_big: int) -> None:
+        if n_big:
+            self._warn("big", f"surface has {n_big} vertices > max_vertices="
+                              f"{self.max_vertices}; skipping regularizers until it shrinks")
+
+    def _snapshot(self, pl_module: Any) -> Any:
+        """The network as a :class:`~nsr.networks.PLNetwork` of cloned, detached tensors."""
+        from nsr.networks import PLNetwork, as_network
+
+        pl = as_network(getattr(pl_module, "net", pl_module))
+        with torch.no_grad():
+            return PLNetwork([w.detach().clone() for w in pl.weights],
+                             [b.detach().clone() for b in pl.biases])
+
+    def refresh(self, pl_module: Any, step: int = 0) -> None:
+        """Re-extract the surface of ``pl_module.net`` now and keep its combinatorics."""
+        if self._job is not None:  # a background result would be older: drop it
+            self._job.result()
+            self._job = None
+        pl = self._snapshot(pl_module)
         dim = pl.in_dim
-        self._extracted_at, self._stale = step, False
+        self._extracted_at = self._requested_at = step
+        self._stale = False
         if dim != 3:
             self._warn("dim", f"exact regularizers need a 3D network, got input dimension {dim}; "
                               "contributing zero")
             self.structure = None
             return
-        from nsr.surface import extract_mesh
-
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            mesh = extract_mesh(pl, self._bounds(pl_module, dim), mode="surface",
-                                dtype=torch.float64, device=pl.device, progress=False,
-                                **self.extract_kwargs)
-        if mesh.is_empty or len(mesh.polygons) == 0:
-            self.structure = None
-        elif self.max_vertices is not None and len(mesh.vertices) > self.max_vertices:
-            self._warn("big", f"surface has {len(mesh.vertices)} vertices > max_vertices="
-                              f"{self.max_vertices}; skipping regularizers until it shrinks")
-            self.structure = None
-        else:
-            self.structure = SurfaceStructure.from_mesh(mesh, device=pl.device)
-        self._last_extract_s = time.perf_counter() - t0
+        self.structure, self._last_extract_s = self._extract(pl, self._bounds(pl_module, dim))
         self.stats["extractions"] += 1
         self.stats["extract_s"] += self._last_extract_s
 
+    def _submit(self, pl_module: Any, step: int) -> None:
+        pl = self._snapshot(pl_module)  # in the training thread, before the optimizer moves on
+        if pl.in_dim != 3:
+            self.refresh(pl_module, step)
+            return
+        bounds = self._bounds(pl_module, 3)
+        if self._executor is None:
+            self._executor = _make_executor(self.background, self.worker_nice)
+        if self.background == "thread":
+            self._job = self._executor.submit(_extract_structure, pl, bounds,
+                                              self.extract_kwargs, self.max_vertices)
+        else:  # numpy in, numpy out: nothing of the live module crosses the process boundary
+            self._job = self._executor.submit(
+                _extract_in_process, [w.cpu().numpy() for w in pl.weights],
+                [b.cpu().numpy() for b in pl.biases], bounds, self.extract_kwargs,
+                self.max_vertices)
+            self._job_device = pl.device
+            _renice_workers(self._executor, self.worker_nice)
+        self._job_step = self._requested_at = step
+        self._stale = False
+
+    def _collect(self) -> None:
+        """Swap in a finished background extraction (re-raises its exception)."""
+        job = self._job
+        if job is None or not job.done():
+            return
+        self._job = None
+        structure, seconds, n_big = job.result()
+        self._warn_big(n_big)
+        if isinstance(structure, dict):  # from a worker process
+            structure = SurfaceStructure(**{k: torch.from_numpy(v).to(self._job_device)
+                                            for k, v in structure.items()})
+        self.structure, self._extracted_at = structure, self._job_step
+        self._last_extract_s = seconds
+        self.stats["extractions"] += 1
+        self.stats["background_extractions"] += 1
+        self.stats["extract_s"] += seconds
+
     def term(self, pl_module: Any) -> dict[str, Tensor]:
-        """Regularizer values with the current parameters, ``{name: scalar}``."""
+        """Regularizer values with the current parameters, ``{name: scalar}`` (``{}`` in the
+        steps skipped by ``term_every_n_steps``)."""
         net = getattr(pl_module, "net", pl_module)
-        if self._extracted_at is None:
-            self.refresh(pl_module, 0)
         step = _global_step(pl_module)
+        if step % self.term_every_n_steps != 0:
+            return {}
+        if self._extracted_at is None:
+            self.refresh(pl_module, step)
         t0 = time.perf_counter()
         ws, _ = G.network_params(net)
         terms, surface = _evaluate(net, self.structure, self.regularizers, step, self.level,
-                                   ws[0].dtype, self.max_move)
+                                   ws[0].dtype, self.max_move, self.dtype, self.frozen_jacobian)
+        if self.term_every_n_steps > 1:
+            terms = {k: v * float(self.term_every_n_steps) for k, v in terms.items()}
         dt = time.perf_counter() - t0
         invalid = 0.0 if surface is None else surface.invalid_fraction
         if invalid > self.refresh_invalid:
-            self._stale = True  # re-extract before the next step
+            self._stale = True  # re-extract as soon as possible
         self.stats["terms"] += 1
         self.stats["term_s"] += dt
         n_poly = 0 if self.structure is None else self.structure.n_polygons
+        lag = float(step - self._extracted_at) if self._extracted_at is not None else 0.0
         for key, val in (("extract_s", self._last_extract_s), ("term_s", dt),
-                         ("polygons", float(n_poly)), ("invalid_fraction", invalid)):
+                         ("polygons", float(n_poly)), ("invalid_fraction", invalid),
+                         ("lag_steps", lag)):
             try:
                 pl_module.log(f"reg_cost/{key}", val, on_step=True, on_epoch=False)
             except Exception:  # not attached to a trainer, or logging not allowed here
                 pass
         return terms
+
+
+def _extract_structure(
+    pl: Any, bounds: np.ndarray, extract_kwargs: Mapping[str, Any], max_vertices: int | None
+) -> tuple[SurfaceStructure | None, float, int]:
+    """Extract the surface of ``pl`` (any thread): structure (``None`` when empty or too big),
+    seconds, and the vertex count when it exceeded ``max_vertices`` (else 0)."""
+    from nsr.surface import extract_mesh
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        mesh = extract_mesh(pl, bounds, mode="surface", dtype=torch.float64, device=pl.device,
+                            progress=False, **extract_kwargs)
+    structure, n_big = None, 0
+    if mesh.is_empty or len(mesh.polygons) == 0:
+        pass
+    elif max_vertices is not None and len(mesh.vertices) > max_vertices:
+        n_big = len(mesh.vertices)
+    else:
+        structure = SurfaceStructure.from_mesh(mesh, device=pl.device)
+    return structure, time.perf_counter() - t0, n_big
+
+
+def _extract_in_process(
+    weights: list[np.ndarray], biases: list[np.ndarray], bounds: np.ndarray,
+    extract_kwargs: Mapping[str, Any], max_vertices: int | None,
+) -> tuple[dict[str, np.ndarray] | None, float, int]:
+    """:func:`_extract_structure` in a worker process, numpy in and out."""
+    from dataclasses import fields
+
+    from nsr.networks import PLNetwork
+
+    pl = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
+    structure, seconds, n_big = _extract_structure(pl, bounds, extract_kwargs, max_vertices)
+    if structure is None:
+        return None, seconds, n_big
+    return ({f.name: getattr(structure, f.name).numpy() for f in fields(structure)},
+            seconds, n_big)
+
+
+def _init_worker(threads: int, niceness: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        pass
+    warnings.simplefilter("ignore")
+
+
+def _renice_workers(executor: Executor, niceness: int) -> None:
+    """Lower the priority of the worker processes from the start (the initializer only runs
+    after the spawned interpreter has imported torch, seconds of CPU)."""
+    for pid in list(getattr(executor, "_processes", None) or {}):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+        except (AttributeError, OSError):  # pragma: no cover - not on every platform
+            pass
+
+
+def _make_executor(kind: str | bool, niceness: int = 10) -> Executor:
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsr-extract")
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(1, niceness))
 
 
 def _global_step(pl_module: Any) -> int:

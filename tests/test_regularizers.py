@@ -774,3 +774,165 @@ def test_regularizer_group_composes_with_train_config():
     assert cb.bounds == pytest.approx(0.7)
     assert np.allclose(cb._bounds(None, 3), [[-0.7, 0.7]] * 3)
     assert [r.name for r in cb.regularizers] == ["area", "smooth", "quality", "fit", "eikonal"]
+
+
+# ------------------------------------------------------------------ cost controls (issue 7)
+
+
+def test_term_every_n_steps_skips_steps_and_scales_the_weight(fake_surface):
+    net = octahedron_net(0.5)
+    module = _Module(net)
+    module.trainer = types.SimpleNamespace(global_step=0)
+    every = R.ExactRegularizerCallback([R.AreaRegularizer(weight=0.5)], bounds=1.0,
+                                       term_every_n_steps=4)
+    plain = R.ExactRegularizerCallback([R.AreaRegularizer(weight=0.5)], bounds=1.0)
+    every.setup(None, module, "fit")
+    seen = []
+    for step in range(9):
+        module.trainer.global_step = step
+        out = every.term(module)
+        seen.append(bool(out))
+        if out:
+            ref = plain.term(module)
+            assert float(out["area"].detach()) == pytest.approx(4 * float(ref["area"].detach()),
+                                                                rel=1e-12)
+            sum(out.values()).backward()
+    assert seen == [True, False, False, False, True, False, False, False, True]
+    assert every.stats["terms"] == 3
+    with pytest.raises(ValueError, match="term_every_n_steps"):
+        R.ExactRegularizerCallback([R.AreaRegularizer()], term_every_n_steps=0)
+    with pytest.raises(ValueError, match="background"):
+        R.ExactRegularizerCallback([R.AreaRegularizer()], background="fork")
+
+
+def _same_structure(a, b):
+    assert a is not None and b is not None
+    assert a.n_polygons == b.n_polygons and a.n_vertices == b.n_vertices
+    for name in ("vertices0", "constraints", "vertex_patterns", "polygon_patterns", "cycles",
+                 "triangles", "edges", "edge_polygons"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_background_extraction_uses_a_snapshot_and_matches_sync(mode):
+    _surface_module()
+    net = _small_net(seed=3)
+    module = _Module(net)
+    kw = dict(every_n_steps=5, bounds=1.0, extract_kwargs={"tiles": 1})
+    bg = R.ExactRegularizerCallback([R.AreaRegularizer()], background=mode, worker_nice=0, **kw)
+    bg.setup(None, module, "fit")
+    trainer = types.SimpleNamespace(global_step=0)
+    bg.on_train_batch_start(trainer, module, None, 0)  # the first extraction is synchronous
+    assert bg.stats["extractions"] == 1 and bg._job is None
+    with torch.no_grad():
+        for m in net.layers:
+            m.weight.mul_(1.01)
+            m.bias.add_(0.005)
+    expected = R.ExactRegularizerCallback([R.AreaRegularizer()], **kw)
+    expected.refresh(module, 5)  # synchronous, with the parameters at step 5
+    trainer.global_step = 5
+    bg.on_train_batch_start(trainer, module, None, 5)  # submits a snapshot
+    assert bg._job is not None
+    with torch.no_grad():  # the optimizer moves on while the worker extracts
+        net.layers[-1].bias.add_(0.05)
+    bg.close()  # waits, swaps the result in, stops the worker
+    assert bg._job is None and bg._executor is None
+    assert bg.stats["background_extractions"] == 1 and bg._extracted_at == 5
+    _same_structure(bg.structure, expected.structure)
+    moved = R.ExactRegularizerCallback([R.AreaRegularizer()], **kw)
+    moved.refresh(module, 6)
+    assert not torch.equal(moved.structure.vertices0, bg.structure.vertices0)
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_background_callback_in_a_lightning_trainer_joins_at_the_end(mode, tmp_path):
+    L = pytest.importorskip("lightning")
+    _surface_module()
+    from nsr.lightning import StepTimer
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = _small_net(seed=4)
+            self.regularizer_terms = []
+
+        def training_step(self, batch, batch_idx):
+            loss = (self.net(batch[0]) ** 2).mean() * 0.0
+            for fn in self.regularizer_terms:
+                for val in fn(self).values():
+                    loss = loss + val
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.net.parameters(), lr=1e-4)
+
+    data = torch.utils.data.TensorDataset(torch.zeros(12, 3, dtype=torch.float64))
+    module = Module()
+    cb = R.ExactRegularizerCallback([R.AreaRegularizer()], every_n_steps=3, bounds=1.0,
+                                    term_every_n_steps=2, background=mode, dtype="float32",
+                                    worker_nice=0,
+                                    frozen_jacobian=True, extract_kwargs={"tiles": 1})
+    timer = StepTimer(path=str(tmp_path / "times.json"))
+    trainer = L.Trainer(max_steps=12, callbacks=[timer, cb], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=1))
+    assert cb._job is None and cb._executor is None  # joined and stopped in on_fit_end
+    assert cb.stats["terms"] == 6  # steps 0, 2, ..., 10
+    assert cb.stats["background_extractions"] >= 1
+    assert cb.stats["extractions"] == cb.stats["background_extractions"] + 1
+    assert len(timer.times) == 12 and len(timer.loop_times) == 11
+    import json
+
+    saved = json.loads((tmp_path / "times.json").read_text())
+    assert saved["steps"] == 12 and saved["mean_s"] > 0
+
+
+def test_frozen_jacobian_same_positions_and_fresh_gradients():
+    surface = _surface_module()
+    net = _small_net(seed=5)
+    mesh = surface.extract_mesh(_pl(net), BOX, mode="surface", dtype=torch.float64,
+                                progress=False, tiles=1)
+    s = structure(mesh)
+    args = (s.vertices0, s.constraints, s.vertex_patterns, BOX)
+    jac, off = G.constraint_system(net, s.constraints, s.vertex_patterns, BOX)
+    x = torch.rand(s.n_vertices, 3, dtype=torch.float64) * 2 - 1
+    res = G.constraint_residuals(net, x, s.constraints, s.vertex_patterns, BOX)
+    assert torch.allclose(res, torch.einsum("vij,vj->vi", jac, x) + off, atol=1e-12)
+    weights = torch.randn(s.n_vertices, 3, dtype=torch.float64)
+
+    def grads(frozen):
+        net.zero_grad()
+        v = G.differentiable_vertices(net, *args, frozen_jacobian=frozen)
+        (v * weights).sum().backward()
+        return v.detach(), [p.grad.clone() for p in net.parameters()]
+
+    v_exact, g_exact = grads(False)
+    v_frozen, g_frozen = grads(True)
+    assert torch.max(torch.abs(v_frozen - s.vertices0)) <= 1e-9
+    for a, b in zip(g_exact, g_frozen):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+    with torch.no_grad():  # stale structure: the same re-solved positions
+        for m in net.layers:
+            m.weight.mul_(1.002)
+    v_exact, g_exact = grads(False)
+    v_frozen, g_frozen = grads(True)
+    assert torch.max(torch.abs(v_frozen - v_exact)) <= 1e-9
+    assert torch.max(torch.abs(v_frozen - s.vertices0)) > 1e-6
+    assert any(not torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+               for a, b in zip(g_exact, g_frozen))  # first-order only when stale
+
+
+def test_float32_geometry_matches_float64():
+    surface = _surface_module()
+    net = _small_net(seed=6)
+    mesh = surface.extract_mesh(_pl(net), BOX, mode="surface", dtype=torch.float64,
+                                progress=False, tiles=1)
+    s = structure(mesh)
+    regs = [R.AreaRegularizer(), R.SmoothnessRegularizer(), R.QualityRegularizer(),
+            R.EikonalRegularizer()]
+    t64 = R.regularizer_terms(net, s, regs)
+    t32 = R.regularizer_terms(net, s, regs, dtype=torch.float32, frozen_jacobian=True)
+    for k in t64:
+        assert float(t32[k]) == pytest.approx(float(t64[k]), rel=1e-3, abs=1e-6), k
