@@ -684,25 +684,33 @@ def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: flo
         for combo in range(1 << d):
             _index_reduce(lo, sink[combo, sl], z, "amin")
             _index_reduce(hi, sink[combo, sl], z, "amax")
-    lo[n_regions], hi[n_regions] = 0.0, 0.0  # the sink: finite, dropped below
-    a_lo, a_up = torch.empty_like(lo), torch.empty_like(lo)
-    c_lo = torch.empty(n_regions + 1, dtype=x.dtype, device=dev)
-    c_up = torch.empty_like(c_lo)
-    alive = torch.empty(n_regions + 1, dtype=torch.bool, device=dev)
-    for sl in _chunks(n_regions + 1, 8 * row, dev):
-        a_lo[sl], c_lo[sl], a_up[sl], c_up[sl] = _linear_bounds(net, layer, lo[sl], hi[sl])
+    alive = torch.zeros(n_regions + 1, dtype=torch.bool, device=dev)  # last: the sink
+    for sl in _chunks(n_regions, 4 * row, dev):
         alive[sl] = _interval_reaches(net, layer, lo[sl], hi[sl], level)
+    # Linear bounds only on the regions that intervals keep, numbered 0..n-1 (n: a sink).
+    cand = torch.nonzero(alive).squeeze(1)
+    n = len(cand)
+    compact = torch.full((n_regions + 1,), n, dtype=torch.int64, device=dev)
+    compact[cand] = torch.arange(n, device=dev)
+    a_lo = torch.zeros(n + 1, width, dtype=x.dtype, device=dev)
+    a_up = torch.zeros_like(a_lo)
+    c_lo = torch.zeros(n + 1, dtype=x.dtype, device=dev)
+    c_up = torch.zeros_like(c_lo)
+    for sl in _chunks(n, 8 * row, dev):
+        rows = cand[sl]
+        a_lo[sl], c_lo[sl], a_up[sl], c_up[sl] = _linear_bounds(net, layer, lo[rows], hi[rows])
     del lo, hi
-    fmin = torch.full((n_regions + 1,), math.inf, dtype=x.dtype, device=dev)
-    fmax = torch.full((n_regions + 1,), -math.inf, dtype=x.dtype, device=dev)
+    fmin = torch.full((n + 1,), math.inf, dtype=x.dtype, device=dev)
+    fmax = torch.full((n + 1,), -math.inf, dtype=x.dtype, device=dev)
     for sl in _chunks(x.shape[0], 3 * row, dev):
         z = _layer_values(net, sk, layer, sl)
         for combo in range(1 << d):
-            r = sink[combo, sl]
-            fmin.scatter_reduce_(0, r, (a_lo.index_select(0, r) * z).sum(1), "amin")
-            fmax.scatter_reduce_(0, r, (a_up.index_select(0, r) * z).sum(1), "amax")
-    alive &= (fmin + c_lo <= level) & (fmax + c_up >= level)
-    alive[n_regions] = False
+            r = compact[sink[combo, sl]]
+            pick = torch.nonzero(r < n).squeeze(1)
+            r, zc = r[pick], z[pick]
+            fmin.scatter_reduce_(0, r, (a_lo.index_select(0, r) * zc).sum(1), "amin")
+            fmax.scatter_reduce_(0, r, (a_up.index_select(0, r) * zc).sum(1), "amax")
+    alive[cand] = (fmin[:n] + c_lo[:n] <= level) & (fmax[:n] + c_up[:n] >= level)
     _keep_live_regions(sk, region, alive, n_regions)
     return int(alive.sum())
 
@@ -750,7 +758,7 @@ def subdivide(
     prune: bool = False,
     keep_negative: Tensor | None = None,
     band: Band | None = None,
-    region_layers: int = 5,
+    region_layers: int = 3,
     progress: bool = True,
     desc: str = "extract",
     max_value_bytes: int = 2**30,
@@ -789,11 +797,13 @@ def subdivide(
             if prune and layer < out_layer:  # at the output the split itself finds the crossings
                 if sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
                     sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
-                alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges)
-                _prune_tiles(sk, alive)
+                by_region = keep_negative is None and layer >= out_layer - region_layers and layer > 0
+                if not by_region:  # per-region bounds subsume the tile's
+                    alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges)
+                    _prune_tiles(sk, alive)
                 if band is not None and layer > 0 and sk.n_edges:
                     sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
-                if keep_negative is None and layer >= out_layer - region_layers and layer > 0 and sk.n_edges:
+                if by_region and sk.n_edges:
                     sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_bounded(net, sk, layer, lv)
             j0 = 0
             while j0 < width:
