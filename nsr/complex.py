@@ -771,7 +771,7 @@ def subdivide(
     ``level`` (interval bounds from the exact range of that layer's pre-activations over the
     tile, which are affine on every current cell and so extreme at vertices), except tiles
     marked in ``keep_negative`` (bool per tile) that are below the level. Before each of the
-    last ``region_layers`` hidden layers, regions are pruned one by one too (interval and
+    last ``region_layers`` hidden layers (from layer 2 on), regions are pruned one by one (interval and
     linear bounds from the exact range of the layer over each region, see
     :func:`_prune_regions_bounded`), and with a ``band``, regions whose bounding box misses
     it. Returns the skeleton and the tiles kept.
@@ -797,7 +797,9 @@ def subdivide(
             if prune and layer < out_layer:  # at the output the split itself finds the crossings
                 if sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
                     sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
-                by_region = keep_negative is None and layer >= out_layer - region_layers and layer > 0
+                # not before layer 2: after one layer the regions are many and far from the output, so
+                # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
+                by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
                 if not by_region:  # per-region bounds subsume the tile's
                     alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges)
                     _prune_tiles(sk, alive)
