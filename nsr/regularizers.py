@@ -366,7 +366,11 @@ class FitRegularizer(ExactRegularizer):
 
     ``target`` is a callable SDF (``(M, 3) tensor -> (M,)``, differentiable in its input), or a
     point set ``(M, 3)`` (array, tensor or a path to a mesh file, sampled) whose nearest
-    points are found with a KD-tree on detached positions. The points are the vertices (with
+    points are found with a KD-tree on detached positions; ``distance="plane"`` measures the
+    distance to the tangent plane of the nearest target point (needs its normal; ICP's
+    point-to-plane: it moves the surface along its normal, whereas the point-to-point
+    distance also pulls vertices along the surface, i.e. re-arranges the network's planes,
+    which is badly conditioned). The points are the vertices (with
     ``include_vertices``) and ``n_samples`` barycentric samples drawn anew each call. Set the
     target later with :meth:`set_target` (e.g. from the training data).
     """
@@ -380,36 +384,54 @@ class FitRegularizer(ExactRegularizer):
         n_samples: int = 2048,
         include_vertices: bool = True,
         seed: int = 0,
+        distance: str = "point",
+        normals: np.ndarray | Tensor | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if distance not in ("point", "plane"):
+            raise ValueError(f"distance must be 'point' or 'plane', got {distance!r}")
         self.n_samples = int(n_samples)
         self.include_vertices = include_vertices
+        self.distance = distance
         self._gen = torch.Generator().manual_seed(seed)
         self._sdf: Callable[[Tensor], Tensor] | None = None
         self._points: np.ndarray | None = None
+        self._normals: np.ndarray | None = None
         self._tree: Any = None
         if target is not None:
-            self.set_target(target)
+            self.set_target(target, normals)
 
     @property
     def has_target(self) -> bool:
         return self._sdf is not None or self._tree is not None
 
-    def set_target(self, target: Callable[[Tensor], Tensor] | np.ndarray | Tensor | str) -> None:
-        """Use a callable SDF or a point set ``(M, 3)`` (or a mesh file path) as the target."""
+    def set_target(
+        self,
+        target: Callable[[Tensor], Tensor] | np.ndarray | Tensor | str,
+        normals: np.ndarray | Tensor | None = None,
+    ) -> None:
+        """Use a callable SDF or a point set ``(M, 3)`` (or a mesh file path) as the target;
+        ``normals (M, 3)`` of the points are needed for ``distance="plane"``."""
         if isinstance(target, str):
             import trimesh
 
             mesh = trimesh.load(target, force="mesh")
-            target = np.asarray(mesh.sample(100_000), dtype=np.float64)
+            pts, face = trimesh.sample.sample_surface(mesh, 100_000, seed=0)
+            target, normals = np.asarray(pts), np.asarray(mesh.face_normals[face])
         if callable(target) and not isinstance(target, (np.ndarray, Tensor)):
             self._sdf, self._tree = target, None
             return
         from scipy.spatial import cKDTree
 
-        pts = target.detach().cpu().numpy() if isinstance(target, Tensor) else np.asarray(target)
-        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+        def arr(a: Any) -> np.ndarray:
+            a = a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+            return np.asarray(a, dtype=np.float64).reshape(-1, 3)
+
+        pts = arr(target)
+        self._normals = None if normals is None else arr(normals)
+        if self._normals is not None and self._normals.shape != pts.shape:
+            raise ValueError(f"normals {self._normals.shape} do not match points {pts.shape}")
         self._points, self._tree, self._sdf = pts, cKDTree(pts), None
 
     def compute(self, surface: ExactSurface) -> Tensor:
@@ -428,6 +450,12 @@ class FitRegularizer(ExactRegularizer):
         assert self._points is not None
         _, idx = self._tree.query(p.detach().cpu().numpy())
         q = torch.as_tensor(self._points[idx], dtype=p.dtype, device=p.device)
+        if self.distance == "plane":
+            if self._normals is None:
+                self.warn_once("normals", "distance='plane' needs target normals; using points")
+            else:
+                n = torch.as_tensor(self._normals[idx], dtype=p.dtype, device=p.device)
+                return (((p - q) * n).sum(-1) ** 2).mean()
         return ((p - q) ** 2).sum(-1).mean()
 
 
@@ -539,8 +567,8 @@ class ExactRegularizerCallback(Callback):
     * ``frozen_jacobian``: see :class:`ExactSurface` (the term several times cheaper).
 
     Costs are logged as ``reg_cost/extract_s``, ``reg_cost/term_s``, ``reg_cost/polygons``,
-    ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps) and
-    accumulated in :attr:`stats`.
+    ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps),
+    ``reg_cost/extractions`` (count so far) and accumulated in :attr:`stats`.
     """
 
     def __init__(
@@ -613,8 +641,9 @@ class ExactRegularizerCallback(Callback):
         if fit:
             target = _find_target(trainer, pl_module)
             if target is not None:
+                pts, normals = target if isinstance(target, tuple) else (target, None)
                 for r in fit:
-                    r.set_target(target)
+                    r.set_target(pts, normals)
 
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
@@ -777,7 +806,7 @@ class ExactRegularizerCallback(Callback):
         lag = float(step - self._extracted_at) if self._extracted_at is not None else 0.0
         for key, val in (("extract_s", self._last_extract_s), ("term_s", dt),
                          ("polygons", float(n_poly)), ("invalid_fraction", invalid),
-                         ("lag_steps", lag)):
+                         ("lag_steps", lag), ("extractions", float(self.stats["extractions"]))):
             try:
                 pl_module.log(f"reg_cost/{key}", val, on_step=True, on_epoch=False)
             except Exception:  # not attached to a trainer, or logging not allowed here
@@ -865,7 +894,7 @@ def _find_target(trainer: Any, pl_module: Any, n_points: int = 100_000) -> Any:
     """A fit target: surface points (or an ``sdf`` callable) of the module or data module.
 
     nsr's ``ShapeDataModule`` has a ``source`` with ``sample_surface(n, generator)``; its
-    samples (box units) are used as the target point set.
+    samples (box units) are used as the target point set, returned as ``(points, normals)``.
     """
     dm = getattr(trainer, "datamodule", None) if trainer is not None else None
     for h in (pl_module, dm):
@@ -886,7 +915,10 @@ def _find_target(trainer: Any, pl_module: Any, n_points: int = 100_000) -> Any:
             warnings.warn(f"fit regularizer: sampling the target failed ({err})",
                           RuntimeWarning, stacklevel=2)
             return None
-        pts = pts[0] if isinstance(pts, (tuple, list)) else pts
+        normals = None
+        if isinstance(pts, (tuple, list)):
+            pts, normals = pts[0], (pts[1] if len(pts) > 1 else None)
         if isinstance(pts, (np.ndarray, Tensor)) and pts.ndim == 2 and pts.shape[1] == 3:
-            return pts
+            ok = isinstance(normals, (np.ndarray, Tensor)) and normals.shape == pts.shape
+            return (pts, normals) if ok else pts
     return None

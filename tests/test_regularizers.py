@@ -936,3 +936,21 @@ def test_float32_geometry_matches_float64():
     t32 = R.regularizer_terms(net, s, regs, dtype=torch.float32, frozen_jacobian=True)
     for k in t64:
         assert float(t32[k]) == pytest.approx(float(t64[k]), rel=1e-3, abs=1e-6), k
+
+
+def test_fit_point_to_plane_distance():
+    g = np.linspace(-2, 2, 21)  # spacing 0.2: the vertices at +-0.5 are off the grid
+    xx, yy = np.meshgrid(g, g)
+    plane = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, 0.5)], 1)  # z = 0.5
+    normals = np.tile([0.0, 0.0, 1.0], (len(plane), 1))
+    surf = R.ExactSurface(octahedron_net(0.5), structure(octahedron_mesh(0.5)))
+    fit = R.FitRegularizer(target=plane, normals=normals, distance="plane", n_samples=0)
+    # vertices (+-r,0,0), (0,+-r,0), (0,0,+-r): (z - 0.5)^2 whatever the nearest grid point
+    assert float(fit(surf)) == pytest.approx((0.0 + 1.0 + 4 * 0.25) / 6, rel=1e-12)
+    point = R.FitRegularizer(target=plane, n_samples=0)
+    assert float(point(surf)) > float(fit(surf))  # also the offsets to the grid points
+    no_normals = R.FitRegularizer(target=plane, distance="plane", n_samples=0)
+    with pytest.warns(RuntimeWarning, match="normals"):
+        assert float(no_normals(surf)) == pytest.approx(float(point(surf)))
+    with pytest.raises(ValueError, match="distance"):
+        R.FitRegularizer(distance="normal")
