@@ -1,15 +1,23 @@
 """Exact-surface regularizers (issue 7): baseline training vs each regularizer, on meshes.
 
 Usage: ``python experiments/regularizers.py [--meshes stanford-bunny fandisk]
-[--pre-epochs 30] [--epochs 4] [--every 25] [--width 32] [--depth 3]``.
+[--variants baseline smooth quality:1e-3 ...] [--pre-epochs 40] [--epochs 40] [--every 10]
+[--term-every 10] [--background false|thread|process] [--threads 1]``.
 Skips cleanly (exit 0) when ../shared/meshes is absent.
 
 Protocol (everything through ``nsr.train.train`` and the Hydra configs): one shared
 pretraining run per mesh (``experiment=mesh``, no regularizer, ``--pre-epochs``), then every
 variant resumes from its last checkpoint for ``--epochs`` more epochs with the same optimizer
-state: ``baseline`` (``regularizer=none``) and each of ``regularizer=area|smooth|quality|fit|
-eikonal`` (weights from the command line, re-extraction every ``--every`` steps). Then the
-exact surface of each final network is extracted (float64) and measured:
+state and the same step-based cosine decay of the learning rate to ``--eta-min``:
+``baseline`` (``regularizer=none``) and each of ``regularizer=area|smooth|quality|fit|
+eikonal``; a variant is ``name`` (weight from ``--w-<name>``) or ``name:weight`` (sweeps;
+``smooth:weight:normalize`` / ``smooth:weight:sum`` for the length-normalized (default,
+``--smooth-normalize``) or summed smoothness, ``fit:weight:point`` or
+``fit:weight:plane`` for the fit's distance, ``quality:weight:angles`` for its angle
+penalty alone). Re-extraction every
+``--every`` steps, regularizers in the loss every ``--term-every`` steps (weights times
+``--term-every``). Then the exact surface of each final network is extracted (float64) and
+measured:
 
 * Chamfer-L1, normal consistency, F@1% against the ground-truth mesh (ONet convention: both
   normalized by the ground truth's bounding box to the unit cube, 100k area-weighted samples
@@ -17,9 +25,13 @@ exact surface of each final network is extracted (float64) and measured:
 * mean dihedral angle between adjacent exact polygons (angle between their exact region
   normals, degrees), 5th percentile of the per-triangle minimum angle (degrees, fan
   triangles), polygon count;
-* training time per step of the resumed run (seconds, includes extraction and the terms).
+* time per training step of the resumed run (``nsr.lightning.StepTimer``): ``s/step`` from
+  batch start to batch end (includes re-extractions and the terms), ``loop s/step`` a whole
+  loop iteration with data loading; both as means over all steps, and as a ratio to the
+  baseline of the same invocation.
 
-Pictures: ``<out>/<mesh>_side_by_side.png`` (exact meshes, polygon edges drawn).
+Pictures: ``<out>/<mesh>/<mesh>_side_by_side.png`` (exact meshes). Rows:
+``<out>/results.json`` and ``<out>/table.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -131,36 +144,77 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
     source = MeshSource(path, float(pre_cfg.data.fit))
     box = float(pre_cfg.data.box)
     rows, meshes, titles, polys = [], [], [], []
-    for variant in args.variants:
-        run_dir = out / variant
+    n_steps = args.epochs * args.steps_per_epoch
+    for spec in args.variants:
+        # "name" (weight from --w-<name>) or "name:weight" (sweeps), "name:weight:normalize"
+        variant, *extra = spec.split(":")
+        weight = float(extra[0]) if extra else args.weights.get(variant, 0.0)
+        normalize = "normalize" in extra[1:] or (args.smooth_normalize and "sum" not in extra[1:])
+        run_dir = out / spec.replace(":", "_")
         ov = common + [
             f"run_dir={run_dir}",
             f"trainer.max_epochs={args.pre_epochs + args.epochs}",
             f"ckpt_path={ckpt}",
+            f"seed={args.seed}",
+            # the same step-based cosine decay for every variant (the time-based one of
+            # experiment=mesh would decay slower variants faster)
+            "~callbacks.time_lr",
+            "+scheduler._target_=torch.optim.lr_scheduler.CosineAnnealingLR",
+            "+scheduler._partial_=true",
+            f"+scheduler.T_max={n_steps}",
+            f"+scheduler.eta_min={args.eta_min}",
+            "scheduler_interval=step",
+            "+callbacks.step_timer._target_=nsr.lightning.StepTimer",
+            f"+callbacks.step_timer.path={run_dir / 'step_times.json'}",
         ]
         if variant != "baseline":
             ov += [
                 f"regularizer={variant}",
                 f"regularizer.every_n_steps={args.every}",
-                f"regularizer.regularizers.0.weight={args.weights[variant]}",
-                "regularizer.regularizers.0.ramp_steps=0",
+                f"regularizer.term_every_n_steps={args.term_every}",
+                f"regularizer.background={args.background}",
+                f"regularizer.dtype={args.dtype}",
+                f"+regularizer.worker_nice={args.worker_nice}",
+                f"regularizer.frozen_jacobian={str(args.frozen_jacobian).lower()}",
+                f"regularizer.regularizers.0.weight={weight}",
+                f"regularizer.regularizers.0.ramp_steps={args.ramp}",
             ]
+            if args.tiles is not None:
+                ov.append(f"+regularizer.extract_kwargs.tiles={args.tiles}")
+            if variant == "fit":
+                dist = "plane" if "plane" in extra[1:] else "point" if "point" in extra[1:] \
+                    else args.fit_distance
+                ov.append(f"regularizer.regularizers.0.distance={dist}")
+            if variant == "quality" and "angles" in extra[1:]:  # the angle penalty only
+                ov += ["regularizer.regularizers.0.edge_weight=0",
+                       "regularizer.regularizers.0.polygon_weight=0"]
+            if variant == "smooth" and normalize:
+                ov.append("regularizer.regularizers.0.normalize=true")
         cfg = compose_cfg(ov)
+        shutil.rmtree(run_dir, ignore_errors=True)  # a stale last.ckpt would be read back
         t0 = time.perf_counter()
         train(cfg)
         wall = time.perf_counter() - t0
         metrics = json.loads((run_dir / "metrics.json").read_text())
         steps = int(metrics["global_step"]) - args.pre_epochs * args.steps_per_epoch
+        timer = json.loads((run_dir / "step_times.json").read_text())
         net = load_module_network(run_dir / "checkpoints" / "last.ckpt").eval()
         stats, mesh = exact_stats(net, box)
         verts = source.to_shape_units(np.asarray(mesh.vertices))
         tm = trimesh.Trimesh(verts, np.asarray(mesh.triangles), process=False)
         row = {
             "mesh": path.stem,
-            "variant": variant,
-            "weight": 0.0 if variant == "baseline" else args.weights[variant],
+            "variant": variant + (" (normalized)" if variant == "smooth" and normalize else "")
+            + (f" ({extra[1]})" if variant in ("fit", "quality") and len(extra) > 1 else ""),
+            "weight": 0.0 if variant == "baseline" else weight,
             "steps": steps,
-            "s_per_step": float(metrics["train_s"]) / max(steps, 1),
+            "s_per_step": timer["mean_s"],
+            "median_step_s": timer["median_s"],
+            "loop_s_per_step": timer["loop_mean_s"],
+            "fit_s_per_step": float(metrics["train_s"]) / max(steps, 1),
+            "extractions": metrics.get("reg_cost/extractions", 0.0),
+            "last_lag_steps": metrics.get("reg_cost/lag_steps", 0.0),
+            "invalid_fraction": metrics.get("reg_cost/invalid_fraction", 0.0),
             "wall_s": wall,
             **unit_cube_metrics(tm, gt),
             **stats,
@@ -168,7 +222,8 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
         meshes.append(tm)
-        titles.append(f"{variant}: {len(mesh.polygons)} polygons")
+        titles.append(f"{variant}" + ("" if variant == "baseline" else f" {weight:g}")
+                      + f": {len(mesh.polygons)} polygons")
         polys.append(None)
     try:
         from nsr.render import render_side_by_side
@@ -220,25 +275,47 @@ def step_costs(path: Path, args: argparse.Namespace, repeats: int = 5) -> dict:
     for name, r in regs.items():
         out[f"{name}_term_s"] = timed(
             lambda r=r: R.regularizer_terms(net, cb.structure, [r])[r.name].backward())
+        # as configured by --dtype / --frozen-jacobian (the Hydra defaults)
+        out[f"{name}_term_fast_s"] = timed(
+            lambda r=r: R.regularizer_terms(
+                net, cb.structure, [r], dtype=getattr(torch, args.dtype),
+                frozen_jacobian=args.frozen_jacobian)[r.name].backward())
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--meshes", nargs="*", default=["stanford-bunny", "fandisk"])
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
-    ap.add_argument("--pre-epochs", type=int, default=30)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS),
+                    help="name or name:weight (e.g. smooth:1e-3), or smooth:weight:normalize")
+    ap.add_argument("--pre-epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--pool", type=int, default=100_000)
-    ap.add_argument("--every", type=int, default=25)
+    ap.add_argument("--every", type=int, default=10, help="re-extraction every N steps")
+    ap.add_argument("--term-every", type=int, default=10,
+                    help="regularizers in the loss every N steps (weights x N)")
+    ap.add_argument("--background", choices=["false", "thread", "process"], default="false",
+                    help="re-extract in a worker (thread or process) or synchronously")
+    ap.add_argument("--worker-nice", type=int, default=10, help="niceness of the worker process")
+    ap.add_argument("--dtype", default="float32", help="dtype of the differentiable geometry")
+    ap.add_argument("--frozen-jacobian", action=argparse.BooleanOptionalAction, default=True,
+                    help="cheaper differentiable vertices (exact gradient on a fresh structure)")
+    ap.add_argument("--tiles", type=int, default=None, help="extract_mesh tiles (default: its own)")
+    ap.add_argument("--ramp", type=int, default=0, help="ramp_steps of the regularizer")
+    ap.add_argument("--smooth-normalize", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--fit-distance", choices=["point", "plane"], default="point")
+    ap.add_argument("--eta-min", type=float, default=1e-4,
+                    help="final lr of the resumed runs' cosine decay")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the resumed runs (sample pool, batches)")
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--w-area", type=float, default=1e-3)
-    ap.add_argument("--w-smooth", type=float, default=1e-3)
-    ap.add_argument("--w-quality", type=float, default=1e-2)
-    ap.add_argument("--w-fit", type=float, default=10.0)
+    ap.add_argument("--w-smooth", type=float, default=5e-2)
+    ap.add_argument("--w-quality", type=float, default=1e-4)
+    ap.add_argument("--w-fit", type=float, default=0.3)
     ap.add_argument("--w-eikonal", type=float, default=1e-2)
     ap.add_argument("--costs", action="store_true",
                     help="only time step / extraction / terms on the pretrained networks")
@@ -252,7 +329,7 @@ def main() -> None:
     if not SHARED.is_dir():
         print(f"skipping: {SHARED} not present")
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.costs:
         for stem in args.meshes:
             if (SHARED / f"{stem}.obj").is_file():
@@ -265,16 +342,26 @@ def main() -> None:
             print(f"skipping {stem}: {path} not present")
             continue
         rows += run_mesh(path, args)
-    print(f"machine: {platform.machine()} {platform.processor()}, torch threads 2")
+    print(f"machine: {platform.machine()} {platform.processor()}, torch threads {args.threads}")
     print("| mesh | variant | weight | Chamfer-L1 | NC | F@1% | mean dihedral ° | "
-          "p5 min angle ° | polygons | s/step |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "p5 min angle ° | polygons | s/step | x baseline | loop s/step | x baseline |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = {r["mesh"]: r for r in rows if r["variant"] == "baseline"}
     for r in rows:
+        b = base.get(r["mesh"])
+        ratio = r["s_per_step"] / b["s_per_step"] if b else float("nan")
+        loop = r["loop_s_per_step"] / b["loop_s_per_step"] if b else float("nan")
         print(f"| {r['mesh']} | {r['variant']} | {r['weight']:g} | {r['chamfer_l1']:.5f} | "
               f"{r['normal_consistency']:.4f} | {r['f1pct']:.4f} | {r['dihedral_mean_deg']:.2f} | "
-              f"{r['min_angle_p5_deg']:.2f} | {r['polygons']} | {r['s_per_step']:.3f} |")
+              f"{r['min_angle_p5_deg']:.2f} | {r['polygons']} | {r['s_per_step']:.4f} | "
+              f"{ratio:.2f} | {r['loop_s_per_step']:.4f} | {loop:.2f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    lines = [f"| {r['mesh']} | {r['variant']} | {r['weight']:g} | {r['chamfer_l1']:.5f} | "
+             f"{r['normal_consistency']:.4f} | {r['f1pct']:.4f} | {r['dihedral_mean_deg']:.2f} | "
+             f"{r['min_angle_p5_deg']:.2f} | {r['polygons']} | {r['s_per_step']:.4f} |"
+             for r in rows]
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
