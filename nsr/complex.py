@@ -531,28 +531,47 @@ def _region_ids(sk: _Skeleton) -> tuple[Tensor, int]:
     """Region (D-cell) ids around every vertex: ``(2^D, V)``, -1 where the combination of
     signs on the vertex's zeros leaves the box; and the number of regions.
 
-    Regions are grouped by a 64-bit hash of their keys without comparing the keys: a
-    collision (odds ~1e-5 for 10^7 keys) would merge two regions, which only widens the
-    bounds computed on them, so pruning stays sound; it saves a copy of all keys."""
+    A region's key is its tile and sign vector: the vertex's with some of its zeros made
+    positive. Keys are grouped by a 64-bit hash without comparing them: a collision (odds
+    ~1e-5 for 10^7 keys) would merge two regions, which only widens the bounds computed on
+    them, so pruning stays sound. The hash is a sum of salted per-word mixes, so a
+    combination updates only the words it changes instead of rehashing the key."""
     d = sk.dim
     v = sk.n_vertices
     dev = sk.x.data.device
     hashes = torch.empty(1 << d, v, dtype=torch.int64, device=dev)
     valid = torch.empty(1 << d, v, dtype=torch.bool, device=dev)
-    for sl in _chunks(v, 16 * (sk.vpos.data.shape[1] + 1), dev):
-        vz = sk.vzeros.t[sl]
-        words, masks = bit_values(vz.long())
-        rows = torch.arange(vz.shape[0], device=dev)
+    n_cols = sk.vpos.data.shape[1] + 1
+    salt = _mix(torch.arange(1, n_cols + 1, device=dev, dtype=torch.int64) * _C3)
+    for sl in _chunks(v, 16 * n_cols * 2, dev):
+        vz = sk.vzeros.t[sl].long()
         base = torch.cat([sk.vtile.t[sl].long()[:, None], sk.vpos.t[sl]], 1)
+        terms = _mix(base ^ salt)
+        total = terms.sum(1)
+        words, masks = bit_values(vz)
+        words = words + 1  # column 0 is the tile
+        old_w = base.gather(1, words)
+        old_t = terms.gather(1, words)
+        box_facet = vz < 2 * d  # a box facet has no outside
         for combo in range(1 << d):
-            pk = base.clone()
+            sel = [i for i in range(d) if combo >> i & 1]
+            h = total.clone()
             ok = torch.ones(vz.shape[0], dtype=torch.bool, device=dev)
             for i in range(d):
-                if combo >> i & 1:
-                    pk[rows, words[:, i] + 1] |= masks[:, i]
-                else:
-                    ok &= vz[:, i] >= 2 * d  # a box facet has no outside
-            hashes[combo, sl] = hash_rows(pk)
+                if i not in sel:
+                    ok &= ~box_facet[:, i]
+            for i in sel:
+                new = old_w[:, i] | masks[:, i]
+                first = torch.ones_like(ok)
+                for j in sel:
+                    if j != i:
+                        same = words[:, j] == words[:, i]
+                        new = new | torch.where(same, masks[:, j], 0)
+                        if j < i:
+                            first &= ~same
+                delta = _mix(new ^ salt[words[:, i]]) - old_t[:, i]
+                h += torch.where(first, delta, 0)
+            hashes[combo, sl] = h
             valid[combo, sl] = ok
     uniq, inv = torch.unique(hashes[valid], return_inverse=True)
     region = torch.full((1 << d, v), -1, dtype=torch.int64, device=dev)

@@ -346,3 +346,32 @@ def test_region_pruning_on_a_deep_network_keeps_every_polygon():
     assert any(k.startswith("regions_kept_layer") for k in b.stats)
     assert {r.tobytes() for r in a.polygon_patterns} == {r.tobytes() for r in b.polygon_patterns}
     np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
+
+
+@pytest.mark.parametrize(("dim", "widths"), [(2, [30, 30]), (3, [40, 40]), (3, [70, 70])])
+def test_region_ids_group_vertices_by_their_regions_sign_vectors(dim, widths):
+    """Hash-based region ids partition (vertex, sign combination) pairs exactly like the
+    explicit keys (tile, sign vector with the chosen zeros made positive)."""
+    from nsr.complex import _region_ids, bit_values, subdivide
+
+    net = random_network(dim, widths, seed=len(widths) + dim).to(dtype=torch.float64)
+    lo = torch.tensor([[-1.0] * dim, [0.0] * dim], dtype=torch.float64)
+    sk, _ = subdivide(net, lo, lo + 1, progress=False)
+    region, n = _region_ids(sk)
+    v = sk.n_vertices
+    words, masks = bit_values(sk.vzeros.t.long())
+    keys, ids = [], []
+    for combo in range(1 << dim):
+        pk = sk.vpos.t.clone()
+        ok = torch.ones(v, dtype=torch.bool)
+        for i in range(dim):
+            if combo >> i & 1:
+                pk[torch.arange(v), words[:, i]] |= masks[:, i]
+            else:
+                ok &= sk.vzeros.t[:, i] >= 2 * dim
+        assert ((region[combo] >= 0) == ok).all()
+        keys.append(torch.cat([sk.vtile.t.long()[:, None], pk], 1)[ok])
+        ids.append(region[combo][ok])
+    _, explicit = torch.unique(torch.cat(keys), dim=0, return_inverse=True)
+    pairs = torch.unique(torch.stack([explicit, torch.cat(ids)], 1), dim=0)
+    assert len(pairs) == n == int(explicit.max()) + 1
