@@ -554,10 +554,12 @@ def tile_grid(bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.d
 def default_tiles(net: PLNetwork) -> int:
     """Tiles per axis for surface mode. Tiles are the unit of independent work; every tile
     also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
-    regions, not of tiles, does most of the work."""
+    regions, not of tiles, does most of the work. Small networks get 2 per axis: their
+    extraction is dominated by per-tile overhead (a 32x3 network: 0.31 s with 2^3 tiles,
+    0.53 s with 8^3)."""
     if net.in_dim != 3:
         return 2
-    return 8 if net.n_neurons > 64 else 4
+    return 8 if net.n_neurons > 128 else 2
 
 
 def default_band(net: PLNetwork) -> int:
