@@ -555,13 +555,14 @@ class ExactRegularizerCallback(Callback):
       never reads the live module) while training goes on; the new combinatorics are swapped
       in at the first step after the worker is done (the structure is then a few steps old,
       which the re-solve handles as any stale structure). A worker *process* (spawned, one
-      torch thread, niceness ``worker_nice``: on a machine without an idle core a positive
-      value keeps it from slowing training, but starves it) does not compete for the training thread's GIL, a worker
-      thread does (the extraction is partly Python); a spawned process needs the calling
-      script's ``if __name__ == "__main__":`` guard. The worker is started (and its imports
-      done) from ``on_fit_start``; the first extraction is synchronous, so the regularizers
-      apply from the first step. ``on_fit_end`` (and :meth:`close`) waits for a running extraction and stops the
-      worker. ``false`` extracts synchronously in ``on_train_batch_start``.
+      torch thread) does not compete for the training thread's GIL; a worker thread does
+      (the extraction is partly Python). The process runs at niceness ``worker_nice``: on a
+      machine without an idle core a positive value keeps it from slowing training, but
+      starves it. A spawned process needs the calling script's
+      ``if __name__ == "__main__":`` guard. The worker is started (and its imports done) from
+      ``on_fit_start``; the first extraction is synchronous, so the regularizers apply from
+      the first step. ``on_fit_end`` (and :meth:`close`) waits for a running extraction and
+      stops the worker. ``false`` extracts synchronously in ``on_train_batch_start``.
     * ``dtype``: dtype of the differentiable geometry (``"float32"`` halves the term's cost
       on CPU; the extraction itself is always float64).
     * ``frozen_jacobian``: see :class:`ExactSurface` (the term several times cheaper).
