@@ -406,6 +406,28 @@ def _relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     return s_up, t_up, s_lo, torch.zeros_like(lo)
 
 
+def _interval_layer(lo: Tensor, hi: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Interval bounds ``(R, n_out)`` of ``h @ w.T + b`` for ``h`` in ``[lo, hi]`` ``(R, n_in)``."""
+    mid = torch.addmm(b, (lo + hi) / 2, w.T)
+    rad = ((hi - lo) / 2) @ w.abs().T
+    return mid - rad, mid + rad
+
+
+def _relax_back(a_lo: Tensor, c_lo: Tensor, a_up: Tensor, c_up: Tensor, lo: Tensor, hi: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One CROWN back-substitution step through ``relu(z)``, ``z`` in ``[lo, hi]``
+    (broadcast against the coefficients' last axis): linear bounds ``a relu(z) + c`` become
+    bounds ``a' z + c'``."""
+    s_up, t_up, s_lo, _ = _relu_relaxation(lo, hi)
+    pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
+    c_up = c_up + (pos * t_up).sum(-1)
+    a_up = pos * s_up + neg * s_lo
+    pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
+    c_lo = c_lo + (neg * t_up).sum(-1)
+    a_lo = pos * s_lo + neg * s_up
+    return a_lo, c_lo, a_up, c_up
+
+
 def _crown_layer(net: PLNetwork, k: int, lo: Tensor, hi: Tensor, pre: list[tuple[Tensor, Tensor]]
                  ) -> tuple[Tensor, Tensor]:
     """Bounds ``(K, n_k)`` on the pre-activations of layer ``k`` over boxes ``(K, D)`` by
@@ -417,13 +439,7 @@ def _crown_layer(net: PLNetwork, k: int, lo: Tensor, hi: Tensor, pre: list[tuple
     c_up = b.expand(n_tiles, -1)
     c_lo = c_up
     for j in range(k - 1, -1, -1):
-        s_up, t_up, s_lo, _ = _relu_relaxation(*pre[j])
-        pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
-        c_up = c_up + (pos * t_up[:, None, :]).sum(-1)
-        a_up = pos * s_up[:, None, :] + neg * s_lo[:, None, :]
-        pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
-        c_lo = c_lo + (neg * t_up[:, None, :]).sum(-1)
-        a_lo = pos * s_lo[:, None, :] + neg * s_up[:, None, :]
+        a_lo, c_lo, a_up, c_up = _relax_back(a_lo, c_lo, a_up, c_up, pre[j][0][:, None, :], pre[j][1][:, None, :])
         wj, bj = net.weights[j], net.biases[j]
         c_up, a_up = c_up + a_up @ bj, a_up @ wj
         c_lo, a_lo = c_lo + a_lo @ bj, a_lo @ wj
@@ -456,14 +472,12 @@ def output_bounds(
             prev_lo, prev_hi = lo, hi
         else:
             prev_lo, prev_hi = torch.relu(pre[-1][0]), torch.relu(pre[-1][1])
-        w, b = net.weights[k], net.biases[k]
-        zm = ((prev_lo + prev_hi) / 2) @ w.T + b
-        zr = ((prev_hi - prev_lo) / 2) @ w.abs().T
+        ilo, ihi = _interval_layer(prev_lo, prev_hi, net.weights[k], net.biases[k])
         if crown_hidden or k == len(net.weights) - 1:  # keep the tighter of the two
             lo_k, hi_k = _crown_layer(net, k, lo, hi, pre)
-            pre.append((torch.maximum(lo_k, zm - zr), torch.minimum(hi_k, zm + zr)))
+            pre.append((torch.maximum(lo_k, ilo), torch.minimum(hi_k, ihi)))
         else:
-            pre.append((zm - zr, zm + zr))
+            pre.append((ilo, ihi))
     return pre[-1][0][:, 0], pre[-1][1][:, 0]
 
 
@@ -627,49 +641,30 @@ def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: 
         _keep(sk, keep_v, keep_e)
 
 
-def _interval_reaches(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor, level: float) -> Tensor:
-    """Whether the output may reach ``level`` given bounds ``(R, n)`` on the pre-activations
-    of ``layer`` (interval arithmetic through the remaining layers)."""
-    olo, ohi = torch.relu(lo), torch.relu(hi)
-    for k in range(layer + 1, len(net.weights)):
-        w, b = net.weights[k], net.biases[k]
-        zm, zr = torch.addmm(b, (olo + ohi) / 2, w.T), ((ohi - olo) / 2) @ w.abs().T
-        olo, ohi = zm - zr, zm + zr
-        if k < len(net.weights) - 1:
-            olo, ohi = torch.relu(olo), torch.relu(ohi)
-    return (olo[:, 0] <= level) & (ohi[:, 0] >= level)
-
-
-def _linear_bounds(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Linear bounds of the output in terms of the pre-activations ``z`` of ``layer``, given
-    their range ``(R, n)``: ``a_lo z + c_lo <= f <= a_up z + c_up`` for every ``z`` in the
-    range (CROWN back-substitution; intermediate layers bounded by intervals). Returns
-    ``a_lo, c_lo, a_up, c_up`` with shapes ``(R, n), (R,), (R, n), (R,)``."""
+def _interval_chain(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Interval bounds on the pre-activations of ``layer`` (the given ``(R, n)`` range) and of
+    every later layer through the output, in layer order."""
     pre = [(lo, hi)]
-    olo, ohi = lo, hi
-    for k in range(layer + 1, len(net.weights) - 1):
-        w, b = net.weights[k], net.biases[k]
-        rl, rh = torch.relu(olo), torch.relu(ohi)
-        zm, zr = torch.addmm(b, (rl + rh) / 2, w.T), ((rh - rl) / 2) @ w.abs().T
-        olo, ohi = zm - zr, zm + zr
-        pre.append((olo, ohi))
-    r = lo.shape[0]
-    w_out, b_out = net.weights[-1], net.biases[-1]
-    a_up = w_out[0].expand(r, -1)
-    a_lo = a_up
-    c_up = b_out[0].expand(r).clone()
-    c_lo = c_up.clone()
-    for i in range(len(pre) - 1, -1, -1):
-        s_up, t_up, s_lo, _ = _relu_relaxation(*pre[i])
-        pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
-        c_up = c_up + (pos * t_up).sum(-1)
-        a_up = pos * s_up + neg * s_lo
-        pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
-        c_lo = c_lo + (neg * t_up).sum(-1)
-        a_lo = pos * s_lo + neg * s_up
+    for k in range(layer + 1, len(net.weights)):
+        pre.append(_interval_layer(torch.relu(pre[-1][0]), torch.relu(pre[-1][1]), net.weights[k], net.biases[k]))
+    return pre
+
+
+def _linear_bounds(net: PLNetwork, layer: int, pre: list[tuple[Tensor, Tensor]]
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Linear bounds of the output in terms of the pre-activations ``z`` of ``layer``:
+    ``a_lo z + c_lo <= f <= a_up z + c_up`` for every ``z`` in the range ``pre[0]``, by CROWN
+    back-substitution with ``pre[i]`` bounding layer ``layer + i`` (e.g. from
+    :func:`_interval_chain`; the output's entry, if any, is not used). Returns ``a_lo, c_lo,
+    a_up, c_up`` with shapes ``(R, n), (R,), (R, n), (R,)``."""
+    out = len(net.weights) - 1
+    r = pre[0][0].shape[0]
+    a_up = a_lo = net.weights[-1][0].expand(r, -1)
+    c_up = c_lo = net.biases[-1][0].expand(r)
+    for i in range(out - 1 - layer, -1, -1):
+        a_lo, c_lo, a_up, c_up = _relax_back(a_lo, c_lo, a_up, c_up, *pre[i])
         if i > 0:
-            k = layer + i
-            w, b = net.weights[k], net.biases[k]
+            w, b = net.weights[layer + i], net.biases[layer + i]
             c_up, a_up = c_up + a_up @ b, a_up @ w
             c_lo, a_lo = c_lo + a_lo @ b, a_lo @ w
     return a_lo, c_lo, a_up, c_up
@@ -703,21 +698,24 @@ def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: flo
         for combo in range(1 << d):
             _index_reduce(lo, sink[combo, sl], z, "amin")
             _index_reduce(hi, sink[combo, sl], z, "amax")
+    # Intervals on every region; linear bounds only on the regions that intervals keep,
+    # numbered 0..n-1 in region order (n: a sink).
     alive = torch.zeros(n_regions + 1, dtype=torch.bool, device=dev)  # last: the sink
-    for sl in _chunks(n_regions, 4 * row, dev):
-        alive[sl] = _interval_reaches(net, layer, lo[sl], hi[sl], level)
-    # Linear bounds only on the regions that intervals keep, numbered 0..n-1 (n: a sink).
+    parts = []
+    for sl in _chunks(n_regions, 8 * row, dev):
+        pre = _interval_chain(net, layer, lo[sl], hi[sl])
+        keep = (pre[-1][0][:, 0] <= level) & (pre[-1][1][:, 0] >= level)
+        alive[sl] = keep
+        parts.append(_linear_bounds(net, layer, [(lo_k[keep], hi_k[keep]) for lo_k, hi_k in pre]))
     cand = torch.nonzero(alive).squeeze(1)
     n = len(cand)
     compact = torch.full((n_regions + 1,), n, dtype=torch.int64, device=dev)
     compact[cand] = torch.arange(n, device=dev)
-    a_lo = torch.zeros(n + 1, width, dtype=x.dtype, device=dev)
-    a_up = torch.zeros_like(a_lo)
-    c_lo = torch.zeros(n + 1, dtype=x.dtype, device=dev)
-    c_up = torch.zeros_like(c_lo)
-    for sl in _chunks(n, 8 * row, dev):
-        rows = cand[sl]
-        a_lo[sl], c_lo[sl], a_up[sl], c_up[sl] = _linear_bounds(net, layer, lo[rows], hi[rows])
+
+    def gather(i: int, row: tuple[int, ...]) -> Tensor:  # the candidates' bounds and a zero sink row
+        return torch.cat([p[i] for p in parts] + [torch.zeros(row, dtype=x.dtype, device=dev)])
+
+    a_lo, c_lo, a_up, c_up = gather(0, (1, width)), gather(1, (1,)), gather(2, (1, width)), gather(3, (1,))
     del lo, hi
     fmin = torch.full((n + 1,), math.inf, dtype=x.dtype, device=dev)
     fmax = torch.full((n + 1,), -math.inf, dtype=x.dtype, device=dev)
