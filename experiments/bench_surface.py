@@ -68,12 +68,12 @@ def _run(spec: dict) -> dict:
         verts, n_faces = tm.vertices, len(tm.faces)
         extra = {"watertight": bool(tm.is_watertight)}
     mean_f, max_f = _abs_f(net, verts)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = spec.get("workers", 1)
+    if workers > 1:  # the largest worker process, counted once per worker (an upper bound)
+        peak_kb += workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {**spec, **extra, "time_s": elapsed, "vertices": len(verts), "faces": n_faces,
-            "mean_abs_f": mean_f, "max_abs_f": max_f,
-            # worker processes (workers > 1): the largest one, counted once per worker (an upper bound)
-            "peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                            + spec.get("workers", 1) * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                            * (spec.get("workers", 1) > 1)) / 1024}
+            "mean_abs_f": mean_f, "max_abs_f": max_f, "peak_rss_mb": peak_kb / 1024}
 
 
 def run_isolated(spec: dict) -> dict:
