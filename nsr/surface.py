@@ -524,6 +524,72 @@ def _polylines(
     )
 
 
+def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, level: float) -> ExactMesh:
+    """Weld walked polygons (:func:`nsr.tracking.track_surface`) into an :class:`ExactMesh`.
+
+    Vertex ``i`` of a polygon lies on its support and on the constraints of edges ``i - 1``
+    and ``i``; with the bits of those neurons cleared from the region's pattern (the regions
+    around the vertex differ only there), the three ids and the pattern identify it exactly.
+    """
+    from nsr.tracking import _unpack
+
+    d, n = 3, net.n_neurons
+    out = 2 * d + n
+    key, e, m, support = tr["key"], tr["edges"], tr["length"], tr["support"]
+    if len(key) == 0:
+        return _empty(bounds, level, d, n)
+    dev = key.device
+    words = key.shape[1] - 1
+    lmax = e.shape[1]
+    ar = torch.arange(lmax, device=dev)
+    before = torch.gather(e, 1, (ar[None] - 1) % m.clamp(min=1)[:, None])
+    f, i = torch.nonzero(ar[None] < m[:, None], as_tuple=True)
+    trip = torch.sort(torch.stack([support[f], before[f, i], e[f, i]], 1), 1).values
+    pk = key[f, :words].clone()
+    for col in range(3):
+        c = trip[:, col]
+        rows = torch.nonzero((c >= 2 * d) & (c < out)).squeeze(1)
+        wd, mk = bit_values(c[rows] - 2 * d)
+        pk[rows, wd] &= ~mk
+    order, vid = group_equal_rows(torch.cat([pk, trip], 1))
+    n_v = int(vid.max()) + 1
+    entry_vertex = torch.empty_like(vid)
+    entry_vertex[order] = vid
+    rep = torch.zeros(n_v, dtype=torch.int64, device=dev)
+    rep[vid] = order
+    x = tr["vertices"][f, i][rep].double()
+    cycles = torch.full((len(key), lmax), -1, dtype=torch.int64, device=dev)
+    cycles[f, i] = entry_vertex
+    patterns = tr["patterns"]
+    is_cap = support != out
+    netd = net.to(device=dev, dtype=torch.float64)
+    if n:
+        normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1)))
+    else:
+        normal = netd.weights[0].expand(len(key), -1).clone()
+    cap = support[is_cap]
+    cap_n = torch.zeros(len(cap), d, dtype=torch.float64, device=dev)
+    cap_n[torch.arange(len(cap), device=dev), torch.div(cap, 2, rounding_mode="floor")] = (cap % 2).double() * 2 - 1
+    normal[is_cap] = cap_n
+    cycles = _orient(cycles, x, normal)
+    tris, owner = _fan(cycles)
+    cyc_np = cycles.cpu().numpy()
+    mesh = ExactMesh(
+        vertices=x.cpu().numpy(),
+        bounds=bounds,
+        level=level,
+        polygons=[row[row >= 0] for row in cyc_np],
+        triangles=tris.cpu().numpy(),
+        triangle_polygon=owner.cpu().numpy(),
+        vertex_constraints=trip[rep].cpu().numpy(),
+        vertex_patterns=_unpack(pk[rep], n).cpu().numpy(),
+        polygon_patterns=patterns.cpu().numpy(),
+        polygon_is_cap=is_cap.cpu().numpy(),
+    )
+    mesh.stats["invalid_faces"] = tr["stats"]["failed_walks"]
+    return mesh
+
+
 def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:
     return ExactMesh(
         vertices=np.zeros((0, d)),
@@ -581,6 +647,7 @@ def extract_mesh(
     progress: bool = True,
     memory_limit: float | None = None,
     workers: int = 1,
+    seeds: Any = None,
 ) -> ExactMesh:
     """The exact level set ``f = level`` of a ReLU network over a box.
 
@@ -588,7 +655,10 @@ def extract_mesh(
     ----------
     net : anything :func:`nsr.networks.as_network` accepts; input dimension 2 or 3.
     bounds : ``(lo, hi)`` for every axis or a ``(D, 2)`` array.
-    mode : ``"surface"`` (tiles, pruning; default) or ``"complex"`` (the whole complex).
+    mode : ``"surface"`` (tiles, pruning; default), ``"complex"`` (the whole complex) or
+        ``"track"`` (grow the surface polygon by polygon from seed points, D = 3: work
+        proportional to the surface, but a component of the level set that holds no seed is
+        missed; see :mod:`nsr.tracking`).
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
     band : cells per axis of the grid on which surface mode bounds the output by linear
@@ -600,6 +670,11 @@ def extract_mesh(
         processes are spawned, so a calling script needs the ``if __name__ == "__main__":``
         guard, and ``stats["peak_memory_mb"]`` counts the calling process only.
 
+    seeds : track mode: an int ``R`` (default 32), seeding wherever the network changes
+        sign along the edges of an ``R``-per-axis grid, or ``(M, D)`` points near the level set
+        (e.g. the polygon centroids of an earlier mesh). Without any seed whose region crosses
+        the level set, track mode falls back to surface mode.
+
     A network with no crossing in the box gives an empty mesh and a warning.
     """
     net = as_network(net)
@@ -609,8 +684,12 @@ def extract_mesh(
             f"extract_mesh needs a 2-D or 3-D network (polylines or a triangle mesh), got {d}-D; "
             "use nsr.extract_complex(net, bounds).level_set() for the level-set complex in any dimension"
         )
-    if mode not in ("surface", "complex"):
-        raise ValueError(f"mode must be 'surface' or 'complex', got {mode!r}")
+    if mode not in ("surface", "complex", "track"):
+        raise ValueError(f"mode must be 'surface', 'complex' or 'track', got {mode!r}")
+    if mode == "track" and d != 3:
+        raise ValueError(f"mode='track' needs a 3-D network, got {d}-D; use mode='surface'")
+    if seeds is not None and mode != "track":
+        raise ValueError("seeds are for mode='track'")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if close and d != 3:
@@ -623,6 +702,15 @@ def extract_mesh(
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     with torch.no_grad(), no_tf32():
+        if mode == "track":
+            mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
+            if mesh is not None:
+                mesh.stats.update(mode=mode, dtype=str(dt), device=str(dev), subdivision_s=0.0,
+                                  time_s=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
+                _measure(mesh, netd)
+                return mesh
+            warnings.warn(f"track mode {why}; falling back to mode='surface'", stacklevel=2)
+            mode = "surface"
         if mode == "complex":
             cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress,
                                  memory_limit=memory_limit).refine(level)
@@ -675,6 +763,37 @@ def extract_mesh(
     if mesh.is_empty:
         warnings.warn(f"the network does not reach the level {level} inside the box: empty mesh", stacklevel=2)
     return mesh
+
+
+def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool
+                ) -> tuple[ExactMesh | None, str]:
+    """Track mode of :func:`extract_mesh`; ``(None, why)`` where it cannot answer: no seed
+    region crosses the level set, or a vertex is degenerate (a fourth plane through it)."""
+    from nsr.tracking import grid_seeds, track_surface
+
+    bt = torch.as_tensor(b, dtype=net.dtype, device=net.device)
+    if seeds is None or isinstance(seeds, int):
+        res = 32 if seeds is None else seeds
+        if res < 1:
+            raise ValueError(f"seeds must be a grid resolution >= 1 or (M, 3) points, got {res}")
+        pts = grid_seeds(net, bt, res, level)
+    else:
+        pts = torch.as_tensor(np.asarray(seeds), dtype=net.dtype, device=net.device)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise ValueError(f"seed points must be (M, 3), got shape {tuple(pts.shape)}")
+        inside = ((pts >= bt[:, 0]) & (pts <= bt[:, 1])).all(1)
+        pts = pts[inside]
+    t0 = time.perf_counter()
+    tr = track_surface(net, bt, pts, level=level, close=close, progress=progress)
+    if tr["stats"]["seed_regions"] == 0:
+        return None, "found no seed on the level set"
+    if tr["stats"]["degenerate_polygons"]:
+        return None, "met a degenerate vertex (a fourth plane through it)"
+    if tr["stats"]["failed_walks"]:
+        return None, f"could not close {tr['stats']['failed_walks']} polygons"
+    mesh = _mesh_from_tracks(net, tr, b, level)
+    mesh.stats.update(tracking_s=time.perf_counter() - t0, **tr["stats"])
+    return mesh, ""
 
 
 def _subdivide_tiles(weights: list[np.ndarray], biases: list[np.ndarray], tlo: np.ndarray, thi: np.ndarray,

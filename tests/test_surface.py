@@ -28,7 +28,7 @@ def _unique_rows(a: np.ndarray, decimals: int = 9) -> np.ndarray:
     return np.unique(np.round(a, decimals) + 0.0, axis=0)
 
 
-@pytest.mark.parametrize("mode", ["complex", "surface"])
+@pytest.mark.parametrize("mode", ["complex", "surface", "track"])
 def test_octahedron_exactly(mode):
     r = 0.5
     mesh = extract_mesh(octahedron_network(r), (-1, 1), mode=mode, tiles=3, progress=False)
@@ -41,7 +41,7 @@ def test_octahedron_exactly(mode):
     assert tm.area == pytest.approx(8 * math.sqrt(3) / 4 * (r * math.sqrt(2)) ** 2, rel=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["complex", "surface"])
+@pytest.mark.parametrize("mode", ["complex", "surface", "track"])
 def test_cube_exactly(mode):
     r = 0.4
     mesh = extract_mesh(cube_network(r), (-1, 1), mode=mode, tiles=4, progress=False)
@@ -93,7 +93,7 @@ def test_vertices_satisfy_the_level_set(dtype, tol):
     assert mesh.stats["max_abs_f"] <= tol
 
 
-@pytest.mark.parametrize("mode", ["complex", "surface"])
+@pytest.mark.parametrize("mode", ["complex", "surface", "track"])
 def test_closed_mesh_is_watertight_with_the_monte_carlo_volume(mode):
     net = _centered(3, [12, 12], 6)
     mesh = extract_mesh(net, (-1, 1), mode=mode, close=True, tiles=4, progress=False)

@@ -1,0 +1,427 @@
+"""Surface tracking: the exact level set grown polygon by polygon from seed points.
+
+Every linear region ``R`` of a ReLU network is a convex polyhedron ``{x : G_R [x, 1] >= 0}``
+(its neurons on their side of zero, inside the box), and on ``R`` the output is affine, so
+the level set inside ``R`` is one convex polygon in the plane ``f_R(x) = level``. The polygon
+is walked edge by edge: from a vertex, along the line of its current constraint, to the first
+other constraint the line meets. Crossing an edge on neuron ``j``'s hyperplane leads into the
+region whose activation pattern differs in ``j`` alone (the other neurons are continuous
+there), so the surface is grown breadth-first from polygon to neighbouring polygon and no
+region away from the surface is ever touched. With ``close=True`` box caps (the parts of the
+box faces where ``f < level``) are grown the same way: a cap polygon lies on a box facet, and
+its edges lead to other caps (across neurons and box edges) and to the surface (across the
+level set).
+
+The work is linear in the number of polygons, but completeness rests on the seeds: every
+connected component of the level set that holds a seed is found, and one without a seed is
+missed. :func:`grid_seeds` places seeds where the network changes sign along the edges of a
+grid, so a component is found whenever it separates two neighbouring grid points.
+``mode="surface"`` of :func:`nsr.extract_mesh` is complete without seeds.
+
+Constraint ids follow :class:`nsr.surface.ExactMesh`: ``2a``/``2a+1`` box facets
+``x_a >= lo_a``/``x_a <= hi_a``, ``2D + j`` hidden neuron ``j``, ``2D + N`` the level set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from nsr.complex import (
+    CHUNK_BYTES,
+    bit_values,
+    group_equal_rows,
+    hash_rows,
+    n_words,
+    pack_bits,
+)
+from nsr.networks import PLNetwork
+
+D = 3
+
+
+def activation_patterns(net: PLNetwork, x: Tensor) -> Tensor:
+    """Activation pattern (neuron > 0) of every hidden neuron at points ``x`` ``(M, D)``:
+    ``(M, N)`` bool, layers in order."""
+    out, h = [], x
+    for w, b in zip(net.weights[:-1], net.biases[:-1]):
+        z = h @ w.T + b
+        out.append(z > 0)
+        h = torch.relu(z)
+    return torch.cat(out, 1) if out else torch.zeros(len(x), 0, dtype=torch.bool, device=x.device)
+
+
+def region_constraints(net: PLNetwork, patterns: Tensor, bounds: Tensor, level: float) -> Tensor:
+    """Oriented constraints of linear regions, ``(B, D + 1, C)`` with ``C = 2D + N + 1``.
+
+    ``patterns`` ``(B, N)`` bool. Column ``c`` holds ``(a, b)`` with ``a . x + b >= 0`` on the
+    region: box facets, neurons on their side (``z`` if active, ``-z`` if not) and the level
+    set as ``level - f`` (the side a cap lies on; a surface polygon lies on it).
+    """
+    bsz = patterns.shape[0]
+    dt, dev = net.dtype, net.device
+    lo, hi = bounds[:, 0], bounds[:, 1]
+    facets = torch.zeros(D + 1, 2 * D, dtype=dt, device=dev)
+    ax = torch.arange(D, device=dev)
+    facets[ax, 2 * ax] = 1.0
+    facets[ax, 2 * ax + 1] = -1.0
+    facets[D, 0::2] = -lo
+    facets[D, 1::2] = hi
+    n_cols = 2 * D + sum(int(w.shape[0]) for w in net.weights)
+    g = torch.empty(bsz, D + 1, n_cols, dtype=dt, device=dev)
+    g[:, :, :2 * D] = facets
+    z = torch.cat([net.weights[0].T, net.biases[0][None]], 0).expand(bsz, -1, -1)  # (B, D+1, n_0)
+    off = 2 * D
+    sign = patterns.to(dt) * 2 - 1  # (B, N): +1 active, -1 inactive
+    for w, b in zip(net.weights[1:], net.biases[1:]):
+        width = z.shape[2]
+        cols = g[:, :, off:off + width]
+        torch.mul(z, sign[:, None, off - 2 * D:off - 2 * D + width], out=cols)
+        off += width
+        # masked z = (z * sign + z) / 2 would round; multiply by the 0/1 mask instead
+        z = (z * patterns[:, None, off - 2 * D - width:off - 2 * D]).reshape(bsz * (D + 1), -1) @ w.T
+        z = z.reshape(bsz, D + 1, -1)
+        z[:, D] += b
+    g[:, :, off] = -z[:, :, 0]
+    g[:, D, off] += level
+    return g
+
+
+def _columns(g: Tensor, c: Tensor) -> Tensor:
+    """``g`` ``(B, D+1, C)``, ``c`` ``(B,)`` -> ``(B, D+1)``."""
+    return torch.gather(g, 2, c[:, None, None].expand(-1, D + 1, 1)).squeeze(2)
+
+
+def _vertex(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """Intersection of three planes ``n . x + o = 0`` given as ``(B, D+1)`` rows (Cramer)."""
+    na, nb, nc = a[:, :D], b[:, :D], c[:, :D]
+    bc, ca, ab = torch.cross(nb, nc, dim=1), torch.cross(nc, na, dim=1), torch.cross(na, nb, dim=1)
+    det = (na * bc).sum(1, keepdim=True)
+    return -(a[:, D:] * bc + b[:, D:] * ca + c[:, D:] * ab) / det
+
+
+def _first_hit(g: Tensor, x: Tensor, d: Tensor, exclude: Tensor, near: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """First constraint met by the ray ``x + t d``, ``t > 0``: ``(index, t, degenerate)``;
+    ``t`` is inf where the ray meets none. ``exclude`` ``(B, K)``: constraints the ray lies
+    on. ``near`` ``(B, C)``: slack below which a constraint counts as passing through ``x``;
+    ``degenerate`` ``(B,)`` flags points where one that is not excluded does."""
+    one = torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
+    pts = torch.stack([torch.cat([x, one], 1), torch.cat([d, 0 * one], 1)], 1)  # (B, 2, D+1)
+    vr = torch.bmm(pts, g)  # (B, 2, C)
+    val, rate = vr[:, 0], vr[:, 1]
+    if near is None:
+        degenerate = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    else:
+        degenerate = (val < near).scatter_(1, exclude, False).any(1)
+    rate.scatter_(1, exclude, 0.0)
+    # the largest closing speed per unit of slack is the first hit (no inf/where temporaries)
+    speed = rate.neg_().clamp_(min=0).div_(val.clamp_(min=torch.finfo(val.dtype).tiny))
+    smax, idx = speed.max(1)
+    return idx, 1.0 / smax, degenerate
+
+
+def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float = 0.0, max_edges: int = 256
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Walk the polygons of regions around their boundary.
+
+    ``g`` ``(B, D+1, C)`` oriented constraints; the polygon lies on constraint ``support``
+    ``(B,)`` and has a vertex where the lines of ``prev`` and ``cur`` ``(B,)`` meet. The walk
+    goes along ``cur`` away from ``prev`` and ends on ``prev``. Returns ``edges`` ``(B, L)``
+    (the constraint of each edge, -1 padded), ``vertices`` ``(B, L, D)`` (vertex ``i`` starts
+    edge ``i``), ``length`` ``(B,)`` (0 where the walk did not close) and ``degenerate``
+    ``(B,)``: a vertex lies within ``tol`` of a fourth constraint's plane, so its identity
+    by three constraints is ambiguous.
+    """
+    bsz = g.shape[0]
+    dev, dt = g.device, g.dtype
+    edges = torch.full((bsz, max_edges), -1, dtype=torch.int64, device=dev)
+    verts = torch.zeros(bsz, max_edges, D, dtype=dt, device=dev)
+    length = torch.zeros(bsz, dtype=torch.int64, device=dev)
+    degenerate = torch.zeros(bsz, dtype=torch.bool, device=dev)
+    idx = torch.arange(bsz, device=dev)
+    end, s, p, q = prev, support, prev, cur
+    ga = g
+    # (B, C): slack of a plane at distance tol (summed by hand: a strided norm is slow)
+    near = (g[:, 0] * g[:, 0] + g[:, 1] * g[:, 1] + g[:, 2] * g[:, 2]).sqrt_().mul_(tol)
+    rs, rp, rq = _columns(ga, s), _columns(ga, p), _columns(ga, q)
+    v = _vertex(rs, rp, rq)
+    for step in range(max_edges - 1):
+        edges[idx, step] = q
+        verts[idx, step] = v
+        d = torch.cross(rs[:, :D], rq[:, :D], dim=1)
+        d = torch.where(((rp[:, :D] * d).sum(1) < 0)[:, None], -d, d)
+        r, t, deg = _first_hit(ga, v, d, torch.stack([s, p, q], 1), near)
+        degenerate[idx[deg]] = True
+        rr = _columns(ga, r)
+        v = _vertex(rs, rq, rr)
+        closed = r == end
+        if bool(closed.any()):
+            fin = idx[closed]
+            edges[fin, step + 1] = end[closed]
+            verts[fin, step + 1] = v[closed]
+            length[fin] = step + 2
+            # the closing vertex is not the start of a step: check its slack here
+            c = torch.nonzero(closed).squeeze(1)
+            _, _, deg = _first_hit(ga[c], v[c], d[c], torch.stack([s[c], q[c], r[c]], 1), near[c])
+            degenerate[fin[deg]] = True
+        go = ~closed & torch.isfinite(t)
+        if not bool(go.any()):
+            break
+        p, q, rp, rq = q, r, rq, rr
+        if not bool(go.all()):
+            keep = torch.nonzero(go).squeeze(1)
+            idx, end, s, p, q, v = idx[keep], end[keep], s[keep], p[keep], q[keep], v[keep]
+            rs, rp, rq, ga, near = rs[keep], rp[keep], rq[keep], ga[keep], near[keep]
+    edges[length == 0] = -1
+    return edges, verts, length, degenerate
+
+
+def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0.0) -> Tensor:
+    """Seed points near the level set: on every edge of a ``resolution``-cells-per-axis grid
+    whose end values straddle ``level``, the linear interpolation point. ``(M, D)``."""
+    n = resolution + 1
+    axes = [torch.linspace(float(bounds[a, 0]), float(bounds[a, 1]), n, dtype=net.dtype, device=net.device)
+            for a in range(D)]
+    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, D)
+    f = torch.cat([net(pts[sl]) for sl in _slices(len(pts), 2**14)]) - level
+    f = f.reshape(n, n, n)
+    pts = pts.reshape(n, n, n, D)
+    seeds = []
+    for a in range(D):
+        f0, f1 = f.narrow(a, 0, n - 1), f.narrow(a, 1, n - 1)
+        x0, x1 = pts.narrow(a, 0, n - 1), pts.narrow(a, 1, n - 1)
+        cross = (f0 > 0) != (f1 > 0)
+        t = (f0 / (f0 - f1))[cross][:, None]
+        seeds.append(x0[cross] + t * (x1[cross] - x0[cross]))
+    return torch.cat(seeds)
+
+
+def _slices(n: int, step: int) -> list[slice]:
+    return [slice(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Regions of seed points whose polygon is not empty, and a vertex of it.
+
+    Each point is projected onto its region's plane; if the projection lies in the region,
+    a ray in the plane meets some constraint ``q`` and the line of ``q`` meets another,
+    ``r``: the polygon has the vertex ``(q, r)``. Returns patterns ``(S, N)`` bool and
+    ``prev``/``cur`` ``(S,)``.
+    """
+    n = net.n_neurons
+    out = 2 * D + n
+    pats = activation_patterns(net, points)
+    pats, first = _unique_rows(pats)
+    points = points[first]
+    keep_p = [pats[:0]]
+    keep_q = [torch.zeros(0, dtype=torch.int64, device=points.device)]
+    keep_r = [keep_q[0]]
+    row = (D + 1) * (out + 1) * points.element_size()
+    for sl in _slices(len(pats), max(64, CHUNK_BYTES // row)):
+        g = region_constraints(net, pats[sl], bounds, level)
+        x = points[sl]
+        bsz = len(x)
+        s = torch.full((bsz,), out, dtype=torch.int64, device=x.device)
+        rs = _columns(g, s)
+        nrm = rs[:, :D]
+        val = (nrm * x).sum(1, keepdim=True) + rs[:, D:]
+        x = x - val / (nrm * nrm).sum(1, keepdim=True) * nrm
+        one = torch.ones(bsz, 1, dtype=x.dtype, device=x.device)
+        inside = (torch.bmm(torch.cat([x, one], 1)[:, None], g).squeeze(1)
+                  .index_fill(1, torch.tensor([out], device=x.device), 0.0) >= 0).all(1)
+        axis = nrm.abs().argmin(1)
+        d1 = torch.cross(nrm, torch.nn.functional.one_hot(axis, D).to(x.dtype), dim=1)
+        q, t1, _ = _first_hit(g, x, d1, s[:, None])
+        y = x + t1[:, None] * d1
+        d2 = torch.cross(nrm, _columns(g, q)[:, :D], dim=1)
+        r, t2, _ = _first_hit(g, y, d2, torch.stack([s, q], 1))
+        ok = inside & torch.isfinite(t1) & torch.isfinite(t2)
+        keep_p.append(pats[sl][ok])
+        keep_q.append(q[ok])
+        keep_r.append(r[ok])
+    return torch.cat(keep_p), torch.cat(keep_q), torch.cat(keep_r)
+
+
+def _unpack(words: Tensor, n: int) -> Tensor:
+    """Packed patterns ``(B, W)`` int64 -> ``(B, n)`` bool (bit ``j`` of word ``j // 64``)."""
+    # bytes of little-endian words hold bits 8k..8k+7 in order; unpack bytes, not words
+    by = words.contiguous().view(torch.uint8) if words.device.type == "cpu" else \
+        torch.stack([(words >> (8 * k)) & 255 for k in range(8)], 2).to(torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=words.device)
+    return ((by[..., None] >> shifts) & 1).reshape(len(words), 64 * words.shape[1])[:, :n].bool()
+
+
+def _unique_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct rows and the index of a first occurrence of each."""
+    if len(rows) == 0:
+        return rows, torch.zeros(0, dtype=torch.int64, device=rows.device)
+    order, gid = group_equal_rows(rows.long() if rows.dtype == torch.bool else rows)
+    first = torch.ones(len(gid), dtype=torch.bool, device=rows.device)
+    first[1:] = gid[1:] != gid[:-1]
+    idx = order[first]
+    return rows[idx], idx
+
+
+class _Visited:
+    """Set of polygon keys (packed pattern words + support), exact: hashes index the rows
+    and equal hashes are confirmed on the rows themselves."""
+
+    def __init__(self, width: int, device: torch.device) -> None:
+        self.h = torch.zeros(0, dtype=torch.int64, device=device)
+        self.rows = torch.zeros(0, width, dtype=torch.int64, device=device)
+
+    def contains(self, rows: Tensor, h: Tensor) -> Tensor:
+        if len(self.h) == 0:
+            return torch.zeros(len(rows), dtype=torch.bool, device=rows.device)
+        pos = torch.searchsorted(self.h, h).clamp(max=len(self.h) - 1)
+        hit = self.h[pos] == h
+        same = hit & (self.rows[pos] == rows).all(1)
+        if bool((hit & ~same).any()):
+            raise RuntimeError("64-bit hash collision between two polygon keys; rerun with mode='surface'")
+        return same
+
+    def add(self, rows: Tensor, h: Tensor) -> None:
+        allh = torch.cat([self.h, h])
+        order = torch.argsort(allh)
+        self.h = allh[order]
+        self.rows = torch.cat([self.rows, rows])[order]
+
+
+def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float = 0.0, close: bool = False,
+                  progress: bool = False, max_edges: int = 256) -> dict[str, Any]:
+    """Grow the polygons of the level set (and, with ``close``, the box caps) from seed points.
+
+    ``net`` and ``bounds`` ``(D, 2)`` share dtype and device; ``seeds`` ``(M, D)``. Returns a
+    dict of tensors: ``patterns`` ``(P, N)`` bool, ``support`` ``(P,)`` (the level-set
+    constraint for surface polygons, a box facet for caps), ``edges`` ``(P, L)`` constraint per
+    edge, ``vertices`` ``(P, L, D)`` and ``length`` ``(P,)``, plus counts in ``stats``.
+    """
+    n = net.n_neurons
+    out = 2 * D + n
+    dev = net.device
+    words = n_words(max(n, 1))
+    width = words + 1
+    pats, prev, cur = _seed_starts(net, seeds, bounds, level)
+    n_seed_regions = len(pats)
+    front_key = torch.cat([pack_bits(pats, words), torch.full((len(pats), 1), out, device=dev)], 1)
+    front_pc = torch.stack([prev, cur], 1)
+    visited = _Visited(width, dev)
+    found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": []}
+    row = (D + 1) * (out + 1) * net.dtype.itemsize
+    step = max(64, CHUNK_BYTES // row)
+    rounds, failed, walked, degenerate = 0, 0, 0, 0
+    # a fourth plane this close to a vertex makes its identity ambiguous
+    tol = 256 * torch.finfo(net.dtype).eps * float((bounds[:, 1] - bounds[:, 0]).norm())
+    bar = _bar(progress)
+    while len(front_key):
+        rounds += 1
+        h = hash_rows(front_key)
+        # one walk per key: keep the first of equal keys, drop those already walked
+        hs, order = torch.sort(h, stable=True)
+        first = torch.ones(len(hs), dtype=torch.bool, device=dev)
+        first[1:] = hs[1:] != hs[:-1]
+        order = order[first]
+        front_key, front_pc, h = front_key[order], front_pc[order], h[order]
+        new = ~visited.contains(front_key, h)
+        front_key, front_pc, h = front_key[new], front_pc[new], h[new]
+        if not len(front_key):
+            break
+        visited.add(front_key, h)
+        next_key, next_pc = [], []
+        for sl in _slices(len(front_key), step):
+            key = front_key[sl]
+            patterns = _unpack(key[:, :words], n)
+            g = region_constraints(net, patterns, bounds, level)
+            support = key[:, words]
+            e, v, m, deg = walk_polygons(g, support, front_pc[sl, 0], front_pc[sl, 1], tol, max_edges)
+            degenerate += int(deg.sum())
+            ok = m > 0
+            failed += int((~ok).sum())
+            key, e, v, m, support = key[ok], e[ok], v[ok], m[ok], support[ok]
+            lmax = int(m.max()) if len(m) else 0
+            e, v = e[:, :lmax], v[:, :lmax]
+            found["key"].append(key)
+            found["edges"].append(e)
+            found["vertices"].append(v)
+            found["length"].append(m)
+            nk, npc = _neighbours(key, e, m, support, words, n, close)
+            next_key.append(nk)
+            next_pc.append(npc)
+        walked += len(front_key)
+        if degenerate:  # the caller falls back to a method that resolves degeneracies
+            break
+        if bar is not None:
+            bar.update(len(front_key))
+        front_key = torch.cat(next_key)
+        front_pc = torch.cat(next_pc)
+        if len(front_key):
+            hk = hash_rows(front_key)
+            seen = visited.contains(front_key, hk)
+            front_key, front_pc = front_key[~seen], front_pc[~seen]
+    if bar is not None:
+        bar.close()
+    lmax = max((int(e.shape[1]) for e in found["edges"]), default=0)
+    edges = torch.cat([_pad(e, lmax, -1) for e in found["edges"]]) if found["edges"] else \
+        torch.zeros(0, 0, dtype=torch.int64, device=dev)
+    verts = torch.cat([_pad(v, lmax, 0.0) for v in found["vertices"]]) if found["vertices"] else \
+        torch.zeros(0, 0, D, dtype=net.dtype, device=dev)
+    key = torch.cat(found["key"]) if found["key"] else torch.zeros(0, width, dtype=torch.int64, device=dev)
+    length = torch.cat(found["length"]) if found["length"] else torch.zeros(0, dtype=torch.int64, device=dev)
+    return {
+        "key": key,
+        "patterns": _unpack(key[:, :words], n),
+        "support": key[:, words],
+        "edges": edges,
+        "vertices": verts,
+        "length": length,
+        "stats": {"seeds": len(seeds), "seed_regions": n_seed_regions, "rounds": rounds,
+                  "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate},
+    }
+
+
+def _bar(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="track", unit="polygon", leave=False)
+
+
+def _pad(t: Tensor, lmax: int, fill: float) -> Tensor:
+    if t.shape[1] == lmax:
+        return t
+    shape = (t.shape[0], lmax - t.shape[1]) + tuple(t.shape[2:])
+    return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], 1)
+
+
+def _neighbours(key: Tensor, edges: Tensor, length: Tensor, support: Tensor, words: int, n: int, close: bool
+                ) -> tuple[Tensor, Tensor]:
+    """Keys and start vertices of the polygons across every edge of walked polygons.
+
+    Across neuron ``j``: the same support, pattern bit ``j`` flipped, entered on ``j``. Across a
+    box facet or the level set (caps only, ``close``): the same region, that constraint as the
+    support, entered on the old support.
+    """
+    dev = key.device
+    out = 2 * D + n
+    lmax = edges.shape[1]
+    ar = torch.arange(lmax, device=dev)
+    valid = ar[None] < length[:, None]
+    nxt = torch.gather(edges, 1, (ar[None] + 1) % length.clamp(min=1)[:, None])
+    f, i = torch.nonzero(valid, as_tuple=True)
+    c, c_next = edges[f, i], nxt[f, i]
+    s = support[f]
+    is_neuron = (c >= 2 * D) & (c < out)
+    k = key[f].clone()
+    wd, mk = bit_values((c - 2 * D).clamp(min=0))
+    flip = torch.nonzero(is_neuron).squeeze(1)
+    k[flip, wd[flip]] ^= mk[flip]
+    change = ~is_neuron & close & ((s != out) | (c < 2 * D))  # surface -> cap on a facet; cap -> cap/surface
+    k[:, words] = torch.where(change, c, s)
+    prev = torch.where(change, s, c)
+    take = is_neuron | change
+    return k[take], torch.stack([prev, c_next], 1)[take]

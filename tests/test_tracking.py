@@ -1,0 +1,139 @@
+"""Surface tracking (``mode="track"``): checked against surface mode, closed forms and seeds."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from nsr.networks import PLNetwork, cube_network, octahedron_network
+from nsr.surface import extract_mesh
+from nsr.tracking import activation_patterns, grid_seeds, region_constraints
+from tests.test_surface import _centered
+
+
+def _polygon_sets(mesh) -> dict:
+    """Polygon -> (region pattern, cap flag, sorted rounded vertex coordinates): independent
+    of vertex numbering and of where a cycle starts."""
+    out: dict = {}
+    for poly, pat, cap in zip(mesh.polygons, mesh.polygon_patterns, mesh.polygon_is_cap):
+        v = np.round(np.sort(mesh.vertices[poly], 0), 9) + 0.0
+        key = (pat.tobytes(), bool(cap), v.tobytes())
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize(("widths", "seed", "close"), [([12, 12, 12], 0, False), ([16, 16], 1, True),
+                                                       ([20, 20, 20, 20], 2, False), ([20, 20, 20, 20], 2, True)])
+def test_track_mode_equals_surface_mode(widths, seed, close):
+    net = _centered(3, widths, seed)
+    a = extract_mesh(net, (-1, 1), mode="surface", close=close, progress=False)
+    b = extract_mesh(net, (-1, 1), mode="track", close=close, progress=False)
+    assert b.stats["mode"] == "track" and len(a.polygons) > 50
+    assert _polygon_sets(a) == _polygon_sets(b)
+    assert len(a.vertices) == len(b.vertices)  # welded alike
+    assert b.stats["max_abs_f"] <= 1e-12
+    tm = b.to_trimesh()
+    assert tm.is_winding_consistent
+    if close:
+        assert tm.is_watertight
+        assert tm.volume == pytest.approx(a.to_trimesh().volume, rel=1e-9)
+    # every vertex is shared the way a generic surface shares it: 4 polygons inside the box,
+    # fewer on its faces (counted from the polygons, independently of the welding keys)
+    if not close:
+        count = np.bincount(np.concatenate(b.polygons), minlength=len(b.vertices))
+        inside = (np.abs(b.vertices) < 1 - 1e-9).all(1)
+        assert (count[inside] == 4).all()
+
+
+def test_a_plane_gives_the_hexagon_of_the_box():
+    # no hidden layer: f = x + y + z, whose zero set cuts [-1, 1]^3 in a regular hexagon
+    net = PLNetwork([torch.ones(1, 3, dtype=torch.float64)], [torch.zeros(1, dtype=torch.float64)])
+    mesh = extract_mesh(net, (-1, 1), mode="track", progress=False)
+    assert mesh.stats["mode"] == "track"
+    assert len(mesh.polygons) == 1 and len(mesh.polygons[0]) == 6
+    want = {p for p in itertools.permutations((1.0, -1.0, 0.0))}
+    assert {tuple(np.round(v, 12) + 0.0) for v in mesh.vertices} == want
+    n = np.cross(*(mesh.vertices[mesh.polygons[0][1:3]] - mesh.vertices[mesh.polygons[0][0]]))
+    assert n @ np.ones(3) > 0  # oriented from negative to positive
+
+
+def test_octahedron_in_track_mode():
+    r = 0.5
+    mesh = extract_mesh(octahedron_network(r), (-1, 1), mode="track", progress=False)
+    assert mesh.stats["mode"] == "track"
+    tm = mesh.to_trimesh()
+    assert len(mesh.polygons) == 8 and tm.is_watertight
+    assert tm.volume == pytest.approx(4 / 3 * r**3, rel=1e-12)
+
+
+def test_one_seed_regrows_a_connected_surface():
+    import trimesh
+
+    net = _centered(3, [16, 16, 16], 3)
+    full = extract_mesh(net, (-1, 1), mode="surface", progress=False)
+    tm = full.to_trimesh()
+    labels = trimesh.graph.connected_component_labels(tm.face_adjacency, len(tm.faces))
+    assert labels.max() == 0, "the test needs a connected surface"
+    seed = full.vertices[full.polygons[len(full.polygons) // 2]].mean(0, keepdims=True)
+    b = extract_mesh(net, (-1, 1), mode="track", seeds=seed, progress=False)
+    assert b.stats["seed_regions"] == 1
+    assert _polygon_sets(b) == _polygon_sets(full)
+
+
+def test_track_without_a_seed_on_the_surface_falls_back_to_surface_mode():
+    net = _centered(3, [10, 10], 5)
+    with pytest.warns(UserWarning, match="no seed"):
+        b = extract_mesh(net, (-1, 1), mode="track", seeds=np.array([[5.0, 5.0, 5.0]]), progress=False)
+    assert b.stats["mode"] == "surface"
+    assert _polygon_sets(b) == _polygon_sets(extract_mesh(net, (-1, 1), progress=False))
+
+
+def test_degenerate_vertices_fall_back_to_surface_mode():
+    # the cube network's faces are cut by several planes through one point (face centres)
+    with pytest.warns(UserWarning, match="degenerate"):
+        mesh = extract_mesh(cube_network(0.4), (-1, 1), mode="track", progress=False)
+    assert mesh.stats["mode"] == "surface" and mesh.to_trimesh().is_watertight
+
+
+def test_float32_track_vertices_satisfy_the_level_set():
+    net = _centered(3, [16, 16], 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mesh = extract_mesh(net, (-1, 1), mode="track", dtype=torch.float32, progress=False)
+    f = net(torch.as_tensor(mesh.vertices))
+    assert mesh.stats["mode"] == "track" and f.abs().max() <= 1e-6
+
+
+def test_region_constraints_hold_inside_the_region():
+    net = _centered(3, [8, 8, 8], 6)
+    b = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    x = torch.rand(500, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pats = activation_patterns(net, x)
+    g = region_constraints(net, pats, b, level=0.25)
+    vals = torch.einsum("bd,bdc->bc", torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1), g)
+    assert (vals[:, :-1] >= -1e-12).all()  # box and neurons on their side
+    np.testing.assert_allclose(vals[:, -1].numpy(), (0.25 - net(x)).numpy(), atol=1e-12)  # level - f
+
+
+def test_grid_seeds_lie_between_opposite_signs():
+    net = octahedron_network(0.5)
+    b = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    s = grid_seeds(net, b, 8)
+    assert len(s) > 0
+    np.testing.assert_allclose(net(s).numpy(), 0.0, atol=1e-12)  # f is affine along those grid edges
+
+
+def test_track_mode_refuses_bad_input():
+    with pytest.raises(ValueError, match="3-D"):
+        extract_mesh(_centered(2, [8], 0), (-1, 1), mode="track", progress=False)
+    net = _centered(3, [8], 0)
+    with pytest.raises(ValueError, match="seeds"):
+        extract_mesh(net, (-1, 1), mode="surface", seeds=16, progress=False)
+    with pytest.raises(ValueError, match=r"\(M, 3\)"):
+        extract_mesh(net, (-1, 1), mode="track", seeds=np.zeros((4, 2)), progress=False)
+    with pytest.raises(ValueError, match="resolution"):
+        extract_mesh(net, (-1, 1), mode="track", seeds=0, progress=False)
