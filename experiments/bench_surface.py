@@ -1,15 +1,19 @@
 """Benchmark: exact surface extraction versus marching cubes, side by side in one run.
 
-For each network: nsr's exact surface (``mode="surface"``, float64) and nsr's marching-cubes
-baseline (scikit-image Lewiner on a chunked grid evaluation, float32, network evaluation
-included) at 128^3 and 256^3. Every method runs in a fresh process so that its peak
+For each network: nsr's exact surface (``mode="track"``, grown from grid seeds, and
+``mode="surface"``, complete by pruning; float64) and nsr's marching-cubes baseline
+(scikit-image Lewiner on a chunked grid evaluation, float32, network evaluation included)
+at 128^3 and 256^3. Every method runs in a fresh process so that its peak
 resident memory is its own; the ratio column divides by the exact extraction's time in
-the same run.
+the same run (the first exact mode listed, track by default). Each exact row also counts
+the polygons, so the modes can be compared: track mode is only complete where its seeds
+reach every component.
 
     python experiments/bench_surface.py                       # shared bunny networks
     python experiments/bench_surface.py --nets run/checkpoints/last.ckpt:4x128 ...
     python experiments/bench_surface.py --tiles 8 12 16        # compare tilings
     python experiments/bench_surface.py --workers 1 2          # tiles in 1 and 2 processes
+    python experiments/bench_surface.py --modes track           # track mode only
 
 Prints a Markdown table and writes ``experiments/out/bench_surface.json``.
 """
@@ -54,12 +58,15 @@ def _run(spec: dict) -> dict:
     if spec["method"] == "exact":
         from nsr.surface import extract_mesh
 
-        mesh = extract_mesh(net, bounds, mode="surface", tiles=spec.get("tiles"), dtype=torch.float64,
-                            device=spec["device"], progress=False, workers=spec.get("workers", 1))
+        mode = spec.get("mode", "surface")
+        kw = {"tiles": spec.get("tiles"), "workers": spec.get("workers", 1)} if mode == "surface" else {}
+        mesh = extract_mesh(net, bounds, mode=mode, dtype=torch.float64, device=spec["device"], progress=False,
+                            **kw)
         elapsed = time.perf_counter() - t0
         verts, n_faces = mesh.vertices, len(mesh.triangles)
-        extra = {"polygons": len(mesh.polygons), "tiles_kept": mesh.stats["tiles_kept"],
-                 "tiles": mesh.stats["tiles"], "watertight": mesh.stats.get("watertight")}
+        extra = {"polygons": len(mesh.polygons), "tiles_kept": mesh.stats.get("tiles_kept"),
+                 "tiles": mesh.stats.get("tiles"), "watertight": mesh.stats.get("watertight"),
+                 "mode_used": mesh.stats["mode"], "seed_regions": mesh.stats.get("seed_regions")}
     else:
         from nsr.marching_cubes import marching_cubes
 
@@ -87,7 +94,8 @@ def main() -> None:
     ap.add_argument("--nets", nargs="*", default=[], help="extra network files, optionally PATH:LABEL")
     ap.add_argument("--bounds", type=float, nargs=2, default=(-0.5, 0.5))
     ap.add_argument("--resolutions", type=int, nargs="*", default=[128, 256])
-    ap.add_argument("--tiles", type=int, nargs="*", default=[None])
+    ap.add_argument("--modes", nargs="*", default=["track", "surface"], choices=["track", "surface"])
+    ap.add_argument("--tiles", type=int, nargs="*", default=[None], help="surface mode: tiles per axis")
     ap.add_argument("--workers", type=int, nargs="*", default=[1],
                     help="exact surface: worker processes (one torch thread each when > 1)")
     ap.add_argument("--device", default="cpu")
@@ -111,8 +119,9 @@ def main() -> None:
     base = {"device": args.device, "threads": args.threads, "bounds": list(args.bounds)}
     rows = []
     for path, label in nets:
-        specs = [{**base, "path": path, "net": label, "method": "exact", "tiles": t, "workers": w}
-                 for t in args.tiles for w in args.workers]
+        specs = [{**base, "path": path, "net": label, "method": "exact", "mode": m, "tiles": t, "workers": w}
+                 for m in args.modes for t in (args.tiles if m == "surface" else [None])
+                 for w in (args.workers if m == "surface" else [1])]
         specs += [{**base, "path": path, "net": label, "method": "marching_cubes", "resolution": r}
                   for r in args.resolutions]
         for spec in specs:
@@ -120,7 +129,7 @@ def main() -> None:
             r = min(runs, key=lambda q: q["time_s"])
             r["times_s"] = [q["time_s"] for q in runs]
             rows.append(r)
-            what = (f"exact tiles={r.get('tiles')} w={r.get('workers')}" if r["method"] == "exact"
+            what = (f"exact {r['mode']} tiles={r.get('tiles')} w={r.get('workers')}" if r["method"] == "exact"
                     else f"MC {r['resolution']}^3")
             print(f"{label:16s} {what:20s} t={r['time_s']:8.2f}s peak={r['peak_rss_mb']:7.0f}MB "
                   f"V={r['vertices']:>9,d} F={r['faces']:>9,d} max|f|={r['max_abs_f']:.2e}", flush=True)
@@ -140,7 +149,11 @@ def main() -> None:
         for r in group:
             if r["method"] == "exact":
                 workers = f", {r['workers']} workers" if r.get("workers", 1) > 1 else ""
-                what = f"exact surface ({r['tiles_kept']}/{r['tiles']} tiles, {r['polygons']:,} polygons{workers})"
+                if r["mode_used"] == "track":
+                    what = f"exact, track ({r['seed_regions']:,} seed regions, {r['polygons']:,} polygons)"
+                else:
+                    what = (f"exact, {r['mode']} mode ({r['tiles_kept']}/{r['tiles']} tiles, "
+                            f"{r['polygons']:,} polygons{workers})")
             else:
                 what = f"marching cubes {r['resolution']}^3"
             print(f"| {label} | {what} | {r['time_s']:.2f} | {r['time_s'] / exact_t:.2f} | {r['peak_rss_mb']:.0f} "

@@ -233,13 +233,13 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if "net" not in cfg or OmegaConf.is_missing(cfg, "net") or cfg.net is None:
         raise ValueError("net= is required: a run directory, a checkpoint or a network file")
     mode = str(cfg.get("mode", "surface"))
-    if mode not in ("surface", "complex"):
-        raise ValueError(f"mode must be 'surface' or 'complex', got {mode!r}")
+    if mode not in ("surface", "complex", "track"):
+        raise ValueError(f"mode must be 'surface', 'complex' or 'track', got {mode!r}")
     dtype, device = parse_dtype(cfg.get("dtype", "float64")), cfg.get("device", None)
     net, run_box, source = resolve_network(cfg.net)
     box = _box(cfg, run_box, net.in_dim)
-    if net.in_dim != 3 and mode == "surface":
-        raise ValueError(f"mode=surface needs a 3D network (got {net.in_dim}D); use mode=complex")
+    if net.in_dim != 3 and mode in ("surface", "track"):
+        raise ValueError(f"mode={mode} needs a 3D network (got {net.in_dim}D); use mode=complex")
     out = prepare_out_dir(_output_dir(cfg))
     kw = {"dtype": dtype, "device": device, "progress": bool(cfg.get("progress", False))}
     stats: dict[str, Any] = {"net": str(source), "mode": mode, "bounds": box.tolist()}

@@ -51,6 +51,17 @@ def test_extract_surface(tiny_net, tmp_path):
     assert saved["surface_euler_characteristic"] == v - e + f
 
 
+def test_extract_track_mode_matches_surface_mode(tiny_net, tmp_path):
+    from nsr.extract import run_extract
+
+    a = run_extract(_compose("extract", [f"net={tiny_net}", f"out_dir={tmp_path / 'a'}", "preview=false"]))
+    b = run_extract(_compose("extract", [f"net={tiny_net}", f"out_dir={tmp_path / 'b'}", "preview=false",
+                                         "mode=track"]))
+    assert b["surface_stats"]["mode"] == "track"
+    assert b["n_polygons"] == a["n_polygons"] > 0 and b["n_vertices"] == a["n_vertices"]
+    assert b["abs_f_vertices_max"] < 1e-9
+
+
 def test_extract_complex_2d(tmp_path):
     pytest.importorskip("nsr.complex")
     from nsr.extract import run_extract
