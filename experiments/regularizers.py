@@ -179,6 +179,7 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
                 f"regularizer.regularizers.0.weight={weight}",
                 f"regularizer.regularizers.0.ramp_steps={args.ramp}",
             ]
+            ov.append(f"regularizer.extract_kwargs.mode={args.extract_mode}")
             if args.tiles is not None:
                 ov.append(f"+regularizer.extract_kwargs.tiles={args.tiles}")
             if variant == "fit":
@@ -258,7 +259,7 @@ def step_costs(path: Path, args: argparse.Namespace, repeats: int = 5) -> dict:
     regs = {"area": R.AreaRegularizer(), "smooth": R.SmoothnessRegularizer(),
             "quality": R.QualityRegularizer(), "fit": R.FitRegularizer(target=target),
             "eikonal": R.EikonalRegularizer()}
-    cb = R.ExactRegularizerCallback([], bounds=float(cfg.data.box))
+    cb = R.ExactRegularizerCallback([], bounds=float(cfg.data.box), extract_kwargs={"mode": args.extract_mode})
 
     def timed(fn) -> float:
         ts = []
@@ -302,7 +303,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="dtype of the differentiable geometry")
     ap.add_argument("--frozen-jacobian", action=argparse.BooleanOptionalAction, default=True,
                     help="cheaper differentiable vertices (exact gradient on a fresh structure)")
-    ap.add_argument("--tiles", type=int, default=None, help="extract_mesh tiles (default: its own)")
+    ap.add_argument("--extract-mode", choices=["track", "surface"], default="track",
+                    help="extract_mesh mode of the callback's re-extraction")
+    ap.add_argument("--tiles", type=int, default=None, help="surface mode: extract_mesh tiles (default: its own)")
     ap.add_argument("--ramp", type=int, default=0, help="ramp_steps of the regularizer")
     ap.add_argument("--smooth-normalize", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--fit-distance", choices=["point", "plane"], default="point")

@@ -536,11 +536,13 @@ class ExactRegularizerCallback(Callback):
     On ``setup`` it appends :meth:`term` to ``pl_module.regularizer_terms`` (nsr's training
     module adds the sum of the returned values to the loss and logs each as ``reg/<name>``).
     Every ``every_n_steps`` steps it re-extracts the surface of ``pl_module.net`` under
-    ``no_grad`` (``extract_mesh(..., mode="surface", dtype=float64)``) and keeps its
+    ``no_grad`` (``extract_mesh(..., mode="track", dtype=float64)``) and keeps its
     combinatorics; :meth:`term` re-solves the positions with the current parameters.
     ``bounds`` is ``(D, 2)``, a scalar half-width, or ``None`` for the module's ``bounds``
     attribute (else the datamodule's ``box``, else ``[-1, 1]^D``); ``extract_kwargs`` go to
-    ``extract_mesh`` (e.g. ``tiles``). Vertices that moved more than ``max_move`` (see
+    ``extract_mesh``: the default ``mode="track"`` grows the surface from seeds (2-3x
+    cheaper on a 32x3 net; a component without a seed is missed until one lands on it),
+    ``mode="surface"`` is complete. Vertices that moved more than ``max_move`` (see
     :class:`ExactSurface`) are left out; when more than ``refresh_invalid`` of the polygons
     are, the surface is re-extracted as soon as possible, whatever ``every_n_steps`` says.
 
@@ -823,9 +825,9 @@ def _extract_structure(
     from nsr.surface import extract_mesh
 
     t0 = time.perf_counter()
+    kw = {"mode": "track", **extract_kwargs}
     with torch.no_grad():
-        mesh = extract_mesh(pl, bounds, mode="surface", dtype=torch.float64, device=pl.device,
-                            progress=False, **extract_kwargs)
+        mesh = extract_mesh(pl, bounds, dtype=torch.float64, device=pl.device, progress=False, **kw)
     structure, n_big = None, 0
     if mesh.is_empty or len(mesh.polygons) == 0:
         pass

@@ -562,15 +562,7 @@ def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, le
     cycles[f, i] = entry_vertex
     patterns = tr["patterns"]
     is_cap = support != out
-    netd = net.to(device=dev, dtype=torch.float64)
-    if n:
-        normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1)))
-    else:
-        normal = netd.weights[0].expand(len(key), -1).clone()
-    cap = support[is_cap]
-    cap_n = torch.zeros(len(cap), d, dtype=torch.float64, device=dev)
-    cap_n[torch.arange(len(cap), device=dev), torch.div(cap, 2, rounding_mode="floor")] = (cap % 2).double() * 2 - 1
-    normal[is_cap] = cap_n
+    normal = tr["normal"].double()
     cycles = _orient(cycles, x, normal)
     tris, owner = _fan(cycles)
     cyc_np = cycles.cpu().numpy()

@@ -304,7 +304,9 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     ``net`` and ``bounds`` ``(D, 2)`` share dtype and device; ``seeds`` ``(M, D)``. Returns a
     dict of tensors: ``patterns`` ``(P, N)`` bool, ``support`` ``(P,)`` (the level-set
     constraint for surface polygons, a box facet for caps), ``edges`` ``(P, L)`` constraint per
-    edge, ``vertices`` ``(P, L, D)`` and ``length`` ``(P,)``, plus counts in ``stats``.
+    edge, ``vertices`` ``(P, L, D)``, ``length`` ``(P,)`` and ``normal`` ``(P, D)`` (the plane's
+    normal pointing from ``f < level`` to ``f > level``, outward for caps), plus counts in
+    ``stats``.
     """
     n = net.n_neurons
     out = 2 * D + n
@@ -316,7 +318,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     front_key = torch.cat([pack_bits(pats, words), torch.full((len(pats), 1), out, device=dev)], 1)
     front_pc = torch.stack([prev, cur], 1)
     visited = _Visited(width, dev)
-    found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": []}
+    found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": [], "normal": []}
     row = (D + 1) * (out + 1) * net.dtype.itemsize
     step = max(64, CHUNK_BYTES // row)
     rounds, failed, walked, degenerate = 0, 0, 0, 0
@@ -347,6 +349,9 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
             degenerate += int(deg.sum())
             ok = m > 0
             failed += int((~ok).sum())
+            # outward normal of the polygon's plane: minus the support's constraint normal
+            # (the level set is stored as level - f, box facets point inwards)
+            found["normal"].append(-_columns(g, support)[ok, :D])
             key, e, v, m, support = key[ok], e[ok], v[ok], m[ok], support[ok]
             lmax = int(m.max()) if len(m) else 0
             e, v = e[:, :lmax], v[:, :lmax]
@@ -377,6 +382,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
         torch.zeros(0, 0, D, dtype=net.dtype, device=dev)
     key = torch.cat(found["key"]) if found["key"] else torch.zeros(0, width, dtype=torch.int64, device=dev)
     length = torch.cat(found["length"]) if found["length"] else torch.zeros(0, dtype=torch.int64, device=dev)
+    normal = torch.cat(found["normal"]) if found["normal"] else torch.zeros(0, D, dtype=net.dtype, device=dev)
     return {
         "key": key,
         "patterns": _unpack(key[:, :words], n),
@@ -384,6 +390,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
         "edges": edges,
         "vertices": verts,
         "length": length,
+        "normal": normal,
         "stats": {"seeds": len(seeds), "seed_regions": n_seed_regions, "rounds": rounds,
                   "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate},
     }
