@@ -247,6 +247,7 @@ def differentiable_vertices(
     dtype: torch.dtype | None = None,
     cond_max: float = 1e12,
     frozen_jacobian: bool = False,
+    jacobian_inverse: Tensor | None = None,
 ) -> Tensor:
     """Vertex positions as differentiable functions of the network parameters.
 
@@ -264,7 +265,15 @@ def differentiable_vertices(
     value is the same; the gradient is ``-J^-1 d(J x0 + c)/dθ``, which equals the
     implicit-function gradient wherever ``x0`` solves the constraints (a fresh extraction)
     and differs from it by ``J^-1 (dJ/dθ) J^-1 r`` for a stale structure with residual ``r``.
+    ``jacobian_inverse`` ``(V, D, D)`` (from :func:`frozen_jacobian_inverse`, possibly for
+    earlier parameters) skips building ``J``: the step is then a Newton step with that
+    Jacobian, whose value differs from the re-solved vertex at second order in the parameter
+    change.
     """
+    if jacobian_inverse is not None:
+        res = constraint_residuals(net, vertices, constraints, patterns, bounds, level, dtype)
+        x0 = vertices.detach().to(device=res.device, dtype=res.dtype)
+        return x0 - torch.einsum("vij,vj->vi", jacobian_inverse.to(res.dtype), res)
     if frozen_jacobian:
         with torch.no_grad():
             jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
@@ -278,6 +287,27 @@ def differentiable_vertices(
     if x0.shape[0] == 0:
         return x0 + 0.0 * jac.sum()
     return _newton_step(jac, x0, cond_max, off=off)
+
+
+def frozen_jacobian_inverse(
+    net: Any,
+    constraints: Tensor,
+    patterns: Tensor,
+    bounds: Tensor | np.ndarray | Sequence[Sequence[float]],
+    level: float = 0.0,
+    dtype: torch.dtype | None = None,
+    cond_max: float = 1e12,
+) -> Tensor:
+    """``J^-1`` of each vertex's constraint system, without gradient, ``(V, D, D)``; rows of
+    degenerate vertices (see :func:`differentiable_vertices`) are zero, so that a Newton step
+    with it keeps them at ``x0`` with zero gradient. Reusable for the ``jacobian_inverse`` of
+    :func:`differentiable_vertices` while the structure is kept."""
+    with torch.no_grad():
+        jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
+        inv, info = torch.linalg.inv_ex(jac)
+        cond = torch.linalg.matrix_norm(jac) * torch.linalg.matrix_norm(inv)
+        bad = (info != 0) | ~torch.isfinite(cond) | (cond > cond_max)
+        return torch.where(bad[:, None, None], torch.zeros_like(inv), inv)
 
 
 def _newton_step(jac: Tensor, x0: Tensor, cond_max: float, off: Tensor | None = None,

@@ -67,9 +67,13 @@ class ExactSurface:
     extracted position (no gradient) and every polygon, edge and triangle touching one is
     left out of the regularizers (see :attr:`invalid_fraction`).
 
-    ``frozen_jacobian``: see :func:`nsr.geometry.differentiable_vertices` (same positions,
-    several times cheaper; the gradient is exact for a fresh structure and first-order
-    accurate for a stale one).
+    ``frozen_jacobian``: ``J^-1`` of every vertex's constraints is computed once per structure,
+    without gradient, at its first use (:func:`nsr.geometry.frozen_jacobian_inverse`), and
+    each term takes a Newton step with it from the residuals (see
+    :func:`nsr.geometry.differentiable_vertices`): about 2x cheaper than rebuilding ``J``
+    (the 32x3 bunny's smooth term: 9 ms against 18 ms). On a fresh structure positions and
+    gradients are exact; on a stale one the positions are off at second order in the
+    parameter change and the gradient at first order.
     """
 
     def __init__(
@@ -104,10 +108,18 @@ class ExactSurface:
     @cached_property
     def _solved(self) -> tuple[Tensor, Tensor]:
         s = self.structure
+        inverse = None
+        if self.frozen_jacobian:  # J^-1 once per structure, at its first use
+            cache = s.__dict__.setdefault("_jacobian_inverse", {})
+            key = (self.dtype, self.level)
+            if key not in cache:
+                cache[key] = G.frozen_jacobian_inverse(self.params, s.constraints, s.vertex_patterns, s.bounds,
+                                                       self.level)
+            inverse = cache[key]
         x = G.differentiable_vertices(
             self.params, s.vertices0, s.constraints, self._patterns("vertex_patterns"), s.bounds,
             self.level,
-            frozen_jacobian=self.frozen_jacobian,
+            frozen_jacobian=self.frozen_jacobian, jacobian_inverse=inverse,
         )
         x0 = s.vertices0.to(x.dtype)
         with torch.no_grad():

@@ -954,3 +954,31 @@ def test_fit_point_to_plane_distance():
         assert float(no_normals(surf)) == pytest.approx(float(point(surf)))
     with pytest.raises(ValueError, match="distance"):
         R.FitRegularizer(distance="normal")
+
+
+def test_cached_jacobian_inverse_is_exact_when_fresh_and_second_order_when_stale():
+    surface = _surface_module()
+    net = _small_net((10, 10), seed=3)
+    mesh = surface.extract_mesh(_pl(net), BOX, mode="track", dtype=torch.float64, progress=False)
+    s = structure(mesh)
+    args = (s.constraints, s.vertex_patterns, BOX)
+    inv = G.frozen_jacobian_inverse(net, *args)
+    fresh = G.differentiable_vertices(net, s.vertices0, *args, jacobian_inverse=inv)
+    assert torch.max(torch.abs(fresh.detach() - s.vertices0)) <= 1e-9
+    # with the pattern fixed the constraints are affine in x, so a Newton step with the
+    # current J is the exact re-solved vertex; the cached J's step is off at second order
+    gen = torch.Generator().manual_seed(0)
+    direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in net.parameters()]
+    base = [p.detach().clone() for p in net.parameters()]
+    errors = []
+    for eps in (1e-3, 2e-3):
+        with torch.no_grad():
+            for p, b0, d in zip(net.parameters(), base, direction):
+                p.copy_(b0 + eps * d)
+        exact = G.differentiable_vertices(net, s.vertices0, *args).detach()
+        cached = G.differentiable_vertices(net, s.vertices0, *args, jacobian_inverse=inv).detach()
+        ok = torch.isfinite(exact).all(1) & ((exact - s.vertices0).norm(dim=1) < 0.1)
+        moved = float((exact - s.vertices0)[ok].norm(dim=1).max())
+        errors.append(float((cached - exact)[ok].norm(dim=1).max()))
+        assert errors[-1] < 0.2 * moved  # much closer than the first-order move itself
+    assert 2.5 < errors[1] / errors[0] < 6  # second order: doubling eps ~quadruples the error
