@@ -662,7 +662,7 @@ def extract_mesh(
         processes are spawned, so a calling script needs the ``if __name__ == "__main__":``
         guard, and ``stats["peak_memory_mb"]`` counts the calling process only.
 
-    seeds : track mode: an int ``R`` (default 32), seeding wherever the network changes
+    seeds : track mode: an int ``R`` (default 64), seeding wherever the network changes
         sign along the edges of an ``R``-per-axis grid, or ``(M, D)`` points near the level set
         (e.g. the polygon centroids of an earlier mesh). Without any seed whose region crosses
         the level set, track mode falls back to surface mode.
@@ -765,7 +765,7 @@ def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds:
 
     bt = torch.as_tensor(b, dtype=net.dtype, device=net.device)
     if seeds is None or isinstance(seeds, int):
-        res = 32 if seeds is None else seeds
+        res = 64 if seeds is None else seeds
         if res < 1:
             raise ValueError(f"seeds must be a grid resolution >= 1 or (M, 3) points, got {res}")
         pts = grid_seeds(net, bt, res, level)

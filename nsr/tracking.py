@@ -185,24 +185,58 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     return edges, verts, length, degenerate
 
 
-def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0.0) -> Tensor:
-    """Seed points near the level set: on every edge of a ``resolution``-cells-per-axis grid
-    whose end values straddle ``level``, the linear interpolation point. ``(M, D)``."""
+def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0.0, iterations: int = 40
+               ) -> Tensor:
+    """Seed points on the level set: on every edge of a ``resolution``-cells-per-axis grid
+    whose end values straddle ``level``, a crossing point. ``(M, D)``.
+
+    The crossing is found by regula falsi (Illinois) along the edge: ``f`` is piecewise
+    linear there, so once the bracket lies in one linear piece the next step lands on the
+    level set. A linearly interpolated point would often lie in a region that the surface
+    does not cross (a different piece of the edge), and its seed would be lost.
+    """
     n = resolution + 1
     axes = [torch.linspace(float(bounds[a, 0]), float(bounds[a, 1]), n, dtype=net.dtype, device=net.device)
             for a in range(D)]
     pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, D)
-    f = torch.cat([net(pts[sl]) for sl in _slices(len(pts), 2**14)]) - level
-    f = f.reshape(n, n, n)
+    f = _values(net, pts, level).reshape(n, n, n)
     pts = pts.reshape(n, n, n, D)
-    seeds = []
-    for a in range(D):
-        f0, f1 = f.narrow(a, 0, n - 1), f.narrow(a, 1, n - 1)
-        x0, x1 = pts.narrow(a, 0, n - 1), pts.narrow(a, 1, n - 1)
+    a_pts, b_pts, fa, fb = [], [], [], []
+    for ax in range(D):
+        f0, f1 = f.narrow(ax, 0, n - 1), f.narrow(ax, 1, n - 1)
         cross = (f0 > 0) != (f1 > 0)
-        t = (f0 / (f0 - f1))[cross][:, None]
-        seeds.append(x0[cross] + t * (x1[cross] - x0[cross]))
-    return torch.cat(seeds)
+        a_pts.append(pts.narrow(ax, 0, n - 1)[cross])
+        b_pts.append(pts.narrow(ax, 1, n - 1)[cross])
+        fa.append(f0[cross])
+        fb.append(f1[cross])
+    a, b, va, vb = torch.cat(a_pts), torch.cat(b_pts), torch.cat(fa), torch.cat(fb)
+    tol = 16 * torch.finfo(f.dtype).eps * float(f.abs().max()) if f.numel() else 0.0
+    out = (a + b) / 2
+    idx = torch.arange(len(a), device=a.device)
+    side = torch.zeros(len(a), dtype=torch.int8, device=a.device)  # end replaced last: -1 a, +1 b
+    for _ in range(iterations):
+        t = (va / (va - vb)).clamp(0.0, 1.0)[:, None]
+        x = a + t * (b - a)
+        vx = _values(net, x, level)
+        out[idx] = x
+        go = vx.abs() > tol
+        if not bool(go.any()):
+            break
+        with_a = (vx > 0) == (va > 0)  # x replaces the end of its own sign
+        # Illinois: halve the value kept at the other end when one end is replaced twice
+        vb = torch.where(with_a & (side == -1), vb / 2, vb)
+        va = torch.where(~with_a & (side == 1), va / 2, va)
+        a = torch.where(with_a[:, None], x, a)
+        va = torch.where(with_a, vx, va)
+        b = torch.where(with_a[:, None], b, x)
+        vb = torch.where(with_a, vb, vx)
+        side = torch.where(with_a, -1, 1).to(torch.int8)
+        idx, a, b, va, vb, side = idx[go], a[go], b[go], va[go], vb[go], side[go]
+    return out
+
+
+def _values(net: PLNetwork, x: Tensor, level: float) -> Tensor:
+    return torch.cat([net(x[sl]) for sl in _slices(len(x), 2**14)]) - level if len(x) else x[:, 0]
 
 
 def _slices(n: int, step: int) -> list[slice]:
@@ -213,16 +247,16 @@ def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Regions of seed points whose polygon is not empty, and a vertex of it.
 
-    Each point is projected onto its region's plane; if the projection lies in the region,
-    a ray in the plane meets some constraint ``q`` and the line of ``q`` meets another,
-    ``r``: the polygon has the vertex ``(q, r)``. Returns patterns ``(S, N)`` bool and
-    ``prev``/``cur`` ``(S,)``.
+    Each point is projected onto its region's plane (and back into the box); if the
+    projection lies in the region, a ray in the plane meets some constraint ``q`` and the
+    line of ``q`` meets another, ``r``: the polygon has the vertex ``(q, r)``. Every point is
+    tried, and only then are regions made unique: a region's first seed may fail (e.g. a
+    point on a box face projected just outside) where another succeeds. Returns patterns
+    ``(S, N)`` bool and ``prev``/``cur`` ``(S,)``.
     """
     n = net.n_neurons
     out = 2 * D + n
     pats = activation_patterns(net, points)
-    pats, first = _unique_rows(pats)
-    points = points[first]
     keep_p = [pats[:0]]
     keep_q = [torch.zeros(0, dtype=torch.int64, device=points.device)]
     keep_r = [keep_q[0]]
@@ -236,6 +270,7 @@ def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
         nrm = rs[:, :D]
         val = (nrm * x).sum(1, keepdim=True) + rs[:, D:]
         x = x - val / (nrm * nrm).sum(1, keepdim=True) * nrm
+        x = torch.minimum(torch.maximum(x, bounds[:, 0]), bounds[:, 1])
         one = torch.ones(bsz, 1, dtype=x.dtype, device=x.device)
         inside = (torch.bmm(torch.cat([x, one], 1)[:, None], g).squeeze(1)
                   .index_fill(1, torch.tensor([out], device=x.device), 0.0) >= 0).all(1)
@@ -249,7 +284,8 @@ def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
         keep_p.append(pats[sl][ok])
         keep_q.append(q[ok])
         keep_r.append(r[ok])
-    return torch.cat(keep_p), torch.cat(keep_q), torch.cat(keep_r)
+    pats, first = _unique_rows(torch.cat(keep_p))
+    return pats, torch.cat(keep_q)[first], torch.cat(keep_r)[first]
 
 
 def _unpack(words: Tensor, n: int) -> Tensor:
