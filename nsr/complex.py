@@ -39,6 +39,7 @@ import json
 import math
 import os
 import resource
+import sys
 import tempfile
 import time
 import warnings
@@ -135,9 +136,17 @@ def bit_values(ids: Tensor) -> tuple[Tensor, Tensor]:
 
 def unpack_bits(pos: Tensor, ids: Tensor) -> Tensor:
     """Bits ``ids`` of packed sets ``pos`` ``(M, W)`` -> ``(M, len(ids))`` bool."""
-    word, _ = bit_values(ids)
-    shift = ids - word * _BITS
-    return ((pos[:, word] >> shift) & 1).bool()
+    # Unpack bytes, not words: bit j of a word is bit j % 8 of its byte j // 8 (little
+    # endian), so (M, 8W, 8) uint8 shifts replace one int64 gather and shift per bit
+    # (10x faster for the 256-bit patterns of an 8x32 network).
+    m = pos.shape[0]
+    if pos.device.type == "cpu" and sys.byteorder == "little":
+        by = pos.contiguous().view(torch.uint8)
+    else:
+        by = torch.stack([(pos >> (8 * k)) & 255 for k in range(8)], 2).to(torch.uint8).reshape(m, -1)
+    shifts = torch.arange(8, dtype=torch.uint8, device=pos.device)
+    bits = ((by[..., None] >> shifts) & 1).reshape(m, _BITS * pos.shape[1])
+    return bits[:, ids].bool()
 
 
 def pack_bits(flags: Tensor, n_words_: int) -> Tensor:

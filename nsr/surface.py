@@ -531,8 +531,6 @@ def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, le
     and ``i``; with the bits of those neurons cleared from the region's pattern (the regions
     around the vertex differ only there), the three ids and the pattern identify it exactly.
     """
-    from nsr.tracking import _unpack
-
     d, n = 3, net.n_neurons
     out = 2 * d + n
     key, e, m, support = tr["key"], tr["edges"], tr["length"], tr["support"]
@@ -574,7 +572,7 @@ def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, le
         triangles=tris.cpu().numpy(),
         triangle_polygon=owner.cpu().numpy(),
         vertex_constraints=trip[rep].cpu().numpy(),
-        vertex_patterns=_unpack(pk[rep], n).cpu().numpy(),
+        vertex_patterns=unpack_bits(pk[rep], torch.arange(n, device=dev)).cpu().numpy(),
         polygon_patterns=patterns.cpu().numpy(),
         polygon_is_cap=is_cap.cpu().numpy(),
     )

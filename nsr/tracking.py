@@ -36,6 +36,7 @@ from nsr.complex import (
     hash_rows,
     n_words,
     pack_bits,
+    unpack_bits,
 )
 from nsr.networks import PLNetwork
 
@@ -288,15 +289,6 @@ def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
     return pats, torch.cat(keep_q)[first], torch.cat(keep_r)[first]
 
 
-def _unpack(words: Tensor, n: int) -> Tensor:
-    """Packed patterns ``(B, W)`` int64 -> ``(B, n)`` bool (bit ``j`` of word ``j // 64``)."""
-    # bytes of little-endian words hold bits 8k..8k+7 in order; unpack bytes, not words
-    by = words.contiguous().view(torch.uint8) if words.device.type == "cpu" else \
-        torch.stack([(words >> (8 * k)) & 255 for k in range(8)], 2).to(torch.uint8)
-    shifts = torch.arange(8, dtype=torch.uint8, device=words.device)
-    return ((by[..., None] >> shifts) & 1).reshape(len(words), 64 * words.shape[1])[:, :n].bool()
-
-
 def _unique_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
     """Distinct rows and the index of a first occurrence of each."""
     if len(rows) == 0:
@@ -378,7 +370,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
         next_key, next_pc = [], []
         for sl in _slices(len(front_key), step):
             key = front_key[sl]
-            patterns = _unpack(key[:, :words], n)
+            patterns = unpack_bits(key[:, :words], torch.arange(n, device=dev))
             g = region_constraints(net, patterns, bounds, level)
             support = key[:, words]
             e, v, m, deg = walk_polygons(g, support, front_pc[sl, 0], front_pc[sl, 1], tol, max_edges)
@@ -421,7 +413,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     normal = torch.cat(found["normal"]) if found["normal"] else torch.zeros(0, D, dtype=net.dtype, device=dev)
     return {
         "key": key,
-        "patterns": _unpack(key[:, :words], n),
+        "patterns": unpack_bits(key[:, :words], torch.arange(n, device=dev)),
         "support": key[:, words],
         "edges": edges,
         "vertices": verts,

@@ -227,3 +227,16 @@ def test_incidences_of_regions_and_edges_in_2d():
     # every region is a polygon with at least three edges, and V - E + F = 1
     assert (torch.bincount(inc[:, 1]) >= 3).all()
     assert len(cx.vertices) - len(cx.edges) + int(inc[:, 1].max()) + 1 == 1
+
+
+@pytest.mark.parametrize("n_bits", [1, 63, 64, 65, 200])
+def test_pack_and_unpack_bits_round_trip(n_bits):
+    from nsr.complex import n_words, pack_bits, unpack_bits
+
+    gen = torch.Generator().manual_seed(n_bits)
+    flags = torch.rand(41, n_bits, generator=gen) > 0.5
+    flags[0] = True  # every bit set, the sign bit of each int64 word included
+    words = pack_bits(flags, n_words(n_bits))
+    assert torch.equal(unpack_bits(words, torch.arange(n_bits)), flags)
+    ids = torch.randperm(n_bits, generator=gen)[: max(1, n_bits // 3)]
+    assert torch.equal(unpack_bits(words, ids), flags[:, ids])
