@@ -304,24 +304,27 @@ def frozen_jacobian_inverse(
     :func:`differentiable_vertices` while the structure is kept."""
     with torch.no_grad():
         jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
+        inv, bad = _checked_inverse(jac, cond_max)
+        return torch.where(bad[:, None, None], torch.zeros_like(inv), inv)
+
+
+def _checked_inverse(jac: Tensor, cond_max: float) -> tuple[Tensor, Tensor]:
+    """``J^-1`` and the rows to leave alone: singular, or with Frobenius condition number
+    ``|J| |J^-1|`` (between ``cond_2`` and ``D cond_2``; one batched inverse instead of an
+    SVD) above ``cond_max``. No gradient."""
+    with torch.no_grad():
         inv, info = torch.linalg.inv_ex(jac)
         cond = torch.linalg.matrix_norm(jac) * torch.linalg.matrix_norm(inv)
-        bad = (info != 0) | ~torch.isfinite(cond) | (cond > cond_max)
-        return torch.where(bad[:, None, None], torch.zeros_like(inv), inv)
+        return inv, (info != 0) | ~torch.isfinite(cond) | (cond > cond_max)
 
 
 def _newton_step(jac: Tensor, x0: Tensor, cond_max: float, off: Tensor | None = None,
                  resid: Tensor | None = None) -> Tensor:
     """``x0 - J^-1 r`` with ``r = J x0 + off``, or with ``resid`` and ``J`` held constant.
 
-    Rows whose Frobenius condition number ``|J| |J^-1|`` (between ``cond_2`` and ``D cond_2``;
-    one batched inverse instead of an SVD) exceeds ``cond_max``, or that are singular, keep
-    ``x0`` with zero gradient.
+    Rows that :func:`_checked_inverse` rejects keep ``x0`` with zero gradient.
     """
-    with torch.no_grad():
-        inv, info = torch.linalg.inv_ex(jac)
-        cond = torch.linalg.matrix_norm(jac) * torch.linalg.matrix_norm(inv)
-        bad = (info != 0) | ~torch.isfinite(cond) | (cond > cond_max)
+    inv, bad = _checked_inverse(jac, cond_max)
     eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
     if resid is not None:  # J constant: reuse the inverse
         resid = torch.where(bad[:, None], torch.zeros_like(resid), resid)
