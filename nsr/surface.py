@@ -692,66 +692,72 @@ def extract_mesh(
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     with torch.no_grad(), no_tf32():
+        mesh = None
         if mode == "track":
             mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
-            if mesh is not None:
-                mesh.stats.update(mode=mode, dtype=str(dt), device=str(dev), subdivision_s=0.0,
-                                  time_s=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
-                _measure(mesh, netd)
-                return mesh
-            warnings.warn(f"track mode {why}; falling back to mode='surface'", stacklevel=2)
-            mode = "surface"
-        if mode == "complex":
-            cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress,
-                                 memory_limit=memory_limit).refine(level)
-            arr = _complex_arrays(cx)
-            n_tiles, kept, unpaired = 1, 1, cx.stats["unpaired_face_keys"]
-        else:
-            grid = tiles if tiles is not None else default_tiles(netd)
-            if grid < 1:
-                raise ValueError(f"tiles must be >= 1, got {grid}")
-            res = band if band is not None else default_band(netd)
-            if res < 0 or res & (res - 1):
-                raise ValueError(f"band must be 0 (off) or a power of two, got {res}")
-            t_band = time.perf_counter()
-            tlo, thi, tidx = tile_grid(b, grid, dt, dev)
-            cells = None
-            if res:
-                bt = torch.as_tensor(b, dtype=dt, device=dev)
-                cells = Band(band_cells(netd, bt, res, level, close), bt[:, 0], bt[:, 1])
-                sel = cells.hits(tlo, thi)
-            else:
-                olo, ohi = output_bounds(netd, tlo, thi)
-                sel = (olo <= level) & (ohi >= level)
-                if close:
-                    sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level)
-            t_band = time.perf_counter() - t_band
-            tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
-            on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
-            n_tiles = grid**d
-            keep_neg = on_boundary if close else None
-            region_stats: dict[str, Any] = {}
-            if workers > 1 and len(tlo) > 1:
-                arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
-                                                            workers, memory_limit)
-            else:
-                sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
-                                      band=cells, progress=progress, desc="surface", memory_limit=memory_limit)
-                arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
-                kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
-                region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_")}
-        t_sub = time.perf_counter() - t0
-        mesh = _mesh_from_arrays(netd, arr, b, level, close)
-    stats = mesh.stats
-    if mode == "surface":
-        stats.update(band=res, band_cells=cells.n_occupied if cells else None, bounds_s=t_band,
-                     workers=workers, **region_stats)
-    stats.update(mode=mode, dtype=str(dt), device=str(dev), tiles=n_tiles, tiles_kept=kept,
-                 unpaired_face_keys=unpaired, subdivision_s=t_sub,
-                 time_s=time.perf_counter() - t0, peak_memory_mb=peak_memory_mb(dev))
+            if mesh is None:
+                warnings.warn(f"track mode {why}; falling back to mode='surface'", stacklevel=2)
+                mode = "surface"
+        if mesh is None:
+            mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
+    mesh.stats.update(mode=mode, dtype=str(dt), device=str(dev), time_s=time.perf_counter() - t0,
+                      peak_memory_mb=peak_memory_mb(dev))
     _measure(mesh, netd)
     if mesh.is_empty:
         warnings.warn(f"the network does not reach the level {level} inside the box: empty mesh", stacklevel=2)
+    return mesh
+
+
+def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, close: bool, tiles: int | None,
+                     band: int | None, progress: bool, memory_limit: float | None, workers: int) -> ExactMesh:
+    """Complex and surface modes of :func:`extract_mesh` (edge subdivision), with their stats."""
+    t0 = time.perf_counter()
+    d, dt, dev = netd.in_dim, netd.dtype, netd.device
+    if mode == "complex":
+        cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress,
+                             memory_limit=memory_limit).refine(level)
+        arr = _complex_arrays(cx)
+        n_tiles, kept, unpaired = 1, 1, cx.stats["unpaired_face_keys"]
+    else:
+        grid = tiles if tiles is not None else default_tiles(netd)
+        if grid < 1:
+            raise ValueError(f"tiles must be >= 1, got {grid}")
+        res = band if band is not None else default_band(netd)
+        if res < 0 or res & (res - 1):
+            raise ValueError(f"band must be 0 (off) or a power of two, got {res}")
+        t_band = time.perf_counter()
+        tlo, thi, tidx = tile_grid(b, grid, dt, dev)
+        cells = None
+        if res:
+            bt = torch.as_tensor(b, dtype=dt, device=dev)
+            cells = Band(band_cells(netd, bt, res, level, close), bt[:, 0], bt[:, 1])
+            sel = cells.hits(tlo, thi)
+        else:
+            olo, ohi = output_bounds(netd, tlo, thi)
+            sel = (olo <= level) & (ohi >= level)
+            if close:
+                sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level)
+        t_band = time.perf_counter() - t_band
+        tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
+        on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
+        n_tiles = grid**d
+        keep_neg = on_boundary if close else None
+        region_stats: dict[str, Any] = {}
+        if workers > 1 and len(tlo) > 1:
+            arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
+                                                        workers, memory_limit)
+        else:
+            sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
+                                  band=cells, progress=progress, desc="surface", memory_limit=memory_limit)
+            arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
+            kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
+            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_")}
+    t_sub = time.perf_counter() - t0
+    mesh = _mesh_from_arrays(netd, arr, b, level, close)
+    if mode == "surface":
+        mesh.stats.update(band=res, band_cells=cells.n_occupied if cells else None, bounds_s=t_band,
+                          workers=workers, **region_stats)
+    mesh.stats.update(tiles=n_tiles, tiles_kept=kept, unpaired_face_keys=unpaired, subdivision_s=t_sub)
     return mesh
 
 
