@@ -552,11 +552,12 @@ class ExactRegularizerCallback(Callback):
     combinatorics; :meth:`term` re-solves the positions with the current parameters.
     ``bounds`` is ``(D, 2)``, a scalar half-width, or ``None`` for the module's ``bounds``
     attribute (else the datamodule's ``box``, else ``[-1, 1]^D``); ``extract_kwargs`` go to
-    ``extract_mesh``: the default ``mode="track"`` grows the surface from seeds (2-3x
-    cheaper on a 32x3 net; a component without a seed is missed until one lands on it),
-    ``mode="surface"`` is complete. Vertices that moved more than ``max_move`` (see
-    :class:`ExactSurface`) are left out; when more than ``refresh_invalid`` of the polygons
-    are, the surface is re-extracted as soon as possible, whatever ``every_n_steps`` says.
+    ``extract_mesh``: the default ``mode="track"`` grows the surface from the sign changes of
+    a 32^3 grid (``seeds``; 2x cheaper than surface mode on a 32x3 net; a component that
+    no seed reaches is left out of the regularizers), ``mode="surface"`` is complete.
+    Vertices that moved more than ``max_move`` (see :class:`ExactSurface`) are left out;
+    when more than ``refresh_invalid`` of the polygons are, the surface is re-extracted as
+    soon as possible, whatever ``every_n_steps`` says.
 
     Cost controls:
 
@@ -838,6 +839,8 @@ def _extract_structure(
 
     t0 = time.perf_counter()
     kw = {"mode": "track", **extract_kwargs}
+    if kw["mode"] == "track":  # a 32^3 seed grid: 0.18 s instead of 0.28 s for a 32x3 bunny
+        kw.setdefault("seeds", 32)
     with torch.no_grad():
         mesh = extract_mesh(pl, bounds, dtype=torch.float64, device=pl.device, progress=False, **kw)
     structure, n_big = None, 0

@@ -521,7 +521,7 @@ def fake_surface(monkeypatch):
     calls = []
 
     def extract_mesh(net, bounds, *, mode="surface", close=False, dtype=None, device=None,
-                     progress=True):
+                     progress=True, seeds=None):
         calls.append(mode)
         r = -float(net.biases[-1][0])
         return octahedron_mesh(r) if r > 0 else FakeMesh(
