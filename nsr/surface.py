@@ -659,7 +659,6 @@ def extract_mesh(
         each; CPU only); tiles are independent and are stitched by identity afterwards. The
         processes are spawned, so a calling script needs the ``if __name__ == "__main__":``
         guard, and ``stats["peak_memory_mb"]`` counts the calling process only.
-
     seeds : track mode: an int ``R`` (default 64), seeding wherever the network changes
         sign along the edges of an ``R``-per-axis grid, or ``(M, D)`` points near the level set
         (e.g. the polygon centroids of an earlier mesh). Without any seed whose region crosses
