@@ -355,13 +355,11 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     bar = _bar(progress)
     while len(front_key):
         rounds += 1
+        # one walk per key: keep the first of equal keys (exactly, collisions split), drop
+        # those already walked
+        front_key, first = _unique_rows(front_key)
+        front_pc = front_pc[first]
         h = hash_rows(front_key)
-        # one walk per key: keep the first of equal keys, drop those already walked
-        hs, order = torch.sort(h, stable=True)
-        first = torch.ones(len(hs), dtype=torch.bool, device=dev)
-        first[1:] = hs[1:] != hs[:-1]
-        order = order[first]
-        front_key, front_pc, h = front_key[order], front_pc[order], h[order]
         new = ~visited.contains(front_key, h)
         front_key, front_pc, h = front_key[new], front_pc[new], h[new]
         if not len(front_key):
