@@ -783,7 +783,9 @@ def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds:
     if tr["stats"]["seed_regions"] == 0:
         return None, "found no seed on the level set"
     if tr["stats"]["degenerate_polygons"]:
-        return None, "met a degenerate vertex (a fourth plane through it)"
+        near = "a fourth plane through it" if net.dtype == torch.float64 else \
+            f"a fourth plane within {str(net.dtype).removeprefix('torch.')} rounding of it; float64 avoids most"
+        return None, f"met a degenerate vertex ({near})"
     if tr["stats"]["failed_walks"]:
         return None, f"could not close {tr['stats']['failed_walks']} polygons"
     mesh = _mesh_from_tracks(net, tr, b, level)
