@@ -172,6 +172,7 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
                 f"regularizer={variant}",
                 f"regularizer.every_n_steps={args.every}",
                 f"regularizer.term_every_n_steps={args.term_every}",
+                f"regularizer.reuse_gradient={str(args.reuse_gradient).lower()}",
                 f"regularizer.background={args.background}",
                 f"regularizer.dtype={args.dtype}",
                 f"+regularizer.worker_nice={args.worker_nice}",
@@ -299,6 +300,8 @@ def main() -> None:
                     help="regularizers in the loss every N steps (weights x N)")
     ap.add_argument("--background", choices=["false", "thread", "process"], default="false",
                     help="re-extract in a worker (thread or process) or synchronously")
+    ap.add_argument("--reuse-gradient", action=argparse.BooleanOptionalAction, default=False,
+                    help="add the last term's gradient in every step instead of weight x N in the term step")
     ap.add_argument("--worker-nice", type=int, default=10, help="niceness of the worker process")
     ap.add_argument("--dtype", default="float32", help="dtype of the differentiable geometry")
     ap.add_argument("--frozen-jacobian", action=argparse.BooleanOptionalAction, default=True,

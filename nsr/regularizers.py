@@ -565,6 +565,15 @@ class ExactRegularizerCallback(Callback):
       ``step % k == 0`` (other steps return no term, so they cost nothing), and then with
       their weights multiplied by ``k``: the regularizers' gradient summed over ``k`` steps is
       the same as with ``k = 1`` at the same weight, so the weights keep their meaning.
+      With Adam that k-times larger gradient once per ``k`` steps inflates the second-moment
+      estimates and slows the data term (on the bunny, Chamfer-L1 +26-31% instead of -2-+3%
+      with ``k = 1``); ``reuse_gradient`` avoids it.
+    * ``reuse_gradient``: with ``term_every_n_steps = k``, the term's gradient (weights x 1)
+      is computed in its own backward pass in the term step and added to the parameters'
+      gradients in that step and the ``k - 1`` steps after it (``on_before_optimizer_step``,
+      before gradient clipping): every step sees the regularizers' gradient, at most
+      ``k - 1`` steps old, for the cost of one term per ``k`` steps. The logged ``reg/<name>``
+      values are then detached (the gradient is applied separately).
     * ``background``: ``"process"`` (or ``true``) or ``"thread"``: the re-extraction runs in
       one worker on a snapshot of the parameters (cloned in the training thread; the worker
       never reads the live module) while training goes on; the new combinatorics are swapped
@@ -602,6 +611,7 @@ class ExactRegularizerCallback(Callback):
         dtype: torch.dtype | str = torch.float64,
         frozen_jacobian: bool = False,
         worker_nice: int = 10,
+        reuse_gradient: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(regularizers, Mapping):
@@ -613,6 +623,8 @@ class ExactRegularizerCallback(Callback):
             raise ValueError(f"term_every_n_steps must be >= 1, got {term_every_n_steps}")
         self.every_n_steps = int(every_n_steps)
         self.term_every_n_steps = int(term_every_n_steps)
+        self.reuse_gradient = bool(reuse_gradient)
+        self._cached_grads: list[tuple[Tensor, Tensor]] = []
         if background is True:
             background = "process"
         if background not in (False, None, "thread", "process"):
@@ -706,7 +718,7 @@ class ExactRegularizerCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:  # the worker and its job stay in this process
         state = self.__dict__.copy()
-        state["_executor"], state["_job"] = None, None
+        state["_executor"], state["_job"], state["_cached_grads"] = None, None, []
         return state
 
     # -- work ----------------------------------------------------------------------------
@@ -810,7 +822,9 @@ class ExactRegularizerCallback(Callback):
         ws, _ = G.network_params(net)
         terms, surface = _evaluate(net, self.structure, self.regularizers, step, self.level,
                                    ws[0].dtype, self.max_move, self.dtype, self.frozen_jacobian)
-        if self.term_every_n_steps > 1:
+        if self.reuse_gradient:
+            terms = self._cache_gradient(pl_module, terms)
+        elif self.term_every_n_steps > 1:
             terms = {k: v * float(self.term_every_n_steps) for k, v in terms.items()}
         dt = time.perf_counter() - t0
         invalid = 0.0 if surface is None else surface.invalid_fraction
@@ -828,6 +842,26 @@ class ExactRegularizerCallback(Callback):
             except Exception:  # not attached to a trainer, or logging not allowed here
                 pass
         return terms
+
+
+    def _cache_gradient(self, pl_module: Any, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Backward the terms on their own and keep the gradient for
+        :meth:`on_before_optimizer_step`; return the values detached."""
+        params = [p for p in getattr(pl_module, "net", pl_module).parameters() if p.requires_grad]
+        total = sum(terms.values())
+        self._cached_grads = []
+        if params and isinstance(total, Tensor) and total.requires_grad:
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+            self._cached_grads = [(p, g) for p, g in zip(params, grads) if g is not None]
+        return {k: v.detach() for k, v in terms.items()}
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """Add the last term's gradient (``reuse_gradient``) to every step's gradients."""
+        for p, g in self._cached_grads:
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.add_(g)
 
 
 def _extract_structure(

@@ -556,6 +556,33 @@ def test_callback_registers_term_reextracts_and_gradients_reach_module(fake_surf
     assert cb.stats["extractions"] == 3 and cb.stats["terms"] == 1
 
 
+@pytest.mark.parametrize("reuse", [False, True])
+def test_term_every_k_steps_scaled_or_reused_gradient(fake_surface, reuse):
+    net = octahedron_net(0.5)
+    module = _Module(net)
+    module.trainer = types.SimpleNamespace(global_step=0)
+    cb = R.ExactRegularizerCallback([R.AreaRegularizer()], every_n_steps=100, bounds=1.0,
+                                    term_every_n_steps=3, reuse_gradient=reuse)
+    cb.setup(None, module, "fit")
+    one_step = -8 * math.sqrt(3) * 0.5  # d(area)/d(output bias) of the octahedron, r = 0.5
+    got = []
+    for step in range(5):
+        module.trainer.global_step = step
+        cb.on_train_batch_start(module.trainer, module, None, step)
+        net.zero_grad()
+        terms = cb.term(module)
+        if terms and not reuse:
+            sum(terms.values()).backward()
+        assert not any(v.requires_grad for v in terms.values()) or not reuse
+        cb.on_before_optimizer_step(module.trainer, module, None)
+        g = net.layers[-1].bias.grad
+        got.append(0.0 if g is None else float(g))
+    if reuse:  # the term's own gradient (weight x 1) in every step
+        assert got == pytest.approx([one_step] * 5, rel=1e-9)
+    else:  # weight x 3 in the term steps 0 and 3 only
+        assert got == pytest.approx([3 * one_step, 0, 0, 3 * one_step, 0], rel=1e-9, abs=1e-12)
+
+
 def test_callback_without_surface_or_in_2d_contributes_zero(fake_surface):
     module = _Module(octahedron_net(-0.5))  # f > 0 everywhere: no surface
     cb = R.ExactRegularizerCallback([R.AreaRegularizer()], bounds=1.0)
