@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from nsr.complex import (
-    CHUNK_BYTES,
+    _chunks,
+    _evaluate,
     bit_values,
     group_equal_rows,
     hash_rows,
@@ -237,11 +238,8 @@ def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0
 
 
 def _values(net: PLNetwork, x: Tensor, level: float) -> Tensor:
-    return torch.cat([net(x[sl]) for sl in _slices(len(x), 2**14)]) - level if len(x) else x[:, 0]
-
-
-def _slices(n: int, step: int) -> list[slice]:
-    return [slice(s, min(n, s + step)) for s in range(0, n, step)]
+    """``f(x) - level`` ``(M,)``, in chunks."""
+    return _evaluate(net, x, len(net.weights) - 1, 0, 1, level)[:, 0]
 
 
 def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
@@ -262,7 +260,7 @@ def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
     keep_q = [torch.zeros(0, dtype=torch.int64, device=points.device)]
     keep_r = [keep_q[0]]
     row = (D + 1) * (out + 1) * points.element_size()
-    for sl in _slices(len(pats), max(64, CHUNK_BYTES // row)):
+    for sl in _chunks(len(pats), row, points.device):
         g = region_constraints(net, pats[sl], bounds, level)
         x = points[sl]
         bsz = len(x)
@@ -348,7 +346,6 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     visited = _Visited(width, dev)
     found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": [], "normal": []}
     row = (D + 1) * (out + 1) * net.dtype.itemsize
-    step = max(64, CHUNK_BYTES // row)
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     # a fourth plane this close to a vertex makes its identity ambiguous
     tol = 256 * torch.finfo(net.dtype).eps * float((bounds[:, 1] - bounds[:, 0]).norm())
@@ -366,7 +363,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
             break
         visited.add(front_key, h)
         next_key, next_pc = [], []
-        for sl in _slices(len(front_key), step):
+        for sl in _chunks(len(front_key), row, dev):
             key = front_key[sl]
             patterns = unpack_bits(key[:, :words], torch.arange(n, device=dev))
             g = region_constraints(net, patterns, bounds, level)
