@@ -442,19 +442,23 @@ def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: f
     verts = wx[usedv]
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
     vpat = unpack_bits(arr.vpos[wrep[usedv]], torch.arange(2 * d, out, device=dev))
+    return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, patterns, is_cap, n_invalid)
+
+
+def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, vertex_constraints: Tensor,
+                  vertex_patterns: Tensor, polygon_patterns: Tensor, is_cap: Tensor, n_invalid: int) -> ExactMesh:
+    """An :class:`ExactMesh` of oriented vertex cycles ``(P, L)`` (-1 padded), fan-triangulated."""
     tris, owner = _fan(cycles)
-    cyc_np = cycles.cpu().numpy()
-    polys = [row[row >= 0] for row in cyc_np]
     mesh = ExactMesh(
-        vertices=verts.cpu().numpy(),
+        vertices=x.cpu().numpy(),
         bounds=bounds,
         level=level,
-        polygons=polys,
+        polygons=[row[row >= 0] for row in cycles.cpu().numpy()],
         triangles=tris.cpu().numpy(),
         triangle_polygon=owner.cpu().numpy(),
-        vertex_constraints=vcons.cpu().numpy(),
-        vertex_patterns=vpat.cpu().numpy(),
-        polygon_patterns=patterns.cpu().numpy(),
+        vertex_constraints=vertex_constraints.cpu().numpy(),
+        vertex_patterns=vertex_patterns.cpu().numpy(),
+        polygon_patterns=polygon_patterns.cpu().numpy(),
         polygon_is_cap=is_cap.cpu().numpy(),
     )
     mesh.stats["invalid_faces"] = n_invalid
@@ -562,22 +566,8 @@ def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, le
     is_cap = support != out
     normal = tr["normal"].double()
     cycles = _orient(cycles, x, normal)
-    tris, owner = _fan(cycles)
-    cyc_np = cycles.cpu().numpy()
-    mesh = ExactMesh(
-        vertices=x.cpu().numpy(),
-        bounds=bounds,
-        level=level,
-        polygons=[row[row >= 0] for row in cyc_np],
-        triangles=tris.cpu().numpy(),
-        triangle_polygon=owner.cpu().numpy(),
-        vertex_constraints=trip[rep].cpu().numpy(),
-        vertex_patterns=unpack_bits(pk[rep], torch.arange(n, device=dev)).cpu().numpy(),
-        polygon_patterns=patterns.cpu().numpy(),
-        polygon_is_cap=is_cap.cpu().numpy(),
-    )
-    mesh.stats["invalid_faces"] = tr["stats"]["failed_walks"]
-    return mesh
+    return _polygon_mesh(x, cycles, bounds, level, trip[rep], unpack_bits(pk[rep], torch.arange(n, device=dev)),
+                         patterns, is_cap, tr["stats"]["failed_walks"])
 
 
 def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:
