@@ -270,18 +270,14 @@ def differentiable_vertices(
     Jacobian, whose value differs from the re-solved vertex at second order in the parameter
     change.
     """
-    if jacobian_inverse is not None:
+    if frozen_jacobian or jacobian_inverse is not None:
+        inv = jacobian_inverse if jacobian_inverse is not None else \
+            frozen_jacobian_inverse(net, constraints, patterns, bounds, level, dtype, cond_max)
         res = constraint_residuals(net, vertices, constraints, patterns, bounds, level, dtype)
         x0 = vertices.detach().to(device=res.device, dtype=res.dtype)
-        return x0 - torch.einsum("vij,vj->vi", jacobian_inverse.to(res.dtype), res)
-    if frozen_jacobian:
-        with torch.no_grad():
-            jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
-        res = constraint_residuals(net, vertices, constraints, patterns, bounds, level, dtype)
-        x0 = vertices.detach().to(device=jac.device, dtype=jac.dtype)
         if x0.shape[0] == 0:
             return x0 + 0.0 * res.sum()
-        return _newton_step(jac, x0, cond_max, resid=res)
+        return x0 - torch.einsum("vij,vj->vi", inv.to(res.dtype), res)
     jac, off = constraint_system(net, constraints, patterns, bounds, level, dtype)
     x0 = vertices.detach().to(device=jac.device, dtype=jac.dtype)
     if x0.shape[0] == 0:
@@ -318,19 +314,11 @@ def _checked_inverse(jac: Tensor, cond_max: float) -> tuple[Tensor, Tensor]:
         return inv, (info != 0) | ~torch.isfinite(cond) | (cond > cond_max)
 
 
-def _newton_step(jac: Tensor, x0: Tensor, cond_max: float, off: Tensor | None = None,
-                 resid: Tensor | None = None) -> Tensor:
-    """``x0 - J^-1 r`` with ``r = J x0 + off``, or with ``resid`` and ``J`` held constant.
-
-    Rows that :func:`_checked_inverse` rejects keep ``x0`` with zero gradient.
-    """
-    inv, bad = _checked_inverse(jac, cond_max)
+def _newton_step(jac: Tensor, x0: Tensor, cond_max: float, off: Tensor) -> Tensor:
+    """``x0 - J^-1 r`` with ``r = J x0 + off``; rows that :func:`_checked_inverse` rejects
+    keep ``x0`` with zero gradient."""
+    _, bad = _checked_inverse(jac, cond_max)
     eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
-    if resid is not None:  # J constant: reuse the inverse
-        resid = torch.where(bad[:, None], torch.zeros_like(resid), resid)
-        inv = torch.where(bad[:, None, None], eye, inv)
-        return x0 - torch.einsum("vij,vj->vi", inv, resid)
-    assert off is not None
     jac_safe = torch.where(bad[:, None, None], eye, jac)
     resid = torch.einsum("vij,vj->vi", jac_safe, x0) + off
     resid = torch.where(bad[:, None], torch.zeros_like(resid), resid)
