@@ -371,9 +371,7 @@ class SurfaceStructure:
         """Build from an ``ExactMesh`` (or any object with its numpy fields)."""
         polygons = [np.asarray(p, dtype=np.int64) for p in mesh.polygons]
         cycles, cycle_len = pad_cycles(polygons)
-        edges, edge_polygons = polygon_edges(cycles, cycle_len)
-        tri = np.asarray(mesh.triangles, dtype=np.int64).reshape(-1, 3)
-        tri_poly = np.asarray(mesh.triangle_polygon, dtype=np.int64).reshape(-1)
+        cycles[np.arange(cycles.shape[1])[None, :] >= cycle_len[:, None]] = -1
         v = np.asarray(mesh.vertices, dtype=np.float64)
         vp = np.asarray(mesh.vertex_patterns, dtype=bool)
         vp = vp if vp.ndim == 2 else vp.reshape(v.shape[0], -1)
@@ -381,21 +379,43 @@ class SurfaceStructure:
         cons = np.asarray(mesh.vertex_constraints, dtype=np.int64)
         cons = cons if cons.ndim == 2 else cons.reshape(v.shape[0], -1)
 
-        def t(a: np.ndarray, dt: torch.dtype) -> Tensor:
-            return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dt)
+        def t(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.ascontiguousarray(a), device=device)
 
+        return cls.from_polygons(t(v), t(cycles), t(cons), t(vp), t(pp), t(np.asarray(mesh.bounds, np.float64)))
+
+    @classmethod
+    def from_polygons(cls, vertices: Tensor, cycles: Tensor, constraints: Tensor, vertex_patterns: Tensor,
+                      polygon_patterns: Tensor, bounds: Tensor) -> SurfaceStructure:
+        """Build from tensors on one device: ``vertices`` ``(V, 3)``, oriented ``cycles``
+        ``(P, K)`` long padded with -1, ``constraints`` ``(V, 3)``, ``vertex_patterns``
+        ``(V, N)``, ``polygon_patterns`` ``(P, N)``, ``bounds`` ``(3, 2)``. Triangles are the
+        fan of each cycle from its first vertex."""
+        dev = vertices.device
+        cycle_len = (cycles >= 0).sum(1)
+        k = cycles.shape[1]
+        ar = torch.arange(k, device=dev)
+        padded = torch.where(ar[None] < cycle_len[:, None], cycles, cycles[:, :1].expand(-1, k)) \
+            if k else cycles
+        if k > 2:
+            rows, cols = torch.nonzero(ar[None, :k - 2] < (cycle_len[:, None] - 2), as_tuple=True)
+            triangles = torch.stack([padded[rows, 0], padded[rows, cols + 1], padded[rows, cols + 2]], 1)
+        else:
+            rows = torch.zeros(0, dtype=torch.long, device=dev)
+            triangles = torch.zeros(0, 3, dtype=torch.long, device=dev)
+        edges, edge_polygons = polygon_edges(padded, cycle_len)
         return cls(
-            vertices0=t(v, torch.float64),
-            constraints=t(cons, torch.long),
-            vertex_patterns=t(vp, torch.bool),
-            polygon_patterns=t(pp, torch.bool),
-            cycles=t(cycles, torch.long),
-            cycle_len=t(cycle_len, torch.long),
-            triangles=t(tri, torch.long),
-            triangle_polygon=t(tri_poly, torch.long),
-            edges=t(edges, torch.long),
-            edge_polygons=t(edge_polygons, torch.long),
-            bounds=t(np.asarray(mesh.bounds, dtype=np.float64), torch.float64),
+            vertices0=vertices.to(torch.float64),
+            constraints=constraints.long(),
+            vertex_patterns=vertex_patterns.bool(),
+            polygon_patterns=polygon_patterns.bool(),
+            cycles=padded.long(),
+            cycle_len=cycle_len.long(),
+            triangles=triangles.long(),
+            triangle_polygon=rows.long(),
+            edges=edges,
+            edge_polygons=edge_polygons,
+            bounds=bounds.to(torch.float64),
         )
 
 
@@ -418,36 +438,40 @@ def pad_cycles(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, lens
 
 
-def polygon_edges(cycles: np.ndarray, cycle_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def polygon_edges(cycles: Any, cycle_len: Any) -> tuple[Any, Any]:
     """Unique undirected edges ``(E, 2)`` of padded cycles and their two polygons ``(E, 2)``.
 
-    ``edge_polygons[e, 1]`` is ``-1`` for an edge with one polygon (the box cut, or an open
-    boundary); an edge of more than two polygons keeps the first two.
+    ``cycles`` ``(P, K)`` and ``cycle_len`` ``(P,)``: tensors, or numpy arrays (numpy comes
+    back). ``edge_polygons[e, 1]`` is ``-1`` for an edge with one polygon (the box cut, or an
+    open boundary); an edge of more than two polygons keeps the first two.
     """
+    if isinstance(cycles, np.ndarray):
+        e, ep = polygon_edges(torch.from_numpy(np.asarray(cycles, np.int64)),
+                              torch.from_numpy(np.asarray(cycle_len, np.int64)))
+        return e.numpy(), ep.numpy()
+    dev = cycles.device
     p, k = cycles.shape
     if p == 0 or k == 0:
-        return np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
+        return (torch.zeros(0, 2, dtype=torch.long, device=dev),) * 2
+    ar = torch.arange(k, device=dev)
     a = cycles
-    b = np.roll(cycles, -1, axis=1)
-    valid = np.arange(k)[None, :] < cycle_len[:, None]
     # the last real edge closes the cycle: (v_{len-1}, v_0)
-    b = np.where(np.arange(k)[None, :] == (cycle_len[:, None] - 1), cycles[:, :1], b)
-    poly = np.repeat(np.arange(p)[:, None], k, axis=1)
-    a, b, poly = a[valid], b[valid], poly[valid]
-    keep = a != b
+    b = torch.where(ar[None] == (cycle_len[:, None] - 1), cycles[:, :1], torch.roll(cycles, -1, 1))
+    poly = torch.arange(p, device=dev)[:, None].expand(-1, k)
+    keep = (ar[None] < cycle_len[:, None]) & (a != b)
     a, b, poly = a[keep], b[keep], poly[keep]
-    lo, hi = np.minimum(a, b), np.maximum(a, b)
-    keys = np.stack([lo, hi], axis=1)
-    edges, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="stable")
-    inv_sorted, poly_sorted = inverse[order], poly[order]
-    first = np.ones(inv_sorted.size, dtype=bool)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    n_v = int(hi.max()) + 1 if hi.numel() else 1
+    code, inverse = torch.unique(lo * n_v + hi, return_inverse=True)
+    edges = torch.stack([code // n_v, code % n_v], 1)
+    inv_sorted, order = torch.sort(inverse, stable=True)
+    poly_sorted = poly[order]
+    first = torch.ones_like(inv_sorted, dtype=torch.bool)
     first[1:] = inv_sorted[1:] != inv_sorted[:-1]
-    edge_polygons = -np.ones((edges.shape[0], 2), dtype=np.int64)
+    second = torch.zeros_like(first)
+    second[1:] = ~first[1:] & first[:-1]
+    edge_polygons = torch.full((len(edges), 2), -1, dtype=torch.long, device=dev)
     edge_polygons[inv_sorted[first], 0] = poly_sorted[first]
-    second = np.zeros_like(first)
-    second[1:] = (~first[1:]) & first[:-1]
     edge_polygons[inv_sorted[second], 1] = poly_sorted[second]
     return edges, edge_polygons
 

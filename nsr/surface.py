@@ -529,17 +529,28 @@ def _polylines(
 
 
 def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, level: float) -> ExactMesh:
-    """Weld walked polygons (:func:`nsr.tracking.track_surface`) into an :class:`ExactMesh`.
+    """Weld walked polygons (:func:`nsr.tracking.track_surface`) into an :class:`ExactMesh`."""
+    if len(tr["key"]) == 0:
+        return _empty(bounds, level, 3, net.n_neurons)
+    w = weld_tracks(net, tr)
+    return _polygon_mesh(w["vertices"], w["cycles"], bounds, level, w["vertex_constraints"],
+                         w["vertex_patterns"], tr["patterns"], tr["support"] != 2 * 3 + net.n_neurons,
+                         tr["stats"]["failed_walks"])
+
+
+def weld_tracks(net: PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
+    """Weld the polygons walked by :func:`nsr.tracking.track_surface` into shared vertices.
 
     Vertex ``i`` of a polygon lies on its support and on the constraints of edges ``i - 1``
     and ``i``; with the bits of those neurons cleared from the region's pattern (the regions
     around the vertex differ only there), the three ids and the pattern identify it exactly.
+    Returns tensors: ``vertices`` ``(V, 3)`` float64, ``cycles`` ``(P, L)`` long (-1 padded,
+    oriented along each polygon's ``normal``), ``vertex_constraints`` ``(V, 3)`` long and
+    ``vertex_patterns`` ``(V, N)`` bool.
     """
     d, n = 3, net.n_neurons
     out = 2 * d + n
     key, e, m, support = tr["key"], tr["edges"], tr["length"], tr["support"]
-    if len(key) == 0:
-        return _empty(bounds, level, d, n)
     dev = key.device
     words = key.shape[1] - 1
     lmax = e.shape[1]
@@ -562,12 +573,9 @@ def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, le
     x = tr["vertices"][f, i][rep].double()
     cycles = torch.full((len(key), lmax), -1, dtype=torch.int64, device=dev)
     cycles[f, i] = entry_vertex
-    patterns = tr["patterns"]
-    is_cap = support != out
-    normal = tr["normal"].double()
-    cycles = _orient(cycles, x, normal)
-    return _polygon_mesh(x, cycles, bounds, level, trip[rep], unpack_bits(pk[rep], torch.arange(n, device=dev)),
-                         patterns, is_cap, tr["stats"]["failed_walks"])
+    cycles = _orient(cycles, x, tr["normal"].double())
+    return {"vertices": x, "cycles": cycles, "vertex_constraints": trip[rep],
+            "vertex_patterns": unpack_bits(pk[rep], torch.arange(n, device=dev))}
 
 
 def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:

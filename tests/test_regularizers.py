@@ -521,7 +521,7 @@ def fake_surface(monkeypatch):
     calls = []
 
     def extract_mesh(net, bounds, *, mode="surface", close=False, dtype=None, device=None,
-                     progress=True, seeds=None):
+                     progress=True, seeds=None, level=0.0):
         calls.append(mode)
         r = -float(net.biases[-1][0])
         return octahedron_mesh(r) if r > 0 else FakeMesh(
@@ -531,6 +531,8 @@ def fake_surface(monkeypatch):
     fake = types.ModuleType("nsr.surface")
     fake.extract_mesh = extract_mesh
     monkeypatch.setitem(sys.modules, "nsr.surface", fake)
+    # the callback's own track path would bypass extract_mesh
+    monkeypatch.setattr(R, "_track_structure", lambda *a, **k: "faked")
     return calls
 
 
@@ -653,6 +655,39 @@ def _surface_module():
     if importlib.util.find_spec("nsr.surface") is None:
         pytest.skip("nsr.surface (extract_mesh) has not landed yet")
     return pytest.importorskip("nsr.surface")
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_track_structure_is_the_structure_of_the_exact_mesh(seed):
+    """The callback builds its structure from the walked polygons (no ExactMesh); it must be
+    the structure of ``extract_mesh``'s mesh (surface mode), at the callback's level."""
+    surface = _surface_module()
+    pl = random_network(3, [12, 12], seed=seed)
+    level = float(pl(torch.rand(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+                     * 2 - 1).median())
+    s, _, _ = R._extract_structure(pl, BOX, {"level": level}, None)
+    mesh = surface.extract_mesh(pl, BOX, mode="surface", level=level, dtype=torch.float64, progress=False)
+    assert s is not None and s.n_polygons == len(mesh.polygons) > 20
+    # the same vertices (any order), exactly on the level set
+    assert torch.allclose(pl(s.vertices0).reshape(-1), torch.full((s.n_vertices,), level, dtype=torch.float64),
+                          atol=1e-12)
+    order = np.lexsort(s.vertices0.numpy().T)
+    ref = np.asarray(mesh.vertices)[np.lexsort(np.asarray(mesh.vertices).T)]
+    assert np.allclose(s.vertices0.numpy()[order], ref, atol=1e-9)
+    # every edge of the brute-force edge list of the cycles, with its polygons
+    brute: dict[tuple[int, int], list[int]] = {}
+    for p, (cyc, n) in enumerate(zip(s.cycles.tolist(), s.cycle_len.tolist())):
+        for i in range(n):
+            a, b = cyc[i], cyc[(i + 1) % n]
+            brute.setdefault((min(a, b), max(a, b)), []).append(p)
+    got = {tuple(e): [q for q in ep if q >= 0] for e, ep in zip(s.edges.tolist(), s.edge_polygons.tolist())}
+    assert got == brute
+    assert sum(len(v) == 2 for v in brute.values()) == len(s.interior_edges)
+    # fan triangles cover each polygon once: total area equals the polygons' area
+    assert float(G.triangle_areas(s.vertices0, s.triangles).sum()) == pytest.approx(
+        float(G.total_area(s.vertices0, s.cycles)), rel=1e-12)
+    assert np.bincount(s.triangle_polygon.numpy(), minlength=s.n_polygons).tolist() == \
+        (s.cycle_len - 2).tolist()
 
 
 def test_extracted_vertices_are_reproduced_with_fd_gradients():
