@@ -2,7 +2,7 @@
 
 Usage: ``python experiments/regularizers.py [--meshes stanford-bunny fandisk]
 [--variants baseline smooth quality:1e-3 ...] [--pre-epochs 40] [--epochs 40] [--every 10]
-[--term-every 10] [--background false|thread|process] [--threads 1]``.
+[--term-every 1] [--with-fit W] [--seed S] [--background false|thread|process] [--threads 1]``.
 Skips cleanly (exit 0) when ../shared/meshes is absent.
 
 Protocol (everything through ``nsr.train.train`` and the Hydra configs): one shared
@@ -16,8 +16,9 @@ eikonal``; a variant is ``name`` (weight from ``--w-<name>``) or ``name:weight``
 ``fit:weight:plane`` for the fit's distance, ``quality:weight:angles`` for its angle
 penalty alone). Re-extraction every
 ``--every`` steps, regularizers in the loss every ``--term-every`` steps (weights times
-``--term-every``). Then the exact surface of each final network is extracted (float64) and
-measured:
+``--term-every``); ``--with-fit W`` adds the exact-mesh fit at weight ``W`` to each
+variant (``regularizer=all`` with the other three nulled). Then the exact surface of each
+final network is extracted (float64) and measured:
 
 * Chamfer-L1, normal consistency, F@1% against the ground-truth mesh (ONet convention: both
   normalized by the ground truth's bounding box to the unit cube, 100k area-weighted samples
@@ -58,6 +59,7 @@ from nsr._config import config_dir  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "meshes"
 VARIANTS = ("baseline", "area", "smooth", "quality", "fit", "eikonal")
+ALL_INDEX = {"area": 0, "smooth": 1, "quality": 2, "fit": 3, "eikonal": 4}  # conf/regularizer/all.yaml
 
 
 def unit_cube_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n: int = 100_000) -> dict:
@@ -167,9 +169,16 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
             "+callbacks.step_timer._target_=nsr.lightning.StepTimer",
             f"+callbacks.step_timer.path={run_dir / 'step_times.json'}",
         ]
+        # --with-fit: the combined config with only this regularizer and the fit left in
+        combine = args.with_fit is not None and variant not in ("baseline", "fit")
+        i = ALL_INDEX[variant] if combine else 0
+        if combine:
+            run_dir = run_dir.with_name(run_dir.name + f"_fit{args.with_fit:g}")
+            ov = [o for o in ov if not o.startswith(("run_dir=", "+callbacks.step_timer.path="))] + [
+                f"run_dir={run_dir}", f"+callbacks.step_timer.path={run_dir / 'step_times.json'}"]
         if variant != "baseline":
             ov += [
-                f"regularizer={variant}",
+                f"regularizer={'all' if combine else variant}",
                 f"regularizer.every_n_steps={args.every}",
                 f"regularizer.term_every_n_steps={args.term_every}",
                 f"regularizer.reuse_gradient={str(args.reuse_gradient).lower()}",
@@ -177,21 +186,28 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
                 f"regularizer.dtype={args.dtype}",
                 f"+regularizer.worker_nice={args.worker_nice}",
                 f"regularizer.frozen_jacobian={str(args.frozen_jacobian).lower()}",
-                f"regularizer.regularizers.0.weight={weight}",
-                f"regularizer.regularizers.0.ramp_steps={args.ramp}",
+                f"regularizer.regularizers.{i}.weight={weight}",
+                f"regularizer.regularizers.{i}.ramp_steps={args.ramp}",
             ]
+            if combine:
+                f = ALL_INDEX["fit"]
+                ov += [f"regularizer.regularizers.{j}=null" for name, j in ALL_INDEX.items()
+                       if name not in (variant, "fit")]
+                ov += [f"regularizer.regularizers.{f}.weight={args.with_fit}",
+                       f"regularizer.regularizers.{f}.ramp_steps={args.ramp}",
+                       f"regularizer.regularizers.{f}.distance={args.fit_distance}"]
             ov.append(f"regularizer.extract_kwargs.mode={args.extract_mode}")
             if args.tiles is not None:
                 ov.append(f"+regularizer.extract_kwargs.tiles={args.tiles}")
             if variant == "fit":
                 dist = "plane" if "plane" in extra[1:] else "point" if "point" in extra[1:] \
                     else args.fit_distance
-                ov.append(f"regularizer.regularizers.0.distance={dist}")
+                ov.append(f"regularizer.regularizers.{i}.distance={dist}")
             if variant == "quality" and "angles" in extra[1:]:  # the angle penalty only
-                ov += ["regularizer.regularizers.0.edge_weight=0",
-                       "regularizer.regularizers.0.polygon_weight=0"]
+                ov += [f"regularizer.regularizers.{i}.edge_weight=0",
+                       f"regularizer.regularizers.{i}.polygon_weight=0"]
             if variant == "smooth" and normalize:
-                ov.append("regularizer.regularizers.0.normalize=true")
+                ov.append(f"regularizer.regularizers.{i}.normalize=true")
         cfg = compose_cfg(ov)
         shutil.rmtree(run_dir, ignore_errors=True)  # a stale last.ckpt would be read back
         t0 = time.perf_counter()
@@ -207,7 +223,8 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
         row = {
             "mesh": path.stem,
             "variant": variant + (" (normalized)" if variant == "smooth" and normalize else "")
-            + (f" ({extra[1]})" if variant in ("fit", "quality") and len(extra) > 1 else ""),
+            + (f" ({extra[1]})" if variant in ("fit", "quality") and len(extra) > 1 else "")
+            + (f" + fit {args.with_fit:g}" if combine else ""),
             "weight": 0.0 if variant == "baseline" else weight,
             "steps": steps,
             "s_per_step": timer["mean_s"],
@@ -296,12 +313,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--pool", type=int, default=100_000)
     ap.add_argument("--every", type=int, default=10, help="re-extraction every N steps")
-    ap.add_argument("--term-every", type=int, default=10,
+    ap.add_argument("--term-every", type=int, default=1,
                     help="regularizers in the loss every N steps (weights x N)")
     ap.add_argument("--background", choices=["false", "thread", "process"], default="false",
                     help="re-extract in a worker (thread or process) or synchronously")
     ap.add_argument("--reuse-gradient", action=argparse.BooleanOptionalAction, default=False,
                     help="add the last term's gradient in every step instead of weight x N in the term step")
+    ap.add_argument("--with-fit", type=float, default=None,
+                    help="add the exact-mesh fit with this weight to each regularizer variant")
     ap.add_argument("--worker-nice", type=int, default=10, help="niceness of the worker process")
     ap.add_argument("--dtype", default="float32", help="dtype of the differentiable geometry")
     ap.add_argument("--frozen-jacobian", action=argparse.BooleanOptionalAction, default=True,
@@ -319,9 +338,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--w-area", type=float, default=1e-3)
-    ap.add_argument("--w-smooth", type=float, default=5e-2)
+    ap.add_argument("--w-smooth", type=float, default=7e-2)
     ap.add_argument("--w-quality", type=float, default=1e-4)
-    ap.add_argument("--w-fit", type=float, default=0.3)
+    ap.add_argument("--w-fit", type=float, default=10.0)
     ap.add_argument("--w-eikonal", type=float, default=1e-2)
     ap.add_argument("--costs", action="store_true",
                     help="only time step / extraction / terms on the pretrained networks")

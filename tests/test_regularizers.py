@@ -637,13 +637,18 @@ def test_hydra_configs_instantiate():
     omegaconf = pytest.importorskip("omegaconf")
     hydra_utils = pytest.importorskip("hydra.utils")
     names = {}
-    for name in ("area", "smooth", "quality", "fit", "eikonal", "all"):
+    smooth = {}
+    for name in ("area", "smooth", "quality", "fit", "eikonal", "all", "smooth_fit"):
         cfg = omegaconf.OmegaConf.load(ROOT / "conf" / "regularizer" / f"{name}.yaml")
         cb = hydra_utils.instantiate(cfg)
         assert isinstance(cb, R.ExactRegularizerCallback)
         assert all(isinstance(r, R.ExactRegularizer) for r in cb.regularizers)
         names[name] = sorted(r.name for r in cb.regularizers)
+        smooth[name] = [(r.weight, r.normalize) for r in cb.regularizers if r.name == "smooth"]
     assert names["all"] == sorted(["area", "smooth", "quality", "fit", "eikonal"])
+    assert names["smooth_fit"] == ["fit", "smooth"]
+    # the combinations keep the smoothness of smooth.yaml
+    assert smooth["all"] == smooth["smooth_fit"] == smooth["smooth"] != []
     for name in ("area", "smooth", "quality", "fit", "eikonal"):
         assert names[name] == [name]
 
