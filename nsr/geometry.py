@@ -391,18 +391,12 @@ class SurfaceStructure:
         ``(P, K)`` long padded with -1, ``constraints`` ``(V, 3)``, ``vertex_patterns``
         ``(V, N)``, ``polygon_patterns`` ``(P, N)``, ``bounds`` ``(3, 2)``. Triangles are the
         fan of each cycle from its first vertex."""
-        dev = vertices.device
         cycle_len = (cycles >= 0).sum(1)
         k = cycles.shape[1]
-        ar = torch.arange(k, device=dev)
+        ar = torch.arange(k, device=vertices.device)
         padded = torch.where(ar[None] < cycle_len[:, None], cycles, cycles[:, :1].expand(-1, k)) \
             if k else cycles
-        if k > 2:
-            rows, cols = torch.nonzero(ar[None, :k - 2] < (cycle_len[:, None] - 2), as_tuple=True)
-            triangles = torch.stack([padded[rows, 0], padded[rows, cols + 1], padded[rows, cols + 2]], 1)
-        else:
-            rows = torch.zeros(0, dtype=torch.long, device=dev)
-            triangles = torch.zeros(0, 3, dtype=torch.long, device=dev)
+        triangles, rows = fan_triangles(cycles)
         edges, edge_polygons = polygon_edges(padded, cycle_len)
         return cls(
             vertices0=vertices.to(torch.float64),
@@ -417,6 +411,19 @@ class SurfaceStructure:
             edge_polygons=edge_polygons,
             bounds=bounds.to(torch.float64),
         )
+
+
+def fan_triangles(cycles: Tensor) -> tuple[Tensor, Tensor]:
+    """Fan triangulation ``(v_0, v_i, v_i+1)`` of convex cycles ``(P, K)`` padded with -1:
+    triangles ``(T, 3)`` and the polygon of each ``(T,)``, ordered by ``i``, then polygon."""
+    dev = cycles.device
+    k = cycles.shape[1]
+    if k < 3:
+        return torch.zeros(0, 3, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
+    length = (cycles >= 0).sum(1)
+    i, rows = torch.nonzero(torch.arange(1, k - 1, device=dev)[:, None] < (length[None, :] - 1), as_tuple=True)
+    i = i + 1
+    return torch.stack([cycles[rows, 0], cycles[rows, i], cycles[rows, i + 1]], 1), rows
 
 
 def pad_cycles(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,7 @@ from nsr.complex import (
     subdivide,
     unpack_bits,
 )
+from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork, as_network
 
 EXPORT_SUFFIXES = (".obj", ".ply", ".off", ".stl")
@@ -282,18 +283,6 @@ def _compact_rows(cycles: Tensor, keep: Tensor) -> Tensor:
     return torch.where(torch.gather(keep, 1, order), out, torch.full_like(out, -1))
 
 
-def _fan(cycles: Tensor) -> tuple[Tensor, Tensor]:
-    tris, owner = [], []
-    for i in range(1, cycles.shape[1] - 1):
-        ok = cycles[:, i + 1] >= 0
-        rows = torch.nonzero(ok).squeeze(1)
-        tris.append(torch.stack([cycles[rows, 0], cycles[rows, i], cycles[rows, i + 1]], 1))
-        owner.append(rows)
-    if not tris:
-        return torch.zeros(0, 3, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(tris), torch.cat(owner)
-
-
 # --------------------------------------------------------------------------------------
 # From a subdivided skeleton to a mesh
 # --------------------------------------------------------------------------------------
@@ -448,7 +437,7 @@ def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: f
 def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, vertex_constraints: Tensor,
                   vertex_patterns: Tensor, polygon_patterns: Tensor, is_cap: Tensor, n_invalid: int) -> ExactMesh:
     """An :class:`ExactMesh` of oriented vertex cycles ``(P, L)`` (-1 padded), fan-triangulated."""
-    tris, owner = _fan(cycles)
+    tris, owner = fan_triangles(cycles)
     mesh = ExactMesh(
         vertices=x.cpu().numpy(),
         bounds=bounds,
