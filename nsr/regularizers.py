@@ -898,26 +898,21 @@ def _extract_structure(
 
 
 def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> SurfaceStructure | None | str:
-    """The structure of the surface tracked from seeds (an int: the sign changes of that
-    grid; else points), ``None`` when it is empty, or a string saying why track mode cannot
-    answer (the caller falls back to ``extract_mesh``, which does the same and then resolves
-    it in surface mode)."""
-    from nsr.surface import weld_tracks
-    from nsr.tracking import grid_seeds, track_surface
+    """The structure of the surface tracked from seeds (:func:`nsr.surface.track_polygons`),
+    ``None`` when it is empty, or a string saying why track mode cannot answer (the caller
+    falls back to ``extract_mesh``, which then resolves it in surface mode)."""
+    from nsr.surface import track_polygons, weld_tracks
 
     pl = pl.to(dtype=torch.float64)
-    bt = torch.as_tensor(np.asarray(bounds, dtype=np.float64), device=pl.device)
-    pts = grid_seeds(pl, bt, seeds, level) if isinstance(seeds, int) else \
-        torch.as_tensor(np.asarray(seeds), dtype=torch.float64, device=pl.device)
-    tr = track_surface(pl, bt, pts, level=level)
-    st = tr["stats"]
-    if st["degenerate_polygons"] or st["failed_walks"] or st["seed_regions"] == 0:
-        return "track mode cannot answer"
+    tr, why = track_polygons(pl, np.asarray(bounds, dtype=np.float64), level, seeds=seeds)
+    if tr is None:
+        return why
     if len(tr["key"]) == 0:
         return None
     w = weld_tracks(pl, tr)
     return SurfaceStructure.from_polygons(w["vertices"], w["cycles"], w["vertex_constraints"],
-                                          w["vertex_patterns"], tr["patterns"], bt)
+                                          w["vertex_patterns"], tr["patterns"],
+                                          torch.as_tensor(bounds, dtype=torch.float64, device=pl.device))
 
 
 def _extract_in_process(

@@ -749,8 +749,23 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
 
 def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool
                 ) -> tuple[ExactMesh | None, str]:
-    """Track mode of :func:`extract_mesh`; ``(None, why)`` where it cannot answer: no seed
-    region crosses the level set, or a vertex is degenerate (a fourth plane through it)."""
+    """Track mode of :func:`extract_mesh`; ``(None, why)`` where it cannot answer (see
+    :func:`track_polygons`)."""
+    t0 = time.perf_counter()
+    tr, why = track_polygons(net, b, level, close, seeds, progress)
+    if tr is None:
+        return None, why
+    mesh = _mesh_from_tracks(net, tr, b, level)
+    mesh.stats.update(tracking_s=time.perf_counter() - t0, **tr["stats"])
+    return mesh, ""
+
+
+def track_polygons(net: PLNetwork, b: np.ndarray, level: float = 0.0, close: bool = False, seeds: Any = None,
+                   progress: bool = False) -> tuple[dict[str, Any] | None, str]:
+    """The polygons of :func:`nsr.tracking.track_surface` grown from ``seeds`` (a grid
+    resolution, default 64, or ``(M, 3)`` points; those outside the box ``b`` are dropped),
+    or ``(None, why)`` where track mode cannot answer: no seed region crosses the level set,
+    a vertex is degenerate (a fourth plane through it), or a walk did not close."""
     from nsr.tracking import grid_seeds, track_surface
 
     bt = torch.as_tensor(b, dtype=net.dtype, device=net.device)
@@ -765,7 +780,6 @@ def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds:
             raise ValueError(f"seed points must be (M, 3), got shape {tuple(pts.shape)}")
         inside = ((pts >= bt[:, 0]) & (pts <= bt[:, 1])).all(1)
         pts = pts[inside]
-    t0 = time.perf_counter()
     tr = track_surface(net, bt, pts, level=level, close=close, progress=progress)
     if tr["stats"]["seed_regions"] == 0:
         return None, "found no seed on the level set"
@@ -775,9 +789,7 @@ def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds:
         return None, f"met a degenerate vertex ({near})"
     if tr["stats"]["failed_walks"]:
         return None, f"could not close {tr['stats']['failed_walks']} polygons"
-    mesh = _mesh_from_tracks(net, tr, b, level)
-    mesh.stats.update(tracking_s=time.perf_counter() - t0, **tr["stats"])
-    return mesh, ""
+    return tr, ""
 
 
 def _subdivide_tiles(weights: list[np.ndarray], biases: list[np.ndarray], tlo: np.ndarray, thi: np.ndarray,
