@@ -170,7 +170,7 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
             f"+callbacks.step_timer.path={run_dir / 'step_times.json'}",
         ]
         # --with-fit: the combined config with only this regularizer and the fit left in
-        combine = args.with_fit is not None and variant not in ("baseline", "fit")
+        combine = args.with_fit is not None and variant not in ("baseline", "fit", "all")
         i = ALL_INDEX[variant] if combine else 0
         if combine:
             run_dir = run_dir.with_name(run_dir.name + f"_fit{args.with_fit:g}")
@@ -186,9 +186,15 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
                 f"regularizer.dtype={args.dtype}",
                 f"+regularizer.worker_nice={args.worker_nice}",
                 f"regularizer.frozen_jacobian={str(args.frozen_jacobian).lower()}",
-                f"regularizer.regularizers.{i}.weight={weight}",
-                f"regularizer.regularizers.{i}.ramp_steps={args.ramp}",
             ]
+            if variant == "all":  # all five at their --w-<name> weights
+                ov += [f"regularizer.regularizers.{j}.weight={args.weights[name]}" for name, j in ALL_INDEX.items()]
+                ov += [f"regularizer.regularizers.{j}.ramp_steps={args.ramp}" for j in ALL_INDEX.values()]
+                ov += [f"regularizer.regularizers.{ALL_INDEX['fit']}.distance={args.fit_distance}",
+                       f"regularizer.regularizers.{ALL_INDEX['smooth']}.normalize={str(normalize).lower()}"]
+            else:
+                ov += [f"regularizer.regularizers.{i}.weight={weight}",
+                       f"regularizer.regularizers.{i}.ramp_steps={args.ramp}"]
             if combine:
                 f = ALL_INDEX["fit"]
                 ov += [f"regularizer.regularizers.{j}=null" for name, j in ALL_INDEX.items()
