@@ -12,7 +12,7 @@ TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.nsr-installed
 
-.PHONY: demo test test-all lint install clean
+.PHONY: demo test test-all lint install clean gpu-check
 
 demo: $(STAMP)
 	$(PY) -m nsr.demo
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
+
+# On a machine with CUDA: GPU tests and the device benchmarks, tables to $$NSR_OUT (experiments/out/).
+gpu-check: $(STAMP)
+	PY=$(PY) bash experiments/gpu_check.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check nsr tests experiments data

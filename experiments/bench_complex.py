@@ -9,7 +9,7 @@ shared bunny networks (``../shared/models``) use [-0.5, 0.5]^3 and are skipped w
     python experiments/bench_complex.py --device cuda   # on a GPU
 
 Prints a Markdown table (paste it into experiments/RESULTS.md with the machine and date)
-and writes ``experiments/out/bench_complex.json``.
+and writes ``bench_complex.json`` to ``$NSR_OUT`` (default ``experiments/out/``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import time
 from pathlib import Path
@@ -106,7 +107,7 @@ def main() -> None:
         print(f"{best['name']:24s} V={best['vertices']:>10,d} E={best['edges']:>11,d} "
               f"t={best['time_s']:8.2f}s peak={best['peak_rss_mb']:8.0f}MB", flush=True)
 
-    out = ROOT / "experiments" / "out"
+    out = Path(os.environ.get("NSR_OUT", ROOT / "experiments" / "out"))
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "processor": platform.processor(), "cpus": mp.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), "device": args.device, "dtype": args.dtype}

@@ -15,7 +15,8 @@ reach every component.
     python experiments/bench_surface.py --workers 1 2          # tiles in 1 and 2 processes
     python experiments/bench_surface.py --modes track           # track mode only
 
-Prints a Markdown table and writes ``experiments/out/bench_surface.json``.
+Prints a Markdown table and writes ``bench_surface.json`` to ``$NSR_OUT`` (default
+``experiments/out/``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -60,8 +62,8 @@ def _run(spec: dict) -> dict:
 
         mode = spec.get("mode", "surface")
         kw = {"tiles": spec.get("tiles"), "workers": spec.get("workers", 1)} if mode == "surface" else {}
-        mesh = extract_mesh(net, bounds, mode=mode, dtype=torch.float64, device=spec["device"], progress=False,
-                            **kw)
+        mesh = extract_mesh(net, bounds, mode=mode, dtype=spec.get("dtype", "float64"), device=spec["device"],
+                            progress=False, **kw)
         elapsed = time.perf_counter() - t0
         verts, n_faces = mesh.vertices, len(mesh.triangles)
         extra = {"polygons": len(mesh.polygons), "tiles_kept": mesh.stats.get("tiles_kept"),
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[1],
                     help="exact surface: worker processes (one torch thread each when > 1)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="exact extraction's dtype")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-8x32", action="store_true")
     ap.add_argument("--repeat", type=int, default=1,
@@ -116,7 +119,7 @@ def main() -> None:
         path, _, label = item.partition(":")
         nets.append((path, label or Path(path).stem))
 
-    base = {"device": args.device, "threads": args.threads, "bounds": list(args.bounds)}
+    base = {"device": args.device, "dtype": args.dtype, "threads": args.threads, "bounds": list(args.bounds)}
     rows = []
     for path, label in nets:
         specs = [{**base, "path": path, "net": label, "method": "exact", "mode": m, "tiles": t, "workers": w}
@@ -134,10 +137,10 @@ def main() -> None:
             print(f"{label:16s} {what:20s} t={r['time_s']:8.2f}s peak={r['peak_rss_mb']:7.0f}MB "
                   f"V={r['vertices']:>9,d} F={r['faces']:>9,d} max|f|={r['max_abs_f']:.2e}", flush=True)
 
-    out = ROOT / "experiments" / "out"
+    out = Path(os.environ.get("NSR_OUT", ROOT / "experiments" / "out"))
     out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "cpus": mp.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-            "device": args.device, "threads": args.threads}
+            "device": args.device, "dtype": args.dtype, "threads": args.threads}
     (out / "bench_surface.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     print(f"\n{meta}\n")
     print("| network | method | time (s) | time / exact | peak memory (MB) | vertices | faces "
@@ -152,8 +155,9 @@ def main() -> None:
                 if r["mode_used"] == "track":
                     what = f"exact, track ({r['seed_regions']:,} seed regions, {r['polygons']:,} polygons)"
                 else:
+                    fell = f", fell back to {r['mode_used']}" if r["mode_used"] != r["mode"] else ""
                     what = (f"exact, {r['mode']} mode ({r['tiles_kept']}/{r['tiles']} tiles, "
-                            f"{r['polygons']:,} polygons{workers})")
+                            f"{r['polygons']:,} polygons{workers}{fell})")
             else:
                 what = f"marching cubes {r['resolution']}^3"
             print(f"| {label} | {what} | {r['time_s']:.2f} | {r['time_s'] / exact_t:.2f} | {r['peak_rss_mb']:.0f} "

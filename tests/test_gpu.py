@@ -1,0 +1,76 @@
+"""CPU and CUDA give the same exact geometry (run by ``make gpu-check``; skipped without CUDA).
+
+The extraction is combinatorial: in float64 the sign decisions on CUDA and on the CPU agree
+for these generic networks, so the complex's f-vector and the mesh's polygons must be the same.
+In float32 rounding differs between devices, so the check there is the polygon count and
+the measured |f| at the vertices, which must stay at float32 precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nsr.complex import extract_complex
+from nsr.networks import random_network
+from nsr.surface import extract_mesh
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+
+def _median_level(net) -> float:
+    """A level that the random network certainly crosses inside [-1, 1]^3."""
+    x = torch.rand(4096, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    return float(net(x).median())
+
+
+def _polygon_set(mesh) -> set[tuple]:
+    """Polygons as sets of vertex positions rounded to 1e-9: comparable across devices."""
+    v = np.asarray(mesh.vertices, dtype=np.float64)
+    return {tuple(sorted(map(tuple, np.round(v[p], 9)))) for p in mesh.polygons}
+
+
+@pytest.mark.parametrize("widths", [[16, 16], [32, 32, 32]])
+def test_complex_cuda_matches_cpu(widths):
+    net = random_network(3, widths, seed=4)
+    a = extract_complex(net, (-1, 1), device="cpu", progress=False)
+    b = extract_complex(net, (-1, 1), device="cuda", progress=False)
+    assert a.f_vector == b.f_vector
+    assert a.euler_characteristic == b.euler_characteristic == 1
+    assert torch.allclose(a.vertices.sort(0).values, b.vertices.cpu().sort(0).values, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["complex", "surface", "track"])
+def test_mesh_cuda_matches_cpu_float64(mode):
+    net = random_network(3, [24, 24, 24], seed=7)
+    level = _median_level(net)
+    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False)
+    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False)
+    assert len(a.polygons) == len(b.polygons) > 0
+    assert _polygon_set(a) == _polygon_set(b)
+    assert b.stats["max_abs_f"] < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["complex", "surface"])
+def test_mesh_cuda_float32(mode):
+    net = random_network(3, [16, 16], seed=3)
+    level = _median_level(net)
+    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", dtype=torch.float32, progress=False)
+    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", dtype=torch.float32, progress=False)
+    assert len(a.polygons) == len(b.polygons) > 0
+    assert b.stats["max_abs_f"] < 1e-5
+
+
+def test_marching_cubes_cuda_matches_cpu():
+    from nsr.marching_cubes import marching_cubes
+
+    net = random_network(3, [16, 16], seed=3)
+    level = _median_level(net)
+    a = marching_cubes(net, (-1, 1), 48, level=level, device="cpu")
+    b = marching_cubes(net, (-1, 1), 48, level=level, device="cuda")
+    assert len(a.faces) == len(b.faces)
+    assert np.allclose(a.vertices, b.vertices, atol=1e-5)
