@@ -1037,40 +1037,17 @@ class PolyhedralComplex:
         return self._cells[k]
 
     def _build_cells(self, k: int) -> None:
+        from nsr.cells import cofaces  # nsr.cells builds on this module's bit sets and hashes
+
         pos, zeros = self.cells(k - 1)
-        nz = zeros.shape[1]
-        keys, owners = [], []
-        m = pos.shape[0]
-        ar = torch.arange(m, device=pos.device)
-        for i in range(nz):
-            zi = zeros[:, i]
-            rest = torch.cat([zeros[:, :i], zeros[:, i + 1 :]], 1)
-            wi, mi = bit_values(zi)
-            for side in (0, 1):
-                if side:
-                    pk = pos.clone()
-                    pk[ar, wi] |= mi
-                    sel = ar
-                else:
-                    sel = torch.nonzero(zi >= 2 * self.dim).squeeze(1)
-                    pk = pos
-                keys.append(torch.cat([pk[sel], rest[sel]], 1))
-                owners.append(sel)
-        key = torch.cat(keys)
-        owner = torch.cat(owners)
-        order, gid = group_equal_rows(key)
-        first = torch.ones_like(gid, dtype=torch.bool)
-        first[1:] = gid[1:] != gid[:-1]
-        reps = key[order[first]]
-        w = pos.shape[1]
-        self._cells[k] = (reps[:, :w].contiguous(), reps[:, w:].contiguous())
-        inc = torch.zeros(len(gid), 2, dtype=torch.int64, device=pos.device)
-        inc[:, 0] = owner[order]
-        inc[:, 1] = gid
-        self._incidence[k] = torch.unique(inc, dim=0)
+        cell_pos, cell_zeros, incidence = cofaces(pos, zeros, self.dim)
+        del pos, zeros  # the edges' signs are gathered anew; free them before the next dimension
+        self._cells[k] = (cell_pos, cell_zeros)
+        self._incidence[k] = incidence
 
     def incidence(self, k: int) -> Tensor:
-        """Pairs ``(i, j)``: ``(k-1)``-cell ``i`` is a facet of ``k``-cell ``j``, ``(M, 2)``."""
+        """Pairs ``(i, j)``: ``(k-1)``-cell ``i`` is a facet of ``k``-cell ``j``, ``(M, 2)``
+        (int32 for ``k >= 2``, grouped by ``j``: they are the largest arrays of a big complex)."""
         if k == 1:
             n = self.edges.shape[0]
             return torch.stack([self.edges.reshape(-1).long(), torch.arange(n).repeat_interleave(2)], 1)
@@ -1080,7 +1057,8 @@ class PolyhedralComplex:
     @property
     def f_vector(self) -> list[int]:
         """Number of cells of each dimension ``0..D``."""
-        return [int(self.cells(k)[0].shape[0]) for k in range(self.dim + 1)]
+        sizes = [int(self.vertices.shape[0]), int(self.edges.shape[0])]  # no sign gather needed
+        return (sizes + [int(self.cells(k)[0].shape[0]) for k in range(2, self.dim + 1)])[: self.dim + 1]
 
     @property
     def euler_characteristic(self) -> int:
