@@ -110,18 +110,21 @@ def cofaces(pos: Tensor, zeros: Tensor, dim: int) -> tuple[Tensor, Tensor, Tenso
     torch.ne(h[1:n], h[: n - 1], out=new[1:])
     del h
     _verify_runs(keys, order, new)
-    gid = torch.cumsum(new, 0) - 1
+    # Peak memory matters here (the 8x32 bunny: 1.2e8 entries): outputs are filled in place,
+    # and group ids are int32 like the incidences they end up in.
     firsts = torch.nonzero(new).squeeze(1)
-    cell_pos, cell_zeros = [], []
+    cell_pos = torch.empty(len(firsts), pos.shape[1], dtype=pos.dtype, device=dev)
+    cell_zeros = torch.empty(len(firsts), zeros.shape[1] - 1, dtype=zeros.dtype, device=dev)
     for s in range(0, len(firsts), keys.step):
-        p, z = keys.rows(order[firsts[s : s + keys.step]])
-        cell_pos.append(p)
-        cell_zeros.append(z)
+        sl = slice(s, s + keys.step)
+        cell_pos[sl], cell_zeros[sl] = keys.rows(order[firsts[sl]])
+    del firsts
     incidence = torch.empty(n, 2, dtype=torch.int32, device=dev)
-    torch.div(order, 2 * keys.nz, rounding_mode="floor", out=order)  # entries -> facets, in place
-    incidence[:, 0] = order
-    incidence[:, 1] = gid
-    return torch.cat(cell_pos), torch.cat(cell_zeros), incidence
+    incidence[:, 1] = torch.cumsum(new, 0, dtype=torch.int32)
+    incidence[:, 1] -= 1
+    del new
+    incidence[:, 0] = torch.div(order, 2 * keys.nz, rounding_mode="floor", out=order)  # entries -> facets
+    return cell_pos, cell_zeros, incidence
 
 
 def _verify_runs(keys: _Keys, order: Tensor, new: Tensor) -> None:
