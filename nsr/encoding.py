@@ -1,0 +1,205 @@
+"""Multi-resolution simplex-grid encoding: a grid encoding that keeps the network piecewise affine.
+
+Grid encodings (instant-ngp's hash grids) let small MLPs learn detailed shapes in minutes, but
+their trilinear interpolation is not piecewise affine, so such networks have no exact
+complex. Here every grid cell is cut into ``D!`` simplices by the Kuhn (Freudenthal)
+triangulation and features are interpolated *barycentrically* inside the simplex: the
+encoding is affine on every simplex and continuous across simplex facets, so an encoding
+followed by a ReLU MLP is still a continuous piecewise-affine function (TetraSDF, Oh, Uh &
+Kim, arXiv 2511.16273, uses the same idea).
+
+At a level of resolution ``N`` with grid coordinates ``u = N (x - lo) / (hi - lo)``, the
+simplex of a point is given by its cell ``c = floor(u)`` and the order of its fractional
+parts ``f = u - c``: with ``f[p0] >= f[p1] >= ... >= f[p(D-1)]`` its vertices are
+``c, c + e[p0], c + e[p0] + e[p1], ..., c + 1`` with barycentric weights
+``1 - f[p0], f[p0] - f[p1], ..., f[p(D-1)]``. The facets of these simplices lie on the planes
+``u_i = k`` and ``u_i - u_j = k`` (integers ``k``): :meth:`SimplexGridEncoding.planes` lists
+them, the breakpoints an exact extractor adds to the network's own.
+
+Levels whose ``(N + 1)^D`` grid vertices fit in ``table_size`` rows are stored densely;
+finer levels index a table of ``table_size`` rows by a spatial hash of the vertex (XOR of
+coordinates times large primes, as in instant-ngp), so distinct vertices may share a row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# instant-ngp's hash primes (the first is 1, so a 1-D hash is the identity)
+_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+
+
+def level_resolutions(n_levels: int, min_resolution: int, max_resolution: int) -> list[int]:
+    """Resolutions in geometric progression from ``min_resolution`` to ``max_resolution``."""
+    if n_levels < 1 or min_resolution < 1 or max_resolution < min_resolution:
+        raise ValueError(
+            f"need n_levels >= 1 and 1 <= min_resolution <= max_resolution, got {n_levels}, "
+            f"{min_resolution}, {max_resolution}"
+        )
+    if n_levels == 1:
+        return [min_resolution]
+    growth = math.exp((math.log(max_resolution) - math.log(min_resolution)) / (n_levels - 1))
+    return [int(round(min_resolution * growth**level)) for level in range(n_levels)]
+
+
+class SimplexGridEncoding(nn.Module):
+    """``(P, D)`` points in ``bounds`` -> ``(P, n_levels * features [+ D])`` features.
+
+    Parameters
+    ----------
+    in_dim : input dimension ``D >= 1``.
+    n_levels, min_resolution, max_resolution : grid levels, resolutions in geometric progression.
+    features : features per level ``F``.
+    table_size : rows per level; a level with more grid vertices is hashed into this many.
+    bounds : ``(lo, hi)``, the box the grid covers; points outside are clamped onto it.
+    include_input : append the raw coordinates to the features.
+    init_scale : features start uniform in ``[-init_scale, init_scale]``.
+
+    Example
+    -------
+    >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
+    >>> enc(torch.zeros(5, 2)).shape
+    torch.Size([5, 4])
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 3,
+        n_levels: int = 8,
+        features: int = 2,
+        min_resolution: int = 4,
+        max_resolution: int = 128,
+        table_size: int = 2**15,
+        bounds: Sequence[float] = (-1.0, 1.0),
+        include_input: bool = False,
+        init_scale: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if in_dim < 1 or features < 1 or table_size < 1:
+            raise ValueError(f"need in_dim, features, table_size >= 1, got {in_dim}, {features}, {table_size}")
+        lo, hi = float(bounds[0]), float(bounds[1])
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"bounds must be finite with lo < hi, got {bounds}")
+        if in_dim > len(_PRIMES):
+            raise ValueError(f"in_dim must be at most {len(_PRIMES)}, got {in_dim}")
+        self.in_dim, self.features, self.table_size = in_dim, features, table_size
+        self.lo, self.hi, self.include_input = lo, hi, include_input
+        self.resolutions = level_resolutions(n_levels, min_resolution, max_resolution)
+        self.dense = [(n + 1) ** in_dim <= table_size for n in self.resolutions]
+        rows = [(n + 1) ** in_dim if d else table_size for n, d in zip(self.resolutions, self.dense)]
+        self.register_buffer("offsets", torch.tensor([0, *rows]).cumsum(0)[:-1], persistent=False)
+        self.table = nn.Parameter(torch.empty(sum(rows), features).uniform_(-init_scale, init_scale))
+
+    @property
+    def out_dim(self) -> int:
+        return len(self.resolutions) * self.features + (self.in_dim if self.include_input else 0)
+
+    def extra_repr(self) -> str:
+        return (f"in_dim={self.in_dim}, resolutions={self.resolutions}, features={self.features}, "
+                f"table_size={self.table_size}, bounds=({self.lo}, {self.hi}), include_input={self.include_input}")
+
+    def grid_coordinates(self, x: Tensor, level: int) -> Tensor:
+        """``(P, D)`` points -> ``(P, D)`` coordinates ``u`` in ``[0, N]`` of grid ``level``."""
+        n = self.resolutions[level]
+        return ((x - self.lo) * (n / (self.hi - self.lo))).clamp(0, n)
+
+    def simplices(self, u: Tensor, level: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Kuhn simplex of grid coordinates ``u`` ``(P, D)``: cell ``(P, D)`` int64, axis order
+        ``(P, D)`` int64 (fractional parts decreasing) and fractional parts ``(P, D)``."""
+        n = self.resolutions[level]
+        cell = u.floor().clamp(max=n - 1)  # a point on the upper face belongs to the last cell
+        frac = u - cell
+        # stable sort: ties (points on a facet) pick one side consistently; both give one value
+        order = torch.argsort(-frac, dim=1, stable=True)
+        return cell.long(), order, frac
+
+    def _rows(self, vertex: Tensor, level: int) -> Tensor:
+        """Table rows of grid vertices ``(..., D)`` int64 at ``level``."""
+        n = self.resolutions[level]
+        if self.dense[level]:
+            strides = (n + 1) ** torch.arange(self.in_dim, device=vertex.device)
+            idx = (vertex * strides).sum(-1)
+        else:
+            primes = torch.tensor(_PRIMES[: self.in_dim], device=vertex.device)
+            h = vertex[..., 0] * primes[0]
+            for i in range(1, self.in_dim):
+                h = h ^ (vertex[..., i] * primes[i])
+            idx = h % self.table_size
+        return idx + self.offsets[level]
+
+    def simplex_vertices(self, u: Tensor, level: int) -> tuple[Tensor, Tensor]:
+        """Vertices ``(P, D+1, D)`` int64 of each point's simplex and barycentric weights ``(P, D+1)``."""
+        cell, order, frac = self.simplices(u, level)
+        steps = torch.zeros(u.shape[0], self.in_dim + 1, self.in_dim, dtype=torch.long, device=u.device)
+        steps[:, 1:].scatter_(2, order[:, :, None], 1)
+        vertices = cell[:, None, :] + steps.cumsum(1)  # c, c + e[p0], c + e[p0] + e[p1], ...
+        f_sorted = frac.gather(1, order)
+        one, zero = torch.ones_like(f_sorted[:, :1]), torch.zeros_like(f_sorted[:, :1])
+        padded = torch.cat([one, f_sorted, zero], 1)
+        weights = padded[:, :-1] - padded[:, 1:]  # 1 - f0, f0 - f1, ..., f(D-1)
+        return vertices, weights
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(P, D) -> (P, out_dim)``."""
+        if x.ndim != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected points of shape (P, {self.in_dim}), got {tuple(x.shape)}")
+        table = self.table.to(x.dtype)
+        out = []
+        for level in range(len(self.resolutions)):
+            vertices, weights = self.simplex_vertices(self.grid_coordinates(x, level), level)
+            feats = table[self._rows(vertices, level)]  # (P, D+1, F)
+            out.append((weights[:, :, None] * feats).sum(1))
+        if self.include_input:
+            out.append(x)
+        return torch.cat(out, 1)
+
+    def planes(self, level: int) -> tuple[Tensor, Tensor]:
+        """The simplex facets of ``level`` that cross the open box, as planes ``a . x = b``:
+        ``(K, D)`` normals and ``(K,)`` offsets in input coordinates (float64)."""
+        n, d = self.resolutions[level], self.in_dim
+        scale = n / (self.hi - self.lo)  # u = scale (x - lo)
+        eye = torch.eye(d, dtype=torch.float64)
+        normals, offsets = [], []
+        ks = torch.arange(1, n, dtype=torch.float64)
+        for i in range(d):  # u_i = k, 0 < k < N
+            normals.append(eye[i].expand(len(ks), d))
+            offsets.append(self.lo + ks / scale)
+        kd = torch.arange(-(n - 1), n, dtype=torch.float64)
+        for i in range(d):  # u_i - u_j = k, |k| < N
+            for j in range(i + 1, d):
+                normals.append((eye[i] - eye[j]).expand(len(kd), d))
+                offsets.append(kd / scale)
+        if not normals:
+            return torch.zeros(0, d, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return torch.cat(normals), torch.cat(offsets)
+
+
+class GridMLP(nn.Module):
+    """A simplex-grid encoding followed by a ReLU MLP: ``R^D -> R``, continuous piecewise affine.
+
+    Example
+    -------
+    >>> net = GridMLP(in_dim=3, width=16, depth=2, n_levels=2, max_resolution=8)
+    >>> net(torch.zeros(4, 3)).shape
+    torch.Size([4])
+    """
+
+    def __init__(self, in_dim: int = 3, width: int = 64, depth: int = 2, **encoding: object) -> None:
+        super().__init__()
+        if width < 1 or depth < 1:
+            raise ValueError(f"width and depth must be >= 1, got {width}, {depth}")
+        self.encoding = SimplexGridEncoding(in_dim=in_dim, **encoding)  # type: ignore[arg-type]
+        dims = [self.encoding.out_dim] + [width] * depth + [1]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.in_dim, self.width, self.depth = in_dim, width, depth
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(P, D) -> (P,)``."""
+        h = self.encoding(x)
+        for layer in self.layers[:-1]:
+            h = torch.relu(layer(h))
+        return self.layers[-1](h).squeeze(-1)

@@ -1,0 +1,131 @@
+"""Simplex-grid encoding: affine in every Kuhn simplex, continuous, barycentric, and its planes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nsr.encoding import GridMLP, SimplexGridEncoding, level_resolutions
+
+
+def _enc(d, **kw):
+    torch.manual_seed(0)
+    e = SimplexGridEncoding(in_dim=d, init_scale=1.0, **kw).double()
+    return e
+
+
+def _simplex_ids(enc, x):
+    ids = []
+    for level in range(len(enc.resolutions)):
+        cell, order, _ = enc.simplices(enc.grid_coordinates(x, level), level)
+        ids.append(torch.cat([cell, order], 1))
+    return torch.cat(ids, 1)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_affine_inside_each_simplex(d):
+    enc = _enc(d, n_levels=3, min_resolution=2, max_resolution=9, table_size=64)
+    gen = torch.Generator().manual_seed(d)
+    x = torch.rand(500, d, generator=gen, dtype=torch.float64) * 1.8 - 0.9
+    d1, d2 = (torch.randn(500, d, generator=gen, dtype=torch.float64) * 1e-4 for _ in range(2))
+    a, b = 0.7, -0.4
+    y = x + a * d1 + b * d2
+    same = (_simplex_ids(enc, x) == _simplex_ids(enc, x + d1)).all(1)
+    same &= (_simplex_ids(enc, x) == _simplex_ids(enc, x + d2)).all(1)
+    same &= (_simplex_ids(enc, x) == _simplex_ids(enc, y)).all(1)
+    assert same.sum() > 300
+    f0, f1, f2, fy = enc(x), enc(x + d1), enc(x + d2), enc(y)
+    pred = f0 + a * (f1 - f0) + b * (f2 - f0)
+    assert torch.allclose(fy[same], pred[same], atol=1e-12)
+    # where the simplex changes, the function is generally not affine (the test can fail)
+    assert not torch.allclose(fy[~same], pred[~same], atol=1e-12) or (~same).sum() == 0
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_continuous_across_facets(d):
+    enc = _enc(d, n_levels=2, min_resolution=3, max_resolution=5, table_size=10_000)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(400, d, generator=gen, dtype=torch.float64) * 1.6 - 0.8
+    u = enc.grid_coordinates(x, 1)
+    # move each point onto a plane u_0 - u_1 = k of level 1, then step across it
+    k = torch.round(u[:, 0] - u[:, 1])
+    shift = (u[:, 0] - u[:, 1] - k) / 2
+    on = x.clone()
+    scale = enc.resolutions[1] / (enc.hi - enc.lo)
+    on[:, 0] -= shift / scale
+    on[:, 1] += shift / scale
+    n = torch.zeros_like(x)
+    n[:, 0], n[:, 1] = 1.0, -1.0
+    eps = 1e-9
+    jump = (enc(on + eps * n) - enc(on - eps * n)).abs().max()
+    assert jump < 1e-6  # a discontinuous encoding would jump by ~|features| ~ 1
+
+
+def test_reproduces_linear_functions_exactly():
+    """Barycentric interpolation of a linear function of the grid vertices is that function."""
+    enc = _enc(3, n_levels=1, min_resolution=4, max_resolution=4, table_size=1000, features=1)
+    a = torch.tensor([0.3, -1.1, 2.0], dtype=torch.float64)
+    n = enc.resolutions[0]
+    grid = torch.cartesian_prod(*[torch.arange(n + 1)] * 3)  # (x, y, z) with the last fastest
+    with torch.no_grad():
+        enc.table[enc._rows(grid, 0), 0] = (grid.double() * a).sum(1)
+    x = torch.rand(1000, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+    want = (enc.grid_coordinates(x, 0) * a).sum(1)
+    assert torch.allclose(enc(x)[:, 0], want, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+def test_barycentric_weights_reproduce_the_point(d):
+    enc = _enc(d, n_levels=1, min_resolution=5, max_resolution=5)
+    x = torch.rand(300, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    u = enc.grid_coordinates(x, 0)
+    verts, w = enc.simplex_vertices(u, 0)
+    assert (w >= -1e-15).all() and torch.allclose(w.sum(1), torch.ones(300, dtype=torch.float64))
+    assert torch.allclose((w[:, :, None] * verts.double()).sum(1), u, atol=1e-12)
+    # the simplex's vertices lie in one cell: coordinates within cell .. cell + 1
+    cell = verts[:, 0]
+    assert ((verts - cell[:, None]) >= 0).all() and ((verts - cell[:, None]) <= 1).all()
+
+
+def test_planes_separate_exactly_the_points_in_different_simplices():
+    enc = _enc(3, n_levels=2, min_resolution=2, max_resolution=3)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(3000, 3, generator=gen, dtype=torch.float64) * 2 - 1
+    y = x + torch.randn(3000, 3, generator=gen, dtype=torch.float64) * 0.2
+    inside = (y.abs() < 1).all(1)  # no clamping: it would put points exactly on planes
+    x, y = x[inside], y[inside]
+    normals = torch.cat([enc.planes(level)[0] for level in range(2)])
+    offsets = torch.cat([enc.planes(level)[1] for level in range(2)])
+    side_x = (x @ normals.T - offsets) > 0
+    side_y = (y @ normals.T - offsets) > 0
+    separated = (side_x != side_y).any(1)
+    same_simplex = (_simplex_ids(enc, x) == _simplex_ids(enc, y)).all(1)
+    assert torch.equal(separated, ~same_simplex)
+
+
+def test_dense_and_hashed_levels():
+    enc = SimplexGridEncoding(in_dim=3, n_levels=4, min_resolution=4, max_resolution=64, table_size=4096)
+    assert enc.resolutions == level_resolutions(4, 4, 64) == [4, 10, 25, 64]
+    assert enc.dense == [True, True, False, False]
+    x = torch.rand(1000, 3) * 2 - 1
+    for level in (2, 3):
+        verts, _ = enc.simplex_vertices(enc.grid_coordinates(x, level), level)
+        rows = enc._rows(verts, level) - enc.offsets[level]
+        assert rows.min() >= 0 and rows.max() < 4096
+    assert enc.table.shape == (5**3 + 11**3 + 2 * 4096, 2)
+
+
+def test_grid_mlp_trains_its_table():
+    net = GridMLP(in_dim=3, width=8, depth=2, n_levels=2, max_resolution=8, include_input=True)
+    x = torch.rand(64, 3) * 2 - 1
+    net(x).square().mean().backward()
+    assert net.encoding.table.grad is not None and net.encoding.table.grad.abs().sum() > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="bounds"):
+        SimplexGridEncoding(bounds=(1.0, -1.0))
+    with pytest.raises(ValueError, match="min_resolution"):
+        SimplexGridEncoding(min_resolution=8, max_resolution=4)
+    with pytest.raises(ValueError, match=r"shape \(P, 3\)"):
+        SimplexGridEncoding()(torch.zeros(4, 2))
