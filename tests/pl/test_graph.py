@@ -24,7 +24,8 @@ def _skip_graph() -> tuple[PLGraph, dict[str, torch.Tensor]]:
     w = {k: torch.randn(*s, generator=gen, dtype=D64) for k, s in
          {"w0": (5, 2), "b0": (5,), "w1x": (4, 2), "w1": (4, 5), "b1": (4,), "o0": (1, 5), "o1": (1, 4),
           "ob": (1,)}.items()}
-    l0 = Layer({INPUT: w["w0"]}, w["b0"], torch.tensor([0.1, 0.1, 0.1, -1.0, -1.0], dtype=D64), torch.ones(5, dtype=D64))
+    neg = torch.tensor([0.1, 0.1, 0.1, -1.0, -1.0], dtype=D64)
+    l0 = Layer({INPUT: w["w0"]}, w["b0"], neg, torch.ones(5, dtype=D64))
     l1 = Layer({INPUT: w["w1x"], 0: w["w1"]}, w["b1"])
     out = Affine({0: w["o0"], 1: w["o1"]}, w["ob"])
     return PLGraph(2, [l0, l1], out), w
