@@ -18,8 +18,10 @@ computes, and nothing is extracted that the module does not compute.
 from __future__ import annotations
 
 import copy
+import linecache
 import operator
-import re
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -198,9 +200,6 @@ class _Builder:
 
 # ---- where a node sits ----------------------------------------------------------------------------
 
-_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<fn>\S+)\n\s*(?P<code>[^\n]*)')
-
-
 def _where(node: fx.Node) -> str:
     """``fx node 'relu_1' (module 'block.0', file.py:12: return torch.sin(x))``."""
     parts = []
@@ -211,10 +210,9 @@ def _where(node: fx.Node) -> str:
         path = list(stack)[-1]
         if path:
             parts.append(f"in module '{path}'")
-    frames = [m for m in _FRAME.finditer(node.stack_trace or "") if "/torch/" not in m["file"]]
-    if frames:
-        f = frames[-1]
-        parts.append(f"{f['file'].rsplit('/', 1)[-1]}:{f['line']}: {f['code'].strip()}")
+    source = node.meta.get("nsr_source")
+    if source:
+        parts.append(f"{os.path.basename(source[0])}:{source[1]}: {source[2]}")
     return f"fx node '{node.name}'" + (f" ({', '.join(parts)})" if parts else "")
 
 
@@ -271,7 +269,10 @@ _MAXIMUM = {torch.maximum, torch.max, torch.fmax, "maximum", "max", "fmax"}
 _MINIMUM = {torch.minimum, torch.min, torch.fmin, "minimum", "min", "fmin"}
 _SUM = {torch.sum, "sum", torch.mean, "mean"}
 _SIZE = {"size", "dim", "numel", "shape"}
+_NEW = {"new_tensor", "new_zeros", "new_ones", "new_full"}
 
+_AFTER_OUT = ("tanh and sigmoid are accepted only as the last steps of a scalar output, followed by nothing but "
+              "monotone scalings and shifts")
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -357,8 +358,7 @@ class _Interpreter:
                 return _Out(x.expr, x.transform.then("sigmoid"), x.squeezed)
             if isinstance(m, (nn.Identity, *_DROPOUT_MODULES)):
                 return x
-            raise _refuse(node, f"{name} after a tanh/sigmoid output transform",
-                          "tanh and sigmoid are accepted only as the last, monotone steps of a scalar output")
+            raise _refuse(node, f"{name} after a tanh/sigmoid output transform", _AFTER_OUT)
         if isinstance(m, nn.Linear):
             w, bias = _linear_params(m)
             return self.linear(x, w, bias)
@@ -422,7 +422,14 @@ class _Interpreter:
             raise _refuse(node, "reading the shape of a network value (x.shape / x.size())",
                           "nsr cannot trace code that depends on the batch shape; pass latent codes with "
                           "trace(module, latent=code)")
+        if target in _NEW:  # a constant made with the value's dtype, e.g. h.new_tensor(0.05)
+            if any(isinstance(a, _NET) for a in _flat(args[1:], kwargs)):
+                raise _refuse(node, _op_name(node))
+            proto = torch.zeros((), dtype=self.b.dtype, device=self.b.device)
+            return getattr(proto, target)(*args[1:], **kwargs)
         if not key_hit:
+            if any(isinstance(a, _Out) for a in _flat(args, kwargs)):
+                raise _refuse(node, f"{_op_name(node)} after a tanh/sigmoid output transform", _AFTER_OUT)
             raise _refuse(node, _op_name(node))
         x = args[0] if args else next(iter(kwargs.values()))
         if target in _ADD or target in _SUB:
@@ -445,8 +452,7 @@ class _Interpreter:
                 return _Out(x.expr, x.transform.then(kind), x.squeezed)
             return self.monotone(node, kind, x)
         if isinstance(x, _Out) or any(isinstance(a, _Out) for a in _flat(args, kwargs)):
-            raise _refuse(node, f"{_op_name(node)} after a tanh/sigmoid output transform",
-                          "tanh and sigmoid are accepted only as the last, monotone steps of a scalar output")
+            raise _refuse(node, f"{_op_name(node)} after a tanh/sigmoid output transform", _AFTER_OUT)
         if target in _CAT:
             return self.cat(node, args, kwargs)
         if target == operator.getitem:
@@ -706,6 +712,23 @@ def _linear_params(m: nn.Linear) -> tuple[Tensor, Tensor | None]:
     return w, m.bias.detach() if m.bias is not None else None
 
 
+def copy_module(module: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies modules with the old ``torch.nn.utils.weight_norm``, whose
+    computed ``weight`` is a non-leaf tensor that deepcopy refuses: it is detached for the copy
+    and put back (the pre-hook recomputes it at every forward anyway)."""
+    saved = []
+    for m in module.modules():
+        for hook in m._forward_pre_hooks.values():
+            if _is_weight_norm_hook(hook) and isinstance(getattr(m, hook.name, None), Tensor):
+                saved.append((m, hook.name, getattr(m, hook.name)))
+                setattr(m, hook.name, getattr(m, hook.name).detach())
+    try:
+        return copy.deepcopy(module)
+    finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
+
+
 def _user_hooks(module: nn.Module) -> list[str]:
     """Paths of submodules with forward hooks other than weight normalization's."""
     out = []
@@ -763,13 +786,13 @@ def trace(
     in_dim = _infer_in_dim(module, latent) if in_dim is None else int(in_dim)
     if in_dim < 1:
         raise NotPiecewiseAffineError(f"input dimension must be >= 1, got {in_dim} (check in_dim and latent)")
-    if module.training and any(isinstance(m, (*_DROPOUT_MODULES, nn.modules.batchnorm._BatchNorm))
-                               for m in module.modules()):
+    if module.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                               or (isinstance(m, _DROPOUT_MODULES) and m.p > 0) for m in module.modules()):
         warnings.warn(f"{type(module).__name__} is in training mode: nsr traces its eval-mode function "
                       "(dropout off, batch norm on running statistics); call module.eval() to silence this",
                       stacklevel=2)
-    work = copy.deepcopy(module).eval()
-    work64 = copy.deepcopy(work).to(torch.float64)
+    work = copy_module(module).eval()
+    work64 = copy_module(work).to(torch.float64)
     device = _device_of(work64)
     gm = _symbolic_trace(work64)
     builder = _Builder(torch.float64, device)
@@ -788,9 +811,26 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class _Tracer(fx.Tracer):
+    """``fx.Tracer`` that records the user's source line of every node. (fx's own
+    ``record_stack_traces`` imports torch._dynamo on first use: seconds; a frame walk is free.)"""
+
+    def create_node(self, *args: object, **kwargs: object) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        frame = sys._getframe(1)
+        while frame is not None and (_TORCH_DIR in frame.f_code.co_filename or frame.f_code.co_filename == __file__):
+            frame = frame.f_back
+        if frame is not None:
+            path = frame.f_code.co_filename
+            node.meta["nsr_source"] = (path, frame.f_lineno, linecache.getline(path, frame.f_lineno).strip())
+        return node
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
 def _symbolic_trace(module: nn.Module) -> fx.GraphModule:
-    tracer = fx.Tracer()
-    tracer.record_stack_traces = True
+    tracer = _Tracer()
     try:
         graph = tracer.trace(module)
     except Exception as err:  # fx raises TraceError and plain exceptions alike
@@ -808,7 +848,7 @@ def _symbolic_trace(module: nn.Module) -> fx.GraphModule:
 def _user_frame(err: BaseException) -> str:
     import traceback
 
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if "/torch/" not in f.filename
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _TORCH_DIR not in f.filename
               and not f.filename.endswith("nsr/pl/convert.py")]
     if not frames:
         return ""
@@ -846,7 +886,7 @@ def check_graph(
     x = (torch.rand(n_points, graph.in_dim, generator=gen, dtype=torch.float64) * 2 - 1) * box
     module = module.eval() if module.training else module
     if module64 is None:
-        module64 = copy.deepcopy(module).to(torch.float64)
+        module64 = copy_module(module).to(torch.float64)
     g64 = graph.to(dtype=torch.float64)
     dev = _device_of(module64)
     with torch.no_grad():
@@ -894,4 +934,5 @@ def trace_or_convert(obj: object, **kwargs: object) -> PLGraph:
     return as_graph(obj)
 
 
-__all__: Sequence[str] = ["trace", "check_graph", "module_inputs", "trace_or_convert", "NotPiecewiseAffineError"]
+__all__: Sequence[str] = ["trace", "check_graph", "copy_module", "module_inputs", "trace_or_convert",
+                          "NotPiecewiseAffineError"]
