@@ -53,6 +53,14 @@ the module's own output at seeded points (float64 and the module's dtype) and re
 mismatch (e.g. forward hooks, which fx does not see), so nothing is extracted that the module
 does not compute.
 
+ONNX files (:func:`from_onnx`, needs the optional ``onnx`` package) are read as data: their nodes
+(Gemm, MatMul, Add, Sub, Mul/Div by constants, Relu, LeakyRelu, PRelu, Abs, Clip, Max/Min, Concat,
+BatchNormalization, Dropout, Identity, Flatten, Tanh/Sigmoid at the output, output reshapes) are
+mapped onto torch operations and traced and checked like a module; other operators are refused,
+naming the node.
+
+Bounds over boxes (interval arithmetic and CROWN through the blocks) live in ``nsr.pl.bounds``.
+
 Plain Linear/ReLU chains convert both ways with :class:`nsr.networks.PLNetwork`
 (:meth:`PLGraph.from_plnetwork`, :meth:`PLGraph.to_plnetwork`), so today's stages keep working.
 """
@@ -62,6 +70,7 @@ from __future__ import annotations
 from nsr.pl.convert import check_graph, module_inputs, trace
 from nsr.pl.graph import INPUT, Affine, Layer, NotPiecewiseAffineError, OutputTransform, PLGraph, as_graph
 from nsr.pl.models import ResidualMLP, SkipMLP
+from nsr.pl.onnx_io import from_onnx
 
 __all__ = [
     "INPUT",
@@ -74,6 +83,7 @@ __all__ = [
     "SkipMLP",
     "as_graph",
     "check_graph",
+    "from_onnx",
     "module_inputs",
     "trace",
 ]
