@@ -385,6 +385,9 @@ class _Interpreter:
     def linear(self, x: _Expr, w: Tensor, bias: Tensor | None) -> _Expr:
         if x.squeezed:
             raise ValueError("a Linear layer on a (N,) value")
+        if w.shape[1] != x.n:
+            raise ValueError(f"a Linear layer of {w.shape[1]} inputs receives {x.n} features (check in_dim and "
+                             "latent: trace sees in_dim coordinates, after the latent code if any)")
         out = x.matmul(w.T.to(self.b.dtype))
         return out.shift(bias.to(self.b.dtype)) if bias is not None else out
 
@@ -884,7 +887,8 @@ def check_graph(
     """
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(n_points, graph.in_dim, generator=gen, dtype=torch.float64) * 2 - 1) * box
-    module = module.eval() if module.training else module
+    if module.training:  # compare with the eval-mode function, without touching the caller's module
+        module = copy_module(module).eval()
     if module64 is None:
         module64 = copy_module(module).to(torch.float64)
     g64 = graph.to(dtype=torch.float64)
@@ -925,8 +929,8 @@ def _mismatch(module: nn.Module, err: float, dtype: str) -> None:
 
 
 def trace_or_convert(obj: object, **kwargs: object) -> PLGraph:
-    """:func:`trace` for modules that are not a plain ``nn.Sequential``/``ReLUMLP``-class MLP,
-    :func:`nsr.pl.graph.as_graph` for everything else (state dicts, files, PLNetwork)."""
+    """:func:`trace` for any ``nn.Module``, :func:`nsr.pl.graph.as_graph` for everything else
+    (PLGraph, PLNetwork, state dicts, files)."""
     from nsr.pl.graph import as_graph
 
     if isinstance(obj, nn.Module):
