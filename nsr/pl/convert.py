@@ -277,8 +277,8 @@ _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDr
 
 
 class _Interpreter:
-    def __init__(self, gm: fx.GraphModule, builder: _Builder, x0: _Expr) -> None:
-        self.gm, self.b, self.x0 = gm, builder, x0
+    def __init__(self, gm: fx.GraphModule, builder: _Builder, x0: _Expr, note: str = "") -> None:
+        self.gm, self.b, self.x0, self.note = gm, builder, x0, note
         self.modules = dict(gm.named_modules())
         self.env: dict[fx.Node, object] = {}
         self.n_placeholders = 0
@@ -292,7 +292,8 @@ class _Interpreter:
             except NotPiecewiseAffineError:
                 raise
             except (ValueError, RuntimeError, TypeError, IndexError) as err:
-                raise NotPiecewiseAffineError(f"cannot interpret {_op_name(node)} at {_where(node)}: {err}") from err
+                raise NotPiecewiseAffineError(
+                    f"cannot interpret {_op_name(node)} at {_where(node)}: {err}{self.note}") from err
         raise NotPiecewiseAffineError("the traced module has no output")
 
     def finish(self, node: fx.Node) -> tuple[_Expr, OutputTransform]:
@@ -745,14 +746,16 @@ def _user_hooks(module: nn.Module) -> list[str]:
 # ---- public API -------------------------------------------------------------------------------
 
 
-def _infer_in_dim(module: nn.Module, latent: Tensor | None) -> int:
+def _infer_in_dim(module: nn.Module, latent: Tensor | None) -> tuple[int, str]:
+    """The input dimension, and a note for error messages saying where the guess came from."""
     dim = getattr(module, "in_dim", None)
     if isinstance(dim, int):
-        return dim
+        return dim, f" (in_dim was taken as {dim} from {type(module).__name__}.in_dim; pass in_dim= if wrong)"
     first = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
     if first is None:
         raise NotPiecewiseAffineError(f"cannot tell the input dimension of {type(module).__name__}: pass in_dim=")
-    return first.in_features - (0 if latent is None else int(latent.numel()))
+    dim = first.in_features - (0 if latent is None else int(latent.numel()))
+    return dim, f" (in_dim was taken as {dim} from the first Linear layer; pass in_dim= if wrong)"
 
 
 def trace(
@@ -786,7 +789,7 @@ def trace(
     """
     if not isinstance(module, nn.Module):
         raise NotPiecewiseAffineError(f"trace expects an nn.Module, got {type(module).__name__}")
-    in_dim = _infer_in_dim(module, latent) if in_dim is None else int(in_dim)
+    in_dim, note = _infer_in_dim(module, latent) if in_dim is None else (int(in_dim), "")
     if in_dim < 1:
         raise NotPiecewiseAffineError(f"input dimension must be >= 1, got {in_dim} (check in_dim and latent)")
     if module.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -801,7 +804,7 @@ def trace(
     builder = _Builder(torch.float64, device)
     x0 = builder.input(in_dim, latent, latent_last)
     with torch.no_grad():
-        out, transform = _Interpreter(gm, builder, x0).run()
+        out, transform = _Interpreter(gm, builder, x0, note).run()
         graph = builder.graph(in_dim, out, transform)
     check_graph(work, graph, latent=latent, latent_last=latent_last, n_points=check_points, box=check_box,
                 seed=seed, module64=work64)

@@ -83,12 +83,44 @@ class ClampNet(nn.Module):
         super().__init__()
         self.a, self.b, self.c, self.d = nn.Linear(3, 10), nn.Linear(10, 10), nn.Linear(10, 10), nn.Linear(10, 1)
         self.ht, self.r6 = nn.Hardtanh(-0.3, 0.4), nn.ReLU6()
+        nn.init.zeros_(self.b.bias)  # ReLU6's input centred on 3, so that both of its breakpoints are reached
 
     def forward(self, x):
         h = self.ht(self.a(x))
-        h = self.r6(self.b(h) * 20.0)
-        h = torch.clamp(self.c(h), min=-0.2, max=0.3) + h[:, :10].clamp(min=1.0) + F.hardtanh(h, -2.0, 3.0)
-        return self.d(h.clamp(max=0.5)).squeeze(-1)
+        h = self.r6(self.b(h) * 15.0 + 3.0)
+        h = torch.clamp(self.c(h) * 0.3, min=-0.2, max=0.3) + (h[:, :10] - 3.0).clamp(min=0.5) + F.hardtanh(h, 1.0, 2.0)
+        return self.d(h.clamp(max=2.0)).squeeze(-1)
+
+
+class ClampLayer(nn.Module):
+    """Every kind of clamp on the coordinates themselves, so that every breakpoint lies inside the box."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Linear(18, 1)
+        self.register_buffer("lo", torch.tensor([-0.5, 0.1, 0.2]))
+        self.register_buffer("hi", torch.tensor([0.5, 0.9, 0.3]))
+
+    def forward(self, x):
+        parts = [F.hardtanh(x, -0.3, 0.4), F.relu6(4.0 * x + 3.0), torch.clamp(x, self.lo, self.hi),
+                 x.clamp(min=-0.7), x.clamp(max=0.6), torch.clamp(x, min=-1.0, max=1.0)]
+        return self.out(torch.cat(parts, dim=1))
+
+
+def test_every_clamp_breakpoint_is_a_neuron():
+    """Each clamp breakpoint inside the box is one neuron that is on both sides somewhere, and the
+    graph computes the module there; a lost neuron would show in the values."""
+    torch.manual_seed(1)
+    module = ClampLayer()
+    with pytest.raises(NotPiecewiseAffineError, match="in_dim was taken as 18 from the first Linear layer"):
+        trace(module)  # no in_dim attribute: the guess from the first Linear is wrong here, and says so
+    graph = trace(module, in_dim=3)
+    assert graph.widths == [6 + 6 + 6 + 3 + 3 + 6]
+    x = _points(4000, 3, box=1.5)
+    (p,) = graph.patterns(x)
+    assert p.any(0).all() and (~p).any(0).all()
+    want = _module_values(module, x)
+    assert (graph.module_output(x) - want).abs().max() <= 1e-12
 
 
 def _bn_net() -> nn.Module:
