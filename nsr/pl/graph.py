@@ -356,6 +356,49 @@ class PLGraph:
         biases = [layer.bias for layer in self.layers] + [self.output.bias]
         return PLNetwork(weights, biases)
 
+    # ---- saving ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors (``torch.save``/``torch.load(weights_only=True)`` safe): ``in_dim``,
+        ``layers.{l}.{bias,neg,pos}``, ``layers.{l}.blocks.{k}`` (``k = -1``: the input),
+        ``output.bias``, ``output.blocks.{k}``, and ``transform`` ``(S, 3)`` rows
+        ``(kind, scale, shift)`` with kind 0 = affine, 1 = tanh, 2 = sigmoid."""
+        out: dict[str, Tensor] = {"in_dim": torch.tensor(self.in_dim)}
+        for name, aff in [*((f"layers.{l}", layer) for l, layer in enumerate(self.layers)), ("output", self.output)]:
+            out[f"{name}.bias"] = aff.bias.detach().cpu()
+            for k, w in aff.blocks.items():
+                out[f"{name}.blocks.{k}"] = w.detach().cpu()
+            if isinstance(aff, Layer):
+                out[f"{name}.neg"], out[f"{name}.pos"] = aff.neg.detach().cpu(), aff.pos.detach().cpu()
+        codes = {"affine": 0, "tanh": 1, "sigmoid": 2}
+        rows = [[codes[s[0]], *(s[1:] if s[0] == "affine" else (1.0, 0.0))] for s in self.transform.steps]
+        out["transform"] = torch.tensor(rows, dtype=torch.float64).reshape(-1, 3)
+        return out
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, Tensor]) -> PLGraph:
+        """Inverse of :meth:`state_dict`; raises :class:`NotPiecewiseAffineError` on malformed input."""
+        try:
+            n_layers = len({key.split(".")[1] for key in sd if key.startswith("layers.")})
+
+            def affine(name: str) -> tuple[dict[int, Tensor], Tensor]:
+                prefix = f"{name}.blocks."
+                blocks = {int(key[len(prefix):]): w for key, w in sd.items() if key.startswith(prefix)}
+                return blocks, sd[f"{name}.bias"]
+
+            layers = []
+            for l in range(n_layers):
+                blocks, bias = affine(f"layers.{l}")
+                layers.append(Layer(blocks, bias, sd[f"layers.{l}.neg"], sd[f"layers.{l}.pos"]))
+            steps = []
+            for kind, scale, shift in sd["transform"].tolist():
+                name = {0: "affine", 1: "tanh", 2: "sigmoid"}[int(kind)]
+                steps.append(("affine", scale, shift) if name == "affine" else (name,))
+            return cls(int(sd["in_dim"]), layers, Affine(*affine("output")), OutputTransform(tuple(steps)))
+        except (KeyError, ValueError) as err:
+            if isinstance(err, NotPiecewiseAffineError):
+                raise
+            raise NotPiecewiseAffineError(f"not a PLGraph state dict: {err!r}") from err
+
 
 def as_graph(obj: object) -> PLGraph:
     """A :class:`PLGraph` from a graph, a :class:`PLNetwork`, or anything ``nsr.networks.as_network``

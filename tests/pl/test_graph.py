@@ -144,3 +144,16 @@ def test_to_dtype_keeps_the_function():
     g32 = graph.to(dtype=torch.float32)
     assert g32.dtype == torch.float32
     assert torch.allclose(g32(x.float()).double(), graph(x), atol=1e-5)
+
+
+def test_state_dict_round_trip(tmp_path):
+    graph, _ = _skip_graph()
+    graph = PLGraph(graph.in_dim, graph.layers, graph.output, OutputTransform((("tanh",), ("affine", 0.5, 0.1))))
+    path = tmp_path / "g.pt"
+    torch.save(graph.state_dict(), path)
+    back = PLGraph.from_state_dict(torch.load(path, weights_only=True))
+    x = _points(50, 2)
+    assert torch.equal(back.module_output(x), graph.module_output(x))
+    assert back.transform == graph.transform and back.widths == graph.widths
+    with pytest.raises(NotPiecewiseAffineError, match="not a PLGraph state dict"):
+        PLGraph.from_state_dict({"in_dim": torch.tensor(2)})
