@@ -350,7 +350,7 @@ class _Interpreter:
     def call_module(self, node: fx.Node, m: nn.Module, args: tuple, kwargs: dict) -> object:
         x = args[0] if args else kwargs.get("input")
         if len(args) + len(kwargs) != 1 or not isinstance(x, _NET):
-            raise _refuse(node, f"{type(m).__name__} with several inputs")
+            raise _refuse(node, type(m).__name__, "it takes several network inputs")
         name = type(m).__name__
         if isinstance(x, _Out):
             if isinstance(m, nn.Tanh):

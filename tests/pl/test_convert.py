@@ -480,3 +480,24 @@ class Aliasing(nn.Module):
 def test_in_place_aliasing_is_caught_by_the_check():
     with pytest.raises(NotPiecewiseAffineError, match=r"does not compute what the module computes"):
         trace(Aliasing())
+
+
+class Wrapper(nn.Module):
+    """Exposes ``.net`` but computes something else with it (the old loader read ``.net`` alone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = ReLUMLP(3, 16, 2)
+
+    def forward(self, x):
+        return 2.0 * self.net(x) + torch.relu(x[:, 0] - 0.2)
+
+
+def test_wrapper_is_traced_through_its_own_forward():
+    torch.manual_seed(9)
+    module = Wrapper()
+    graph = trace(module)
+    x = _points(300, 3)
+    want = _module_values(module, x)
+    assert torch.allclose(graph.module_output(x), want, atol=1e-12, rtol=0)
+    assert (PLGraph.from_plnetwork(as_network(module).to(dtype=D64))(x) - want).abs().max() > 1e-2
