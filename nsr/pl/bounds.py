@@ -1,0 +1,156 @@
+"""Bounds on a :class:`~nsr.pl.graph.PLGraph` over boxes: interval arithmetic and linear bound
+propagation (CROWN, Zhang et al. 2018) through its layered blocks.
+
+For a plain ReLU MLP these are the bounds of ``nsr.complex.output_bounds`` (the same
+relaxations; a test checks that they agree). Neurons with slopes ``(neg, pos)`` are relaxed on a
+crossing range ``[lo, hi]`` by the chord on the concave-up side (``pos >= neg``: ReLU, LeakyReLU,
+abs; the chord is an upper bound) and by a line through the origin of slope ``pos`` or ``neg``
+(whichever side of 0 is longer) on the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from nsr.pl.graph import INPUT, Affine, Layer, PLGraph
+
+Bounds = tuple[Tensor, Tensor]
+
+
+def activation_range(layer: Layer, lo: Tensor, hi: Tensor) -> Bounds:
+    """Exact range ``(..., n)`` of the neurons' post-activations for pre-activations in ``[lo, hi]``:
+    the extremes of a one-breakpoint function are at the ends or at the breakpoint 0."""
+    f_lo = torch.where(lo > 0, layer.pos * lo, layer.neg * lo)
+    f_hi = torch.where(hi > 0, layer.pos * hi, layer.neg * hi)
+    crossing = (lo < 0) & (hi > 0)
+    zero = torch.zeros_like(lo)
+    a_lo = torch.minimum(f_lo, f_hi)
+    a_hi = torch.maximum(f_lo, f_hi)
+    return (torch.where(crossing, torch.minimum(a_lo, zero), a_lo),
+            torch.where(crossing, torch.maximum(a_hi, zero), a_hi))
+
+
+def relaxation(layer: Layer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Lines ``s_lo z + t_lo <= act(z) <= s_up z + t_up`` for ``z`` in ``[lo, hi]`` ``(..., n)``:
+    exact off the breakpoint; on a crossing range the chord on one side and a line through 0
+    of slope ``pos`` (if ``hi > -lo``) or ``neg`` on the other. Returns ``s_lo, t_lo, s_up, t_up``."""
+    neg, pos = layer.neg, layer.pos
+    active, inactive = lo >= 0, hi <= 0
+    crossing = ~active & ~inactive
+    f_lo, f_hi = neg * lo, pos * hi  # on a crossing range
+    denom = torch.where(crossing, hi - lo, torch.ones_like(hi))
+    chord_s = (f_hi - f_lo) / denom
+    chord_t = torch.where(crossing, f_lo - chord_s * lo, torch.zeros_like(lo))
+    pick = torch.where(hi > -lo, pos, neg)
+    convex = (pos >= neg).expand_as(lo)
+    exact = torch.where(active, pos, neg)
+    s_up = torch.where(crossing, torch.where(convex, chord_s, pick), exact)
+    s_lo = torch.where(crossing, torch.where(convex, pick, chord_s), exact)
+    zero = torch.zeros_like(lo)
+    t_up = torch.where(crossing & convex, chord_t, zero)
+    t_lo = torch.where(crossing & ~convex, chord_t, zero)
+    return s_lo, t_lo, s_up, t_up
+
+
+def _affine_interval(aff: Affine, ranges: dict[int, Bounds]) -> Bounds:
+    mid = aff.bias
+    rad = torch.zeros_like(aff.bias)
+    for k in aff.sources:
+        lo, hi = ranges[k]
+        w = aff.blocks[k]
+        mid = mid + ((lo + hi) / 2) @ w.T
+        rad = rad + ((hi - lo) / 2) @ w.abs().T
+    return mid - rad, mid + rad
+
+
+def interval_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds] | None = None) -> list[Bounds]:
+    """Interval bounds ``(K, n_l)`` on the pre-activations of every layer and of the output
+    (last entry, ``(K, 1)``) over boxes ``[lo, hi]`` ``(K, D)``; ``known[l]`` replace computed ones."""
+    known = list(known or [])
+    ranges: dict[int, Bounds] = {INPUT: (lo, hi)}
+    pre: list[Bounds] = []
+    for l in range(graph.n_layers + 1):
+        z = known[l] if l < len(known) else _affine_interval(graph.affine(l), ranges)
+        pre.append(z)
+        if l < graph.n_layers:
+            ranges[l] = activation_range(graph.layers[l], *z)
+    return pre
+
+
+def linear_bounds(graph: PLGraph, target: int, pre: Sequence[Bounds], stop: int = 0, j0: int = 0,
+                  j1: int | None = None) -> tuple[dict[int, Tensor], Tensor, dict[int, Tensor], Tensor]:
+    """Linear bounds of the pre-activations ``j0:j1`` of layer ``target`` (``n_layers``: the
+    output) by back-substitution through the layers ``stop..target-1``, each relaxed with the
+    pre-activation bounds ``pre[k]`` ``(K, n_k)``.
+
+    Returns ``(a_lo, c_lo, a_up, c_up)``: coefficient dicts over the input (``INPUT``,
+    ``(K, m, D)``) and the post-activations of layers ``< stop`` (``(K, m, n_k)``), and constants
+    ``(K, m)``, with ``sum_k a_lo[k] v_k + c_lo <= z <= sum_k a_up[k] v_k + c_up`` wherever every
+    layer ``k`` in ``stop..target-1`` has pre-activations within ``pre[k]``. With ``stop = 0``
+    only the input remains (see :func:`concretize`); with ``stop = l`` the bounds are affine on
+    every cell of the complex of layers ``< l``.
+    """
+    aff = graph.affine(target)
+    j1 = aff.n if j1 is None else j1
+    aff = aff.rows(j0, j1)
+    n_boxes = pre[0][0].shape[0] if pre else 1
+    out = []
+    for upper in (False, True):
+        coef = {k: w.expand(n_boxes, -1, -1) for k, w in aff.blocks.items()}
+        const = aff.bias.expand(n_boxes, -1)
+        for k in range(target - 1, stop - 1, -1):
+            if k not in coef:
+                continue
+            c = coef.pop(k)
+            s_lo, t_lo, s_up, t_up = (t[:, None, :] for t in relaxation(graph.layers[k], *pre[k]))
+            cp, cn = c.clamp(min=0), c.clamp(max=0)
+            if upper:
+                cz, const = cp * s_up + cn * s_lo, const + (cp * t_up + cn * t_lo).sum(-1)
+            else:
+                cz, const = cp * s_lo + cn * s_up, const + (cp * t_lo + cn * t_up).sum(-1)
+            layer = graph.layers[k]
+            const = const + cz @ layer.bias
+            for j, w in layer.blocks.items():
+                coef[j] = coef[j] + cz @ w if j in coef else cz @ w
+        out += [coef, const]
+    return out[0], out[1], out[2], out[3]
+
+
+def concretize(a_lo: dict[int, Tensor], c_lo: Tensor, a_up: dict[int, Tensor], c_up: Tensor, lo: Tensor,
+               hi: Tensor) -> Bounds:
+    """Bounds ``(K, m)`` over boxes ``[lo, hi]`` ``(K, D)`` from input-only linear bounds."""
+    if set(a_lo) - {INPUT} or set(a_up) - {INPUT}:
+        raise ValueError("concretize needs bounds in terms of the input only (linear_bounds with stop=0)")
+    mid, rad = ((lo + hi) / 2)[..., None], ((hi - lo) / 2)[..., None]
+    lower, upper = c_lo, c_up
+    if INPUT in a_lo:
+        lower = lower + (a_lo[INPUT] @ mid).squeeze(-1) - (a_lo[INPUT].abs() @ rad).squeeze(-1)
+    if INPUT in a_up:
+        upper = upper + (a_up[INPUT] @ mid).squeeze(-1) + (a_up[INPUT].abs() @ rad).squeeze(-1)
+    return lower, upper
+
+
+def output_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds] | None = None,
+                  crown_hidden: bool = True) -> Bounds:
+    """Bounds ``(K,)`` of ``g`` over boxes ``[lo, hi]`` ``(K, D)``: layer by layer, the tighter of
+    interval arithmetic and linear bound propagation (hidden layers by intervals only with
+    ``crown_hidden=False``, CROWN-IBP); ``known[l]`` are given bounds on layer ``l``'s
+    pre-activations (e.g. their exact range over a tile), used in place of computed ones."""
+    known = list(known or [])
+    ranges: dict[int, Bounds] = {INPUT: (lo, hi)}
+    pre: list[Bounds] = []
+    for l in range(graph.n_layers + 1):
+        if l < len(known):
+            z = known[l]
+        else:
+            z = _affine_interval(graph.affine(l), ranges)
+            if crown_hidden or l == graph.n_layers:
+                c_lo, c_hi = concretize(*linear_bounds(graph, l, pre), lo, hi)
+                z = (torch.maximum(z[0], c_lo), torch.minimum(z[1], c_hi))
+        pre.append(z)
+        if l < graph.n_layers:
+            ranges[l] = activation_range(graph.layers[l], *z)
+    return pre[-1][0][:, 0], pre[-1][1][:, 0]

@@ -1,0 +1,445 @@
+"""Layered piecewise-affine networks: the one form every extraction stage can read.
+
+A :class:`PLGraph` computes a scalar ``g(x)``, ``x`` in ``R^D``, through layers of neurons
+``0..L-1`` in topological order. Layer ``l``'s pre-activations are affine in the input and in
+the post-activations of *any* earlier layers::
+
+    z_l = blocks[-1] @ x + sum_{k < l} blocks[k] @ a_k + bias          (n_l,)
+    a_l = where(z_l > 0, pos * z_l, neg * z_l)                          (n_l,)
+    g   = output.blocks[-1] @ x + sum_k output.blocks[k] @ a_k + bias   (1,)
+
+Only non-zero blocks are stored: a plain MLP has ``blocks = {l - 1: W}``; a DeepSDF-style skip
+adds an input block ``-1`` to a middle layer; a residual stream, folded by composing its linear
+parts, gives blocks to several earlier layers. Every neuron is a one-breakpoint piecewise-linear
+function of its pre-activation (ReLU ``(neg, pos) = (0, 1)``, LeakyReLU ``(a, 1)``, PReLU,
+``abs`` ``(-1, 1)``), so every neuron owns exactly one hyperplane ``z = 0``, and ``z_l`` is
+affine on every cell of the complex of the neurons of layers ``< l``: the property edge
+subdivision needs. Two-breakpoint functions (clamp, hardtanh, ReLU6) are two neurons.
+
+The module's output is ``T(g(x))`` for a monotone increasing :class:`OutputTransform` ``T``
+(identity, tanh, sigmoid, positive affine maps); :meth:`PLGraph.level` maps a level ``t`` of the
+module's output to the level of ``g`` with the same level set and the same inside (``T(g) < t``
+iff ``g < level(t)``).
+
+Activation patterns are ``z > 0`` (bool, "on the positive side"); a point exactly on a
+hyperplane counts as negative, as with ``relu``'s zero gradient there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from nsr.networks import NetworkError, PLNetwork
+
+INPUT = -1
+"""Source index of the network input ``x`` in :attr:`Affine.blocks`."""
+
+
+class NotPiecewiseAffineError(NetworkError):
+    """A module (or operation in it) that is not a continuous piecewise-affine function nsr can extract."""
+
+
+@dataclass
+class Affine:
+    """An affine map of the input and of earlier layers' post-activations.
+
+    ``blocks[k]`` is ``(n, n_k)`` (``k == INPUT``: ``(n, D)``), ``bias`` is ``(n,)``.
+    """
+
+    blocks: dict[int, Tensor]
+    bias: Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.bias.shape[0])
+
+    @property
+    def sources(self) -> list[int]:
+        """Source indices in increasing order (``INPUT`` first)."""
+        return sorted(self.blocks)
+
+    def rows(self, j0: int, j1: int) -> Affine:
+        """The affine map of outputs ``j0:j1``."""
+        return Affine({k: w[j0:j1] for k, w in self.blocks.items()}, self.bias[j0:j1])
+
+    def apply(self, values: Mapping[int, Tensor]) -> Tensor:
+        """``(N, n)`` from ``values[k]`` ``(N, n_k)`` for every source ``k``."""
+        out = None
+        for k in self.sources:
+            w = self.blocks[k]
+            out = torch.addmm(self.bias, values[k], w.T) if out is None else out.addmm_(values[k], w.T)
+        if out is None:  # no source at all: a constant (never built by the loaders, but valid)
+            n_pts = next(iter(values.values())).shape[0]
+            out = self.bias.expand(n_pts, -1).clone()
+        return out
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Affine:
+        return Affine({k: w.to(device=device, dtype=dtype) for k, w in self.blocks.items()},
+                      self.bias.to(device=device, dtype=dtype))
+
+
+@dataclass
+class Layer(Affine):
+    """Neurons ``a = where(z > 0, pos * z, neg * z)`` of pre-activations ``z`` (an :class:`Affine`).
+
+    ``neg``, ``pos`` are ``(n,)`` slopes; ``pos != neg`` for every neuron (else it has no breakpoint).
+    """
+
+    neg: Tensor = field(default=None)  # type: ignore[assignment]
+    pos: Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.neg is None:
+            self.neg = torch.zeros_like(self.bias)
+        if self.pos is None:
+            self.pos = torch.ones_like(self.bias)
+
+    @property
+    def is_relu(self) -> bool:
+        return bool((self.neg == 0).all() and (self.pos == 1).all())
+
+    def activate(self, z: Tensor, j0: int = 0, j1: int | None = None) -> Tensor:
+        """Post-activations of pre-activations ``z`` ``(N, j1 - j0)`` of neurons ``j0:j1``."""
+        if self.is_relu:
+            return torch.relu(z)
+        neg, pos = self.neg[j0:j1], self.pos[j0:j1]
+        return torch.where(z > 0, z * pos, z * neg)
+
+    def slopes(self, pattern: Tensor) -> Tensor:
+        """Slopes ``(..., n)`` of the neurons on the side given by ``pattern`` (bool, ``z > 0``)."""
+        return torch.where(pattern, self.pos, self.neg)
+
+    def rows(self, j0: int, j1: int) -> Layer:
+        base = Affine.rows(self, j0, j1)
+        return Layer(base.blocks, base.bias, self.neg[j0:j1], self.pos[j0:j1])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Layer:
+        base = Affine.to(self, device, dtype)
+        return Layer(base.blocks, base.bias, self.neg.to(device=device, dtype=dtype),
+                     self.pos.to(device=device, dtype=dtype))
+
+
+_TRANSFORMS = ("tanh", "sigmoid", "affine")
+
+
+@dataclass(frozen=True)
+class OutputTransform:
+    """A monotone increasing map ``T`` from ``g`` to the module's output, as a chain of steps
+    applied in order: ``("tanh",)``, ``("sigmoid",)``, ``("affine", scale, shift)`` with
+    ``scale > 0``. The loaders turn decreasing transforms into increasing ones by negating ``g``
+    (``-tanh(u) = tanh(-u)``, ``-sigmoid(u) = sigmoid(-u) - 1``), so "inside" (below the level)
+    is the same for the module and for ``g``."""
+
+    steps: tuple[tuple, ...] = ()
+
+    def __post_init__(self) -> None:
+        for step in self.steps:
+            if step[0] not in _TRANSFORMS:
+                raise ValueError(f"unknown output transform step {step!r}")
+            if step[0] == "affine" and not (len(step) == 3 and step[1] > 0 and math.isfinite(step[1])
+                                            and math.isfinite(step[2])):
+                raise ValueError(f"an affine output step needs a finite scale > 0 and a finite shift, got {step!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        return all(s[0] == "affine" and s[1] == 1 and s[2] == 0 for s in self.steps)
+
+    def then(self, *step: object) -> OutputTransform:
+        """This transform followed by ``step``."""
+        return OutputTransform((*self.steps, tuple(step)))
+
+    def __call__(self, g: Tensor) -> Tensor:
+        """``T(g)``, elementwise."""
+        for step in self.steps:
+            if step[0] == "tanh":
+                g = torch.tanh(g)
+            elif step[0] == "sigmoid":
+                g = torch.sigmoid(g)
+            else:
+                g = g * step[1] + step[2]
+        return g
+
+    def level(self, t: float) -> float:
+        """The level of ``g`` whose level set is the module's level set at ``t``.
+
+        Raises ``ValueError`` when ``t`` is outside the open range of ``T`` (e.g. ``|t| >= 1``
+        after a ``tanh``): no point of any network reaches it.
+        """
+        value = float(t)
+        for step in reversed(self.steps):
+            if step[0] == "affine":
+                value = (value - step[2]) / step[1]
+            elif step[0] == "tanh":
+                if not -1.0 < value < 1.0:
+                    raise ValueError(f"level {t} is outside the range of the output transform {self.describe()}: "
+                                     f"tanh takes values in (-1, 1) only, and needs {value} here")
+                value = math.atanh(value)
+            else:
+                if not 0.0 < value < 1.0:
+                    raise ValueError(f"level {t} is outside the range of the output transform {self.describe()}: "
+                                     f"sigmoid takes values in (0, 1) only, and needs {value} here")
+                value = math.log(value) - math.log1p(-value)
+        return value
+
+    def describe(self) -> str:
+        """A formula such as ``0.5 * tanh(g) + 0``."""
+        expr = "g"
+        for step in self.steps:
+            expr = f"{step[0]}({expr})" if step[0] != "affine" else f"{step[1]:g} * {expr} + {step[2]:g}"
+        return expr
+
+
+@dataclass
+class PLGraph:
+    """A continuous piecewise-affine network ``R^D -> R`` in layered form (see the module docstring).
+
+    ``layers[l]`` may read ``INPUT`` and layers ``< l``; ``output`` has one row and may read
+    anything. All tensors share one dtype and device.
+    """
+
+    in_dim: int
+    layers: list[Layer]
+    output: Affine
+    transform: OutputTransform = OutputTransform()
+
+    def __post_init__(self) -> None:
+        _validate_graph(self)
+
+    # ---- shape ----------------------------------------------------------------------------
+    @property
+    def widths(self) -> list[int]:
+        return [layer.n for layer in self.layers]
+
+    @property
+    def n_layers(self) -> int:
+        """Number of neuron layers; ``n_layers`` also indexes the output in layer arguments."""
+        return len(self.layers)
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(self.widths)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Global index of each layer's first neuron, ``n_layers + 1`` entries (last: ``n_neurons``)."""
+        out = [0]
+        for n in self.widths:
+            out.append(out[-1] + n)
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.output.bias.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.output.bias.device
+
+    @property
+    def is_mlp(self) -> bool:
+        """A plain chain: each layer reads only the one before, the output only the last layer."""
+        chain = all(layer.sources == [l - 1] for l, layer in enumerate(self.layers))
+        return chain and self.output.sources == [self.n_layers - 1]
+
+    @property
+    def is_relu(self) -> bool:
+        return all(layer.is_relu for layer in self.layers)
+
+    def affine(self, layer: int) -> Affine:
+        """The affine map giving the pre-activations of ``layer`` (``n_layers``: the output)."""
+        return self.output if layer == self.n_layers else self.layers[layer]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PLGraph:
+        return PLGraph(self.in_dim, [layer.to(device, dtype) for layer in self.layers],
+                       self.output.to(device, dtype), self.transform)
+
+    # ---- evaluation -----------------------------------------------------------------------
+    def post_activations(self, x: Tensor, upto: int | None = None) -> dict[int, Tensor]:
+        """``{INPUT: x, 0: a_0, ..., upto - 1: a_{upto-1}}``, each ``(N, n_k)``."""
+        upto = self.n_layers if upto is None else upto
+        values: dict[int, Tensor] = {INPUT: x}
+        for l in range(upto):
+            layer = self.layers[l]
+            values[l] = layer.activate(layer.apply(values))
+        return values
+
+    def preactivations(self, x: Tensor, layer: int, j0: int = 0, j1: int | None = None,
+                       values: Mapping[int, Tensor] | None = None) -> Tensor:
+        """Pre-activations ``(N, j1 - j0)`` of neurons ``j0:j1`` of ``layer`` at ``x`` ``(N, D)``
+        (``layer == n_layers``: the output ``g``, ``(N, 1)``). ``values`` may carry the
+        post-activations of earlier layers (from :meth:`post_activations`)."""
+        aff = self.affine(layer)
+        j1 = aff.n if j1 is None else j1
+        if values is None:
+            values = self.post_activations(x, min(layer, self.n_layers))
+        return aff.rows(j0, j1).apply(values)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The piecewise-affine output ``g``, ``(N, D) -> (N,)`` (before the output transform)."""
+        return self.preactivations(x, self.n_layers).squeeze(-1)
+
+    def module_output(self, x: Tensor) -> Tensor:
+        """What the traced module computes, ``T(g(x))``, ``(N,)``."""
+        return self.transform(self(x))
+
+    def level(self, t: float) -> float:
+        """The level of ``g`` equivalent to level ``t`` of the module's output."""
+        return self.transform.level(t)
+
+    def patterns(self, x: Tensor, upto: int | None = None) -> list[Tensor]:
+        """Activation patterns ``(N, n_l)`` bool (``z_l > 0``) of layers ``0..upto-1`` at ``x``."""
+        upto = self.n_layers if upto is None else upto
+        values: dict[int, Tensor] = {INPUT: x}
+        out = []
+        for l in range(upto):
+            z = self.layers[l].apply(values)
+            out.append(z > 0)
+            values[l] = self.layers[l].activate(z)
+        return out
+
+    def region_maps(self, patterns: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """Affine maps of every layer's pre-activations, and of the output, on the regions with
+        the given activation patterns ``patterns[l]`` ``(P, n_l)`` bool (one per layer, or fewer:
+        then maps up to that layer only). Entry ``l`` is ``(A (P, n_l, D), c (P, n_l))`` with
+        ``z_l = A x + c`` on the region; the last entry is the output's when every layer has a pattern.
+        """
+        n_pat = patterns[0].shape[0] if patterns else 1
+        eye = torch.eye(self.in_dim, dtype=self.dtype, device=self.device)
+        lin: dict[int, Tensor] = {INPUT: eye.expand(n_pat, -1, -1)}
+        const: dict[int, Tensor] = {INPUT: torch.zeros(n_pat, self.in_dim, dtype=self.dtype, device=self.device)}
+        out = []
+        for l in range(min(len(patterns), self.n_layers) + 1):
+            aff = self.affine(l)
+            a = sum(torch.matmul(aff.blocks[k], lin[k]) for k in aff.sources)
+            c = aff.bias + sum(const[k] @ aff.blocks[k].T for k in aff.sources)
+            out.append((a, c))
+            if l == self.n_layers or l == len(patterns):
+                break
+            s = self.layers[l].slopes(patterns[l])
+            lin[l], const[l] = a * s[..., None], c * s
+        return out
+
+    def local_gradients(self, patterns: Sequence[Tensor]) -> Tensor:
+        """Gradient ``(P, D)`` of ``g`` on the regions with activation patterns ``patterns[l]`` ``(P, n_l)``."""
+        if len(patterns) != self.n_layers:
+            raise ValueError(f"need one pattern per layer ({self.n_layers}), got {len(patterns)}")
+        return self.region_maps(patterns)[-1][0][:, 0]
+
+    # ---- conversions ----------------------------------------------------------------------
+    @classmethod
+    def from_plnetwork(cls, net: PLNetwork) -> PLGraph:
+        """The graph of a plain ReLU MLP."""
+        layers = [Layer({l - 1: w}, b) for l, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1]))]
+        out = Affine({len(layers) - 1: net.weights[-1]}, net.biases[-1])
+        return cls(net.in_dim, layers, out)
+
+    def to_plnetwork(self, pre_transform: bool = False) -> PLNetwork:
+        """The :class:`PLNetwork` of a plain ReLU MLP graph (what today's stages read).
+
+        Refuses graphs with skips, non-ReLU neurons, or (unless ``pre_transform``, which returns
+        the network of ``g``) an output transform.
+        """
+        if not self.is_mlp or not self.is_relu:
+            raise NotPiecewiseAffineError(
+                "this graph is not a plain Linear/ReLU chain (it has skip or residual blocks or non-ReLU "
+                "neurons), so it has no PLNetwork form; use the PLGraph itself")
+        if not self.transform.is_identity and not pre_transform:
+            raise NotPiecewiseAffineError(
+                f"this graph has the output transform {self.transform.describe()}; pass pre_transform=True for "
+                "the network of g and extract at graph.level(t)")
+        weights = [layer.blocks[l - 1] for l, layer in enumerate(self.layers)] + [self.output.blocks[self.n_layers - 1]]
+        biases = [layer.bias for layer in self.layers] + [self.output.bias]
+        return PLNetwork(weights, biases)
+
+    # ---- saving ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors (``torch.save``/``torch.load(weights_only=True)`` safe): ``in_dim``,
+        ``layers.{l}.{bias,neg,pos}``, ``layers.{l}.blocks.{k}`` (``k = -1``: the input),
+        ``output.bias``, ``output.blocks.{k}``, and ``transform`` ``(S, 3)`` rows
+        ``(kind, scale, shift)`` with kind 0 = affine, 1 = tanh, 2 = sigmoid."""
+        out: dict[str, Tensor] = {"in_dim": torch.tensor(self.in_dim)}
+        for name, aff in [*((f"layers.{l}", layer) for l, layer in enumerate(self.layers)), ("output", self.output)]:
+            out[f"{name}.bias"] = aff.bias.detach().cpu()
+            for k, w in aff.blocks.items():
+                out[f"{name}.blocks.{k}"] = w.detach().cpu()
+            if isinstance(aff, Layer):
+                out[f"{name}.neg"], out[f"{name}.pos"] = aff.neg.detach().cpu(), aff.pos.detach().cpu()
+        codes = {"affine": 0, "tanh": 1, "sigmoid": 2}
+        rows = [[codes[s[0]], *(s[1:] if s[0] == "affine" else (1.0, 0.0))] for s in self.transform.steps]
+        out["transform"] = torch.tensor(rows, dtype=torch.float64).reshape(-1, 3)
+        return out
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, Tensor]) -> PLGraph:
+        """Inverse of :meth:`state_dict`; raises :class:`NotPiecewiseAffineError` on malformed input."""
+        try:
+            n_layers = len({key.split(".")[1] for key in sd if key.startswith("layers.")})
+
+            def affine(name: str) -> tuple[dict[int, Tensor], Tensor]:
+                prefix = f"{name}.blocks."
+                blocks = {int(key[len(prefix):]): w for key, w in sd.items() if key.startswith(prefix)}
+                return blocks, sd[f"{name}.bias"]
+
+            layers = []
+            for l in range(n_layers):
+                blocks, bias = affine(f"layers.{l}")
+                layers.append(Layer(blocks, bias, sd[f"layers.{l}.neg"], sd[f"layers.{l}.pos"]))
+            steps = []
+            for kind, scale, shift in sd["transform"].tolist():
+                name = {0: "affine", 1: "tanh", 2: "sigmoid"}[int(kind)]
+                steps.append(("affine", scale, shift) if name == "affine" else (name,))
+            return cls(int(sd["in_dim"]), layers, Affine(*affine("output")), OutputTransform(tuple(steps)))
+        except (KeyError, ValueError) as err:
+            if isinstance(err, NotPiecewiseAffineError):
+                raise
+            raise NotPiecewiseAffineError(f"not a PLGraph state dict: {err!r}") from err
+
+
+def as_graph(obj: object) -> PLGraph:
+    """A :class:`PLGraph` from a graph, a :class:`PLNetwork`, or anything ``nsr.networks.as_network``
+    reads (state dicts, files, ``nn.Sequential``). Arbitrary modules go through :func:`nsr.pl.trace`."""
+    if isinstance(obj, PLGraph):
+        return obj
+    if isinstance(obj, PLNetwork):
+        return PLGraph.from_plnetwork(obj)
+    from nsr.networks import as_network
+
+    return PLGraph.from_plnetwork(as_network(obj))
+
+
+def _validate_graph(g: PLGraph) -> None:
+    if g.in_dim < 1:
+        raise NotPiecewiseAffineError(f"the input dimension must be >= 1, got {g.in_dim}")
+    ref = g.output.bias
+    widths = {INPUT: g.in_dim}
+    for l, aff in enumerate([*g.layers, g.output]):
+        name = "the output" if l == len(g.layers) else f"layer {l}"
+        tensors = [aff.bias, *aff.blocks.values()]
+        if isinstance(aff, Layer):
+            tensors += [aff.neg, aff.pos]
+            if aff.neg.shape != aff.bias.shape or aff.pos.shape != aff.bias.shape:
+                raise NotPiecewiseAffineError(f"{name}: slopes must be ({aff.n},)")
+            if bool((aff.neg == aff.pos).any()):
+                raise NotPiecewiseAffineError(f"{name}: a neuron with equal slopes has no breakpoint; fold it")
+        if aff.bias.ndim != 1:
+            raise NotPiecewiseAffineError(f"{name}: bias must be 1-D, got shape {tuple(aff.bias.shape)}")
+        for t in tensors:
+            if t.dtype != ref.dtype or t.device != ref.device:
+                raise NotPiecewiseAffineError(f"{name}: tensors must share one dtype and device")
+            if not bool(torch.isfinite(t).all()):
+                raise NotPiecewiseAffineError(f"{name}: weights, biases or slopes contain NaN or inf")
+        for k, w in aff.blocks.items():
+            if k not in widths:
+                raise NotPiecewiseAffineError(f"{name}: reads layer {k}, which is not an earlier layer")
+            if w.shape != (aff.n, widths[k]):
+                raise NotPiecewiseAffineError(
+                    f"{name}: block from {'the input' if k == INPUT else f'layer {k}'} has shape "
+                    f"{tuple(w.shape)}, expected {(aff.n, widths[k])}")
+        widths[l] = aff.n
+    if g.output.n != 1:
+        raise NotPiecewiseAffineError(f"the output must be a scalar, got {g.output.n} outputs")
