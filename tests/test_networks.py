@@ -48,8 +48,11 @@ def test_relumlp_state_dicts_with_any_prefix_and_files(tmp_path):
     _same(seq.state_dict(), seq)  # keys '0.weight', '2.weight', ...
     torch.save(renamed, tmp_path / "sd.pt")
     _same(tmp_path / "sd.pt", mlp)
-    torch.save(seq, tmp_path / "module.pt")
-    _same(str(tmp_path / "module.pt"), seq)
+    torch.save(seq, tmp_path / "module.pt")  # a whole pickled module: only on explicit trust
+    with pytest.raises(NetworkError, match=r"state_dict\(\).*trust_pickle=True"):
+        load_network(tmp_path / "module.pt")
+    _same(load_network(tmp_path / "module.pt", trust_pickle=True), seq)
+    _same(as_network(str(tmp_path / "module.pt"), trust_pickle=True), seq)
     ckpt = {"state_dict": {f"net.{k}": v for k, v in sd.items()}, "epoch": 3}
     torch.save(ckpt, tmp_path / "last.ckpt")
     _same(load_network(tmp_path / "last.ckpt"), mlp)
