@@ -546,3 +546,54 @@ def _tolerance(net: PLNetwork, x: Tensor, dtype: torch.dtype) -> float:
     exact = net(x)
     noise32 = float((net.to(dtype=torch.float32)(x.float()).double() - exact).abs().max())
     return 64 * max(noise32 * eps / eps32, eps * (1 + float(exact.abs().max())))
+
+
+def random_network(
+    in_dim: int, widths: Sequence[int], seed: int = 0, dtype: torch.dtype = torch.float64
+) -> PLNetwork:
+    """A network with PyTorch's default Linear initialization, for tests and benchmarks."""
+    gen = torch.Generator().manual_seed(seed)
+    dims = [in_dim, *widths, 1]
+    weights, biases = [], []
+    for a, b in zip(dims[:-1], dims[1:]):
+        bound = 1.0 / math.sqrt(a)
+        weights.append((torch.rand(b, a, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
+        biases.append((torch.rand(b, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
+    return PLNetwork(weights, biases).to(dtype=dtype)
+
+
+def octahedron_network(radius: float = 0.5, reach: float = 10.0) -> PLNetwork:
+    """Exact ReLU network of ``|x| + |y| + |z| - radius`` (one hidden layer of 6 neurons).
+
+    ``|t| = 2 relu(t) - t``, and ``-t`` passes through a ReLU as ``relu(reach - t) - reach``,
+    whose hyperplane lies outside the box ``[-reach, reach]^3``: no two hyperplanes coincide.
+    """
+    eye = torch.eye(3, dtype=torch.float64)
+    w1 = torch.cat([eye, -eye])
+    b1 = torch.tensor([0.0] * 3 + [reach] * 3, dtype=torch.float64)
+    w2 = torch.tensor([[2.0] * 3 + [1.0] * 3], dtype=torch.float64)
+    b2 = torch.tensor([-3 * reach - radius], dtype=torch.float64)
+    return PLNetwork([w1, w2], [b1, b2])
+
+
+def cube_network(radius: float = 0.5, reach: float = 10.0) -> PLNetwork:
+    """Exact ReLU network of ``max(|x|, |y|, |z|) - radius`` (hidden layers 6, 3, 2).
+
+    Built from ``max(a, b) = b + relu(a - b)``; pass-through terms are shifted by ``reach``
+    so that their hyperplanes lie outside ``[-reach, reach]^3``.
+    """
+    c = reach
+    eye = torch.eye(3, dtype=torch.float64)
+    w1 = torch.cat([eye, -eye])  # u_i = relu(x_i), v_i = relu(c - x_i); |x_i| = 2u_i + v_i - c
+    b1 = torch.tensor([0.0] * 3 + [c] * 3, dtype=torch.float64)
+    absx = torch.tensor([[2.0, 0, 0, 1, 0, 0], [0, 2.0, 0, 0, 1, 0], [0, 0, 2.0, 0, 0, 1]], dtype=torch.float64)
+    # p = relu(|x| - |y|), q = relu(|y| + c), s = relu(|z| + c)
+    w2 = torch.stack([absx[0] - absx[1], absx[1], absx[2]])
+    b2 = torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64)  # the -c of |.| cancels +c
+    # m = max(|x|,|y|) = p + q - c; r1 = relu(m - |z|) = relu(p + q - s); t = relu(s) = |z| + c
+    w3 = torch.tensor([[1.0, 1.0, -1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    b3 = torch.zeros(2, dtype=torch.float64)
+    # f = |z| + relu(m - |z|) - radius = t - c + r1 - radius
+    w4 = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    b4 = torch.tensor([-c - radius], dtype=torch.float64)
+    return PLNetwork([w1, w2, w3, w4], [b1, b2, b3, b4])
