@@ -378,14 +378,15 @@ def _first_line(err: BaseException) -> str:
 
 
 def _unsafe_file_message(path: Path, detail: str) -> str:
+    what_to_do = ("Save networks as weights: torch.save(module.state_dict(), path), and read that file. Only "
+                  "for a file you trust completely: load_network(path, trust_pickle=True).")
     found = _UNSAFE_GLOBAL.search(detail)
-    what = f"`{found.group(1)}`" if found else "a Python object that is not a tensor"
-    return (
-        f"{path}: holds more than tensors: reading it would unpickle {what}, and unpickling can run any "
-        "code hidden in a file, so nsr reads network files as data only. If this is a whole saved module, "
-        "save its weights instead, torch.save(module.state_dict(), path), and read that file. Only for a "
-        "file you trust completely: load_network(path, trust_pickle=True)."
-    )
+    if found:
+        return (f"{path}: holds more than tensors: reading it would unpickle `{found.group(1)}`, and unpickling "
+                f"can run any code hidden in a file, so nsr reads network files as data only. {what_to_do}")
+    return (f"{path}: not a PyTorch file nsr can read as data: either not a network file at all (another "
+            "format, corrupt or truncated), or a pickle of Python objects besides tensors, which nsr does not "
+            f"unpickle because unpickling can run any code hidden in a file. {what_to_do}")
 
 
 def as_network(
