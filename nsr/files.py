@@ -111,8 +111,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     except ComplexFileError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as err:
-        raise ComplexFileError(f"{path}: not a readable complex file (truncated or corrupt?): "
-                               f"{type(err).__name__}: {err}") from err
+        # numpy's own texts may suggest allow_pickle=True; never pass that advice on
+        detail = "" if "pickle" in str(err) else f": {type(err).__name__}: {err}"
+        raise ComplexFileError(f"{path}: not a readable complex file (truncated or corrupt?){detail}") from None
 
 
 def _meta(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
