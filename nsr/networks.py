@@ -3,7 +3,11 @@
 Any of these is accepted wherever nsr takes a network (see :func:`as_network`):
 nsr's :class:`ReLUMLP`; a ``torch.nn.Sequential`` (nested too) of ``Linear``, ``ReLU``,
 ``Identity``, ``Flatten``; a plain state dict of such an MLP (Linear weights and biases in
-order, whatever the key prefix); a file holding either; an nsr/Lightning training checkpoint.
+order, whatever the key prefix); an nsr/Lightning training checkpoint; a file holding a state
+dict or a checkpoint. Files are data, never code: they are read with ``weights_only=True`` and a
+whole pickled module only with ``load_network(path, trust_pickle=True)``. Modules are checked,
+not trusted: each is called at seeded points and refused unless it computes the network read
+from its layers (see :func:`as_network`).
 """
 
 from __future__ import annotations
