@@ -11,6 +11,8 @@ Pipeline, one module per stage:
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -31,10 +33,29 @@ _LAZY = {
     "ExactRegularizerCallback": "nsr.regularizers",
 }
 
+# Public functions named like the submodule that defines them (`nsr.marching_cubes`).
+_SHADOWED = frozenset(name for name, module in _LAZY.items() if module == f"{__name__}.{name}")
+
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # resolved once; later lookups do not come here
+        return value
     raise AttributeError(f"module 'nsr' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """The ``nsr`` package: the first import of a submodule binds it as a package attribute,
+    which for ``marching_cubes`` would replace the public function of the same name (then
+    ``nsr.marching_cubes(...)`` fails with "'module' object is not callable"); keep the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name, value)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

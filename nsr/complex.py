@@ -37,10 +37,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nsr.files import COMPLEX_FORMAT, COMPLEX_VERSION, atomic_write, read_complex_file
 from nsr.networks import PLNetwork, as_network
 
 _BITS = 64
@@ -1142,35 +1141,26 @@ class PolyhedralComplex:
         for i, (w, b) in enumerate(zip(self.net.weights, self.net.biases)):
             arrays[f"weight_{i}"] = w.detach().cpu().double().numpy()
             arrays[f"bias_{i}"] = b.detach().cpu().double().numpy()
-        meta = {"format": "nsr.PolyhedralComplex", "version": 1, "level": self.level,
+        meta = {"format": COMPLEX_FORMAT, "version": COMPLEX_VERSION, "level": self.level,
                 "n_layers": len(self.net.weights), "dtype": str(self.vertices.dtype),
                 "stats": self.stats}
         arrays["meta"] = np.array(json.dumps(meta, default=float))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> PolyhedralComplex:
-        """Read a complex written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if meta.get("format") != "nsr.PolyhedralComplex":
-                raise ValueError(f"{path}: not an nsr complex file")
-            net = PLNetwork([torch.from_numpy(z[f"weight_{i}"]) for i in range(meta["n_layers"])],
-                            [torch.from_numpy(z[f"bias_{i}"]) for i in range(meta["n_layers"])])
-            v = torch.from_numpy(z["vertices"])
-            return cls(net, z["bounds"], v, torch.from_numpy(z["edges"]),
-                       torch.from_numpy(z["vertex_zeros"]), torch.from_numpy(z["edge_zeros"]),
-                       torch.from_numpy(z["vertex_signs"]), meta.get("stats"), meta.get("level"))
+        """Read a complex written by :meth:`save`.
+
+        The file is read as numbers only (never unpickled) and validated before use: array
+        shapes and dtypes, finite vertices and weights, ``lo < hi`` bounds, vertex indices and
+        constraint ids in range. Raises ``FileNotFoundError`` or
+        :class:`~nsr.files.ComplexFileError` (a ``ValueError``) naming the file and what is wrong.
+        """
+        f = read_complex_file(path)
+        t = torch.from_numpy
+        return cls(f["net"], f["bounds"], t(f["vertices"]), t(f["edges"]), t(f["vertex_zeros"]),
+                   t(f["edge_zeros"]), t(f["vertex_signs"]), f["meta"].get("stats"), f["meta"].get("level"))
 
 
 @dataclass

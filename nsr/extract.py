@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nsr._config import config_dir
+from nsr.files import atomic_write
 from nsr.marching_cubes import as_bounds
 from nsr.metrics import abs_values, max_rss_bytes, peak_memory
 from nsr.networks import NetworkError, PLNetwork, as_network
@@ -108,11 +109,8 @@ def prepare_out_dir(out_dir: str | Path, names: tuple[str, ...] = ("stats.json",
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> Path:
-    """Write JSON through a temporary file and rename (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=True))
-    os.replace(tmp, path)
-    return path
+    """Write JSON through a temporary file and rename (:func:`nsr.files.atomic_write`)."""
+    return atomic_write(path, json.dumps(_jsonable(data), indent=2, allow_nan=True).encode())
 
 
 def _jsonable(obj: Any) -> Any:

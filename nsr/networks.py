@@ -3,13 +3,22 @@
 Any of these is accepted wherever nsr takes a network (see :func:`as_network`):
 nsr's :class:`ReLUMLP`; a ``torch.nn.Sequential`` (nested too) of ``Linear``, ``ReLU``,
 ``Identity``, ``Flatten``; a plain state dict of such an MLP (Linear weights and biases in
-order, whatever the key prefix); a file holding either; an nsr/Lightning training checkpoint.
+order, whatever the key prefix); an nsr/Lightning training checkpoint; a file holding a state
+dict or a checkpoint. Files are data, never code: they are read with ``weights_only=True`` and a
+whole pickled module only with ``load_network(path, trust_pickle=True)``. Modules are checked,
+not trusted: each is called at seeded points and refused unless it computes the network read
+from its layers (see :func:`as_network`).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import itertools
 import math
+import pickle
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +160,10 @@ def _validate(weights: Sequence[Tensor], biases: Sequence[Tensor], names: Sequen
         raise NetworkError("the network has no Linear layer")
     prev = None
     for w, b, name in zip(weights, biases, names):
+        if w.layout != torch.strided or b.layout != torch.strided:
+            raise NetworkError(f"{name}: sparse or other non-dense tensors are not supported; use dense tensors")
+        if not (w.is_floating_point() and b.is_floating_point()):
+            raise NetworkError(f"{name}: weights and biases must be floating point, got {w.dtype} and {b.dtype}")
         if w.ndim != 2:
             raise NetworkError(f"{name}: weight must be 2-D (a Linear layer), got shape {tuple(w.shape)}")
         if b.shape != (w.shape[0],):
@@ -218,13 +231,17 @@ def _from_state_dict(sd: Mapping[str, Any]) -> PLNetwork:
     if "state_dict" in sd and isinstance(sd["state_dict"], Mapping):  # Lightning checkpoint
         inner = dict(sd["state_dict"])
         # nsr's LightningModule keeps its network under `net.`; drop anything else (e.g. losses).
-        net_keys = {k[len("net."):]: v for k, v in inner.items() if k.startswith("net.")}
-        return _from_state_dict(net_keys or inner)
+        net_keys = {k[len("net."):]: v for k, v in inner.items() if isinstance(k, str) and k.startswith("net.")}
+        net = _from_state_dict(net_keys or inner)
+        _check_checkpoint(sd, net)
+        return net
     weights: list[Tensor] = []
     biases: list[Tensor] = []
     names: list[str] = []
     pending_w: dict[str, Tensor] = {}
     for key, value in sd.items():
+        if not isinstance(key, str):
+            raise NetworkError(f"key {key!r} is not a string; a state dict maps parameter names to tensors")
         if not isinstance(value, Tensor):
             raise NetworkError(f"key '{key}': not a tensor ({type(value).__name__})")
         m = _LINEAR_KEY.match(key)
@@ -248,48 +265,167 @@ def _from_state_dict(sd: Mapping[str, Any]) -> PLNetwork:
     if pending_w:
         raise NetworkError(f"key '{next(iter(pending_w))}weight' has no bias")
     _validate(weights, biases, names)
-    return PLNetwork([w.detach() for w in weights], [b.detach() for b in biases])
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in weights + biases])
+    return PLNetwork([w.detach().to(dtype) for w in weights], [b.detach().to(dtype) for b in biases])
 
 
-def load_network(path: str | Path) -> PLNetwork:
-    """Read a network file: a saved module, a state dict or a training checkpoint."""
+# What a checkpoint's hyper_parameters may say about its network (see as_network).
+_ACTIVATION_KEY = re.compile(r"^(activation|activations|activation_fn|act|act_fn|act_layer|nonlinearity|"
+                             r"non_linearity)$", re.IGNORECASE)
+_SIREN_KEY = re.compile(r"^(w0|omega|omega_0|first_omega_0|hidden_omega_0|siren|sine)$", re.IGNORECASE)
+_MODEL_KEY = re.compile(r"^(model|net|network|arch|architecture|decoder)$", re.IGNORECASE)
+_CLASS_KEYS = ("_target_", "class_path")
+_NSR_MLP = {"nsr.networks.ReLUMLP", "nsr.ReLUMLP"}
+_RELU_NAMES = {"relu", "nn.relu", "torch.nn.relu", "torch.relu", "torch.nn.functional.relu", "f.relu",
+               "torch.nn.modules.activation.relu"}
+
+
+def _hparam_findings(node: Any, path: str = "", under_model: bool = False, depth: int = 0) -> list[str]:
+    """What in a checkpoint's hyper_parameters says its network is not a plain ReLU MLP."""
+    if depth > 32:
+        return []
+    found: list[str] = []
+    items = node.items() if isinstance(node, Mapping) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+    for key, value in items:
+        name = f"{path}.{key}" if path else str(key)
+        k = str(key)
+        if _ACTIVATION_KEY.match(k):
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                act = v.get("_target_", v.get("class_path")) if isinstance(v, Mapping) else v
+                if isinstance(act, str) and act.strip().lower() not in _RELU_NAMES:
+                    found.append(f"{name} = {act!r} (nsr extracts ReLU networks only)")
+        elif _SIREN_KEY.match(k) and value not in (None, False):
+            found.append(f"{name} = {value!r} (a SIREN / sine-activation parameter)")
+        elif k in _CLASS_KEYS and under_model and isinstance(value, str) and value not in _NSR_MLP:
+            found.append(f"{name} = {value!r} (a model class other than nsr.networks.ReLUMLP)")
+        if isinstance(value, (Mapping, list, tuple)):
+            found += _hparam_findings(value, name, under_model or bool(_MODEL_KEY.match(k)), depth + 1)
+    return found
+
+
+def _check_checkpoint(ckpt: Mapping[str, Any], net: PLNetwork) -> None:
+    """Refuse a training checkpoint whose recorded hyper-parameters contradict a plain ReLU MLP."""
+    hp = ckpt.get("hyper_parameters", ckpt.get("hparams"))
+    if not isinstance(hp, Mapping):
+        return
+    found = _hparam_findings(hp)
+    spec = hp.get("net")  # nsr's ImplicitShapeModule records its ReLUMLP's shape here
+    if isinstance(spec, Mapping) and {"in_dim", "width", "depth"} <= set(spec):
+        want = (spec["in_dim"], [spec["width"]] * int(spec["depth"]))
+        if (net.in_dim, net.widths) != want:
+            found.append(f"net = {dict(spec)} but the weights give in_dim {net.in_dim}, widths {net.widths}")
+    if found:
+        raise NetworkError(
+            "the checkpoint's hyper_parameters say its network is not the plain ReLU MLP its weights would be "
+            "read as: " + "; ".join(found[:5]) + ". nsr extracts exact meshes of ReLU networks only; a state "
+            "dict cannot prove the architecture, so a checkpoint that records another one is refused."
+        )
+
+
+def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
+    """Read a network file: a state dict, a training checkpoint, or (opt-in) a whole pickled module.
+
+    Files are read as data: ``torch.load(weights_only=True)`` accepts tensors, dicts, lists and
+    numbers and refuses anything whose unpickling would create other Python objects or call
+    functions, because unpickling such a file can run any code hidden in it. A whole pickled
+    ``nn.Module`` is therefore refused unless ``trust_pickle=True``, an explicit opt-in for files
+    you trust completely (no nsr app sets it); the module read is then checked like any other
+    (see :func:`as_network`). Raises ``FileNotFoundError`` or :class:`NetworkError` naming the
+    file and what to do.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"network file not found: {path}")
+    _check_network_path(path)
+    if trust_pickle:
+        obj = _torch_load(path, weights_only=False)
+    else:
+        obj = _torch_load(path, weights_only=True)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:  # whole pickled modules and checkpoints with config objects need full unpickling
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise NetworkError(f"{path}: cannot be read as a PyTorch file ({err})") from err
-    try:
-        return as_network(obj)
+        return as_network(obj, trust_pickle=trust_pickle)
     except NetworkError as err:
         raise NetworkError(f"{path}: {err}") from err
 
 
-def as_network(obj: Any, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> PLNetwork:
+def _check_network_path(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"network file {path} is a broken symbolic link or a link loop")
+    if not path.exists():
+        raise FileNotFoundError(f"network file not found: {path}")
+    if path.is_dir():
+        raise NetworkError(f"{path} is a folder, not a network file (the nsr-extract app also takes a "
+                           "training run folder; in Python pass its checkpoints/last.ckpt)")
+    if not path.is_file():
+        raise NetworkError(f"{path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise NetworkError(f"{path}: the file is empty")
+
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols are noise here
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        if weights_only and "Weights only load failed" in str(err):
+            raise NetworkError(_unsafe_file_message(path, str(err))) from None
+        raise NetworkError(f"{path}: not a PyTorch file nsr can read ({type(err).__name__}: {err})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        raise NetworkError(f"{path}: not a PyTorch file nsr can read, or a truncated one "
+                           f"({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def _unsafe_file_message(path: Path, detail: str) -> str:
+    what_to_do = ("Save networks as weights: torch.save(module.state_dict(), path), and read that file. Only "
+                  "for a file you trust completely: load_network(path, trust_pickle=True).")
+    found = _UNSAFE_GLOBAL.search(detail)
+    if found:
+        return (f"{path}: holds more than tensors: reading it would unpickle `{found.group(1)}`, and unpickling "
+                f"can run any code hidden in a file, so nsr reads network files as data only. {what_to_do}")
+    return (f"{path}: not a PyTorch file nsr can read as data: either not a network file at all (another "
+            "format, corrupt or truncated), or a pickle of Python objects besides tensors, which nsr does not "
+            f"unpickle because unpickling can run any code hidden in a file. {what_to_do}")
+
+
+def as_network(
+    obj: Any,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    *,
+    trust_pickle: bool = False,
+) -> PLNetwork:
     """Convert anything nsr accepts as a ReLU network into a :class:`PLNetwork`.
 
-    Raises :class:`NetworkError` naming the offending layer or key otherwise.
+    Accepted: a :class:`PLNetwork`; nsr's :class:`ReLUMLP`; an ``nn.Sequential`` (nested too) of
+    ``Linear``, ``ReLU``, ``Identity``, ``Flatten``; a module exposing such a network as ``.net``
+    (nsr's LightningModule); a state dict of such an MLP; a path to a file holding one of these
+    (:func:`load_network`; ``trust_pickle`` is passed on) or a training checkpoint.
+
+    What nsr extracts must be the function the user's module computes, so every module is
+    checked: the module itself is called (hooks, an overridden ``forward`` and a wrapper's own
+    ``forward`` included) at 256 seeded points in ``[-1, 1]^D`` and ``[-4, 4]^D``, in float64
+    where a float64 copy of it runs, and compared with the network nsr read; a difference
+    larger than the rounding error of the module's dtype raises :class:`NetworkError` with the
+    largest ``|Δf|``. A checkpoint cannot be called: its state dict is read as Linear layers
+    in order with a ReLU between them, and it is refused when its ``hyper_parameters`` say
+    otherwise (an activation other than ReLU, SIREN frequencies, a model class other than
+    nsr's ``ReLUMLP``, or nsr's recorded widths not matching the weights).
+
+    Raises :class:`NetworkError` naming the offending layer, key or check otherwise.
     """
     if isinstance(obj, PLNetwork):
         net = obj
     elif isinstance(obj, (str, Path)):
-        net = load_network(obj)
-    elif isinstance(obj, ReLUMLP):
-        net = PLNetwork([m.weight.detach() for m in obj.layers], [m.bias.detach() for m in obj.layers])
-    elif isinstance(obj, nn.Sequential):
-        net = _from_sequential(obj)
+        net = load_network(obj, trust_pickle=trust_pickle)
     elif isinstance(obj, nn.Module):
-        inner = getattr(obj, "net", None)  # nsr's LightningModule
-        if isinstance(inner, nn.Module):
-            return as_network(inner, dtype=dtype, device=device)
-        raise NetworkError(
-            f"module {type(obj).__name__} is not supported: pass nsr.ReLUMLP, an nn.Sequential of "
-            "Linear/ReLU layers, or its state dict"
-        )
+        net = _from_module(obj)
+        _check_module(obj, net)
     elif isinstance(obj, Mapping):
         net = _from_state_dict(obj)
     else:
@@ -297,6 +433,124 @@ def as_network(obj: Any, dtype: torch.dtype | None = None, device: torch.device 
     if dtype is not None or device is not None:
         net = net.to(device=device, dtype=dtype)
     return net
+
+
+def _from_module(obj: nn.Module) -> PLNetwork:
+    """The canonical network of a module, read from its layers (not yet checked against it)."""
+    if isinstance(obj, ReLUMLP):
+        layers = list(obj.layers)
+        if not layers or not all(isinstance(m, nn.Linear) for m in layers):
+            raise NetworkError(f"{type(obj).__name__}.layers must hold nn.Linear layers only")
+        return PLNetwork([m.weight.detach() for m in layers], [_bias(m) for m in layers])
+    if isinstance(obj, nn.Sequential):
+        return _from_sequential(obj)
+    inner = getattr(obj, "net", None)  # nsr's LightningModule and similar wrappers
+    if isinstance(inner, nn.Module) and inner is not obj:
+        return _from_module(inner)
+    raise NetworkError(
+        f"module {type(obj).__name__} is not supported: pass nsr.ReLUMLP, an nn.Sequential of "
+        "Linear/ReLU layers, or its state dict"
+    )
+
+
+def _bias(m: nn.Linear) -> Tensor:
+    w = m.weight.detach()
+    return m.bias.detach() if m.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+
+
+# --------------------------------------------------------------------------------------
+# Checking that a module computes the network nsr read from it
+# --------------------------------------------------------------------------------------
+
+_CHECK_SEED = 0
+_CHECK_INNER, _CHECK_OUTER = 192, 64  # points in [-1, 1]^D and in [-4, 4]^D
+
+
+def check_points(dim: int) -> Tensor:
+    """The seeded points every module is checked at: ``(256, dim)`` float64."""
+    gen = torch.Generator().manual_seed(_CHECK_SEED)
+    inner = torch.rand(_CHECK_INNER, dim, generator=gen, dtype=torch.float64) * 2 - 1
+    outer = (torch.rand(_CHECK_OUTER, dim, generator=gen, dtype=torch.float64) * 2 - 1) * 4
+    return torch.cat([inner, outer])
+
+
+def _check_module(module: nn.Module, net: PLNetwork) -> None:
+    """Refuse ``module`` unless it computes ``net`` (up to its own rounding) at :func:`check_points`."""
+    target = module
+    if type(module).forward is nn.Module.forward and isinstance(getattr(module, "net", None), nn.Module):
+        target = module.net  # a wrapper without a forward of its own: its network is what runs
+    x = check_points(net.in_dim)
+    got = _module_values(target, x)
+    pl = net.to(device="cpu", dtype=torch.float64)
+    want = pl(x)
+    delta = (got - want).abs()
+    tol = _tolerance(pl, x, _param_dtype(target))
+    bad = ~(delta <= tol)  # NaN counts as a mismatch
+    if bool(bad.any()):
+        worst = int(torch.nan_to_num(delta, nan=math.inf).argmax())
+        raise NetworkError(
+            f"module {type(module).__name__} does not compute the ReLU network nsr reads from its layers: "
+            f"at {int(bad.sum())} of {len(x)} check points its output differs by more than "
+            f"rounding ({tol:.2g}), max |Δf| = {float(delta.nan_to_num(nan=math.inf).max()):.3g} "
+            f"(at x = {[round(v, 3) for v in x[worst].tolist()]}). "
+            "nsr would extract a different function than your module computes (a custom forward, a hook, "
+            "an activation other than ReLU, or layers used out of order). Pass a plain nsr.ReLUMLP or "
+            "nn.Sequential of Linear/ReLU layers computing your function."
+        )
+
+
+def _param_dtype(module: nn.Module) -> torch.dtype:
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _module_values(module: nn.Module, x: Tensor) -> Tensor:
+    """The module's own output at ``x`` ``(N, D)`` as ``(N,)`` float64 on the CPU.
+
+    A float64 copy is called where possible (exact comparison); otherwise the module itself in
+    its own dtype. Gradients are off; the module is not modified.
+    """
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    try:
+        twin = copy.deepcopy(module).to(torch.float64)
+        with torch.no_grad():
+            out = twin(x.to(device))
+    except Exception:  # a module that cannot be copied or run in float64: call it as it is
+        try:
+            with torch.no_grad():
+                out = module(x.to(device=device, dtype=_param_dtype(module)))
+        except Exception as err:
+            raise NetworkError(
+                f"module {type(module).__name__} cannot be checked: calling it on a ({len(x)}, {x.shape[1]}) "
+                f"float tensor of points failed ({type(err).__name__}: {_first_line(err)}); nsr checks every "
+                "module it reads by calling it. Pass the network itself (e.g. module.net), a plain nsr.ReLUMLP "
+                "or an nn.Sequential of Linear/ReLU layers."
+            ) from None
+    if not isinstance(out, Tensor) or out.numel() != len(x) or (out.ndim == 2 and out.shape[1] != 1):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise NetworkError(
+            f"module {type(module).__name__} returns {shape} for {len(x)} points; nsr needs one value per "
+            "point, shape (N,) or (N, 1)"
+        )
+    return out.detach().reshape(-1).to(device="cpu", dtype=torch.float64)
+
+
+def _tolerance(net: PLNetwork, x: Tensor, dtype: torch.dtype) -> float:
+    """How far two honest evaluations of ``net`` (float64 ``PLNetwork``) in ``dtype`` may differ at ``x``.
+
+    Measured, not bounded a priori (worst-case bounds grow with |W| to the power of the depth
+    and would accept anything): the network's own float32 rounding noise at ``x`` is
+    ``max |f32(x) - f64(x)|``, scaled to ``dtype``'s machine epsilon, with a 64x margin for
+    the module's own order of operations, and a floor of 64 eps (1 + max |f|).
+    """
+    eps32 = torch.finfo(torch.float32).eps
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else eps32
+    exact = net(x)
+    noise32 = float((net.to(dtype=torch.float32)(x.float()).double() - exact).abs().max())
+    return 64 * max(noise32 * eps / eps32, eps * (1 + float(exact.abs().max())))
 
 
 def random_network(

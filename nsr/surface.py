@@ -18,9 +18,6 @@ Two modes give the same polygons:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +43,7 @@ from nsr.complex import (
     subdivide,
     unpack_bits,
 )
+from nsr.files import atomic_write
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork, as_network
 
@@ -119,14 +117,24 @@ class ExactMesh:
         if self.dim != 3:
             raise ValueError(f"{what} needs a 3-D mesh; this level set is {self.dim - 1}-dimensional")
 
-    def export(self, path: str | Path, *, polygons: bool = False, binary: bool = True) -> Path:
+    def export(self, path: str | Path, *, polygons: bool = False, binary: bool | None = None) -> Path:
         """Write the mesh; the format follows the suffix (``.obj``, ``.ply``, ``.off``, ``.stl``).
 
-        ``polygons=True`` writes the true n-gons (OBJ and PLY only) instead of triangles;
-        ``binary`` selects binary or ASCII PLY. Readers differ on n-gons: open3d reads
-        n-gon PLY but skips n-gons in OBJ; trimesh reads n-gon OBJ and ASCII PLY, but its
-        binary PLY reader needs faces of one size. The file is written to a temporary name in
-        the same folder and renamed, so a failure leaves no half-written file.
+        ``polygons=True`` writes the true planar n-gons (OBJ and PLY) instead of triangles.
+        ``binary`` selects binary or ASCII PLY; by default triangles are binary and polygons
+        ASCII, because trimesh's binary PLY reader needs faces of one size. Every file nsr
+        writes is read back by trimesh and open3d (tests/test_surface.py, tests/hostile):
+        n-gon OBJ through ``trimesh.load`` and ``open3d.io.read_triangle_model``
+        (``open3d.io.read_triangle_mesh`` keeps only the OBJ faces that are triangles), n-gon
+        PLY through ``trimesh.load`` and ``open3d.io.read_triangle_mesh``; both readers
+        triangulate n-gons. Coordinates are written exactly (``%.17g`` or float64), except STL,
+        whose format stores float32. Polygon files keep every vertex, but a polygon refers
+        to bit-identical positions through one vertex and skips the zero-length edges that
+        degenerate networks give (readers' ear clipping fails on them); polygons left with
+        fewer than 3 vertices have zero area and are not written.
+
+        The file is written to a temporary name in the same folder and renamed
+        (:func:`nsr.files.atomic_write`): a failure or Ctrl-C leaves no half-written file.
         """
         self._require_3d("export")
         path = Path(path)
@@ -135,66 +143,105 @@ class ExactMesh:
             raise ValueError(f"cannot export to '{path.name}': unknown suffix, use one of {EXPORT_SUFFIXES}")
         if polygons and suffix not in (".obj", ".ply"):
             raise ValueError("polygons=True is supported for .obj and .ply only")
+        if polygons and suffix == ".ply" and binary:
+            raise ValueError("binary PLY with polygons of different sizes cannot be read by trimesh: "
+                             "use binary=False (the default for polygons) or a .obj file")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"cannot export to {path}: folder {path.parent} does not exist")
-        if suffix == ".obj":
-            data = _obj_bytes(self.vertices, self.polygons if polygons else list(self.triangles))
-        elif suffix == ".ply":
-            data = _ply_bytes(self.vertices, self.polygons if polygons else list(self.triangles), binary)
+        vertices = np.ascontiguousarray(self.vertices, dtype=np.float64)
+        if polygons:
+            sizes, flat = _polygon_faces(vertices, self.polygons)
         else:
-            data = self.to_trimesh().export(file_type=suffix[1:])
-            data = data.encode() if isinstance(data, str) else data
-        _atomic_write(path, data)
-        return path
+            tri = np.asarray(self.triangles, dtype=np.int64).reshape(-1, 3)
+            sizes, flat = np.full(len(tri), 3, dtype=np.int64), tri.reshape(-1)
+        if suffix == ".obj":
+            data = _obj_bytes(vertices, sizes, flat)
+        elif suffix == ".ply":
+            data = _ply_bytes(vertices, sizes, flat, binary=not polygons if binary is None else binary)
+        elif suffix == ".off":
+            data = _off_bytes(vertices, sizes, flat)
+        else:
+            data = _stl_bytes(vertices, flat.reshape(-1, 3))
+        return atomic_write(path, data)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise PermissionError(f"cannot write to {path.parent}: {err}") from err
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _polygon_faces(vertices: np.ndarray, polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons as ``sizes (F,)`` and concatenated vertex indices ``flat (sum(sizes),)`` int64.
+
+    Vertices at bit-identical positions are referred to through the first of them, and the
+    zero-length edges this leaves are skipped; polygons left with fewer than 3 vertices are dropped.
+    """
+    if not polygons:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    sizes = np.array([len(p) for p in polygons], dtype=np.int64)
+    _, first, inverse = np.unique(vertices, axis=0, return_index=True, return_inverse=True)
+    flat = first[inverse.reshape(-1)][np.concatenate(polygons).astype(np.int64)]
+    starts = np.cumsum(sizes) - sizes
+    nxt = np.arange(1, len(flat) + 1)
+    nxt[starts + sizes - 1] = starts  # each cycle closes on its first vertex
+    keep = flat != flat[nxt]
+    face = np.repeat(np.arange(len(sizes)), sizes)
+    new_sizes = np.bincount(face[keep], minlength=len(sizes))
+    keep &= (new_sizes >= 3)[face]
+    return new_sizes[new_sizes >= 3], flat[keep]
 
 
-def _obj_bytes(vertices: np.ndarray, faces: list[np.ndarray]) -> bytes:
-    lines = ["# exact level-set mesh written by nsr"]
-    lines += [f"v {x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices]
-    lines += ["f " + " ".join(str(int(i) + 1) for i in f) for f in faces]
+def _face_lines(sizes: np.ndarray, flat: np.ndarray, base: int, with_count: bool) -> list[str]:
+    """One text line per face: its vertex indices (``+ base``), led by its size if ``with_count``."""
+    ends = np.cumsum(sizes)
+    idx = (flat + base).tolist()
+    lead = [f"{n} " if with_count else "" for n in sizes.tolist()]
+    return [lead[i] + " ".join(map(str, idx[e - n:e])) for i, (n, e) in enumerate(zip(sizes.tolist(), ends.tolist()))]
+
+
+def _vertex_lines(vertices: np.ndarray, prefix: str) -> list[str]:
+    return [f"{prefix}{x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices.tolist()]
+
+
+def _obj_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> bytes:
+    lines = ["# exact level-set mesh written by nsr", *_vertex_lines(vertices, "v ")]
+    lines += ["f " + line for line in _face_lines(sizes, flat, 1, with_count=False)]
     return ("\n".join(lines) + "\n").encode()
 
 
-def _ply_bytes(vertices: np.ndarray, faces: list[np.ndarray], binary: bool) -> bytes:
+def _off_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> bytes:
+    lines = ["OFF", f"{len(vertices)} {len(sizes)} 0", *_vertex_lines(vertices, "")]
+    lines += _face_lines(sizes, flat, 0, with_count=True)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ply_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray, binary: bool) -> bytes:
     fmt = "binary_little_endian" if binary else "ascii"
     header = (
         f"ply\nformat {fmt} 1.0\ncomment exact level-set mesh written by nsr\n"
         f"element vertex {len(vertices)}\nproperty double x\nproperty double y\nproperty double z\n"
-        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
+        f"element face {len(sizes)}\nproperty list uchar int vertex_indices\nend_header\n"
     ).encode()
+    if len(sizes) and sizes.max() > 255:
+        raise ValueError("a polygon has more than 255 vertices, which PLY's uchar vertex count cannot store")
     if not binary:
-        body = [f"{x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices]
-        body += [f"{len(f)} " + " ".join(str(int(i)) for i in f) for f in faces]
-        return header + ("\n".join(body) + "\n").encode()
-    if faces and max(len(f) for f in faces) > 255:
-        raise ValueError("a polygon has more than 255 vertices, which binary PLY cannot store")
-    parts = [header, np.ascontiguousarray(vertices, dtype="<f8").tobytes()]
-    sizes = np.array([len(f) for f in faces], dtype=np.int64)
-    flat = np.concatenate([np.asarray(f, dtype="<i4") for f in faces]) if faces else np.zeros(0, "<i4")
-    # Interleave (count:uint8, indices:int32*count) per face without a Python loop over bytes.
+        body = _vertex_lines(vertices, "") + _face_lines(sizes, flat, 0, with_count=True)
+        return header + ("\n".join(body) + "\n").encode() if body else header
+    # Interleave (count:uint8, indices:int32*count) per face without a Python loop over faces.
     rec = np.zeros(int(sizes.sum() * 4 + len(sizes)), dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(sizes * 4 + 1)[:-1]]) if len(sizes) else np.zeros(0, np.int64)
+    starts = np.cumsum(sizes * 4 + 1) - (sizes * 4 + 1)
     rec[starts] = sizes.astype(np.uint8)
     mask = np.ones(len(rec), dtype=bool)
     mask[starts] = False
-    rec[mask] = flat.view(np.uint8)
-    parts.append(rec.tobytes())
-    return b"".join(parts)
+    rec[mask] = flat.astype("<i4").view(np.uint8)
+    return b"".join([header, vertices.astype("<f8").tobytes(), rec.tobytes()])
+
+
+def _stl_bytes(vertices: np.ndarray, triangles: np.ndarray) -> bytes:
+    """Binary STL (float32 by the format), unit normals from the vertex order (zero if degenerate)."""
+    tri = vertices[triangles]  # (T, 3, 3)
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    normal = np.divide(normal, length, out=np.zeros_like(normal), where=length > 0)
+    rec = np.zeros(len(tri), dtype=[("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attr", "<u2")])
+    rec["normal"], rec["vertices"] = normal, tri
+    header = b"binary STL: exact level-set mesh written by nsr".ljust(80, b" ")
+    return header + np.uint32(len(tri)).astype("<u4").tobytes() + rec.tobytes()
 
 
 # --------------------------------------------------------------------------------------

@@ -48,8 +48,11 @@ def test_relumlp_state_dicts_with_any_prefix_and_files(tmp_path):
     _same(seq.state_dict(), seq)  # keys '0.weight', '2.weight', ...
     torch.save(renamed, tmp_path / "sd.pt")
     _same(tmp_path / "sd.pt", mlp)
-    torch.save(seq, tmp_path / "module.pt")
-    _same(str(tmp_path / "module.pt"), seq)
+    torch.save(seq, tmp_path / "module.pt")  # a whole pickled module: only on explicit trust
+    with pytest.raises(NetworkError, match=r"state_dict\(\).*trust_pickle=True"):
+        load_network(tmp_path / "module.pt")
+    _same(load_network(tmp_path / "module.pt", trust_pickle=True), seq)
+    _same(as_network(str(tmp_path / "module.pt"), trust_pickle=True), seq)
     ckpt = {"state_dict": {f"net.{k}": v for k, v in sd.items()}, "epoch": 3}
     torch.save(ckpt, tmp_path / "last.ckpt")
     _same(load_network(tmp_path / "last.ckpt"), mlp)
@@ -108,3 +111,38 @@ def test_geometric_init_starts_close_to_a_sphere():
     x = torch.randn(512, 3) * 0.3
     err = (mlp(x) - (x.norm(dim=1) - 0.4)).abs().mean()
     assert err < 0.1
+
+
+_LAZY_CHECK = """
+import importlib, pkgutil, sys, types
+import nsr
+if sys.argv[1] == "submodules-first":
+    for info in pkgutil.iter_modules(nsr.__path__):
+        importlib.import_module(f"nsr.{info.name}")
+elif sys.argv[1] == "same-named-submodule-first":
+    import nsr.marching_cubes  # noqa: F401  (binds the submodule on the package)
+for name, module in nsr._LAZY.items():
+    for _ in range(2):
+        value = getattr(nsr, name)
+        assert not isinstance(value, types.ModuleType), (name, value)
+        assert value is getattr(sys.modules[module], name), name
+from nsr.networks import octahedron_network
+for _ in range(2):  # issue 15: the second call failed with "'module' object is not callable"
+    mesh = nsr.marching_cubes(octahedron_network(0.4), (-0.5, 0.5), 12)
+    assert len(mesh.faces) > 0
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("order", ["same-named-submodule-first",  # fails for the original code and for
+                                   pytest.param("names-first", marks=pytest.mark.slow),  # caching alone
+                                   pytest.param("submodules-first", marks=pytest.mark.slow)])
+def test_every_lazy_public_name_resolves_to_its_object_every_time(order):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", _LAZY_CHECK, order], cwd=root, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

@@ -154,42 +154,112 @@ def small_mesh():
         return extract_mesh(_centered(3, [10, 10], 3), (-1, 1), progress=False)
 
 
+def _read_back(path, reader: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices ``(V, 3)`` and triangles ``(T, 3)`` of an exported file as trimesh or open3d reads it."""
+    if reader == "trimesh":
+        m = trimesh.load(path, process=False, force="mesh")
+        return np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces, dtype=np.int64)
+    import open3d as o3d
+
+    if path.suffix == ".obj":  # read_triangle_mesh keeps only the triangles of an n-gon OBJ
+        meshes = [m.mesh for m in o3d.io.read_triangle_model(str(path)).meshes]
+    else:
+        meshes = [o3d.io.read_triangle_mesh(str(path))]
+    verts, faces, base = [], [], 0
+    for m in meshes:
+        verts.append(np.asarray(m.vertices, dtype=np.float64))
+        faces.append(np.asarray(m.triangles, dtype=np.int64) + base)
+        base += len(verts[-1])
+    return np.concatenate(verts), np.concatenate(faces)
+
+
+def _triangle_keys(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Each triangle as its 3 vertex positions in sorted order, rows sorted: ``(T, 9)``, order-free."""
+    tri = v[f]  # (T, 3, 3)
+    corner = np.lexsort((tri[:, :, 2], tri[:, :, 1], tri[:, :, 0]), axis=-1)
+    keys = tri[np.arange(len(tri))[:, None], corner].reshape(len(tri), 9)
+    return keys[np.lexsort(keys.T[::-1])]
+
+
+def _signed_volume(v: np.ndarray, f: np.ndarray) -> float:
+    t = v[f]
+    return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6)
+
+
+def _newell_area(points: np.ndarray) -> float:
+    """Area of a planar polygon ``(n, 3)`` by Newell's formula (no triangulation involved)."""
+    return float(np.linalg.norm(np.cross(points, np.roll(points, -1, axis=0)).sum(0)) / 2)
+
+
+@pytest.fixture(scope="module")
+def degenerate_mesh():
+    """The cube network: several hyperplanes through the cube's edges give coincident vertices."""
+    return extract_mesh(cube_network(0.4), (-1, 1), progress=False)
+
+
+READERS = ["trimesh", "open3d"]
+
+
+def _float32_positions(path, reader: str) -> bool:
+    """STL stores float32; open3d's OBJ and OFF readers read positions as float32."""
+    return path.suffix == ".stl" or (reader == "open3d" and path.suffix in (".obj", ".off"))
+
+
+@pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("name, kw", [("m.obj", {}), ("m.ply", {}), ("m.ply", {"binary": False}),
                                       ("m.off", {}), ("m.stl", {})])
-def test_export_round_trip_triangles(tmp_path, small_mesh, name, kw):
+def test_exported_triangles_read_back_as_the_same_triangles(tmp_path, small_mesh, name, kw, reader):
+    if reader == "open3d" and not open3d_available():
+        pytest.skip("open3d not importable")
     path = small_mesh.export(tmp_path / name, **kw)
-    back = trimesh.load(path, process=False, force="mesh")
-    assert len(back.faces) == len(small_mesh.triangles)
-    if name.endswith((".obj", ".ply", ".off")):
-        assert len(back.vertices) == len(small_mesh.vertices)
-        np.testing.assert_allclose(back.vertices, small_mesh.vertices, atol=1e-12)
-    if open3d_available() and name.endswith((".obj", ".ply")):
-        import open3d as o3d
-
-        m = o3d.io.read_triangle_mesh(str(path))
-        assert len(m.triangles) == len(small_mesh.triangles)
-        assert len(m.vertices) == len(small_mesh.vertices)
+    v, f = _read_back(path, reader)
+    want_v, want_f = small_mesh.vertices, small_mesh.triangles
+    exact = not _float32_positions(path, reader)
+    if not exact:  # the positions read are exactly the float32 roundings of the exported ones
+        want_v = want_v.astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(_triangle_keys(v, f), _triangle_keys(want_v, want_f))
+    # orientation survives too: the same enclosed signed volume (outward normals)
+    assert _signed_volume(v, f) == pytest.approx(_signed_volume(want_v, want_f), rel=1e-12 if exact else 1e-5)
 
 
+@pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("name, kw", [("p.obj", {}), ("p.ply", {}), ("p.ply", {"binary": False})])
-def test_export_polygons(tmp_path, small_mesh, name, kw):
-    path = small_mesh.export(tmp_path / name, polygons=True, **kw)
-    n_tri = sum(len(p) - 2 for p in small_mesh.polygons)  # readers triangulate n-gons
+@pytest.mark.parametrize("which", ["small_mesh", "degenerate_mesh"])
+def test_exported_polygons_read_back_as_the_same_polygons(tmp_path, request, which, name, kw, reader):
+    """Readers triangulate n-gons: every triangle read must lie in one exported polygon, and the
+    triangles of each polygon must cover its area (Newell's formula, independent of any triangulation)."""
+    if reader == "open3d" and not open3d_available():
+        pytest.skip("open3d not importable")
+    mesh = request.getfixturevalue(which)
+    path = mesh.export(tmp_path / name, polygons=True, **kw)
     if name.endswith(".obj"):
         faces = [line for line in path.read_text().splitlines() if line.startswith("f ")]
-        assert [len(f.split()) - 1 for f in faces] == [len(p) for p in small_mesh.polygons]
-    if name.endswith(".obj") or not kw.get("binary", True):
-        # trimesh reads n-gon OBJ and ASCII PLY (its binary PLY reader needs one face size)
-        back = trimesh.load(path, process=False)
-        assert len(back.vertices) == len(small_mesh.vertices)
-        assert len(back.faces) == n_tri
-    if name.endswith(".ply") and open3d_available():
-        # open3d reads n-gon PLY, binary and ASCII (its OBJ reader skips n-gons)
-        import open3d as o3d
+        assert max(len(f.split()) - 1 for f in faces) > 3  # true n-gons are written
+    v, f = _read_back(path, reader)
+    exact = not _float32_positions(path, reader)
+    verts = mesh.vertices if exact else mesh.vertices.astype(np.float32).astype(np.float64)
+    pos = {tuple(p): i for i, p in enumerate(verts.tolist())}
+    polys_of: dict[tuple, set[int]] = {}
+    for k, poly in enumerate(mesh.polygons):
+        for i in poly:
+            polys_of.setdefault(tuple(verts[i].tolist()), set()).add(k)
+    assert {tuple(p) for p in v[np.unique(f)].tolist()} <= set(pos)  # exact positions, nothing new
+    tri_area = trimesh.triangles.area(v[f])
+    covered = np.zeros(len(mesh.polygons))
+    for t, a in zip(f.tolist(), tri_area):
+        owners = set.intersection(*(polys_of[tuple(v[i].tolist())] for i in t))
+        assert owners, f"triangle {t} read from {path.name} lies in no exported polygon"
+        covered[min(owners)] += a
+    want = np.array([_newell_area(mesh.vertices[p]) for p in mesh.polygons])
+    rtol = 1e-9 if exact else 1e-5
+    np.testing.assert_allclose(covered, want, rtol=rtol, atol=1e-15 if exact else 1e-10)
+    assert _signed_volume(v, f) == pytest.approx(_signed_volume(mesh.vertices, mesh.triangles), rel=rtol)
 
-        m = o3d.io.read_triangle_mesh(str(path))
-        assert len(m.vertices) == len(small_mesh.vertices)
-        assert len(m.triangles) == n_tri
+
+def test_binary_polygon_ply_is_refused_because_trimesh_cannot_read_it(tmp_path, small_mesh):
+    with pytest.raises(ValueError, match="binary=False"):
+        small_mesh.export(tmp_path / "p.ply", polygons=True, binary=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_errors_leave_no_file(tmp_path, small_mesh):

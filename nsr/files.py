@@ -1,0 +1,207 @@
+"""Writing files safely: one atomic-write helper for every file nsr creates (``nsr.files``).
+
+A file appears under its final name complete or not at all: the bytes go to a short
+temporary name in the same folder (``.<8 random hex>.tmp``, so a target name of any legal
+length still works), are flushed to disk, and the temporary file is renamed over the
+target. New files get the permissions of ``open()`` (``0o666`` less the umask, e.g. 0644
+under umask 022), unlike ``tempfile.mkstemp``, whose files are always 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+_TRIES = 16  # random names collide with probability ~2^-32 per try
+
+
+def _open_temporary(folder: Path) -> tuple[Path, int]:
+    """Create ``folder/.<8 hex>.tmp`` exclusively; returns its path and file descriptor."""
+    for _ in range(_TRIES):
+        tmp = folder / f".{secrets.token_hex(4)}.tmp"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file in {folder}: {_TRIES} random names were taken")
+
+
+def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> Path:
+    """Write ``data`` (bytes, or a function writing to a binary file object) to ``path`` atomically.
+
+    Raises ``FileNotFoundError`` when the folder does not exist, ``PermissionError`` when it
+    is not writable, ``IsADirectoryError`` when ``path`` is a folder. Any failure, including
+    ``KeyboardInterrupt``, removes the temporary file and leaves an existing ``path`` as it was.
+    """
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    try:
+        tmp, fd = _open_temporary(folder)
+    except PermissionError as err:
+        raise PermissionError(f"cannot write to {folder}: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must not reach the disk before the bytes
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Saved complexes: read as data, validated before use
+# --------------------------------------------------------------------------------------
+
+COMPLEX_FORMAT = "nsr.PolyhedralComplex"
+COMPLEX_VERSION = 1
+_MAX_LAYERS = 10_000
+
+
+class ComplexFileError(ValueError):
+    """A file that is not a complete, consistent complex written by ``PolyhedralComplex.save``."""
+
+
+def _array_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Declared shape and dtype of one ``.npy`` member, and its uncompressed size in bytes."""
+    info = zf.getinfo(name)
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"array '{name}' has .npy format version {version}; nsr writes 1.0")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    return tuple(int(s) for s in shape), np.dtype(dtype), int(info.file_size)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, refusing object arrays and shapes larger than the data."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                shape, dtype, size = _array_header(zf, name)
+                if dtype.hasobject:
+                    raise ComplexFileError(f"{path}: array '{name}' holds Python objects, which nsr never "
+                                           "unpickles; complex files hold numbers only")
+                if math.prod(shape) * dtype.itemsize > size:
+                    raise ComplexFileError(f"{path}: array '{name}' declares shape {shape} of {dtype}, more than "
+                                           f"the {size} bytes stored (truncated or corrupt file)")
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
+    except ComplexFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        # numpy's own texts may suggest allow_pickle=True; never pass that advice on
+        detail = "" if "pickle" in str(err) else f": {type(err).__name__}: {err}"
+        raise ComplexFileError(f"{path}: not a readable complex file (truncated or corrupt?){detail}") from None
+
+
+def _meta(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    raw = arrays.get("meta")
+    if raw is None or raw.shape != () or raw.dtype.kind != "U":
+        raise ComplexFileError(f"{path}: not an nsr complex file (no 'meta' record)")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as err:
+        raise ComplexFileError(f"{path}: its 'meta' record is not valid JSON ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != COMPLEX_FORMAT:
+        raise ComplexFileError(f"{path}: not an nsr complex file (format is not {COMPLEX_FORMAT!r})")
+    if meta.get("version") != COMPLEX_VERSION:
+        raise ComplexFileError(f"{path}: complex file version {meta.get('version')!r}; this nsr reads version "
+                               f"{COMPLEX_VERSION}: extract the complex again")
+    n_layers, level = meta.get("n_layers"), meta.get("level")
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool) or not 1 <= n_layers <= _MAX_LAYERS:
+        raise ComplexFileError(f"{path}: 'n_layers' must be an integer in [1, {_MAX_LAYERS}], got {n_layers!r}")
+    if level is not None and (not isinstance(level, (int, float)) or not math.isfinite(level)):
+        raise ComplexFileError(f"{path}: 'level' must be a finite number or null, got {level!r}")
+    if not isinstance(meta.get("stats", {}), (dict, type(None))):
+        raise ComplexFileError(f"{path}: 'stats' must be a mapping")
+    return meta
+
+
+def _need(path: Path, arrays: dict[str, np.ndarray], name: str, kind: str, shape: tuple[int | None, ...]
+          ) -> np.ndarray:
+    """``arrays[name]`` with dtype kind in ``kind`` ("f" float, "iu" integer) and ``shape`` (None: any)."""
+    if name not in arrays:
+        raise ComplexFileError(f"{path}: array '{name}' is missing (truncated or not written by nsr)")
+    a = arrays[name]
+    if a.dtype.kind not in kind:
+        want = "float" if kind == "f" else "integer"
+        raise ComplexFileError(f"{path}: array '{name}' has dtype {a.dtype}, expected {want}")
+    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ComplexFileError(f"{path}: array '{name}' has shape {a.shape}, expected {want}")
+    if kind == "f" and not np.isfinite(a).all():
+        raise ComplexFileError(f"{path}: array '{name}' contains NaN or inf")
+    return a
+
+
+def _ids_in_range(path: Path, name: str, a: np.ndarray, n: int, what: str) -> None:
+    if a.size and (a.min() < 0 or a.max() >= n):
+        raise ComplexFileError(f"{path}: '{name}' holds {what} outside [0, {n}): min {a.min()}, max {a.max()}")
+
+
+def read_complex_file(path: str | Path) -> dict[str, Any]:
+    """Read and validate a file written by ``PolyhedralComplex.save`` (never unpickling anything).
+
+    Returns ``meta`` (dict), ``net`` (:class:`~nsr.networks.PLNetwork`, float64), ``bounds``
+    ``(D, 2)``, ``vertices`` ``(V, D)`` float, ``edges`` ``(E, 2)``, ``vertex_zeros`` ``(V, D)``,
+    ``edge_zeros`` ``(E, D-1)`` and ``vertex_signs`` ``(V, W)`` int64, all checked: shapes, dtypes,
+    finite numbers, ``lo < hi``, vertex and constraint ids in range, a valid ReLU network of
+    input dimension D. Raises ``FileNotFoundError`` or :class:`ComplexFileError` naming the file
+    and what is wrong.
+    """
+    from nsr.networks import NetworkError, PLNetwork
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"complex file not found: {path}")
+    if not path.is_file():
+        raise ComplexFileError(f"{path}: not a regular file")
+    arrays = _read_arrays(path)
+    meta = _meta(path, arrays)
+    bounds = _need(path, arrays, "bounds", "f", (None, 2)).astype(np.float64)
+    d = bounds.shape[0]
+    if d < 1 or not (bounds[:, 0] < bounds[:, 1]).all():
+        raise ComplexFileError(f"{path}: 'bounds' must be (D, 2) rows with lo < hi, got {bounds.tolist()}")
+    layers = [(_need(path, arrays, f"weight_{i}", "f", (None, None)), _need(path, arrays, f"bias_{i}", "f", (None,)))
+              for i in range(meta["n_layers"])]
+    try:
+        net = PLNetwork([torch.from_numpy(w.astype(np.float64)) for w, _ in layers],
+                        [torch.from_numpy(b.astype(np.float64)) for _, b in layers])
+    except NetworkError as err:
+        raise ComplexFileError(f"{path}: its network is not valid: {err}") from err
+    if net.in_dim != d:
+        raise ComplexFileError(f"{path}: the network takes {net.in_dim} inputs but the box has {d} dimensions")
+    vertices = _need(path, arrays, "vertices", "f", (None, d))
+    n_v, n_c = len(vertices), 2 * d + net.n_neurons + 1
+    edges = _need(path, arrays, "edges", "iu", (None, 2))
+    n_e = len(edges)
+    out = {"meta": meta, "net": net, "bounds": bounds, "vertices": vertices, "edges": edges,
+           "vertex_zeros": _need(path, arrays, "vertex_zeros", "iu", (n_v, d)),
+           "edge_zeros": _need(path, arrays, "edge_zeros", "iu", (n_e, d - 1)),
+           "vertex_signs": _need(path, arrays, "vertex_signs", "i", (n_v, max(1, math.ceil(n_c / 64))))}
+    _ids_in_range(path, "edges", edges, n_v, "vertex indices")
+    _ids_in_range(path, "vertex_zeros", out["vertex_zeros"], n_c, "constraint ids")
+    _ids_in_range(path, "edge_zeros", out["edge_zeros"], n_c, "constraint ids")
+    return out
