@@ -103,10 +103,12 @@ class Layer(Affine):
             self.neg = torch.zeros_like(self.bias)
         if self.pos is None:
             self.pos = torch.ones_like(self.bias)
+        # read once: activate() runs per layer and per chunk, and a check there would sync a GPU each time
+        self._relu = bool((self.neg == 0).all() and (self.pos == 1).all())
 
     @property
     def is_relu(self) -> bool:
-        return bool((self.neg == 0).all() and (self.pos == 1).all())
+        return self._relu
 
     def activate(self, z: Tensor, j0: int = 0, j1: int | None = None) -> Tensor:
         """Post-activations of pre-activations ``z`` ``(N, j1 - j0)`` of neurons ``j0:j1``."""
