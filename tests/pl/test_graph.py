@@ -157,3 +157,28 @@ def test_state_dict_round_trip(tmp_path):
     assert back.transform == graph.transform and back.widths == graph.widths
     with pytest.raises(NotPiecewiseAffineError, match="not a PLGraph state dict"):
         PLGraph.from_state_dict({"in_dim": torch.tensor(2)})
+
+
+def test_each_layer_is_affine_on_every_cell_of_the_earlier_layers():
+    """Brute force on a 2-D grid: group points by the activation pattern of the layers before
+    ``l`` and fit an affine map to ``z_l`` on each group by least squares; it is exact. This is the
+    property edge subdivision relies on, checked on folded residual and skip graphs."""
+    from nsr.pl import ResidualMLP, SkipMLP, trace
+
+    torch.manual_seed(0)
+    t = torch.linspace(-1, 1, 61, dtype=D64)
+    x = torch.cartesian_prod(t, t)
+    for module in (ResidualMLP(2, 4, 2, activation="leaky_relu", negative_slope=0.2), SkipMLP(2, 6, 3, skip=2)):
+        graph = trace(module)
+        pats = graph.patterns(x)
+        for l in range(1, graph.n_layers + 1):
+            key = torch.cat(pats[:l], 1).to(torch.int64)
+            _, cell = torch.unique(key, dim=0, return_inverse=True)
+            z = graph.preactivations(x, l)
+            design = torch.cat([x, torch.ones(len(x), 1, dtype=D64)], 1)
+            for c in torch.unique(cell):
+                sel = cell == c
+                if sel.sum() < 6:
+                    continue
+                coef = torch.linalg.lstsq(design[sel], z[sel]).solution
+                assert (design[sel] @ coef - z[sel]).abs().max() < 1e-10, (type(module).__name__, l)
