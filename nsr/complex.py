@@ -68,7 +68,13 @@ def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
     Accepts a scalar ``b`` (the box ``[-b, b]^D``), ``(lo, hi)`` scalars for every axis, or
     a per-axis ``(D, 2)`` array.
     """
-    arr = np.asarray(bounds, dtype=np.float64)
+    try:
+        arr = np.asarray(bounds, dtype=np.float64) if bounds is not None else None
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None:
+        raise ValueError(f"bounds must be numbers: a scalar b (the box [-b, b]^{dim}), (lo, hi) for every axis or "
+                         f"a ({dim}, 2) array; got {bounds!r}")
     if arr.ndim == 0:
         arr = np.array([-abs(float(arr)), abs(float(arr))])
     if arr.shape == (2,):
@@ -78,11 +84,49 @@ def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
             f"bounds must be (lo, hi) or a ({dim}, 2) array for a {dim}-D network, got shape {arr.shape}"
         )
     if not np.isfinite(arr).all():
-        raise ValueError(f"bounds contain NaN or inf: {arr.tolist()}")
+        raise ValueError(f"bounds contain NaN or inf: {arr.tolist()}; give a finite box")
     if not (arr[:, 0] < arr[:, 1]).all():
         bad = int(np.argmax(arr[:, 0] >= arr[:, 1]))
-        raise ValueError(f"bounds: axis {bad} has lo={arr[bad, 0]} >= hi={arr[bad, 1]}")
+        raise ValueError(f"bounds: axis {bad} has lo={arr[bad, 0]} >= hi={arr[bad, 1]}; every axis needs lo < hi "
+                         "(a box of positive width)")
     return arr
+
+
+# Fewer representable coordinates than this across an axis of the box cannot place vertices.
+_MIN_ULPS_ACROSS = 2**12
+
+
+def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 0.0) -> None:
+    """Refuse a box (``(D, 2)`` float64, from :func:`as_bounds`) on which ``dtype`` cannot
+    answer: coordinates beyond its range, an axis so thin for its offset that few
+    coordinates are representable across it, or network values so large that bounding them
+    overflows (linear bound propagation multiplies two of them). Raises ``ValueError``."""
+    fi = torch.finfo(dtype)
+    name = str(dtype).removeprefix("torch.")
+    mag = np.abs(b).max(1)
+    width = b[:, 1] - b[:, 0]
+    for ax in range(len(b)):
+        if not np.isfinite(width[ax]) or mag[ax] > fi.max / 4:
+            raise ValueError(f"bounds: axis {ax} [{b[ax, 0]:g}, {b[ax, 1]:g}] exceeds the {name} range; scale "
+                             "the box down and the network's first-layer weights up by the same factor")
+        if width[ax] < _MIN_ULPS_ACROSS * fi.eps * mag[ax]:
+            raise ValueError(
+                f"bounds: axis {ax} [{float(b[ax, 0])!r}, {float(b[ax, 1])!r}] is {width[ax]:.3g} wide at an offset of "
+                f"{mag[ax]:.3g}: {name} has only ~{width[ax] / (fi.eps * mag[ax]):.0f} coordinates across it, too "
+                "few to place vertices; translate the box (and the network's first-layer bias) towards the origin"
+                + (", or use dtype=float64" if dtype != torch.float64 else ""))
+    netd = net.to(dtype=torch.float64)
+    with torch.no_grad():
+        lo, hi = torch.as_tensor(b[:, 0])[None], torch.as_tensor(b[:, 1])[None]
+        pre = layer_bounds(netd.to(device="cpu"), lo, hi, crown_hidden=False)
+    reach = max(max(float(p[0].abs().max()), float(p[1].abs().max())) for p in pre)
+    reach = max(reach, abs(level))
+    limit = math.sqrt(fi.max) / 2**10
+    if not reach <= limit:
+        raise ValueError(
+            f"over this box the network's pre-activations may reach {reach:.3g}, beyond what {name} can bound "
+            f"(~{limit:.3g}); scale the box down and the network's first-layer weights up by the same factor "
+            "(the geometry only scales)")
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -1357,6 +1401,7 @@ def extract_complex(
     dt = resolve_dtype(dtype)
     dev = torch.device(device) if device is not None else net.device
     b = as_bounds(bounds, net.in_dim)
+    check_box(net, b, dt)
     netd = net.to(device=dev, dtype=dt)
     lo = torch.as_tensor(b[:, 0], dtype=dt, device=dev)[None]
     hi = torch.as_tensor(b[:, 1], dtype=dt, device=dev)[None]

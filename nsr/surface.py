@@ -37,6 +37,7 @@ from nsr.complex import (
     as_bounds,
     band_cells,
     bit_values,
+    check_box,
     extract_complex,
     group_equal_rows,
     may_reach,
@@ -674,6 +675,7 @@ def extract_mesh(
         raise ValueError("close=True needs a 3-D network")
     b = as_bounds(bounds, d)
     dt = resolve_dtype(dtype)
+    check_box(net, b, dt, level)
     dev = torch.device(device) if device is not None else net.device
     netd = net.to(device=dev, dtype=dt)
     if dev.type == "cuda":
