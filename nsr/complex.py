@@ -20,16 +20,33 @@ positive entries as a bit set packed in int64 words.
 
 Degenerate positions
 --------------------
-A vertex can land exactly on a later neuron's hyperplane (this happens in float32 on
-trained networks). nsr resolves it by symbolic perturbation: a pre-activation that is
-exactly 0 counts as positive, i.e. the hyperplane is moved by an infinitesimal amount
-towards its negative side. Because {z >= 0} is a closed half-space, it meets the boundary
-of every convex 2-face in one contiguous arc, so every face is still cut at most once and
-the result is a valid complex of the perturbed network: every edge has two vertices and
-the Euler characteristic of the box complex is 1. Geometrically, the perturbation shows up
-as vertices that coincide and edges of zero length. Rounding can still, rarely, make a
-face key appear other than twice; those keys are left unpaired and counted in
-``stats["unpaired_face_keys"]`` (0 on every generic network we tested).
+Networks whose hyperplanes meet in one point or line (all hidden biases zero, as
+``geometric_init`` starts; integer or 1/8 weights; duplicated, opposite or zero neurons) put
+vertices exactly on later hyperplanes. The pre-activation computed there (evaluated, then
+carried through edge interpolations) is a rounded zero of either sign, and classifying it by
+its sign would cut a convex 2-face more than once: holes, unpaired faces, Euler
+characteristics in the hundreds. nsr therefore takes every value within a tolerance
+``tol_c`` of zero as an exact zero (:func:`snap_to_zero`), and counts an exact zero as
+positive (:func:`positive_side`). ``tol_c`` is one constant per neuron for the whole box
+(:func:`sign_tolerances`: 64 eps times the neuron's rounding scale ``|W_c| . hmax + |b_c|``,
+``hmax`` the largest input of its layer over the box), whatever the tiles, workers or mode.
+The rule ``z >= -tol_c`` is then the exact classification of the network whose neuron ``c``
+has its bias raised by ``tol_c``: a closed half-space, which meets the boundary of every
+convex 2-face in one arc, so every face is cut at most once and the result is a valid
+complex (Euler characteristic 1) of that perturbed network, for every vertex whose computed
+value is within its rounding error of the true one and whose true value is not within that
+error of ``-tol_c`` (measured on bias-free nets in float64: rounded zeros stay below one
+unit, other values start above 1e4 units). A snapped endpoint has ``z = 0`` exactly, so a
+cut there is at ``t = 0`` and the new vertex (and its carried values) are bitwise the
+endpoint's: the perturbation shows up as coincident vertices and zero-length edges. Pruning
+widens its bounds by the same tolerance (:func:`may_reach`), so it never drops a cell that
+the rule would cut. Zero sets stay combinatorial: a vertex's zeros are the constraints that
+constructed it. Face keys that do not pair where they must (every key of a complete face;
+after region pruning only keys seen three or more times, and every key of the level set)
+are counted in ``stats["unpaired_face_keys"]`` with a warning: 0 on every healthy extraction.
+float32 cannot always tell rounded zeros from small values (on deep bias-free networks the
+two ranges overlap); that is when it is non-zero. Boxes a dtype cannot answer on are refused
+by :func:`check_box`.
 """
 
 from __future__ import annotations
