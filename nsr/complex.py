@@ -397,9 +397,10 @@ def snap_to_zero(z: Tensor, tol: float | Tensor) -> Tensor:
     return z
 
 
-def positive_side(z: Tensor) -> Tensor:
-    """The sign rule of edge subdivision on snapped values: an exact zero counts as positive."""
-    return z >= 0
+def positive_side(z: Tensor, tol: float | Tensor = 0.0) -> Tensor:
+    """The sign rule of edge subdivision: values within ``tol`` of zero count as exact zeros
+    (:func:`snap_to_zero`), and an exact zero counts as positive. ``(V,)`` bool."""
+    return z >= -tol
 
 
 def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int, tol: float | Tensor = 0.0
@@ -413,8 +414,7 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     Mutates ``sk`` in place.
     """
     d = sk.dim
-    z = snap_to_zero(z, tol)
-    s = positive_side(z)
+    s = positive_side(z, tol)
     word, mask = bit_values(torch.tensor(c, device=z.device))
     vpos = sk.vpos.t
     vpos[:, word] |= s.long() * mask
@@ -428,7 +428,7 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
         return
     ce = e.index_select(0, cut)
     ca, cb = ce[:, 0].contiguous(), ce[:, 1].contiguous()
-    za, zb = z.index_select(0, ca), z.index_select(0, cb)
+    za, zb = snap_to_zero(z.index_select(0, ca), tol), snap_to_zero(z.index_select(0, cb), tol)
     # za >= 0 > zb or the reverse, |za - zb| > tol: t in [0, 1], and t = 0 (1) exactly where a
     # (b) was snapped, so the new vertex and its values are bitwise those of the endpoint
     t = (za / (za - zb)).unsqueeze(1)

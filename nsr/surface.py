@@ -48,6 +48,7 @@ from nsr.complex import (
     sign_tolerances,
     subdivide,
     unpack_bits,
+    warn_unpaired,
 )
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork, as_network
@@ -739,6 +740,7 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
         if workers > 1 and len(tlo) > 1:
             arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
                                                         workers, memory_limit, tols)
+            warn_unpaired(unpaired, dt)  # the workers' own warnings stay in their processes
         else:
             sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
                                   band=cells, progress=progress, desc="surface", memory_limit=memory_limit,
