@@ -132,10 +132,22 @@ def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 
                 f"{mag[ax]:.3g}: {name} has only ~{width[ax] / (fi.eps * mag[ax]):.0f} coordinates across it, too "
                 "few to place vertices; translate the box (and the network's first-layer bias) towards the origin"
                 + (", or use dtype=float64" if dtype != torch.float64 else ""))
-    netd = net.to(dtype=torch.float64)
+    netd = net.to(dtype=torch.float64, device="cpu")
+    # A first-layer hyperplane off the origin by less than the box's rounding scale cannot be
+    # placed: its offset is below the tolerance every neuron's sign decision allows for.
+    w0, b0 = netd.weights[0], netd.biases[0]
+    rel = b0.abs() / (w0.abs() @ torch.as_tensor(mag)).clamp(min=fi.tiny)
+    lost = int(((rel > 0) & (rel < 2**16 * fi.eps)).sum())
+    if lost:
+        warnings.warn(
+            f"{lost} first-layer hyperplanes pass the origin closer than {name} resolves over this box (offsets "
+            f"below {2**16 * fi.eps:.1g} of the box's scale): the network's detail near the origin is below the "
+            "box's resolution and will be lost or distorted; shrink the box to where the surface is",
+            stacklevel=3,
+        )
     with torch.no_grad():
         lo, hi = torch.as_tensor(b[:, 0])[None], torch.as_tensor(b[:, 1])[None]
-        pre = layer_bounds(netd.to(device="cpu"), lo, hi, crown_hidden=False)
+        pre = layer_bounds(netd, lo, hi, crown_hidden=False)
     reach = max(max(float(p[0].abs().max()), float(p[1].abs().max())) for p in pre)
     reach = max(reach, abs(level))
     limit = math.sqrt(fi.max) / 2**10
@@ -336,6 +348,8 @@ class _Skeleton:
     # region pruning has dropped edges: some 2-faces of dropped regions lost part of their
     # boundary, and a later neuron may legitimately cut one of them once
     partial: bool = False
+    # values taken as zero although above rounding noise (see split_by_constraint)
+    uncertain: Tensor | int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     # (V, n) pre-activations of the current layer while pruning: filtered with the vertices,
     # so that the bounds and the subdivision share one evaluation
@@ -415,6 +429,11 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     """
     d = sk.dim
     s = positive_side(z, tol)
+    if isinstance(tol, Tensor) or tol > 0:
+        # Rounded zeros stay below 1/64 of the tolerance (module docstring); a snapped value
+        # above 1/32 of it is more likely real detail the tolerance erased: count it (no sync here).
+        a = z.abs()
+        sk.uncertain = sk.uncertain + ((a <= tol) & (a > tol / 32)).sum()
     word, mask = bit_values(torch.tensor(c, device=z.device))
     vpos = sk.vpos.t
     vpos[:, word] |= s.long() * mask
@@ -1012,8 +1031,24 @@ def subdivide(
             bar.close()
     sk.stats["subdivision_s"] = time.perf_counter() - t0
     sk.stats["tiles_alive"] = int(alive.sum())
+    sk.stats["uncertain_signs"] = int(sk.uncertain)
     warn_unpaired(sk.unpaired, tile_lo.dtype)
+    warn_uncertain(sk.stats["uncertain_signs"], tile_lo.dtype)
     return sk, alive
+
+
+def warn_uncertain(uncertain: int, dtype: torch.dtype) -> None:
+    """Warn that ``uncertain`` pre-activations were taken as zero although above rounding noise."""
+    if not uncertain:
+        return
+    hint = "float32 cannot tell them apart here: use dtype=float64" if dtype == torch.float32 else \
+        "the box is large for the network's detail: shrink it to where the surface is"
+    warnings.warn(
+        f"{uncertain} pre-activations were within the rounding tolerance of zero ({SIGN_TOL_ULPS:g} eps times the "
+        "neuron's largest value over the box) but above rounding noise, and were taken as exact zeros: detail of "
+        f"the network at that scale may be moved or lost; {hint}",
+        stacklevel=3,
+    )
 
 
 def warn_unpaired(unpaired: int, dtype: torch.dtype) -> None:
@@ -1298,7 +1333,9 @@ class PolyhedralComplex:
             f = net(sk.x.t) - level
             split_by_constraint(sk, None, f, self.output_constraint, tol)
         warn_unpaired(sk.unpaired, net.dtype)
-        stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired)
+        warn_uncertain(int(sk.uncertain), net.dtype)
+        stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired,
+                     uncertain_signs=self.stats.get("uncertain_signs", 0) + int(sk.uncertain))
         return PolyhedralComplex(self.net, self.bounds, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t,
                                  sk.vpos.t, stats, level=level)
 
@@ -1431,6 +1468,7 @@ def extract_complex(
         "time_s": time.perf_counter() - t0,
         "peak_memory_mb": peak_memory_mb(dev),
         "unpaired_face_keys": sk.unpaired,
+        "uncertain_signs": sk.stats["uncertain_signs"],
         "dtype": str(dt),
         "device": str(dev),
     }

@@ -747,7 +747,7 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
                                   tolerances=tols)
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
-            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_")}
+            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_") or k == "uncertain_signs"}
     t_sub = time.perf_counter() - t0
     mesh = _mesh_from_arrays(netd, arr, b, level, close)
     if mode == "surface":

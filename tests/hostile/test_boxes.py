@@ -120,3 +120,13 @@ def test_very_thin_boxes_agree_in_every_mode_and_lie_on_the_level_set(box):
     # along an edge of that face keep z = lo exactly)
     bottom = meshes[1].vertices[np.abs(meshes[1].vertices[:, 2] - lo[2]) < 1e-18]
     assert len(bottom) > 0
+
+
+@pytest.mark.parametrize("mode", ["complex", "surface", "track"])
+def test_unscaled_huge_box_warns_that_detail_is_lost(mode):
+    """The same network over +-1e15 (not scaled): its first-layer hyperplanes pass the origin
+    at ~0.1-1, far below what interpolating along edges 1e15 long resolves (~0.2 absolute).
+    The mesh cannot be right near the origin; the call must say so."""
+    base, level = _base()
+    with pytest.warns(UserWarning, match="closer than float64 resolves over this box"):
+        extract_mesh(base, (-1e15, 1e15), mode=mode, level=level, progress=False)
