@@ -45,8 +45,12 @@ constructed it. Face keys that do not pair where they must (every key of a compl
 after region pruning only keys seen three or more times, and every key of the level set)
 are counted in ``stats["unpaired_face_keys"]`` with a warning: 0 on every healthy extraction.
 float32 cannot always tell rounded zeros from small values (on deep bias-free networks the
-two ranges overlap); that is when it is non-zero. Boxes a dtype cannot answer on are refused
-by :func:`check_box`.
+two ranges overlap); that is when it is non-zero. Because the tolerance is set by the largest
+value over the box, a box far larger than the network's detail (an unscaled network over
+``+-1e15``) erases detail below its resolution: ``stats["uncertain_signs"]`` counts values taken
+as zero although above rounding noise (0 on healthy extractions) and :func:`check_box` warns
+when first-layer offsets are below the box's resolution; both warn. Boxes a dtype cannot
+answer on at all are refused by :func:`check_box`.
 """
 
 from __future__ import annotations
@@ -431,9 +435,9 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     s = positive_side(z, tol)
     if isinstance(tol, Tensor) or tol > 0:
         # Rounded zeros stay below 1/64 of the tolerance (module docstring); a snapped value
-        # above 1/32 of it is more likely real detail the tolerance erased: count it (no sync here).
+        # above 1/8 of it is more likely real detail the tolerance erased: count it (no sync here).
         a = z.abs()
-        sk.uncertain = sk.uncertain + ((a <= tol) & (a > tol / 32)).sum()
+        sk.uncertain = sk.uncertain + ((a <= tol) & (a > tol / 8)).sum()
     word, mask = bit_values(torch.tensor(c, device=z.device))
     vpos = sk.vpos.t
     vpos[:, word] |= s.long() * mask

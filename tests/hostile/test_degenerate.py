@@ -109,7 +109,11 @@ def test_degenerate_complex_is_valid(name, dtype):
     net = make()
     cx, warned = _quiet(extract_complex, net, (-box, box), progress=False, dtype=dtype)
     assert cx.euler_characteristic == 1, cx.f_vector  # a subdivided box is contractible
-    assert cx.stats["unpaired_face_keys"] == 0 and not warned, warned
+    assert cx.stats["unpaired_face_keys"] == 0
+    if dtype == "float64":
+        assert not warned, warned
+    else:  # float32 may truthfully say that it cannot tell rounded zeros from small values
+        assert all("float32 cannot tell them apart" in w for w in warned), warned
     # every edge is the segment between two distinct vertex ids
     assert (cx.edges[:, 0] != cx.edges[:, 1]).all()
     if dtype == "float64":
