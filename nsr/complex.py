@@ -20,16 +20,37 @@ positive entries as a bit set packed in int64 words.
 
 Degenerate positions
 --------------------
-A vertex can land exactly on a later neuron's hyperplane (this happens in float32 on
-trained networks). nsr resolves it by symbolic perturbation: a pre-activation that is
-exactly 0 counts as positive, i.e. the hyperplane is moved by an infinitesimal amount
-towards its negative side. Because {z >= 0} is a closed half-space, it meets the boundary
-of every convex 2-face in one contiguous arc, so every face is still cut at most once and
-the result is a valid complex of the perturbed network: every edge has two vertices and
-the Euler characteristic of the box complex is 1. Geometrically, the perturbation shows up
-as vertices that coincide and edges of zero length. Rounding can still, rarely, make a
-face key appear other than twice; those keys are left unpaired and counted in
-``stats["unpaired_face_keys"]`` (0 on every generic network we tested).
+Networks whose hyperplanes meet in one point or line (all hidden biases zero, as
+``geometric_init`` starts; integer or 1/8 weights; duplicated, opposite or zero neurons) put
+vertices exactly on later hyperplanes. The pre-activation computed there (evaluated, then
+carried through edge interpolations) is a rounded zero of either sign, and classifying it by
+its sign would cut a convex 2-face more than once: holes, unpaired faces, Euler
+characteristics in the hundreds. nsr therefore takes every value within a tolerance
+``tol_c`` of zero as an exact zero (:func:`snap_to_zero`), and counts an exact zero as
+positive (:func:`positive_side`). ``tol_c`` is one constant per neuron for the whole box
+(:func:`sign_tolerances`: 64 eps times the neuron's rounding scale ``|W_c| . hmax + |b_c|``,
+``hmax`` the largest input of its layer over the box), whatever the tiles, workers or mode.
+The rule ``z >= -tol_c`` is then the exact classification of the network whose neuron ``c``
+has its bias raised by ``tol_c``: a closed half-space, which meets the boundary of every
+convex 2-face in one arc, so every face is cut at most once and the result is a valid
+complex (Euler characteristic 1) of that perturbed network, for every vertex whose computed
+value is within its rounding error of the true one and whose true value is not within that
+error of ``-tol_c`` (measured on bias-free nets in float64: rounded zeros stay below one
+unit, other values start above 1e4 units). A snapped endpoint has ``z = 0`` exactly, so a
+cut there is at ``t = 0`` and the new vertex (and its carried values) are bitwise the
+endpoint's: the perturbation shows up as coincident vertices and zero-length edges. Pruning
+widens its bounds by the same tolerance (:func:`may_reach`), so it never drops a cell that
+the rule would cut. Zero sets stay combinatorial: a vertex's zeros are the constraints that
+constructed it. Face keys that do not pair where they must (every key of a complete face;
+after region pruning only keys seen three or more times, and every key of the level set)
+are counted in ``stats["unpaired_face_keys"]`` with a warning: 0 on every healthy extraction.
+float32 cannot always tell rounded zeros from small values (on deep bias-free networks the
+two ranges overlap); that is when it is non-zero. Because the tolerance is set by the largest
+value over the box, a box far larger than the network's detail (an unscaled network over
+``+-1e15``) erases detail below its resolution: ``stats["uncertain_signs"]`` counts values taken
+as zero although above rounding noise (0 on healthy extractions) and :func:`check_box` warns
+when first-layer offsets are below the box's resolution; both warn. Boxes a dtype cannot
+answer on at all are refused by :func:`check_box`.
 """
 
 from __future__ import annotations
@@ -67,7 +88,13 @@ def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
     Accepts a scalar ``b`` (the box ``[-b, b]^D``), ``(lo, hi)`` scalars for every axis, or
     a per-axis ``(D, 2)`` array.
     """
-    arr = np.asarray(bounds, dtype=np.float64)
+    try:
+        arr = np.asarray(bounds, dtype=np.float64) if bounds is not None else None
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None:
+        raise ValueError(f"bounds must be numbers: a scalar b (the box [-b, b]^{dim}), (lo, hi) for every axis or "
+                         f"a ({dim}, 2) array; got {bounds!r}")
     if arr.ndim == 0:
         arr = np.array([-abs(float(arr)), abs(float(arr))])
     if arr.shape == (2,):
@@ -77,11 +104,61 @@ def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
             f"bounds must be (lo, hi) or a ({dim}, 2) array for a {dim}-D network, got shape {arr.shape}"
         )
     if not np.isfinite(arr).all():
-        raise ValueError(f"bounds contain NaN or inf: {arr.tolist()}")
+        raise ValueError(f"bounds contain NaN or inf: {arr.tolist()}; give a finite box")
     if not (arr[:, 0] < arr[:, 1]).all():
         bad = int(np.argmax(arr[:, 0] >= arr[:, 1]))
-        raise ValueError(f"bounds: axis {bad} has lo={arr[bad, 0]} >= hi={arr[bad, 1]}")
+        raise ValueError(f"bounds: axis {bad} has lo={arr[bad, 0]} >= hi={arr[bad, 1]}; every axis needs lo < hi "
+                         "(a box of positive width)")
     return arr
+
+
+# Fewer representable coordinates than this across an axis of the box cannot place vertices.
+_MIN_ULPS_ACROSS = 2**12
+
+
+def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 0.0) -> None:
+    """Refuse a box (``(D, 2)`` float64, from :func:`as_bounds`) on which ``dtype`` cannot
+    answer: coordinates beyond its range, an axis so thin for its offset that few
+    coordinates are representable across it, or network values so large that bounding them
+    overflows (linear bound propagation multiplies two of them). Raises ``ValueError``."""
+    fi = torch.finfo(dtype)
+    name = str(dtype).removeprefix("torch.")
+    mag = np.abs(b).max(1)
+    width = b[:, 1] - b[:, 0]
+    for ax in range(len(b)):
+        if not np.isfinite(width[ax]) or mag[ax] > fi.max / 4:
+            raise ValueError(f"bounds: axis {ax} [{b[ax, 0]:g}, {b[ax, 1]:g}] exceeds the {name} range; scale "
+                             "the box down and the network's first-layer weights up by the same factor")
+        if width[ax] < _MIN_ULPS_ACROSS * fi.eps * mag[ax]:
+            raise ValueError(
+                f"bounds: axis {ax} [{float(b[ax, 0])!r}, {float(b[ax, 1])!r}] is {width[ax]:.3g} wide at an offset of "
+                f"{mag[ax]:.3g}: {name} has only ~{width[ax] / (fi.eps * mag[ax]):.0f} coordinates across it, too "
+                "few to place vertices; translate the box (and the network's first-layer bias) towards the origin"
+                + (", or use dtype=float64" if dtype != torch.float64 else ""))
+    netd = net.to(dtype=torch.float64, device="cpu")
+    # A first-layer hyperplane off the origin by less than the box's rounding scale cannot be
+    # placed: its offset is below the tolerance every neuron's sign decision allows for.
+    w0, b0 = netd.weights[0], netd.biases[0]
+    rel = b0.abs() / (w0.abs() @ torch.as_tensor(mag)).clamp(min=fi.tiny)
+    lost = int(((rel > 0) & (rel < 2**16 * fi.eps)).sum())
+    if lost:
+        warnings.warn(
+            f"{lost} first-layer hyperplanes pass the origin closer than {name} resolves over this box (offsets "
+            f"below {2**16 * fi.eps:.1g} of the box's scale): the network's detail near the origin is below the "
+            "box's resolution and will be lost or distorted; shrink the box to where the surface is",
+            stacklevel=3,
+        )
+    with torch.no_grad():
+        lo, hi = torch.as_tensor(b[:, 0])[None], torch.as_tensor(b[:, 1])[None]
+        pre = layer_bounds(netd, lo, hi, crown_hidden=False)
+    reach = max(max(float(p[0].abs().max()), float(p[1].abs().max())) for p in pre)
+    reach = max(reach, abs(level))
+    limit = math.sqrt(fi.max) / 2**10
+    if not reach <= limit:
+        raise ValueError(
+            f"over this box the network's pre-activations may reach {reach:.3g}, beyond what {name} can bound "
+            f"(~{limit:.3g}); scale the box down and the network's first-layer weights up by the same factor "
+            "(the geometry only scales)")
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -269,7 +346,13 @@ class _Skeleton:
     edges: _Buffer  # (E, 2) int32 (indices stay below 2^31: that is 500 GB of vertices)
     ezeros: _Buffer  # (E, D-1) int32 sorted zero constraint ids
     dim: int
+    # face keys that appeared other than twice where every key must pair (see split_by_constraint)
     unpaired: int = 0
+    # region pruning has dropped edges: some 2-faces of dropped regions lost part of their
+    # boundary, and a later neuron may legitimately cut one of them once
+    partial: bool = False
+    # values taken as zero although above rounding noise (see split_by_constraint)
+    uncertain: Tensor | int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     # (V, n) pre-activations of the current layer while pruning: filtered with the vertices,
     # so that the bounds and the subdivision share one evaluation
@@ -321,14 +404,39 @@ def box_skeleton(tile_lo: Tensor, tile_hi: Tensor, n_constraints: int) -> _Skele
     )
 
 
-def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int) -> None:
+def snap_to_zero(z: Tensor, tol: float | Tensor) -> Tensor:
+    """``z`` with the values within ``tol`` of zero made exactly zero (``(V,)``).
+
+    Values that small are rounding noise around vertices lying on the hyperplane (see the
+    module docstring, *Degenerate positions*); an exact zero then counts as positive."""
+    if isinstance(tol, Tensor) or tol > 0:
+        return torch.where(z.abs() <= tol, torch.zeros_like(z), z)
+    return z
+
+
+def positive_side(z: Tensor, tol: float | Tensor = 0.0) -> Tensor:
+    """The sign rule of edge subdivision: values within ``tol`` of zero count as exact zeros
+    (:func:`snap_to_zero`), and an exact zero counts as positive. ``(V,)`` bool."""
+    return z >= -tol
+
+
+def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int, tol: float | Tensor = 0.0
+                        ) -> None:
     """Subdivide the skeleton by the zero set of ``z`` (one value per vertex), constraint ``c``.
 
-    ``z`` must be affine on every edge. ``values`` (same-layer pre-activations, ``(V, n)``)
-    are interpolated onto the new vertices. Mutates ``sk`` in place.
+    ``z`` must be affine on every edge. Values within ``tol`` of zero (a bound on their
+    rounding error, :func:`sign_tolerances`) count as exact zeros, and exact zeros as
+    positive: the consistent perturbation described in the module docstring. ``values``
+    (same-layer pre-activations, ``(V, n)``) are interpolated onto the new vertices.
+    Mutates ``sk`` in place.
     """
     d = sk.dim
-    s = z >= 0  # symbolic perturbation: exact zeros count as positive
+    s = positive_side(z, tol)
+    if isinstance(tol, Tensor) or tol > 0:
+        # Rounded zeros stay below 1/64 of the tolerance (module docstring); a snapped value
+        # above 1/8 of it is more likely real detail the tolerance erased: count it (no sync here).
+        a = z.abs()
+        sk.uncertain = sk.uncertain + ((a <= tol) & (a > tol / 8)).sum()
     word, mask = bit_values(torch.tensor(c, device=z.device))
     vpos = sk.vpos.t
     vpos[:, word] |= s.long() * mask
@@ -342,7 +450,9 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
         return
     ce = e.index_select(0, cut)
     ca, cb = ce[:, 0].contiguous(), ce[:, 1].contiguous()
-    za, zb = z.index_select(0, ca), z.index_select(0, cb)
+    za, zb = snap_to_zero(z.index_select(0, ca), tol), snap_to_zero(z.index_select(0, cb), tol)
+    # za >= 0 > zb or the reverse, |za - zb| > tol: t in [0, 1], and t = 0 (1) exactly where a
+    # (b) was snapped, so the new vertex and its values are bitwise those of the endpoint
     t = (za / (za - zb)).unsqueeze(1)
     x = sk.x.t
     xa = x.index_select(0, ca)
@@ -393,7 +503,10 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     first[1:] = gid[1:] != gid[:-1]
     starts = torch.nonzero(first).squeeze(1)
     pair_groups = torch.nonzero(counts == 2).squeeze(1)
-    sk.unpaired += int((counts != 2).sum())
+    # A consistent sign rule cuts a convex 2-face's boundary exactly twice, so every key of a
+    # complete face appears twice. Three or more is always a defect; one is legitimate only on
+    # faces that lost part of their boundary to region pruning (``sk.partial``).
+    sk.unpaired += int((counts > 2).sum()) + (0 if sk.partial else int((counts == 1).sum()))
     p = order[starts[pair_groups]]
     q = order[starts[pair_groups] + 1]
     new_edges = torch.stack([new_ids[owner[p]], new_ids[owner[q]]], 1)
@@ -469,6 +582,16 @@ def output_bounds(
     ``crown_hidden=False`` hidden layers get interval bounds only and the linear relaxation
     is used for the output alone (CROWN-IBP: ``depth`` times cheaper, looser).
     """
+    pre = layer_bounds(net, lo, hi, known, crown_hidden)
+    return pre[-1][0][:, 0], pre[-1][1][:, 0]
+
+
+def layer_bounds(
+    net: PLNetwork, lo: Tensor, hi: Tensor, known: list[tuple[Tensor, Tensor]] | None = None,
+    crown_hidden: bool = True,
+) -> list[tuple[Tensor, Tensor]]:
+    """Bounds ``(K, n_k)`` on the pre-activations of every layer over boxes ``(K, D)``, as
+    :func:`output_bounds` computes them."""
     known = known or []
     pre: list[tuple[Tensor, Tensor]] = []
     for k in range(len(net.weights)):
@@ -486,7 +609,40 @@ def output_bounds(
             pre.append((torch.maximum(lo_k, ilo), torch.minimum(hi_k, ihi)))
         else:
             pre.append((ilo, ihi))
-    return pre[-1][0][:, 0], pre[-1][1][:, 0]
+    return pre
+
+
+# A pre-activation within this many units of roundoff of its rounding scale counts as zero.
+# Measured on bias-free networks (geometric init, 3-6 layers of 16, float64): values whose
+# true value is zero (vertices on the hyperplane, carried through up to ~100 interpolations)
+# stay below 1 unit, values that are not zero start above 1e4 units; in float32 the two
+# ranges meet near 1e2 units (float32 cannot tell them apart at all on such networks).
+SIGN_TOL_ULPS = 64.0
+
+
+def sign_tolerances(net: PLNetwork, lo: Tensor, hi: Tensor, level: float = 0.0) -> list[Tensor]:
+    """Per layer ``(n_k,)``: below which magnitude a pre-activation computed in the box
+    ``lo, hi`` ``(D,)`` is indistinguishable from zero (the output shifted by ``level``).
+
+    :data:`SIGN_TOL_ULPS` ``* eps *`` the rounding scale of neuron ``c`` of layer ``k``,
+    ``|W_k[c]| . hmax_{k-1} + |b_k[c]|``, with ``hmax`` the largest magnitude of the layer's
+    input over the box (the box itself for layer 0, linear bound propagation after). One
+    constant per neuron for the whole box, whatever the tiling, so that snapping to zero is
+    the same shift of the hyperplane everywhere; it scales with the box and the weights (a
+    box of ``1e20`` and a box of ``1`` with the first layer scaled by ``1e-20`` get the same
+    decisions)."""
+    big = torch.finfo(lo.dtype).max
+    unit = SIGN_TOL_ULPS * torch.finfo(lo.dtype).eps
+    pre = layer_bounds(net, lo[None], hi[None], crown_hidden=True)
+    h = torch.maximum(lo.abs(), hi.abs())  # (D,)
+    out = []
+    for k, (w, b) in enumerate(zip(net.weights, net.biases)):
+        scale = h @ w.abs().T + b.abs()
+        if k == len(net.weights) - 1:
+            scale = scale + abs(level)
+        out.append(unit * scale.nan_to_num(posinf=big))
+        h = torch.maximum(pre[k][0][0].relu(), pre[k][1][0].relu()).nan_to_num(posinf=big)
+    return out
 
 
 
@@ -647,6 +803,7 @@ def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: 
     keep_v[sk.edges.t[keep_e].reshape(-1).long()] = True
     if not bool(keep_e.all()):
         _keep(sk, keep_v, keep_e)
+        sk.partial = True
 
 
 def _interval_chain(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -685,7 +842,15 @@ def _layer_values(net: PLNetwork, sk: _Skeleton, layer: int, sl: slice) -> Tenso
     return _evaluate(net, sk.x.t[sl], layer, 0, int(net.weights[layer].shape[0]), 0.0)
 
 
-def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: float) -> int:
+def may_reach(lo: Tensor, hi: Tensor, level: float, tol: float) -> Tensor:
+    """Whether a range ``[lo, hi]`` of the output, bounded in floating point, may hold a cut of
+    the level set under the sign rule of :func:`split_by_constraint` (``f - level`` within
+    ``tol`` of zero counts as zero, and zero as positive): the range is widened by the
+    tolerance on both sides, so that pruning never drops a cell that subdivision would cut."""
+    return (lo <= level + tol) & (hi >= level - 2 * tol)
+
+
+def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: float, tol: float = 0.0) -> int:
     """Drop the regions whose output provably cannot reach ``level``. On a region the
     pre-activations ``z`` of ``layer`` are affine, so their exact range is their min/max over
     the region's vertices. From it, interval arithmetic bounds the output, and so do linear
@@ -712,7 +877,7 @@ def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: flo
     parts = []
     for sl in _chunks(n_regions, 8 * row, dev):
         pre = _interval_chain(net, layer, lo[sl], hi[sl])
-        keep = (pre[-1][0][:, 0] <= level) & (pre[-1][1][:, 0] >= level)
+        keep = may_reach(pre[-1][0][:, 0], pre[-1][1][:, 0], level, tol)
         alive[sl] = keep
         parts.append(_linear_bounds(net, layer, [(lo_k[keep], hi_k[keep]) for lo_k, hi_k in pre]))
     cand = torch.nonzero(alive).squeeze(1)
@@ -735,7 +900,7 @@ def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: flo
             r, zc = r[pick], z[pick]
             fmin.scatter_reduce_(0, r, (a_lo.index_select(0, r) * zc).sum(1), "amin")
             fmax.scatter_reduce_(0, r, (a_up.index_select(0, r) * zc).sum(1), "amax")
-    alive[cand] = (fmin[:n] + c_lo[:n] <= level) & (fmax[:n] + c_up[:n] >= level)
+    alive[cand] = may_reach(fmin[:n] + c_lo[:n], fmax[:n] + c_up[:n], level, tol)
     _keep_live_regions(sk, region, alive, n_regions)
     return int(alive.sum())
 
@@ -749,6 +914,7 @@ def band_cells(net: PLNetwork, bounds: Tensor, res: int, level: float, close: bo
     d = bounds.shape[0]
     dev, dt = net.device, net.dtype
     lo, hi = bounds[:, 0], bounds[:, 1]
+    tol = float(sign_tolerances(net, lo, hi, level)[-1][0])
     offsets = torch.cartesian_prod(*[torch.arange(2, device=dev)] * d).reshape(-1, d)
     idx = torch.zeros(1, d, dtype=torch.int64, device=dev)
     g = 1
@@ -759,9 +925,9 @@ def band_cells(net: PLNetwork, bounds: Tensor, res: int, level: float, close: bo
             blo = lo + idx[s : s + 4096].to(dt) * cell
             bhi = torch.minimum(blo + cell, hi)
             olo, ohi = output_bounds(net, blo, bhi, crown_hidden=crown_hidden)
-            k = (olo <= level) & (ohi >= level)
+            k = may_reach(olo, ohi, level, tol)
             if close:
-                k |= ((idx[s : s + 4096] == 0) | (idx[s : s + 4096] == g - 1)).any(1) & (ohi < level)
+                k |= ((idx[s : s + 4096] == 0) | (idx[s : s + 4096] == g - 1)).any(1) & (ohi < level + tol)
             keep[s : s + 4096] = k
         idx = idx[keep]
         if g >= res:
@@ -788,6 +954,7 @@ def subdivide(
     desc: str = "extract",
     max_value_bytes: int = 2**30,
     memory_limit: float | None = None,
+    tolerances: list[Tensor] | None = None,
 ) -> tuple[_Skeleton, Tensor]:
     """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
     output level set ``f = level`` if ``level`` is given.
@@ -799,7 +966,9 @@ def subdivide(
     last ``region_layers`` hidden layers (from layer 2 on), regions are pruned one by one (interval and
     linear bounds from the exact range of the layer over each region, see
     :func:`_prune_regions_bounded`), and with a ``band``, regions whose bounding box misses
-    it. Returns the skeleton and the tiles kept.
+    it. ``tolerances`` are :func:`sign_tolerances` of the whole box (default: over the tiles
+    given); pass the same ones to every batch of tiles of one box. Returns the skeleton and
+    the tiles kept.
     """
     d = net.in_dim
     n_neurons = net.n_neurons
@@ -808,6 +977,9 @@ def subdivide(
     n_tiles = tile_lo.shape[0]
     alive = torch.ones(n_tiles, dtype=torch.bool, device=tile_lo.device)
     lv = 0.0 if level is None else float(level)
+    if tolerances is None:
+        tolerances = sign_tolerances(net, tile_lo.min(0).values, tile_hi.max(0).values, lv)
+    tol_out = float(tolerances[-1][0])
     out_layer = len(net.weights) - 1
     n_layers = len(net.weights) if level is not None else out_layer
     bar = _progress(n_neurons + (1 if level is not None else 0), desc, progress)
@@ -826,12 +998,13 @@ def subdivide(
                 # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
                 by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
                 if not by_region:  # per-region bounds subsume the tile's
-                    alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges)
+                    alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges,
+                                             tol_out)
                     _prune_tiles(sk, alive)
                 if band is not None and layer > 0 and sk.n_edges:
                     sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
                 if by_region and sk.n_edges:
-                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_bounded(net, sk, layer, lv)
+                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_bounded(net, sk, layer, lv, tol_out)
             j0 = 0
             while j0 < width:
                 # Pre-activations of this layer are affine on every current edge, so new
@@ -842,8 +1015,13 @@ def subdivide(
                     values, sk.values, cols = sk.values, None, width
                 else:
                     values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
+                tol = tolerances[layer]
+                if layer == out_layer:
+                    # A dropped region provably holds no vertex on either side of the level set's
+                    # cut (may_reach), so the level set cuts only complete faces: every key pairs.
+                    sk.partial = False
                 for j in range(cols):
-                    split_by_constraint(sk, values, values.t[:, j].clone(), c)
+                    split_by_constraint(sk, values, values.t[:, j].clone(), c, tol[j0 + j])
                     _check_memory(sk, values, limit, c - 2 * d, n_neurons)
                     c += 1
                     if bar is not None:
@@ -856,13 +1034,37 @@ def subdivide(
             bar.close()
     sk.stats["subdivision_s"] = time.perf_counter() - t0
     sk.stats["tiles_alive"] = int(alive.sum())
-    if sk.unpaired and not prune:
-        warnings.warn(
-            f"{sk.unpaired} face keys appeared other than twice (rounding near degenerate "
-            "positions); those faces were left unpaired. Use dtype=float64 if you did not.",
-            stacklevel=2,
-        )
+    sk.stats["uncertain_signs"] = int(sk.uncertain)
+    warn_unpaired(sk.unpaired, tile_lo.dtype)
+    warn_uncertain(sk.stats["uncertain_signs"], tile_lo.dtype)
     return sk, alive
+
+
+def warn_uncertain(uncertain: int, dtype: torch.dtype) -> None:
+    """Warn that ``uncertain`` pre-activations were taken as zero although above rounding noise."""
+    if not uncertain:
+        return
+    hint = "float32 cannot tell them apart here: use dtype=float64" if dtype == torch.float32 else \
+        "the box is large for the network's detail: shrink it to where the surface is"
+    warnings.warn(
+        f"{uncertain} pre-activations were within the rounding tolerance of zero ({SIGN_TOL_ULPS:g} eps times the "
+        "neuron's largest value over the box) but above rounding noise, and were taken as exact zeros: detail of "
+        f"the network at that scale may be moved or lost; {hint}",
+        stacklevel=3,
+    )
+
+
+def warn_unpaired(unpaired: int, dtype: torch.dtype) -> None:
+    """Warn that the complex is inconsistent where ``unpaired`` face keys did not pair."""
+    if not unpaired:
+        return
+    hint = ("float32 cannot separate rounded zeros from small values on this network: use dtype=float64"
+            if dtype == torch.float32 else "please report the network and box")
+    warnings.warn(
+        f"{unpaired} 2-faces were cut other than twice: a sign decision near a degenerate position "
+        f"exceeded the rounding tolerance, so the complex (and a mesh from it) may have holes there; {hint}",
+        stacklevel=3,
+    )
 
 
 def default_memory_limit() -> float | None:
@@ -912,7 +1114,7 @@ def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: fl
 
 
 def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, tile_hi: Tensor, level: float,
-                    keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]]) -> Tensor:
+                    keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]], tol: float = 0.0) -> Tensor:
     """Tiles whose output may reach ``level``. The pre-activations of layers ``0..layer`` are
     affine on every current cell, so their exact range over a tile is their min/max over the
     tile's vertices; later layers and the output are bounded by linear bound propagation.
@@ -934,10 +1136,9 @@ def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, 
     has = torch.isfinite(lo[:, 0])
     known = [(torch.where(has[:, None], lo, 0.0), torch.where(has[:, None], hi, 0.0)) for lo, hi in ranges]
     olo, ohi = output_bounds(net, tile_lo, tile_hi, known)
-    olo, ohi = olo - level, ohi - level
-    reach = has & (olo <= 0) & (ohi >= 0)
+    reach = has & may_reach(olo, ohi, level, tol)
     if keep_negative is not None:
-        reach |= has & keep_negative & (ohi < 0)
+        reach |= has & keep_negative & (ohi < level + tol)
     return reach
 
 
@@ -1107,10 +1308,15 @@ class PolyhedralComplex:
             dim=self.dim,
         )
         net = self.net.to(device=self.vertices.device, dtype=self.vertices.dtype)
+        box = torch.as_tensor(self.bounds, dtype=net.dtype, device=net.device)
         with torch.no_grad(), no_tf32():
+            tol = sign_tolerances(net, box[:, 0], box[:, 1], level)[-1][0]
             f = net(sk.x.t) - level
-            split_by_constraint(sk, None, f, self.output_constraint)
-        stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired)
+            split_by_constraint(sk, None, f, self.output_constraint, tol)
+        warn_unpaired(sk.unpaired, net.dtype)
+        warn_uncertain(int(sk.uncertain), net.dtype)
+        stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired,
+                     uncertain_signs=self.stats.get("uncertain_signs", 0) + int(sk.uncertain))
         return PolyhedralComplex(self.net, self.bounds, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t,
                                  sk.vpos.t, stats, level=level)
 
@@ -1221,6 +1427,7 @@ def extract_complex(
     dt = resolve_dtype(dtype)
     dev = torch.device(device) if device is not None else net.device
     b = as_bounds(bounds, net.in_dim)
+    check_box(net, b, dt)
     netd = net.to(device=dev, dtype=dt)
     lo = torch.as_tensor(b[:, 0], dtype=dt, device=dev)[None]
     hi = torch.as_tensor(b[:, 1], dtype=dt, device=dev)[None]
@@ -1233,6 +1440,7 @@ def extract_complex(
         "time_s": time.perf_counter() - t0,
         "peak_memory_mb": peak_memory_mb(dev),
         "unpaired_face_keys": sk.unpaired,
+        "uncertain_signs": sk.stats["uncertain_signs"],
         "dtype": str(dt),
         "device": str(dev),
     }

@@ -34,14 +34,18 @@ from nsr.complex import (
     as_bounds,
     band_cells,
     bit_values,
+    check_box,
     extract_complex,
     group_equal_rows,
+    may_reach,
     no_tf32,
     output_bounds,
     peak_memory_mb,
     resolve_dtype,
+    sign_tolerances,
     subdivide,
     unpack_bits,
+    warn_unpaired,
 )
 from nsr.files import atomic_write
 from nsr.geometry import fan_triangles
@@ -719,6 +723,7 @@ def extract_mesh(
         raise ValueError("close=True needs a 3-D network")
     b = as_bounds(bounds, d)
     dt = resolve_dtype(dtype)
+    check_box(net, b, dt, level)
     dev = torch.device(device) if device is not None else net.device
     netd = net.to(device=dev, dtype=dt)
     if dev.type == "cuda":
@@ -760,16 +765,19 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
             raise ValueError(f"band must be 0 (off) or a power of two, got {res}")
         t_band = time.perf_counter()
         tlo, thi, tidx = tile_grid(b, grid, dt, dev)
+        bt = torch.as_tensor(b, dtype=dt, device=dev)
+        # one tolerance per neuron for the whole box, whichever tiles or workers see it
+        tols = sign_tolerances(netd, bt[:, 0], bt[:, 1], level)
+        tol_out = float(tols[-1][0])
         cells = None
         if res:
-            bt = torch.as_tensor(b, dtype=dt, device=dev)
             cells = Band(band_cells(netd, bt, res, level, close), bt[:, 0], bt[:, 1])
             sel = cells.hits(tlo, thi)
         else:
             olo, ohi = output_bounds(netd, tlo, thi)
-            sel = (olo <= level) & (ohi >= level)
+            sel = may_reach(olo, ohi, level, tol_out)
             if close:
-                sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level)
+                sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level + tol_out)
         t_band = time.perf_counter() - t_band
         tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
         on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
@@ -778,13 +786,15 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
         region_stats: dict[str, Any] = {}
         if workers > 1 and len(tlo) > 1:
             arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
-                                                        workers, memory_limit)
+                                                        workers, memory_limit, tols)
+            warn_unpaired(unpaired, dt)  # the workers' own warnings stay in their processes
         else:
             sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
-                                  band=cells, progress=progress, desc="surface", memory_limit=memory_limit)
+                                  band=cells, progress=progress, desc="surface", memory_limit=memory_limit,
+                                  tolerances=tols)
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
-            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_")}
+            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_") or k == "uncertain_signs"}
     t_sub = time.perf_counter() - t0
     mesh = _mesh_from_arrays(netd, arr, b, level, close)
     if mode == "surface":
@@ -840,22 +850,23 @@ def track_polygons(net: PLNetwork, b: np.ndarray, level: float = 0.0, close: boo
 
 
 def _subdivide_tiles(weights: list[np.ndarray], biases: list[np.ndarray], tlo: np.ndarray, thi: np.ndarray,
-                     level: float, keep_negative: np.ndarray | None, memory_limit: float | None
-                     ) -> tuple[list[np.ndarray], int, int]:
+                     level: float, keep_negative: np.ndarray | None, memory_limit: float | None,
+                     tolerances: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
     """Worker: subdivide a batch of tiles; plain arrays in and out (picklable)."""
     torch.set_num_threads(1)
     net = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
     with torch.no_grad(), no_tf32():
         sk, _ = subdivide(net, torch.from_numpy(tlo), torch.from_numpy(thi), level=level, prune=True,
                           keep_negative=None if keep_negative is None else torch.from_numpy(keep_negative),
-                          progress=False, memory_limit=memory_limit)
+                          progress=False, memory_limit=memory_limit,
+                          tolerances=[torch.from_numpy(t) for t in tolerances])
     arrays = [b.t.numpy() for b in (sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.edges, sk.ezeros)]
     return arrays, sk.stats["tiles_alive"], sk.unpaired
 
 
 def _subdivide_in_workers(net: PLNetwork, tlo: Tensor, thi: Tensor, tidx: Tensor, grid: int, level: float,
-                          keep_negative: Tensor | None, workers: int, memory_limit: float | None
-                          ) -> tuple[_Arrays, int, int]:
+                          keep_negative: Tensor | None, workers: int, memory_limit: float | None,
+                          tolerances: list[Tensor]) -> tuple[_Arrays, int, int]:
     """Split the tiles into ``workers`` batches, subdivide them in separate processes, and
     concatenate the skeletons (vertex and tile indices offset)."""
     import multiprocessing as mp
@@ -869,7 +880,8 @@ def _subdivide_in_workers(net: PLNetwork, tlo: Tensor, thi: Tensor, tidx: Tensor
     limit = None if memory_limit is None else memory_limit / len(parts)
     with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as pool:
         futures = [pool.submit(_subdivide_tiles, w, b, tlo[p].numpy(), thi[p].numpy(), level,
-                               None if keep_negative is None else keep_negative[p].numpy(), limit) for p in parts]
+                               None if keep_negative is None else keep_negative[p].numpy(), limit,
+                               [t.numpy() for t in tolerances]) for p in parts]
         results = [f.result() for f in futures]
     cols: list[list[Tensor]] = [[] for _ in range(6)]
     v_off, t_off = 0, 0
