@@ -199,8 +199,8 @@ def test_cuda_matches_cpu():
     assert a.f_vector == b.f_vector
 
 
-def test_shared_bunny_3x16_complex(shared_dir):
-    net = load_network(shared_dir / "models" / "bunny_3d_3x16.pt")
+def test_shared_bunny_3x16_complex(shared):
+    net = load_network(shared("models/bunny_3d_3x16.pt"))
     cx = extract_complex(net, (-0.5, 0.5), progress=False)
     assert cx.euler_characteristic == 1
     assert cx.stats["unpaired_face_keys"] == 0
