@@ -187,3 +187,12 @@ def test_exact_point_to_triangle_distance_under_coarse_sampling():
     m = compare_meshes(tri, up, n_samples=20)
     assert m["chamfer_l1"] == pytest.approx(h, abs=1e-12)
     assert m["hausdorff"] == pytest.approx(h, abs=1e-12)
+
+
+def test_f_score_threshold_ignores_unreferenced_vertices():
+    """OBJ files often carry stray vertices; the F-score thresholds are fractions of the
+    diagonal of the reference *surface*, so a stray vertex far away must not widen them."""
+    ref = _square(1.0, z=0.01)
+    stray = trimesh.Trimesh(np.vstack([ref.vertices, [[100.0, 100.0, 100.0]]]), ref.faces, process=False)
+    m = compare_meshes(_square(1.0), stray, n_samples=2000)
+    assert m["f_score@0.01"] == 1.0 and m["f_score@0.005"] == 0.0  # as without the stray vertex
