@@ -43,6 +43,7 @@ open3d is imported lazily: ``import nsr.data`` and analytic shapes work without 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -420,11 +421,25 @@ class MeshSource(ShapeSource):
     def inside(self, x: Tensor) -> np.ndarray:
         """``(N, 3) -> (N,)`` bool by ``sign`` (not defined for ``shell``)."""
         if self.sign == "winding":
+            self._warn_slow_winding(len(x))
             w = mesh_winding_numbers(self.vertices, self.faces, x, self.winding_backend)
             return (w.abs() >= 0.5).numpy()
         o3d = _open3d()
         q = o3d.core.Tensor(x.detach().cpu().float().numpy())
         return self._raycasting_scene().compute_occupancy(q, nsamples=self.n_rays).numpy() > 0.5
+
+    def _warn_slow_winding(self, n: int, pairs: float = 1e9) -> None:
+        """Say once when the exact winding number will take minutes (~0.3 us per pair)."""
+        exact = self.winding_backend == "exact" or (self.winding_backend == "auto" and not igl_available())
+        if exact and n * len(self.faces) > pairs and not getattr(self, "_warned_slow", False):
+            self._warned_slow = True
+            warnings.warn(
+                f"{self.path}: exact winding numbers for {n} points x {len(self.faces)} faces "
+                f"(~{n * len(self.faces) * 3e-7:.0f} s on one core); pip install libigl for the fast "
+                "winding number, or lower data.sampling.pool_size",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def signed_distance(self, x: Tensor) -> Tensor:
         dist = self.unsigned_distance(x)

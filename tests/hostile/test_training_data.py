@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,13 @@ def test_point_cloud_with_a_few_points_is_refused(tmp_path):
     with pytest.raises(ShapeError, match="only 5 points"):
         PointCloudSource(_cloud(tmp_path, np.array([0.0, 0, 1]), n=5))
     assert PointCloudSource(_cloud(tmp_path, np.array([0.0, 0, 1]), n=100)).points.shape == (100, 3)
+
+
+@needs_o3d
+def test_exact_winding_numbers_on_a_large_pool_say_how_long_they_take(tmp_path):
+    src = MeshSource(_write(tmp_path, "open", _cube(drop_top=True)), sign="winding", winding_backend="exact")
+    with pytest.warns(RuntimeWarning, match="pip install libigl"):
+        src._warn_slow_winding(10**9)  # 10^9 points x 10 faces
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        src._warn_slow_winding(10**9)  # once only
