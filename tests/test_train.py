@@ -156,10 +156,13 @@ def test_point_cloud_and_2d_runs(tmp_path):
         (["data=mesh", "data.path={tmp}/nan.obj"], ShapeError),
         (["data=pointcloud", "data.path={tmp}/plain.xyz"], ShapeError),
         (["data.box=0"], ShapeError),
+        (["experiment=mesh", "data.path={tmp}/square.obj"], ShapeError),  # open: no inside
+        (["experiment=mesh", "data.path={tmp}/square.obj", "data.sign=guess"], ShapeError),
     ],
 )
 def test_bad_input_fails_before_the_run_dir(tmp_path, overrides, error):
     (tmp_path / "nan.obj").write_text("v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n")
+    (tmp_path / "square.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3\nf 1 3 4\n")
     (tmp_path / "plain.xyz").write_text("0 0 0\n1 0 0\n0 1 0\n")
     cfg = _cfg(tmp_path, *[o.format(tmp=tmp_path) for o in overrides])
     with pytest.raises(error) as info:
@@ -295,3 +298,23 @@ def test_loss_terms_are_weighted_into_the_total():
     assert float(out["eikonal"]) == pytest.approx(0.0, abs=1e-12)  # |grad f| = 1 everywhere
     assert float(out["normal"]) == pytest.approx(1.0)
     assert float(out["loss"]) == pytest.approx(2 * 0.075 + 3 * 0.2 + 5 * 0 + 7 * 1.0)
+
+
+def test_open_surface_trains_as_a_shell_through_the_config(tmp_path):
+    """``data.sign=shell`` reaches the data module from the config and a run completes."""
+    path = tmp_path / "square.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3\nf 1 3 4\n")
+    cfg = _cfg(tmp_path, "experiment=mesh", f"data.path={path}", "data.sign=shell", "data.shell_thickness=0.02",
+               "data.sampling.pool_size=4000", "trainer.fast_dev_run=true")
+    run = train(cfg)
+    assert np.isfinite(json.loads((run / "metrics.json").read_text())["train/loss"])
+    assert yaml_get(run / "config.yaml", "data", "sign") == "shell"
+
+
+def yaml_get(path: Path, *keys: str):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(path)
+    for k in keys:
+        node = node[k]
+    return node
