@@ -98,9 +98,14 @@ class ShapeDataModule(L.LightningDataModule):
         n_rays: int = 11,
         require_normals: bool = True,
         sampling: dict[str, Any] | None = None,
+        sign: str = "auto",
+        shell_thickness: float = 0.01,
+        max_ambiguous: float = 0.05,
+        winding_backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.source = make_source(kind, shape, path, box, fit, n_rays, require_normals)
+        self.source = make_source(kind, shape, path, box, fit, n_rays, require_normals, sign, shell_thickness,
+                                  max_ambiguous, winding_backend)
         if self.source.dim != dim:
             raise ValueError(f"data.dim={dim} but the shape is {self.source.dim}-dimensional")
         self.kind, self.dim, self.box = kind, dim, float(box)

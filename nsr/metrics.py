@@ -15,7 +15,8 @@ removes the sampling floor of plain point-to-point Chamfer (about half the sampl
   sampled face against the normal of the closest face found; orientation-free, 1 is perfect).
 * **F-score at tau**: harmonic mean of precision (fraction of predicted samples within tau of
   the reference surface) and recall (the converse). ``tau`` is a fraction (0.5 % and 1 %) of the
-  **diagonal of the reference mesh's axis-aligned bounding box**.
+  **diagonal of the reference surface's axis-aligned bounding box** (of the vertices its faces
+  use: stray vertices do not count).
 * **Hausdorff**: the symmetric maximum of the sample-to-surface distances (a lower bound
   of the true Hausdorff distance, tight up to the sample spacing).
 * **Triangle quality**: minimum interior angle of each triangle in degrees, reported as
@@ -212,7 +213,9 @@ def compare_meshes(
     out |= _chamfer_from(d_pr, d_rp)
     npred, nref = np.asarray(pred.face_normals), np.asarray(ref.face_normals)
     out["normal_consistency"] = normal_consistency(npred[fp], nref[fr], nref[c_pr], npred[c_rp])
-    diag = float(np.linalg.norm(np.ptp(np.asarray(ref.vertices), axis=0)))
+    # the surface's own box: stray (unreferenced) vertices, common in OBJ files, must not widen tau
+    used = np.asarray(ref.vertices)[np.unique(np.asarray(ref.faces))]
+    diag = float(np.linalg.norm(np.ptp(used, axis=0)))
     for t in F_THRESHOLDS:
         out[f"f_score@{t:g}"] = f_score(d_pr, d_rp, t * diag)
     return out

@@ -165,8 +165,40 @@ def test_level_set_vertices_are_on_the_level_set():
 
     tri = extract_mesh(net, (-1, 1), progress=False).to_trimesh()
     assert ls.euler_characteristic == tri.euler_number
+    # (its Euler characteristic against known answers: test_known_f_vectors_of_plane_sections)
     mid = ls.vertices[ls.edges].mean(1)
     assert net(mid).abs().max() < 1e-12
+
+
+def _plane_net(normal, offset) -> PLNetwork:
+    """``relu(n.x + c + 10) - 10 = n.x + c`` on ``[-1, 1]^3`` (its hidden plane lies outside)."""
+    w = [torch.tensor([normal], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64)]
+    b = [torch.tensor([offset + 10.0], dtype=torch.float64), torch.tensor([-10.0], dtype=torch.float64)]
+    return PLNetwork(w, b)
+
+
+@pytest.mark.parametrize(
+    "normal, offset, polygon",
+    [([1, 1, 1], 0.0, 6), ([1, 0, 0], -0.3, 4), ([1, 1, 1], -2.5, 3), ([1, 2, 0], 0.2, 4), ([2, 1, 1], 1.5, 5)],
+    ids=["hexagon", "square", "corner-triangle", "rectangle", "pentagon"],
+)
+def test_known_f_vectors_of_plane_sections(normal, offset, polygon):
+    """A plane through the cube cuts one convex polygon (k vertices, k edges, 1 face): chi = 1."""
+    ls = extract_complex(_plane_net(normal, offset), (-1, 1), progress=False).level_set(0.0)
+    assert list(ls.f_vector) == [polygon, polygon, 1]
+    assert ls.euler_characteristic == 1
+
+
+def test_known_f_vector_of_a_box_cut_by_two_planes():
+    """x = 0 and y = 0 cut [-1, 1]^3 into 4 columns: vertices {-1,0,1}^2 x {+-1} (18); edges 9
+    along z and 12 along each of x and y (33); faces 8 across z and 6 across each of x and y
+    (20); 4 cells: chi = 18 - 33 + 20 - 4 = 1, counted by hand, not by the code's sum."""
+    w0 = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)
+    net = PLNetwork([w0, torch.tensor([[1.0, 1.0]], dtype=torch.float64)],
+                    [torch.zeros(2, dtype=torch.float64), torch.tensor([-5.0], dtype=torch.float64)])
+    cx = extract_complex(net, (-1, 1), progress=False)
+    assert list(cx.f_vector) == [18, 33, 20, 4]
+    assert cx.euler_characteristic == 1
 
 
 def test_bounds_are_validated():
@@ -202,8 +234,8 @@ def test_cuda_matches_cpu():
     assert a.f_vector == b.f_vector
 
 
-def test_shared_bunny_3x16_complex(shared_dir):
-    net = load_network(shared_dir / "models" / "bunny_3d_3x16.pt")
+def test_shared_bunny_3x16_complex(shared):
+    net = load_network(shared("models/bunny_3d_3x16.pt"))
     cx = extract_complex(net, (-0.5, 0.5), progress=False)
     assert cx.euler_characteristic == 1
     assert cx.stats["unpaired_face_keys"] == 0

@@ -263,3 +263,11 @@ def test_import_does_not_load_open3d():
     code = "import sys, nsr, nsr.data, nsr.shapes, nsr.losses; print('open3d' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_shared_file_skips_cleanly_when_one_file_is_missing():
+    """A missing ../shared file is a skip naming the file, not an error in the test."""
+    from tests.conftest import shared_file
+
+    with pytest.raises(pytest.skip.Exception, match="no-such-model.pt is not present"):
+        shared_file("models/no-such-model.pt")

@@ -1049,3 +1049,77 @@ def test_cached_jacobian_inverse_is_exact_when_fresh_and_second_order_when_stale
         errors.append(float((cached - exact)[ok].norm(dim=1).max()))
         assert errors[-1] < 0.2 * moved  # much closer than the first-order move itself
     assert 2.5 < errors[1] / errors[0] < 6  # second order: doubling eps ~quadruples the error
+
+
+# ----------------------------------------------- regularizer values against closed forms (issue 15)
+# Each value below is computed by hand from the shape, so a regularizer that drops its weights,
+# sums over the wrong edges or forgets to scale by the box passes no more.
+
+OUT_W = [1.0, 1.3, 0.8, 1.0, 1.6, 1.1]  # an irregular octahedron: unequal faces and gradients
+
+
+def _octant_faces(r: float, a: list) -> tuple[np.ndarray, np.ndarray]:
+    """Closed forms per face of ``sum a_i relu(+-x_i) = r`` (order of :func:`octahedron_mesh`):
+    ``|grad f| = |(a_x, a_y, a_z)|`` and the area ``r^2 |grad f| / (2 a_x a_y a_z)`` of the
+    triangle with corners ``r / a_i`` on the axes."""
+    g, area = [], []
+    for sx in (0, 1):
+        for sy in (0, 1):
+            for sz in (0, 1):
+                ax, ay, az = a[sx], a[2 + sy], a[4 + sz]
+                n = math.sqrt(ax**2 + ay**2 + az**2)
+                g.append(n)
+                area.append(r**2 * n / (2 * ax * ay * az))
+    return np.array(g), np.array(area)
+
+
+def test_eikonal_is_area_weighted_closed_form():
+    r = 0.6
+    net, mesh = octahedron_net(r, OUT_W), octahedron_mesh(r, OUT_W)
+    surf = R.ExactSurface(net, structure(mesh))
+    g, area = _octant_faces(r, OUT_W)
+    assert torch.allclose(surf.polygon_areas.detach(), torch.tensor(area), rtol=1e-12)
+    pen = (g - 1) ** 2
+    weighted, plain = float((pen * area).sum() / area.sum()), float(pen.mean())
+    assert abs(weighted - plain) > 1e-3  # the case tells the two apart
+    assert float(R.EikonalRegularizer()(surf).detach()) == pytest.approx(weighted, rel=1e-12)
+    assert float(R.EikonalRegularizer(area_weighted=False)(surf).detach()) == pytest.approx(plain, rel=1e-12)
+
+
+def test_smoothness_counts_interior_edges_only_on_an_open_surface():
+    """Two adjacent faces of the regular octahedron: one shared edge of length r sqrt 2 with
+    normals at cos = 1/3, and four boundary edges that must not count."""
+    r = 0.6
+    net, full = octahedron_net(r), octahedron_mesh(r)
+    two = FakeMesh(full.vertices, full.polygons[:2], full.vertex_constraints, full.vertex_patterns,
+                   full.polygon_patterns[:2])
+    s = structure(two)
+    assert s.edges.shape[0] == 5 and s.interior_edges.numel() == 1
+    surf = R.ExactSurface(net, s)
+    want = r * math.sqrt(2) * (1 - 1 / 3)
+    for normals in ("region", "positions"):
+        assert float(R.SmoothnessRegularizer(normals=normals)(surf).detach()) == pytest.approx(want, rel=1e-12)
+        norm = R.SmoothnessRegularizer(normals=normals, normalize=True)(surf)
+        assert float(norm.detach()) == pytest.approx(2 / 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("half", [1.0, 2.0])
+def test_quality_penalties_closed_form_and_edge_floor_scales_with_the_box(half):
+    """Regular octahedron: 12 edges r sqrt 2, 24 angles of 60 degrees, 8 faces of quality
+    4 pi A / L^2 = pi sqrt 3 / 9. The edge floor is ``min_edge`` times the box diagonal, so the
+    same surface in a box twice as large has a floor twice as long."""
+    r, min_edge, min_angle, min_q = 0.6, 0.5, 70.0, 0.7
+    net, mesh = octahedron_net(r), octahedron_mesh(r)
+    mesh.bounds = np.array([[-half, half]] * 3)
+    surf = R.ExactSurface(net, structure(mesh))
+    floor = min_edge * 2 * half * math.sqrt(3)
+    edge = max(0.0, 1 - r * math.sqrt(2) / floor) ** 2
+    angle = (1 - 60 / min_angle) ** 2
+    poly = (1 - math.pi * math.sqrt(3) / 9 / min_q) ** 2
+    reg = dict(min_edge=min_edge, min_angle_deg=min_angle, min_quality=min_q)
+    only = {"edge": (1, 0, 0), "angle": (0, 1, 0), "polygon": (0, 0, 1)}
+    want = {"edge": edge, "angle": angle, "polygon": poly}
+    for key, (we, wa, wp) in only.items():
+        q = R.QualityRegularizer(**reg, edge_weight=we, angle_weight=wa, polygon_weight=wp)(surf)
+        assert float(q.detach()) == pytest.approx(want[key], rel=1e-10), key
+    assert edge > 0.2  # the floor is longer than the edges in both boxes

@@ -297,8 +297,8 @@ def test_open3d_conversion(small_mesh):
     assert len(m.triangles) == len(small_mesh.triangles)
 
 
-def test_shared_bunny_3x16_surface(shared_dir):
-    net = load_network(shared_dir / "models" / "bunny_3d_3x16.pt")
+def test_shared_bunny_3x16_surface(shared):
+    net = load_network(shared("models/bunny_3d_3x16.pt"))
     a = extract_mesh(net, (-0.5, 0.5), mode="surface", progress=False)
     b = extract_mesh(net, (-0.5, 0.5), mode="complex", progress=False)
     assert len(a.polygons) == len(b.polygons) > 100

@@ -17,8 +17,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from nsr._config import config_dir
-from nsr.data import AnalyticSource, ShapeError
-from nsr.networks import as_network
+from nsr.data import AnalyticSource, ShapeError, sample_points
+from nsr.lightning import ImplicitShapeModule, load_module_network
+from nsr.losses import ImplicitLoss
+from nsr.networks import ReLUMLP, as_network
 from nsr.shapes import Sphere
 from nsr.train import export_exact_mesh, train
 
@@ -72,6 +74,12 @@ def test_train_checkpoints_sign_and_resume(tmp_path):
     net = as_network(str(ckpts / "last.ckpt"), dtype=torch.float64)
     vals = net(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]], dtype=torch.float64))
     assert vals[0] < 0 < vals[1]
+    # ... and it is the trained network itself: the same outputs as the module's at the end
+    x = torch.rand(500, 3) - 0.5
+    with torch.no_grad():
+        want = _TRAINED[run](x).double()
+        torch.testing.assert_close(net(x.double()), want, rtol=0, atol=1e-6)
+        torch.testing.assert_close(load_module_network(ckpts / "last.ckpt")(x).double(), want, rtol=0, atol=1e-6)
     # resume from last.ckpt for one more epoch
     cfg2 = _cfg(tmp_path, "data=sphere", "trainer.max_epochs=3", f"ckpt_path={ckpts / 'last.ckpt'}", name="resumed")
     run2 = train(cfg2)
@@ -87,11 +95,19 @@ def test_sphere_learns_sign_convention(tmp_path):
         "data.sampling.steps_per_epoch=10",
         "model.radius=0.15",
         "callbacks=none",
-        "logger=none",
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
         "optimizer.lr=1e-2",
     )
     run = train(cfg)
     assert json.loads((run / "metrics.json").read_text())["val/iou"] > 0.8
+    # the logged training loss falls: the last steps' mean well under the first steps'
+    import csv
+
+    with (run / "csv" / "metrics.csv").open() as fh:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
     net = as_network(_TRAINED[run], dtype=torch.float64)
     x = torch.rand(2000, 3, dtype=torch.float64) - 0.5
     exact = x.norm(dim=1) - 0.35  # closed form, conf/data/sphere.yaml
@@ -140,10 +156,13 @@ def test_point_cloud_and_2d_runs(tmp_path):
         (["data=mesh", "data.path={tmp}/nan.obj"], ShapeError),
         (["data=pointcloud", "data.path={tmp}/plain.xyz"], ShapeError),
         (["data.box=0"], ShapeError),
+        (["experiment=mesh", "data.path={tmp}/square.obj"], ShapeError),  # open: no inside
+        (["experiment=mesh", "data.path={tmp}/square.obj", "data.sign=guess"], ShapeError),
     ],
 )
 def test_bad_input_fails_before_the_run_dir(tmp_path, overrides, error):
     (tmp_path / "nan.obj").write_text("v 0 0 0\nv nan 0 0\nv 0 1 0\nf 1 2 3\n")
+    (tmp_path / "square.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3\nf 1 3 4\n")
     (tmp_path / "plain.xyz").write_text("0 0 0\n1 0 0\n0 1 0\n")
     cfg = _cfg(tmp_path, *[o.format(tmp=tmp_path) for o in overrides])
     with pytest.raises(error) as info:
@@ -203,3 +222,99 @@ def test_time_cosine_lr_anneals_over_the_budget(monkeypatch):
         cb.on_train_batch_start(trainer, None, None, 0)
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-12)
+
+
+# ------------------------------------------------------------ the figures training reports
+
+
+def _halfspace_net(a: float) -> ReLUMLP:
+    """``f(x) = x_0 - a`` exactly, as ``relu(x_0 - a) - relu(a - x_0)`` (width 2, depth 1)."""
+    net = ReLUMLP(3, 2, 1)
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[1.0, 0, 0], [-1.0, 0, 0]]))
+        net.layers[0].bias.copy_(torch.tensor([-a, a]))
+        net.layers[1].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net.layers[1].bias.zero_()
+    return net
+
+
+def _logging_module(net, loss=None) -> tuple[ImplicitShapeModule, dict]:
+    module = ImplicitShapeModule(net, loss or ImplicitLoss())
+    logged: dict = {}
+    # record what is logged (no Trainer needed)
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
+    return module, logged
+
+
+def test_validation_iou_and_mae_on_a_known_point_set():
+    """Prediction inside x0 < 0.1, truth inside x0 > -0.1, ten points x0 = -0.45 ... 0.45:
+    6 predicted inside, 6 truly inside, 2 both, 10 either: IoU = 2/10 (2/6 if divided by the
+    truth's volume)."""
+    module, logged = _logging_module(_halfspace_net(0.1))
+    x0 = torch.linspace(-0.45, 0.45, 10)
+    uniform = torch.stack([x0, torch.zeros(10), torch.zeros(10)], 1)
+    near = torch.tensor([[0.0, 0, 0], [0.3, 0, 0]])
+    batch = {"uniform": uniform, "uniform_sdf": -x0 - 0.1, "near": near, "near_sdf": torch.tensor([0.0, 0.0])}
+    module.validation_step(batch, 0)
+    assert logged["val/iou"] == pytest.approx(2 / 10)
+    assert logged["val/sdf_mae"] == pytest.approx((0.1 + 0.2) / 2)  # |f| = 0.1 and 0.2
+
+
+def test_regularizer_terms_are_in_the_training_loss():
+    """The loss with a term equals the loss without it plus the term, and so do the gradients
+    (a term that is only logged would leave both unchanged)."""
+    torch.manual_seed(0)
+    net = ReLUMLP(3, 8, 2)
+    src = AnalyticSource(Sphere(0.3))
+    counts = {"surface": 32, "near": 32, "uniform": 32}
+    batch = sample_points(src, counts, [0.01], 0.5, torch.Generator().manual_seed(0))
+    module, logged = _logging_module(net)
+    base = module.training_step(batch, 0)
+    (g_base,) = torch.autograd.grad(base, net.layers[0].weight)
+    c = 0.37
+    module.regularizer_terms.append(lambda m: {"l2": c * m.net.layers[0].weight.square().sum()})
+    with_term = module.training_step(batch, 0)
+    (g_term,) = torch.autograd.grad(with_term, net.layers[0].weight)
+    w = net.layers[0].weight.detach()
+    term = c * float(w.square().sum())
+    assert logged["reg/l2"] == pytest.approx(term, rel=1e-6)
+    assert float(with_term - base) == pytest.approx(term, rel=1e-5)
+    assert logged["train/loss"] == pytest.approx(float(with_term), rel=1e-6)
+    torch.testing.assert_close(g_term - g_base, 2 * c * w, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_terms_are_weighted_into_the_total():
+    """``ImplicitLoss``: total = sum of weight x term, each term checked by hand."""
+    net = _halfspace_net(0.1)
+    batch = {
+        "surface": torch.tensor([[0.3, 0, 0]]),  # |f| = 0.2
+        "normals": torch.tensor([[0.0, 1.0, 0.0]]),  # grad f = e_0: 1 - cos = 1
+        "points": torch.tensor([[0.0, 0, 0], [0.5, 0, 0]]),  # f = -0.1, 0.4
+        "sdf": torch.tensor([0.05, 0.4]),  # clamped L1 at 0.1: |-0.1 - 0.05| and |0.1 - 0.1|
+    }
+    out = ImplicitLoss(sdf=2.0, surface=3.0, eikonal=5.0, normal=7.0, clamp=0.1)(net, batch)
+    assert float(out["surface"]) == pytest.approx(0.2)
+    assert float(out["sdf"]) == pytest.approx(0.15 / 2)
+    assert float(out["eikonal"]) == pytest.approx(0.0, abs=1e-12)  # |grad f| = 1 everywhere
+    assert float(out["normal"]) == pytest.approx(1.0)
+    assert float(out["loss"]) == pytest.approx(2 * 0.075 + 3 * 0.2 + 5 * 0 + 7 * 1.0)
+
+
+def test_open_surface_trains_as_a_shell_through_the_config(tmp_path):
+    """``data.sign=shell`` reaches the data module from the config and a run completes."""
+    path = tmp_path / "square.obj"
+    path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3\nf 1 3 4\n")
+    cfg = _cfg(tmp_path, "experiment=mesh", f"data.path={path}", "data.sign=shell", "data.shell_thickness=0.02",
+               "data.sampling.pool_size=4000", "trainer.fast_dev_run=true")
+    run = train(cfg)
+    assert np.isfinite(json.loads((run / "metrics.json").read_text())["train/loss"])
+    assert yaml_get(run / "config.yaml", "data", "sign") == "shell"
+
+
+def yaml_get(path: Path, *keys: str):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(path)
+    for k in keys:
+        node = node[k]
+    return node
