@@ -19,10 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check nsr tests experiments data
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --doctest-modules nsr tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --doctest-modules nsr tests
 
 # On a machine with CUDA: GPU tests and the device benchmarks, tables to $$NSR_OUT (experiments/out/).
 gpu-check: $(STAMP)
