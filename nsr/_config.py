@@ -185,8 +185,8 @@ def check_existing_path(key: str, value: Any, what: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigError(f"{key}={value!r}: must be a path ({what})")
     path = Path(str(value)).expanduser()
-    if not path.exists():
-        raise ConfigError(f"{key}={value}: no such file or directory ({what})")
+    if not path.exists():  # FileNotFoundError, as open() would raise, with the option named
+        raise FileNotFoundError(f"{key}={value}: no such file or directory ({what})")
     return path
 
 
@@ -234,7 +234,8 @@ def validate_extract(cfg: Any) -> dict[str, Any]:
 
     Checks that need the network (the box's dimension, the memory that ``tiles``, ``band``
     and ``seeds`` imply) follow in :func:`nsr.extract.run_extract` once it is loaded, still
-    before anything is written. Raises :class:`ConfigError`."""
+    before anything is written. Raises :class:`ConfigError`, or ``FileNotFoundError`` for a
+    path that does not exist."""
     out: dict[str, Any] = {}
     _common_extraction(cfg, out)
     for key in ("close", "polygons", "preview", "progress"):
@@ -296,7 +297,8 @@ def validate_train(cfg: Any) -> dict[str, Any]:
     """Check the ``nsr-train`` options that fail late or silently otherwise (model size, data
     path and kind, box, batch and epoch counts, learning rate, accelerator, checkpoint to
     resume, run directory). The data module checks the shape file itself, and the model is
-    instantiated, both before the run directory is written. Raises :class:`ConfigError`."""
+    instantiated, both before the run directory is written. Raises :class:`ConfigError`, or
+    ``FileNotFoundError`` for a path that does not exist."""
     out: dict[str, Any] = {}
     what = " (hidden layer width)"
     out["width"] = check_int("model.width", _get(cfg, "model.width", 1), 1, 1 << 16, what)
@@ -309,7 +311,6 @@ def validate_train(cfg: Any) -> dict[str, Any]:
         )
     if kind in ("mesh", "pointcloud"):
         check_existing_path("data.path", path, f"the {kind} file to train on (data.path=...)")
-    out["box"] = check_number("data.box", _get(cfg, "data.box", 0.5), positive=True, what=" (training box half-side)")
     for key in ("data.sampling.batch_size", "data.sampling.steps_per_epoch", "data.sampling.n_val"):
         value = _get(cfg, key)
         if value is not None:
@@ -393,7 +394,7 @@ class ValidateBeforeRun(Callback):  # type: ignore[misc,valid-type]
         try:
             VALIDATORS[self.app](config)
             check_writable_dir("hydra.run.dir", config.hydra.run.dir)
-        except ConfigError as err:
+        except (ConfigError, FileNotFoundError) as err:
             fail(self.app, err)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:

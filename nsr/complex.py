@@ -894,6 +894,10 @@ _MEMORY_ADVICE = {
 }
 
 
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, done: int, total: int,
                   desc: str = "complex") -> None:
     if limit is None:
@@ -903,8 +907,8 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
         advice = _MEMORY_ADVICE.get(desc, _MEMORY_ADVICE["complex"])
         raise MemoryError(
             f"edge subdivision ({desc} mode) stopped after {done} of {total} neurons: {sk.n_vertices:,} vertices "
-            f"and {sk.n_edges:,} edges already need ~{need / 2**30:.2f} GiB, over the limit of "
-            f"{limit / 2**30:.2f} GiB (memory_limit; default 80% of the available memory); {advice}."
+            f"and {sk.n_edges:,} edges already need ~{_size(need)}, over the limit of {_size(limit)} "
+            f"(memory_limit; default 80% of the available memory); {advice}."
         )
 
 

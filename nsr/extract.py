@@ -1,7 +1,8 @@
 """``nsr-extract``: the exact zero-level mesh (or the full complex) of a ReLU network.
 
 Hydra app (``conf/extract.yaml``); :func:`run_extract` is the same job for a plain config.
-Outputs in ``out_dir``: ``mesh.obj``, ``mesh.ply``, ``mesh_polygons.ply`` (``polygons=true``),
+Outputs in ``out_dir``: ``mesh.obj``, ``mesh.ply``, ``mesh_polygons.ply`` (``polygons=true``)
+(a 2D network: ``level_set.ply``, ``level_set.obj``, ``level_set.svg``, see :mod:`nsr.polylines`),
 ``complex.npz`` (``mode=complex``), ``preview.png`` and, written last by rename,
 ``stats.json``: a directory without ``stats.json`` is an incomplete run.
 """
@@ -204,8 +205,8 @@ def _extract_complex(net: PLNetwork, box: np.ndarray, kw: dict, out: Path) -> tu
 
 
 def _write_mesh(mesh: Any, out: Path, polygons: bool) -> list[Path]:
-    if mesh.dim == 2:  # polylines: OBJ line elements and SVG
-        files = [out / "level_set.obj", out / "level_set.svg"]
+    if mesh.dim == 2:  # polylines: PLY edges, OBJ line elements and SVG
+        files = [out / f"level_set.{ext}" for ext in ("ply", "obj", "svg")]
     else:
         files = [out / "mesh.obj", out / "mesh.ply"] + ([out / "mesh_polygons.ply"] if polygons else [])
     for f in files:
@@ -257,7 +258,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     ``ValueError``) for a bad option, ``FileNotFoundError`` (missing run, checkpoint or file),
     :class:`nsr.networks.NetworkError` (not a ReLU MLP), ``PermissionError`` (unwritable
     ``out_dir``). A 3-D network gives a mesh (``mesh.obj``, ``mesh.ply``); a 2-D one its level
-    set as polylines (``level_set.obj`` with line elements, ``level_set.svg``).
+    set as polylines (``level_set.ply`` with edges, ``level_set.obj`` with line elements,
+    ``level_set.svg``; see :mod:`nsr.polylines`).
     """
     cfg = as_mapping(cfg)
     opts = validate_extract(cfg)

@@ -3,10 +3,12 @@
 A 2D network's level set ``f = level`` is a set of polylines (:attr:`nsr.surface.ExactMesh.polylines`:
 ordered vertex paths; a closed loop repeats its first vertex at the end). They are written as
 
-* OBJ with ``l`` line elements (vertices get ``z = 0``): trimesh loads it as a ``Path3D``
-  (``.to_planar()`` for 2D), Blender and MeshLab as edges;
+* PLY with ``vertex`` and ``edge`` elements (``z = 0``): trimesh loads it as a ``Path3D``
+  (``.to_planar()`` for 2D), open3d as a ``LineSet`` (``open3d.io.read_line_set``);
+* OBJ with ``l`` line elements (``z = 0``): Blender and MeshLab read the lines as edges
+  (trimesh 4 reads only the vertices of such a file);
 * SVG ``<polyline>`` elements in the box's coordinates (y up, as in the plots): browsers,
-  Inkscape, and trimesh (``trimesh.load_path``) read it.
+  Inkscape, and trimesh (``trimesh.load_path``, with ``lxml`` installed) read it.
 
 Both are written to a temporary name in the target folder and renamed.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-POLYLINE_SUFFIXES = (".obj", ".svg")
+POLYLINE_SUFFIXES = (".ply", ".obj", ".svg")
 
 
 def polyline_stats(vertices: np.ndarray, polylines: Sequence[np.ndarray]) -> dict[str, int]:
@@ -72,6 +74,18 @@ def obj_lines_bytes(vertices: np.ndarray, polylines: Sequence[np.ndarray]) -> by
     return ("\n".join(rows) + "\n").encode()
 
 
+def ply_lines_bytes(vertices: np.ndarray, polylines: Sequence[np.ndarray]) -> bytes:
+    """ASCII PLY text: ``vertex`` (x, y, z = 0; 17 significant digits) and ``edge`` (vertex1,
+    vertex2) elements, one edge per distinct segment."""
+    v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
+    seg = _segments(polylines)
+    head = ["ply", "format ascii 1.0", "comment nsr level set (polylines as edges)",
+            f"element vertex {len(v)}", "property double x", "property double y", "property double z",
+            f"element edge {len(seg)}", "property int vertex1", "property int vertex2", "end_header"]
+    rows = [f"{x:.17g} {y:.17g} 0" for x, y in v] + [f"{a} {b}" for a, b in seg]
+    return ("\n".join(head + rows) + "\n").encode()
+
+
 def svg_bytes(vertices: np.ndarray, polylines: Sequence[np.ndarray], bounds: np.ndarray,
               size: float = 512.0) -> bytes:
     """SVG text: the box as the view box (``y`` flipped so that up is up), one ``<polyline>`` per
@@ -94,7 +108,7 @@ def svg_bytes(vertices: np.ndarray, polylines: Sequence[np.ndarray], bounds: np.
 
 def export_polylines(vertices: np.ndarray, polylines: Sequence[np.ndarray], path: str | Path,
                      bounds: np.ndarray | None = None) -> Path:
-    """Write the polylines to ``path`` (``.obj`` or ``.svg``, by suffix) through a temporary
+    """Write the polylines to ``path`` (``.ply``, ``.obj`` or ``.svg``, by suffix) through a temporary
     file and a rename. ``bounds`` ``(2, 2)`` sets the SVG's view box (default: the vertices'
     bounding box)."""
     path = Path(path)
@@ -105,6 +119,8 @@ def export_polylines(vertices: np.ndarray, polylines: Sequence[np.ndarray], path
         raise FileNotFoundError(f"cannot export to {path}: folder {path.parent} does not exist")
     if suffix == ".obj":
         data = obj_lines_bytes(vertices, polylines)
+    elif suffix == ".ply":
+        data = ply_lines_bytes(vertices, polylines)
     else:
         v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
         if bounds is None:
