@@ -259,7 +259,8 @@ def validate_extract(cfg: Any) -> dict[str, Any]:
 
 def validate_compare(cfg: Any) -> dict[str, Any]:
     """Check every ``nsr-compare`` option (``conf/compare.yaml``); return them as plain values
-    (``resolutions`` a list of ints: a single ``64`` is ``[64]``). Raises :class:`ConfigError`."""
+    (``resolutions`` a list of ints: a single ``64`` is ``[64]``; ``reference_mesh`` the loaded
+    ground truth or ``None``). Raises :class:`ConfigError`."""
     out: dict[str, Any] = {}
     _common_extraction(cfg, out)
     out["mc_dtype"] = check_dtype("mc_dtype", _get(cfg, "mc_dtype", "float32"))
@@ -280,14 +281,32 @@ def validate_compare(cfg: Any) -> dict[str, Any]:
         path = check_existing_path("reference", ref, "the ground-truth mesh")
         if path.suffix.lower() not in MESH_SUFFIXES:
             raise ConfigError(f"reference={ref}: not a mesh file; give one of {', '.join(MESH_SUFFIXES)}")
-        out["reference"] = path
+        out["reference"], out["reference_mesh"] = path, load_reference(path)
     else:
-        out["reference"] = None
+        out["reference"] = out["reference_mesh"] = None
     if not out["exact"] and out["reference"] is None:
         raise ConfigError("exact=false: nothing to compare against; set exact=true or reference=PATH")
     if not out["resolutions"] and out["reference"] is None:
         raise ConfigError("resolutions=[]: nothing to compare the exact mesh with; give resolutions or reference")
     return out
+
+
+def load_reference(path: Path) -> Any:
+    """The ground-truth mesh of ``nsr-compare``: a readable mesh file with triangles and finite
+    vertices, else :class:`ConfigError` (a comparison against nothing must not look complete)."""
+    import numpy as np
+    import trimesh
+
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as err:  # trimesh raises many types for unreadable files
+        raise ConfigError(f"reference={path}: cannot read a mesh from it ({type(err).__name__}: {err}); "
+                          "give an OBJ, PLY, STL, OFF or GLB mesh") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise ConfigError(f"reference={path}: the file holds no triangles; give the ground-truth surface mesh")
+    if not np.isfinite(mesh.vertices).all():
+        raise ConfigError(f"reference={path}: NaN or infinite vertex coordinates")
+    return mesh
 
 
 _PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")

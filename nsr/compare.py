@@ -88,24 +88,6 @@ def _row(method: str, res: int | None, mesh: trimesh.Trimesh, timing: dict, ref:
     return {k: row.get(k) for k in COLUMNS}
 
 
-def _load_reference(path: Any) -> trimesh.Trimesh:
-    """The ground-truth mesh: a readable mesh file with triangles and finite vertices, else
-    :class:`ConfigError` (a partial comparison against nothing must not look complete)."""
-    p = Path(str(path))
-    if not p.is_file():
-        raise ConfigError(f"reference={path}: no such mesh file")
-    try:
-        mesh = trimesh.load(p, force="mesh", process=False)
-    except Exception as err:  # trimesh raises many types for unreadable files
-        raise ConfigError(f"reference={path}: cannot read a mesh from it ({type(err).__name__}: {err}); "
-                          "give an OBJ, PLY, STL, OFF or GLB mesh") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise ConfigError(f"reference={path}: the file holds no triangles; give the ground-truth surface mesh")
-    if not np.isfinite(mesh.vertices).all():
-        raise ConfigError(f"reference={path}: NaN or infinite vertex coordinates")
-    return mesh
-
-
 def _resolutions(resolutions: list[int]) -> list[int]:
     for r in resolutions:
         check_memory(r)  # refuse before any work
@@ -175,7 +157,7 @@ def run_compare(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                           f"{net.in_dim}; use nsr-extract for its level set")
     box = _box(cfg, run_box, 3)
     resolutions = _resolutions(opts["resolutions"])
-    gt = _load_reference(opts["reference"]) if opts["reference"] is not None else None
+    gt = opts["reference_mesh"]
     out = prepare_out_dir(_output_dir(cfg), ("compare.json",))
     (out / "meshes").mkdir(exist_ok=True)
     meshes: list[tuple[str, int | None, trimesh.Trimesh, dict]] = []

@@ -206,7 +206,7 @@ def check_device(device: Any) -> Any:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ArgumentError(f"device={device!r} is not a device name; use cpu, cuda or cuda:N") from None
+        raise ArgumentError(f"device={device} is not a device name; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
