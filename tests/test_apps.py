@@ -163,6 +163,20 @@ def test_apps_as_modules(tiny_net, tmp_path):
     assert len(err3.strip().splitlines()) == 1 and not (tmp_path / "h3").exists()  # refused before Hydra's folder
 
 
+def test_train_log_has_a_line_per_epoch_and_no_redraws(tmp_path):
+    """stdout to a file (a pipe here): no progress-bar carriage returns, one line per epoch, and
+    the run directory at the end."""
+    run = tmp_path / "run"
+    proc = start_app("train", "trainer.max_epochs=2", "model.width=8", "model.depth=2", "trainer.accelerator=cpu",
+                     "data.sampling.steps_per_epoch=2", "data.sampling.batch_size=256", "data.sampling.n_val=500",
+                     "extract=none", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "\r" not in out + err
+    assert [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert out.strip().splitlines()[-1] == f"run directory: {run}"
+
+
 def test_help_says_what_each_app_does(tmp_path):
     procs = {app: start_app(app, "--help", cwd=tmp_path) for app in ("extract", "compare", "train")}
     text = {app: p.communicate(timeout=300)[0] for app, p in procs.items()}
