@@ -122,7 +122,8 @@ class ExactMesh:
 
     def export(self, path: str | Path, *, polygons: bool = False, binary: bool = True) -> Path:
         """Write the mesh; the format follows the suffix (``.obj``, ``.ply``, ``.off``, ``.stl``;
-        a 2-D level set: ``.obj`` with ``l`` line elements or ``.svg``, see :mod:`nsr.polylines`).
+        a 2-D level set: ``.ply`` with edges, ``.obj`` with ``l`` line elements or ``.svg``, see
+        :mod:`nsr.polylines`).
 
         ``polygons=True`` writes the true n-gons (OBJ and PLY only) instead of triangles;
         ``binary`` selects binary or ASCII PLY. Readers differ on n-gons: open3d reads
@@ -130,7 +131,7 @@ class ExactMesh:
         binary PLY reader needs faces of one size. The file is written to a temporary name in
         the same folder and renamed, so a failure leaves no half-written file.
         """
-        if self.dim == 2:  # a 2-D level set is polylines: OBJ 'l' elements or SVG (nsr.polylines)
+        if self.dim == 2:  # a 2-D level set is polylines: PLY edges, OBJ lines or SVG (nsr.polylines)
             from nsr.polylines import export_polylines
 
             return export_polylines(self.vertices, self.polylines, path, self.bounds)
