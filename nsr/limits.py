@@ -248,5 +248,6 @@ def empty_level_set_message(net: Any, bounds: Any, level: float, n_samples: int 
         return (f"the network equals {level:g} at all {n_samples} sampled points of the box: the level set fills "
                 "(most of) the box rather than bounding a shape, so there is no surface to extract; empty mesh")
     side = "above" if fmin > level else "below" if fmax < level else "on one side of"
-    return (f"the network stays {side} the level {level:g} inside the box (sampled range [{fmin:.3g}, {fmax:.3g}], "
-            f"proven bounds [{olo:.3g}, {ohi:.3g}]): empty mesh; check the box (bounds) and the level")
+    return (f"the network does not reach the level {level:g} inside the box: it stays {side} it (sampled range "
+            f"[{fmin:.3g}, {fmax:.3g}], proven bounds [{olo:.3g}, {ohi:.3g}]): empty mesh; check the box (bounds) "
+            "and the level")

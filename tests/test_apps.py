@@ -258,7 +258,7 @@ def test_extract_zero_network_says_what_is_true(tmp_path):
     with pytest.warns(UserWarning, match="constant 0 on the box .*every point is on the level set") as rec:
         mesh = extract_mesh(net, 0.5, progress=False)
     assert mesh.is_empty and not any("does not reach" in str(w.message) for w in rec)
-    with pytest.warns(UserWarning, match="stays above the level"):
+    with pytest.warns(UserWarning, match="does not reach the level -10 inside the box: it stays above it"):
         extract_mesh(ReLUMLP(3, 8, 2, geometric_init=True, radius=0.3), 3.0, level=-10.0, progress=False)
 
 
