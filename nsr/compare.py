@@ -22,9 +22,9 @@ from typing import Any
 import hydra
 import numpy as np
 import trimesh
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from nsr._config import config_dir
+from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_compare
 from nsr.extract import (
     USER_ERRORS,
     _box,
@@ -88,19 +88,10 @@ def _row(method: str, res: int | None, mesh: trimesh.Trimesh, timing: dict, ref:
     return {k: row.get(k) for k in COLUMNS}
 
 
-def _load_reference(path: Any) -> trimesh.Trimesh:
-    p = Path(str(path))
-    if not p.is_file():
-        raise FileNotFoundError(f"reference={path}: no such mesh file")
-    return trimesh.load(p, force="mesh", process=False)
-
-
-def _resolutions(cfg: Any) -> list[int]:
-    res = cfg.get("resolutions", [64, 128, 256])
-    res = [int(r) for r in (OmegaConf.to_container(res) if OmegaConf.is_config(res) else res)]
-    for r in res:
+def _resolutions(resolutions: list[int]) -> list[int]:
+    for r in resolutions:
         check_memory(r)  # refuse before any work
-    return res
+    return resolutions
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -158,15 +149,15 @@ def run_compare(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     not a ReLU MLP, resolutions that do not fit in memory, unwritable ``out_dir``) raises
     before anything is written.
     """
-    cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
-    if "net" not in cfg or OmegaConf.is_missing(cfg, "net") or cfg.net is None:
-        raise ValueError("net= is required: a run directory, a checkpoint or a network file")
-    net, run_box, source = resolve_network(cfg.net)
+    cfg = as_mapping(cfg)
+    opts = validate_compare(cfg)
+    net, run_box, source = resolve_network(opts["net"])
     if net.in_dim != 3:
-        raise ValueError(f"compare needs a 3D network, got input dimension {net.in_dim}")
+        raise ConfigError(f"net={opts['net']}: compare needs a 3D network, this one has input dimension "
+                          f"{net.in_dim}; use nsr-extract for its level set")
     box = _box(cfg, run_box, 3)
-    resolutions = _resolutions(cfg)
-    gt = _load_reference(cfg.reference) if cfg.get("reference") else None
+    resolutions = _resolutions(opts["resolutions"])
+    gt = opts["reference_mesh"]
     out = prepare_out_dir(_output_dir(cfg), ("compare.json",))
     (out / "meshes").mkdir(exist_ok=True)
     meshes: list[tuple[str, int | None, trimesh.Trimesh, dict]] = []
@@ -181,7 +172,10 @@ def run_compare(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if ref is None:
         ref, ref_name = (meshes[0][2], "exact mesh") if meshes[0][0] == "exact" else (None, "")
     if ref is None:
-        raise ValueError("nothing to compare against: set exact=true or reference=PATH")
+        raise ConfigError("nothing to compare against: set exact=true or reference=PATH")
+    if len(ref.faces) == 0:
+        raise ValueError("the exact mesh is empty (the network does not cross the level in the box), so there is "
+                         "nothing to measure distances to; give reference=PATH or check bounds")
     rows = [_row(m, r, tm, t, ref, cfg, net, ref_name) for m, r, tm, t in meshes]
     files = _write_outputs(rows, meshes, polygons, out, bool(cfg.get("render", True)))
     result = {"net": str(source), "bounds": box.tolist(), "reference": ref_name, "rows": rows}
@@ -221,14 +215,15 @@ def _app(cfg: DictConfig) -> None:
     try:
         result = run_compare(cfg)
     except USER_ERRORS as err:
-        print(f"nsr-compare: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail("compare", err)
     print(result["markdown"])
-    print(f"outputs in {result['out_dir']}")
+    print(f"run directory: {result['out_dir']}")
 
 
 def main() -> None:
-    """Console script ``nsr-compare net=PATH [resolutions=[64,128,256,512]] [reference=MESH]``."""
+    """Console script ``nsr-compare net=PATH [resolutions=[64,128,256,512]] [reference=MESH]``
+    (``--help`` lists the options)."""
+    check_overrides("compare", sys.argv[1:])
     hydra.main(config_path=config_dir(), config_name="compare", version_base="1.3")(_app)()
 
 

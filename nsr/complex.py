@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nsr import limits
 from nsr.files import COMPLEX_FORMAT, COMPLEX_VERSION, atomic_write, read_complex_file
 from nsr.networks import PLNetwork, as_network
 
@@ -1022,7 +1023,7 @@ def subdivide(
                     sk.partial = False
                 for j in range(cols):
                     split_by_constraint(sk, values, values.t[:, j].clone(), c, tol[j0 + j])
-                    _check_memory(sk, values, limit, c - 2 * d, n_neurons)
+                    _check_memory(sk, values, limit, c - 2 * d, n_neurons, desc)
                     c += 1
                     if bar is not None:
                         bar.update(1)
@@ -1068,15 +1069,9 @@ def warn_unpaired(unpaired: int, dtype: torch.dtype) -> None:
 
 
 def default_memory_limit() -> float | None:
-    """80% of the memory available now (Linux ``MemAvailable``), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return 0.8 * int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    """80% of the memory available now, honouring ``ulimit -v`` (``RLIMIT_AS``) and a cgroup
+    limit (see :func:`nsr.limits.default_memory_limit`), or None where unknown."""
+    return limits.default_memory_limit()
 
 
 def skeleton_bytes(sk: _Skeleton, values: _Buffer | None) -> int:
@@ -1085,17 +1080,36 @@ def skeleton_bytes(sk: _Skeleton, values: _Buffer | None) -> int:
     return sum(b.data.element_size() * b.data.numel() for b in bufs)
 
 
-def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, done: int, total: int) -> None:
-    # Pairing face keys and growing buffers need about as much again as the arrays hold.
+# Peak memory over the skeleton's arrays, by mode. Pairing face keys and growing buffers need
+# about as much again as the arrays hold (complex mode: 2x). Surface mode also prunes regions
+# between layers, and that step peaks higher: on the 8x32 bunny (box 0.5, float64) the peak RSS
+# rose 1,959 MB over the start while the arrays held 653 MB (3.0x), between two checks.
+_HELD_FACTOR = {"complex": 2, "surface": 3}
+
+# What to do when the budget is reached, by the mode that reached it.
+_MEMORY_ADVICE = {
+    "complex": "the complex of this network over this box is too large here: use mode='surface' (only the regions "
+               "the surface crosses), a smaller box, a larger memory_limit or a machine with more memory",
+    "surface": "the regions near the surface are too many here: use mode='track' (memory grows with the surface "
+               "only), a smaller box, a larger memory_limit or a machine with more memory",
+}
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, done: int, total: int,
+                  desc: str = "complex") -> None:
     if limit is None:
         return
-    need = 2 * skeleton_bytes(sk, values)
+    need = _HELD_FACTOR.get(desc, 2) * skeleton_bytes(sk, values)
     if need > limit:
+        advice = _MEMORY_ADVICE.get(desc, _MEMORY_ADVICE["complex"])
         raise MemoryError(
-            f"edge subdivision stopped after {done} of {total} neurons: {sk.n_vertices:,} vertices and "
-            f"{sk.n_edges:,} edges already need ~{need / 2**30:.1f} GiB, over the limit of {limit / 2**30:.1f} GiB "
-            "(memory_limit; default 80% of the available memory). The complex of this network over this box is "
-            "too large here: use mode='surface', a smaller box, or a machine with more memory."
+            f"edge subdivision ({desc} mode) stopped after {done} of {total} neurons: {sk.n_vertices:,} vertices "
+            f"and {sk.n_edges:,} edges already need ~{_size(need)}, over the limit of {_size(limit)} "
+            f"(memory_limit; default 80% of the available memory); {advice}."
         )
 
 
@@ -1142,12 +1156,57 @@ def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, 
     return reach
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
+def _progress(total: int | None, desc: str, enabled: bool, unit: str = "neuron") -> Any:
+    """A progress bar on a terminal; where stderr is a file or a pipe (a log), a line at every
+    tenth of the work instead of carriage-return redraws; ``None`` when not ``enabled``."""
     if not enabled:
         return None
+    if not _stderr_is_terminal():
+        return _LineProgress(total, desc, unit)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="neuron", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
+class _LineProgress:
+    """The part of tqdm's interface the extraction uses, printing plain lines to stderr: one per
+    tenth of ``total`` (one per 100 steps where the total is unknown) and one at the end."""
+
+    def __init__(self, total: int | None, desc: str, unit: str) -> None:
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.postfix: dict[str, Any] = {}
+        self.t0 = time.perf_counter()
+        self._next, self._last = self._step(), 0
+
+    def _step(self) -> int:
+        return self.n + (max(1, math.ceil(self.total / 10)) if self.total else 100)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n >= self._next:
+            self._line()
+            self._next = self._step()
+
+    def set_postfix(self, refresh: bool = True, **kwargs: Any) -> None:
+        self.postfix = kwargs
+
+    def close(self) -> None:
+        if self.n != self._last:
+            self._line()
+
+    def _line(self) -> None:
+        of = f"/{self.total}" if self.total else ""
+        post = "".join(f", {k}={v:,}" if isinstance(v, int) else f", {k}={v}" for k, v in self.postfix.items())
+        self._last = self.n
+        print(f"{self.desc}: {self.n}{of} {self.unit}s{post} ({time.perf_counter() - self.t0:.1f} s)",
+              file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -1425,9 +1484,10 @@ def extract_complex(
     """
     net = as_network(net)
     dt = resolve_dtype(dtype)
-    dev = torch.device(device) if device is not None else net.device
+    dev = limits.check_device(device) if device is not None else net.device
     b = as_bounds(bounds, net.in_dim)
     check_box(net, b, dt)
+    memory_limit = limits.check_memory_limit(memory_limit)
     netd = net.to(device=dev, dtype=dt)
     lo = torch.as_tensor(b[:, 0], dtype=dt, device=dev)[None]
     hi = torch.as_tensor(b[:, 1], dtype=dt, device=dev)[None]

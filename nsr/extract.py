@@ -1,7 +1,8 @@
 """``nsr-extract``: the exact zero-level mesh (or the full complex) of a ReLU network.
 
 Hydra app (``conf/extract.yaml``); :func:`run_extract` is the same job for a plain config.
-Outputs in ``out_dir``: ``mesh.obj``, ``mesh.ply``, ``mesh_polygons.ply`` (``polygons=true``),
+Outputs in ``out_dir``: ``mesh.obj``, ``mesh.ply``, ``mesh_polygons.ply`` (``polygons=true``)
+(a 2D network: ``level_set.ply``, ``level_set.obj``, ``level_set.svg``, see :mod:`nsr.polylines`),
 ``complex.npz`` (``mode=complex``), ``preview.png`` and, written last by rename,
 ``stats.json``: a directory without ``stats.json`` is an incomplete run.
 """
@@ -13,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nsr._config import config_dir
+from nsr import limits
+from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_extract
 from nsr.files import atomic_write
 from nsr.marching_cubes import as_bounds
 from nsr.metrics import abs_values, max_rss_bytes, peak_memory
@@ -148,7 +151,10 @@ def _box(cfg: Any, run_box: Any, dim: int) -> np.ndarray:
         chosen = run_box if run_box is not None else DEFAULT_BOUNDS
     if OmegaConf.is_config(chosen):
         chosen = OmegaConf.to_container(chosen)
-    return as_bounds(chosen, dim)
+    try:
+        return as_bounds(chosen, dim)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"bounds={chosen}: {err}") from None
 
 
 def surface_f_vector(n_vertices: int, polygons: list[np.ndarray]) -> list[int]:
@@ -197,21 +203,37 @@ def _extract_complex(net: PLNetwork, box: np.ndarray, kw: dict, out: Path) -> tu
 
 
 def _write_mesh(mesh: Any, out: Path, polygons: bool) -> list[Path]:
-    files = [out / "mesh.obj", out / "mesh.ply"]
+    if mesh.dim == 2:  # polylines: PLY edges, OBJ line elements and SVG
+        files = [out / f"level_set.{ext}" for ext in ("ply", "obj", "svg")]
+    else:
+        files = [out / "mesh.obj", out / "mesh.ply"] + ([out / "mesh_polygons.ply"] if polygons else [])
     for f in files:
-        mesh.export(f)
-    if polygons:
-        files.append(out / "mesh_polygons.ply")
-        mesh.export(files[-1], polygons=True)
+        mesh.export(f, polygons=f.name == "mesh_polygons.ply") if mesh.dim == 3 else mesh.export(f)
     return files
+
+
+def _level_set_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
+    from nsr.polylines import polyline_stats
+
+    fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+    return polyline_stats(mesh.vertices, mesh.polylines) | {
+        "abs_f_vertices_mean": float(fv.mean()) if fv.size else None,
+        "abs_f_vertices_max": float(fv.max()) if fv.size else None,
+    }
 
 
 def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path) -> Path | None:
     from nsr import render
 
-    if net.in_dim == 2 and cplx is not None:
+    if net.in_dim == 2:
+        from nsr.complex import extract_complex
+        from nsr.polylines import level_set_segments
+
+        if cplx is None:  # the picture shows the regions' edges: 2-D complexes are small
+            cplx = extract_complex(net, box, progress=False)
         v, e = cplx.vertices.detach().cpu().numpy(), cplx.edges.detach().cpu().numpy()
-        return render.render_complex_2d(v, e, out / "preview.png")
+        seg = level_set_segments(mesh.vertices, mesh.polylines) if mesh is not None else None
+        return render.render_complex_2d(v, e, out / "preview.png", level_set=seg)
     if mesh is None:
         return None
     if mesh.is_empty:
@@ -219,56 +241,76 @@ def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path) -
     return render.render_mesh(mesh.to_trimesh(), out / "preview.png", polygons=mesh.polygons)
 
 
+def _stage(opts: dict[str, Any], text: str) -> None:
+    """One line per stage on stderr when progress is asked for (a log reads as a list of stages)."""
+    if opts.get("progress"):
+        print(f"nsr-extract: {text}", file=sys.stderr, flush=True)
+
+
 def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Extract, write every output, and return the stats written to ``stats.json``.
 
-    ``cfg`` keys as in ``conf/extract.yaml``. Raises ``FileNotFoundError`` (missing run,
-    checkpoint or file), :class:`nsr.networks.NetworkError` (not a ReLU MLP),
-    ``PermissionError`` (unwritable ``out_dir``) before anything is written.
+    ``cfg`` keys as in ``conf/extract.yaml``. Every option is checked first
+    (:func:`nsr._config.validate_extract`, then the checks that need the network), so bad
+    input raises before anything is written: :class:`nsr._config.ConfigError` (a
+    ``ValueError``) for a bad option, ``FileNotFoundError`` (missing run, checkpoint or file),
+    :class:`nsr.networks.NetworkError` (not a ReLU MLP), ``PermissionError`` (unwritable
+    ``out_dir``). A 3-D network gives a mesh (``mesh.obj``, ``mesh.ply``); a 2-D one its level
+    set as polylines (``level_set.ply`` with edges, ``level_set.obj`` with line elements,
+    ``level_set.svg``; see :mod:`nsr.polylines`).
     """
-    cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(dict(cfg))
+    cfg = as_mapping(cfg)
+    opts = validate_extract(cfg)
     t_start = time.perf_counter()
-    if "net" not in cfg or OmegaConf.is_missing(cfg, "net") or cfg.net is None:
-        raise ValueError("net= is required: a run directory, a checkpoint or a network file")
-    mode = str(cfg.get("mode", "surface"))
-    if mode not in ("surface", "complex", "track"):
-        raise ValueError(f"mode must be 'surface', 'complex' or 'track', got {mode!r}")
-    dtype, device = parse_dtype(cfg.get("dtype", "float64")), cfg.get("device", None)
-    net, run_box, source = resolve_network(cfg.net)
+    mode = opts["mode"]
+    dtype, device = parse_dtype(opts["dtype"]), opts["device"]
+    _stage(opts, f"loading {opts['net']}")
+    net, run_box, source = resolve_network(opts["net"])
     box = _box(cfg, run_box, net.in_dim)
-    if net.in_dim != 3 and mode in ("surface", "track"):
-        raise ValueError(f"mode={mode} needs a 3D network (got {net.in_dim}D); use mode=complex")
+    if net.in_dim not in (2, 3):
+        raise ConfigError(f"net={opts['net']}: a {net.in_dim}-D network has no mesh or polylines; use the library "
+                          "(nsr.extract_complex(net, bounds).level_set()) for other dimensions")
+    if net.in_dim == 2 and (mode == "track" or opts["close"]):
+        what = "mode=track" if mode == "track" else "close=true"
+        raise ConfigError(f"{what} needs a 3-D network (this one is 2-D); use mode=surface or mode=complex")
+    args = limits.check_extract_arguments(
+        dim=net.in_dim, n_neurons=net.n_neurons, max_width=max(net.widths, default=1), itemsize=dtype.itemsize,
+        mode=mode, level=opts["level"], tiles=opts["tiles"], band=opts["band"], workers=opts["workers"],
+        seeds=opts["seeds"], memory_limit=opts["memory_limit"])
     out = prepare_out_dir(_output_dir(cfg))
-    kw = {"dtype": dtype, "device": device, "progress": bool(cfg.get("progress", False))}
-    stats: dict[str, Any] = {"net": str(source), "mode": mode, "bounds": box.tolist()}
+    kw = {"dtype": dtype, "device": device, "progress": opts["progress"], "memory_limit": args["memory_limit"]}
+    stats: dict[str, Any] = {"net": str(source), "mode": mode, "bounds": box.tolist(), "level": opts["level"]}
     stats |= {"dtype": str(dtype).removeprefix("torch."), "device": str(device or "cpu")}
     timings: dict[str, float] = {"load_s": time.perf_counter() - t_start}
     mesh, cplx = None, None
     with peak_memory() as mem:
         if mode == "complex":
+            _stage(opts, "extracting the complex")
             t = time.perf_counter()
-            cplx, cstats = _extract_complex(net, box, kw, out)
+            cplx, cstats = _extract_complex(net, box, {k: kw[k] for k in ("dtype", "device", "progress")}
+                                            | {"memory_limit": kw["memory_limit"]}, out)
             stats |= cstats
             timings["complex_s"] = time.perf_counter() - t
-        if net.in_dim == 3:
-            from nsr.surface import extract_mesh, mesh_from_complex
+        from nsr.surface import extract_mesh, mesh_from_complex
 
-            t = time.perf_counter()
-            close = bool(cfg.get("close", False))
-            if cplx is not None:  # mesh the complex already extracted, not a second one
-                mesh = mesh_from_complex(cplx, close=close)
-            else:
-                mesh = extract_mesh(net, box, mode=mode, close=close, workers=int(cfg.get("workers", 1)), **kw)
-            timings["surface_s"] = time.perf_counter() - t
-    if mesh is not None:
+        _stage(opts, f"extracting the level set ({mode} mode)")
         t = time.perf_counter()
-        stats |= _mesh_stats(mesh, net)
-        stats["surface_stats"] = _jsonable(getattr(mesh, "stats", {}))
-        files = _write_mesh(mesh, out, bool(cfg.get("polygons", False)))
-        timings["export_s"] = time.perf_counter() - t
-    else:
-        files = []
-    if cfg.get("preview", True):
+        if cplx is not None:  # mesh the complex already extracted, not a second one
+            mesh = mesh_from_complex(cplx, level=opts["level"], close=opts["close"])
+            if mesh.is_empty:
+                warnings.warn(limits.empty_level_set_message(cplx.net, box, opts["level"]), stacklevel=2)
+        else:
+            extra = {k: opts[k] for k in ("tiles", "band", "seeds") if opts[k] is not None}
+            mesh = extract_mesh(net, box, mode=mode, close=opts["close"], level=opts["level"],
+                                workers=opts["workers"], **kw, **extra)
+        timings["surface_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    stats |= _mesh_stats(mesh, net) if net.in_dim == 3 else _level_set_stats(mesh, net)
+    stats["surface_stats"] = _jsonable(getattr(mesh, "stats", {}))
+    _stage(opts, f"writing outputs to {out}")
+    files = _write_mesh(mesh, out, opts["polygons"]) if not mesh.is_empty else []
+    timings["export_s"] = time.perf_counter() - t
+    if opts["preview"]:
         t = time.perf_counter()
         png = _preview(mesh, cplx, net, box, out)
         files += [png] if png else []
@@ -284,21 +326,31 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return stats
 
 
-USER_ERRORS = (FileNotFoundError, NetworkError, PermissionError, MemoryError, ValueError)
+USER_ERRORS = (FileNotFoundError, NetworkError, PermissionError, MemoryError, ValueError, OSError)
+
+
+def summary_line(stats: Mapping[str, Any]) -> str:
+    """What was extracted, in one line: a mesh's vertices and polygons, or a 2-D level set's
+    vertices, segments, polylines and closed loops."""
+    if "n_segments" in stats:
+        return (f"exact level set (2D): {stats['n_vertices']} vertices, {stats['n_segments']} segments, "
+                f"{stats['n_polylines']} polylines ({stats['n_closed_loops']} closed loops, "
+                f"{stats['n_components']} components)")
+    return f"exact mesh: {stats.get('n_vertices', 0)} vertices, {stats.get('n_polygons', 0)} polygons"
 
 
 def _app(cfg: DictConfig) -> None:
     try:
         stats = run_extract(cfg)
     except USER_ERRORS as err:
-        print(f"nsr-extract: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    n_v, n_p = stats.get("n_vertices", 0), stats.get("n_polygons", 0)
-    print(f"exact mesh: {n_v} vertices, {n_p} polygons; outputs in {stats['out_dir']}")
+        fail("extract", err)
+    print(summary_line(stats))
+    print(f"run directory: {stats['out_dir']}")
 
 
 def main() -> None:
-    """Console script ``nsr-extract net=PATH [bounds=[lo,hi]] [mode=complex] ...``."""
+    """Console script ``nsr-extract net=PATH [bounds=[lo,hi]] [mode=complex] ...`` (``--help`` lists the options)."""
+    check_overrides("extract", sys.argv[1:])
     hydra.main(config_path=config_dir(), config_name="extract", version_base="1.3")(_app)()
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nsr import limits
 from nsr.complex import (
     Band,
     PolyhedralComplex,
@@ -122,7 +123,9 @@ class ExactMesh:
             raise ValueError(f"{what} needs a 3-D mesh; this level set is {self.dim - 1}-dimensional")
 
     def export(self, path: str | Path, *, polygons: bool = False, binary: bool | None = None) -> Path:
-        """Write the mesh; the format follows the suffix (``.obj``, ``.ply``, ``.off``, ``.stl``).
+        """Write the mesh; the format follows the suffix (``.obj``, ``.ply``, ``.off``, ``.stl``;
+        a 2-D level set: ``.ply`` with edges, ``.obj`` with ``l`` line elements or ``.svg``, see
+        :mod:`nsr.polylines`).
 
         ``polygons=True`` writes the true planar n-gons (OBJ and PLY) instead of triangles.
         ``binary`` selects binary or ASCII PLY; by default triangles are binary and polygons
@@ -140,6 +143,10 @@ class ExactMesh:
         The file is written to a temporary name in the same folder and renamed
         (:func:`nsr.files.atomic_write`): a failure or Ctrl-C leaves no half-written file.
         """
+        if self.dim == 2:  # a 2-D level set is polylines: PLY edges, OBJ lines or SVG (nsr.polylines)
+            from nsr.polylines import export_polylines
+
+            return export_polylines(self.vertices, self.polylines, path, self.bounds)
         self._require_3d("export")
         path = Path(path)
         suffix = path.suffix.lower()
@@ -711,20 +718,21 @@ def extract_mesh(
             f"extract_mesh needs a 2-D or 3-D network (polylines or a triangle mesh), got {d}-D; "
             "use nsr.extract_complex(net, bounds).level_set() for the level-set complex in any dimension"
         )
-    if mode not in ("surface", "complex", "track"):
-        raise ValueError(f"mode must be 'surface', 'complex' or 'track', got {mode!r}")
+    dt = resolve_dtype(dtype)
+    args = limits.check_extract_arguments(
+        dim=d, n_neurons=net.n_neurons, max_width=max(net.widths, default=1), itemsize=dt.itemsize, mode=mode,
+        level=level, tiles=tiles, band=band, workers=workers, seeds=seeds, memory_limit=memory_limit, close=close,
+        progress=progress)
+    level, memory_limit = args["level"], args["memory_limit"]
     if mode == "track" and d != 3:
         raise ValueError(f"mode='track' needs a 3-D network, got {d}-D; use mode='surface'")
     if seeds is not None and mode != "track":
         raise ValueError("seeds are for mode='track'")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     if close and d != 3:
         raise ValueError("close=True needs a 3-D network")
     b = as_bounds(bounds, d)
-    dt = resolve_dtype(dtype)
     check_box(net, b, dt, level)
-    dev = torch.device(device) if device is not None else net.device
+    dev = limits.check_device(device) if device is not None else net.device
     netd = net.to(device=dev, dtype=dt)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -742,7 +750,7 @@ def extract_mesh(
                       peak_memory_mb=peak_memory_mb(dev))
     _measure(mesh, netd)
     if mesh.is_empty:
-        warnings.warn(f"the network does not reach the level {level} inside the box: empty mesh", stacklevel=2)
+        warnings.warn(limits.empty_level_set_message(netd, b, level), stacklevel=2)
     return mesh
 
 
@@ -826,10 +834,8 @@ def track_polygons(net: PLNetwork, b: np.ndarray, level: float = 0.0, close: boo
     from nsr.tracking import grid_seeds, track_surface
 
     bt = torch.as_tensor(b, dtype=net.dtype, device=net.device)
-    if seeds is None or isinstance(seeds, int):
-        res = 64 if seeds is None else seeds
-        if res < 1:
-            raise ValueError(f"seeds must be a grid resolution >= 1 or (M, 3) points, got {res}")
+    if seeds is None or isinstance(seeds, (int, np.integer)):
+        res = 64 if seeds is None else limits.check_seed_grid(seeds, net.in_dim, net.dtype.itemsize)
         pts = grid_seeds(net, bt, res, level)
     else:
         pts = torch.as_tensor(np.asarray(seeds), dtype=net.dtype, device=net.device)

@@ -32,6 +32,7 @@ from torch import Tensor
 from nsr.complex import (
     _chunks,
     _evaluate,
+    _progress,
     bit_values,
     group_equal_rows,
     hash_rows,
@@ -420,11 +421,8 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
 
 
 def _bar(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="track", unit="polygon", leave=False)
+    """A progress bar on a terminal, plain lines in a log (see :func:`nsr.complex._progress`)."""
+    return _progress(None, "track", enabled, unit="polygon")
 
 
 def _pad(t: Tensor, lmax: int, fill: float) -> Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -21,11 +22,12 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nsr._config import config_dir
-from nsr.data import ShapeSource
+from nsr._config import ConfigError, config_dir, fail, validate_train
+from nsr.data import ShapeError, ShapeSource
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -35,16 +37,48 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
-def _instantiate_data(cfg: DictConfig) -> Any:
-    """The data module; bad input raises its own clear error, not Hydra's wrapper."""
+def _instantiate(node: DictConfig, what: str) -> Any:
+    """Instantiate a config node; bad input raises its own clear error, not Hydra's wrapper
+    (whose message spans lines and names the target, not the option)."""
     from hydra.errors import InstantiationException
 
     try:
-        return hydra.utils.instantiate(cfg.data)
+        return hydra.utils.instantiate(node)
     except InstantiationException as err:
         if isinstance(err.__cause__, (OSError, ValueError, ImportError)):
             raise err.__cause__ from None
+        if isinstance(err.__cause__, TypeError):  # an option the class does not take
+            raise ConfigError(f"{what}: {err.__cause__}") from None
         raise
+
+
+def _instantiate_data(cfg: DictConfig) -> Any:
+    """The data module; bad input raises its own clear error, not Hydra's wrapper."""
+    return _instantiate(cfg.data, "data")
+
+
+class EpochLines(Callback):
+    """One line per epoch (its metrics and the elapsed time) on stdout, in place of the progress
+    bar where stdout is not a terminal: a log file gets lines, not carriage-return redraws."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = _float_metrics(trainer.callback_metrics)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_step"))
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        print(f"epoch {trainer.current_epoch + 1}/{total}: {shown} ({time.perf_counter() - self.t0:.1f} s)",
+              flush=True)
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _resolve_run_dir(cfg: DictConfig) -> Path:
@@ -136,16 +170,17 @@ def train(cfg: DictConfig) -> Path:
     from nsr.lightning import ImplicitShapeModule
 
     cfg = cfg.copy()
+    validate_train(cfg)  # every option, before anything is written
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     datamodule = _instantiate_data(cfg)  # validates the shape: fails early
     source: ShapeSource = datamodule.source
+    net = _instantiate(cfg.model, "model")  # a bad model option fails before the run is written
     run_dir = _resolve_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
     _write_run_files(run_dir, cfg, source)
 
-    net = hydra.utils.instantiate(cfg.model)
     module = ImplicitShapeModule(
         net=net,
         loss=hydra.utils.instantiate(cfg.loss),
@@ -160,8 +195,12 @@ def train(cfg: DictConfig) -> Path:
     if reg and "_target_" in reg:
         callbacks.append(hydra.utils.instantiate(reg))
     loggers = _instantiate_all(cfg.get("logger"))
+    extra: dict[str, Any] = {}
+    if cfg.trainer.get("enable_progress_bar", True) and not _stdout_is_terminal():
+        extra["enable_progress_bar"] = False
+        callbacks.append(EpochLines())
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir), **extra
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -191,14 +230,28 @@ def _finish_run(run_dir: Path, trainer: Any, module: Any, source: ShapeSource, c
     _write_json_atomic(run_dir / "metrics.json", metrics)
 
 
-@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
-    """Entry point of ``nsr-train``; returns the final ``val/sdf_mae`` (for sweepers)."""
-    run_dir = train(cfg)
+USER_ERRORS = (ValueError, OSError, MemoryError, TypeError)
+
+
+def _app(cfg: DictConfig) -> float | None:
+    try:
+        run_dir = train(cfg)
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fail("train", f"{err} (HYDRA_FULL_ERROR=1 shows the traceback)"
+             if not isinstance(err, (ConfigError, ShapeError, FileNotFoundError)) else err)
     path = run_dir / "metrics.json"
+    print(f"run directory: {run_dir}", flush=True)
     if path.is_file():
         return json.loads(path.read_text()).get("val/sdf_mae")
     return None
+
+
+def main() -> float | None:
+    """Entry point of ``nsr-train`` (``--help`` lists the options); returns the final
+    ``val/sdf_mae`` (for sweepers)."""
+    return hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(_app)()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""nsr-extract, nsr-compare and the demo end to end on tiny networks (compose API, scripts)."""
+"""nsr-extract, nsr-compare and the demo end to end on tiny networks (compose API, and the apps
+run as ``python -m nsr.<app>`` with this interpreter and this checkout: an installed console script
+may belong to another checkout)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -17,7 +21,7 @@ from nsr._config import config_dir
 from nsr.networks import NetworkError, ReLUMLP
 
 pytest.importorskip("nsr.surface")
-BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _compose(name: str, overrides: list[str]):
@@ -101,7 +105,7 @@ def test_extract_bad_input(tiny_net, tmp_path):
         run_extract({"net": str(bad), "out_dir": str(out)})
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(PermissionError, match="not writable"):
+    with pytest.raises(ValueError, match="out_dir=.*is a file, not a folder"):
         run_extract({"net": str(tiny_net), "out_dir": str(blocker / "sub")})
     assert not out.exists()
 
@@ -134,29 +138,128 @@ def test_compare_refuses_huge_resolution(tiny_net, tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-def _start(name: str, *args: str) -> subprocess.Popen:
-    exe = BIN / name
-    if not exe.exists():
-        pytest.skip(f"{exe} not installed (pip install -e . --no-deps)")
-    return subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+def start_app(app: str, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """``python -m nsr.<app> ARGS`` with this interpreter, importing this checkout's nsr."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
+    return subprocess.Popen([sys.executable, "-m", f"nsr.{app}", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd or ROOT, env=env)  # fmt: skip
 
 
-def test_console_scripts(tiny_net, tmp_path):
+def test_apps_as_modules(tiny_net, tmp_path):
     procs = [  # run side by side: each pays the interpreter and torch start-up
-        _start("nsr-extract", f"net={tiny_net}", f"out_dir={tmp_path / 'e'}",
-               f"hydra.run.dir={tmp_path / 'h1'}"),
-        _start("nsr-compare", f"net={tiny_net}", f"out_dir={tmp_path / 'c'}", "resolutions=[16]",
-               "n_samples=2000", "render=false", f"hydra.run.dir={tmp_path / 'h2'}"),
-        _start("nsr-extract", f"net={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'h3'}"),
+        start_app("extract", f"net={tiny_net}", f"out_dir={tmp_path / 'e'}", f"hydra.run.dir={tmp_path / 'h1'}"),
+        start_app("compare", f"net={tiny_net}", f"out_dir={tmp_path / 'c'}", "resolutions=[16]",
+                  "n_samples=2000", "render=false", f"hydra.run.dir={tmp_path / 'h2'}"),
+        start_app("extract", f"net={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'h3'}"),
     ]  # fmt: skip
     outs = [p.communicate(timeout=300) for p in procs]
-    (rc1, rc2, rc3), ((_, err1), (out2, err2), (_, err3)) = [p.returncode for p in procs], outs
+    (rc1, rc2, rc3), ((out1, err1), (out2, err2), (_, err3)) = [p.returncode for p in procs], outs
     assert rc1 == 0, err1
     assert (tmp_path / "e" / "stats.json").is_file()
+    assert f"run directory: {tmp_path / 'e'}" in out1  # every app says where its outputs are
     assert rc2 == 0, err2
-    assert "| marching_cubes | 16 |" in out2
-    assert rc3 == 2 and "nsr-extract: error:" in err3 and "Traceback" not in err3
+    assert "| marching_cubes | 16 |" in out2 and f"run directory: {tmp_path / 'c'}" in out2
+    assert rc3 == 2 and err3.startswith("nsr-extract: error: net=") and "Traceback" not in err3
+    assert len(err3.strip().splitlines()) == 1 and not (tmp_path / "h3").exists()  # refused before Hydra's folder
+
+
+def test_train_log_has_a_line_per_epoch_and_no_redraws(tmp_path):
+    """stdout to a file (a pipe here): no progress-bar carriage returns, one line per epoch, and
+    the run directory at the end."""
+    run = tmp_path / "run"
+    proc = start_app("train", "trainer.max_epochs=2", "model.width=8", "model.depth=2", "trainer.accelerator=cpu",
+                     "data.sampling.steps_per_epoch=2", "data.sampling.batch_size=256", "data.sampling.n_val=500",
+                     "extract=none", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "\r" not in out + err
+    assert [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert out.strip().splitlines()[-1] == f"run directory: {run}"
+
+
+def test_help_says_what_each_app_does(tmp_path):
+    procs = {app: start_app(app, "--help", cwd=tmp_path) for app in ("extract", "compare", "train")}
+    text = {app: p.communicate(timeout=300)[0] for app, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values())
+    # the comments of conf/<app>.yaml: what the app does, each option with default and meaning, examples
+    assert "nsr-extract: the exact zero-level set" in text["extract"] and "Examples:" in text["extract"]
+    assert "mode: surface       # surface: level set only" in text["extract"]
+    assert "resolutions: [64, 128, 256]   # marching-cubes samples" in text["compare"]
+    assert "regularizer" not in text["extract"] and "trainer" not in text["compare"]  # no training groups
+    assert "data: " in text["train"] and "regularizer: " in text["train"]
+    assert "nsr-train experiment=mesh" in text["train"]
+    assert not list(tmp_path.iterdir())  # --help writes nothing
+
+
+def test_extract_2d_level_set_every_mode(tmp_path):
+    """A 2-D network whose level set is known: f = relu(u) + relu(v) + relu(-u - v) - r with
+    (u, v) = (x, y) - c is convex and homogeneous around c, so f = 0 is the hexagon with corners
+    c + r * (+-1, 0), (0, +-1), (1, -1), (-1, 1): one closed loop of 6 vertices and 6 segments,
+    in surface and complex mode, written as PLY edges (trimesh: Path3D), OBJ line elements and
+    SVG polylines. (c is off the tile planes; opposite neurons, as in |x|, are issue 15's
+    degenerate networks.)"""
+    from nsr.extract import run_extract
+
+    c, r, w = torch.tensor([0.0625, 0.078125]), 0.25, torch.tensor([[1.0, 0], [0, 1], [-1, -1]])
+    state = {"layers.0.weight": w, "layers.0.bias": -(w @ c), "layers.1.weight": torch.ones(1, 3),
+             "layers.1.bias": torch.tensor([-r])}
+    path = tmp_path / "hexagon.pt"
+    torch.save(state, path)
+    corners = c.double().numpy() + r * np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [1, -1], [-1, 1]])
+    corners = corners[np.lexsort(corners.T[::-1])]
+    for mode in ("surface", "complex"):
+        out = tmp_path / mode
+        stats = run_extract({"net": str(path), "out_dir": str(out), "mode": mode, "bounds": [-0.5, 0.5]})
+        assert (stats["n_vertices"], stats["n_segments"], stats["n_polylines"]) == (6, 6, 1), stats
+        assert stats["n_closed_loops"] == 1 and stats["n_components"] == 1
+        assert stats["abs_f_vertices_max"] < 1e-15
+        ply = trimesh.load(out / "level_set.ply")
+        assert isinstance(ply, trimesh.path.Path3D) and len(ply.entities) == 1 and ply.entities[0].closed
+        assert ply.length == pytest.approx(r * (4 + 2 * np.sqrt(2)), rel=1e-6)  # perimeter (trimesh: float32)
+        assert np.allclose(np.unique(np.round(ply.vertices[:, :2], 12), axis=0), corners)
+        obj = (out / "level_set.obj").read_text().splitlines()
+        verts = np.array([[float(t) for t in r.split()[1:3]] for r in obj if r.startswith("v ")])
+        lines = [[int(t) - 1 for t in r.split()[1:]] for r in obj if r.startswith("l ")]
+        assert len(lines) == 1 and lines[0][0] == lines[0][-1] and len(lines[0]) == 7
+        loop = verts[lines[0][:-1]]
+        assert np.abs(loop[np.lexsort(loop.T[::-1])] - corners).max() < 1e-15  # 17 digits: float64 round trip
+        svg = ElementTree.parse(out / "level_set.svg").getroot()
+        pts = [e.get("points") for e in svg.iter() if e.tag.endswith("polyline")]
+        assert len(pts) == 1 and len(pts[0].split()) == 7
+        assert (out / "preview.png").is_file() and (out / "stats.json").is_file()
+    assert (tmp_path / "complex" / "complex.npz").is_file()
+
+
+def test_extract_2d_bunny_app_reports_the_polylines(shared_dir, tmp_path):
+    """The shared 2-D bunny (4x32): the library finds 41 vertices on its level set in [-0.5, 0.5]^2;
+    the app must report and write them (it used to refuse mode=surface and report 0 vertices)."""
+    from nsr.extract import run_extract
+    from nsr.surface import extract_mesh
+
+    net = shared_dir / "models" / "bunny_2d_4x32.pt"
+    if not net.is_file():
+        pytest.skip(f"{net} is not present")
+    lib = extract_mesh(str(net), [-0.5, 0.5], progress=False)
+    for mode in ("surface", "complex"):
+        stats = run_extract({"net": str(net), "out_dir": str(tmp_path / mode), "mode": mode, "preview": False})
+        assert stats["n_vertices"] == len(lib.vertices) > 0
+        assert stats["n_segments"] == sum(len(p) - 1 for p in lib.polylines)
+        loaded = trimesh.load(tmp_path / mode / "level_set.ply")
+        assert len(loaded.vertices) == len(lib.vertices)
+
+
+def test_extract_zero_network_says_what_is_true(tmp_path):
+    from nsr.surface import extract_mesh
+
+    net = ReLUMLP(3, 8, 2)
+    with torch.no_grad():
+        for prm in net.parameters():
+            prm.zero_()
+    with pytest.warns(UserWarning, match="constant 0 on the box .*every point is on the level set") as rec:
+        mesh = extract_mesh(net, 0.5, progress=False)
+    assert mesh.is_empty and not any("does not reach" in str(w.message) for w in rec)
+    with pytest.warns(UserWarning, match="does not reach the level -10 inside the box: it stays above it"):
+        extract_mesh(ReLUMLP(3, 8, 2, geometric_init=True, radius=0.3), 3.0, level=-10.0, progress=False)
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import hydra
@@ -95,3 +96,32 @@ def test_launchers_for_multirun(launcher, target):
 def test_trainer_ddp_cpu_config():
     cfg = _compose(["trainer=ddp_cpu"])
     assert cfg.trainer.strategy == "ddp_spawn" and cfg.trainer.devices == 2
+
+
+APPS = ("train", "extract", "compare")
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_every_app_names_its_run_folders_alike(app):
+    """One scheme: outputs/<app>/<date>_<time> (extract and compare used <date>/<time>)."""
+    cfg = compose(app, overrides=["net=x.pt"] if app != "train" else [], return_hydra_config=True)
+    assert cfg.hydra.run.dir.startswith(f"outputs/{app}/")
+    assert OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"].endswith("${now:%Y-%m-%d_%H-%M-%S}")
+    assert cfg.hydra.callbacks.validate._target_ == "nsr._config.ValidateBeforeRun"
+    assert cfg.hydra.callbacks.validate.app == app
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_help_shows_each_option_with_its_comment(app):
+    """--help is made from conf/<app>.yaml: every top-level option of the app's own config, with
+    the comment written beside it, and the header's examples."""
+    cfg = compose(app, overrides=["net=x.pt"] if app != "train" else [], return_hydra_config=True)
+    text = string.Template(cfg.hydra.help.template).safe_substitute()  # as Hydra prints it
+    assert "Examples:" in text and f"nsr-{app}" in text
+    own = (CONF / f"{app}.yaml").read_text().split("\nhydra:")[0].splitlines()
+    shown = [ln.lstrip("#").strip() for ln in own if ln.strip() and not ln.startswith(("defaults:", "  - "))]
+    assert len(shown) > 10
+    for line in shown:
+        assert line in text, line
+    groups_listed = "Config groups" in text
+    assert groups_listed == (app == "train")  # extract and compare take no training groups
