@@ -815,3 +815,22 @@ def render_overview(
     if title:
         fig.suptitle(title, fontsize=12, y=1 - 6 / height, va="top")
     return _save(fig, path)
+
+
+def compact_png(src: str | Path, dst: str | Path, width: int = 900, colors: int = 128) -> Path:
+    """A smaller copy of a PNG for documentation: at most ``width`` pixels wide, ``colors``-color
+    palette (adaptive, dithered). Written to a temporary name and renamed."""
+    from PIL import Image
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.open(src).convert("RGB")
+    if img.width > width:
+        img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    tmp = dst.with_name(f".{dst.stem}.tmp{os.getpid()}.png")
+    try:
+        img.quantize(colors, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst
