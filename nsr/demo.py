@@ -141,7 +141,7 @@ def _fmt(v: Any, f: str) -> str:
 
 
 TABLE = [  # (key, header, format)
-    ("time_s", "time s", ".2f"), ("n_faces", "faces", "d"), ("abs_f_vertices_max", "max|f| verts", ".1e"),
+    ("time_s", "time s", ".2f"), ("n_faces", "triangles", "d"), ("abs_f_vertices_max", "max|f| verts", ".1e"),
     ("abs_f_samples_mean", "mean|f| samples", ".1e"), ("true_abs_sdf_mean", "mean|SDF| true", ".2e"),
     ("true_chamfer_l1", "CD-L1 true", ".2e"), ("true_hausdorff", "Hausdorff true", ".2e"),
     ("exact_chamfer_l1", "CD-L1 exact", ".2e"),
@@ -217,8 +217,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
     files.append(render.render_colored_mesh(
         mc, dist, out / "mc_error.png", "distance to the exact surface (box units; box is 1 wide)", VIEW,
         title=f"Marching cubes {res}³ of the network, each triangle colored by how far its centre lies from\n"
-              f"the network's exact surface: mean {dist.mean():.1e}, max {dist.max():.1e} box units "
-              "(largest on creases and on the thin rib)"))  # fmt: skip
+              f"the network's exact surface: mean {dist.mean():.1e}, max {dist.max():.1e} box units"))  # fmt: skip
     names = "xyz"
     plane = f"{names[SLICE_AXIS]}{SLICE_VALUE:g}"
     normal = np.eye(3)[SLICE_AXIS]

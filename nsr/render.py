@@ -293,11 +293,11 @@ def render_slice(
     w = np.linspace(extent[2], extent[3], img.shape[0])
     handles = []
     if img.min() < 0 < img.max():
-        ax.contour(u, w, img, levels=[0.0], colors="k", linewidths=1.2)
-        handles.append(Line2D([], [], color="k", lw=1.2, label=f"network f = 0 (contour of {resolution}² samples)"))
+        ax.contour(u, w, img, levels=[0.0], colors="k", linewidths=2.6)
+        handles.append(Line2D([], [], color="k", lw=2.6, label=f"network f = 0 (contour of {resolution}² samples)"))
     if segments is not None and len(segments):
-        ax.add_collection(LineCollection(np.asarray(segments), colors="gold", linewidths=1.6))
-        handles.append(Line2D([], [], color="gold", lw=1.6, label="exact mesh cut by the plane"))
+        ax.add_collection(LineCollection(np.asarray(segments), colors="gold", linewidths=1.0))
+        handles.append(Line2D([], [], color="gold", lw=1.0, label="exact mesh cut by the plane"))
     names = "xyz"
     others = [i for i in range(3) if i != axis]
     if true_sdf is not None:
@@ -488,7 +488,7 @@ def render_polygons(
     path: str | Path,
     view: tuple[float, float] = DEFAULT_VIEW,
     title: str = "",
-    size: tuple[int, int] = (900, 900),
+    size: tuple[int, int] | None = None,
     zoom: tuple[Sequence[float], float] | None = None,
 ) -> Path | None:
     """The exact mesh's planar polygons, each outlined, with hidden lines removed.
@@ -496,10 +496,11 @@ def render_polygons(
     ``vertices`` ``(V, 3)``, ``polygons`` list of ``(k,)`` outward vertex cycles. ``zoom``
     ``(center (3,), half_width)`` adds a close-up panel of the window around ``center`` (box
     units, on screen). Outlines are drawn with their faces in painter's order (see
-    :func:`draw_faces`): a polygon edge shows only where its polygon is visible.
+    :func:`draw_faces`): a polygon edge shows only where its polygon is visible. ``size`` in
+    pixels, default 700 wide per panel.
     """
-    fig = _figure(size)
     n = 2 if zoom else 1
+    fig = _figure(size or (700 * n, 760))
     full = screen_box(vertices, view)
     axes = [fig.add_axes((i / n, 0.0, 1 / n, 0.93 if title else 1.0)) for i in range(n)]
     draw_faces(axes[0], vertices, polygons, view, outline=(0.1, 0.1, 0.1), linewidth=0.3)
@@ -530,7 +531,7 @@ def render_colored_mesh(
     """A triangle mesh with faces colored by ``values`` ``(F,)``, and a labelled colorbar.
 
     ``label`` names the quantity and its unit (e.g. "distance to the exact surface (box
-    units)"). ``log`` uses a logarithmic color scale from the 1st percentile of the positive
+    units)"). ``log`` uses a logarithmic color scale from the 5th percentile of the positive
     values to ``vmax`` (default: the maximum).
     """
     from matplotlib import colormaps
@@ -541,7 +542,7 @@ def render_colored_mesh(
     top = float(vmax if vmax is not None else np.nanmax(vals))
     if log:
         pos = vals[vals > 0]
-        low = float(np.percentile(pos, 1)) if len(pos) else top * 1e-3
+        low = float(np.percentile(pos, 5)) if len(pos) else top * 1e-3  # the bulk, not the rare near-zero
         norm = LogNorm(vmin=max(min(low, top / 10), 1e-300), vmax=max(top, 1e-300), clip=True)
     else:
         norm = Normalize(vmin=0.0, vmax=max(top, 1e-300), clip=True)
