@@ -133,12 +133,13 @@ def _plots(rows: list[dict], out: Path) -> list[Path]:
     hl = {"exact total_s": exact["total_s"]} if exact else None
     files = [render.plot_series(x, times, out / "time_vs_resolution.png", "resolution",
                                 "seconds", "marching cubes time", hlines=hl)]  # fmt: skip
-    keys = ("chamfer_l1", "hausdorff", "abs_f_samples_mean", "abs_f_vertices_max")
-    errs = {k: [r[k] for r in mc] for k in keys}
-    hl = {f"exact {k}": exact[k] for k in keys[2:]} if exact else None
-    files.append(render.plot_series(x, errs, out / "error_vs_resolution.png", "resolution",
-                                    "error (world units)", "marching cubes error vs "
-                                    + str(mc[0]["reference"]), hlines=hl))  # fmt: skip
+    # Distances are lengths in the network's input (box) units; |f| is in output units: two panels.
+    dist = {k: [r[k] for r in mc] for k in ("chamfer_l1", "hausdorff")}
+    res = {k: [r[k] for r in mc] for k in ("abs_f_samples_mean", "abs_f_vertices_max")}
+    hl = {f"exact {k}": exact[k] for k in res} if exact else None
+    files.append(render.plot_errors(x, dist, res, out / "error_vs_resolution.png", residual_lines=hl,
+                                    title="marching cubes error vs " + str(mc[0]["reference"]),
+                                    distance_label="distance (input units of the network)"))  # fmt: skip
     return [f for f in files if f]
 
 

@@ -263,36 +263,57 @@ def render_slice(
     path: str | Path,
     segments: np.ndarray | None = None,
     resolution: int = 256,
-    size: tuple[int, int] = (512, 512),
+    size: tuple[int, int] = (640, 560),
+    true_sdf: Callable[[np.ndarray], np.ndarray] | None = None,
+    title: str | None = None,
 ) -> Path | None:
-    """Field of a 3D network on the plane ``x[axis] = value``, zero contour, complex edges.
+    """Field of a 3D network on the plane ``x[axis] = value``, with a colorbar and a legend.
 
-    ``bounds`` ``(lo, hi)`` or ``(3, 2)``; ``segments`` ``(K, 2, 2)``: where the complex's
-    faces cross the plane, in the plane's coordinates (the two remaining axes, in order).
+    ``bounds`` ``(lo, hi)`` or ``(3, 2)``. Drawn: the network's value (diverging colors,
+    network output units), its zero contour from the ``resolution``-square grid, ``segments``
+    ``(K, 2, 2)`` (e.g. where the exact mesh crosses the plane, in the plane's coordinates: the
+    two remaining axes, in order) and, with ``true_sdf`` (a function ``(N, 3) -> (N,)`` of the
+    known shape), the true outline. Axes in box units.
     """
     from matplotlib.collections import LineCollection
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.lines import Line2D
 
     from nsr.marching_cubes import as_bounds
 
     box = as_bounds(bounds, 3)
     img, extent = slice_values(net, box, axis, value, resolution)
     fig = _figure(size)
-    ax = fig.add_axes((0.12, 0.08, 0.82, 0.86))
+    ax = fig.add_axes((0.1, 0.09, 0.68, 0.83))
     lim = max(float(np.abs(img).max()), 1e-12)
-    ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=TwoSlopeNorm(0, -lim, lim))
+    im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=TwoSlopeNorm(0, -lim, lim))
+    cax = fig.add_axes((0.82, 0.09, 0.03, 0.83))
+    fig.colorbar(im, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+    u = np.linspace(extent[0], extent[1], img.shape[1])
+    w = np.linspace(extent[2], extent[3], img.shape[0])
+    handles = []
     if img.min() < 0 < img.max():
-        u = np.linspace(extent[0], extent[1], img.shape[1])
-        w = np.linspace(extent[2], extent[3], img.shape[0])
-        ax.contour(u, w, img, levels=[0.0], colors="k", linewidths=1.5)
+        ax.contour(u, w, img, levels=[0.0], colors="k", linewidths=2.6)
+        handles.append(Line2D([], [], color="k", lw=2.6, label=f"network f = 0 (contour of {resolution}² samples)"))
     if segments is not None and len(segments):
-        lines = LineCollection(np.asarray(segments), colors=(0, 0, 0, 0.5), linewidths=0.4)
-        ax.add_collection(lines)
+        ax.add_collection(LineCollection(np.asarray(segments), colors="gold", linewidths=1.0))
+        handles.append(Line2D([], [], color="gold", lw=1.0, label="exact mesh cut by the plane"))
     names = "xyz"
-    a, b = [names[i] for i in range(3) if i != axis]
-    ax.set_xlabel(a)
-    ax.set_ylabel(b)
-    ax.set_title(f"{names[axis]} = {value:g}", fontsize=10)
+    others = [i for i in range(3) if i != axis]
+    if true_sdf is not None:
+        uu, ww = np.meshgrid(np.linspace(extent[0], extent[1], 2 * resolution),
+                             np.linspace(extent[2], extent[3], 2 * resolution))  # fmt: skip
+        pts = np.zeros((uu.size, 3))
+        pts[:, others[0]], pts[:, others[1]], pts[:, axis] = uu.ravel(), ww.ravel(), value
+        d = np.asarray(true_sdf(pts)).reshape(uu.shape)
+        if d.min() < 0 < d.max():
+            ax.contour(uu, ww, d, levels=[0.0], colors="limegreen", linewidths=1.2, linestyles="--")
+            handles.append(Line2D([], [], color="limegreen", lw=1.2, ls="--", label="true shape"))
+    ax.set_xlabel(f"{names[others[0]]} (box units)")
+    ax.set_ylabel(f"{names[others[1]]} (box units)")
+    ax.set_title(title if title is not None else f"network on the plane {names[axis]} = {value:g}", fontsize=10)
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
     return _save(fig, path)
 
 
@@ -325,3 +346,492 @@ def plot_series(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# Projected drawing: meshes as 2D patches in painter's order (hidden lines removed)
+# --------------------------------------------------------------------------------------
+
+
+def camera_frame(view: tuple[float, float]) -> np.ndarray:
+    """Rows ``right``, ``up``, ``eye`` ``(3, 3)`` of an orthographic camera for ``(elev, azim)``
+    degrees (matplotlib's convention, z up); ``eye`` points from the scene to the camera."""
+    eye = view_direction(view)
+    azim = np.radians(view[1])
+    right = np.array([-np.sin(azim), np.cos(azim), 0.0])  # (-eye) x z, normalized; defined from above too
+    return np.stack([right, np.cross(eye, right), eye])
+
+
+def _cycles(faces: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Flat vertex indices ``(S,)`` and the cycle lengths ``(P,)`` of faces given as a
+    ``(P, k)`` array or a list of ``(k_i,)`` vertex cycles."""
+    if isinstance(faces, np.ndarray) and faces.ndim == 2:
+        return faces.reshape(-1).astype(np.int64), np.full(len(faces), faces.shape[1])
+    lens = np.array([len(f) for f in faces], dtype=np.int64)
+    flat = np.concatenate([np.asarray(f, dtype=np.int64) for f in faces]) if len(lens) else np.zeros(0, np.int64)
+    return flat, lens
+
+
+def newell_normals(vertices: np.ndarray, flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Unit normals ``(P, 3)`` of planar polygons (Newell's method, robust for n-gons)."""
+    start = np.repeat(np.cumsum(lens) - lens, lens)
+    nxt = flat[start + (np.arange(len(flat)) - start + 1) % np.repeat(lens, lens)]
+    normals = np.zeros((len(lens), 3))
+    np.add.at(normals, np.repeat(np.arange(len(lens)), lens), np.cross(vertices[flat], vertices[nxt]))
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
+
+
+def draw_faces(
+    ax: Any,
+    vertices: np.ndarray,
+    faces: Any,
+    view: tuple[float, float] = DEFAULT_VIEW,
+    *,
+    base: Sequence[float] = (0.62, 0.74, 0.88),
+    values: np.ndarray | None = None,
+    cmap: Any = None,
+    norm: Any = None,
+    outline: Sequence[float] | None = None,
+    linewidth: float = 0.35,
+    cull: bool = True,
+    window: tuple[float, float, float, float] | None = None,
+) -> Any:
+    """Draw a mesh on a 2D axes as projected, shaded patches in painter's order.
+
+    ``vertices`` ``(V, 3)``; ``faces`` ``(F, 3)`` triangles or a list of ``(k,)`` planar vertex
+    cycles. Faces are sorted far to near by mean depth and drawn one over the other, so each
+    face's ``outline`` (an RGB(A) color; ``None``: no outline) is hidden wherever a nearer face
+    covers it: hidden lines removed. ``cull`` skips faces whose normal points away from the
+    camera (outward-oriented closed meshes). ``values`` ``(F,)`` color faces through ``cmap``
+    and ``norm`` (shaded lightly, so that the color still reads on the colorbar) instead of
+    ``base``. ``window`` ``(x0, x1, y0, y1)`` in screen units keeps only faces reaching it.
+    Returns the ``PolyCollection`` (or ``None`` when nothing is drawn); screen coordinates
+    are the camera's ``right`` and ``up`` axes (see :func:`camera_frame`), in box units.
+    """
+    from matplotlib.collections import PolyCollection
+
+    v = np.asarray(vertices, dtype=np.float64)
+    flat, lens = _cycles(faces)
+    if len(lens) == 0:
+        return None
+    frame = camera_frame(view)
+    normals = newell_normals(v, flat, lens)
+    proj = v @ frame.T  # (V, 3): right, up, depth
+    owner = np.repeat(np.arange(len(lens)), lens)
+    depth = np.bincount(owner, proj[flat, 2], len(lens)) / lens
+    keep = normals @ frame[2] > 0 if cull else np.ones(len(lens), dtype=bool)
+    if window is not None:
+        x, y = proj[flat, 0], proj[flat, 1]
+        lo_x = np.full(len(lens), np.inf)
+        np.minimum.at(lo_x, owner, x)
+        hi_x = np.full(len(lens), -np.inf)
+        np.maximum.at(hi_x, owner, x)
+        lo_y = np.full(len(lens), np.inf)
+        np.minimum.at(lo_y, owner, y)
+        hi_y = np.full(len(lens), -np.inf)
+        np.maximum.at(hi_y, owner, y)
+        keep &= (hi_x >= window[0]) & (lo_x <= window[1]) & (hi_y >= window[2]) & (lo_y <= window[3])
+    idx = np.nonzero(keep)[0]
+    if len(idx) == 0:
+        return None
+    idx = idx[np.argsort(depth[idx], kind="stable")]  # far first
+    light = frame[2] + 0.5 * frame[1] + 0.3 * frame[0]
+    shade = np.abs(normals[idx] @ (light / np.linalg.norm(light)))
+    if values is None:
+        rgb = np.clip((0.3 + 0.7 * shade)[:, None] * np.asarray(base)[None], 0, 1)
+    else:
+        rgb = np.asarray(cmap(norm(np.asarray(values)[idx])))[:, :3] * (0.75 + 0.25 * shade)[:, None]
+    starts = np.cumsum(lens) - lens
+    polys = [proj[flat[starts[i] : starts[i] + lens[i]], :2] for i in idx]
+    edge = rgb if outline is None else np.broadcast_to(np.asarray(outline, dtype=float), (len(idx), len(outline)))
+    coll = PolyCollection(polys, facecolors=rgb, edgecolors=edge, linewidths=linewidth if outline else 0.25)
+    ax.add_collection(coll)
+    return coll
+
+
+def screen_box(vertices: np.ndarray, view: tuple[float, float], pad: float = 0.04) -> tuple[float, ...]:
+    """Square ``(x0, x1, y0, y1)`` screen window around projected ``(V, 3)`` vertices."""
+    p = np.asarray(vertices) @ camera_frame(view)[:2].T
+    lo, hi = p.min(0), p.max(0)
+    c, r = (lo + hi) / 2, float((hi - lo).max()) / 2 * (1 + pad)
+    return (c[0] - r, c[0] + r, c[1] - r, c[1] + r)
+
+
+def screen_point(point: Sequence[float], view: tuple[float, float]) -> np.ndarray:
+    """Screen coordinates ``(2,)`` of a 3D point for :func:`draw_faces`' camera."""
+    return camera_frame(view)[:2] @ np.asarray(point, dtype=np.float64)
+
+
+def _frame_axes(ax: Any, window: Sequence[float]) -> None:
+    ax.set_xlim(window[0], window[1])
+    ax.set_ylim(window[2], window[3])
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+def _mark_window(ax: Any, window: Sequence[float], label: str = "") -> None:
+    from matplotlib.patches import Rectangle
+
+    x0, x1, y0, y1 = window
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="crimson", lw=1.2))
+    if label:
+        ax.text(x1, y1, label, color="crimson", fontsize=8, ha="right", va="bottom")
+
+
+@_safe
+def render_polygons(
+    vertices: np.ndarray,
+    polygons: Sequence[np.ndarray],
+    path: str | Path,
+    view: tuple[float, float] = DEFAULT_VIEW,
+    title: str = "",
+    size: tuple[int, int] | None = None,
+    zoom: tuple[Sequence[float], float] | None = None,
+) -> Path | None:
+    """The exact mesh's planar polygons, each outlined, with hidden lines removed.
+
+    ``vertices`` ``(V, 3)``, ``polygons`` list of ``(k,)`` outward vertex cycles. ``zoom``
+    ``(center (3,), half_width)`` adds a close-up panel of the window around ``center`` (box
+    units, on screen). Outlines are drawn with their faces in painter's order (see
+    :func:`draw_faces`): a polygon edge shows only where its polygon is visible. ``size`` in
+    pixels, default 700 wide per panel.
+    """
+    n = 2 if zoom else 1
+    fig = _figure(size or (700 * n, 760))
+    full = screen_box(vertices, view)
+    axes = [fig.add_axes((i / n, 0.0, 1 / n, 0.93 if title else 1.0)) for i in range(n)]
+    draw_faces(axes[0], vertices, polygons, view, outline=(0.1, 0.1, 0.1), linewidth=0.3)
+    _frame_axes(axes[0], full)
+    if zoom:
+        c, w = screen_point(zoom[0], view), float(zoom[1])
+        win = (c[0] - w, c[0] + w, c[1] - w, c[1] + w)
+        draw_faces(axes[1], vertices, polygons, view, outline=(0.1, 0.1, 0.1), linewidth=0.6, window=win)
+        _frame_axes(axes[1], win)
+        _mark_window(axes[0], win, "close-up")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+@_safe
+def render_colored_mesh(
+    mesh: trimesh.Trimesh,
+    values: np.ndarray,
+    path: str | Path,
+    label: str,
+    view: tuple[float, float] = DEFAULT_VIEW,
+    title: str = "",
+    size: tuple[int, int] = (900, 760),
+    log: bool = True,
+    vmax: float | None = None,
+) -> Path | None:
+    """A triangle mesh with faces colored by ``values`` ``(F,)``, and a labelled colorbar.
+
+    ``label`` names the quantity and its unit (e.g. "distance to the exact surface (box
+    units)"). ``log`` uses a logarithmic color scale from the 5th percentile of the positive
+    values to ``vmax`` (default: the maximum).
+    """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm, Normalize
+
+    vals = np.asarray(values, dtype=np.float64)
+    top = float(vmax if vmax is not None else np.nanmax(vals))
+    if log:
+        pos = vals[vals > 0]
+        low = float(np.percentile(pos, 5)) if len(pos) else top * 1e-3  # the bulk, not the rare near-zero
+        norm = LogNorm(vmin=max(min(low, top / 10), 1e-300), vmax=max(top, 1e-300), clip=True)
+    else:
+        norm = Normalize(vmin=0.0, vmax=max(top, 1e-300), clip=True)
+    cmap = colormaps["magma_r"]
+    fig = _figure(size)
+    ax = fig.add_axes((0.0, 0.02, 0.84, 0.9 if title else 0.96))
+    draw_faces(ax, np.asarray(mesh.vertices), np.asarray(mesh.faces), view, values=vals, cmap=cmap, norm=norm,
+               cull=False)  # fmt: skip
+    _frame_axes(ax, screen_box(np.asarray(mesh.vertices), view))
+    cax = fig.add_axes((0.86, 0.12, 0.03, 0.7))
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax).set_label(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# 2D networks: linear regions, the function, the level set
+# --------------------------------------------------------------------------------------
+
+
+def complex_regions(cx: Any) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Vertices ``(V, 2)`` and the regions (2-cells) of a 2D complex as vertex cycles.
+
+    ``cx``: a :class:`nsr.complex.PolyhedralComplex` of a 2D network. Regions are convex, so
+    each cycle is its vertices sorted by angle around their mean (counter-clockwise).
+    """
+    if cx.dim != 2:
+        raise ValueError(f"complex_regions needs a 2D complex, got dimension {cx.dim}")
+    v = cx.vertices.detach().cpu().double().numpy()
+    inc = cx.incidence(2).cpu().numpy()  # (M, 2): edge i is a side of region j
+    ends = cx.edges.cpu().numpy().astype(np.int64)[inc[:, 0]]  # (M, 2)
+    pairs = np.unique(np.stack([np.repeat(inc[:, 1], 2), ends.reshape(-1)], 1), axis=0)  # (region, vertex)
+    region, vert = pairs[:, 0], pairs[:, 1]
+    n_regions = int(region.max()) + 1 if len(region) else 0
+    counts = np.bincount(region, minlength=n_regions)
+    centre = np.stack([np.bincount(region, v[vert, i], n_regions) for i in range(2)], 1)
+    centre /= np.maximum(counts, 1)[:, None]
+    d = v[vert] - centre[region]
+    order = np.lexsort((np.arctan2(d[:, 1], d[:, 0]), region))
+    cycles = np.split(vert[order], np.cumsum(counts)[:-1])
+    return v, [c for c in cycles if len(c) >= 3]
+
+
+def level_set_segments(cx: Any, level: float = 0.0) -> np.ndarray:
+    """Segments ``(K, 2, 2)`` of a 2D complex's level set ``f = level`` (exact vertices)."""
+    ls = cx.level_set(level)
+    v = ls.vertices.detach().cpu().double().numpy()
+    e = ls.edges.cpu().numpy().astype(np.int64)
+    return v[e] if len(e) else np.zeros((0, 2, 2))
+
+
+def _fan(cycles: Sequence[np.ndarray]) -> np.ndarray:
+    """Fan triangles ``(T, 3)`` of convex vertex cycles."""
+    flat, lens = _cycles(list(cycles))
+    start = np.cumsum(lens) - lens
+    n_tri = lens - 2
+    first = np.repeat(start, n_tri)
+    k = np.arange(int(n_tri.sum())) - np.repeat(np.cumsum(n_tri) - n_tri, n_tri)
+    return np.stack([flat[first], flat[first + k + 1], flat[first + k + 2]], 1)
+
+
+@_safe
+def render_regions(
+    cx: Any,
+    path: str | Path,
+    level: float = 0.0,
+    color_by: str = "value",
+    title: str = "",
+    axis_names: tuple[str, str] = ("x", "y"),
+    true_sdf: Callable[[np.ndarray], np.ndarray] | None = None,
+    size: tuple[int, int] = (760, 640),
+) -> Path | None:
+    """The classic picture of a 2D ReLU network: its linear regions, its function, its level set.
+
+    ``cx``: the :class:`~nsr.complex.PolyhedralComplex` of a 2D network. ``color_by="value"``
+    colors by the network's value, exact on every region (the network is affine there, so
+    linear interpolation of the vertex values is the function itself), with a colorbar in
+    network output units; ``"region"`` gives every linear region its own color. Region
+    boundaries are thin lines, the level set ``f = level`` bold black. ``true_sdf``, a function
+    ``(N, 2) -> (N,)`` of a known shape, adds its zero contour (dashed). Axes in box units.
+    """
+    from matplotlib import colormaps
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.lines import Line2D
+    from matplotlib.tri import Triangulation
+
+    if color_by not in ("value", "region"):
+        raise ValueError(f"color_by must be 'value' or 'region', got {color_by!r}")
+    v, cycles = complex_regions(cx)
+    fig = _figure(size)
+    ax = fig.add_axes((0.1, 0.1, 0.7, 0.8))
+    if color_by == "value":
+        import torch
+
+        with torch.no_grad():
+            f = cx.net.to(dtype=torch.float64, device="cpu")(torch.from_numpy(v)).numpy()
+        lim = max(float(np.abs(f).max()), 1e-12)
+        norm = TwoSlopeNorm(level, level - lim, level + lim)
+        tpc = ax.tripcolor(Triangulation(v[:, 0], v[:, 1], _fan(cycles)), f, shading="gouraud",
+                           cmap="RdBu_r", norm=norm)  # fmt: skip
+        cax = fig.add_axes((0.83, 0.1, 0.03, 0.8))
+        fig.colorbar(tpc, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+        ax.add_collection(PolyCollection([v[c] for c in cycles], facecolors="none", edgecolors=(0, 0, 0, 0.35),
+                                         linewidths=0.3))  # fmt: skip
+    else:
+        rng = np.random.default_rng(0)  # neighbours rarely share a color when shuffled
+        colors = colormaps["tab20"](rng.permutation(len(cycles)) % 20)
+        ax.add_collection(PolyCollection([v[c] for c in cycles], facecolors=colors, edgecolors="white",
+                                         linewidths=0.3))  # fmt: skip
+    seg = level_set_segments(cx, level)
+    ax.add_collection(LineCollection(seg, colors="k", linewidths=2.2))
+    handles = [Line2D([], [], color="k", lw=2.2, label=f"exact level set f = {level:g} ({len(seg)} segments)"),
+               Line2D([], [], color=(0, 0, 0, 0.5), lw=0.6, label=f"linear-region boundaries ({len(cycles)} regions)")]
+    lo, hi = cx.bounds[:, 0], cx.bounds[:, 1]
+    if true_sdf is not None:
+        u, w = np.linspace(lo[0], hi[0], 400), np.linspace(lo[1], hi[1], 400)
+        uu, ww = np.meshgrid(u, w)
+        d = np.asarray(true_sdf(np.stack([uu.ravel(), ww.ravel()], 1))).reshape(uu.shape)
+        if d.min() < 0 < d.max():
+            ax.contour(u, w, d, levels=[0.0], colors="limegreen", linewidths=1.4, linestyles="--")
+            handles.append(Line2D([], [], color="limegreen", lw=1.4, ls="--", label="true shape"))
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    ax.set_xlabel(f"{axis_names[0]} (box units)")
+    ax.set_ylabel(f"{axis_names[1]} (box units)")
+    ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plane_network(net: Any, axis: int, value: float) -> Any:
+    """The 2D network ``(u, w) -> f(x)`` of a 3D network on the plane ``x[axis] = value``.
+
+    The plane's map is affine, so composing it with the first layer gives a ReLU network of
+    the same depth: weights ``W[:, others]``, bias ``b + value * W[:, axis]``; ``u``, ``w`` are
+    the two other coordinates in increasing order. Its complex is the 3D complex cut by the plane.
+    """
+    import torch
+
+    from nsr.networks import PLNetwork, as_network
+
+    pl = as_network(net, dtype=torch.float64)
+    if pl.in_dim != 3 or axis not in (0, 1, 2):
+        raise ValueError(f"plane_network needs a 3D network and axis 0, 1 or 2 (got {pl.in_dim}D, axis {axis})")
+    others = [i for i in range(3) if i != axis]
+    w0, b0 = pl.weights[0], pl.biases[0]
+    return PLNetwork([w0[:, others].clone(), *pl.weights[1:]], [b0 + value * w0[:, axis], *pl.biases[1:]])
+
+
+def render_slice_regions(
+    net: Any,
+    bounds: Any,
+    axis: int,
+    value: float,
+    path: str | Path,
+    true_sdf: Callable[[np.ndarray], np.ndarray] | None = None,
+    color_by: str = "value",
+    title: str | None = None,
+) -> Path | None:
+    """:func:`render_regions` of a 3D network's complex cut by the plane ``x[axis] = value``.
+
+    ``true_sdf``: a 3D function ``(N, 3) -> (N,)`` of the known shape (its cut is drawn).
+    """
+    from nsr.complex import extract_complex
+    from nsr.marching_cubes import as_bounds
+
+    names = "xyz"
+    others = [i for i in range(3) if i != axis]
+    box = as_bounds(bounds, 3)
+    cx = extract_complex(plane_network(net, axis, value), box[others], progress=False)
+
+    def cut(p: np.ndarray) -> np.ndarray:
+        q = np.zeros((len(p), 3))
+        q[:, others], q[:, axis] = p, value
+        return np.asarray(true_sdf(q))
+
+    if title is None:
+        title = f"linear regions of the network on the plane {names[axis]} = {value:g}"
+    return render_regions(cx, path, color_by=color_by, title=title, axis_names=(names[others[0]], names[others[1]]),
+                          true_sdf=cut if true_sdf is not None else None)  # fmt: skip
+
+
+@_safe
+def plot_errors(
+    x: Sequence[float],
+    distances: dict[str, Sequence[float]],
+    residuals: dict[str, Sequence[float]],
+    path: str | Path,
+    title: str = "",
+    distance_lines: dict[str, float] | None = None,
+    residual_lines: dict[str, float] | None = None,
+    distance_label: str = "distance (box units)",
+    xlabel: str = "marching-cubes resolution (samples per axis)",
+    size: tuple[int, int] = (960, 420),
+) -> Path | None:
+    """Errors against resolution in two panels, one per unit: geometric distances (box units)
+    and network values |f| (network output units), which are not lengths.
+
+    ``distances`` / ``residuals``: named series over ``x``; ``*_lines``: constants drawn
+    dashed (e.g. the exact mesh). Log-log axes.
+    """
+    fig = _figure(size)
+    panels = [(distances, distance_lines or {}, distance_label, "distance"),
+              (residuals, residual_lines or {}, "|f| (network output units)", "network value")]  # fmt: skip
+    for i, (series, lines, ylabel, what) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, (name, ys) in enumerate(series.items()):
+            ax.plot(x, ys, marker="o", color=f"C{j}", label=name)
+        for j, (name, y) in enumerate(lines.items()):
+            if y is not None and np.isfinite(y) and y > 0:
+                ax.axhline(y, linestyle="--", color=f"C{len(series) + j}", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(what, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@_safe
+def render_overview(
+    meshes: Sequence[tuple[np.ndarray, Any]],
+    titles: Sequence[str],
+    captions: Sequence[str],
+    path: str | Path,
+    zoom: tuple[Sequence[float], float],
+    view: tuple[float, float] = DEFAULT_VIEW,
+    title: str = "",
+    outlines: Sequence[bool] | None = None,
+    panel: int = 520,
+) -> Path | None:
+    """Meshes side by side (top) and the same close-up window of each (bottom), with captions.
+
+    ``meshes``: ``(vertices (V, 3), faces)`` pairs, faces ``(F, 3)`` or a list of ``(k,)``
+    outward cycles; all share the framing of the first. ``zoom``: ``(center (3,), half_width)``,
+    the close-up window around ``center`` (box units on screen), marked on the top row.
+    ``outlines[i]`` outlines mesh ``i``'s faces (hidden lines removed). ``captions`` (under
+    each column) carry the numbers.
+    """
+    n = len(meshes)
+    top_h, cap_h, head = panel, 0.3 * panel, 60 if title else 30
+    height = int(2 * top_h + cap_h + head)
+    fig = _figure((panel * n, height))
+    full = screen_box(np.vstack([np.asarray(v) for v, _ in meshes]), view)
+    c, w = screen_point(zoom[0], view), float(zoom[1])
+    win = (c[0] - w, c[0] + w, c[1] - w, c[1] + w)
+    for i, (verts, faces) in enumerate(meshes):
+        edge = (0.1, 0.1, 0.1) if outlines and outlines[i] else None
+        x0 = i / n
+        ax = fig.add_axes((x0, (top_h + cap_h) / height, 1 / n, (top_h - 10) / height))
+        draw_faces(ax, verts, faces, view, outline=edge, linewidth=0.2)
+        _frame_axes(ax, full)
+        _mark_window(ax, win)
+        ax.set_title(titles[i], fontsize=11)
+        zx = fig.add_axes((x0 + 0.01, cap_h / height, 1 / n - 0.02, (top_h - 12) / height))
+        draw_faces(zx, verts, faces, view, outline=edge, linewidth=0.6, window=win)
+        _frame_axes(zx, win)
+        for s in zx.spines.values():
+            s.set_visible(True)
+            s.set_color("crimson")
+        fig.text(x0 + 0.5 / n, cap_h / height - 0.01, captions[i], ha="center", va="top", fontsize=8.5,
+                 family="monospace")  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=12, y=1 - 6 / height, va="top")
+    return _save(fig, path)
+
+
+def compact_png(src: str | Path, dst: str | Path, width: int = 900, colors: int = 128) -> Path:
+    """A smaller copy of a PNG for documentation: at most ``width`` pixels wide, ``colors``-color
+    palette (adaptive, dithered). Written to a temporary name and renamed."""
+    from PIL import Image
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.open(src).convert("RGB")
+    if img.width > width:
+        img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    tmp = dst.with_name(f".{dst.stem}.tmp{os.getpid()}.png")
+    try:
+        img.quantize(colors, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst

@@ -58,7 +58,7 @@ def test_render_slice(tmp_path):
     net = random_network(3, [8, 8], seed=0)
     seg = np.array([[[-0.5, -0.5], [0.5, 0.5]]])
     out = render_slice(net, (-1, 1), 2, 0.0, tmp_path / "sl.png", segments=seg, resolution=64)
-    _check_png(out, (512, 512))
+    _check_png(out, (640, 560))
 
 
 def test_plot_series(tmp_path):
@@ -82,3 +82,162 @@ def test_polygon_segments_cull_back_faces():
     segs = polygon_segments(v, [up, down], eye=np.array([0.0, 0.0, 1.0]))
     assert segs.shape == (4, 2, 3)
     np.testing.assert_allclose(segs[:, 1], v[[1, 2, 3, 0]])
+
+
+# ----------------------------------------------------------------------------- projected drawing
+
+
+def _canvas_pixels(draw, size=200):
+    """Render with ``draw(ax)`` on a bare Agg figure; pixels (H, W, 3) in [0, 1]."""
+    from nsr.render import _figure
+
+    fig = _figure((size, size))
+    ax = fig.add_axes((0, 0, 1, 1))
+    draw(ax)
+    ax.set_xlim(-1, 1)
+    ax.set_ylim(-1, 1)
+    ax.set_axis_off()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+
+
+def test_draw_faces_hides_lines_behind_nearer_faces():
+    """A far square's outline runs under a nearer square: it must not show through it, and must
+    show where nothing covers it (hidden-line removal by painter's order)."""
+    from nsr.render import draw_faces
+
+    # View from +z (elev 90): screen x, y are world -y... use the camera frame to place squares.
+    view = (90.0, -90.0)
+    from nsr.render import camera_frame
+
+    right, up, eye = camera_frame(view)
+    def square(c, h, depth):
+        return np.array([c[0] * right + c[1] * up + depth * eye + s * h * right + t * h * up
+                         for s, t in ((-1, -1), (1, -1), (1, 1), (-1, 1))])
+    far = square((0.0, 0.0), 0.8, 0.0)  # outline at screen x = +-0.8
+    near = square((0.8, 0.0), 0.4, 0.5)  # covers the far square's right edge for |y| < 0.4
+    verts = np.vstack([near, far])  # the near one first: the drawing order must come from depth
+    faces = [np.arange(4), np.arange(4, 8)]
+    img = _canvas_pixels(lambda ax: draw_faces(ax, verts, faces, view, outline=(0, 0, 0), linewidth=2.0))
+
+    def px(x, y):  # screen coordinates in [-1, 1] -> pixel
+        return img[int(round((1 - (y + 1) / 2) * 199)), int(round((x + 1) / 2 * 199))]
+
+    assert px(0.8, 0.0).min() > 0.2, "the far outline shows through the nearer face"
+    assert px(0.8, 0.6).max() < 0.2, "the far outline is missing where nothing covers it"
+    assert px(-0.8, 0.0).max() < 0.2
+
+
+def test_newell_normals_and_culling():
+    from nsr.render import _cycles, newell_normals
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=float)
+    flat, lens = _cycles([np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])])
+    np.testing.assert_allclose(newell_normals(v, flat, lens), [[0, 0, 1], [0, 0, -1]])
+
+
+def test_render_polygons_overview_colored(tmp_path, sphere):
+    from nsr.render import render_colored_mesh, render_overview, render_polygons
+
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
+    out = render_polygons(v, list(f), tmp_path / "p.png", size=(400, 300), zoom=((0, 0, 0.3), 0.1), title="t")
+    _check_png(out, (400, 300))
+    out = render_overview([(v, list(f)), (v, f)], ["a", "b"], ["1\n2", "3"], tmp_path / "o.png",
+                          ((0.0, 0.0, 0.3), 0.1), outlines=[True, False], panel=200)
+    assert out is not None and imread(out)[..., :3].std() > 0.01
+    vals = np.linspace(1e-4, 1e-2, len(f))
+    _check_png(render_colored_mesh(sphere, vals, tmp_path / "c.png", "d (box units)", size=(300, 260)), (300, 260))
+
+
+# ----------------------------------------------------------------------------- 2D networks
+
+
+def _diamond_network(r=0.5, reach=10.0):
+    """Exact 2D ReLU network of |x| + |y| - r (one hidden layer, 4 neurons)."""
+    import torch
+
+    from nsr.networks import PLNetwork
+
+    eye = torch.eye(2, dtype=torch.float64)
+    w1 = torch.cat([eye, -eye])
+    b1 = torch.tensor([0.0, 0.0, reach, reach], dtype=torch.float64)
+    w2 = torch.tensor([[2.0, 2.0, 1.0, 1.0]], dtype=torch.float64)
+    return PLNetwork([w1, w2], [b1, torch.tensor([-2 * reach - r], dtype=torch.float64)])
+
+
+def test_complex_regions_tile_the_box():
+    """Regions are convex counter-clockwise cycles whose areas add up to the box's (independent
+    of how the complex stores them), one per 2-cell; the diamond network has 4 quadrant regions."""
+    from nsr.complex import extract_complex
+    from nsr.render import complex_regions
+
+    for net, n_expected in ((_diamond_network(), 4), (random_network(2, [6, 5], seed=3), None)):
+        cx = extract_complex(net, (-1, 1), progress=False)
+        v, cycles = complex_regions(cx)
+        assert len(cycles) == cx.f_vector[2]
+        if n_expected:
+            assert len(cycles) == n_expected
+        areas = []
+        for c in cycles:
+            p = v[c]
+            q = np.roll(p, -1, axis=0)
+            cross = p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]
+            areas.append(0.5 * cross.sum())
+            d = q - p
+            turn = d[:, 0] * np.roll(d, -1, 0)[:, 1] - d[:, 1] * np.roll(d, -1, 0)[:, 0]
+            assert (turn >= -1e-12).all()  # convex, counter-clockwise
+        assert np.isclose(sum(areas), 4.0)
+
+
+def test_level_set_segments_diamond_perimeter():
+    from nsr.complex import extract_complex
+    from nsr.render import level_set_segments
+
+    cx = extract_complex(_diamond_network(0.5), (-1, 1), progress=False)
+    seg = level_set_segments(cx)
+    length = np.linalg.norm(seg[:, 1] - seg[:, 0], axis=1).sum()
+    assert np.isclose(length, 4 * np.sqrt(2) * 0.5)  # closed form: the diamond's perimeter
+    assert np.abs(np.abs(seg).sum(-1) - 0.5).max() < 1e-12
+
+
+def test_plane_network_is_the_restriction():
+    import torch
+
+    from nsr.render import plane_network
+
+    net = random_network(3, [8, 8], seed=1)
+    uw = torch.rand(50, 2, dtype=torch.float64) - 0.5
+    for axis in range(3):
+        x = torch.zeros(50, 3, dtype=torch.float64)
+        x[:, [i for i in range(3) if i != axis]] = uw
+        x[:, axis] = 0.3
+        torch.testing.assert_close(plane_network(net, axis, 0.3)(uw), net(x))
+
+
+def test_render_regions_and_slice_regions(tmp_path):
+    from nsr.complex import extract_complex
+    from nsr.render import render_regions, render_slice_regions
+    from nsr.shapes import Circle, Sphere
+
+    cx = extract_complex(random_network(2, [8, 8], seed=0), (-1, 1), progress=False)
+    _check_png(render_regions(cx, tmp_path / "r.png", size=(300, 260), true_sdf=Circle(0.5)), (300, 260))
+    _check_png(render_regions(cx, tmp_path / "q.png", color_by="region", size=(300, 260)), (300, 260))
+    out = render_slice_regions(random_network(3, [8, 8], seed=0), (-1, 1), 2, 0.1, tmp_path / "s.png",
+                               true_sdf=Sphere(0.4))
+    _check_png(out, (760, 640))
+
+
+def test_render_slice_with_true_shape(tmp_path):
+    from nsr.shapes import Sphere
+
+    net = random_network(3, [8, 8], seed=0)
+    out = render_slice(net, (-1, 1), 1, 0.0, tmp_path / "t.png", resolution=48, true_sdf=Sphere(0.5))
+    _check_png(out, (640, 560))
+
+
+def test_plot_errors(tmp_path):
+    from nsr.render import plot_errors
+
+    out = plot_errors([32, 64], {"cd": [1e-2, 5e-3]}, {"f": [1e-3, 4e-4]}, tmp_path / "e.png",
+                      distance_lines={"exact": 2e-3}, residual_lines={"exact": 1e-16, "nan": float("nan")})
+    _check_png(out, (960, 420))
