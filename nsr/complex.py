@@ -120,8 +120,9 @@ _MIN_ULPS_ACROSS = 2**12
 def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 0.0) -> None:
     """Refuse a box (``(D, 2)`` float64, from :func:`as_bounds`) on which ``dtype`` cannot
     answer: coordinates beyond its range, an axis so thin for its offset that few
-    coordinates are representable across it, or network values so large that bounding them
-    overflows (linear bound propagation multiplies two of them). Raises ``ValueError``."""
+    coordinates are representable across it, first-layer hyperplanes closer to the origin than
+    the box's rounding scale (their detail would be lost), or network values so large that
+    bounding them overflows (linear bound propagation multiplies two of them). Raises ``ValueError``."""
     fi = torch.finfo(dtype)
     name = str(dtype).removeprefix("torch.")
     mag = np.abs(b).max(1)
@@ -137,18 +138,6 @@ def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 
                 "few to place vertices; translate the box (and the network's first-layer bias) towards the origin"
                 + (", or use dtype=float64" if dtype != torch.float64 else ""))
     netd = net.to(dtype=torch.float64, device="cpu")
-    # A first-layer hyperplane off the origin by less than the box's rounding scale cannot be
-    # placed: its offset is below the tolerance every neuron's sign decision allows for.
-    w0, b0 = netd.weights[0], netd.biases[0]
-    rel = b0.abs() / (w0.abs() @ torch.as_tensor(mag)).clamp(min=fi.tiny)
-    lost = int(((rel > 0) & (rel < 2**16 * fi.eps)).sum())
-    if lost:
-        warnings.warn(
-            f"{lost} first-layer hyperplanes pass the origin closer than {name} resolves over this box (offsets "
-            f"below {2**16 * fi.eps:.1g} of the box's scale): the network's detail near the origin is below the "
-            "box's resolution and will be lost or distorted; shrink the box to where the surface is",
-            stacklevel=3,
-        )
     with torch.no_grad():
         lo, hi = torch.as_tensor(b[:, 0])[None], torch.as_tensor(b[:, 1])[None]
         pre = layer_bounds(netd, lo, hi, crown_hidden=False)
@@ -160,6 +149,20 @@ def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 
             f"over this box the network's pre-activations may reach {reach:.3g}, beyond what {name} can bound "
             f"(~{limit:.3g}); scale the box down and the network's first-layer weights up by the same factor "
             "(the geometry only scales)")
+    # A first-layer hyperplane off the origin by less than the box's rounding scale cannot be
+    # placed: its offset is below the tolerance every neuron's sign decision allows for.
+    w0, b0 = netd.weights[0], netd.biases[0]
+    rel = b0.abs() / (w0.abs() @ torch.as_tensor(mag)).clamp(min=fi.tiny)
+    lost = int(((rel > 0) & (rel < 2**16 * fi.eps)).sum())
+    if not lost:
+        return
+    msg = (f"{lost} first-layer hyperplanes pass the origin closer than {name} resolves over this box (offsets "
+           f"below {2**16 * fi.eps:.1g} of the box's scale): the network's detail near the origin is below the "
+           "box's resolution and its mesh would be wrong there; shrink the box to where the surface is")
+    if dtype == torch.float64:  # the modes would disagree (589/580/580 polygons over +-1e12): refuse
+        raise ValueError(f"bounds: {msg}")
+    # float32 resolves only ~1e-3 of a box: ordinary networks have such planes; warn, and point to float64
+    warnings.warn(f"{msg}, or use dtype=float64", stacklevel=3)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:

@@ -123,10 +123,14 @@ def test_very_thin_boxes_agree_in_every_mode_and_lie_on_the_level_set(box):
 
 
 @pytest.mark.parametrize("mode", ["complex", "surface", "track"])
-def test_unscaled_huge_box_warns_that_detail_is_lost(mode):
-    """The same network over +-1e15 (not scaled): its first-layer hyperplanes pass the origin
-    at ~0.1-1, far below what interpolating along edges 1e15 long resolves (~0.2 absolute).
-    The mesh cannot be right near the origin; the call must say so."""
+@pytest.mark.parametrize("scale", [1e12, 1e15, 1e20])
+def test_unscaled_huge_box_is_refused(mode, scale):
+    """The same network over +-1e12 and more (not scaled): its first-layer hyperplanes pass the
+    origin at ~0.1-1, far below what interpolating along edges that long resolves. The modes
+    then disagree (589/580/580 polygons at 1e12 before this check): refuse, never answer wrongly."""
     base, level = _base()
-    with pytest.warns(UserWarning, match="closer than float64 resolves over this box"):
-        extract_mesh(base, (-1e15, 1e15), mode=mode, level=level, progress=False)
+    with pytest.raises(ValueError, match="closer than float64 resolves over this box"):
+        extract_mesh(base, (-scale, scale), mode=mode, level=level, progress=False)
+    # the same network on a box of its own size answers, and every mode agrees
+    counts = {_mesh(base, (-1, 1), m, level).stats["n_polygons"] for m in ("complex", "surface", "track")}
+    assert len(counts) == 1 and counts.pop() > 0
