@@ -205,3 +205,110 @@ def read_complex_file(path: str | Path) -> dict[str, Any]:
     _ids_in_range(path, "vertex_zeros", out["vertex_zeros"], n_c, "constraint ids")
     _ids_in_range(path, "edge_zeros", out["edge_zeros"], n_c, "constraint ids")
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Meshes: OBJ, PLY, OFF, STL written by nsr itself (no trimesh in the export path, so a
+# Ctrl-C is never swallowed and coordinates are written exactly)
+# --------------------------------------------------------------------------------------
+
+MESH_SUFFIXES = (".obj", ".ply", ".off", ".stl")
+
+
+def write_mesh(path: str | Path, vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray,
+               binary: bool = True) -> Path:
+    """Write a mesh atomically; the format follows the suffix of ``path``.
+
+    Parameters
+    ----------
+    path : ``.obj``, ``.ply``, ``.off`` or ``.stl`` (triangles only).
+    vertices : ``(V, 3)`` float64 positions, written with 17 significant digits (STL: float32).
+    sizes : ``(F,)`` int64 vertex count of each face.
+    flat : ``(sum(sizes),)`` int64 vertex indices of the faces, concatenated.
+    binary : binary or ASCII PLY.
+
+    Returns
+    -------
+    The path written.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in MESH_SUFFIXES:
+        raise ValueError(f"cannot export to '{path.name}': unknown suffix, use one of {MESH_SUFFIXES}")
+    vertices = np.ascontiguousarray(vertices, dtype=np.float64)
+    sizes, flat = np.asarray(sizes, dtype=np.int64), np.asarray(flat, dtype=np.int64)
+    if suffix == ".obj":
+        data = _obj_bytes(vertices, sizes, flat)
+    elif suffix == ".ply":
+        data = _ply_bytes(vertices, sizes, flat, binary=binary)
+    elif suffix == ".off":
+        data = _off_bytes(vertices, sizes, flat)
+    else:
+        if len(sizes) and (sizes != 3).any():
+            raise ValueError("STL holds triangles only")
+        data = _stl_bytes(vertices, flat.reshape(-1, 3))
+    return atomic_write(path, data)
+
+
+def write_triangles(path: str | Path, vertices: np.ndarray, triangles: np.ndarray) -> Path:
+    """:func:`write_mesh` for ``(T, 3)`` int triangles."""
+    tri = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    return write_mesh(path, vertices, np.full(len(tri), 3, dtype=np.int64), tri.reshape(-1))
+
+
+def _face_lines(sizes: np.ndarray, flat: np.ndarray, base: int, with_count: bool) -> list[str]:
+    """One text line per face: its vertex indices (``+ base``), led by its size if ``with_count``."""
+    ends = np.cumsum(sizes)
+    idx = (flat + base).tolist()
+    lead = [f"{n} " if with_count else "" for n in sizes.tolist()]
+    return [lead[i] + " ".join(map(str, idx[e - n:e])) for i, (n, e) in enumerate(zip(sizes.tolist(), ends.tolist()))]
+
+
+def _vertex_lines(vertices: np.ndarray, prefix: str) -> list[str]:
+    return [f"{prefix}{x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices.tolist()]
+
+
+def _obj_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> bytes:
+    lines = ["# exact level-set mesh written by nsr", *_vertex_lines(vertices, "v ")]
+    lines += ["f " + line for line in _face_lines(sizes, flat, 1, with_count=False)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _off_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> bytes:
+    lines = ["OFF", f"{len(vertices)} {len(sizes)} 0", *_vertex_lines(vertices, "")]
+    lines += _face_lines(sizes, flat, 0, with_count=True)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ply_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray, binary: bool) -> bytes:
+    fmt = "binary_little_endian" if binary else "ascii"
+    header = (
+        f"ply\nformat {fmt} 1.0\ncomment exact level-set mesh written by nsr\n"
+        f"element vertex {len(vertices)}\nproperty double x\nproperty double y\nproperty double z\n"
+        f"element face {len(sizes)}\nproperty list uchar int vertex_indices\nend_header\n"
+    ).encode()
+    if len(sizes) and sizes.max() > 255:
+        raise ValueError("a polygon has more than 255 vertices, which PLY's uchar vertex count cannot store")
+    if not binary:
+        body = _vertex_lines(vertices, "") + _face_lines(sizes, flat, 0, with_count=True)
+        return header + ("\n".join(body) + "\n").encode() if body else header
+    # Interleave (count:uint8, indices:int32*count) per face without a Python loop over faces.
+    rec = np.zeros(int(sizes.sum() * 4 + len(sizes)), dtype=np.uint8)
+    starts = np.cumsum(sizes * 4 + 1) - (sizes * 4 + 1)
+    rec[starts] = sizes.astype(np.uint8)
+    mask = np.ones(len(rec), dtype=bool)
+    mask[starts] = False
+    rec[mask] = flat.astype("<i4").view(np.uint8)
+    return b"".join([header, vertices.astype("<f8").tobytes(), rec.tobytes()])
+
+
+def _stl_bytes(vertices: np.ndarray, triangles: np.ndarray) -> bytes:
+    """Binary STL (float32 by the format), unit normals from the vertex order (zero if degenerate)."""
+    tri = vertices[triangles]  # (T, 3, 3)
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    normal = np.divide(normal, length, out=np.zeros_like(normal), where=length > 0)
+    rec = np.zeros(len(tri), dtype=[("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attr", "<u2")])
+    rec["normal"], rec["vertices"] = normal, tri
+    header = b"binary STL: exact level-set mesh written by nsr".ljust(80, b" ")
+    return header + np.uint32(len(tri)).astype("<u4").tobytes() + rec.tobytes()

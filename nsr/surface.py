@@ -48,11 +48,11 @@ from nsr.complex import (
     unpack_bits,
     warn_unpaired,
 )
-from nsr.files import atomic_write
+from nsr.files import MESH_SUFFIXES, write_mesh
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork, as_network
 
-EXPORT_SUFFIXES = (".obj", ".ply", ".off", ".stl")
+EXPORT_SUFFIXES = MESH_SUFFIXES
 
 
 @dataclass
@@ -165,15 +165,7 @@ class ExactMesh:
         else:
             tri = np.asarray(self.triangles, dtype=np.int64).reshape(-1, 3)
             sizes, flat = np.full(len(tri), 3, dtype=np.int64), tri.reshape(-1)
-        if suffix == ".obj":
-            data = _obj_bytes(vertices, sizes, flat)
-        elif suffix == ".ply":
-            data = _ply_bytes(vertices, sizes, flat, binary=not polygons if binary is None else binary)
-        elif suffix == ".off":
-            data = _off_bytes(vertices, sizes, flat)
-        else:
-            data = _stl_bytes(vertices, flat.reshape(-1, 3))
-        return atomic_write(path, data)
+        return write_mesh(path, vertices, sizes, flat, binary=not polygons if binary is None else binary)
 
 
 def _polygon_faces(vertices: np.ndarray, polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -195,64 +187,6 @@ def _polygon_faces(vertices: np.ndarray, polygons: list[np.ndarray]) -> tuple[np
     new_sizes = np.bincount(face[keep], minlength=len(sizes))
     keep &= (new_sizes >= 3)[face]
     return new_sizes[new_sizes >= 3], flat[keep]
-
-
-def _face_lines(sizes: np.ndarray, flat: np.ndarray, base: int, with_count: bool) -> list[str]:
-    """One text line per face: its vertex indices (``+ base``), led by its size if ``with_count``."""
-    ends = np.cumsum(sizes)
-    idx = (flat + base).tolist()
-    lead = [f"{n} " if with_count else "" for n in sizes.tolist()]
-    return [lead[i] + " ".join(map(str, idx[e - n:e])) for i, (n, e) in enumerate(zip(sizes.tolist(), ends.tolist()))]
-
-
-def _vertex_lines(vertices: np.ndarray, prefix: str) -> list[str]:
-    return [f"{prefix}{x:.17g} {y:.17g} {z:.17g}" for x, y, z in vertices.tolist()]
-
-
-def _obj_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> bytes:
-    lines = ["# exact level-set mesh written by nsr", *_vertex_lines(vertices, "v ")]
-    lines += ["f " + line for line in _face_lines(sizes, flat, 1, with_count=False)]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _off_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray) -> bytes:
-    lines = ["OFF", f"{len(vertices)} {len(sizes)} 0", *_vertex_lines(vertices, "")]
-    lines += _face_lines(sizes, flat, 0, with_count=True)
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _ply_bytes(vertices: np.ndarray, sizes: np.ndarray, flat: np.ndarray, binary: bool) -> bytes:
-    fmt = "binary_little_endian" if binary else "ascii"
-    header = (
-        f"ply\nformat {fmt} 1.0\ncomment exact level-set mesh written by nsr\n"
-        f"element vertex {len(vertices)}\nproperty double x\nproperty double y\nproperty double z\n"
-        f"element face {len(sizes)}\nproperty list uchar int vertex_indices\nend_header\n"
-    ).encode()
-    if len(sizes) and sizes.max() > 255:
-        raise ValueError("a polygon has more than 255 vertices, which PLY's uchar vertex count cannot store")
-    if not binary:
-        body = _vertex_lines(vertices, "") + _face_lines(sizes, flat, 0, with_count=True)
-        return header + ("\n".join(body) + "\n").encode() if body else header
-    # Interleave (count:uint8, indices:int32*count) per face without a Python loop over faces.
-    rec = np.zeros(int(sizes.sum() * 4 + len(sizes)), dtype=np.uint8)
-    starts = np.cumsum(sizes * 4 + 1) - (sizes * 4 + 1)
-    rec[starts] = sizes.astype(np.uint8)
-    mask = np.ones(len(rec), dtype=bool)
-    mask[starts] = False
-    rec[mask] = flat.astype("<i4").view(np.uint8)
-    return b"".join([header, vertices.astype("<f8").tobytes(), rec.tobytes()])
-
-
-def _stl_bytes(vertices: np.ndarray, triangles: np.ndarray) -> bytes:
-    """Binary STL (float32 by the format), unit normals from the vertex order (zero if degenerate)."""
-    tri = vertices[triangles]  # (T, 3, 3)
-    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    length = np.linalg.norm(normal, axis=1, keepdims=True)
-    normal = np.divide(normal, length, out=np.zeros_like(normal), where=length > 0)
-    rec = np.zeros(len(tri), dtype=[("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attr", "<u2")])
-    rec["normal"], rec["vertices"] = normal, tri
-    header = b"binary STL: exact level-set mesh written by nsr".ljust(80, b" ")
-    return header + np.uint32(len(tri)).astype("<u4").tobytes() + rec.tobytes()
 
 
 # --------------------------------------------------------------------------------------

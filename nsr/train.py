@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nsr._config import ConfigError, config_dir, fail, validate_train
 from nsr.data import ShapeError, ShapeSource
+from nsr.files import atomic_write, write_triangles
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -93,9 +94,7 @@ def _resolve_run_dir(cfg: DictConfig) -> Path:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def export_exact_mesh(
@@ -134,9 +133,10 @@ def export_exact_mesh(
         return {**summary, "vertices": 0, "triangles": 0}
     verts = np.asarray(torch.as_tensor(mesh.vertices).detach().cpu().numpy(), dtype=np.float64)
     faces = np.asarray(torch.as_tensor(mesh.triangles).detach().cpu().numpy(), dtype=np.int64)
-    tm = trimesh.Trimesh(source.to_shape_units(verts), faces, process=False)
-    for fmt in ecfg.get("formats", ["obj", "ply"]):
-        tm.export(run_dir / f"mesh.{fmt}")
+    shape_verts = source.to_shape_units(verts)
+    for fmt in ecfg.get("formats", ["obj", "ply"]):  # nsr's own atomic writers: Ctrl-C is never swallowed
+        write_triangles(run_dir / f"mesh.{fmt}", shape_verts, faces)
+    tm = trimesh.Trimesh(shape_verts, faces, process=False)
     summary.update(vertices=len(verts), triangles=len(faces))
     if ecfg.get("render", True):
         try:

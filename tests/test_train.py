@@ -189,6 +189,29 @@ def test_export_converts_to_shape_units(tmp_path, monkeypatch):
         assert np.allclose(np.sort(m.vertices, axis=0), np.sort(tet_v.numpy() / 0.5 + [1, 2, 3], axis=0))
 
 
+def test_ctrl_c_during_the_training_export_propagates(tmp_path, monkeypatch):
+    """nsr-train's mesh export goes through nsr's own atomic writers (trimesh swallowed Ctrl-C
+    during STL export in 3 of 5 runs): the interrupt propagates and no mesh file is left."""
+    import nsr.files
+
+    tet_v = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], dtype=torch.float64)
+    tet_f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    fake = types.ModuleType("nsr.surface")
+    fake.extract_mesh = lambda net, bounds, mode, dtype, progress: types.SimpleNamespace(
+        vertices=tet_v, triangles=tet_f, is_empty=False
+    )
+    monkeypatch.setitem(sys.modules, "nsr.surface", fake)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nsr.files, "_stl_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_exact_mesh(torch.nn.Linear(3, 1), AnalyticSource(Sphere(0.3)), tmp_path,
+                          {"render": False, "formats": ["stl"]})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hydra_app_writes_its_config(tmp_path):
     run = tmp_path / "app"
     cmd = [sys.executable, "-m", "nsr.train", *TINY, "trainer.fast_dev_run=true", f"hydra.run.dir={run}"]

@@ -54,7 +54,7 @@ def test_ctrl_c_while_formatting_propagates_and_leaves_no_file(tmp_path, mesh, m
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nsr.surface, writer, interrupted)
+    monkeypatch.setattr(nsr.files, writer, interrupted)
     with pytest.raises(KeyboardInterrupt):
         mesh.export(tmp_path / name)
     assert list(tmp_path.iterdir()) == []
