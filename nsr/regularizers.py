@@ -927,6 +927,55 @@ class ExactRegularizerCallback(Callback):
     Costs are logged as ``reg_cost/extract_s``, ``reg_cost/term_s``, ``reg_cost/polygons``,
     ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps),
     ``reg_cost/extractions`` (count so far) and accumulated in :attr:`stats`.
+
+    Parameters
+    ----------
+    regularizers : sequence or mapping of ExactRegularizer
+        The terms (``None`` entries are dropped).
+    every_n_steps : int
+        Steps between re-extractions.
+    bounds : (D, 2) array_like, float or None
+        The box (see above).
+    level : float
+        The level set.
+    max_vertices : int, optional
+        Skip the regularizers while the surface has more vertices.
+    extract_kwargs : mapping, optional
+        Passed to ``extract_mesh``.
+    max_move : float
+        See :class:`ExactSurface`.
+    refresh_invalid : float
+        Fraction of left-out polygons that triggers a re-extraction.
+    term_every_n_steps : int
+        See the cost controls above.
+    background : bool or {"thread", "process"}
+        See the cost controls above.
+    dtype : torch.dtype or str
+        Dtype of the differentiable geometry.
+    frozen_jacobian : bool
+        See :class:`ExactSurface`.
+    worker_nice : int
+        Niceness of a worker process.
+    reuse_gradient : bool
+        See the cost controls above.
+
+    Raises
+    ------
+    ValueError
+        On a step count below 1, an unknown ``background`` or a non-float ``dtype``.
+
+    Examples
+    --------
+    Outside a trainer, :meth:`term` extracts on first use and returns the weighted terms:
+
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactRegularizerCallback, SmoothnessRegularizer
+    >>> callback = ExactRegularizerCallback([SmoothnessRegularizer(weight=0.1)], bounds=(-1, 1), every_n_steps=5)
+    >>> {k: round(float(v), 4) for k, v in callback.term(octahedron_network(0.5)).items()}
+    {'smooth': 0.5657}
+
+    In training: ``L.Trainer(callbacks=[callback])`` with nsr's
+    :class:`~nsr.lightning.ImplicitShapeModule`, which adds the terms to its loss.
     """
 
     def __init__(
@@ -1044,6 +1093,7 @@ class ExactRegularizerCallback(Callback):
         self.close()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
+        """Stop the worker (see :meth:`close`)."""
         self.close()
 
     def close(self) -> None:
