@@ -703,6 +703,21 @@ class SurfaceStructure:
         ``(V, N)``, ``polygon_patterns`` ``(P, N)``, ``bounds`` ``(3, 2)``. Triangles are the
         fan of each cycle from its first vertex.
 
+        Parameters
+        ----------
+        vertices : (V, 3) float Tensor
+            Extracted positions.
+        cycles : (P, K) int64 Tensor
+            Oriented vertex cycles padded with -1.
+        constraints : (V, 3) int64 Tensor
+            Active constraint ids of each vertex.
+        vertex_patterns : (V, N) bool Tensor
+            Activation pattern of each vertex.
+        polygon_patterns : (P, N) bool Tensor
+            Activation pattern of each polygon's region.
+        bounds : (3, 2) float Tensor
+            The box.
+
         Returns
         -------
         SurfaceStructure
