@@ -131,6 +131,18 @@ class OnnxModule(nn.Module):
         return env[name] if name else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """Run the ONNX graph on torch tensors.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            The graph's input.
+
+        Returns
+        -------
+        (N,) or (N, 1) float Tensor
+            The graph's output (see the class example).
+        """
         env: dict[str, Any] = {self._input: x}
         for op, name, ins, outs, attrs in self._nodes:
             args = [self._value(env, i) for i in ins]
