@@ -315,6 +315,26 @@ class AnalyticSource(ShapeSource):
             raise ShapeError(f"the shape {type(shape).__name__} has no surface inside the box")
 
     def signed_distance(self, x: Tensor) -> Tensor:
+        """The shape's exact SDF, evaluated in float64.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            In ``x``'s dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.data import AnalyticSource
+        >>> from nsr.shapes import Box
+        >>> AnalyticSource(Box([0.2, 0.2, 0.2])).signed_distance(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+        tensor([-0.2000,  0.3000])
+        """
         return self.shape.sdf(x.double()).to(x.dtype)
 
     def _project(self, x: Tensor, steps: int = 6) -> tuple[Tensor, Tensor, Tensor]:
@@ -329,6 +349,31 @@ class AnalyticSource(ShapeSource):
         return x.detach(), f.detach(), g
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Points projected onto the zero level set and their normalized SDF gradients.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples (fewer if the projection rarely converges).
+        gen : torch.Generator
+            Random generator.
+
+        Returns
+        -------
+        points : (n, D) float32 Tensor
+        normals : (n, D) float32 Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.data import AnalyticSource
+        >>> from nsr.shapes import Box
+        >>> points, normals = AnalyticSource(Box([0.2, 0.2, 0.2])).sample_surface(6, torch.Generator().manual_seed(0))
+        >>> points.abs().max(dim=1).values.round(decimals=5)  # on a face of the box
+        tensor([0.2000, 0.2000, 0.2000, 0.2000, 0.2000, 0.2000])
+        >>> normals.abs().sum(dim=1)  # axis-aligned face normals
+        tensor([1., 1., 1., 1., 1., 1.])
+        """
         found_x, found_n, total = [], [], 0
         for _ in range(20):
             if total >= n:
@@ -829,6 +874,18 @@ class MeshSource(ShapeSource):
             )
 
     def signed_distance(self, x: Tensor) -> Tensor:
+        """Unsigned distance (open3d) with the sign of :meth:`inside`, or minus half the shell.
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            In ``x``'s dtype and on its device.
+        """
         dist = self.unsigned_distance(x)
         if self.sign == "shell":
             sdf = dist - np.float32(self.shell_thickness / 2)
@@ -845,6 +902,32 @@ class MeshSource(ShapeSource):
         return pts, self._face_normals[face]
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Area-weighted points on the triangles with their face normals (on the shell's faces for ``shell``).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        gen : torch.Generator
+            Random generator.
+
+        Returns
+        -------
+        points : (n, 3) float32 Tensor
+        normals : (n, 3) float32 Tensor
+
+        Examples
+        --------
+        >>> import tempfile, torch, trimesh
+        >>> from pathlib import Path
+        >>> from nsr.data import MeshSource
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = trimesh.creation.box(extents=(2, 1, 1)).export(Path(tmp) / "slab.obj")
+        ...     src = MeshSource(Path(tmp) / "slab.obj", sign="winding", winding_backend="exact")
+        >>> points, normals = src.sample_surface(4, torch.Generator().manual_seed(0))
+        >>> points.shape, normals.abs().sum(dim=1)
+        (torch.Size([4, 3]), tensor([1., 1., 1., 1.]))
+        """
         if self.sign != "shell":
             return self._sample_faces(n, gen)
         return self._sample_shell(n, gen)
@@ -1015,9 +1098,35 @@ class PointCloudSource(ShapeSource):
             self.normals = torch.full_like(self.points, float("nan"))
 
     def signed_distance(self, x: Tensor) -> Tensor:
+        """Unknown off the surface: ``NaN`` for every point.
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            All ``NaN``.
+        """
         return torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device)
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` points of the cloud drawn with replacement, and their normals (``NaN`` without normals).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        gen : torch.Generator
+            Random generator.
+
+        Returns
+        -------
+        points : (n, 3) float32 Tensor
+        normals : (n, 3) float32 Tensor
+        """
         idx = torch.randint(0, self.points.shape[0], (n,), generator=gen)
         return self.points[idx], self.normals[idx]
 
