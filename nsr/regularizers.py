@@ -435,7 +435,18 @@ class AreaRegularizer(ExactRegularizer):
     name = "area"
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        """Sum of the valid polygons' areas, ``()``."""
+        """Sum of the valid polygons' areas, ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         return (surface.polygon_areas * surface.polygon_valid).sum()
 
 
@@ -489,7 +500,18 @@ class SmoothnessRegularizer(ExactRegularizer):
         self.normalize = normalize
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        """``sum_e len_e (1 - n_a . n_b)`` over the valid shared edges (or its mean), ``()``."""
+        """``sum_e len_e (1 - n_a . n_b)`` over the valid shared edges (or its mean), ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         s = surface.structure
         inner = s.interior_edges
         if inner.numel() == 0:
@@ -571,7 +593,18 @@ class QualityRegularizer(ExactRegularizer):
         self.polygon_weight = float(polygon_weight)
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        """Weighted sum of the three mean penalties over valid elements, ``()``."""
+        """Weighted sum of the three mean penalties over valid elements, ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         s = surface.structure
         total = _zero(surface.net)
         if self.edge_weight and s.edges.shape[0]:
@@ -726,7 +759,18 @@ class FitRegularizer(ExactRegularizer):
         self._points, self._tree, self._sdf = pts, cKDTree(pts), None
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        """Mean squared distance of the sampled points to the target, ``()`` (zero without a target)."""
+        """Mean squared distance of the sampled points to the target, ``()`` (zero without a target).
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         if not self.has_target:
             self.warn_once("target", "no target set (set_target); contributing zero")
             return _zero(surface.net)
@@ -786,7 +830,18 @@ class EikonalRegularizer(ExactRegularizer):
         self.area_weighted = area_weighted
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        """Mean of ``(|grad f| - 1)^2`` over the valid polygons, ``()``."""
+        """Mean of ``(|grad f| - 1)^2`` over the valid polygons, ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         gn = G.safe_norm(surface.region_gradients)
         pen = (gn - 1.0) ** 2
         valid = surface.polygon_valid
@@ -1068,7 +1123,15 @@ class ExactRegularizerCallback(Callback):
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Re-extract the surface every ``every_n_steps`` steps (or start/collect a worker)."""
+        """Re-extract the surface every ``every_n_steps`` steps (or start/collect a worker).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        batch : Any
+        batch_idx : int
+        """
         step = int(trainer.global_step)
         if not self.background or self._extracted_at is None:
             due = self._extracted_at is None or step - self._extracted_at >= self.every_n_steps
@@ -1082,18 +1145,37 @@ class ExactRegularizerCallback(Callback):
                 self._submit(pl_module, step)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        """Start the background worker early (a spawned process imports torch first)."""
+        """Start the background worker early (a spawned process imports torch first).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         if self.background and self._executor is None:
             self._executor = _make_executor(self.background, self.worker_nice)
             self._executor.submit(int, 0)  # starts the worker process
             _renice_workers(self._executor, self.worker_nice)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        """Wait for a running background extraction and stop the worker."""
+        """Wait for a running background extraction and stop the worker.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         self.close()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
-        """Stop the worker (see :meth:`close`)."""
+        """Stop the worker (see :meth:`close`).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        stage : str, optional
+        """
         self.close()
 
     def close(self) -> None:
@@ -1286,7 +1368,14 @@ class ExactRegularizerCallback(Callback):
         return {k: v.detach() for k, v in terms.items()}
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        """Add the last term's gradient (``reuse_gradient``) to every step's gradients."""
+        """Add the last term's gradient (``reuse_gradient``) to every step's gradients.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        optimizer : torch.optim.Optimizer
+        """
         for p, g in self._cached_grads:
             if p.grad is None:
                 p.grad = g.clone()
