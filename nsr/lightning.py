@@ -243,12 +243,23 @@ class ShapeDataModule(L.LightningDataModule):
             self._train.epoch = epoch
 
     def train_dataloader(self) -> DataLoader:
-        """``steps_per_epoch`` batches (each already a full batch dict; call :meth:`setup` first)."""
+        """``steps_per_epoch`` batches (each already a full batch dict; call :meth:`setup` first).
+
+        Returns
+        -------
+        torch.utils.data.DataLoader
+            Yields dicts as :func:`nsr.data.sample_points` returns them.
+        """
         assert self._train is not None, "call setup() first"
         return DataLoader(self._train, batch_size=None, shuffle=False, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        """One batch: :meth:`validation_batch` (call :meth:`setup` first)."""
+        """One batch: :meth:`validation_batch` (call :meth:`setup` first).
+
+        Returns
+        -------
+        torch.utils.data.DataLoader
+        """
         assert self._val is not None, "call setup() first"
         return DataLoader(self._val, batch_size=None, shuffle=False, num_workers=0)
 
@@ -344,7 +355,7 @@ class ImplicitShapeModule(L.LightningModule):
         return self.net(x)
 
     def on_train_epoch_start(self) -> None:
-        """Tell the data module the epoch, so that ``resample`` mode draws new points."""
+        """Tell the data module the epoch, so that ``resample`` mode draws new points (a Lightning hook)."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
@@ -497,7 +508,15 @@ class TimeCosineLR(L.Callback):
         self._lr0: list[float] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start the clock and remember each parameter group's initial learning rate."""
+        """Start the clock and remember each parameter group's initial learning rate.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            Its ``optimizers`` are scheduled.
+        pl_module : LightningModule
+            Unused.
+        """
         import time
 
         self._t0 = time.monotonic()
@@ -506,7 +525,16 @@ class TimeCosineLR(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Set every parameter group's learning rate for the time spent so far."""
+        """Set every parameter group's learning rate for the time spent so far.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            Its ``optimizers`` are scheduled.
+        pl_module : LightningModule
+        batch : Any
+        batch_idx : int
+        """
         import math
         import time
 
@@ -555,13 +583,27 @@ class StepTimer(L.Callback):
         self._last_end: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Leave the first loop iteration of the epoch out of :attr:`loop_times`."""
+        """Leave the first loop iteration of the epoch out of :attr:`loop_times`.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         self._last_end = None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Start timing a step."""
+        """Start timing a step (see the class example).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        batch : Any
+        batch_idx : int
+        """
         import time
 
         self._t0 = time.perf_counter()
@@ -570,7 +612,16 @@ class StepTimer(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:
-        """Record the step's time and the loop iteration's."""
+        """Record the step's time and the loop iteration's (see the class example).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        outputs : Any
+        batch : Any
+        batch_idx : int
+        """
         import time
 
         now = time.perf_counter()
@@ -608,7 +659,13 @@ class StepTimer(L.Callback):
                 "total_s": sum(self.times), "loop_mean_s": loop_mean, "loop_median_s": loop_median}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Write :meth:`summary` and the raw times to ``path`` (rank 0 only)."""
+        """Write :meth:`summary` and the raw times to ``path`` (rank 0 only).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         if self.path is None or not trainer.is_global_zero:
             return
         import json
