@@ -98,6 +98,21 @@ def cofaces(pos: Tensor, zeros: Tensor, dim: int) -> tuple[Tensor, Tensor, Tenso
     -------
     cell_pos : ``(C, W)`` int64 and ``cell_zeros`` ``(C, D-k)`` int64, the ``k``-cells;
     incidence : ``(K, 2)`` int32 pairs (``(k-1)``-cell, ``k``-cell), grouped by ``k``-cell.
+
+    Examples
+    --------
+    The square ``[0, 1]^2`` (box facets 0: ``x > 0``, 1: ``x < 1``, 2: ``y > 0``, 3: ``y < 1``)
+    cut by the line ``x = 0.5`` (constraint 4): its 7 edges bound 2 faces of 4 edges each.
+
+    >>> import torch
+    >>> from nsr.cells import cofaces
+    >>> bits = lambda *ids: sum(1 << i for i in ids)  # a positive set packed into one int64 word
+    >>> pos = torch.tensor([[bits(0, 1, 3)], [bits(0, 1, 3, 4)], [bits(0, 1, 2)], [bits(0, 1, 2, 4)],
+    ...                     [bits(1, 2, 3)], [bits(0, 2, 3, 4)], [bits(0, 1, 2, 3)]])
+    >>> zeros = torch.tensor([[2], [2], [3], [3], [0], [1], [4]])
+    >>> cell_pos, cell_zeros, incidence = cofaces(pos, zeros, dim=2)
+    >>> {int(p): sorted(incidence[incidence[:, 1] == c, 0].tolist()) for c, p in enumerate(cell_pos[:, 0])}
+    {31: [1, 3, 5, 6], 15: [0, 2, 4, 6]}
     """
     keys = _Keys(pos, zeros, dim)
     dev = pos.device

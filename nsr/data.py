@@ -63,7 +63,17 @@ MIN_CLOUD_POINTS = 16
 
 
 class ShapeError(ValueError):
-    """A shape source that cannot be trained on (missing file, empty, NaN, ...)."""
+    """A shape source that cannot be trained on (missing file, empty, NaN, ...).
+
+    Examples
+    --------
+    >>> from nsr.data import ShapeError, make_source
+    >>> try:
+    ...     make_source("mesh")
+    ... except ShapeError as err:
+    ...     print(err)
+    data.kind=mesh needs data.path
+    """
 
 
 def _open3d() -> Any:
@@ -79,6 +89,21 @@ class ShapeSource:
 
     ``center`` ``(D,) float`` and ``scale`` map shape units to box units:
     ``normalized = (x - center) * scale``.
+
+    Parameters
+    ----------
+    center : (D,) float ndarray, optional
+        Default: the origin.
+    scale : float
+        Box units per shape unit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.data import ShapeSource
+    >>> src = ShapeSource(center=np.array([1.0, 0.0, 0.0]), scale=0.5)
+    >>> src.from_shape_units(np.array([[3.0, 2.0, 0.0]])), src.to_shape_units(np.array([[1.0, 1.0, 0.0]]))
+    (array([[1., 1., 0.]]), array([[3., 2., 0.]]))
     """
 
     dim: int = 3
@@ -90,15 +115,74 @@ class ShapeSource:
         self.scale = float(scale)
 
     def signed_distance(self, x: Tensor) -> Tensor:
-        """Box-unit signed distance, negative inside, ``(N, D) -> (N,)``; ``NaN`` if unknown."""
+        """Box-unit signed distance, negative inside; ``NaN`` if unknown.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            In ``x``'s dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.data import AnalyticSource
+        >>> from nsr.shapes import Sphere
+        >>> AnalyticSource(Sphere(0.3)).signed_distance(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+        tensor([-0.3000,  0.2000])
+        """
         raise NotImplementedError
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """``n`` surface points ``(n, D)`` and unit outward normals ``(n, D)``, float32."""
+        """Surface points and their unit outward normals.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        gen : torch.Generator
+            Random generator (seed it for reproducible samples).
+
+        Returns
+        -------
+        points : (n, D) float32 Tensor
+        normals : (n, D) float32 Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.data import AnalyticSource
+        >>> from nsr.shapes import Sphere
+        >>> points, normals = AnalyticSource(Sphere(0.3)).sample_surface(5, torch.Generator().manual_seed(0))
+        >>> points.norm(dim=1).round(decimals=4), bool(torch.allclose(normals, points / 0.3, atol=1e-5))
+        (tensor([0.3000, 0.3000, 0.3000, 0.3000, 0.3000]), True)
+        """
         raise NotImplementedError
 
     def to_shape_units(self, vertices: np.ndarray | Tensor) -> np.ndarray:
-        """Normalized ``(N, D)`` vertices back to the shape's own units, ``(N, D) float64``."""
+        """Normalized vertices back to the shape's own units.
+
+        Parameters
+        ----------
+        vertices : (N, D) ndarray or Tensor
+            Box units.
+
+        Returns
+        -------
+        (N, D) float64 ndarray
+            ``vertices / scale + center``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from nsr.data import ShapeSource
+        >>> ShapeSource(center=np.array([1.0, 2.0, 3.0]), scale=2.0).to_shape_units(np.zeros((1, 3)))
+        array([[1., 2., 3.]])
+        """
         v = (
             vertices.detach().cpu().numpy()
             if isinstance(vertices, Tensor)
@@ -107,16 +191,73 @@ class ShapeSource:
         return v.astype(np.float64) / self.scale + self.center
 
     def from_shape_units(self, points: np.ndarray) -> np.ndarray:
-        """Shape-unit ``(N, D)`` points to normalized box coordinates."""
+        """Shape-unit points to normalized box coordinates.
+
+        Parameters
+        ----------
+        points : (N, D) ndarray
+            Shape units.
+
+        Returns
+        -------
+        (N, D) float64 ndarray
+            ``(points - center) * scale``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from nsr.data import ShapeSource
+        >>> ShapeSource(center=np.array([1.0, 2.0, 3.0]), scale=2.0).from_shape_units(np.array([[1.0, 2.0, 4.0]]))
+        array([[0., 0., 2.]])
+        """
         return (np.asarray(points, dtype=np.float64) - self.center) * self.scale
 
     def transform(self) -> dict[str, Any]:
-        """The stored transform as plain data (for checkpoints and ``transform.json``)."""
+        """The stored transform as plain data (for checkpoints and ``transform.json``).
+
+        Returns
+        -------
+        dict
+            ``{"center": list of float, "scale": float}``.
+
+        Examples
+        --------
+        >>> from nsr.data import ShapeSource
+        >>> ShapeSource().transform()
+        {'center': [0.0, 0.0, 0.0], 'scale': 1.0}
+        """
         return {"center": self.center.tolist(), "scale": self.scale}
 
 
 def fit_transform(points: np.ndarray, fit: float) -> tuple[np.ndarray, float]:
-    """Center and scale putting the bounding box of ``(N, D)`` points into ``[-fit, fit]^D``."""
+    """Center and scale putting the bounding box of points into ``[-fit, fit]^D``.
+
+    Parameters
+    ----------
+    points : (N, D) float ndarray
+        The shape's points.
+    fit : float
+        Half-size of the cube its longest side is scaled to.
+
+    Returns
+    -------
+    center : (D,) float ndarray
+        Centre of the bounding box.
+    scale : float
+        ``2 fit / longest side``.
+
+    Raises
+    ------
+    ShapeError
+        If all points coincide.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.data import fit_transform
+    >>> fit_transform(np.array([[0.0, 0, 0], [2, 1, 1]]), fit=0.45)
+    (array([1. , 0.5, 0.5]), 0.45)
+    """
     lo, hi = points.min(axis=0), points.max(axis=0)
     extent = float((hi - lo).max())
     if not extent > 0:
@@ -140,6 +281,27 @@ class AnalyticSource(ShapeSource):
     Surface samples come from projecting uniform points onto the zero level set along the
     SDF gradient (``x <- x - f(x) grad f / |grad f|^2``, a few steps; points that do not
     converge to ``|f| < tol`` are dropped), normals are the normalized gradient there.
+
+    Parameters
+    ----------
+    shape : nsr.shapes.Shape
+        The shape, in box coordinates.
+    box : float
+        Half-size of the training box.
+
+    Raises
+    ------
+    ShapeError
+        If ``shape`` is not a Shape or has no surface in the box.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.data import AnalyticSource
+    >>> from nsr.shapes import Sphere
+    >>> src = AnalyticSource(Sphere(0.3))
+    >>> src.dim, src.has_sdf, src.transform()
+    (3, True, {'center': [0.0, 0.0, 0.0], 'scale': 1.0})
     """
 
     def __init__(self, shape: Shape, box: float = 0.5) -> None:
@@ -153,6 +315,26 @@ class AnalyticSource(ShapeSource):
             raise ShapeError(f"the shape {type(shape).__name__} has no surface inside the box")
 
     def signed_distance(self, x: Tensor) -> Tensor:
+        """The shape's exact SDF, evaluated in float64.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            In ``x``'s dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.data import AnalyticSource
+        >>> from nsr.shapes import Box
+        >>> AnalyticSource(Box([0.2, 0.2, 0.2])).signed_distance(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
+        tensor([-0.2000,  0.3000])
+        """
         return self.shape.sdf(x.double()).to(x.dtype)
 
     def _project(self, x: Tensor, steps: int = 6) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,6 +349,31 @@ class AnalyticSource(ShapeSource):
         return x.detach(), f.detach(), g
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Points projected onto the zero level set and their normalized SDF gradients.
+
+        Parameters
+        ----------
+        n : int
+            Number of samples (fewer if the projection rarely converges).
+        gen : torch.Generator
+            Random generator.
+
+        Returns
+        -------
+        points : (n, D) float32 Tensor
+        normals : (n, D) float32 Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.data import AnalyticSource
+        >>> from nsr.shapes import Box
+        >>> points, normals = AnalyticSource(Box([0.2, 0.2, 0.2])).sample_surface(6, torch.Generator().manual_seed(0))
+        >>> points.abs().max(dim=1).values.round(decimals=5)  # on a face of the box
+        tensor([0.2000, 0.2000, 0.2000, 0.2000, 0.2000, 0.2000])
+        >>> normals.abs().sum(dim=1)  # axis-aligned face normals
+        tensor([1., 1., 1., 1., 1., 1.])
+        """
         found_x, found_n, total = [], [], 0
         for _ in range(20):
             if total >= n:
@@ -192,6 +399,35 @@ def load_mesh(path: str | Path) -> Any:
     """Read a triangle mesh with trimesh (scenes, e.g. GLB, are concatenated).
 
     Raises :class:`FileNotFoundError` or :class:`ShapeError` with the reason.
+
+    Parameters
+    ----------
+    path : str or Path
+        OBJ, PLY, STL, OFF, GLB or glTF file.
+
+    Returns
+    -------
+    trimesh.Trimesh
+        Unprocessed (vertices as stored).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ShapeError
+        If it cannot be read, has no triangles, or has NaN or infinite coordinates.
+
+    Examples
+    --------
+    >>> import tempfile, torch, trimesh
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = Path(tmp.name) / "slab.obj"
+    >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
+    >>> from nsr.data import load_mesh
+    >>> load_mesh(path).faces.shape
+    (12, 3)
+    >>> tmp.cleanup()
     """
     import trimesh
 
@@ -223,6 +459,31 @@ def winding_numbers(
     a closed outward-oriented mesh; in between near holes. ``vertices`` ``(V, 3)``, ``faces``
     ``(F, 3)`` long. Cost O(N F) (about 0.2-0.4 us per point-face pair on one core in float64,
     half that in float32), in chunks of about ``chunk`` pairs.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray or Tensor
+    faces : (F, 3) int ndarray or Tensor
+    points : (N, 3) float ndarray or Tensor
+    chunk : int
+        Point-face pairs per chunk.
+    dtype : torch.dtype
+        Compute dtype.
+
+    Returns
+    -------
+    (N,) float64 Tensor
+
+    Examples
+    --------
+    >>> import numpy as np, trimesh
+    >>> from nsr.data import winding_numbers
+    >>> cube = trimesh.creation.box()
+    >>> winding_numbers(cube.vertices, cube.faces, np.array([[0.0, 0, 0], [2, 0, 0]])).round(decimals=6)
+    tensor([1., 0.], dtype=torch.float64)
+    >>> half = winding_numbers(cube.vertices, cube.faces[2:], np.array([[0.0, 0, 0]]))  # one face removed
+    >>> round(float(half[0]), 6)  # the centre sees the missing face at a solid angle of 4 pi / 6
+    0.833333
     """
     v = torch.as_tensor(vertices).detach().cpu().to(dtype)
     f = torch.as_tensor(faces).detach().cpu().long()
@@ -260,7 +521,18 @@ def _igl() -> Any:
 
 
 def igl_available() -> bool:
-    """Whether libigl's ``igl`` imports (the optional fast winding number)."""
+    """Whether libigl's ``igl`` imports (the optional fast winding number).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from nsr.data import igl_available
+    >>> isinstance(igl_available(), bool)
+    True
+    """
     try:
         _igl()
     except ImportError:
@@ -277,7 +549,36 @@ def mesh_winding_numbers(
 ) -> Tensor:
     """Generalized winding numbers ``(N,)`` float64 by ``backend``: ``exact``
     (:func:`winding_numbers`), ``igl`` (libigl's fast winding number, an approximation with
-    error ~1e-3 away from the surface) or ``auto`` (igl when importable, else exact)."""
+    error ~1e-3 away from the surface) or ``auto`` (igl when importable, else exact).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+    faces : (F, 3) int ndarray
+    points : (N, 3) float ndarray or Tensor
+    backend : {"auto", "exact", "igl"}
+    dtype : torch.dtype
+        Compute dtype of the exact backend.
+
+    Returns
+    -------
+    (N,) float64 Tensor
+
+    Raises
+    ------
+    ShapeError
+        On an unknown backend.
+    ImportError
+        For ``igl`` without libigl.
+
+    Examples
+    --------
+    >>> import numpy as np, trimesh
+    >>> from nsr.data import mesh_winding_numbers
+    >>> cube = trimesh.creation.box()
+    >>> mesh_winding_numbers(cube.vertices, cube.faces, np.array([[0.0, 0, 0]]), backend="exact").round(decimals=6)
+    tensor([1.], dtype=torch.float64)
+    """
     if backend not in WINDING_BACKENDS:
         raise ShapeError(f"winding_backend must be one of {WINDING_BACKENDS}, got {backend!r}")
     q = points.detach().cpu().double().numpy() if isinstance(points, Tensor) else np.asarray(points, np.float64)
@@ -298,14 +599,49 @@ def mesh_winding_numbers(
 
 def ambiguous_fraction(w: Tensor) -> float:
     """Fraction of winding numbers ``(N,)`` with ``|w|`` in :data:`AMBIGUOUS_BAND` (neither
-    inside nor outside); 0 for a closed mesh away from its surface."""
+    inside nor outside); 0 for a closed mesh away from its surface.
+
+    Parameters
+    ----------
+    w : (N,) Tensor
+        Winding numbers.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.data import ambiguous_fraction
+    >>> ambiguous_fraction(torch.tensor([0.0, 1.0, 0.5, -0.3]))
+    0.5
+    """
     lo, hi = AMBIGUOUS_BAND
     aw = w.abs()
     return float(((aw >= lo) & (aw <= hi)).double().mean()) if w.numel() else 0.0
 
 
 def is_closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
-    """Watertight after merging coincident vertices (OBJ seams duplicate them)."""
+    """Watertight after merging coincident vertices (OBJ seams duplicate them).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+    faces : (F, 3) int ndarray
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.data import is_closed
+    >>> cube = trimesh.creation.box()
+    >>> is_closed(cube.vertices, cube.faces), is_closed(cube.vertices, cube.faces[1:])
+    (True, False)
+    """
     import trimesh
 
     return bool(trimesh.Trimesh(vertices, faces, process=True).is_watertight)
@@ -318,6 +654,43 @@ class MeshSource(ShapeSource):
     ``sign`` (see the module docstring: ``auto``, ``rays``, ``winding``, ``shell``).
     ``inside_check`` holds what ``auto`` measured on an open mesh (``ambiguous_fraction``,
     ``n_probes``) or is empty.
+
+    Parameters
+    ----------
+    path : str or Path
+        The mesh file (:func:`load_mesh`).
+    fit : float
+        Half-size of the cube the longest side is scaled to.
+    n_rays : int
+        Rays of the majority vote on open meshes (made odd).
+    sign : {"auto", "rays", "winding", "shell"}
+        How inside is decided.
+    shell_thickness : float
+        Thickness of the ``shell`` mode, box units.
+    max_ambiguous : float
+        Largest ambiguous fraction ``auto`` accepts on an open mesh.
+    winding_backend : {"auto", "exact", "igl"}
+        Winding number backend.
+
+    Raises
+    ------
+    ShapeError
+        On a bad option, an unreadable or degenerate mesh, or (``auto``) an open mesh without an inside.
+
+    Examples
+    --------
+    >>> import tempfile, torch, trimesh
+    >>> from pathlib import Path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> path = Path(tmp.name) / "slab.obj"
+    >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
+    >>> from nsr.data import MeshSource
+    >>> src = MeshSource(path, fit=0.45, sign="winding", winding_backend="exact")
+    >>> src.watertight, src.transform()  # the slab's longest side, 2, becomes 0.9
+    (True, {'center': [0.0, 0.0, 0.0], 'scale': 0.45})
+    >>> src.inside(torch.tensor([[0.0, 0.0, 0.0], [0.4, 0.3, 0.0]]))
+    array([ True, False])
+    >>> tmp.cleanup()
     """
 
     dim = 3
@@ -391,7 +764,34 @@ class MeshSource(ShapeSource):
 
     def probe_points(self, n: int, gen: torch.Generator, sigma: float = 0.02) -> Tensor:
         """``n`` points ``(n, 3)``: half near the surface (Gaussian, ``sigma`` box units), half
-        uniform in the fitted bounding cube ``[-0.5, 0.5]^3``."""
+        uniform in the fitted bounding cube ``[-0.5, 0.5]^3``.
+
+        Parameters
+        ----------
+        n : int
+            Number of points.
+        gen : torch.Generator
+            Random generator.
+        sigma : float
+            Noise of the near-surface half.
+
+        Returns
+        -------
+        (n, 3) float32 Tensor
+
+        Examples
+        --------
+        >>> import tempfile, torch, trimesh
+        >>> from pathlib import Path
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = Path(tmp.name) / "slab.obj"
+        >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
+        >>> from nsr.data import MeshSource
+        >>> src = MeshSource(path, sign="winding", winding_backend="exact")
+        >>> src.probe_points(10, torch.Generator().manual_seed(0)).shape
+        torch.Size([10, 3])
+        >>> tmp.cleanup()
+        """
         surf, _ = self.sample_surface(n - n // 2, gen)
         near = surf + torch.randn(surf.shape, generator=gen) * sigma
         uni = torch.rand(n // 2, 3, generator=gen) - 0.5
@@ -414,12 +814,44 @@ class MeshSource(ShapeSource):
         return self._scene
 
     def unsigned_distance(self, x: Tensor) -> np.ndarray:
-        """Box-unit distance to the surface, ``(N, 3) -> (N,)`` float32 numpy."""
+        """Box-unit distance to the surface (open3d ``RaycastingScene``).
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float32 ndarray
+        """
         o3d = _open3d()
         return self._raycasting_scene().compute_distance(o3d.core.Tensor(x.detach().cpu().float().numpy())).numpy()
 
     def inside(self, x: Tensor) -> np.ndarray:
-        """``(N, 3) -> (N,)`` bool by ``sign`` (not defined for ``shell``)."""
+        """Which points are inside, by ``sign`` (not defined for ``shell``).
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) bool ndarray
+
+        Examples
+        --------
+        >>> import tempfile, torch, trimesh
+        >>> from pathlib import Path
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = Path(tmp.name) / "slab.obj"
+        >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
+        >>> from nsr.data import MeshSource
+        >>> MeshSource(path, sign="winding", winding_backend="exact").inside(torch.tensor([[0.0, 0.2, 0.0]]))
+        array([ True])
+        >>> tmp.cleanup()
+        """
         if self.sign == "winding":
             self._warn_slow_winding(len(x))
             w = mesh_winding_numbers(self.vertices, self.faces, x, self.winding_backend)
@@ -442,6 +874,18 @@ class MeshSource(ShapeSource):
             )
 
     def signed_distance(self, x: Tensor) -> Tensor:
+        """Unsigned distance (open3d) with the sign of :meth:`inside`, or minus half the shell.
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            In ``x``'s dtype and on its device.
+        """
         dist = self.unsigned_distance(x)
         if self.sign == "shell":
             sdf = dist - np.float32(self.shell_thickness / 2)
@@ -458,6 +902,32 @@ class MeshSource(ShapeSource):
         return pts, self._face_normals[face]
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Area-weighted points on the triangles with their face normals (on the shell's faces for ``shell``).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        gen : torch.Generator
+            Random generator.
+
+        Returns
+        -------
+        points : (n, 3) float32 Tensor
+        normals : (n, 3) float32 Tensor
+
+        Examples
+        --------
+        >>> import tempfile, torch, trimesh
+        >>> from pathlib import Path
+        >>> from nsr.data import MeshSource
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = trimesh.creation.box(extents=(2, 1, 1)).export(Path(tmp) / "slab.obj")
+        ...     src = MeshSource(Path(tmp) / "slab.obj", sign="winding", winding_backend="exact")
+        >>> points, normals = src.sample_surface(4, torch.Generator().manual_seed(0))
+        >>> points.shape, normals.abs().sum(dim=1)
+        (torch.Size([4, 3]), tensor([1., 1., 1., 1.]))
+        """
         if self.sign != "shell":
             return self._sample_faces(n, gen)
         return self._sample_shell(n, gen)
@@ -496,7 +966,25 @@ def _xyz_format(path: Path) -> str:
 
 
 def load_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Points ``(N, 3)`` and normals ``(N, 3)`` or ``None`` of a PLY/PCD/XYZ(N) file (open3d)."""
+    """Points ``(N, 3)`` and normals ``(N, 3)`` or ``None`` of a PLY/PCD/XYZ(N) file (open3d).
+
+    Parameters
+    ----------
+    path : str or Path
+        The point cloud file.
+
+    Returns
+    -------
+    points : (N, 3) float64 ndarray
+    normals : (N, 3) float64 ndarray or None
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ShapeError
+        If it is empty, unreadable, or has NaN or infinite coordinates.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"point cloud file not found: {path}")
@@ -516,7 +1004,32 @@ def load_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
 
 def check_normals(normals: np.ndarray, what: str, tol: float = 1e-2) -> None:
     """Refuse normals ``(N, 3)`` that are not finite unit vectors (zero normals are what a file
-    with an empty normal field gives; they would train the normal loss on nothing)."""
+    with an empty normal field gives; they would train the normal loss on nothing).
+
+    Parameters
+    ----------
+    normals : (N, 3) float ndarray
+    what : str
+        Named in the error (e.g. the file).
+    tol : float
+        Accepted deviation of a length from 1.
+
+    Raises
+    ------
+    ShapeError
+        On NaN or infinite, zero, or non-unit normals.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.data import ShapeError, check_normals
+    >>> check_normals(np.array([[0.0, 0.0, 1.0]]), "cloud.ply")  # fine: nothing happens
+    >>> try:
+    ...     check_normals(np.array([[0.0, 0.0, 2.0]]), "cloud.ply")
+    ... except ShapeError as err:
+    ...     print(str(err)[:46])
+    cloud.ply: 1 of 1 normals are not unit vectors
+    """
     bad = ~np.isfinite(normals).all(1)
     if bad.any():
         raise ShapeError(f"{what}: {int(bad.sum())} of {len(normals)} normals are NaN or infinite; fix or drop them")
@@ -541,6 +1054,20 @@ class PointCloudSource(ShapeSource):
     """Oriented point cloud: surface samples and normals only, no SDF off the surface.
 
     ``require_normals`` (default) makes a cloud without normals an error at load time.
+
+    Parameters
+    ----------
+    path : str or Path
+        The point cloud file (:func:`load_point_cloud`, needs open3d).
+    fit : float
+        Half-size of the cube the longest side is scaled to.
+    require_normals : bool
+        Refuse a cloud without normals.
+
+    Raises
+    ------
+    ShapeError
+        Without normals (when required), with fewer than 16 points, or with bad normals.
     """
 
     dim = 3
@@ -571,9 +1098,35 @@ class PointCloudSource(ShapeSource):
             self.normals = torch.full_like(self.points, float("nan"))
 
     def signed_distance(self, x: Tensor) -> Tensor:
+        """Unknown off the surface: ``NaN`` for every point.
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        (N,) float Tensor
+            All ``NaN``.
+        """
         return torch.full(x.shape[:1], float("nan"), dtype=x.dtype, device=x.device)
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` points of the cloud drawn with replacement, and their normals (``NaN`` without normals).
+
+        Parameters
+        ----------
+        n : int
+            Number of samples.
+        gen : torch.Generator
+            Random generator.
+
+        Returns
+        -------
+        points : (n, 3) float32 Tensor
+        normals : (n, 3) float32 Tensor
+        """
         idx = torch.randint(0, self.points.shape[0], (n,), generator=gen)
         return self.points[idx], self.normals[idx]
 
@@ -598,6 +1151,37 @@ def make_source(
 
     ``sign``, ``shell_thickness``, ``max_ambiguous``, ``winding_backend``: mesh files only,
     see :class:`MeshSource`.
+
+    Parameters
+    ----------
+    kind : {"analytic", "mesh", "pointcloud"}
+        The source type.
+    shape : nsr.shapes.Shape, optional
+        For ``analytic``.
+    path : str or Path, optional
+        For ``mesh`` and ``pointcloud``.
+    box : float
+        Half-size of the training box.
+    fit : float
+        Half-size files are scaled to, ``0 < fit <= box``.
+    n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend
+        Passed to :class:`MeshSource` or :class:`PointCloudSource`.
+
+    Returns
+    -------
+    ShapeSource
+
+    Raises
+    ------
+    ShapeError
+        On any bad input.
+
+    Examples
+    --------
+    >>> from nsr.data import make_source
+    >>> from nsr.shapes import Box
+    >>> type(make_source("analytic", shape=Box([0.2, 0.2, 0.2]))).__name__
+    'AnalyticSource'
     """
     if not box > 0:
         raise ShapeError(f"the training box half-size must be > 0, got {box}")
@@ -617,7 +1201,33 @@ def make_source(
 
 
 def split_counts(n: int, fractions: dict[str, float], n_sigmas: int) -> dict[str, int]:
-    """Points per kind (``surface``, ``near``, ``uniform``) for a batch of ``n``."""
+    """Points per kind (``surface``, ``near``, ``uniform``) for a batch of ``n``.
+
+    Parameters
+    ----------
+    n : int
+        Batch size.
+    fractions : dict of str to float
+        Relative weights of ``surface``, ``near`` and ``uniform``.
+    n_sigmas : int
+        Noise levels of ``near`` (its count is made a multiple of it).
+
+    Returns
+    -------
+    dict of str to int
+        Summing to ``n``; at least one surface point.
+
+    Raises
+    ------
+    ValueError
+        On negative fractions or a zero sum.
+
+    Examples
+    --------
+    >>> from nsr.data import split_counts
+    >>> split_counts(1000, {"surface": 0.2, "near": 0.5, "uniform": 0.3}, n_sigmas=2)
+    {'surface': 200, 'near': 500, 'uniform': 300}
+    """
     total = sum(float(fractions.get(k, 0.0)) for k in ("surface", "near", "uniform"))
     if not total > 0 or any(float(v) < 0 for v in fractions.values()):
         raise ValueError(f"sampling fractions must be >= 0 with a positive sum, got {fractions}")
@@ -638,6 +1248,35 @@ def sample_points(
 
     Returns ``surface`` ``(S, D)``, ``normals`` ``(S, D)``, ``points`` ``(Q, D)`` (near-surface
     then uniform) and ``sdf`` ``(Q,)`` (``NaN`` where unknown).
+
+    Parameters
+    ----------
+    source : ShapeSource
+        The shape.
+    counts : dict of str to int
+        From :func:`split_counts`.
+    sigmas : sequence of float
+        Near-surface noise levels, fractions of the box size ``2 box``.
+    box : float
+        Half-size of the training box.
+    gen : torch.Generator
+        Random generator.
+
+    Returns
+    -------
+    dict of str to Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.data import AnalyticSource, sample_points
+    >>> from nsr.shapes import Sphere
+    >>> batch = sample_points(AnalyticSource(Sphere(0.3)), {"surface": 8, "near": 4, "uniform": 6}, [0.01, 0.003],
+    ...                       0.5, torch.Generator().manual_seed(0))
+    >>> {k: tuple(v.shape) for k, v in batch.items()}
+    {'surface': (8, 3), 'normals': (8, 3), 'points': (10, 3), 'sdf': (10,)}
+    >>> bool(torch.allclose(batch["sdf"], batch["points"].norm(dim=1) - 0.3, atol=1e-6))
+    True
     """
     d = source.dim
     n_near, n_uni = counts["near"], counts["uniform"]
@@ -658,5 +1297,22 @@ def sample_points(
 
 
 def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """Deterministic generator for batch ``index`` of ``epoch`` (independent of process count)."""
+    """Deterministic generator for batch ``index`` of ``epoch`` (independent of process count).
+
+    Parameters
+    ----------
+    seed, epoch, index : int
+
+    Returns
+    -------
+    torch.Generator
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.data import batch_generator
+    >>> a, b = torch.rand(3, generator=batch_generator(0, 1, 2)), torch.rand(3, generator=batch_generator(0, 1, 2))
+    >>> bool(torch.equal(a, b)), bool(torch.equal(a, torch.rand(3, generator=batch_generator(0, 1, 3))))
+    (True, False)
+    """
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 10_007 + index) % (2**63))

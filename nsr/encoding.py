@@ -34,7 +34,31 @@ _PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219
 
 
 def level_resolutions(n_levels: int, min_resolution: int, max_resolution: int) -> list[int]:
-    """Resolutions in geometric progression from ``min_resolution`` to ``max_resolution``."""
+    """Resolutions in geometric progression from ``min_resolution`` to ``max_resolution``.
+
+    Parameters
+    ----------
+    n_levels : int
+        Number of levels, at least 1.
+    min_resolution, max_resolution : int
+        Cells per axis of the coarsest and finest level.
+
+    Returns
+    -------
+    list of int
+        ``n_levels`` resolutions, rounded to integers.
+
+    Raises
+    ------
+    ValueError
+        If ``n_levels < 1`` or not ``1 <= min_resolution <= max_resolution``.
+
+    Examples
+    --------
+    >>> from nsr.encoding import level_resolutions
+    >>> level_resolutions(4, 2, 16)
+    [2, 4, 8, 16]
+    """
     if n_levels < 1 or min_resolution < 1 or max_resolution < min_resolution:
         raise ValueError(
             f"need n_levels >= 1 and 1 <= min_resolution <= max_resolution, got {n_levels}, "
@@ -51,19 +75,41 @@ class SimplexGridEncoding(nn.Module):
 
     Parameters
     ----------
-    in_dim : input dimension ``D >= 1``.
-    n_levels, min_resolution, max_resolution : grid levels, resolutions in geometric progression.
-    features : features per level ``F``.
-    table_size : rows per level; a level with more grid vertices is hashed into this many.
-    bounds : ``(lo, hi)``, the box the grid covers; points outside are clamped onto it.
-    include_input : append the raw coordinates to the features.
-    init_scale : features start uniform in ``[-init_scale, init_scale]``.
+    in_dim : int
+        Input dimension ``D >= 1``.
+    n_levels, min_resolution, max_resolution : int
+        Grid levels, resolutions in geometric progression.
+    features : int
+        Features per level ``F``.
+    table_size : int
+        Rows per level; a level with more grid vertices is hashed into this many.
+    bounds : (lo, hi)
+        The box the grid covers; points outside are clamped onto it.
+    include_input : bool
+        Append the raw coordinates to the features.
+    init_scale : float
+        Features start uniform in ``[-init_scale, init_scale]``.
 
-    Example
-    -------
+    Raises
+    ------
+    ValueError
+        On sizes below 1, bounds that are not finite with ``lo < hi``, or ``in_dim > 7``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.encoding import SimplexGridEncoding
     >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
     >>> enc(torch.zeros(5, 2)).shape
     torch.Size([5, 4])
+
+    The encoding is affine along a segment inside one simplex:
+
+    >>> _ = torch.manual_seed(0)
+    >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2, init_scale=1.0)
+    >>> a, b = torch.tensor([[0.1, 0.05]]), torch.tensor([[0.9, 0.3]])  # both in the same Kuhn simplex
+    >>> bool(torch.allclose(enc((a + b) / 2), (enc(a) + enc(b)) / 2, atol=1e-6))
+    True
     """
 
     def __init__(
@@ -96,20 +142,77 @@ class SimplexGridEncoding(nn.Module):
 
     @property
     def out_dim(self) -> int:
+        """Features per point: ``n_levels * features`` (``+ D`` with ``include_input``)."""
         return len(self.resolutions) * self.features + (self.in_dim if self.include_input else 0)
 
     def extra_repr(self) -> str:
+        """The settings shown by ``repr(module)``.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4).extra_repr()[:34]
+        'in_dim=2, resolutions=[2, 4], feat'
+        """
         return (f"in_dim={self.in_dim}, resolutions={self.resolutions}, features={self.features}, "
                 f"table_size={self.table_size}, bounds=({self.lo}, {self.hi}), include_input={self.include_input}")
 
     def grid_coordinates(self, x: Tensor, level: int) -> Tensor:
-        """``(P, D)`` points -> ``(P, D)`` coordinates ``u`` in ``[0, N]`` of grid ``level``."""
+        """Grid coordinates of points at one level.
+
+        Parameters
+        ----------
+        x : (P, D) float Tensor
+            Points.
+        level : int
+            Level index.
+
+        Returns
+        -------
+        (P, D) float Tensor
+            ``u = N (x - lo) / (hi - lo)`` clamped to ``[0, N]``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
+        >>> enc.grid_coordinates(torch.tensor([[0.25, -0.5], [5.0, 0.0]]), level=1)  # N = 4 on [-1, 1]
+        tensor([[2.5000, 1.0000],
+                [4.0000, 2.0000]])
+        """
         n = self.resolutions[level]
         return ((x - self.lo) * (n / (self.hi - self.lo))).clamp(0, n)
 
     def simplices(self, u: Tensor, level: int) -> tuple[Tensor, Tensor, Tensor]:
         """Kuhn simplex of grid coordinates ``u`` ``(P, D)``: cell ``(P, D)`` int64, axis order
-        ``(P, D)`` int64 (fractional parts decreasing) and fractional parts ``(P, D)``."""
+        ``(P, D)`` int64 (fractional parts decreasing) and fractional parts ``(P, D)``.
+
+        Parameters
+        ----------
+        u : (P, D) float Tensor
+            Grid coordinates (:meth:`grid_coordinates`).
+        level : int
+            Level index.
+
+        Returns
+        -------
+        cell : (P, D) int64 Tensor
+        order : (P, D) int64 Tensor
+        frac : (P, D) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=4, max_resolution=4)
+        >>> enc.simplices(torch.tensor([[2.25, 1.75]]), level=0)
+        (tensor([[2, 1]]), tensor([[1, 0]]), tensor([[0.2500, 0.7500]]))
+        """
         n = self.resolutions[level]
         cell = u.floor().clamp(max=n - 1)  # a point on the upper face belongs to the last cell
         frac = u - cell
@@ -132,7 +235,33 @@ class SimplexGridEncoding(nn.Module):
         return idx + self.offsets[level]
 
     def simplex_vertices(self, u: Tensor, level: int) -> tuple[Tensor, Tensor]:
-        """Vertices ``(P, D+1, D)`` int64 of each point's simplex and barycentric weights ``(P, D+1)``."""
+        """Vertices of each point's simplex and its barycentric weights there.
+
+        Parameters
+        ----------
+        u : (P, D) float Tensor
+            Grid coordinates.
+        level : int
+            Level index.
+
+        Returns
+        -------
+        vertices : (P, D+1, D) int64 Tensor
+        weights : (P, D+1) float Tensor
+            Non-negative, summing to 1; ``sum_i weights[i] * vertices[i] == u``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=4, max_resolution=4)
+        >>> u = torch.tensor([[2.25, 1.75]])
+        >>> vertices, weights = enc.simplex_vertices(u, level=0)
+        >>> vertices[0].tolist(), weights
+        ([[2, 1], [2, 2], [3, 2]], tensor([[0.2500, 0.5000, 0.2500]]))
+        >>> bool(torch.allclose((weights[:, :, None] * vertices).sum(1), u))
+        True
+        """
         cell, order, frac = self.simplices(u, level)
         steps = torch.zeros(u.shape[0], self.in_dim + 1, self.in_dim, dtype=torch.long, device=u.device)
         steps[:, 1:].scatter_(2, order[:, :, None], 1)
@@ -144,7 +273,32 @@ class SimplexGridEncoding(nn.Module):
         return vertices, weights
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(P, D) -> (P, out_dim)``."""
+        """Encode points.
+
+        Parameters
+        ----------
+        x : (P, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (P, out_dim) float Tensor
+            Level by level, then the raw coordinates with ``include_input``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not ``(P, D)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=3, n_levels=2, features=4, min_resolution=2, max_resolution=4,
+        ...                           include_input=True)
+        >>> enc(torch.zeros(6, 3)).shape
+        torch.Size([6, 11])
+        """
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected points of shape (P, {self.in_dim}), got {tuple(x.shape)}")
         table = self.table.to(x.dtype)
@@ -159,7 +313,28 @@ class SimplexGridEncoding(nn.Module):
 
     def planes(self, level: int) -> tuple[Tensor, Tensor]:
         """The simplex facets of ``level`` that cross the open box, as planes ``a . x = b``:
-        ``(K, D)`` normals and ``(K,)`` offsets in input coordinates (float64)."""
+        ``(K, D)`` normals and ``(K,)`` offsets in input coordinates (float64).
+
+        Parameters
+        ----------
+        level : int
+            Level index.
+
+        Returns
+        -------
+        normals : (K, D) float64 Tensor
+        offsets : (K,) float64 Tensor
+
+        Examples
+        --------
+        At resolution 2 on ``[-1, 1]^2``: the lines ``x = 0``, ``y = 0`` and ``x - y = -1, 0, 1``.
+
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2)
+        >>> normals, offsets = enc.planes(0)
+        >>> normals.tolist(), offsets.tolist()
+        ([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]], [0.0, 0.0, -1.0, 0.0, 1.0])
+        """
         n, d = self.resolutions[level], self.in_dim
         scale = n / (self.hi - self.lo)  # u = scale (x - lo)
         eye = torch.eye(d, dtype=torch.float64)
@@ -181,8 +356,26 @@ class SimplexGridEncoding(nn.Module):
 class GridMLP(nn.Module):
     """A simplex-grid encoding followed by a ReLU MLP: ``R^D -> R``, continuous piecewise affine.
 
-    Example
-    -------
+    Parameters
+    ----------
+    in_dim : int
+        Input dimension ``D``.
+    width : int
+        Neurons per hidden layer.
+    depth : int
+        Number of hidden layers.
+    **encoding
+        Passed to :class:`SimplexGridEncoding`.
+
+    Raises
+    ------
+    ValueError
+        If ``width`` or ``depth`` is below 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.encoding import GridMLP
     >>> net = GridMLP(in_dim=3, width=16, depth=2, n_levels=2, max_resolution=8)
     >>> net(torch.zeros(4, 3)).shape
     torch.Size([4])
@@ -198,7 +391,24 @@ class GridMLP(nn.Module):
         self.in_dim, self.width, self.depth = in_dim, width, depth
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(P, D) -> (P,)``."""
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        x : (P, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (P,) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import GridMLP
+        >>> GridMLP(in_dim=2, width=8, depth=1, n_levels=1, min_resolution=2, max_resolution=2)(torch.zeros(3, 2)).shape
+        torch.Size([3])
+        """
         h = self.encoding(x)
         for layer in self.layers[:-1]:
             h = torch.relu(layer(h))

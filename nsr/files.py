@@ -42,6 +42,38 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> 
     Raises ``FileNotFoundError`` when the folder does not exist, ``PermissionError`` when it
     is not writable, ``IsADirectoryError`` when ``path`` is a folder. Any failure, including
     ``KeyboardInterrupt``, removes the temporary file and leaves an existing ``path`` as it was.
+
+    Parameters
+    ----------
+    path : str or Path
+        The final name.
+    data : bytes or callable
+        The content, or a function ``write(fh)`` writing it to a binary file object.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    PermissionError
+        If the folder is not writable.
+    IsADirectoryError
+        If ``path`` is a folder.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.files import atomic_write
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     done = atomic_write(Path(tmp) / "a.txt", b"hello")
+    ...     _ = atomic_write(Path(tmp) / "b.bin", lambda fh: fh.write(bytes(3)))
+    ...     print(done.read_bytes(), sorted(p.name for p in Path(tmp).iterdir()))
+    b'hello' ['a.txt', 'b.bin']
     """
     path = Path(path)
     folder = path.parent
@@ -79,7 +111,22 @@ _MAX_LAYERS = 10_000
 
 
 class ComplexFileError(ValueError):
-    """A file that is not a complete, consistent complex written by ``PolyhedralComplex.save``."""
+    """A file that is not a complete, consistent complex written by ``PolyhedralComplex.save``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.files import ComplexFileError, read_complex_file
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     (Path(tmp) / "c.npz").write_bytes(b"not a zip")
+    ...     try:
+    ...         read_complex_file(Path(tmp) / "c.npz")
+    ...     except ComplexFileError as err:
+    ...         print("not a readable complex file" in str(err))
+    9
+    True
+    """
 
 
 def _array_header(zf: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -170,6 +217,38 @@ def read_complex_file(path: str | Path) -> dict[str, Any]:
     finite numbers, ``lo < hi``, vertex and constraint ids in range, a valid ReLU network of
     input dimension D. Raises ``FileNotFoundError`` or :class:`ComplexFileError` naming the file
     and what is wrong.
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.npz`` file written by ``PolyhedralComplex.save``.
+
+    Returns
+    -------
+    dict of str to Any
+        The keys above.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ComplexFileError
+        If the file is not a complete, consistent complex.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr import extract_complex
+    >>> from nsr.files import read_complex_file
+    >>> from nsr.networks import random_network
+    >>> cx = extract_complex(random_network(2, [8], seed=0), (-1, 1), progress=False)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     data = read_complex_file(cx.save(Path(tmp) / "cx.npz"))
+    >>> data["vertices"].shape[1], data["bounds"].tolist(), data["net"].widths
+    (2, [[-1.0, 1.0], [-1.0, 1.0]], [8])
+    >>> len(data["vertices"]) == cx.f_vector[0]
+    True
     """
     from nsr.networks import NetworkError, PLNetwork
 

@@ -45,6 +45,32 @@ def network_params(net: Any, dtype: torch.dtype | None = None) -> Params:
     ``net.parameters()``), a module with a ``.net`` ReLUMLP (nsr's LightningModule), a
     :class:`PLNetwork`, or a ``(weights, biases)`` pair. ``weights[l]`` is ``(n_l, n_{l-1})``.
     With ``dtype`` the tensors are cast (a differentiable cast).
+
+    Parameters
+    ----------
+    net : ReLUMLP, module with ``.net``, PLNetwork or (weights, biases)
+        The network.
+    dtype : torch.dtype, optional
+        Cast to this dtype.
+
+    Returns
+    -------
+    weights : list of (n_l, n_{l-1}) Tensor
+    biases : list of (n_l,) Tensor
+
+    Raises
+    ------
+    TypeError
+        For anything else.
+
+    Examples
+    --------
+    >>> from nsr.networks import ReLUMLP
+    >>> from nsr.geometry import network_params
+    >>> mlp = ReLUMLP(3, 8, 2)
+    >>> ws, bs = network_params(mlp)
+    >>> [tuple(w.shape) for w in ws], ws[0] is mlp.layers[0].weight
+    ([(8, 3), (8, 8), (1, 8)], True)
     """
     if isinstance(net, ReLUMLP):
         ws = [m.weight for m in net.layers]
@@ -98,6 +124,30 @@ def region_affine(
 
     ``patterns`` is ``(P, N)`` bool (hidden neurons in layer order). Returns ``grad (P, D)``
     and ``offset (P,)``, differentiable in the parameters.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads.
+    patterns : (P, N) bool Tensor
+        Activation patterns of ``P`` regions.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+
+    Returns
+    -------
+    grad : (P, D) Tensor
+    offset : (P,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> pattern = torch.tensor([[True, False, True, True, True, True]])  # the octant x, z > 0 > y
+    >>> from nsr.geometry import region_affine
+    >>> region_affine(net, pattern)  # f = x - y + z - 0.5 there
+    (tensor([[ 1., -1.,  1.]], dtype=torch.float64), tensor([-0.5000], dtype=torch.float64))
     """
     params = network_params(net, dtype)
     patterns = patterns.to(params[0][0].device)
@@ -122,7 +172,31 @@ def _region_gradient(ws: list[Tensor], masks: list[Tensor], n: int) -> Tensor:
 
 def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """``grad f`` of the regions with ``(P, N)`` patterns, ``(P, D)`` (the first output of
-    :func:`region_affine` without its forward pass for the offsets)."""
+    :func:`region_affine` without its forward pass for the offsets).
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads.
+    patterns : (P, N) bool Tensor
+        Activation patterns.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+
+    Returns
+    -------
+    (P, D) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> pattern = torch.tensor([[True, False, True, True, True, True]])  # the octant x, z > 0 > y
+    >>> from nsr.geometry import region_gradients
+    >>> region_gradients(net, pattern)
+    tensor([[ 1., -1.,  1.]], dtype=torch.float64)
+    """
     ws, _ = network_params(net, dtype)
     patterns = patterns.to(ws[0].device)
     masks = [m.to(ws[0].dtype) for m in _split_patterns(patterns, [int(w.shape[0]) for w in ws[:-1]])]
@@ -130,13 +204,61 @@ def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = Non
 
 
 def region_normals(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """Unit normals ``grad f / |grad f|`` of regions, ``(P, D)`` (pointing to ``f > 0``)."""
+    """Unit normals ``grad f / |grad f|`` of regions, ``(P, D)`` (pointing to ``f > 0``).
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads.
+    patterns : (P, N) bool Tensor
+        Activation patterns.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+
+    Returns
+    -------
+    (P, D) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> pattern = torch.tensor([[True, False, True, True, True, True]])  # the octant x, z > 0 > y
+    >>> from nsr.geometry import region_normals
+    >>> (region_normals(net, pattern) * 3**0.5).round(decimals=6)
+    tensor([[ 1., -1.,  1.]], dtype=torch.float64)
+    """
     g, _ = region_affine(net, patterns, dtype)
     return g / safe_norm(g).unsqueeze(-1)
 
 
 def region_gradient_norm(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """``|grad f|`` on regions with the given ``(P, N)`` patterns, ``(P,)``."""
+    """``|grad f|`` on regions with the given ``(P, N)`` patterns, ``(P,)``.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads.
+    patterns : (P, N) bool Tensor
+        Activation patterns.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+
+    Returns
+    -------
+    (P,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> pattern = torch.tensor([[True, False, True, True, True, True]])  # the octant x, z > 0 > y
+    >>> from nsr.geometry import region_gradient_norm
+    >>> round(float(region_gradient_norm(net, pattern)) ** 2, 6)
+    3.0
+    """
     g, _ = region_affine(net, patterns, dtype)
     return safe_norm(g)
 
@@ -155,6 +277,45 @@ def constraint_system(
     ``x_d = lo_d`` and ``c = 2d+1`` is ``x_d = hi_d``; ``2D <= c < 2D+N`` hidden neuron
     ``c - 2D``; ``c == 2D+N`` the output at ``level``). ``patterns`` is ``(V, N)`` bool.
     Returns ``J (V, D, D)`` and ``c (V, D)``.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads.
+    constraints : (V, D) int64 Tensor
+        Active constraint ids of each vertex.
+    patterns : (V, N) bool Tensor
+        Activation pattern of each vertex.
+    bounds : (D, 2) array_like
+        The box.
+    level : float
+        The level set.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+
+    Returns
+    -------
+    jac : (V, D, D) Tensor
+    offset : (V, D) Tensor
+
+    Raises
+    ------
+    ValueError
+        On a constraint id of ``2D + N + 1`` or more.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = [[-1.0, 1.0]] * 3
+    >>> x0 = torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64)  # the vertex where y = 0, z = 0, f = 0
+    >>> ids = torch.tensor([[7, 8, 12]])  # neurons 1 and 2 (ids 2D + 1, 2D + 2), the output (2D + N)
+    >>> pattern = torch.tensor([[True, False, False, True, True, True]])
+    >>> from nsr.geometry import constraint_system
+    >>> jac, c = constraint_system(net, ids, pattern, box)
+    >>> torch.linalg.solve(jac, -c) + 0.0
+    tensor([[0.5000, 0.0000, 0.0000]], dtype=torch.float64)
     """
     ws, bs = network_params(net, dtype)
     device, fdtype = ws[0].device, ws[0].dtype
@@ -206,6 +367,48 @@ def constraint_residuals(
     ``f - level`` for the output), computed by one masked forward pass: ``(V, n_l)`` per
     layer instead of the ``(V, D+1, n_l)`` maps, so its graph is about ``D+1`` times
     cheaper. Differentiable in the parameters (``vertices`` are detached).
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads.
+    vertices : (V, D) float Tensor
+        Positions.
+    constraints : (V, D) int64 Tensor
+        Active constraint ids (:func:`constraint_system`).
+    patterns : (V, N) bool Tensor
+        Activation patterns.
+    bounds : (D, 2) array_like
+        The box.
+    level : float
+        The level set.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+
+    Returns
+    -------
+    (V, D) Tensor
+        Zero where each vertex satisfies its constraints.
+
+    Raises
+    ------
+    ValueError
+        On a constraint id of ``2D + N + 1`` or more.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = [[-1.0, 1.0]] * 3
+    >>> x0 = torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64)  # the vertex where y = 0, z = 0, f = 0
+    >>> ids = torch.tensor([[7, 8, 12]])  # neurons 1 and 2 (ids 2D + 1, 2D + 2), the output (2D + N)
+    >>> pattern = torch.tensor([[True, False, False, True, True, True]])
+    >>> from nsr.geometry import constraint_residuals
+    >>> constraint_residuals(net, x0, ids, pattern, box)
+    tensor([[0., 0., 0.]], dtype=torch.float64)
+    >>> constraint_residuals(net, x0 + 0.1, ids, pattern, box)  # y, z and f = x - y - z - 0.5 on this pattern
+    tensor([[ 0.1000,  0.1000, -0.1000]], dtype=torch.float64)
     """
     ws, bs = network_params(net, dtype)
     device, fdtype = ws[0].device, ws[0].dtype
@@ -269,6 +472,50 @@ def differentiable_vertices(
     earlier parameters) skips building ``J``: the step is then a Newton step with that
     Jacobian, whose value differs from the re-solved vertex at second order in the parameter
     change.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`network_params` reads (gradients flow to its parameters).
+    vertices : (V, D) float Tensor
+        Extracted positions.
+    constraints : (V, D) int64 Tensor
+        Active constraint ids.
+    patterns : (V, N) bool Tensor
+        Activation patterns.
+    bounds : (D, 2) array_like
+        The box.
+    level : float
+        The level set.
+    dtype : torch.dtype, optional
+        Compute in this dtype.
+    cond_max : float
+        Largest accepted Frobenius condition number of ``J``.
+    frozen_jacobian : bool
+        Build ``J`` without gradient (cheaper).
+    jacobian_inverse : (V, D, D) Tensor, optional
+        A precomputed ``J^-1`` (:func:`frozen_jacobian_inverse`).
+
+    Returns
+    -------
+    (V, D) Tensor
+
+    Examples
+    --------
+    Moving the output bias by ``db`` moves the vertex ``(0.5, 0, 0)`` by ``-db`` along x:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = [[-1.0, 1.0]] * 3
+    >>> x0 = torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64)  # the vertex where y = 0, z = 0, f = 0
+    >>> ids = torch.tensor([[7, 8, 12]])  # neurons 1 and 2 (ids 2D + 1, 2D + 2), the output (2D + N)
+    >>> pattern = torch.tensor([[True, False, False, True, True, True]])
+    >>> from nsr.geometry import differentiable_vertices
+    >>> bias = net.biases[-1].clone().requires_grad_(True)
+    >>> x = differentiable_vertices((net.weights, net.biases[:-1] + [bias]), x0, ids, pattern, box)
+    >>> x.detach(), torch.autograd.grad(x[0, 0], bias)[0]
+    (tensor([[0.5000, 0.0000, 0.0000]], dtype=torch.float64), tensor([-1.], dtype=torch.float64))
     """
     if frozen_jacobian or jacobian_inverse is not None:
         inv = jacobian_inverse if jacobian_inverse is not None else \
@@ -297,7 +544,31 @@ def frozen_jacobian_inverse(
     """``J^-1`` of each vertex's constraint system, without gradient, ``(V, D, D)``; rows of
     degenerate vertices (see :func:`differentiable_vertices`) are zero, so that a Newton step
     with it keeps them at ``x0`` with zero gradient. Reusable for the ``jacobian_inverse`` of
-    :func:`differentiable_vertices` while the structure is kept."""
+    :func:`differentiable_vertices` while the structure is kept.
+
+    Parameters
+    ----------
+    net, constraints, patterns, bounds, level, dtype, cond_max
+        As in :func:`differentiable_vertices`.
+
+    Returns
+    -------
+    (V, D, D) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5; neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = [[-1.0, 1.0]] * 3
+    >>> x0 = torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64)  # the vertex where y = 0, z = 0, f = 0
+    >>> ids = torch.tensor([[7, 8, 12]])  # neurons 1 and 2 (ids 2D + 1, 2D + 2), the output (2D + N)
+    >>> pattern = torch.tensor([[True, False, False, True, True, True]])
+    >>> from nsr.geometry import constraint_system, frozen_jacobian_inverse
+    >>> inv = frozen_jacobian_inverse(net, ids, pattern, box)
+    >>> bool(torch.allclose(inv @ constraint_system(net, ids, pattern, box)[0], torch.eye(3, dtype=torch.float64)))
+    True
+    """
     with torch.no_grad():
         jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
         inv, bad = _checked_inverse(jac, cond_max)
@@ -339,6 +610,18 @@ class SurfaceStructure:
     ``triangles (T, 3)`` long, ``triangle_polygon (T,)`` long, ``edges (E, 2)`` long (unique
     undirected), ``edge_polygons (E, 2)`` long (the polygons on either side, ``-1`` when the
     edge borders one polygon only), ``bounds (3, 2)`` float64.
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import SurfaceStructure
+    >>> s = SurfaceStructure.from_polygons(v, faces, torch.zeros(6, 3, dtype=torch.long), torch.zeros(6, 6, dtype=bool),
+    ...                                    torch.zeros(8, 6, dtype=bool), torch.tensor([[-1.0, 1.0]] * 3))
+    >>> s.n_vertices, s.n_polygons, len(s.edges), len(s.interior_edges), tuple(s.triangles.shape)
+    (6, 8, 12, 12, (8, 3))
     """
 
     vertices0: Tensor
@@ -355,10 +638,12 @@ class SurfaceStructure:
 
     @property
     def n_vertices(self) -> int:
+        """Number of vertices ``V``."""
         return int(self.vertices0.shape[0])
 
     @property
     def n_polygons(self) -> int:
+        """Number of polygons ``P``."""
         return int(self.cycles.shape[0])
 
     @property
@@ -368,7 +653,33 @@ class SurfaceStructure:
 
     @classmethod
     def from_mesh(cls, mesh: Any, device: torch.device | str | None = None) -> SurfaceStructure:
-        """Build from an ``ExactMesh`` (or any object with its numpy fields)."""
+        """Build from an ``ExactMesh`` (or any object with its numpy fields).
+
+        Parameters
+        ----------
+        mesh : ExactMesh
+            Needs ``vertices``, ``polygons``, ``vertex_patterns``, ``polygon_patterns``,
+            ``vertex_constraints`` and ``bounds``.
+        device : torch.device or str, optional
+            Where the tensors go.
+
+        Returns
+        -------
+        SurfaceStructure
+
+        Examples
+        --------
+        >>> from types import SimpleNamespace
+        >>> import numpy as np
+        >>> from nsr.geometry import SurfaceStructure
+        >>> square = SimpleNamespace(vertices=np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]]),
+        ...                          polygons=[np.array([0, 1, 2, 3])], vertex_patterns=np.zeros((4, 2), bool),
+        ...                          polygon_patterns=np.zeros((1, 2), bool), vertex_constraints=np.zeros((4, 3), int),
+        ...                          bounds=np.array([[-1.0, 1.0]] * 3))
+        >>> s = SurfaceStructure.from_mesh(square)
+        >>> s.n_polygons, len(s.edges), s.triangles.tolist()
+        (1, 4, [[0, 1, 2], [0, 2, 3]])
+        """
         polygons = [np.asarray(p, dtype=np.int64) for p in mesh.polygons]
         cycles, cycle_len = pad_cycles(polygons)
         cycles[np.arange(cycles.shape[1])[None, :] >= cycle_len[:, None]] = -1
@@ -390,7 +701,40 @@ class SurfaceStructure:
         """Build from tensors on one device: ``vertices`` ``(V, 3)``, oriented ``cycles``
         ``(P, K)`` long padded with -1, ``constraints`` ``(V, 3)``, ``vertex_patterns``
         ``(V, N)``, ``polygon_patterns`` ``(P, N)``, ``bounds`` ``(3, 2)``. Triangles are the
-        fan of each cycle from its first vertex."""
+        fan of each cycle from its first vertex.
+
+        Parameters
+        ----------
+        vertices : (V, 3) float Tensor
+            Extracted positions.
+        cycles : (P, K) int64 Tensor
+            Oriented vertex cycles padded with -1.
+        constraints : (V, 3) int64 Tensor
+            Active constraint ids of each vertex.
+        vertex_patterns : (V, N) bool Tensor
+            Activation pattern of each vertex.
+        polygon_patterns : (P, N) bool Tensor
+            Activation pattern of each polygon's region.
+        bounds : (3, 2) float Tensor
+            The box.
+
+        Returns
+        -------
+        SurfaceStructure
+
+        Examples
+        --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import SurfaceStructure
+        >>> s = SurfaceStructure.from_polygons(v, faces, torch.zeros(6, 3, dtype=torch.long),
+        ...                                    torch.zeros(6, 6, dtype=bool), torch.zeros(8, 6, dtype=bool),
+        ...                                    torch.tensor([[-1.0, 1.0]] * 3))
+        >>> s.cycle_len.tolist()
+        [3, 3, 3, 3, 3, 3, 3, 3]
+        """
         cycle_len = (cycles >= 0).sum(1)
         k = cycles.shape[1]
         ar = torch.arange(k, device=vertices.device)
@@ -415,7 +759,27 @@ class SurfaceStructure:
 
 def fan_triangles(cycles: Tensor) -> tuple[Tensor, Tensor]:
     """Fan triangulation ``(v_0, v_i, v_i+1)`` of convex cycles ``(P, K)`` padded with -1:
-    triangles ``(T, 3)`` and the polygon of each ``(T,)``, ordered by ``i``, then polygon."""
+    triangles ``(T, 3)`` and the polygon of each ``(T,)``, ordered by ``i``, then polygon.
+
+    Parameters
+    ----------
+    cycles : (P, K) int64 Tensor
+        Vertex cycles padded with -1.
+
+    Returns
+    -------
+    triangles : (T, 3) int64 Tensor
+    polygon : (T,) int64 Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import fan_triangles
+    >>> fan_triangles(torch.tensor([[0, 1, 2, 3], [4, 5, 6, -1]]))
+    (tensor([[0, 1, 2],
+            [4, 5, 6],
+            [0, 2, 3]]), tensor([0, 1, 0]))
+    """
     dev = cycles.device
     k = cycles.shape[1]
     if k < 3:
@@ -430,6 +794,24 @@ def pad_cycles(polygons: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Pad vertex cycles to ``(P, K)`` by repeating each cycle's first vertex; lengths ``(P,)``.
 
     The repeated vertex adds zero-length edges only, so sums over cycle edges are unchanged.
+
+    Parameters
+    ----------
+    polygons : sequence of (k,) int ndarray
+        Vertex cycles.
+
+    Returns
+    -------
+    cycles : (P, K) int64 ndarray
+    lengths : (P,) int64 ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.geometry import pad_cycles
+    >>> pad_cycles([np.array([0, 1, 2, 3]), np.array([4, 5, 6])])
+    (array([[0, 1, 2, 3],
+           [4, 5, 6, 4]]), array([4, 3]))
     """
     n = len(polygons)
     lens = np.fromiter((len(p) for p in polygons), dtype=np.int64, count=n)
@@ -451,6 +833,29 @@ def polygon_edges(cycles: Any, cycle_len: Any) -> tuple[Any, Any]:
     ``cycles`` ``(P, K)`` and ``cycle_len`` ``(P,)``: tensors, or numpy arrays (numpy comes
     back). ``edge_polygons[e, 1]`` is ``-1`` for an edge with one polygon (the box cut, or an
     open boundary); an edge of more than two polygons keeps the first two.
+
+    Parameters
+    ----------
+    cycles : (P, K) int Tensor or ndarray
+        Padded cycles (:func:`pad_cycles`).
+    cycle_len : (P,) int Tensor or ndarray
+        Their lengths.
+
+    Returns
+    -------
+    edges : (E, 2) int64
+        ``edges[:, 0] < edges[:, 1]``.
+    edge_polygons : (E, 2) int64
+
+    Examples
+    --------
+    Two triangles sharing the edge (0, 2):
+
+    >>> import numpy as np
+    >>> from nsr.geometry import polygon_edges
+    >>> edges, polys = polygon_edges(np.array([[0, 1, 2], [0, 2, 3]]), np.array([3, 3]))
+    >>> edges.tolist(), polys.tolist()
+    ([[0, 1], [0, 2], [0, 3], [1, 2], [2, 3]], [[0, -1], [0, 1], [1, -1], [0, -1], [1, -1]])
     """
     if isinstance(cycles, np.ndarray):
         e, ep = polygon_edges(torch.from_numpy(np.asarray(cycles, np.int64)),
@@ -487,7 +892,27 @@ def polygon_edges(cycles: Any, cycle_len: Any) -> tuple[Any, Any]:
 
 
 def safe_norm(v: Tensor, eps: float = 1e-30) -> Tensor:
-    """Euclidean norm over the last axis with a finite gradient at zero, ``(...,)``."""
+    """Euclidean norm over the last axis with a finite gradient at zero, ``(...,)``.
+
+    Parameters
+    ----------
+    v : (..., D) Tensor
+        Vectors.
+    eps : float
+        Added under the square root.
+
+    Returns
+    -------
+    (...,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import safe_norm
+    >>> v = torch.zeros(1, 3, requires_grad=True)
+    >>> safe_norm(torch.tensor([[3.0, 4.0, 0.0]])), torch.autograd.grad(safe_norm(v).sum(), v)[0]
+    (tensor([5.]), tensor([[0., 0., 0.]]))
+    """
     return torch.sqrt((v * v).sum(-1) + eps)
 
 
@@ -496,47 +921,195 @@ def polygon_vector_areas(vertices: Tensor, cycles: Tensor) -> Tensor:
 
     Its norm is the area of a planar polygon and its direction the normal given by the
     cycle's orientation (outward for nsr's meshes).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    cycles : (P, K) int64 Tensor
+        Padded by repeating the first vertex.
+
+    Returns
+    -------
+    (P, 3) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import polygon_vector_areas
+    >>> square = torch.tensor([[0.0, 0, 0], [2, 0, 0], [2, 2, 0], [0, 2, 0]])
+    >>> polygon_vector_areas(square, torch.tensor([[0, 1, 2, 3]]))  # counter-clockwise seen from +z
+    tensor([[0., 0., 4.]])
     """
     v = vertices[cycles]  # (P, K, 3)
     return 0.5 * torch.cross(v, torch.roll(v, -1, dims=1), dim=-1).sum(1)
 
 
 def polygon_areas(vertices: Tensor, cycles: Tensor) -> Tensor:
-    """Areas of planar polygons from their ordered cycles, ``(P,)``."""
+    """Areas of planar polygons from their ordered cycles, ``(P,)``.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    cycles : (P, K) int64 Tensor
+
+    Returns
+    -------
+    (P,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import polygon_areas
+    >>> round(float(polygon_areas(v, faces)[0]), 6), round(3**0.5 / 8, 6)  # equilateral, side sqrt(0.5)
+    (0.216506, 0.216506)
+    """
     return safe_norm(polygon_vector_areas(vertices, cycles))
 
 
 def polygon_normals(vertices: Tensor, cycles: Tensor) -> Tensor:
-    """Unit normals of polygons from their ordered cycles, ``(P, 3)``."""
+    """Unit normals of polygons from their ordered cycles, ``(P, 3)``.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    cycles : (P, K) int64 Tensor
+
+    Returns
+    -------
+    (P, 3) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import polygon_normals
+    >>> (polygon_normals(v, faces)[:2] * 3**0.5).round(decimals=6)  # outward: sign(x, y, z) / sqrt(3)
+    tensor([[ 1.,  1.,  1.],
+            [-1.,  1.,  1.]], dtype=torch.float64)
+    """
     va = polygon_vector_areas(vertices, cycles)
     return va / safe_norm(va).unsqueeze(-1)
 
 
 def polygon_perimeters(vertices: Tensor, cycles: Tensor) -> Tensor:
-    """Perimeters of padded cycles, ``(P,)`` (padding edges have zero length)."""
+    """Perimeters of padded cycles, ``(P,)`` (padding edges have zero length).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    cycles : (P, K) int64 Tensor
+
+    Returns
+    -------
+    (P,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import polygon_perimeters
+    >>> square = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.float64)
+    >>> polygon_perimeters(square, torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0]])).round(decimals=6)
+    tensor([4.0000, 3.4142], dtype=torch.float64)
+    """
     v = vertices[cycles]
     d = torch.roll(v, -1, dims=1) - v
     return (torch.sqrt((d * d).sum(-1) + 1e-30) - 1e-15).sum(1)
 
 
 def total_area(vertices: Tensor, cycles: Tensor) -> Tensor:
-    """Total area of the polygons, scalar."""
+    """Total area of the polygons, scalar.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    cycles : (P, K) int64 Tensor
+
+    Returns
+    -------
+    () Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import total_area
+    >>> round(float(total_area(v, faces)), 6), round(3**0.5, 6)  # 8 triangles of area sqrt(3) / 8
+    (1.732051, 1.732051)
+    """
     return polygon_areas(vertices, cycles).sum()
 
 
 def triangle_areas(vertices: Tensor, triangles: Tensor) -> Tensor:
-    """Triangle areas, ``(T,)``."""
+    """Triangle areas, ``(T,)``.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    triangles : (T, 3) int64 Tensor
+
+    Returns
+    -------
+    (T,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import triangle_areas
+    >>> triangle_areas(torch.tensor([[0.0, 0, 0], [2, 0, 0], [0, 3, 0]]), torch.tensor([[0, 1, 2]]))
+    tensor([3.])
+    """
     a, b, c = vertices[triangles].unbind(1)
     return 0.5 * safe_norm(torch.cross(b - a, c - a, dim=-1))
 
 
 def edge_lengths(vertices: Tensor, edges: Tensor) -> Tensor:
-    """Lengths of ``(E, 2)`` edges, ``(E,)``."""
+    """Lengths of ``(E, 2)`` edges, ``(E,)``.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    edges : (E, 2) int64 Tensor
+
+    Returns
+    -------
+    (E,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import edge_lengths
+    >>> edge_lengths(torch.tensor([[0.0, 0, 0], [3, 4, 0]]), torch.tensor([[0, 1]]))
+    tensor([5.])
+    """
     return safe_norm(vertices[edges[:, 1]] - vertices[edges[:, 0]])
 
 
 def angle_between(u: Tensor, v: Tensor) -> Tensor:
-    """Angle in radians between vectors ``(..., 3)`` (``atan2(|u x v|, u . v)``), ``(...,)``."""
+    """Angle in radians between vectors ``(..., 3)`` (``atan2(|u x v|, u . v)``), ``(...,)``.
+
+    Parameters
+    ----------
+    u, v : (..., 3) Tensor
+
+    Returns
+    -------
+    (...,) Tensor
+        In ``[0, pi]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import angle_between
+    >>> angle_between(torch.tensor([[1.0, 0, 0], [1, 0, 0]]), torch.tensor([[0.0, 2, 0], [-1, 0, 0]])) / torch.pi
+    tensor([0.5000, 1.0000])
+    """
     return torch.atan2(safe_norm(torch.cross(u, v, dim=-1)), (u * v).sum(-1))
 
 
@@ -545,12 +1118,50 @@ def dihedral_angles(normals: Tensor, edge_polygons: Tensor) -> Tensor:
 
     ``normals`` ``(P, 3)``; ``edge_polygons`` ``(E_i, 2)`` with both entries valid. ``0``
     means the two polygons are coplanar (a flat edge), ``pi`` a knife edge.
+
+    Parameters
+    ----------
+    normals : (P, 3) Tensor
+    edge_polygons : (E_i, 2) int64 Tensor
+
+    Returns
+    -------
+    (E_i,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import dihedral_angles, polygon_normals
+    >>> angles = dihedral_angles(polygon_normals(v, faces), torch.tensor([[0, 1], [0, 4]]))
+    >>> bool(torch.allclose(angles, torch.acos(torch.tensor(1 / 3, dtype=torch.float64))))  # the octahedron's
+    True
     """
     return angle_between(normals[edge_polygons[:, 0]], normals[edge_polygons[:, 1]])
 
 
 def triangle_angles(vertices: Tensor, triangles: Tensor) -> Tensor:
-    """The three interior angles of each triangle, ``(T, 3)`` radians (at vertex 0, 1, 2)."""
+    """The three interior angles of each triangle, ``(T, 3)`` radians (at vertex 0, 1, 2).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    triangles : (T, 3) int64 Tensor
+
+    Returns
+    -------
+    (T, 3) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.geometry import triangle_angles
+    >>> right = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    >>> triangle_angles(right, torch.tensor([[0, 1, 2]])) / torch.pi
+    tensor([[0.5000, 0.2500, 0.2500]])
+    """
     p = vertices[triangles]  # (T, 3, 3)
     nxt = torch.roll(p, -1, dims=1)
     prv = torch.roll(p, 1, dims=1)
@@ -562,13 +1173,53 @@ def enclosed_volume(vertices: Tensor, triangles: Tensor) -> Tensor:
 
     ``sum det(a, b, c) / 6`` over triangles; meaningful only for closed surfaces (e.g.
     ``extract_mesh(..., close=True)``).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    triangles : (T, 3) int64 Tensor
+
+    Returns
+    -------
+    () Tensor
+        Negative for an inward-oriented mesh.
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import enclosed_volume
+    >>> round(float(enclosed_volume(v, faces)), 6), round(4 / 3 * 0.5**3, 6)
+    (0.166667, 0.166667)
     """
     a, b, c = vertices[triangles].unbind(1)
     return (a * torch.cross(b, c, dim=-1)).sum() / 6.0
 
 
 def polygon_isoperimetric_quality(vertices: Tensor, cycles: Tensor) -> Tensor:
-    """``4 pi A / L^2`` per polygon, ``(P,)``: 1 disc, 0.60 equilateral triangle, 0 sliver."""
+    """``4 pi A / L^2`` per polygon, ``(P,)``: 1 disc, 0.60 equilateral triangle, 0 sliver.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float Tensor
+    cycles : (P, K) int64 Tensor
+
+    Returns
+    -------
+    (P,) Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+    ...                        dtype=torch.float64)  # the octahedron |x| + |y| + |z| = 0.5
+    >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    >>> from nsr.geometry import polygon_isoperimetric_quality
+    >>> round(float(polygon_isoperimetric_quality(v, faces)[0]), 4), round(3**0.5 * 3.141592653589793 / 9, 4)
+    (0.6046, 0.6046)
+    """
     area = polygon_areas(vertices, cycles)
     per = polygon_perimeters(vertices, cycles)
     return 4.0 * math.pi * area / (per * per + 1e-30)

@@ -85,6 +85,34 @@ class ShapeDataModule(L.LightningDataModule):
     ``sampling``: ``batch_size``, ``steps_per_epoch``, ``fractions`` (surface / near / uniform),
     ``sigmas`` (box-relative), ``mode`` (``resample``: new points every batch and epoch;
     ``pool``: subsets of ``pool_size`` points drawn once), ``seed``, ``n_val``.
+
+    Parameters
+    ----------
+    kind, shape, path, box, fit, n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend
+        The source, see :func:`nsr.data.make_source`.
+    dim : int
+        Expected dimension of the shape.
+    sampling : dict, optional
+        The keys above.
+
+    Raises
+    ------
+    nsr.data.ShapeError
+        On a bad source.
+    ValueError
+        On a dimension mismatch or bad sampling settings.
+
+    Examples
+    --------
+    >>> from nsr.lightning import ShapeDataModule
+    >>> from nsr.shapes import Sphere
+    >>> dm = ShapeDataModule(shape=Sphere(0.3), sampling={"batch_size": 64, "steps_per_epoch": 2, "n_val": 40})
+    >>> dm.setup()
+    >>> batch = next(iter(dm.train_dataloader()))
+    >>> {k: tuple(v.shape) for k, v in batch.items()}  # 0.2 of 64 on the surface, the rest off it
+    {'surface': (13, 3), 'normals': (13, 3), 'points': (51, 3), 'sdf': (51,)}
+    >>> len(dm.train_dataloader())
+    2
     """
 
     def __init__(
@@ -131,6 +159,13 @@ class ShapeDataModule(L.LightningDataModule):
         self._val: _ValDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training and validation datasets (once; ``pool`` mode samples its pool here).
+
+        Parameters
+        ----------
+        stage : str, optional
+            Lightning's stage name (unused).
+        """
         if self._train is None:
             pool = None
             if self.mode == "pool":
@@ -152,7 +187,22 @@ class ShapeDataModule(L.LightningDataModule):
             self._val = _ValDataset(self.validation_batch())
 
     def validation_batch(self) -> dict[str, Tensor]:
-        """Fixed validation samples: ``uniform``/``uniform_sdf`` and ``near``/``near_sdf``."""
+        """Fixed validation samples: ``uniform``/``uniform_sdf`` and ``near``/``near_sdf``.
+
+        Returns
+        -------
+        dict of str to Tensor
+            ``uniform`` ``(n_val, D)``, ``uniform_sdf`` ``(n_val,)``, ``near`` ``(n_val // 4, D)``,
+            ``near_sdf`` ``(n_val // 4,)``; the same on every call.
+
+        Examples
+        --------
+        >>> from nsr.lightning import ShapeDataModule
+        >>> from nsr.shapes import Sphere
+        >>> dm = ShapeDataModule(shape=Sphere(0.3), sampling={"batch_size": 64, "steps_per_epoch": 2, "n_val": 40})
+        >>> {k: tuple(v.shape) for k, v in dm.validation_batch().items()}
+        {'uniform': (40, 3), 'uniform_sdf': (40,), 'near': (10, 3), 'near_sdf': (10,)}
+        """
         gen = batch_generator(self.seed + 1, -2, 0)
         n = self.n_val
         uni = sample_points(self.source, {"surface": 1, "near": 0, "uniform": n}, [], self.box, gen)
@@ -170,15 +220,46 @@ class ShapeDataModule(L.LightningDataModule):
         }
 
     def set_epoch(self, epoch: int) -> None:
-        """New samples per epoch in ``resample`` mode (called by the module each epoch)."""
+        """New samples per epoch in ``resample`` mode (called by the module each epoch).
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch about to start.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.lightning import ShapeDataModule
+        >>> from nsr.shapes import Sphere
+        >>> dm = ShapeDataModule(shape=Sphere(0.3), sampling={"batch_size": 64, "steps_per_epoch": 2, "n_val": 40})
+        >>> dm.setup()
+        >>> first = next(iter(dm.train_dataloader()))["points"]
+        >>> dm.set_epoch(1)
+        >>> bool(torch.equal(first, next(iter(dm.train_dataloader()))["points"]))
+        False
+        """
         if self._train is not None:
             self._train.epoch = epoch
 
     def train_dataloader(self) -> DataLoader:
+        """``steps_per_epoch`` batches (each already a full batch dict; call :meth:`setup` first).
+
+        Returns
+        -------
+        torch.utils.data.DataLoader
+            Yields dicts as :func:`nsr.data.sample_points` returns them.
+        """
         assert self._train is not None, "call setup() first"
         return DataLoader(self._train, batch_size=None, shuffle=False, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
+        """One batch: :meth:`validation_batch` (call :meth:`setup` first).
+
+        Returns
+        -------
+        torch.utils.data.DataLoader
+        """
         assert self._val is not None, "call setup() first"
         return DataLoader(self._val, batch_size=None, shuffle=False, num_workers=0)
 
@@ -189,6 +270,37 @@ class ImplicitShapeModule(L.LightningModule):
     ``optimizer(params=...)`` and ``scheduler(optimizer=...)`` are factories (Hydra
     ``_partial_`` configs). ``regularizer_terms``: callables ``module -> {name: tensor}``
     whose values are added to the loss and logged as ``reg/<name>``.
+
+    Parameters
+    ----------
+    net : ReLUMLP
+        The network trained.
+    loss : ImplicitLoss
+        The loss.
+    optimizer : callable, optional
+        ``optimizer(params=...)``; default Adam with ``lr=1e-3``.
+    scheduler : callable, optional
+        ``scheduler(optimizer=...)``.
+    scheduler_interval : {"epoch", "step"}
+        When the scheduler steps.
+    transform : dict, optional
+        The source's transform (stored in the checkpoint).
+    config : dict, optional
+        The run's configuration (stored in the checkpoint).
+
+    Raises
+    ------
+    TypeError
+        If ``net`` is not a :class:`~nsr.networks.ReLUMLP`.
+
+    Examples
+    --------
+    >>> from nsr.lightning import ImplicitShapeModule
+    >>> from nsr.losses import ImplicitLoss
+    >>> from nsr.networks import ReLUMLP
+    >>> module = ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())
+    >>> module.hparams["net"], type(module.configure_optimizers()).__name__
+    ({'in_dim': 3, 'width': 8, 'depth': 2}, 'Adam')
     """
 
     def __init__(
@@ -220,15 +332,49 @@ class ImplicitShapeModule(L.LightningModule):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, D) -> (N,)`` signed distance (box units)."""
+        """Signed distance predicted by the network (box units).
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N,) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.lightning import ImplicitShapeModule
+        >>> from nsr.losses import ImplicitLoss
+        >>> from nsr.networks import ReLUMLP
+        >>> ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())(torch.zeros(4, 3)).shape
+        torch.Size([4])
+        """
         return self.net(x)
 
     def on_train_epoch_start(self) -> None:
+        """Tell the data module the epoch, so that ``resample`` mode draws new points (a Lightning hook)."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Loss of one batch plus the regularizer terms; logs each term.
+
+        Parameters
+        ----------
+        batch : dict of str to Tensor
+            From :class:`ShapeDataModule` (see :meth:`nsr.losses.ImplicitLoss.forward`).
+        batch_idx : int
+            Index of the batch in the epoch.
+
+        Returns
+        -------
+        () Tensor
+            The total loss.
+        """
         n = int(batch["points"].shape[0] + batch["surface"].shape[0])
         terms = self.loss(self.net, batch)
         loss = terms.pop("loss")
@@ -242,6 +388,15 @@ class ImplicitShapeModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Log ``val/sdf_mae`` near the surface and, where the SDF is known, ``val/iou`` of the inside.
+
+        Parameters
+        ----------
+        batch : dict of str to Tensor
+            :meth:`ShapeDataModule.validation_batch`.
+        batch_idx : int
+            Always 0.
+        """
         mae = (self.net(batch["near"]) - batch["near_sdf"]).abs().mean()
         self.log("val/sdf_mae", mae, prog_bar=True, batch_size=1, sync_dist=True)
         sdf_u = batch["uniform_sdf"]
@@ -251,6 +406,13 @@ class ImplicitShapeModule(L.LightningModule):
             self.log("val/iou", iou.float(), prog_bar=True, batch_size=1, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
+        """The optimizer, and the scheduler monitoring ``val/sdf_mae`` if one is configured.
+
+        Returns
+        -------
+        torch.optim.Optimizer or dict
+            Lightning's optimizer configuration.
+        """
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
         opt = factory(params=self.parameters())
         if self.scheduler_factory is None:
@@ -267,7 +429,34 @@ class ImplicitShapeModule(L.LightningModule):
 
 
 def load_module_network(path: str | Path) -> ReLUMLP:
-    """Rebuild the trained :class:`ReLUMLP` from an nsr checkpoint file."""
+    """Rebuild the trained :class:`ReLUMLP` from an nsr checkpoint file.
+
+    Parameters
+    ----------
+    path : str or Path
+        A checkpoint written by nsr's training (read with ``weights_only=True``).
+
+    Returns
+    -------
+    ReLUMLP
+        With the shape recorded in ``hyper_parameters["net"]`` and the trained weights.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from nsr.lightning import ImplicitShapeModule, load_module_network
+    >>> from nsr.losses import ImplicitLoss
+    >>> from nsr.networks import ReLUMLP
+    >>> module = ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())
+    >>> ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     torch.save(ckpt, Path(tmp) / "last.ckpt")
+    ...     net = load_module_network(Path(tmp) / "last.ckpt")
+    >>> x = torch.rand(5, 3)
+    >>> (net.width, net.depth), bool(torch.equal(net(x), module(x)))
+    ((8, 2), True)
+    """
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     spec = ckpt["hyper_parameters"]["net"]
     net = ReLUMLP(spec["in_dim"], spec["width"], spec["depth"])
@@ -281,6 +470,34 @@ class TimeCosineLR(L.Callback):
     ``lr = eta_min + (lr0 - eta_min) * (1 + cos(pi * t / budget_s)) / 2`` with ``t`` the
     training time so far; ends at ``eta_min`` when the budget (e.g. ``trainer.max_time``) is
     spent, whatever the machine's speed. Use with ``scheduler: null``.
+
+    Parameters
+    ----------
+    budget_s : float
+        The training time budget, seconds.
+    eta_min : float
+        Learning rate at the end of the budget.
+
+    Raises
+    ------
+    ValueError
+        If ``budget_s <= 0``.
+
+    Examples
+    --------
+    Once the budget is spent the learning rate is ``eta_min``:
+
+    >>> import time, torch
+    >>> from types import SimpleNamespace
+    >>> from nsr.lightning import TimeCosineLR
+    >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    >>> trainer = SimpleNamespace(optimizers=[opt])
+    >>> schedule = TimeCosineLR(budget_s=1e-6, eta_min=1e-5)
+    >>> schedule.on_train_start(trainer, None)
+    >>> time.sleep(0.01)
+    >>> schedule.on_train_batch_start(trainer, None, None, 0)
+    >>> opt.param_groups[0]["lr"]
+    1e-05
     """
 
     def __init__(self, budget_s: float, eta_min: float = 1e-5) -> None:
@@ -291,6 +508,15 @@ class TimeCosineLR(L.Callback):
         self._lr0: list[float] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock and remember each parameter group's initial learning rate.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            Its ``optimizers`` are scheduled.
+        pl_module : LightningModule
+            Unused.
+        """
         import time
 
         self._t0 = time.monotonic()
@@ -299,6 +525,16 @@ class TimeCosineLR(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        """Set every parameter group's learning rate for the time spent so far.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            Its ``optimizers`` are scheduled.
+        pl_module : LightningModule
+        batch : Any
+        batch_idx : int
+        """
         import math
         import time
 
@@ -322,6 +558,21 @@ class StepTimer(L.Callback):
     whole loop iteration including fetching the batch (the first step of each epoch, which
     would include validation and checkpointing, is left out). With ``path`` both are written
     there as JSON at the end of training (see :meth:`summary`).
+
+    Parameters
+    ----------
+    path : str, optional
+        JSON file written at the end of training.
+
+    Examples
+    --------
+    >>> from nsr.lightning import StepTimer
+    >>> timer = StepTimer()
+    >>> for i in range(3):  # what Lightning calls around each step
+    ...     timer.on_train_batch_start(None, None, None, i)
+    ...     timer.on_train_batch_end(None, None, None, None, i)
+    >>> len(timer.times), len(timer.loop_times), timer.summary()["steps"]
+    (3, 2, 3)
     """
 
     def __init__(self, path: str | None = None) -> None:
@@ -332,11 +583,27 @@ class StepTimer(L.Callback):
         self._last_end: float | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Leave the first loop iteration of the epoch out of :attr:`loop_times`.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         self._last_end = None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        """Start timing a step (see the class example).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        batch : Any
+        batch_idx : int
+        """
         import time
 
         self._t0 = time.perf_counter()
@@ -345,6 +612,16 @@ class StepTimer(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
         batch_idx: int,
     ) -> None:
+        """Record the step's time and the loop iteration's (see the class example).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        outputs : Any
+        batch : Any
+        batch_idx : int
+        """
         import time
 
         now = time.perf_counter()
@@ -357,7 +634,21 @@ class StepTimer(L.Callback):
 
     def summary(self) -> dict[str, Any]:
         """``steps``, ``mean_s``, ``median_s``, ``total_s`` of :attr:`times` and
-        ``loop_mean_s``, ``loop_median_s`` of :attr:`loop_times`."""
+        ``loop_mean_s``, ``loop_median_s`` of :attr:`loop_times`.
+
+        Returns
+        -------
+        dict of str to Any
+            Seconds; NaN means and medians before any step.
+
+        Examples
+        --------
+        >>> from nsr.lightning import StepTimer
+        >>> timer = StepTimer()
+        >>> timer.times = [0.5, 1.0, 3.0]
+        >>> {k: v for k, v in timer.summary().items() if not k.startswith("loop")}
+        {'steps': 3, 'mean_s': 1.5, 'median_s': 1.0, 'total_s': 4.5}
+        """
         import statistics
 
         def stats(t: list[float]) -> tuple[float, float]:
@@ -368,6 +659,13 @@ class StepTimer(L.Callback):
                 "total_s": sum(self.times), "loop_mean_s": loop_mean, "loop_median_s": loop_median}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write :meth:`summary` and the raw times to ``path`` (rank 0 only).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         if self.path is None or not trainer.is_global_zero:
             return
         import json

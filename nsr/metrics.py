@@ -44,7 +44,32 @@ ANGLE_PERCENTILES = (1, 5, 50)
 
 
 def sample_faces(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted samples ``(n, 3)`` and the index of the face each lies on ``(n,)``."""
+    """Area-weighted random points on a mesh, and the face each lies on.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        The surface, vertices ``(V, 3)``, faces ``(F, 3)``.
+    n : int
+        Number of samples.
+    seed : int
+        Seed of the sampler (the same seed samples two meshes alike).
+
+    Returns
+    -------
+    points : (n, 3) float64 ndarray
+        The samples; ``(0, 3)`` for an empty or zero-area mesh.
+    face_index : (n,) int64 ndarray
+        The face of each sample.
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.metrics import sample_faces
+    >>> points, face_index = sample_faces(trimesh.creation.box(), 5, seed=0)
+    >>> points.shape, face_index.shape
+    ((5, 3), (5,))
+    """
     if mesh.is_empty or len(mesh.faces) == 0 or mesh.area <= 0:
         return np.zeros((0, 3)), np.zeros(0, dtype=np.int64)
     points, face_index = trimesh.sample.sample_surface(mesh, n, seed=seed)
@@ -52,14 +77,61 @@ def sample_faces(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarr
 
 
 def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Area-weighted samples: points ``(n, 3)`` and the unit normals of their faces ``(n, 3)``."""
+    """Area-weighted random points on a mesh, with the unit normals of their faces.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        The surface.
+    n : int
+        Number of samples.
+    seed : int
+        Seed of the sampler.
+
+    Returns
+    -------
+    points : (n, 3) float64 ndarray
+        The samples (see :func:`sample_faces`).
+    normals : (n, 3) float64 ndarray
+        Unit normal of the face under each sample.
+
+    Examples
+    --------
+    >>> import numpy as np, trimesh
+    >>> from nsr.metrics import sample_surface
+    >>> points, normals = sample_surface(trimesh.creation.box(), 5, seed=0)
+    >>> np.linalg.norm(normals, axis=1).round(6)
+    array([1., 1., 1., 1., 1.])
+    """
     points, face_index = sample_faces(mesh, n, seed)
     normals = np.asarray(mesh.face_normals)[face_index] if len(points) else np.zeros((0, 3))
     return points, normals
 
 
 def nearest(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each ``src`` point ``(N, 3)``: distance to and index of the nearest ``dst`` point."""
+    """Nearest ``dst`` point of each ``src`` point (a k-d tree query).
+
+    Parameters
+    ----------
+    src : (N, 3) float ndarray
+        Query points.
+    dst : (M, 3) float ndarray
+        Candidate points.
+
+    Returns
+    -------
+    dist : (N,) float ndarray
+        Euclidean distance to the nearest ``dst`` point.
+    idx : (N,) int ndarray
+        Its index in ``dst``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.metrics import nearest
+    >>> nearest(np.array([[0.0, 0, 0], [2, 0, 0]]), np.array([[1.0, 0, 0], [0, 0, 0.5]]))
+    (array([0.5, 1. ]), array([1, 0]))
+    """
     dist, idx = cKDTree(dst).query(src, k=1, workers=-1)
     return dist, idx
 
@@ -73,7 +145,36 @@ def surface_distance(
     ``(M, 3)`` of ``mesh`` (finds large triangles) and the ``k`` faces with the nearest
     centroids (finds small ones). The distance to each candidate is exact, and never exceeds
     the distance to the nearest sample (on the surface: identical meshes give exactly zero).
-    Returns ``(N,)``, ``(N,)``.
+
+    Parameters
+    ----------
+    points : (N, 3) float ndarray
+        Query points.
+    mesh : trimesh.Trimesh
+        The surface measured against.
+    samples : (M, 3) float ndarray
+        Samples of ``mesh`` (from :func:`sample_faces`).
+    faces : (M,) int ndarray
+        The face of ``mesh`` under each sample.
+    k : int
+        Candidates taken from each of the two k-d tree queries.
+
+    Returns
+    -------
+    distance : (N,) float ndarray
+        Distance to the closest candidate triangle (an upper bound of the true distance).
+    face : (N,) int ndarray
+        That triangle's index in ``mesh.faces``.
+
+    Examples
+    --------
+    >>> import numpy as np, trimesh
+    >>> from nsr.metrics import sample_faces, surface_distance
+    >>> box = trimesh.creation.box(extents=(1, 1, 1))
+    >>> samples, faces = sample_faces(box, 1000, seed=0)
+    >>> d, f = surface_distance(np.array([[0.0, 0, 0], [2, 0, 0]]), box, samples, faces)
+    >>> d.round(6)
+    array([0.5, 1.5])
     """
     n, k1 = len(points), min(k, len(samples))
     k2 = min(k, len(mesh.faces))
@@ -94,7 +195,28 @@ def surface_distance(
 
 
 def chamfer(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    """Point-to-point Chamfer-L1/L2, Hausdorff, accuracy, completeness of two point sets."""
+    """Point-to-point Chamfer-L1/L2, Hausdorff, accuracy, completeness of two point sets.
+
+    Parameters
+    ----------
+    pred : (N, 3) float ndarray
+        Predicted points.
+    ref : (M, 3) float ndarray
+        Reference points.
+
+    Returns
+    -------
+    dict of str to float
+        ``accuracy`` (mean pred-to-ref distance), ``completeness`` (mean ref-to-pred),
+        ``chamfer_l1``, ``chamfer_l2`` and ``hausdorff`` (module docstring conventions).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.metrics import chamfer
+    >>> chamfer(np.zeros((1, 3)), np.array([[1.0, 0, 0], [0, 2.0, 0]]))["chamfer_l1"]
+    1.25
+    """
     d_pr, _ = nearest(pred, ref)
     d_rp, _ = nearest(ref, pred)
     return _chamfer_from(d_pr, d_rp)
@@ -111,7 +233,30 @@ def _chamfer_from(d_pr: np.ndarray, d_rp: np.ndarray) -> dict[str, float]:
 
 
 def f_score(d_pr: np.ndarray, d_rp: np.ndarray, tau: float) -> float:
-    """F-score at distance ``tau`` from the two directions' nearest distances."""
+    """F-score at distance ``tau`` from the two directions' nearest distances.
+
+    Parameters
+    ----------
+    d_pr : (N,) float ndarray
+        Distance from each predicted sample to the reference.
+    d_rp : (M,) float ndarray
+        Distance from each reference sample to the prediction.
+    tau : float
+        Distance threshold, world units.
+
+    Returns
+    -------
+    float
+        Harmonic mean of precision ``mean(d_pr <= tau)`` and recall ``mean(d_rp <= tau)``;
+        0 when both are 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.metrics import f_score
+    >>> round(f_score(np.array([0.0, 0.2]), np.array([0.0, 0.0, 0.0]), tau=0.1), 4)  # P = 0.5, R = 1
+    0.6667
+    """
     precision, recall = float((d_pr <= tau).mean()), float((d_rp <= tau).mean())
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
@@ -119,15 +264,57 @@ def f_score(d_pr: np.ndarray, d_rp: np.ndarray, tau: float) -> float:
 def normal_consistency(
     n_pred: np.ndarray, n_ref: np.ndarray, m_pr: np.ndarray, m_rp: np.ndarray
 ) -> float:
-    """Mean ``|cos|`` of paired normals, both ways: ``n_pred`` ``(N, 3)`` against ``m_pr``
-    (the other mesh's normals matched to each), ``n_ref`` ``(M, 3)`` against ``m_rp``."""
+    """Mean ``|cos|`` of paired unit normals, averaged over both directions.
+
+    Parameters
+    ----------
+    n_pred : (N, 3) float ndarray
+        Normals at the predicted samples.
+    n_ref : (M, 3) float ndarray
+        Normals at the reference samples.
+    m_pr : (N, 3) float ndarray
+        Normal of the reference face matched to each predicted sample.
+    m_rp : (M, 3) float ndarray
+        Normal of the predicted face matched to each reference sample.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]``; 1 when every pair is parallel or anti-parallel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.metrics import normal_consistency
+    >>> z, x = np.array([[0.0, 0, 1]]), np.array([[1.0, 0, 0]])
+    >>> normal_consistency(z, z, -z, x)  # one direction agrees, the other is orthogonal
+    0.5
+    """
     c_pr = np.abs((n_pred * m_pr).sum(1))
     c_rp = np.abs((n_ref * m_rp).sum(1))
     return float(0.5 * (c_pr.mean() + c_rp.mean()))
 
 
 def triangle_min_angles(mesh: trimesh.Trimesh) -> np.ndarray:
-    """Minimum interior angle of every triangle, degrees, ``(F,)`` (degenerate faces give 0)."""
+    """Minimum interior angle of every triangle.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        Triangle mesh with ``F`` faces.
+
+    Returns
+    -------
+    (F,) float ndarray
+        Degrees; degenerate faces give 0.
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.metrics import triangle_min_angles
+    >>> triangle_min_angles(trimesh.creation.box()).round(6)[:3]  # each square split in two
+    array([45., 45., 45.])
+    """
     if len(mesh.faces) == 0:
         return np.zeros(0)
     angles = np.nan_to_num(np.asarray(mesh.face_angles), nan=0.0)
@@ -137,7 +324,28 @@ def triangle_min_angles(mesh: trimesh.Trimesh) -> np.ndarray:
 def triangle_quality(
     mesh: trimesh.Trimesh, q: Sequence[float] = ANGLE_PERCENTILES
 ) -> dict[str, float]:
-    """Minimum-angle statistics: ``min_angle_p{q}`` percentiles and ``min_angle_min`` (degrees)."""
+    """Minimum-angle statistics of a triangle mesh.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        Triangle mesh.
+    q : sequence of float
+        Percentiles of the per-triangle minimum angle to report.
+
+    Returns
+    -------
+    dict of str to float
+        ``min_angle_p{q}`` for each percentile and ``min_angle_min``, degrees; NaN for a mesh
+        without faces.
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.metrics import triangle_quality
+    >>> {k: round(v, 6) for k, v in triangle_quality(trimesh.creation.box(), q=(50,)).items()}
+    {'min_angle_p50': 45.0, 'min_angle_min': 45.0}
+    """
     a = triangle_min_angles(mesh)
     if a.size == 0:
         return {f"min_angle_p{p}": float("nan") for p in q} | {"min_angle_min": float("nan")}
@@ -147,7 +355,30 @@ def triangle_quality(
 
 
 def abs_values(net: Any, points: np.ndarray, chunk: int = 2**14) -> np.ndarray:
-    """``|f(points)|`` in float64 for a network ``as_network`` reads; ``(N, 3) -> (N,)``."""
+    """Absolute network value at points, in float64 on the CPU.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`nsr.networks.as_network` reads.
+    points : (N, D) float ndarray
+        Points.
+    chunk : int
+        Points per evaluated chunk.
+
+    Returns
+    -------
+    (N,) float64 ndarray
+        ``|f(points)|``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.metrics import abs_values
+    >>> from nsr.networks import octahedron_network
+    >>> abs_values(octahedron_network(0.5), np.array([[0.5, 0, 0], [0, 0, 0], [1, 1, 0]]))
+    array([0. , 0.5, 1.5])
+    """
     from nsr.networks import as_network
 
     pl = as_network(net, dtype=torch.float64, device="cpu")
@@ -160,7 +391,35 @@ def abs_values(net: Any, points: np.ndarray, chunk: int = 2**14) -> np.ndarray:
 def residuals(
     net: Any, mesh: trimesh.Trimesh, n_samples: int = 100_000, seed: int = 0
 ) -> dict[str, float]:
-    """Mean and max ``|f|`` at the mesh vertices and at ``n_samples`` area-weighted samples."""
+    """How far a mesh is from the network's zero level set: ``|f|`` on it.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`nsr.networks.as_network` reads.
+    mesh : trimesh.Trimesh
+        The mesh, vertices ``(V, 3)``.
+    n_samples : int
+        Area-weighted samples on the faces.
+    seed : int
+        Seed of the sampler.
+
+    Returns
+    -------
+    dict of str to float
+        ``abs_f_vertices_mean``, ``abs_f_vertices_max``, ``abs_f_samples_mean``,
+        ``abs_f_samples_max``; NaN where there is nothing to measure.
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.metrics import residuals
+    >>> from nsr.networks import octahedron_network
+    >>> face = trimesh.Trimesh([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]], [[0, 1, 2]])
+    >>> r = residuals(octahedron_network(0.5), face, n_samples=100)
+    >>> r["abs_f_vertices_max"] < 1e-12, r["abs_f_samples_max"] < 1e-12  # on |x| + |y| + |z| = 0.5
+    (True, True)
+    """
     fv = abs_values(net, np.asarray(mesh.vertices))
     fs = abs_values(net, sample_surface(mesh, n_samples, seed)[0])
     return {
@@ -195,6 +454,39 @@ def compare_meshes(
     distance and F-score 1). F-score thresholds are fractions of ``ref``'s bounding-box
     diagonal. With ``net`` also the ``|f|`` residuals of ``pred``. Empty meshes give NaN
     distances and zero F-scores.
+
+    Parameters
+    ----------
+    pred : trimesh.Trimesh
+        The mesh measured.
+    ref : trimesh.Trimesh
+        The reference mesh.
+    n_samples : int
+        Area-weighted samples on each mesh.
+    seed : int
+        Seed of the sampler, the same for both meshes.
+    net : network, optional
+        Anything :func:`nsr.networks.as_network` reads; adds :func:`residuals` of ``pred``.
+
+    Returns
+    -------
+    dict of str to float
+        ``n_vertices``, ``n_faces``, ``watertight``, the :func:`triangle_quality` keys,
+        ``accuracy``, ``completeness``, ``chamfer_l1``, ``chamfer_l2``, ``hausdorff``,
+        ``normal_consistency``, ``f_score@0.005``, ``f_score@0.01`` and, with ``net``, the
+        :func:`residuals` keys. Distances are in world units.
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.metrics import compare_meshes
+    >>> ref = trimesh.creation.box(extents=(1, 1, 1))
+    >>> pred = trimesh.creation.box(extents=(1.02, 1.02, 1.02))  # every face 0.01 out
+    >>> m = compare_meshes(pred, ref, n_samples=2000)
+    >>> round(m["chamfer_l1"], 4), m["f_score@0.01"], m["n_faces"]
+    (0.01, 1.0, 12)
+    >>> compare_meshes(ref, ref, n_samples=2000)["chamfer_l1"]
+    0.0
     """
     out: dict[str, float] = {
         "n_vertices": int(len(pred.vertices)),
@@ -230,7 +522,19 @@ def _rss_bytes() -> int:
 
 
 def max_rss_bytes() -> int:
-    """Peak resident memory of this process so far (``getrusage``), in bytes."""
+    """Peak resident memory of this process so far (``getrusage``).
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Examples
+    --------
+    >>> from nsr.metrics import max_rss_bytes
+    >>> max_rss_bytes() > 0
+    True
+    """
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
@@ -241,6 +545,25 @@ def peak_memory(interval: float = 0.005) -> Iterator[dict[str, float]]:
 
     Yields a dict filled on exit with ``peak_rss_mb`` (peak resident set during the block),
     ``delta_rss_mb`` (peak minus the resident set at entry) and, on CUDA, ``cuda_peak_mb``.
+
+    Parameters
+    ----------
+    interval : float
+        Polling period, seconds.
+
+    Yields
+    ------
+    dict of str to float
+        Empty inside the block; filled on exit (MiB).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.metrics import peak_memory
+    >>> with peak_memory() as mem:
+    ...     block = np.ones(2**20)
+    >>> sorted(k for k in mem if k != "cuda_peak_mb"), mem["peak_rss_mb"] > 0
+    (['delta_rss_mb', 'peak_rss_mb'], True)
     """
     result: dict[str, float] = {}
     base = _rss_bytes()

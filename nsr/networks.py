@@ -29,7 +29,18 @@ from torch import Tensor, nn
 
 
 class NetworkError(ValueError):
-    """A network that is not a fully-connected ReLU MLP with a scalar output."""
+    """A network that is not a fully-connected ReLU MLP with a scalar output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import NetworkError, as_network
+    >>> try:
+    ...     as_network(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)))
+    ... except NetworkError as err:
+    ...     print("Tanh" in str(err))
+    True
+    """
 
 
 class ReLUMLP(nn.Module):
@@ -37,6 +48,35 @@ class ReLUMLP(nn.Module):
 
     With ``geometric_init`` the network starts close to the signed distance of a sphere of
     ``radius`` (Atzmon & Lipman, SAL, 2020), negative inside.
+
+    Parameters
+    ----------
+    in_dim : int
+        Input dimension ``D`` (2 or 3 for shapes).
+    width : int
+        Neurons per hidden layer.
+    depth : int
+        Number of hidden layers.
+    geometric_init : bool
+        Start near the signed distance of a sphere (SAL initialization).
+    radius : float
+        Radius of that sphere.
+
+    Raises
+    ------
+    ValueError
+        If ``in_dim``, ``width`` or ``depth`` is below 1.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import ReLUMLP
+    >>> _ = torch.manual_seed(0)
+    >>> mlp = ReLUMLP(in_dim=3, width=8, depth=2, geometric_init=True, radius=0.5)
+    >>> mlp(torch.zeros(5, 3)).shape
+    torch.Size([5])
+    >>> bool(mlp(torch.zeros(1, 3)) < 0)  # the centre of the sphere is inside
+    True
     """
 
     def __init__(
@@ -66,7 +106,25 @@ class ReLUMLP(nn.Module):
             nn.init.constant_(last.bias, -radius)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_dim) -> (N,)``."""
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        x : (N, in_dim) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N,) float Tensor
+            Network values.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.networks import ReLUMLP
+        >>> ReLUMLP(2, 4, 1)(torch.zeros(7, 2)).shape
+        torch.Size([7])
+        """
         for layer in self.layers[:-1]:
             x = torch.relu(layer(x))
         return self.layers[-1](x).squeeze(-1)
@@ -78,6 +136,30 @@ class PLNetwork:
 
     ``weights[l]`` is ``(n_l, n_{l-1})``, ``biases[l]`` is ``(n_l,)``; the last layer has one
     output. Tensors share one dtype and device.
+
+    Parameters
+    ----------
+    weights : list of (n_l, n_{l-1}) float Tensor
+        Weight of each affine layer; ``n_{-1}`` is the input dimension ``D`` and the last
+        layer's ``n_L`` is 1.
+    biases : list of (n_l,) float Tensor
+        Bias of each affine layer.
+
+    Raises
+    ------
+    NetworkError
+        If the shapes do not chain, the output is not a scalar, or a value is NaN or inf.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import PLNetwork
+    >>> net = PLNetwork([torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 1.0]])],
+    ...                 [torch.zeros(2), torch.tensor([-1.0])])
+    >>> net.in_dim, net.widths, net.n_neurons
+    (2, [2], 2)
+    >>> net(torch.tensor([[0.5, 0.5], [-1.0, 2.0]]))  # relu(x) + relu(y) - 1
+    tensor([0., 1.])
     """
 
     weights: list[Tensor]
@@ -88,6 +170,7 @@ class PLNetwork:
 
     @property
     def in_dim(self) -> int:
+        """Input dimension ``D``."""
         return int(self.weights[0].shape[1])
 
     @property
@@ -97,37 +180,117 @@ class PLNetwork:
 
     @property
     def n_neurons(self) -> int:
+        """Number of hidden neurons (ReLUs)."""
         return sum(self.widths)
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of every weight and bias."""
         return self.weights[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of every weight and bias."""
         return self.weights[0].device
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PLNetwork:
+        """A copy on ``device`` in ``dtype`` (``None`` keeps the current one).
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device.
+        dtype : torch.dtype, optional
+            Target floating-point dtype.
+
+        Returns
+        -------
+        PLNetwork
+            A new network; ``self`` is unchanged.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.networks import random_network
+        >>> random_network(3, [8], seed=0).to(dtype=torch.float32).dtype
+        torch.float32
+        """
         return PLNetwork(
             [w.to(device=device, dtype=dtype) for w in self.weights],
             [b.to(device=device, dtype=dtype) for b in self.biases],
         )
 
     def preactivations(self, x: Tensor, layer: int) -> Tensor:
-        """Pre-activations of ``layer`` (0-based; ``len(widths)`` is the output): ``(N, n_l)``."""
+        """Pre-activations of one layer.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points, in the network's dtype and on its device.
+        layer : int
+            0-based layer index; ``len(widths)`` is the output layer.
+
+        Returns
+        -------
+        (N, n_l) float Tensor
+            ``W_l h_{l-1} + b_l`` at each point.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.networks import random_network
+        >>> net = random_network(3, [8, 4], seed=0)
+        >>> net.preactivations(torch.zeros(5, 3, dtype=torch.float64), 1).shape
+        torch.Size([5, 4])
+        """
         h = x
         for w, b in zip(self.weights[:layer], self.biases[:layer]):
             h = torch.relu(h @ w.T + b)
         return h @ self.weights[layer].T + self.biases[layer]
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Network value, ``(N, D) -> (N,)``."""
+        """Network value at each point.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points, in the network's dtype and on its device.
+
+        Returns
+        -------
+        (N,) float Tensor
+            ``f(x)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.networks import octahedron_network
+        >>> octahedron_network(0.5)(torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64))
+        tensor([ 0.0000, -0.5000], dtype=torch.float64)
+        """
         return self.preactivations(x, len(self.weights) - 1).squeeze(-1)
 
     def local_gradients(self, patterns: Sequence[Tensor]) -> Tensor:
         """Gradient of the output on regions with given activation patterns.
 
-        ``patterns[l]`` is ``(P, n_l)`` bool (neuron active). Returns ``(P, D)``.
+        Parameters
+        ----------
+        patterns : sequence of (P, n_l) bool Tensor
+            One per hidden layer: which neurons are active in each of ``P`` regions.
+
+        Returns
+        -------
+        (P, D) float Tensor
+            The constant gradient of ``f`` on each region.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.networks import octahedron_network
+        >>> net = octahedron_network()  # |x| + |y| + |z| - 0.5
+        >>> x = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
+        >>> net.local_gradients([net.preactivations(x, 0) > 0])  # sign(x)
+        tensor([[ 1., -1.,  1.]], dtype=torch.float64)
         """
         g = self.weights[-1].expand(patterns[0].shape[0], -1)  # (P, n_L)
         for w, p in zip(reversed(self.weights[:-1]), reversed(list(patterns))):
@@ -135,7 +298,22 @@ class PLNetwork:
         return g
 
     def to_module(self) -> ReLUMLP | nn.Sequential:
-        """An ``nn.Sequential`` computing the same function (output shape ``(N, 1)``)."""
+        """An ``nn.Sequential`` of ``Linear`` and ``ReLU`` computing the same function.
+
+        Returns
+        -------
+        torch.nn.Sequential
+            Maps ``(N, D)`` to ``(N, 1)``, in the network's dtype and on its device.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.networks import random_network
+        >>> net = random_network(3, [8], seed=0)
+        >>> x = torch.rand(4, 3, dtype=torch.float64)
+        >>> bool(torch.allclose(net.to_module()(x).squeeze(1), net(x)))
+        True
+        """
         mods: list[nn.Module] = []
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             lin = nn.Linear(w.shape[1], w.shape[0], dtype=w.dtype, device=w.device)
@@ -148,6 +326,23 @@ class PLNetwork:
         return nn.Sequential(*mods)
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The weights as a :class:`ReLUMLP`-style state dict on the CPU.
+
+        Returns
+        -------
+        dict of str to Tensor
+            ``layers.{l}.weight`` ``(n_l, n_{l-1})`` and ``layers.{l}.bias`` ``(n_l,)``;
+            :func:`as_network` and :func:`load_network` read it back.
+
+        Examples
+        --------
+        >>> from nsr.networks import as_network, random_network
+        >>> net = random_network(3, [8], seed=0)
+        >>> list(net.state_dict())
+        ['layers.0.weight', 'layers.0.bias', 'layers.1.weight', 'layers.1.bias']
+        >>> as_network(net.state_dict()).widths
+        [8]
+        """
         out: dict[str, Tensor] = {}
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             out[f"layers.{i}.weight"] = w.detach().cpu()
@@ -332,6 +527,38 @@ def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
     you trust completely (no nsr app sets it); the module read is then checked like any other
     (see :func:`as_network`). Raises ``FileNotFoundError`` or :class:`NetworkError` naming the
     file and what to do.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file written by ``torch.save``: a state dict, an nsr/Lightning checkpoint or, with
+        ``trust_pickle``, a whole module.
+    trust_pickle : bool
+        Unpickle arbitrary objects (runs code from the file; only for files you trust).
+
+    Returns
+    -------
+    PLNetwork
+        The network, in the file's dtype, on the CPU.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    NetworkError
+        If the file is not a network nsr can read, or holds more than data without ``trust_pickle``.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from nsr.networks import load_network, random_network
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "net.pt"
+    ...     torch.save(random_network(3, [8, 8], seed=0).state_dict(), path)
+    ...     net = load_network(path)
+    >>> net.in_dim, net.widths
+    (3, [8, 8])
     """
     path = Path(path)
     _check_network_path(path)
@@ -417,7 +644,36 @@ def as_network(
     otherwise (an activation other than ReLU, SIREN frequencies, a model class other than
     nsr's ``ReLUMLP``, or nsr's recorded widths not matching the weights).
 
-    Raises :class:`NetworkError` naming the offending layer, key or check otherwise.
+    Parameters
+    ----------
+    obj : PLNetwork, torch.nn.Module, Mapping, str or Path
+        The network, its state dict or checkpoint, or a path to a file holding one.
+    dtype : torch.dtype, optional
+        Convert the result to this dtype.
+    device : torch.device or str, optional
+        Move the result to this device.
+    trust_pickle : bool
+        Passed on to :func:`load_network` for paths.
+
+    Returns
+    -------
+    PLNetwork
+        The canonical network (the same object when ``obj`` is one and no conversion is asked).
+
+    Raises
+    ------
+    NetworkError
+        Naming the offending layer, key or check.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import as_network
+    >>> _ = torch.manual_seed(0)
+    >>> seq = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    >>> net = as_network(seq, dtype=torch.float64)
+    >>> net.in_dim, net.widths, net.dtype
+    (2, [16], torch.float64)
     """
     if isinstance(obj, PLNetwork):
         net = obj
@@ -467,7 +723,25 @@ _CHECK_INNER, _CHECK_OUTER = 192, 64  # points in [-1, 1]^D and in [-4, 4]^D
 
 
 def check_points(dim: int) -> Tensor:
-    """The seeded points every module is checked at: ``(256, dim)`` float64."""
+    """The seeded points every module is checked at (see :func:`as_network`).
+
+    Parameters
+    ----------
+    dim : int
+        Input dimension ``D``.
+
+    Returns
+    -------
+    (256, D) float64 Tensor
+        192 points in ``[-1, 1]^D`` then 64 in ``[-4, 4]^D``; the same on every call.
+
+    Examples
+    --------
+    >>> from nsr.networks import check_points
+    >>> x = check_points(2)
+    >>> x.shape, bool(x[:192].abs().max() <= 1), bool(x[192:].abs().max() <= 4)
+    (torch.Size([256, 2]), True, True)
+    """
     gen = torch.Generator().manual_seed(_CHECK_SEED)
     inner = torch.rand(_CHECK_INNER, dim, generator=gen, dtype=torch.float64) * 2 - 1
     outer = (torch.rand(_CHECK_OUTER, dim, generator=gen, dtype=torch.float64) * 2 - 1) * 4
@@ -556,7 +830,34 @@ def _tolerance(net: PLNetwork, x: Tensor, dtype: torch.dtype) -> float:
 def random_network(
     in_dim: int, widths: Sequence[int], seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> PLNetwork:
-    """A network with PyTorch's default Linear initialization, for tests and benchmarks."""
+    """A network with PyTorch's default Linear initialization, for tests and benchmarks.
+
+    Parameters
+    ----------
+    in_dim : int
+        Input dimension ``D``.
+    widths : sequence of int
+        Hidden layer widths.
+    seed : int
+        Seed of the generator; the same seed gives the same network.
+    dtype : torch.dtype
+        Dtype of the weights (drawn in float64, then converted).
+
+    Returns
+    -------
+    PLNetwork
+        On the CPU; weights of layer ``l`` uniform in ``±1/sqrt(n_{l-1})``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import random_network
+    >>> net = random_network(3, [8], seed=0)
+    >>> net.widths, net.dtype
+    ([8], torch.float64)
+    >>> bool(torch.equal(net.weights[0], random_network(3, [8], seed=0).weights[0]))
+    True
+    """
     gen = torch.Generator().manual_seed(seed)
     dims = [in_dim, *widths, 1]
     weights, biases = [], []
@@ -572,6 +873,26 @@ def octahedron_network(radius: float = 0.5, reach: float = 10.0) -> PLNetwork:
 
     ``|t| = 2 relu(t) - t``, and ``-t`` passes through a ReLU as ``relu(reach - t) - reach``,
     whose hyperplane lies outside the box ``[-reach, reach]^3``: no two hyperplanes coincide.
+
+    Parameters
+    ----------
+    radius : float
+        The octahedron's vertices are at distance ``radius`` from the origin along the axes.
+    reach : float
+        Half-width of the box in which the formula is exact.
+
+    Returns
+    -------
+    PLNetwork
+        float64, widths ``[6]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(radius=0.5)
+    >>> net(torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)).round(decimals=6)
+    tensor([0.1000], dtype=torch.float64)
     """
     eye = torch.eye(3, dtype=torch.float64)
     w1 = torch.cat([eye, -eye])
@@ -586,6 +907,26 @@ def cube_network(radius: float = 0.5, reach: float = 10.0) -> PLNetwork:
 
     Built from ``max(a, b) = b + relu(a - b)``; pass-through terms are shifted by ``reach``
     so that their hyperplanes lie outside ``[-reach, reach]^3``.
+
+    Parameters
+    ----------
+    radius : float
+        Half the cube's edge length.
+    reach : float
+        Half-width of the box in which the formula is exact.
+
+    Returns
+    -------
+    PLNetwork
+        float64, widths ``[6, 3, 2]``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import cube_network
+    >>> net = cube_network(radius=0.5)
+    >>> net(torch.tensor([[0.1, -0.7, 0.3], [0.0, 0.0, 0.0]], dtype=torch.float64)).round(decimals=6)
+    tensor([ 0.2000, -0.5000], dtype=torch.float64)
     """
     c = reach
     eye = torch.eye(3, dtype=torch.float64)

@@ -74,6 +74,37 @@ class ExactSurface:
     (the 32x3 bunny's smooth term: 9 ms against 18 ms). On a fresh structure positions and
     gradients are exact; on a stale one the positions are off at second order in the
     parameter change and the gradient at first order.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`nsr.geometry.network_params` reads; gradients flow to its parameters.
+    structure : SurfaceStructure
+        The combinatorics of an extracted surface.
+    level : float
+        The level set.
+    dtype : torch.dtype
+        Dtype of the geometry.
+    max_move : float
+        Largest move of a valid vertex, as a fraction of the box diagonal.
+    frozen_jacobian : bool
+        Newton steps with a ``J^-1`` computed once per structure.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactSurface
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5: 8 triangles of side sqrt(0.5)
+    >>> surface = ExactSurface(net, SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False)))
+    >>> surface.vertices.shape, bool(surface.vertex_valid.all()), surface.invalid_fraction
+    (torch.Size([6, 3]), True, 0.0)
+    >>> round(float(surface.polygon_areas.sum()), 6), round(3**0.5, 6)  # 8 * sqrt(3) / 8
+    (1.732051, 1.732051)
+    >>> surface.region_gradients[0].abs()  # |grad f| = (1, 1, 1) on every face
+    tensor([1., 1., 1.], dtype=torch.float64)
     """
 
     def __init__(
@@ -103,6 +134,7 @@ class ExactSurface:
 
     @cached_property
     def params(self) -> G.Params:
+        """The network's ``(weights, biases)`` in :attr:`dtype`, live (see :func:`nsr.geometry.network_params`)."""
         return G.network_params(self.net, self.dtype)
 
     @cached_property
@@ -163,7 +195,7 @@ class ExactSurface:
 
     @cached_property
     def polygon_areas(self) -> Tensor:
-        """``(P,)``."""
+        """Area of each polygon, ``(P,)``."""
         return G.polygon_areas(self.vertices, self.structure.cycles)
 
     @cached_property
@@ -179,17 +211,17 @@ class ExactSurface:
 
     @cached_property
     def edge_lengths(self) -> Tensor:
-        """``(E,)``."""
+        """Length of each edge, ``(E,)``."""
         return G.edge_lengths(self.vertices, self.structure.edges)
 
     @cached_property
     def triangle_angles(self) -> Tensor:
-        """``(T, 3)`` radians."""
+        """Interior angles of the fan triangles, ``(T, 3)`` radians."""
         return G.triangle_angles(self.vertices, self.structure.triangles)
 
     @cached_property
     def triangle_areas(self) -> Tensor:
-        """``(T,)``."""
+        """Area of each fan triangle, ``(T,)``."""
         return G.triangle_areas(self.vertices, self.structure.triangles)
 
     @cached_property
@@ -199,7 +231,33 @@ class ExactSurface:
         return float(torch.linalg.vector_norm(b[:, 1] - b[:, 0]))
 
     def sample_points(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` points uniform on the valid polygons (barycentric), differentiable, ``(n, 3)``."""
+        """``n`` points uniform on the valid polygons (barycentric), differentiable, ``(n, 3)``.
+
+        Parameters
+        ----------
+        n : int
+            Number of points.
+        generator : torch.Generator, optional
+            Random generator.
+
+        Returns
+        -------
+        (n, 3) Tensor
+            Empty when no valid polygon has area.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr import extract_mesh
+        >>> from nsr.geometry import SurfaceStructure
+        >>> from nsr.networks import octahedron_network
+        >>> from nsr.regularizers import ExactSurface
+        >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5: 8 triangles of side sqrt(0.5)
+        >>> surface = ExactSurface(net, SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False)))
+        >>> points = surface.sample_points(5, torch.Generator().manual_seed(0))
+        >>> points.abs().sum(1)  # on the octahedron |x| + |y| + |z| = 0.5
+        tensor([0.5000, 0.5000, 0.5000, 0.5000, 0.5000], dtype=torch.float64)
+        """
         s = self.structure
         w = (self.triangle_areas.detach().clamp_min(0) * self.triangle_valid).cpu()
         if n <= 0 or not bool(w.sum() > 0):
@@ -223,6 +281,26 @@ class ExactRegularizer:
 
     The effective weight at a training step is ``weight * ramp`` where ``ramp`` is 0 before
     ``start_step``, grows linearly to 1 over ``ramp_steps`` and is 0 again from ``end_step``.
+
+    Parameters
+    ----------
+    weight : float
+        Multiplies the value.
+    start_step : int
+        First step with a non-zero weight.
+    ramp_steps : int
+        Steps of the linear ramp (0: none).
+    end_step : int, optional
+        First step with zero weight again.
+    name : str, optional
+        Key of the value (default: the class's ``name``).
+
+    Examples
+    --------
+    >>> from nsr.regularizers import ExactRegularizer
+    >>> r = ExactRegularizer(weight=2.0, start_step=10, ramp_steps=4, end_step=100)
+    >>> [r.factor(step) for step in (0, 10, 11, 13, 50, 100)]
+    [0.0, 0.25, 0.5, 1.0, 1.0, 0.0]
     """
 
     name = "exact"
@@ -244,7 +322,23 @@ class ExactRegularizer:
         self._warned: set[str] = set()
 
     def factor(self, step: int) -> float:
-        """Schedule factor in ``[0, 1]`` at ``step``."""
+        """Schedule factor in ``[0, 1]`` at ``step``.
+
+        Parameters
+        ----------
+        step : int
+            Training step.
+
+        Returns
+        -------
+        float
+
+        Examples
+        --------
+        >>> from nsr.regularizers import ExactRegularizer
+        >>> ExactRegularizer(ramp_steps=10).factor(4)
+        0.5
+        """
         if step < self.start_step or (self.end_step is not None and step >= self.end_step):
             return 0.0
         if self.ramp_steps <= 0:
@@ -252,11 +346,42 @@ class ExactRegularizer:
         return min(1.0, (step - self.start_step + 1) / self.ramp_steps)
 
     def compute(self, surface: ExactSurface) -> Tensor:
-        """The unweighted value, a scalar tensor."""
+        """The unweighted value, a scalar tensor (subclasses implement it).
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface.
+
+        Returns
+        -------
+        () Tensor
+            Differentiable in the network's parameters.
+        """
         raise NotImplementedError
 
     def warn_once(self, key: str, message: str) -> None:
-        """Warn the first time ``key`` happens for this regularizer."""
+        """Warn the first time ``key`` happens for this regularizer.
+
+        Parameters
+        ----------
+        key : str
+            What happened.
+        message : str
+            The warning's text (prefixed with the regularizer's name).
+
+        Examples
+        --------
+        >>> import warnings
+        >>> from nsr.regularizers import AreaRegularizer
+        >>> r = AreaRegularizer()
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     r.warn_once("empty", "no surface")
+        ...     r.warn_once("empty", "no surface")
+        >>> [str(w.message) for w in caught]
+        ['area regularizer: no surface']
+        """
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(f"{self.name} regularizer: {message}", RuntimeWarning, stacklevel=3)
@@ -282,11 +407,46 @@ class ExactRegularizer:
 
 
 class AreaRegularizer(ExactRegularizer):
-    """Total area of the exact surface (scalar, in squared box units)."""
+    """Total area of the exact surface (scalar, in squared box units).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As in :class:`ExactRegularizer`.
+
+    Examples
+    --------
+    Shrinking the octahedron (raising its output bias ``b``) shrinks its area ``4 sqrt(3) r^2``,
+    ``r = -(b + 30)``: ``dA/db = -8 sqrt(3) r``.
+
+    >>> import torch
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import AreaRegularizer, ExactSurface
+    >>> net = octahedron_network(0.5)
+    >>> structure = SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False))
+    >>> bias = net.biases[-1].clone().requires_grad_(True)
+    >>> area = AreaRegularizer().compute(ExactSurface((net.weights, net.biases[:-1] + [bias]), structure))
+    >>> round(float(area.detach()), 6), round(float(torch.autograd.grad(area, bias)[0]), 6), round(-4 * 3**0.5, 6)
+    (1.732051, -6.928203, -6.928203)
+    """
 
     name = "area"
 
     def compute(self, surface: ExactSurface) -> Tensor:
+        """Sum of the valid polygons' areas, ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         return (surface.polygon_areas * surface.polygon_valid).sum()
 
 
@@ -296,6 +456,37 @@ class SmoothnessRegularizer(ExactRegularizer):
     ``normals="region"`` uses the exact region normals from the patterns, ``"positions"``
     the normals of the polygons' vertex cycles. With ``normalize`` the sum is divided by the
     total length of those edges (a length-weighted mean, invariant to scale).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As in :class:`ExactRegularizer`.
+    normals : {"region", "positions"}
+        Where the normals come from.
+    normalize : bool
+        Divide by the total length of the shared edges.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``normals``.
+
+    Examples
+    --------
+    The octahedron's 12 edges of length ``sqrt(0.5)`` join faces whose normals have ``cos = 1/3``:
+
+    >>> import torch
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactSurface
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5: 8 triangles of side sqrt(0.5)
+    >>> surface = ExactSurface(net, SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False)))
+    >>> from nsr.regularizers import SmoothnessRegularizer
+    >>> round(float(SmoothnessRegularizer().compute(surface)), 6), round(12 * 0.5**0.5 * (1 - 1 / 3), 6)
+    (5.656854, 5.656854)
+    >>> round(float(SmoothnessRegularizer(normals="positions", normalize=True).compute(surface)), 6)
+    0.666667
     """
 
     name = "smooth"
@@ -309,6 +500,18 @@ class SmoothnessRegularizer(ExactRegularizer):
         self.normalize = normalize
 
     def compute(self, surface: ExactSurface) -> Tensor:
+        """``sum_e len_e (1 - n_a . n_b)`` over the valid shared edges (or its mean), ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         s = surface.structure
         inner = s.interior_edges
         if inner.numel() == 0:
@@ -334,6 +537,39 @@ class QualityRegularizer(ExactRegularizer):
       diagonal;
     * sliver triangles: ``relu(1 - angle / min_angle)^2`` over the fan triangles' angles;
     * sliver polygons: ``relu(1 - q / min_quality)^2`` with ``q = 4 pi A / L^2``.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As in :class:`ExactRegularizer`.
+    min_edge : float
+        Shortest edge not penalized, fraction of the box diagonal.
+    min_angle_deg : float
+        Smallest triangle angle not penalized, degrees.
+    min_quality : float
+        Smallest polygon quality ``4 pi A / L^2`` not penalized.
+    edge_weight, angle_weight, polygon_weight : float
+        Weights of the three penalties.
+
+    Examples
+    --------
+    The octahedron's equilateral faces pass every threshold, until they are asked to be rounder
+    than a triangle can be:
+
+    >>> import torch
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactSurface
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5: 8 triangles of side sqrt(0.5)
+    >>> surface = ExactSurface(net, SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False)))
+    >>> from nsr.regularizers import QualityRegularizer
+    >>> float(QualityRegularizer().compute(surface))
+    0.0
+    >>> q = 3**0.5 * 3.141592653589793 / 9  # 4 pi A / L^2 of an equilateral triangle
+    >>> strict = QualityRegularizer(min_quality=2 * q, edge_weight=0, angle_weight=0)
+    >>> round(float(strict.compute(surface)), 6)  # relu(1 - 1/2)^2
+    0.25
     """
 
     name = "quality"
@@ -357,6 +593,18 @@ class QualityRegularizer(ExactRegularizer):
         self.polygon_weight = float(polygon_weight)
 
     def compute(self, surface: ExactSurface) -> Tensor:
+        """Weighted sum of the three mean penalties over valid elements, ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         s = surface.structure
         total = _zero(surface.net)
         if self.edge_weight and s.edges.shape[0]:
@@ -385,6 +633,45 @@ class FitRegularizer(ExactRegularizer):
     which is badly conditioned). The points are the vertices (with
     ``include_vertices``) and ``n_samples`` barycentric samples drawn anew each call. Set the
     target later with :meth:`set_target` (e.g. from the training data).
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As in :class:`ExactRegularizer`.
+    target : callable, (M, 3) array_like or str, optional
+        A differentiable SDF, target points, or a mesh file path.
+    n_samples : int
+        Barycentric samples per call.
+    include_vertices : bool
+        Also measure the valid vertices.
+    seed : int
+        Seed of the samples.
+    distance : {"point", "plane"}
+        Point-to-point or point-to-plane distance to target points.
+    normals : (M, 3) array_like, optional
+        Normals of the target points (for ``"plane"``).
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``distance`` or normals that do not match the points.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactSurface
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5: 8 triangles of side sqrt(0.5)
+    >>> surface = ExactSurface(net, SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False)))
+    >>> from nsr.regularizers import FitRegularizer
+    >>> exact = FitRegularizer(target=lambda p: p.abs().sum(1) - 0.5, n_samples=64)  # the octahedron's own SDF
+    >>> float(exact.compute(surface)) < 1e-20
+    True
+    >>> corners = 0.5 * torch.eye(3, dtype=torch.float64)  # the vertices +x, +y, +z
+    >>> float(FitRegularizer(target=corners, n_samples=0).compute(surface))  # 3 vertices on it, 3 at 0.5 squared
+    0.25
     """
 
     name = "fit"
@@ -416,6 +703,7 @@ class FitRegularizer(ExactRegularizer):
 
     @property
     def has_target(self) -> bool:
+        """Whether a target is set."""
         return self._sdf is not None or self._tree is not None
 
     def set_target(
@@ -424,7 +712,31 @@ class FitRegularizer(ExactRegularizer):
         normals: np.ndarray | Tensor | None = None,
     ) -> None:
         """Use a callable SDF or a point set ``(M, 3)`` (or a mesh file path) as the target;
-        ``normals (M, 3)`` of the points are needed for ``distance="plane"``."""
+        ``normals (M, 3)`` of the points are needed for ``distance="plane"``.
+
+        Parameters
+        ----------
+        target : callable, (M, 3) array_like or str
+            The target.
+        normals : (M, 3) array_like, optional
+            Normals of the target points.
+
+        Raises
+        ------
+        ValueError
+            If ``normals`` does not match the points.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from nsr.regularizers import FitRegularizer
+        >>> fit = FitRegularizer()
+        >>> fit.has_target
+        False
+        >>> fit.set_target(np.zeros((4, 3)))
+        >>> fit.has_target
+        True
+        """
         if isinstance(target, str):
             import trimesh
 
@@ -447,6 +759,18 @@ class FitRegularizer(ExactRegularizer):
         self._points, self._tree, self._sdf = pts, cKDTree(pts), None
 
     def compute(self, surface: ExactSurface) -> Tensor:
+        """Mean squared distance of the sampled points to the target, ``()`` (zero without a target).
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         if not self.has_target:
             self.warn_once("target", "no target set (set_target); contributing zero")
             return _zero(surface.net)
@@ -475,6 +799,28 @@ class EikonalRegularizer(ExactRegularizer):
     """``(|grad f| - 1)^2`` on each polygon's region, exact from its pattern (scalar).
 
     Averaged with the polygons' (detached) areas as weights, or uniformly over polygons.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        As in :class:`ExactRegularizer`.
+    area_weighted : bool
+        Weight the polygons by their areas.
+
+    Examples
+    --------
+    ``|x| + |y| + |z|`` has ``|grad f| = sqrt(3)`` on every face:
+
+    >>> import torch
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactSurface
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5: 8 triangles of side sqrt(0.5)
+    >>> surface = ExactSurface(net, SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False)))
+    >>> from nsr.regularizers import EikonalRegularizer
+    >>> round(float(EikonalRegularizer().compute(surface)), 6), round((3**0.5 - 1) ** 2, 6)
+    (0.535898, 0.535898)
     """
 
     name = "eikonal"
@@ -484,6 +830,18 @@ class EikonalRegularizer(ExactRegularizer):
         self.area_weighted = area_weighted
 
     def compute(self, surface: ExactSurface) -> Tensor:
+        """Mean of ``(|grad f| - 1)^2`` over the valid polygons, ``()``.
+
+        Parameters
+        ----------
+        surface : ExactSurface
+            The surface, differentiable in the network's parameters.
+
+        Returns
+        -------
+        () Tensor
+            Unweighted; the class example checks it against a closed form.
+        """
         gn = G.safe_norm(surface.region_gradients)
         pen = (gn - 1.0) ** 2
         valid = surface.polygon_valid
@@ -510,6 +868,35 @@ def regularizer_terms(
     with a warning per regularizer. ``out_dtype`` casts the values (e.g. to the loss dtype);
     ``max_move``, ``dtype`` (of the geometry) and ``frozen_jacobian`` as in
     :class:`ExactSurface`.
+
+    Parameters
+    ----------
+    net : network
+        Anything :func:`nsr.geometry.network_params` reads.
+    structure : SurfaceStructure or None
+        The surface's combinatorics.
+    regularizers : sequence of ExactRegularizer
+        The terms.
+    step : int, optional
+        Training step for the schedules (``None``: full weight).
+    level, out_dtype, max_move, dtype, frozen_jacobian
+        See above.
+
+    Returns
+    -------
+    dict of str to () Tensor
+
+    Examples
+    --------
+    >>> from nsr import extract_mesh
+    >>> from nsr.geometry import SurfaceStructure
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import AreaRegularizer, EikonalRegularizer, regularizer_terms
+    >>> net = octahedron_network(0.5)
+    >>> structure = SurfaceStructure.from_mesh(extract_mesh(net, (-1, 1), progress=False))
+    >>> terms = regularizer_terms(net, structure, [AreaRegularizer(weight=0.5), EikonalRegularizer()])
+    >>> {k: round(float(v), 4) for k, v in terms.items()}
+    {'area': 0.866, 'eikonal': 0.5359}
     """
     return _evaluate(net, structure, regularizers, step, level, out_dtype, max_move, dtype,
                      frozen_jacobian)[0]
@@ -595,6 +982,55 @@ class ExactRegularizerCallback(Callback):
     Costs are logged as ``reg_cost/extract_s``, ``reg_cost/term_s``, ``reg_cost/polygons``,
     ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps),
     ``reg_cost/extractions`` (count so far) and accumulated in :attr:`stats`.
+
+    Parameters
+    ----------
+    regularizers : sequence or mapping of ExactRegularizer
+        The terms (``None`` entries are dropped).
+    every_n_steps : int
+        Steps between re-extractions.
+    bounds : (D, 2) array_like, float or None
+        The box (see above).
+    level : float
+        The level set.
+    max_vertices : int, optional
+        Skip the regularizers while the surface has more vertices.
+    extract_kwargs : mapping, optional
+        Passed to ``extract_mesh``.
+    max_move : float
+        See :class:`ExactSurface`.
+    refresh_invalid : float
+        Fraction of left-out polygons that triggers a re-extraction.
+    term_every_n_steps : int
+        See the cost controls above.
+    background : bool or {"thread", "process"}
+        See the cost controls above.
+    dtype : torch.dtype or str
+        Dtype of the differentiable geometry.
+    frozen_jacobian : bool
+        See :class:`ExactSurface`.
+    worker_nice : int
+        Niceness of a worker process.
+    reuse_gradient : bool
+        See the cost controls above.
+
+    Raises
+    ------
+    ValueError
+        On a step count below 1, an unknown ``background`` or a non-float ``dtype``.
+
+    Examples
+    --------
+    Outside a trainer, :meth:`term` extracts on first use and returns the weighted terms:
+
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.regularizers import ExactRegularizerCallback, SmoothnessRegularizer
+    >>> callback = ExactRegularizerCallback([SmoothnessRegularizer(weight=0.1)], bounds=(-1, 1), every_n_steps=5)
+    >>> {k: round(float(v), 4) for k, v in callback.term(octahedron_network(0.5)).items()}
+    {'smooth': 0.5657}
+
+    In training: ``L.Trainer(callbacks=[callback])`` with nsr's
+    :class:`~nsr.lightning.ImplicitShapeModule`, which adds the terms to its loss.
     """
 
     def __init__(
@@ -657,7 +1093,17 @@ class ExactRegularizerCallback(Callback):
 
     # -- Lightning hooks ---------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
-        """Register :meth:`term` with the module (once)."""
+        """Register :meth:`term` with the module (once).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+            The trainer.
+        pl_module : LightningModule
+            Needs a ``regularizer_terms`` list (nsr's :class:`~nsr.lightning.ImplicitShapeModule`).
+        stage : str, optional
+            Lightning's stage name.
+        """
         terms = getattr(pl_module, "regularizer_terms", None)
         if terms is None:
             self._warn("terms", f"{type(pl_module).__name__} has no `regularizer_terms` list; "
@@ -677,7 +1123,15 @@ class ExactRegularizerCallback(Callback):
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Re-extract the surface every ``every_n_steps`` steps (or start/collect a worker)."""
+        """Re-extract the surface every ``every_n_steps`` steps (or start/collect a worker).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        batch : Any
+        batch_idx : int
+        """
         step = int(trainer.global_step)
         if not self.background or self._extracted_at is None:
             due = self._extracted_at is None or step - self._extracted_at >= self.every_n_steps
@@ -691,17 +1145,37 @@ class ExactRegularizerCallback(Callback):
                 self._submit(pl_module, step)
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        """Start the background worker early (a spawned process imports torch first)."""
+        """Start the background worker early (a spawned process imports torch first).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         if self.background and self._executor is None:
             self._executor = _make_executor(self.background, self.worker_nice)
             self._executor.submit(int, 0)  # starts the worker process
             _renice_workers(self._executor, self.worker_nice)
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        """Wait for a running background extraction and stop the worker."""
+        """Wait for a running background extraction and stop the worker.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        """
         self.close()
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str | None = None) -> None:
+        """Stop the worker (see :meth:`close`).
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        stage : str, optional
+        """
         self.close()
 
     def close(self) -> None:
@@ -755,7 +1229,24 @@ class ExactRegularizerCallback(Callback):
                              [b.detach().clone() for b in pl.biases])
 
     def refresh(self, pl_module: Any, step: int = 0) -> None:
-        """Re-extract the surface of ``pl_module.net`` now and keep its combinatorics."""
+        """Re-extract the surface of ``pl_module.net`` now and keep its combinatorics.
+
+        Parameters
+        ----------
+        pl_module : module or network
+            Its ``net`` (or itself) is extracted.
+        step : int
+            The training step of these parameters.
+
+        Examples
+        --------
+        >>> from nsr.networks import octahedron_network
+        >>> from nsr.regularizers import AreaRegularizer, ExactRegularizerCallback
+        >>> callback = ExactRegularizerCallback([AreaRegularizer()], bounds=(-1, 1))
+        >>> callback.refresh(octahedron_network(0.5))
+        >>> callback.structure.n_polygons, callback.stats["extractions"]
+        (8, 1)
+        """
         if self._job is not None:  # a background result would be older: drop it
             self._job.result()
             self._job = None
@@ -812,7 +1303,27 @@ class ExactRegularizerCallback(Callback):
 
     def term(self, pl_module: Any) -> dict[str, Tensor]:
         """Regularizer values with the current parameters, ``{name: scalar}`` (``{}`` in the
-        steps skipped by ``term_every_n_steps``)."""
+        steps skipped by ``term_every_n_steps``).
+
+        Parameters
+        ----------
+        pl_module : module or network
+            Its ``net`` (or itself) is evaluated; extracted first if never extracted.
+
+        Returns
+        -------
+        dict of str to () Tensor
+            Weighted values, differentiable in the parameters (detached with ``reuse_gradient``).
+
+        Examples
+        --------
+        >>> from nsr.networks import octahedron_network
+        >>> from nsr.regularizers import AreaRegularizer, ExactRegularizerCallback
+        >>> callback = ExactRegularizerCallback([AreaRegularizer()], bounds=(-1, 1))
+        >>> terms = callback.term(octahedron_network(0.5))
+        >>> round(float(terms["area"]), 6), round(3**0.5, 6)
+        (1.732051, 1.732051)
+        """
         net = getattr(pl_module, "net", pl_module)
         step = _global_step(pl_module)
         if step % self.term_every_n_steps != 0:
@@ -857,7 +1368,14 @@ class ExactRegularizerCallback(Callback):
         return {k: v.detach() for k, v in terms.items()}
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        """Add the last term's gradient (``reuse_gradient``) to every step's gradients."""
+        """Add the last term's gradient (``reuse_gradient``) to every step's gradients.
+
+        Parameters
+        ----------
+        trainer : lightning.Trainer
+        pl_module : LightningModule
+        optimizer : torch.optim.Optimizer
+        """
         for p, g in self._cached_grads:
             if p.grad is None:
                 p.grad = g.clone()

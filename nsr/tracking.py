@@ -46,8 +46,30 @@ D = 3
 
 
 def activation_patterns(net: PLNetwork, x: Tensor) -> Tensor:
-    """Activation pattern (neuron > 0) of every hidden neuron at points ``x`` ``(M, D)``:
-    ``(M, N)`` bool, layers in order."""
+    """Activation pattern (neuron > 0) of every hidden neuron at points.
+
+    Parameters
+    ----------
+    net : PLNetwork
+        The network, ``N`` hidden neurons.
+    x : (M, D) float Tensor
+        Points, in the network's dtype and on its device.
+
+    Returns
+    -------
+    (M, N) bool Tensor
+        Layers in order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> from nsr.tracking import activation_patterns
+    >>> activation_patterns(net, torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64))
+    tensor([[ True, False,  True,  True,  True,  True]])
+    """
     out, h = [], x
     for w, b in zip(net.weights[:-1], net.biases[:-1]):
         z = h @ w.T + b
@@ -62,6 +84,37 @@ def region_constraints(net: PLNetwork, patterns: Tensor, bounds: Tensor, level: 
     ``patterns`` ``(B, N)`` bool. Column ``c`` holds ``(a, b)`` with ``a . x + b >= 0`` on the
     region: box facets, neurons on their side (``z`` if active, ``-z`` if not) and the level
     set as ``level - f`` (the side a cap lies on; a surface polygon lies on it).
+
+    Parameters
+    ----------
+    net : PLNetwork
+        The network (3 inputs), ``N`` hidden neurons.
+    patterns : (B, N) bool Tensor
+        Activation patterns of ``B`` regions.
+    bounds : (D, 2) float Tensor
+        The box.
+    level : float
+        The level set.
+
+    Returns
+    -------
+    (B, D + 1, C) float Tensor
+        Columns: ``2D`` box facets (``x_i - lo_i``, ``hi_i - x_i``), ``N`` neurons, then the level set.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> from nsr.tracking import activation_patterns, region_constraints
+    >>> x = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
+    >>> g = region_constraints(net, activation_patterns(net, x), box, 0.0)
+    >>> g.shape
+    torch.Size([1, 4, 13])
+    >>> slack = (torch.cat([x, torch.ones(1, 1, dtype=torch.float64)], 1) @ g[0])
+    >>> bool((slack[0, :12] > 0).all()), round(float(slack[0, 12]), 6)  # inside its region; level - f = -0.1
+    (True, -0.1)
     """
     bsz = patterns.shape[0]
     dt, dev = net.dtype, net.device
@@ -143,6 +196,46 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     edge ``i``), ``length`` ``(B,)`` (0 where the walk did not close) and ``degenerate``
     ``(B,)``: a vertex lies within ``tol`` of a fourth constraint's plane, so its identity
     by three constraints is ambiguous.
+
+    Parameters
+    ----------
+    g : (B, D+1, C) float Tensor
+        Oriented constraints (:func:`region_constraints`).
+    support : (B,) int64 Tensor
+        The constraint the polygon lies on.
+    prev, cur : (B,) int64 Tensor
+        Two constraints whose lines meet at a vertex of the polygon.
+    tol : float
+        Distance under which a fourth plane makes a vertex degenerate.
+    max_edges : int
+        Longest polygon walked.
+
+    Returns
+    -------
+    edges : (B, L) int64 Tensor
+    vertices : (B, L, D) float Tensor
+    length : (B,) int64 Tensor
+    degenerate : (B,) bool Tensor
+
+    Examples
+    --------
+    The octant ``x, z > 0 > y`` holds one triangle of the octahedron's surface:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> from nsr.tracking import activation_patterns, region_constraints, walk_polygons
+    >>> g = region_constraints(net, activation_patterns(net, torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)),
+    ...                        box, 0.0)
+    >>> one = lambda i: torch.tensor([i])
+    >>> edges, vertices, length, degenerate = walk_polygons(g, one(12), one(7), one(8), max_edges=8)
+    >>> length, edges[0, :3], degenerate  # the edges lie on z = 0, x = 0, y = 0 (columns 8, 6, 7)
+    (tensor([3]), tensor([8, 6, 7]), tensor([False]))
+    >>> vertices[0, :3] + 0.0
+    tensor([[ 0.5000,  0.0000,  0.0000],
+            [ 0.0000, -0.5000,  0.0000],
+            [ 0.0000,  0.0000,  0.5000]], dtype=torch.float64)
     """
     bsz = g.shape[0]
     dev, dt = g.device, g.dtype
@@ -197,6 +290,35 @@ def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0
     linear there, so once the bracket lies in one linear piece the next step lands on the
     level set. A linearly interpolated point would often lie in a region that the surface
     does not cross (a different piece of the edge), and its seed would be lost.
+
+    Parameters
+    ----------
+    net : PLNetwork
+        The network (3 inputs).
+    bounds : (D, 2) float Tensor
+        The box, in the network's dtype and on its device.
+    resolution : int
+        Grid cells per axis.
+    level : float
+        The level set.
+    iterations : int
+        Regula falsi steps per edge.
+
+    Returns
+    -------
+    (M, D) float Tensor
+        One point per crossing grid edge.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> from nsr.tracking import grid_seeds
+    >>> seeds = grid_seeds(net, box, resolution=4)
+    >>> seeds.shape, float(net(seeds).abs().max()) < 1e-12
+    (torch.Size([30, 3]), True)
     """
     n = resolution + 1
     axes = [torch.linspace(float(bounds[a, 0]), float(bounds[a, 1]), n, dtype=net.dtype, device=net.device)
@@ -334,6 +456,44 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     edge, ``vertices`` ``(P, L, D)``, ``length`` ``(P,)`` and ``normal`` ``(P, D)`` (the plane's
     normal pointing from ``f < level`` to ``f > level``, outward for caps), plus counts in
     ``stats``.
+
+    Parameters
+    ----------
+    net : PLNetwork
+        The network (3 inputs), ``N`` hidden neurons.
+    bounds : (D, 2) float Tensor
+        The box.
+    seeds : (M, D) float Tensor
+        Points on the level set (e.g. :func:`grid_seeds`).
+    level : float
+        The level set.
+    close : bool
+        Also grow the caps where the surface leaves the box.
+    progress : bool
+        Show a progress bar.
+    max_edges : int
+        Longest polygon walked.
+
+    Returns
+    -------
+    dict of str to Any
+        The tensors above and ``stats``.
+
+    Examples
+    --------
+    The octahedron's surface is 8 triangles, one per octant:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> from nsr.tracking import grid_seeds, track_surface
+    >>> found = track_surface(net, box, grid_seeds(net, box, resolution=4))
+    >>> found["length"].tolist(), found["stats"]["failed_walks"]
+    ([3, 3, 3, 3, 3, 3, 3, 3], 0)
+    >>> sorted(map(tuple, found["normal"].sign().int().tolist())) == sorted(
+    ...     (a, b, c) for a in (-1, 1) for b in (-1, 1) for c in (-1, 1))
+    True
     """
     n = net.n_neurons
     out = 2 * D + n

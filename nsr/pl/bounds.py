@@ -22,7 +22,28 @@ Bounds = tuple[Tensor, Tensor]
 
 def activation_range(layer: Layer, lo: Tensor, hi: Tensor) -> Bounds:
     """Exact range ``(..., n)`` of the neurons' post-activations for pre-activations in ``[lo, hi]``:
-    the extremes of a one-breakpoint function are at the ends or at the breakpoint 0."""
+    the extremes of a one-breakpoint function are at the ends or at the breakpoint 0.
+
+    Parameters
+    ----------
+    layer : Layer
+        Gives the slopes ``neg``, ``pos`` ``(n,)``.
+    lo, hi : (..., n) float Tensor
+        Pre-activation bounds.
+
+    Returns
+    -------
+    (lower, upper) : pair of (..., n) float Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import INPUT, Layer
+    >>> from nsr.pl.bounds import activation_range
+    >>> absolute = Layer({INPUT: torch.eye(1)}, torch.zeros(1), neg=-torch.ones(1), pos=torch.ones(1))
+    >>> activation_range(absolute, torch.tensor([-1.0]), torch.tensor([3.0]))  # |z| on [-1, 3]
+    (tensor([0.]), tensor([3.]))
+    """
     f_lo = torch.where(lo > 0, layer.pos * lo, layer.neg * lo)
     f_hi = torch.where(hi > 0, layer.pos * hi, layer.neg * hi)
     crossing = (lo < 0) & (hi > 0)
@@ -36,7 +57,29 @@ def activation_range(layer: Layer, lo: Tensor, hi: Tensor) -> Bounds:
 def relaxation(layer: Layer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lines ``s_lo z + t_lo <= act(z) <= s_up z + t_up`` for ``z`` in ``[lo, hi]`` ``(..., n)``:
     exact off the breakpoint; on a crossing range the chord on one side and a line through 0
-    of slope ``pos`` (if ``hi > -lo``) or ``neg`` on the other. Returns ``s_lo, t_lo, s_up, t_up``."""
+    of slope ``pos`` (if ``hi > -lo``) or ``neg`` on the other. Returns ``s_lo, t_lo, s_up, t_up``.
+
+    Parameters
+    ----------
+    layer : Layer
+        Gives the slopes.
+    lo, hi : (..., n) float Tensor
+        Pre-activation bounds.
+
+    Returns
+    -------
+    s_lo, t_lo, s_up, t_up : (..., n) float Tensor
+        Slopes and offsets of the lower and upper lines.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import INPUT, Layer
+    >>> from nsr.pl.bounds import relaxation
+    >>> relu = Layer({INPUT: torch.eye(1)}, torch.zeros(1))
+    >>> relaxation(relu, torch.tensor([-1.0]), torch.tensor([3.0]))  # z <= relu(z) <= 0.75 z + 0.75
+    (tensor([1.]), tensor([0.]), tensor([0.7500]), tensor([0.7500]))
+    """
     neg, pos = layer.neg, layer.pos
     active, inactive = lo >= 0, hi <= 0
     crossing = ~active & ~inactive
@@ -68,7 +111,35 @@ def _affine_interval(aff: Affine, ranges: dict[int, Bounds]) -> Bounds:
 
 def interval_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds] | None = None) -> list[Bounds]:
     """Interval bounds ``(K, n_l)`` on the pre-activations of every layer and of the output
-    (last entry, ``(K, 1)``) over boxes ``[lo, hi]`` ``(K, D)``; ``known[l]`` replace computed ones."""
+    (last entry, ``(K, 1)``) over boxes ``[lo, hi]`` ``(K, D)``; ``known[l]`` replace computed ones.
+
+    Parameters
+    ----------
+    graph : PLGraph
+        The network.
+    lo, hi : (K, D) float Tensor
+        Corners of ``K`` boxes.
+    known : sequence of (lower, upper), optional
+        Given bounds of the first layers.
+
+    Returns
+    -------
+    list of (lower, upper)
+        ``(K, n_l)`` per layer, then ``(K, 1)`` for the output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import as_graph
+    >>> from nsr.pl.bounds import interval_bounds
+    >>> from nsr.networks import octahedron_network
+    >>> lo = torch.zeros(1, 3, dtype=torch.float64)
+    >>> pre = interval_bounds(as_graph(octahedron_network()), lo, lo + 0.1)
+    >>> [tuple(p[0].shape) for p in pre]
+    [(1, 6), (1, 1)]
+    >>> round(float(pre[-1][0]), 6), round(float(pre[-1][1]), 6)  # contains the true range [-0.5, -0.2]
+    (-0.8, 0.1)
+    """
     known = list(known or [])
     ranges: dict[int, Bounds] = {INPUT: (lo, hi)}
     pre: list[Bounds] = []
@@ -92,6 +163,38 @@ def linear_bounds(graph: PLGraph, target: int, pre: Sequence[Bounds], stop: int 
     layer ``k`` in ``stop..target-1`` has pre-activations within ``pre[k]``. With ``stop = 0``
     only the input remains (see :func:`concretize`); with ``stop = l`` the bounds are affine on
     every cell of the complex of layers ``< l``.
+
+    Parameters
+    ----------
+    graph : PLGraph
+        The network.
+    target : int
+        Layer bounded (``n_layers``: the output).
+    pre : sequence of (lower, upper)
+        Pre-activation bounds ``(K, n_k)`` of layers ``stop..target-1`` at least.
+    stop : int
+        First layer substituted.
+    j0, j1 : int
+        Neurons of ``target`` bounded (``j1=None``: to the end).
+
+    Returns
+    -------
+    a_lo : dict of int to Tensor
+    c_lo : (K, m) float Tensor
+    a_up : dict of int to Tensor
+    c_up : (K, m) float Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import INPUT, as_graph
+    >>> from nsr.pl.bounds import interval_bounds, linear_bounds
+    >>> from nsr.networks import random_network
+    >>> g = as_graph(random_network(3, [8, 4], seed=0))
+    >>> lo = torch.zeros(2, 3, dtype=torch.float64)
+    >>> a_lo, c_lo, a_up, c_up = linear_bounds(g, g.n_layers, interval_bounds(g, lo, lo + 0.1))
+    >>> sorted(a_lo), tuple(a_lo[INPUT].shape), tuple(c_lo.shape)
+    ([-1], (2, 1, 3), (2, 1))
     """
     aff = graph.affine(target)
     j1 = aff.n if j1 is None else j1
@@ -121,7 +224,35 @@ def linear_bounds(graph: PLGraph, target: int, pre: Sequence[Bounds], stop: int 
 
 def concretize(a_lo: dict[int, Tensor], c_lo: Tensor, a_up: dict[int, Tensor], c_up: Tensor, lo: Tensor,
                hi: Tensor) -> Bounds:
-    """Bounds ``(K, m)`` over boxes ``[lo, hi]`` ``(K, D)`` from input-only linear bounds."""
+    """Bounds ``(K, m)`` over boxes ``[lo, hi]`` ``(K, D)`` from input-only linear bounds.
+
+    Parameters
+    ----------
+    a_lo, c_lo, a_up, c_up
+        From :func:`linear_bounds` with ``stop=0``.
+    lo, hi : (K, D) float Tensor
+        The boxes.
+
+    Returns
+    -------
+    (lower, upper) : pair of (K, m) float Tensor
+
+    Raises
+    ------
+    ValueError
+        If the bounds still refer to hidden layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import as_graph
+    >>> from nsr.pl.bounds import concretize, interval_bounds, linear_bounds
+    >>> from nsr.networks import octahedron_network
+    >>> g = as_graph(octahedron_network())
+    >>> lo = torch.full((1, 3), -0.1, dtype=torch.float64)
+    >>> concretize(*linear_bounds(g, 1, interval_bounds(g, lo, lo + 0.1)), lo, lo + 0.1)
+    (tensor([[-0.5000]], dtype=torch.float64), tensor([[-0.2000]], dtype=torch.float64))
+    """
     if set(a_lo) - {INPUT} or set(a_up) - {INPUT}:
         raise ValueError("concretize needs bounds in terms of the input only (linear_bounds with stop=0)")
     mid, rad = ((lo + hi) / 2)[..., None], ((hi - lo) / 2)[..., None]
@@ -138,7 +269,38 @@ def output_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds
     """Bounds ``(K,)`` of ``g`` over boxes ``[lo, hi]`` ``(K, D)``: layer by layer, the tighter of
     interval arithmetic and linear bound propagation (hidden layers by intervals only with
     ``crown_hidden=False``, CROWN-IBP); ``known[l]`` are given bounds on layer ``l``'s
-    pre-activations (e.g. their exact range over a tile), used in place of computed ones."""
+    pre-activations (e.g. their exact range over a tile), used in place of computed ones.
+
+    Parameters
+    ----------
+    graph : PLGraph
+        The network.
+    lo, hi : (K, D) float Tensor
+        Corners of ``K`` boxes.
+    known : sequence of (lower, upper), optional
+        Given bounds of the first layers.
+    crown_hidden : bool
+        Also use linear bounds on hidden layers.
+
+    Returns
+    -------
+    (lower, upper) : pair of (K,) float Tensor
+        ``lower <= g(x) <= upper`` for every ``x`` in each box.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import as_graph
+    >>> from nsr.pl.bounds import output_bounds
+    >>> from nsr.networks import random_network
+    >>> g = as_graph(random_network(3, [16, 16], seed=0))
+    >>> lo = torch.tensor([[0.0, 0.0, 0.0], [-0.5, 0.2, 0.1]], dtype=torch.float64)
+    >>> lower, upper = output_bounds(g, lo, lo + 0.2)
+    >>> x = lo[:, None] + 0.2 * torch.rand(2, 1000, 3, dtype=torch.float64)  # brute force inside each box
+    >>> values = g(x.reshape(-1, 3)).reshape(2, 1000)
+    >>> bool((lower[:, None] <= values).all() and (values <= upper[:, None]).all())
+    True
+    """
     known = list(known or [])
     ranges: dict[int, Bounds] = {INPUT: (lo, hi)}
     pre: list[Bounds] = []

@@ -719,7 +719,30 @@ def _linear_params(m: nn.Linear) -> tuple[Tensor, Tensor | None]:
 def copy_module(module: nn.Module) -> nn.Module:
     """``copy.deepcopy`` that also copies modules with the old ``torch.nn.utils.weight_norm``, whose
     computed ``weight`` is a non-leaf tensor that deepcopy refuses: it is detached for the copy
-    and put back (the pre-hook recomputes it at every forward anyway)."""
+    and put back (the pre-hook recomputes it at every forward anyway).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module; left as it was.
+
+    Returns
+    -------
+    torch.nn.Module
+        An independent copy.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl.convert import copy_module
+    >>> import warnings
+    >>> with warnings.catch_warnings():  # the old API is deprecated, but still met in checkpoints
+    ...     warnings.simplefilter("ignore")
+    ...     lin = torch.nn.utils.weight_norm(torch.nn.Linear(2, 3))
+    >>> twin = copy_module(lin)
+    >>> twin is not lin, bool(torch.equal(twin(torch.ones(1, 2)), lin(torch.ones(1, 2))))
+    (True, True)
+    """
     saved = []
     for m in module.modules():
         for hook in m._forward_pre_hooks.values():
@@ -769,23 +792,61 @@ def trace(
 ) -> PLGraph:
     """The :class:`PLGraph` of what ``module`` computes on ``(N, in_dim)`` inputs, in float64.
 
-    Args:
-        module: any ``nn.Module`` whose ``forward(x)`` is piecewise affine (see :mod:`nsr.pl`).
-            It is not modified: a copy is traced in eval mode (dropout off, BatchNorm on its
-            running statistics); a module in training mode gets a warning saying so.
-        in_dim: spatial input dimension ``D``; default: ``module.in_dim``, else the first
-            Linear's inputs minus the latent code's size.
-        latent: a fixed code ``(K,)`` concatenated to every input (auto-decoder/DeepSDF style:
-            ``module(cat([code, x]))``, or ``cat([x, code])`` with ``latent_last``), folded
-            into the biases of the layers that read it.
-        check_points, check_box, seed: the graph is compared with the module at
-            ``check_points`` seeded uniform points of ``[-check_box, check_box]^D``
-            (:func:`check_graph`) and refused on any mismatch.
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Any module whose ``forward(x)`` is piecewise affine (see :mod:`nsr.pl`). It is not
+        modified: a copy is traced in eval mode (dropout off, BatchNorm on its running
+        statistics); a module in training mode gets a warning saying so.
+    in_dim : int, optional
+        Spatial input dimension ``D``; default: ``module.in_dim``, else the first Linear's
+        inputs minus the latent code's size.
+    latent : (K,) float Tensor, optional
+        A fixed code concatenated to every input (auto-decoder/DeepSDF style:
+        ``module(cat([code, x]))``, or ``cat([x, code])`` with ``latent_last``), folded into
+        the biases of the layers that read it.
+    latent_last : bool
+        Put the code after the coordinates.
+    check_points : int
+        Seeded uniform points at which the graph is compared with the module
+        (:func:`check_graph`); any mismatch is refused.
+    check_box : float
+        The check points lie in ``[-check_box, check_box]^D``.
+    seed : int
+        Seed of the check points.
 
-    Raises:
-        NotPiecewiseAffineError: an operation that is not piecewise affine (named, with its
-            place in the module), code fx cannot trace (data-dependent branches), or a graph
-            that differs from the module's output.
+    Returns
+    -------
+    PLGraph
+        float64, on the module's device; ``graph.transform`` holds a monotone output transform
+        (tanh, sigmoid) if the module ends in one.
+
+    Raises
+    ------
+    NotPiecewiseAffineError
+        An operation that is not piecewise affine (named, with its place in the module), code fx
+        cannot trace (data-dependent branches), or a graph that differs from the module's output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import SkipMLP, trace
+    >>> _ = torch.manual_seed(0)
+    >>> model = SkipMLP(in_dim=2, width=8, depth=4)  # the input re-enters before layer 2
+    >>> graph = trace(model)
+    >>> graph.widths, graph.layers[2].sources, graph.is_mlp
+    ([8, 6, 8, 8], [-1, 1], False)
+    >>> x = torch.rand(5, 2, dtype=torch.float64)
+    >>> bool(torch.allclose(graph(x), model.double()(x)))
+    True
+
+    A tanh at the output becomes an output transform, and a level of the module a level of ``g``:
+
+    >>> seq = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.LeakyReLU(0.1), torch.nn.Linear(8, 1),
+    ...                           torch.nn.Tanh())
+    >>> g = trace(seq)
+    >>> g.transform.describe(), round(g.level(0.5), 6), g.is_relu
+    ('tanh(g)', 0.549306, False)
     """
     if not isinstance(module, nn.Module):
         raise NotPiecewiseAffineError(f"trace expects an nn.Module, got {type(module).__name__}")
@@ -863,7 +924,30 @@ def _user_frame(err: BaseException) -> str:
 
 
 def module_inputs(x: Tensor, latent: Tensor | None, latent_last: bool = False) -> Tensor:
-    """What the module receives for points ``x`` ``(N, D)``: ``x`` with the latent code concatenated."""
+    """What the module receives for points: ``x`` with the latent code concatenated.
+
+    Parameters
+    ----------
+    x : (N, D) float Tensor
+        Points.
+    latent : (K,) float Tensor or None
+        The code (``None``: ``x`` is returned as is).
+    latent_last : bool
+        ``cat([x, code])`` instead of ``cat([code, x])``.
+
+    Returns
+    -------
+    (N, K + D) float Tensor
+        In ``x``'s dtype and device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import module_inputs
+    >>> module_inputs(torch.zeros(2, 2), torch.tensor([1.0, 2.0]))
+    tensor([[1., 2., 0., 0.],
+            [1., 2., 0., 0.]])
+    """
     if latent is None:
         return x
     code = latent.detach().to(dtype=x.dtype, device=x.device).reshape(1, -1).expand(x.shape[0], -1)
@@ -887,6 +971,53 @@ def check_graph(
 
     Returns the float64 max |Δf|. Raises :class:`NotPiecewiseAffineError` naming max |Δf|, and
     the submodules with forward hooks if any (fx does not see hooks), on a mismatch.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module (compared in eval mode; not modified).
+    graph : PLGraph
+        Its graph.
+    latent : (K,) float Tensor, optional
+        Latent code, as in :func:`trace`.
+    latent_last : bool
+        As in :func:`trace`.
+    n_points : int
+        Number of check points.
+    box : float
+        The points lie in ``[-box, box]^D``.
+    seed : int
+        Seed of the points.
+    rtol64 : float
+        Relative tolerance in float64.
+    module64 : torch.nn.Module, optional
+        A float64 copy of ``module`` if the caller already has one.
+
+    Returns
+    -------
+    float
+        Max ``|Δf|`` in float64.
+
+    Raises
+    ------
+    NotPiecewiseAffineError
+        On a mismatch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import as_graph, check_graph
+    >>> _ = torch.manual_seed(0)
+    >>> seq = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    >>> graph = as_graph(seq)
+    >>> check_graph(seq, graph) < 1e-12
+    True
+    >>> _ = seq[0].register_forward_hook(lambda mod, inp, out: 2 * out)  # fx would not see this
+    >>> try:
+    ...     check_graph(seq, graph)
+    ... except Exception as err:
+    ...     print(type(err).__name__)
+    NotPiecewiseAffineError
     """
     gen = torch.Generator().manual_seed(seed)
     x = (torch.rand(n_points, graph.in_dim, generator=gen, dtype=torch.float64) * 2 - 1) * box
@@ -933,7 +1064,27 @@ def _mismatch(module: nn.Module, err: float, dtype: str) -> None:
 
 def trace_or_convert(obj: object, **kwargs: object) -> PLGraph:
     """:func:`trace` for any ``nn.Module``, :func:`nsr.pl.graph.as_graph` for everything else
-    (PLGraph, PLNetwork, state dicts, files)."""
+    (PLGraph, PLNetwork, state dicts, files).
+
+    Parameters
+    ----------
+    obj : torch.nn.Module, PLGraph, PLNetwork or network
+        What to convert.
+    **kwargs
+        Passed to :func:`trace` for modules.
+
+    Returns
+    -------
+    PLGraph
+
+    Examples
+    --------
+    >>> from nsr.pl.convert import trace_or_convert
+    >>> from nsr.pl import ResidualMLP
+    >>> from nsr.networks import random_network
+    >>> trace_or_convert(random_network(3, [8], seed=0)).widths, trace_or_convert(ResidualMLP(2, 8, 2)).widths
+    ([8], [8, 8, 8])
+    """
     from nsr.pl.graph import as_graph
 
     if isinstance(obj, nn.Module):

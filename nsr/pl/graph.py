@@ -46,7 +46,18 @@ INPUT = -1
 
 
 class NotPiecewiseAffineError(NetworkError):
-    """A module (or operation in it) that is not a continuous piecewise-affine function nsr can extract."""
+    """A module (or operation in it) that is not a continuous piecewise-affine function nsr can extract.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import NotPiecewiseAffineError, trace
+    >>> try:
+    ...     trace(torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.GELU(), torch.nn.Linear(4, 1)))
+    ... except NotPiecewiseAffineError as err:
+    ...     print("GELU" in str(err))
+    True
+    """
 
 
 @dataclass
@@ -54,6 +65,23 @@ class Affine:
     """An affine map of the input and of earlier layers' post-activations.
 
     ``blocks[k]`` is ``(n, n_k)`` (``k == INPUT``: ``(n, D)``), ``bias`` is ``(n,)``.
+
+    Parameters
+    ----------
+    blocks : dict of int to (n, n_k) float Tensor
+        Weight applied to each source: ``INPUT`` (-1) or an earlier layer's index.
+    bias : (n,) float Tensor
+        Constant term.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import INPUT, Affine
+    >>> aff = Affine({INPUT: torch.tensor([[1.0, 2.0]]), 0: torch.tensor([[3.0]])}, torch.tensor([0.5]))
+    >>> aff.n, aff.sources
+    (1, [-1, 0])
+    >>> aff.apply({INPUT: torch.tensor([[1.0, 1.0]]), 0: torch.tensor([[2.0]])})  # 1 + 2 + 6 + 0.5
+    tensor([[9.5000]])
     """
 
     blocks: dict[int, Tensor]
@@ -61,6 +89,7 @@ class Affine:
 
     @property
     def n(self) -> int:
+        """Number of outputs (rows)."""
         return int(self.bias.shape[0])
 
     @property
@@ -69,11 +98,47 @@ class Affine:
         return sorted(self.blocks)
 
     def rows(self, j0: int, j1: int) -> Affine:
-        """The affine map of outputs ``j0:j1``."""
+        """The affine map of outputs ``j0:j1``.
+
+        Parameters
+        ----------
+        j0, j1 : int
+            Row range (Python slice semantics).
+
+        Returns
+        -------
+        Affine
+            Views of the same tensors, ``j1 - j0`` rows.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Affine
+        >>> Affine({INPUT: torch.eye(3)}, torch.zeros(3)).rows(1, 3).n
+        2
+        """
         return Affine({k: w[j0:j1] for k, w in self.blocks.items()}, self.bias[j0:j1])
 
     def apply(self, values: Mapping[int, Tensor]) -> Tensor:
-        """``(N, n)`` from ``values[k]`` ``(N, n_k)`` for every source ``k``."""
+        """Evaluate the map.
+
+        Parameters
+        ----------
+        values : mapping of int to (N, n_k) float Tensor
+            The value of every source ``k`` (``INPUT``: the points ``(N, D)``).
+
+        Returns
+        -------
+        (N, n) float Tensor
+            ``bias + sum_k values[k] @ blocks[k].T``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Affine
+        >>> Affine({INPUT: torch.tensor([[1.0, -1.0]])}, torch.tensor([1.0])).apply({INPUT: torch.tensor([[3.0, 1.0]])})
+        tensor([[3.]])
+        """
         out = None
         for k in self.sources:
             w = self.blocks[k]
@@ -84,6 +149,26 @@ class Affine:
         return out
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Affine:
+        """A copy on ``device`` in ``dtype`` (``None`` keeps the current one).
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device.
+        dtype : torch.dtype, optional
+            Target dtype.
+
+        Returns
+        -------
+        Affine
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Affine
+        >>> Affine({INPUT: torch.eye(2)}, torch.zeros(2)).to(dtype=torch.float64).bias.dtype
+        torch.float64
+        """
         return Affine({k: w.to(device=device, dtype=dtype) for k, w in self.blocks.items()},
                       self.bias.to(device=device, dtype=dtype))
 
@@ -93,6 +178,25 @@ class Layer(Affine):
     """Neurons ``a = where(z > 0, pos * z, neg * z)`` of pre-activations ``z`` (an :class:`Affine`).
 
     ``neg``, ``pos`` are ``(n,)`` slopes; ``pos != neg`` for every neuron (else it has no breakpoint).
+
+    Parameters
+    ----------
+    blocks : dict of int to (n, n_k) float Tensor
+        As in :class:`Affine`.
+    bias : (n,) float Tensor
+        As in :class:`Affine`.
+    neg : (n,) float Tensor, optional
+        Slope for ``z <= 0``; default 0 (ReLU).
+    pos : (n,) float Tensor, optional
+        Slope for ``z > 0``; default 1 (ReLU).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import INPUT, Layer
+    >>> leaky = Layer({INPUT: torch.eye(2)}, torch.zeros(2), neg=torch.full((2,), 0.1), pos=torch.ones(2))
+    >>> leaky.is_relu, leaky.activate(torch.tensor([[-2.0, 3.0]]))
+    (False, tensor([[-0.2000,  3.0000]]))
     """
 
     neg: Tensor = field(default=None)  # type: ignore[assignment]
@@ -108,24 +212,101 @@ class Layer(Affine):
 
     @property
     def is_relu(self) -> bool:
+        """Every neuron has slopes ``(0, 1)``."""
         return self._relu
 
     def activate(self, z: Tensor, j0: int = 0, j1: int | None = None) -> Tensor:
-        """Post-activations of pre-activations ``z`` ``(N, j1 - j0)`` of neurons ``j0:j1``."""
+        """Post-activations of some of the layer's neurons.
+
+        Parameters
+        ----------
+        z : (N, j1 - j0) float Tensor
+            Pre-activations of neurons ``j0:j1``.
+        j0, j1 : int
+            Neuron range (``j1=None``: to the end).
+
+        Returns
+        -------
+        (N, j1 - j0) float Tensor
+            ``where(z > 0, pos * z, neg * z)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Layer
+        >>> Layer({INPUT: torch.eye(2)}, torch.zeros(2)).activate(torch.tensor([[-1.0, 2.0]]))
+        tensor([[0., 2.]])
+        """
         if self.is_relu:
             return torch.relu(z)
         neg, pos = self.neg[j0:j1], self.pos[j0:j1]
         return torch.where(z > 0, z * pos, z * neg)
 
     def slopes(self, pattern: Tensor) -> Tensor:
-        """Slopes ``(..., n)`` of the neurons on the side given by ``pattern`` (bool, ``z > 0``)."""
+        """Slopes of the neurons on the side given by an activation pattern.
+
+        Parameters
+        ----------
+        pattern : (..., n) bool Tensor
+            ``z > 0`` per neuron.
+
+        Returns
+        -------
+        (..., n) float Tensor
+            ``pos`` where ``pattern``, else ``neg``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Layer
+        >>> Layer({INPUT: torch.eye(2)}, torch.zeros(2)).slopes(torch.tensor([[True, False]]))
+        tensor([[1., 0.]])
+        """
         return torch.where(pattern, self.pos, self.neg)
 
     def rows(self, j0: int, j1: int) -> Layer:
+        """The layer of neurons ``j0:j1`` (see :meth:`Affine.rows`).
+
+        Parameters
+        ----------
+        j0, j1 : int
+            Neuron range.
+
+        Returns
+        -------
+        Layer
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Layer
+        >>> Layer({INPUT: torch.eye(3)}, torch.zeros(3)).rows(0, 2).n
+        2
+        """
         base = Affine.rows(self, j0, j1)
         return Layer(base.blocks, base.bias, self.neg[j0:j1], self.pos[j0:j1])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Layer:
+        """A copy on ``device`` in ``dtype``, slopes included.
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device.
+        dtype : torch.dtype, optional
+            Target dtype.
+
+        Returns
+        -------
+        Layer
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import INPUT, Layer
+        >>> Layer({INPUT: torch.eye(2)}, torch.zeros(2)).to(dtype=torch.float64).pos.dtype
+        torch.float64
+        """
         base = Affine.to(self, device, dtype)
         return Layer(base.blocks, base.bias, self.neg.to(device=device, dtype=dtype),
                      self.pos.to(device=device, dtype=dtype))
@@ -140,7 +321,26 @@ class OutputTransform:
     applied in order: ``("tanh",)``, ``("sigmoid",)``, ``("affine", scale, shift)`` with
     ``scale > 0``. The loaders turn decreasing transforms into increasing ones by negating ``g``
     (``-tanh(u) = tanh(-u)``, ``-sigmoid(u) = sigmoid(-u) - 1``), so "inside" (below the level)
-    is the same for the module and for ``g``."""
+    is the same for the module and for ``g``.
+
+    Parameters
+    ----------
+    steps : tuple of tuple
+        The steps in order; ``()`` is the identity.
+
+    Raises
+    ------
+    ValueError
+        On an unknown step or an affine step whose scale is not finite and positive.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import OutputTransform
+    >>> t = OutputTransform((("tanh",), ("affine", 2.0, 1.0)))
+    >>> t.describe(), t(torch.tensor([0.0])), t.level(1.0)
+    ('2 * tanh(g) + 1', tensor([1.]), 0.0)
+    """
 
     steps: tuple[tuple, ...] = ()
 
@@ -154,14 +354,50 @@ class OutputTransform:
 
     @property
     def is_identity(self) -> bool:
+        """No steps, or only ``("affine", 1, 0)`` steps."""
         return all(s[0] == "affine" and s[1] == 1 and s[2] == 0 for s in self.steps)
 
     def then(self, *step: object) -> OutputTransform:
-        """This transform followed by ``step``."""
+        """This transform followed by ``step``.
+
+        Parameters
+        ----------
+        *step : object
+            ``"tanh"``, ``"sigmoid"``, or ``"affine", scale, shift``.
+
+        Returns
+        -------
+        OutputTransform
+            A new transform; ``self`` is unchanged (frozen).
+
+        Examples
+        --------
+        >>> from nsr.pl import OutputTransform
+        >>> OutputTransform().then("sigmoid").then("affine", 2.0, -1.0).describe()
+        '2 * sigmoid(g) + -1'
+        """
         return OutputTransform((*self.steps, tuple(step)))
 
     def __call__(self, g: Tensor) -> Tensor:
-        """``T(g)``, elementwise."""
+        """``T(g)``, elementwise.
+
+        Parameters
+        ----------
+        g : Tensor
+            Values of the piecewise-affine output, any shape.
+
+        Returns
+        -------
+        Tensor
+            Same shape.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import OutputTransform
+        >>> OutputTransform((("sigmoid",),))(torch.tensor([0.0]))
+        tensor([0.5000])
+        """
         for step in self.steps:
             if step[0] == "tanh":
                 g = torch.tanh(g)
@@ -176,6 +412,33 @@ class OutputTransform:
 
         Raises ``ValueError`` when ``t`` is outside the open range of ``T`` (e.g. ``|t| >= 1``
         after a ``tanh``): no point of any network reaches it.
+
+        Parameters
+        ----------
+        t : float
+            A level of the module's output.
+
+        Returns
+        -------
+        float
+            ``T^-1(t)``.
+
+        Raises
+        ------
+        ValueError
+            If ``t`` is outside the range of ``T``.
+
+        Examples
+        --------
+        >>> from nsr.pl import OutputTransform
+        >>> tanh = OutputTransform((("tanh",),))
+        >>> tanh.level(0.0), round(tanh.level(0.5), 6)
+        (0.0, 0.549306)
+        >>> try:
+        ...     tanh.level(1.0)
+        ... except ValueError as err:
+        ...     print("outside the range" in str(err))
+        True
         """
         value = float(t)
         for step in reversed(self.steps):
@@ -194,7 +457,18 @@ class OutputTransform:
         return value
 
     def describe(self) -> str:
-        """A formula such as ``0.5 * tanh(g) + 0``."""
+        """A formula such as ``0.5 * tanh(g) + 0``.
+
+        Returns
+        -------
+        str
+
+        Examples
+        --------
+        >>> from nsr.pl import OutputTransform
+        >>> OutputTransform((("tanh",),)).describe()
+        'tanh(g)'
+        """
         expr = "g"
         for step in self.steps:
             expr = f"{step[0]}({expr})" if step[0] != "affine" else f"{step[1]:g} * {expr} + {step[2]:g}"
@@ -207,6 +481,36 @@ class PLGraph:
 
     ``layers[l]`` may read ``INPUT`` and layers ``< l``; ``output`` has one row and may read
     anything. All tensors share one dtype and device.
+
+    Parameters
+    ----------
+    in_dim : int
+        Input dimension ``D``.
+    layers : list of Layer
+        Neuron layers in topological order.
+    output : Affine
+        The scalar output ``g`` (one row).
+    transform : OutputTransform
+        Monotone map from ``g`` to the module's output.
+
+    Raises
+    ------
+    NotPiecewiseAffineError
+        If shapes, sources, dtypes or devices are inconsistent, or a value is NaN or inf.
+
+    Examples
+    --------
+    A DeepSDF-style skip: layer 1 reads layer 0 and the input again.
+
+    >>> import torch
+    >>> from nsr.pl import INPUT, Affine, Layer, PLGraph
+    >>> l0 = Layer({INPUT: torch.tensor([[1.0, 0.0], [0.0, 1.0]])}, torch.zeros(2))
+    >>> l1 = Layer({0: torch.tensor([[1.0, 1.0]]), INPUT: torch.tensor([[-1.0, 0.0]])}, torch.zeros(1))
+    >>> g = PLGraph(2, [l0, l1], Affine({1: torch.tensor([[1.0]])}, torch.tensor([-0.5])))
+    >>> g.widths, g.n_neurons, g.offsets, g.is_mlp, g.is_relu
+    ([2, 1], 3, [0, 2, 3], False, True)
+    >>> g(torch.tensor([[0.5, 1.0], [1.0, 0.0]]))  # relu(relu(x) + relu(y) - x) - 0.5
+    tensor([ 0.5000, -0.5000])
     """
 
     in_dim: int
@@ -220,6 +524,7 @@ class PLGraph:
     # ---- shape ----------------------------------------------------------------------------
     @property
     def widths(self) -> list[int]:
+        """Neurons per layer."""
         return [layer.n for layer in self.layers]
 
     @property
@@ -229,6 +534,7 @@ class PLGraph:
 
     @property
     def n_neurons(self) -> int:
+        """Number of neurons (hyperplanes)."""
         return sum(self.widths)
 
     @property
@@ -241,10 +547,12 @@ class PLGraph:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of every tensor."""
         return self.output.bias.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of every tensor."""
         return self.output.bias.device
 
     @property
@@ -255,19 +563,82 @@ class PLGraph:
 
     @property
     def is_relu(self) -> bool:
+        """Every neuron is a ReLU."""
         return all(layer.is_relu for layer in self.layers)
 
     def affine(self, layer: int) -> Affine:
-        """The affine map giving the pre-activations of ``layer`` (``n_layers``: the output)."""
+        """The affine map giving the pre-activations of ``layer``.
+
+        Parameters
+        ----------
+        layer : int
+            Layer index; ``n_layers`` is the output.
+
+        Returns
+        -------
+        Affine
+            ``layers[layer]`` or ``output``.
+
+        Examples
+        --------
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> g = as_graph(random_network(3, [8, 4], seed=0))
+        >>> g.affine(1).n, g.affine(g.n_layers) is g.output
+        (4, True)
+        """
         return self.output if layer == self.n_layers else self.layers[layer]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PLGraph:
+        """A copy on ``device`` in ``dtype`` (the transform is kept).
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device.
+        dtype : torch.dtype, optional
+            Target dtype.
+
+        Returns
+        -------
+        PLGraph
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> as_graph(random_network(3, [8], seed=0)).to(dtype=torch.float32).dtype
+        torch.float32
+        """
         return PLGraph(self.in_dim, [layer.to(device, dtype) for layer in self.layers],
                        self.output.to(device, dtype), self.transform)
 
     # ---- evaluation -----------------------------------------------------------------------
     def post_activations(self, x: Tensor, upto: int | None = None) -> dict[int, Tensor]:
-        """``{INPUT: x, 0: a_0, ..., upto - 1: a_{upto-1}}``, each ``(N, n_k)``."""
+        """Post-activations of the first ``upto`` layers.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+        upto : int, optional
+            Number of layers (default: all).
+
+        Returns
+        -------
+        dict of int to (N, n_k) float Tensor
+            ``{INPUT: x, 0: a_0, ..., upto - 1: a_{upto-1}}``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> g = as_graph(random_network(3, [8, 4], seed=0))
+        >>> {k: tuple(v.shape) for k, v in g.post_activations(torch.zeros(5, 3, dtype=torch.float64)).items()}
+        {-1: (5, 3), 0: (5, 8), 1: (5, 4)}
+        """
         upto = self.n_layers if upto is None else upto
         values: dict[int, Tensor] = {INPUT: x}
         for l in range(upto):
@@ -279,7 +650,33 @@ class PLGraph:
                        values: Mapping[int, Tensor] | None = None) -> Tensor:
         """Pre-activations ``(N, j1 - j0)`` of neurons ``j0:j1`` of ``layer`` at ``x`` ``(N, D)``
         (``layer == n_layers``: the output ``g``, ``(N, 1)``). ``values`` may carry the
-        post-activations of earlier layers (from :meth:`post_activations`)."""
+        post-activations of earlier layers (from :meth:`post_activations`).
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+        layer : int
+            Layer index; ``n_layers`` is the output.
+        j0, j1 : int
+            Neuron range (``j1=None``: to the end).
+        values : mapping of int to Tensor, optional
+            Post-activations already computed at ``x``.
+
+        Returns
+        -------
+        (N, j1 - j0) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> net = random_network(3, [8, 4], seed=0)
+        >>> x = torch.rand(6, 3, dtype=torch.float64)
+        >>> bool(torch.allclose(as_graph(net).preactivations(x, 1, 0, 2), net.preactivations(x, 1)[:, :2]))
+        True
+        """
         aff = self.affine(layer)
         j1 = aff.n if j1 is None else j1
         if values is None:
@@ -287,19 +684,98 @@ class PLGraph:
         return aff.rows(j0, j1).apply(values)
 
     def __call__(self, x: Tensor) -> Tensor:
-        """The piecewise-affine output ``g``, ``(N, D) -> (N,)`` (before the output transform)."""
+        """The piecewise-affine output ``g`` (before the output transform).
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N,) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import octahedron_network
+        >>> as_graph(octahedron_network(0.5))(torch.tensor([[0.5, 0.0, 0.0]], dtype=torch.float64))
+        tensor([0.], dtype=torch.float64)
+        """
         return self.preactivations(x, self.n_layers).squeeze(-1)
 
     def module_output(self, x: Tensor) -> Tensor:
-        """What the traced module computes, ``T(g(x))``, ``(N,)``."""
+        """What the traced module computes, ``T(g(x))``.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N,) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import trace
+        >>> _ = torch.manual_seed(0)
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1), torch.nn.Tanh())
+        >>> g = trace(m)
+        >>> x = torch.rand(4, 2, dtype=torch.float64)
+        >>> bool(torch.allclose(g.module_output(x), m.double()(x).squeeze(1)))
+        True
+        """
         return self.transform(self(x))
 
     def level(self, t: float) -> float:
-        """The level of ``g`` equivalent to level ``t`` of the module's output."""
+        """The level of ``g`` equivalent to level ``t`` of the module's output.
+
+        Parameters
+        ----------
+        t : float
+            A level of the module's output.
+
+        Returns
+        -------
+        float
+            See :meth:`OutputTransform.level`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import trace
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1), torch.nn.Sigmoid())
+        >>> trace(m).level(0.5)
+        0.0
+        """
         return self.transform.level(t)
 
     def patterns(self, x: Tensor, upto: int | None = None) -> list[Tensor]:
-        """Activation patterns ``(N, n_l)`` bool (``z_l > 0``) of layers ``0..upto-1`` at ``x``."""
+        """Activation patterns of the first ``upto`` layers at points.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+        upto : int, optional
+            Number of layers (default: all).
+
+        Returns
+        -------
+        list of (N, n_l) bool Tensor
+            ``z_l > 0`` per layer.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import octahedron_network
+        >>> as_graph(octahedron_network()).patterns(torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64))
+        [tensor([[ True, False,  True,  True,  True,  True]])]
+        """
         upto = self.n_layers if upto is None else upto
         values: dict[int, Tensor] = {INPUT: x}
         out = []
@@ -314,6 +790,27 @@ class PLGraph:
         the given activation patterns ``patterns[l]`` ``(P, n_l)`` bool (one per layer, or fewer:
         then maps up to that layer only). Entry ``l`` is ``(A (P, n_l, D), c (P, n_l))`` with
         ``z_l = A x + c`` on the region; the last entry is the output's when every layer has a pattern.
+
+        Parameters
+        ----------
+        patterns : sequence of (P, n_l) bool Tensor
+            Activation patterns of ``P`` regions, for the first layers.
+
+        Returns
+        -------
+        list of (A, c)
+            ``A`` ``(P, n_l, D)``, ``c`` ``(P, n_l)`` per layer (and the output).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> g = as_graph(random_network(3, [8, 4], seed=0))
+        >>> x = torch.rand(5, 3, dtype=torch.float64)
+        >>> a, c = g.region_maps(g.patterns(x))[-1]  # the output on each point's region
+        >>> a.shape, bool(torch.allclose((a @ x[:, :, None]).squeeze(-1) + c, g.preactivations(x, 2)))
+        (torch.Size([5, 1, 3]), True)
         """
         n_pat = patterns[0].shape[0] if patterns else 1
         eye = torch.eye(self.in_dim, dtype=self.dtype, device=self.device)
@@ -332,7 +829,31 @@ class PLGraph:
         return out
 
     def local_gradients(self, patterns: Sequence[Tensor]) -> Tensor:
-        """Gradient ``(P, D)`` of ``g`` on the regions with activation patterns ``patterns[l]`` ``(P, n_l)``."""
+        """Gradient of ``g`` on regions with given activation patterns.
+
+        Parameters
+        ----------
+        patterns : sequence of (P, n_l) bool Tensor
+            One per layer.
+
+        Returns
+        -------
+        (P, D) float Tensor
+
+        Raises
+        ------
+        ValueError
+            If there is not one pattern per layer.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import octahedron_network
+        >>> g = as_graph(octahedron_network())  # |x| + |y| + |z| - 0.5
+        >>> g.local_gradients(g.patterns(torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)))
+        tensor([[ 1., -1.,  1.]], dtype=torch.float64)
+        """
         if len(patterns) != self.n_layers:
             raise ValueError(f"need one pattern per layer ({self.n_layers}), got {len(patterns)}")
         return self.region_maps(patterns)[-1][0][:, 0]
@@ -340,7 +861,26 @@ class PLGraph:
     # ---- conversions ----------------------------------------------------------------------
     @classmethod
     def from_plnetwork(cls, net: PLNetwork) -> PLGraph:
-        """The graph of a plain ReLU MLP."""
+        """The graph of a plain ReLU MLP.
+
+        Parameters
+        ----------
+        net : PLNetwork
+            The MLP.
+
+        Returns
+        -------
+        PLGraph
+            ``layers[l]`` reads only layer ``l - 1``; identity transform.
+
+        Examples
+        --------
+        >>> from nsr.pl import PLGraph
+        >>> from nsr.networks import random_network
+        >>> g = PLGraph.from_plnetwork(random_network(3, [8, 4], seed=0))
+        >>> g.widths, g.is_mlp
+        ([8, 4], True)
+        """
         layers = [Layer({l - 1: w}, b) for l, (w, b) in enumerate(zip(net.weights[:-1], net.biases[:-1]))]
         out = Affine({len(layers) - 1: net.weights[-1]}, net.biases[-1])
         return cls(net.in_dim, layers, out)
@@ -350,6 +890,29 @@ class PLGraph:
 
         Refuses graphs with skips, non-ReLU neurons, or (unless ``pre_transform``, which returns
         the network of ``g``) an output transform.
+
+        Parameters
+        ----------
+        pre_transform : bool
+            Accept an output transform and return the network of ``g``.
+
+        Returns
+        -------
+        PLNetwork
+
+        Raises
+        ------
+        NotPiecewiseAffineError
+            If the graph is not a plain ReLU chain, or has a transform without ``pre_transform``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import PLGraph
+        >>> from nsr.networks import random_network
+        >>> net = random_network(3, [8], seed=0)
+        >>> bool(torch.equal(PLGraph.from_plnetwork(net).to_plnetwork().weights[0], net.weights[0]))
+        True
         """
         if not self.is_mlp or not self.is_relu:
             raise NotPiecewiseAffineError(
@@ -368,7 +931,26 @@ class PLGraph:
         """Plain tensors (``torch.save``/``torch.load(weights_only=True)`` safe): ``in_dim``,
         ``layers.{l}.{bias,neg,pos}``, ``layers.{l}.blocks.{k}`` (``k = -1``: the input),
         ``output.bias``, ``output.blocks.{k}``, and ``transform`` ``(S, 3)`` rows
-        ``(kind, scale, shift)`` with kind 0 = affine, 1 = tanh, 2 = sigmoid."""
+        ``(kind, scale, shift)`` with kind 0 = affine, 1 = tanh, 2 = sigmoid.
+
+        Returns
+        -------
+        dict of str to Tensor
+            On the CPU; :meth:`from_state_dict` reads it back.
+
+        Examples
+        --------
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> from nsr.pl import PLGraph, SkipMLP, trace
+        >>> _ = torch.manual_seed(0)
+        >>> g = trace(SkipMLP(in_dim=2, width=8, depth=4))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     torch.save(g.state_dict(), Path(tmp) / "g.pt")
+        ...     back = PLGraph.from_state_dict(torch.load(Path(tmp) / "g.pt", weights_only=True))
+        >>> back.widths == g.widths, [layer.sources for layer in back.layers] == [layer.sources for layer in g.layers]
+        (True, True)
+        """
         out: dict[str, Tensor] = {"in_dim": torch.tensor(self.in_dim)}
         for name, aff in [*((f"layers.{l}", layer) for l, layer in enumerate(self.layers)), ("output", self.output)]:
             out[f"{name}.bias"] = aff.bias.detach().cpu()
@@ -383,7 +965,29 @@ class PLGraph:
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor]) -> PLGraph:
-        """Inverse of :meth:`state_dict`; raises :class:`NotPiecewiseAffineError` on malformed input."""
+        """Inverse of :meth:`state_dict`; raises :class:`NotPiecewiseAffineError` on malformed input.
+
+        Parameters
+        ----------
+        sd : mapping of str to Tensor
+            As written by :meth:`state_dict`.
+
+        Returns
+        -------
+        PLGraph
+
+        Raises
+        ------
+        NotPiecewiseAffineError
+            If a key is missing or a tensor is inconsistent.
+
+        Examples
+        --------
+        >>> from nsr.pl import PLGraph, as_graph
+        >>> from nsr.networks import random_network
+        >>> PLGraph.from_state_dict(as_graph(random_network(2, [8], seed=0)).state_dict()).widths
+        [8]
+        """
         try:
             n_layers = len({key.split(".")[1] for key in sd if key.startswith("layers.")})
 
@@ -409,7 +1013,31 @@ class PLGraph:
 
 def as_graph(obj: object) -> PLGraph:
     """A :class:`PLGraph` from a graph, a :class:`PLNetwork`, or anything ``nsr.networks.as_network``
-    reads (state dicts, files, ``nn.Sequential``). Arbitrary modules go through :func:`nsr.pl.trace`."""
+    reads (state dicts, files, ``nn.Sequential``). Arbitrary modules go through :func:`nsr.pl.trace`.
+
+    Parameters
+    ----------
+    obj : PLGraph, PLNetwork or network
+        What to convert.
+
+    Returns
+    -------
+    PLGraph
+        ``obj`` itself when it is a graph.
+
+    Raises
+    ------
+    NetworkError
+        If ``obj`` is not a plain ReLU MLP nsr can read.
+
+    Examples
+    --------
+    >>> from nsr.pl import as_graph
+    >>> from nsr.networks import random_network
+    >>> g = as_graph(random_network(3, [8, 4], seed=0).state_dict())
+    >>> g.in_dim, g.widths, g.is_mlp
+    (3, [8, 4], True)
+    """
     if isinstance(obj, PLGraph):
         return obj
     if isinstance(obj, PLNetwork):

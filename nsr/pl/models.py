@@ -32,6 +32,45 @@ class SkipMLP(nn.Module):
     (``torch.nn.utils.parametrizations.weight_norm``); ``dropout`` is applied after each hidden
     activation while training. ``geometric_init`` starts close to the signed distance of a
     sphere of ``radius`` (SAL), with the skip input entering with zero weight.
+
+    Parameters
+    ----------
+    in_dim : int
+        Spatial input dimension ``D``.
+    width : int
+        Neurons per hidden layer.
+    depth : int
+        Number of hidden layers.
+    skip : int, optional
+        Hidden layer before which the input is concatenated again; 0: no skip.
+    latent_dim : int
+        Size of the latent code that precedes the coordinates in the input.
+    tanh_output : bool
+        End in ``tanh``.
+    weight_norm : bool
+        Weight-normalize every Linear.
+    dropout : float
+        Dropout probability after each hidden activation (training only).
+    geometric_init : bool
+        Start near the signed distance of a sphere.
+    radius : float
+        Radius of that sphere.
+
+    Raises
+    ------
+    ValueError
+        On sizes below 1, ``skip`` outside ``1..depth-1`` (or 0), or ``width`` too small for the skip.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import SkipMLP
+    >>> _ = torch.manual_seed(0)
+    >>> model = SkipMLP(in_dim=3, width=16, depth=4, geometric_init=True)
+    >>> [layer.out_features for layer in model.layers]  # the layer before the skip makes room for x
+    [16, 13, 16, 16, 1]
+    >>> bool(model(torch.zeros(1, 3)) < 0)  # the sphere's centre is inside
+    True
     """
 
     def __init__(
@@ -86,7 +125,24 @@ class SkipMLP(nn.Module):
             nn.init.constant_(last.bias, -radius)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, latent_dim + in_dim) -> (N,)``."""
+        """Evaluate the decoder.
+
+        Parameters
+        ----------
+        x : (N, latent_dim + in_dim) float Tensor
+            Latent code, then coordinates.
+
+        Returns
+        -------
+        (N,) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import SkipMLP
+        >>> SkipMLP(in_dim=2, width=8, depth=2, latent_dim=3)(torch.zeros(4, 5)).shape
+        torch.Size([4])
+        """
         h = x
         for i, layer in enumerate(self.layers[:-1]):
             if self.skip and i == self.skip:
@@ -97,7 +153,25 @@ class SkipMLP(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """``h + W2 act(W1 h + b1) + b2``."""
+    """``h + W2 act(W1 h + b1) + b2``.
+
+    Parameters
+    ----------
+    width : int
+        Width of the stream ``h``.
+    act : torch.nn.Module
+        The activation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl.models import ResidualBlock
+    >>> block = ResidualBlock(4, torch.nn.ReLU())
+    >>> _ = torch.nn.init.zeros_(block.outer.weight), torch.nn.init.zeros_(block.outer.bias)
+    >>> block(torch.ones(2, 4))  # a zero branch leaves the stream unchanged
+    tensor([[1., 1., 1., 1.],
+            [1., 1., 1., 1.]], grad_fn=<AddBackward0>)
+    """
 
     def __init__(self, width: int, act: nn.Module) -> None:
         super().__init__()
@@ -106,6 +180,24 @@ class ResidualBlock(nn.Module):
         self.act = act
 
     def forward(self, h: Tensor) -> Tensor:
+        """The stream plus the branch.
+
+        Parameters
+        ----------
+        h : (N, width) float Tensor
+            The stream.
+
+        Returns
+        -------
+        (N, width) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl.models import ResidualBlock
+        >>> ResidualBlock(4, torch.nn.ReLU())(torch.zeros(3, 4)).shape
+        torch.Size([3, 4])
+        """
         return h + self.outer(self.act(self.inner(h)))
 
 
@@ -116,6 +208,37 @@ class ResidualMLP(nn.Module):
     The stream is linear, so tracing folds it: each block's neurons read the input and every
     earlier block. ``geometric_init`` makes the residual branches start at zero (``W2 = 0``),
     so that the network starts as the SAL sphere of the embedding and the head.
+
+    Parameters
+    ----------
+    in_dim : int
+        Input dimension ``D``.
+    width : int
+        Width of the stream and of each block's hidden layer.
+    depth : int
+        Number of residual blocks.
+    activation : {"relu", "leaky_relu"}
+        The activation.
+    negative_slope : float
+        Slope of ``leaky_relu`` below 0.
+    geometric_init : bool
+        Start near the signed distance of a sphere.
+    radius : float
+        Radius of that sphere.
+
+    Raises
+    ------
+    ValueError
+        On sizes below 1 or an unknown activation.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import ResidualMLP, trace
+    >>> _ = torch.manual_seed(0)
+    >>> graph = trace(ResidualMLP(in_dim=2, width=8, depth=2))
+    >>> graph.widths, graph.layers[2].sources  # the head reads the input and both blocks
+    ([8, 8, 8], [-1, 0, 1])
     """
 
     def __init__(
@@ -154,7 +277,24 @@ class ResidualMLP(nn.Module):
             nn.init.constant_(self.head.bias, -radius)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``(N, in_dim) -> (N,)``."""
+        """Evaluate the network.
+
+        Parameters
+        ----------
+        x : (N, in_dim) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N,) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import ResidualMLP
+        >>> ResidualMLP(in_dim=3, width=8, depth=2)(torch.zeros(5, 3)).shape
+        torch.Size([5])
+        """
         h = self.embed(x)
         for block in self.blocks:
             h = block(h)

@@ -43,6 +43,36 @@ class OnnxModule(nn.Module):
     """A torch module computing an ONNX graph of supported operators, ``(N, D) -> (N,)`` or ``(N, 1)``.
 
     Float initializers become buffers; integer ones (shapes, axes) stay Python values.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A loaded ONNX model with one input ``(N, D)`` and one scalar output per point.
+
+    Raises
+    ------
+    NotPiecewiseAffineError
+        On an operator outside :data:`SUPPORTED` (naming the node) or an unsupported shape.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np, pytest, torch
+    >>> onnx = pytest.importorskip("onnx")
+    >>> from onnx import TensorProto, helper, numpy_helper
+    >>> from nsr.pl import from_onnx
+    >>> w1 = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float32).T  # |x| + |y| - 0.5
+    >>> inits = [numpy_helper.from_array(w1.copy(), "w1"), numpy_helper.from_array(np.ones((4, 1), np.float32), "w2"),
+    ...          numpy_helper.from_array(np.array([-0.5], np.float32), "b2")]
+    >>> nodes = [helper.make_node("MatMul", ["x", "w1"], ["z"]), helper.make_node("Relu", ["z"], ["a"]),
+    ...          helper.make_node("MatMul", ["a", "w2"], ["o"]), helper.make_node("Add", ["o", "b2"], ["y"])]
+    >>> model = helper.make_model(helper.make_graph(
+    ...     nodes, "diamond", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], inits))
+    >>> from nsr.pl.onnx_io import OnnxModule
+    >>> OnnxModule(model)(torch.tensor([[0.5, 0.0], [0.0, 0.0]])).reshape(-1)
+    tensor([ 0.0000, -0.5000])
     """
 
     def __init__(self, model: Any) -> None:
@@ -101,6 +131,18 @@ class OnnxModule(nn.Module):
         return env[name] if name else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """Run the ONNX graph on torch tensors.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            The graph's input.
+
+        Returns
+        -------
+        (N,) or (N, 1) float Tensor
+            The graph's output (see the class example).
+        """
         env: dict[str, Any] = {self._input: x}
         for op, name, ins, outs, attrs in self._nodes:
             args = [self._value(env, i) for i in ins]
@@ -174,7 +216,51 @@ def _bad_shape(name: str, op: str, shape: Any) -> Tensor:
 
 def from_onnx(path: str | Path, **trace_kwargs: Any) -> PLGraph:
     """The :class:`PLGraph` of an ONNX file (see the module docstring); ``trace_kwargs`` go to
-    :func:`nsr.pl.trace` (e.g. ``latent=``, ``check_box=``)."""
+    :func:`nsr.pl.trace` (e.g. ``latent=``, ``check_box=``).
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.onnx`` file (read as data; external data files are not loaded).
+    **trace_kwargs
+        Passed to :func:`nsr.pl.trace`.
+
+    Returns
+    -------
+    PLGraph
+        float64.
+
+    Raises
+    ------
+    ImportError
+        Without the optional ``onnx`` package.
+    FileNotFoundError
+        If ``path`` is not a file.
+    NotPiecewiseAffineError
+        If the file is not an ONNX model, or holds an operator nsr cannot extract.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import numpy as np, pytest, torch
+    >>> onnx = pytest.importorskip("onnx")
+    >>> from onnx import TensorProto, helper, numpy_helper
+    >>> from nsr.pl import from_onnx
+    >>> w1 = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float32).T  # |x| + |y| - 0.5
+    >>> inits = [numpy_helper.from_array(w1.copy(), "w1"), numpy_helper.from_array(np.ones((4, 1), np.float32), "w2"),
+    ...          numpy_helper.from_array(np.array([-0.5], np.float32), "b2")]
+    >>> nodes = [helper.make_node("MatMul", ["x", "w1"], ["z"]), helper.make_node("Relu", ["z"], ["a"]),
+    ...          helper.make_node("MatMul", ["a", "w2"], ["o"]), helper.make_node("Add", ["o", "b2"], ["y"])]
+    >>> model = helper.make_model(helper.make_graph(
+    ...     nodes, "diamond", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], inits))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     onnx.save(model, Path(tmp) / "diamond.onnx")
+    ...     graph = from_onnx(Path(tmp) / "diamond.onnx")
+    >>> graph.widths, graph(torch.tensor([[0.5, 0.0], [0.0, 0.0]], dtype=torch.float64))
+    ([4], tensor([ 0.0000, -0.5000], dtype=torch.float64))
+    """
     onnx = _onnx()
     path = Path(path)
     if not path.is_file():
