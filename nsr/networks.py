@@ -43,6 +43,20 @@ class NetworkError(ValueError):
     """
 
 
+def geometric_init_hidden_(layer: nn.Linear) -> None:
+    """SAL's geometric initialization of a hidden layer, in place: weights ``N(0, 2 / out)``,
+    zero bias (Atzmon & Lipman, 2020). Call under ``torch.no_grad()``."""
+    nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0) / math.sqrt(layer.out_features))
+    nn.init.zeros_(layer.bias)
+
+
+def geometric_init_head_(layer: nn.Linear, radius: float) -> None:
+    """SAL's geometric initialization of the output layer, in place: the network starts close
+    to the signed distance of a sphere of ``radius``. Call under ``torch.no_grad()``."""
+    nn.init.normal_(layer.weight, math.sqrt(math.pi) / math.sqrt(layer.in_features), 1e-4)
+    nn.init.constant_(layer.bias, -radius)
+
+
 class ReLUMLP(nn.Module):
     """Plain ReLU MLP ``R^in_dim -> R``: ``depth`` hidden layers of ``width`` neurons.
 
@@ -99,11 +113,8 @@ class ReLUMLP(nn.Module):
     def _geometric_init(self, radius: float) -> None:
         with torch.no_grad():
             for layer in self.layers[:-1]:
-                nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0) / math.sqrt(layer.out_features))
-                nn.init.zeros_(layer.bias)
-            last = self.layers[-1]
-            nn.init.normal_(last.weight, math.sqrt(math.pi) / math.sqrt(last.in_features), 1e-4)
-            nn.init.constant_(last.bias, -radius)
+                geometric_init_hidden_(layer)
+            geometric_init_head_(self.layers[-1], radius)
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the network.

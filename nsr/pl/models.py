@@ -7,10 +7,10 @@ map ``(N, in_dim) -> (N,)``, and trace into a :class:`~nsr.pl.graph.PLGraph` wit
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+
+from nsr.networks import geometric_init_head_, geometric_init_hidden_
 
 
 def _activation(name: str, negative_slope: float) -> nn.Module:
@@ -114,15 +114,12 @@ class SkipMLP(nn.Module):
     def _geometric_init(self, radius: float, total_in: int) -> None:
         with torch.no_grad():
             for i, layer in enumerate(self.layers[:-1]):
-                nn.init.normal_(layer.weight, 0.0, math.sqrt(2.0) / math.sqrt(layer.out_features))
-                nn.init.zeros_(layer.bias)
+                geometric_init_hidden_(layer)
                 if self.skip and i == self.skip:  # the concatenated input enters with zero weight
                     layer.weight[:, -total_in:] = 0.0
                 if self.latent_dim and i == 0:  # so does the latent code
                     layer.weight[:, : self.latent_dim] = 0.0
-            last = self.layers[-1]
-            nn.init.normal_(last.weight, math.sqrt(math.pi) / math.sqrt(last.in_features), 1e-4)
-            nn.init.constant_(last.bias, -radius)
+            geometric_init_head_(self.layers[-1], radius)
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the decoder.
@@ -266,15 +263,12 @@ class ResidualMLP(nn.Module):
 
     def _geometric_init(self, radius: float) -> None:
         with torch.no_grad():
-            nn.init.normal_(self.embed.weight, 0.0, math.sqrt(2.0) / math.sqrt(self.width))
-            nn.init.zeros_(self.embed.bias)
+            geometric_init_hidden_(self.embed)
             for block in self.blocks:
-                nn.init.normal_(block.inner.weight, 0.0, math.sqrt(2.0) / math.sqrt(self.width))
-                nn.init.zeros_(block.inner.bias)
+                geometric_init_hidden_(block.inner)
                 nn.init.zeros_(block.outer.weight)
                 nn.init.zeros_(block.outer.bias)
-            nn.init.normal_(self.head.weight, math.sqrt(math.pi) / math.sqrt(self.width), 1e-4)
-            nn.init.constant_(self.head.bias, -radius)
+            geometric_init_head_(self.head, radius)
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the network.
