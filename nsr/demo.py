@@ -33,7 +33,7 @@ from nsr._config import config_dir
 DEMO_RESOLUTIONS = (32, 64, 128)
 # The demo's training: the bracket, a 64x4 network, a fixed pool of samples (the analytic
 # shape's surface projection is the slow part of sampling: drawing it once keeps the steps cheap).
-# 120 epochs take ~3 minutes on a quiet 2-core CPU (the whole demo ~3.5 min); 30 epochs of a
+# 120 epochs take ~3 minutes on a quiet 2-core CPU (the whole demo ~3.7 min); 30 epochs of a
 # 64x3 network left the bracket's rib half-learned (Chamfer-L1 to the true shape 1.1e-2 vs 4.8e-3).
 DEMO_OVERRIDES = (
     "data=bracket",
