@@ -171,36 +171,35 @@ def test_bad_input_fails_before_the_run_dir(tmp_path, overrides, error):
     assert not (tmp_path / "run").exists()
 
 
-def test_export_converts_to_shape_units(tmp_path, monkeypatch):
-    """With a stand-in extractor: vertices come back in shape units, in OBJ and PLY."""
-    tet_v = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], dtype=torch.float64)
+TET_V = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], dtype=torch.float64)
+
+
+@pytest.fixture
+def tetrahedron_extractor(monkeypatch):
+    """A stand-in nsr.surface whose extract_mesh returns a tetrahedron (box units)."""
     tet_f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     fake = types.ModuleType("nsr.surface")
     fake.extract_mesh = lambda net, bounds, mode, dtype, progress: types.SimpleNamespace(
-        vertices=tet_v, triangles=tet_f, is_empty=False
+        vertices=TET_V, triangles=tet_f, is_empty=False
     )
     monkeypatch.setitem(sys.modules, "nsr.surface", fake)
+
+
+def test_export_converts_to_shape_units(tmp_path, tetrahedron_extractor):
+    """With a stand-in extractor: vertices come back in shape units, in OBJ and PLY."""
     src = AnalyticSource(Sphere(0.3))
     src.center, src.scale = np.array([1.0, 2.0, 3.0]), 0.5
     out = export_exact_mesh(torch.nn.Linear(3, 1), src, tmp_path, {"render": False})
     assert out["triangles"] == 4
     for fmt in ("obj", "ply"):
         m = trimesh.load(tmp_path / f"mesh.{fmt}", force="mesh", process=False)
-        assert np.allclose(np.sort(m.vertices, axis=0), np.sort(tet_v.numpy() / 0.5 + [1, 2, 3], axis=0))
+        assert np.allclose(np.sort(m.vertices, axis=0), np.sort(TET_V.numpy() / 0.5 + [1, 2, 3], axis=0))
 
 
-def test_ctrl_c_during_the_training_export_propagates(tmp_path, monkeypatch):
+def test_ctrl_c_during_the_training_export_propagates(tmp_path, monkeypatch, tetrahedron_extractor):
     """nsr-train's mesh export goes through nsr's own atomic writers (trimesh swallowed Ctrl-C
     during STL export in 3 of 5 runs): the interrupt propagates and no mesh file is left."""
     import nsr.files
-
-    tet_v = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], dtype=torch.float64)
-    tet_f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    fake = types.ModuleType("nsr.surface")
-    fake.extract_mesh = lambda net, bounds, mode, dtype, progress: types.SimpleNamespace(
-        vertices=tet_v, triangles=tet_f, is_empty=False
-    )
-    monkeypatch.setitem(sys.modules, "nsr.surface", fake)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
