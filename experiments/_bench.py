@@ -446,8 +446,9 @@ def _mc(field_: Any, method: Method, device: str) -> dict[str, Any]:
     from nsr.marching_cubes import marching_cubes
 
     mesh, t = marching_cubes(field_, BOUNDS, method.resolution, device=device, return_timings=True)
+    # the trimesh itself goes back too: its watertightness is checked after the clock stops
     return {"vertices": np.asarray(mesh.vertices), "polygons": len(mesh.faces), "triangles": len(mesh.faces),
-            "stats": {"eval_s": t["eval_s"], "mesh_s": t["mesh_s"], "watertight": bool(mesh.is_watertight)}}
+            "stats": {"eval_s": t["eval_s"], "mesh_s": t["mesh_s"]}, "trimesh": mesh}
 
 
 def _first_line(err: BaseException) -> str:
@@ -498,11 +499,25 @@ def measure(subject: Subject, method: Method, *, dtype: str | None, device: str,
     finally:
         release_free_memory()
     verts = out.pop("vertices")
+    if "trimesh" in out:  # not part of the call timed: marching cubes does not check it
+        out["stats"]["watertight"] = bool(out.pop("trimesh").is_watertight)
     row.update(out, vertices=len(verts))
     row["max_abs_f"], row["mean_abs_f"] = abs_f(subject, verts)
     row["polygons_per_s"] = row["polygons"] / row["time_s"] if row["time_s"] > 0 else float("nan")
     row["warnings"] = sorted({_first_line(w.message) for w in caught})[:5]
     return row
+
+
+def warm_up(methods: list[Method], *, dtype: str | None, device: str) -> None:
+    """One untimed call of every method on a tiny random network, so that imports and first-call
+    costs (lazy imports, thread pools, allocator growth) are not charged to the first method measured."""
+    from nsr.networks import random_network
+
+    net = random_network(3, [8, 8], seed=0)
+    tiny = Subject("warm-up", net, net.to(dtype=torch.float64))
+    for m in methods:
+        small = Method(m.kind, m.mode, min(m.resolution, 32))
+        measure(tiny, small, dtype=dtype, device=device, max_seconds=120.0, mc_source=(net, "warm-up"))
 
 
 def run_subject(subject: Subject, methods: list[Method], *, repeat: int, dtype: str | None, device: str,
@@ -676,21 +691,21 @@ def run_benchmark(args: argparse.Namespace, name: str, complex_max_neurons: int 
     exact = [Method("exact", mode=m) for m in args.modes]
     mc = [Method("mc", resolution=r) for r in args.resolutions]
     subjects, rows = [], []
+    warm_up(exact + mc, dtype=args.dtype, device=args.device)
     for spec in args.nets:
         subject = make_subject(spec, cfg, args.cache, args.retrain)
         if subject is None:
             continue
         subjects.append(subject)
-        methods = exact + mc
+        methods, skipped = exact + mc, []
         if complex_max_neurons is not None and subject.facts["neurons"] > complex_max_neurons:
-            skipped = [m for m in methods if m.mode == "complex"]
+            skipped = [{"net": subject.label, "method": m.name, "kind": m.kind, "mode": m.mode, "resolution": 0,
+                        "status": "skipped", "facts": subject.facts,
+                        "message": f"{subject.facts['neurons']} neurons > --complex-max-neurons {complex_max_neurons}"}
+                       for m in methods if m.mode == "complex"]
             methods = [m for m in methods if m.mode != "complex"]
-            rows += [{"net": subject.label, "method": m.name, "kind": m.kind, "mode": m.mode, "resolution": 0,
-                      "status": "skipped", "facts": subject.facts,
-                      "message": f"{subject.facts['neurons']} neurons > --complex-max-neurons {complex_max_neurons}"}
-                     for m in skipped]
         rows += run_subject(subject, methods, repeat=args.repeat, dtype=args.dtype, device=args.device,
-                            max_seconds=args.max_seconds or None)
+                            max_seconds=args.max_seconds or None) + skipped
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if not subjects:
         print("nothing measured: no network available (../shared absent?)")

@@ -4,10 +4,11 @@ Networks of growing width and depth trained on the shared Stanford bunny (once, 
 ``--train-seconds`` of wall time each, nsr's data sampling and loss; see ``experiments/_bench.py``):
 plain ReLU MLPs 4x64, 4x128, 4x256, 8x256 and DeepSDF-style skip versions of the same sizes,
 plus the shared bunny networks (``../shared/models``: 3x16, 8x32) when present. For each
-network, in ONE process, one call after another: the exact surface in each ``--modes`` (surface:
-the complete default; track; complex where the network has at most ``--complex-max-neurons``
-neurons) and marching cubes at each ``--resolutions`` of the same network. Per call: polygons
-(marching cubes: triangles), time, polygons per second, peak memory above the process's memory
+network, in ONE process, one call after another: the exact surface in each ``--modes``
+(surface: the complete default; track; complex, only where the network has at most
+``--complex-max-neurons`` neurons, 256 by default: the 3x16 and 8x32 bunny networks) and
+marching cubes at each ``--resolutions`` of the same network. Per call: polygons (marching
+cubes: triangles), time, polygons per second, peak memory above the process's memory
 before the call (kernel high-water mark VmHWM, reset before each call), max and mean |f| at the
 vertices in float64. A call slower than ``--max-seconds`` is stopped and recorded as a timeout;
 methods nsr refuses for a network (skip networks before the graph support lands) are recorded as
@@ -15,7 +16,7 @@ unsupported. ``--repeat N`` goes N rounds over the methods and keeps each one's 
 
     python experiments/bench_scaling.py                                # everything (hours: trains 8 nets)
     python experiments/bench_scaling.py --nets relu:4x64 shared:bunny_3d_8x32 --repeat 3
-    python experiments/bench_scaling.py --modes surface track complex --complex-max-neurons 256
+    python experiments/bench_scaling.py --modes surface track --repeat 2    # no complex mode
 
 Prints the networks and a Markdown table (``÷ MC 256³``: time over marching cubes 256^3 of the
 same network in the same run), and writes ``bench_scaling.json`` to ``--out`` ($NSR_OUT, default
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"relu:WxD, skip:WxD, shared:NAME or file:PATH[:LABEL] (default: {' '.join(DEFAULT_NETS)})")
     ap.add_argument("--complex-max-neurons", type=int, default=256,
                     help="complex mode only on networks with at most this many neurons (its cost explodes)")
-    add_common_arguments(ap, resolutions=[256, 512], modes=["surface", "track"])
+    add_common_arguments(ap, resolutions=[256, 512], modes=["surface", "track", "complex"])
     args = ap.parse_args(argv)
     return run_benchmark(args, "bench_scaling", complex_max_neurons=args.complex_max_neurons)
 

@@ -116,11 +116,11 @@ def classify(qualnames: list[str]) -> str:
 
 class StackSampler:
     """Samples one thread's Python stack every ``interval`` s; ``samples``: ``(seconds, phase, layer,
-    innermost nsr function, innermost nsr line)``."""
+    innermost nsr function, innermost nsr line, innermost three nsr functions)``."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.samples: list[tuple[float, str, int | None, str, str]] = []
+        self.samples: list[tuple[float, str, int | None, str, str, str]] = []
         self._stop = threading.Event()
         self._target = threading.get_ident()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -143,7 +143,7 @@ class StackSampler:
                 self.samples.append((dt, *self._describe(frame)))
 
     @staticmethod
-    def _describe(frame: Any) -> tuple[str, int | None, str, str]:
+    def _describe(frame: Any) -> tuple[str, int | None, str, str, str]:
         names, layer, first_line = [], None, ""
         while frame is not None:
             code = frame.f_code
@@ -157,7 +157,8 @@ class StackSampler:
                     value = frame.f_locals.get("layer")
                     layer = value if isinstance(value, int) else None
             frame = frame.f_back
-        return classify(names), layer, names[0] if names else "-", first_line or "-"
+        path = " < ".join(names[:3]) or "-"
+        return classify(names), layer, names[0] if names else "-", first_line or "-", path
 
 
 def _extract(subject: Subject, mode: str, dtype: str | None) -> Any:
@@ -191,10 +192,12 @@ def profile_sampled(subject: Subject, mode: str, dtype: str | None, interval: fl
     by_layer: dict[tuple[int, str], float] = defaultdict(float)
     func: dict[str, float] = defaultdict(float)
     line: dict[str, float] = defaultdict(float)
-    for dt, ph, layer, fn, ln in sampler.samples:
+    path: dict[str, float] = defaultdict(float)
+    for dt, ph, layer, fn, ln, chain in sampler.samples:
         phase[ph] += dt
         func[fn] += dt
         line[ln] += dt
+        path[chain] += dt
         if layer is not None:
             by_layer[(layer, ph)] += dt
     total = sum(phase.values()) or 1.0
@@ -205,7 +208,8 @@ def profile_sampled(subject: Subject, mode: str, dtype: str | None, interval: fl
             "polygons": len(mesh.polygons), "stats": {k: v for k, v in mesh.stats.items()
                                                      if isinstance(v, (int, float, str, bool))},
             "phases": _share(phase, total), "per_layer": per_layer,
-            "functions": _share(func, total)[:top], "lines": _share(line, total)[:top]}
+            "functions": _share(func, total)[:top], "lines": _share(line, total)[:top],
+            "call_paths": _share(path, total)[:top]}
 
 
 def profile_cprofile(subject: Subject, mode: str, dtype: str | None, top: int) -> dict[str, Any]:
@@ -254,6 +258,10 @@ def print_sampled(label: str, p: dict[str, Any]) -> None:
     print("\nHottest nsr functions (innermost nsr frame, torch calls included):\n")
     print("| function | seconds | % |\n| --- | ---: | ---: |")
     for r in p["functions"]:
+        print(f"| `{r['name']}` | {r['seconds']:.2f} | {r['percent']:.1f} |")
+    print("\nHottest call paths (innermost three nsr functions, callee < caller):\n")
+    print("| call path | seconds | % |\n| --- | ---: | ---: |")
+    for r in p["call_paths"]:
         print(f"| `{r['name']}` | {r['seconds']:.2f} | {r['percent']:.1f} |")
     print("\nHottest nsr lines:\n")
     print("| line | seconds | % |\n| --- | ---: | ---: |")
