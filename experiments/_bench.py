@@ -691,11 +691,12 @@ def run_benchmark(args: argparse.Namespace, name: str, complex_max_neurons: int 
     exact = [Method("exact", mode=m) for m in args.modes]
     mc = [Method("mc", resolution=r) for r in args.resolutions]
     subjects, rows = [], []
-    warm_up(exact + mc, dtype=args.dtype, device=args.device)
     for spec in args.nets:
         subject = make_subject(spec, cfg, args.cache, args.retrain)
         if subject is None:
             continue
+        if not subjects:
+            warm_up(exact + mc, dtype=args.dtype, device=args.device)
         subjects.append(subject)
         methods, skipped = exact + mc, []
         if complex_max_neurons is not None and subject.facts["neurons"] > complex_max_neurons:
