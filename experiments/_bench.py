@@ -4,8 +4,9 @@ Networks
 --------
 A network is named by a spec string:
 
-- ``relu:WxD``: :class:`nsr.networks.ReLUMLP`, ``D`` hidden layers of ``W`` ReLU neurons;
-- ``skip:WxD``: :class:`nsr.pl.SkipMLP`, DeepSDF style (the input concatenated back in before
+- ``relu:DxW``: :class:`nsr.networks.ReLUMLP`, ``D`` hidden layers of ``W`` ReLU neurons (depth
+  first, as the issues and the shared networks write it: ``8x32`` is 8 layers of 32);
+- ``skip:DxW``: :class:`nsr.pl.SkipMLP`, DeepSDF style (the input concatenated back in before
   hidden layer ``D // 2``, whose predecessor has ``W - 3`` outputs);
 - ``shared:NAME``: ``../shared/models/NAME.pt`` (the paper's bunny networks, e.g. ``bunny_3d_8x32``);
 - ``file:PATH[:LABEL]``: any file :func:`nsr.networks.load_network` reads (state dict, nsr checkpoint).
@@ -103,20 +104,20 @@ class NetSpec:
 
 
 def parse_net(text: str) -> NetSpec:
-    """``relu:WxD``, ``skip:WxD``, ``shared:NAME`` or ``file:PATH[:LABEL]`` as a :class:`NetSpec`."""
+    """``relu:DxW``, ``skip:DxW`` (depth x width), ``shared:NAME`` or ``file:PATH[:LABEL]`` as a :class:`NetSpec`."""
     kind, _, rest = text.partition(":")
     if kind in ("relu", "skip"):
         m = re.fullmatch(r"(\d+)x(\d+)", rest)
         if not m:
-            raise argparse.ArgumentTypeError(f"{text!r}: write {kind}:WIDTHxDEPTH, e.g. {kind}:8x64")
-        width, depth = int(m.group(1)), int(m.group(2))
-        return NetSpec(kind, width, depth, label=f"{kind} {width}x{depth}")
+            raise argparse.ArgumentTypeError(f"{text!r}: write {kind}:DEPTHxWIDTH, e.g. {kind}:8x64")
+        depth, width = int(m.group(1)), int(m.group(2))
+        return NetSpec(kind, width, depth, label=f"{kind} {depth}x{width}")
     if kind == "shared":
         return NetSpec("file", path=str(SHARED / "models" / f"{rest}.pt"), label=rest)
     if kind == "file":
         path, _, label = rest.partition(":")
         return NetSpec("file", path=path, label=label or Path(path).stem)
-    raise argparse.ArgumentTypeError(f"{text!r}: expected relu:WxD, skip:WxD, shared:NAME or file:PATH[:LABEL]")
+    raise argparse.ArgumentTypeError(f"{text!r}: expected relu:DxW, skip:DxW, shared:NAME or file:PATH[:LABEL]")
 
 
 def build_module(kind: str, width: int, depth: int) -> nn.Module:
@@ -146,7 +147,7 @@ class TrainConfig:
         blob = json.dumps({**asdict(self), "kind": kind, "width": width, "depth": depth, "mesh": Path(self.mesh).name},
                           sort_keys=True)
         digest = hashlib.sha1(blob.encode()).hexdigest()[:8]
-        return f"{Path(self.mesh).stem}_{kind}_{width}x{depth}_{self.seconds:g}s_{digest}"
+        return f"{Path(self.mesh).stem}_{kind}_{depth}x{width}_{self.seconds:g}s_{digest}"
 
 
 def _data_module(cfg: TrainConfig) -> Any:

@@ -33,7 +33,7 @@ from _bench import add_common_arguments, parse_net, run_benchmark
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", nargs="*", type=parse_net, default=[parse_net("skip:8x64")],
-                    help="relu:WxD, skip:WxD, shared:NAME or file:PATH[:LABEL] (default: skip:8x64)")
+                    help="relu:DxW, skip:DxW (depth x width), shared:NAME or file:PATH[:LABEL] (default: skip:8x64)")
     add_common_arguments(ap, resolutions=[256, 512], modes=["surface", "track"])
     return run_benchmark(ap.parse_args(argv), "bench_architectures")
 

@@ -39,7 +39,8 @@ DEFAULT_NETS = ["shared:bunny_3d_3x16", "shared:bunny_3d_8x32", *(f"relu:{s}" fo
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", nargs="*", type=parse_net, default=[parse_net(n) for n in DEFAULT_NETS],
-                    help=f"relu:WxD, skip:WxD, shared:NAME or file:PATH[:LABEL] (default: {' '.join(DEFAULT_NETS)})")
+                    help="relu:DxW, skip:DxW (depth x width), shared:NAME or file:PATH[:LABEL] "
+                    f"(default: {' '.join(DEFAULT_NETS)})")
     ap.add_argument("--complex-max-neurons", type=int, default=256,
                     help="complex mode only on networks with at most this many neurons (its cost explodes)")
     add_common_arguments(ap, resolutions=[256, 512], modes=["surface", "track", "complex"])

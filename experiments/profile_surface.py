@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nets", nargs="*", type=parse_net,
                     default=[parse_net("shared:bunny_3d_8x32"), parse_net("relu:4x64")],
-                    help="relu:WxD, skip:WxD, shared:NAME or file:PATH[:LABEL] "
+                    help="relu:DxW, skip:DxW (depth x width), shared:NAME or file:PATH[:LABEL] "
                     "(default: shared:bunny_3d_8x32 relu:4x64)")
     ap.add_argument("--mode", default="surface", choices=["surface", "track", "complex"],
                     help="extraction mode profiled (default: surface, the complete default)")
