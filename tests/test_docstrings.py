@@ -123,7 +123,8 @@ def _missing(obj: object, kind: str) -> list[str]:
         return ["docstring"]
     if kind == "class":
         init = obj.__init__
-        own_init = init is not object.__init__ and _takes_arguments(init)
+        # A constructor written in Python; a builtin one (an exception's) is documented by Python.
+        own_init = inspect.isfunction(init) and _takes_arguments(init)
         accepted = {"Parameters", "Attributes"} if dataclasses.is_dataclass(obj) else {"Parameters"}
         if own_init and not sections & accepted:
             missing.append("Parameters")
