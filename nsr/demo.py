@@ -343,6 +343,10 @@ time s: wall time of the extraction (measured once, here and everywhere below);
 CD-L1 exact: against the network's exact surface, in box units."""
 
 
+FOOTNOTE = ("|f|: the network's value at a mesh's vertices, 0 on the network's own surface (network output units).   "
+            "CD-L1: mean Chamfer distance, box units (the box is 1 wide).")
+
+
 def _caption(row: dict[str, Any], lines: Sequence[str]) -> str:
     return "\n".join(lines).format(**{k: (v if v is not None else float("nan")) for k, v in row.items()})
 
@@ -368,7 +372,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
         meshes.append((np.asarray(ref.vertices), np.asarray(ref.faces)))
         titles.append("true shape (analytic SDF)")
         captions.append(f"what the network was trained on\n(drawn by marching cubes {TRUE_DISPLAY_RES}³ of the\n"
-                        "analytic SDF)")
+                        "analytic SDF: its steps along the rib\nare the drawing's, not the shape's)")
         outlines.append(False)
     meshes += [(exact.vertices, exact.polygons), (np.asarray(mc.vertices), np.asarray(mc.faces))]
     titles += ["exact mesh of the network (nsr)", f"marching cubes {res}³ of the network"]
@@ -382,7 +386,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
     ]  # fmt: skip
     outlines += [True, False]
     files.append(render.render_overview(
-        meshes, titles, captions, out / "overview.png", CLOSE_UP, VIEW, outlines=outlines,
+        meshes, titles, captions, out / "overview.png", CLOSE_UP, VIEW, outlines=outlines, footnote=FOOTNOTE,
         title="The same network, two meshes; bottom: close-ups of the red box (the rib's edge on the base)"))
     files.append(render.render_polygons(
         exact.vertices, exact.polygons, out / "exact_polygons.png", VIEW, zoom=CLOSE_UP,
@@ -400,8 +404,10 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
     others = [i for i in range(3) if i != SLICE_AXIS]
     cut = trimesh.intersections.mesh_plane(exact_tm, normal, normal * SLICE_VALUE)
     true_sdf = shape if isinstance(shape, Shape) else None
-    files.append(render.render_slice(net, box, SLICE_AXIS, SLICE_VALUE, out / f"slice_{plane}.png",
-                                     segments=cut[:, :, others], true_sdf=true_sdf))  # fmt: skip
+    files.append(render.render_slice(
+        net, box, SLICE_AXIS, SLICE_VALUE, out / f"slice_{plane}.png", segments=cut[:, :, others], true_sdf=true_sdf,
+        title=f"The network's value f on the plane {names[SLICE_AXIS]} = {SLICE_VALUE:g} (a cut through the L "
+              "and the rib):\nwhere f = 0 is its surface; dashed: the bracket it was trained on"))  # fmt: skip
     files.append(render.render_slice_regions(
         net, box, SLICE_AXIS, SLICE_VALUE, out / f"regions_{plane}.png", true_sdf=true_sdf,
         title=f"The network on the plane {names[SLICE_AXIS]} = {SLICE_VALUE:g}: its linear regions (thin lines),\n"
