@@ -1193,14 +1193,20 @@ def level_set_segments(cx: Any, level: float = 0.0) -> np.ndarray:
     return v[e] if len(e) else np.zeros((0, 2, 2))
 
 
-def _fan(cycles: Sequence[np.ndarray]) -> np.ndarray:
-    """Fan triangles ``(T, 3)`` of convex vertex cycles."""
-    flat, lens = _cycles(list(cycles))
-    start = np.cumsum(lens) - lens
-    n_tri = lens - 2
-    first = np.repeat(start, n_tri)
-    k = np.arange(int(n_tri.sum())) - np.repeat(np.cumsum(n_tri) - n_tri, n_tri)
-    return np.stack([flat[first], flat[first + k + 1], flat[first + k + 2]], 1)
+def _field_2d(net: Any, bounds: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A 2D network's values at the centers of a ``(resolution, resolution)`` pixel grid of
+    ``bounds`` ``(2, 2)`` (rows along the second axis), and the grid's ``imshow`` extent."""
+    import torch
+
+    from nsr.networks import as_network
+
+    u = bounds[0, 0] + (np.arange(resolution) + 0.5) * (bounds[0, 1] - bounds[0, 0]) / resolution
+    w = bounds[1, 0] + (np.arange(resolution) + 0.5) * (bounds[1, 1] - bounds[1, 0]) / resolution
+    uu, ww = np.meshgrid(u, w)
+    pl = as_network(net, dtype=torch.float64, device="cpu")
+    with torch.no_grad():
+        img = pl(torch.from_numpy(np.stack([uu.ravel(), ww.ravel()], 1))).numpy().reshape(uu.shape)
+    return img, (bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1])
 
 
 @_safe
@@ -1217,9 +1223,8 @@ def render_regions(
     """The classic picture of a 2D ReLU network: its linear regions, its function, its level set.
 
     ``cx``: the :class:`~nsr.complex.PolyhedralComplex` of a 2D network. ``color_by="value"``
-    colors by the network's value, exact on every region (the network is affine there, so
-    linear interpolation of the vertex values is the function itself), with a colorbar in
-    network output units; ``"region"`` gives every linear region its own color. Region
+    colors by the network's value, evaluated at every pixel, with a colorbar in network output
+    units (each side of 0 spans its own range); ``"region"`` gives every linear region its own color. Region
     boundaries are thin lines, the level set ``f = level`` bold black. ``true_sdf``, a function
     ``(N, 2) -> (N,)`` of a known shape, adds its zero contour (dashed). Axes in box units.
 
@@ -1265,7 +1270,6 @@ def render_regions(
     from matplotlib import colormaps
     from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.lines import Line2D
-    from matplotlib.tri import Triangulation
 
     if color_by not in ("value", "region"):
         raise ValueError(f"color_by must be 'value' or 'region', got {color_by!r}")
@@ -1273,15 +1277,13 @@ def render_regions(
     fig = _figure(size)
     ax = fig.add_axes((0.1, 0.1, 0.7, 0.8))
     if color_by == "value":
-        import torch
-
-        with torch.no_grad():
-            f = cx.net.to(dtype=torch.float64, device="cpu")(torch.from_numpy(v)).numpy()
-        norm = _diverging_norm(f, level)
-        tpc = ax.tripcolor(Triangulation(v[:, 0], v[:, 1], _fan(cycles)), f, shading="gouraud",
-                           cmap="RdBu_r", norm=norm)  # fmt: skip
+        # The network evaluated at every pixel. (Gouraud shading of the exact vertex values would
+        # interpolate colors, not values: across f = 0 it drew dark purple where f is 0.)
+        img, extent = _field_2d(cx.net, np.asarray(cx.bounds, dtype=np.float64), 2 * max(size))
+        im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=_diverging_norm(img, level),
+                       interpolation="nearest")  # fmt: skip
         cax = fig.add_axes((0.83, 0.1, 0.03, 0.8))
-        fig.colorbar(tpc, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+        fig.colorbar(im, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
         ax.add_collection(PolyCollection([v[c] for c in cycles], facecolors="none", edgecolors=(0, 0, 0, 0.35),
                                          linewidths=0.3))  # fmt: skip
     else:
