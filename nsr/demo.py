@@ -432,7 +432,9 @@ def _error_plot(out: Path, mcs: list, mc_rows: list, exact_row: dict, floor: flo
     rlines = {"exact mesh: mean |f| at samples": exact_row["abs_f_samples_mean"],
               "exact mesh: max |f| at vertices": exact_row["abs_f_vertices_max"]}  # fmt: skip
     return render.plot_errors(x, dist, res, out / "error_vs_resolution.png", distance_lines=lines,
-                              residual_lines=rlines, title="Marching cubes against resolution; dashed: the exact mesh")
+                              residual_lines=rlines,
+                              title="Marching cubes against resolution; dashed: the exact mesh "
+                                    "(and, left, the sampling floor of the true-shape reference)")
 
 
 def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides: Sequence[str] = (),

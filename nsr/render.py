@@ -64,6 +64,17 @@ def _diverging_norm(values: np.ndarray, center: float = 0.0) -> Any:
     return TwoSlopeNorm(center, min(lo, center - 1e-3 * span), max(hi, center + 1e-3 * span))
 
 
+def _value_colorbar(fig: Any, mappable: Any, cax: Any) -> None:
+    """Colorbar of a network's value under :func:`_diverging_norm`: each half of the bar is one
+    side of the center, so ticks are placed per side (linear ticks would leave the short side bare)."""
+    norm = mappable.norm
+    lo, mid, hi = norm.vmin, norm.vcenter, norm.vmax
+    ticks = np.unique(np.concatenate([np.linspace(lo, mid, 4), np.linspace(mid, hi, 4)]))
+    bar = fig.colorbar(mappable, cax=cax, ticks=ticks)
+    bar.ax.set_yticklabels([f"{t:.2g}" for t in ticks])
+    bar.set_label("f (network output units); negative = inside", fontsize=9)
+
+
 def _resolution_ticks(ax: Any, x: Sequence[float]) -> None:
     """Tick a log2 x axis at the resolutions themselves, written as plain numbers (64, not 2^6)."""
     from matplotlib.ticker import FixedLocator, NullLocator
@@ -432,7 +443,7 @@ def render_complex_2d(
             coll.set_cmap("RdBu_r")
             coll.set_norm(_diverging_norm(vals))
             cax = fig.add_axes((0.82, 0.1, 0.03, 0.8))
-            fig.colorbar(coll, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+            _value_colorbar(fig, coll, cax)
         else:
             coll.set_array(np.arange(len(polys)) % 20)
             coll.set_cmap("tab20")
@@ -580,7 +591,7 @@ def render_slice(
     ax = fig.add_axes((0.1, 0.09, 0.68, 0.83))
     im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=_diverging_norm(img))
     cax = fig.add_axes((0.82, 0.09, 0.03, 0.83))
-    fig.colorbar(im, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+    _value_colorbar(fig, im, cax)
     u = np.linspace(extent[0], extent[1], img.shape[1])
     w = np.linspace(extent[2], extent[3], img.shape[0])
     handles = []
@@ -1283,7 +1294,7 @@ def render_regions(
         im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=_diverging_norm(img, level),
                        interpolation="nearest")  # fmt: skip
         cax = fig.add_axes((0.83, 0.1, 0.03, 0.8))
-        fig.colorbar(im, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+        _value_colorbar(fig, im, cax)
         ax.add_collection(PolyCollection([v[c] for c in cycles], facecolors="none", edgecolors=(0, 0, 0, 0.35),
                                          linewidths=0.3))  # fmt: skip
     else:
@@ -1573,7 +1584,7 @@ def render_overview(
     True
     """
     n = len(meshes)
-    top_h, cap_h, head = panel, 0.3 * panel + 16 * (footnote.count("\n") + 1 if footnote else 0), 60 if title else 30
+    top_h, cap_h, head = panel, 0.3 * panel + 20 * (footnote.count("\n") + 1 if footnote else 0), 60 if title else 30
     height = int(2 * top_h + cap_h + head)
     fig = _figure((panel * n, height))
     full = screen_box(np.vstack([np.asarray(v) for v, _ in meshes]), view)
@@ -1593,10 +1604,10 @@ def render_overview(
         for s in zx.spines.values():
             s.set_visible(True)
             s.set_color("crimson")
-        fig.text(x0 + 0.5 / n, cap_h / height - 0.01, captions[i], ha="center", va="top", fontsize=10,
+        fig.text(x0 + 0.5 / n, cap_h / height - 0.01, captions[i], ha="center", va="top", fontsize=11,
                  family="monospace")  # fmt: skip
     if footnote:
-        fig.text(0.01, 6 / height, footnote, ha="left", va="bottom", fontsize=9, color="0.25")
+        fig.text(0.01, 6 / height, footnote, ha="left", va="bottom", fontsize=11, color="0.25")
     if title:
         fig.suptitle(title, fontsize=12, y=1 - 6 / height, va="top")
     return _save(fig, path)
