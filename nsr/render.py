@@ -1013,7 +1013,7 @@ def render_polygons(
     n = 2 if zoom else 1
     fig = _figure(size or (700 * n, 760))
     full = screen_box(vertices, view)
-    axes = [fig.add_axes((i / n, 0.0, 1 / n, 0.93 if title else 1.0)) for i in range(n)]
+    axes = [fig.add_axes((i / n, 0.0, 1 / n, 0.89 if title else 0.95)) for i in range(n)]  # room for the titles
     draw_faces(axes[0], vertices, polygons, view, outline=(0.1, 0.1, 0.1), linewidth=0.3)
     _frame_axes(axes[0], full)
     if zoom:
