@@ -1215,8 +1215,9 @@ def _field_2d(net: Any, bounds: np.ndarray, resolution: int) -> tuple[np.ndarray
     w = bounds[1, 0] + (np.arange(resolution) + 0.5) * (bounds[1, 1] - bounds[1, 0]) / resolution
     uu, ww = np.meshgrid(u, w)
     pl = as_network(net, dtype=torch.float64, device="cpu")
-    with torch.no_grad():
-        img = pl(torch.from_numpy(np.stack([uu.ravel(), ww.ravel()], 1))).numpy().reshape(uu.shape)
+    pts = torch.from_numpy(np.stack([uu.ravel(), ww.ravel()], 1))
+    with torch.no_grad():  # in chunks: a wide network's activations for every pixel at once take GBs
+        img = torch.cat([pl(chunk) for chunk in pts.split(65536)]).numpy().reshape(uu.shape)
     return img, (bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1])
 
 
@@ -1290,7 +1291,7 @@ def render_regions(
     if color_by == "value":
         # The network evaluated at every pixel. (Gouraud shading of the exact vertex values would
         # interpolate colors, not values: across f = 0 it drew dark purple where f is 0.)
-        img, extent = _field_2d(cx.net, np.asarray(cx.bounds, dtype=np.float64), 2 * max(size))
+        img, extent = _field_2d(cx.net, np.asarray(cx.bounds, dtype=np.float64), int(0.75 * max(size)))  # ~1 per pixel
         im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=_diverging_norm(img, level),
                        interpolation="nearest")  # fmt: skip
         cax = fig.add_axes((0.83, 0.1, 0.03, 0.8))
