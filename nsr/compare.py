@@ -95,7 +95,25 @@ def _resolutions(resolutions: list[int]) -> list[int]:
 
 
 def format_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table of the main columns (NaN and missing shown as ``-``)."""
+    """A Markdown table of the main columns (NaN and missing shown as ``-``).
+
+    Parameters
+    ----------
+    rows : sequence of mapping
+        Rows keyed by :data:`COLUMNS` (missing keys are fine).
+
+    Returns
+    -------
+    str
+        The table, one line per row after the header and separator, ending with a newline.
+
+    Examples
+    --------
+    >>> from nsr.compare import format_markdown
+    >>> table = format_markdown([{"method": "marching_cubes", "resolution": 64, "total_s": 0.25, "n_faces": 14820}])
+    >>> table.splitlines()[2][:46]
+    '| marching_cubes | 64 | 0.25 | - | - | - | - |'
+    """
     head = "| " + " | ".join(h for _, h, _ in MD_COLUMNS) + " |"
     sep = "| " + " | ".join("---" for _ in MD_COLUMNS) + " |"
     lines = [head, sep]
@@ -129,26 +147,67 @@ def _plots(rows: list[dict], out: Path) -> list[Path]:
     if not mc:
         return []
     x = [r["resolution"] for r in mc]
-    times = {k: [r[k] for r in mc] for k in ("eval_s", "mesh_s", "total_s")}
-    hl = {"exact total_s": exact["total_s"]} if exact else None
-    files = [render.plot_series(x, times, out / "time_vs_resolution.png", "resolution",
-                                "seconds", "marching cubes time", hlines=hl)]  # fmt: skip
+    times = {name: [r[k] for r in mc] for k, name in TIME_NAMES.items()}
+    hl = {f"exact mesh (nsr): {exact['total_s']:.2f} s": exact["total_s"]} if exact else None
+    files = [render.plot_series(x, times, out / "time_vs_resolution.png", RESOLUTION_LABEL, "wall time (s)",
+                                "Marching cubes' time against resolution; dashed: the exact mesh's", hlines=hl)]
     # Distances are lengths in the network's input (box) units; |f| is in output units: two panels.
-    dist = {k: [r[k] for r in mc] for k in ("chamfer_l1", "hausdorff")}
-    res = {k: [r[k] for r in mc] for k in ("abs_f_samples_mean", "abs_f_vertices_max")}
-    hl = {f"exact {k}": exact[k] for k in res} if exact else None
+    ref = str(mc[0]["reference"])
+    dist = {f"{name} to the {ref}": [r[k] for r in mc] for k, name in DISTANCE_NAMES.items()}
+    res = {f"marching cubes: {name}": [r[k] for r in mc] for k, name in RESIDUAL_NAMES.items()}
+    hl = {f"exact mesh: {name}": exact[k] for k, name in RESIDUAL_NAMES.items()} if exact else None
     files.append(render.plot_errors(x, dist, res, out / "error_vs_resolution.png", residual_lines=hl,
-                                    title="marching cubes error vs " + str(mc[0]["reference"]),
+                                    title=f"Marching cubes against resolution, distances to the {ref}; dashed: "
+                                          "the exact mesh",
                                     distance_label="distance (input units of the network)"))  # fmt: skip
     return [f for f in files if f]
+
+
+RESOLUTION_LABEL = "marching-cubes resolution (samples per axis)"
+TIME_NAMES = {"eval_s": "evaluating the network on the grid", "mesh_s": "marching cubes on those values",
+              "total_s": "total"}  # fmt: skip
+DISTANCE_NAMES = {"chamfer_l1": "CD-L1 (mean)", "hausdorff": "Hausdorff (largest)"}
+RESIDUAL_NAMES = {"abs_f_samples_mean": "mean |f| at surface samples", "abs_f_vertices_max": "max |f| at vertices"}
 
 
 def run_compare(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Run the comparison, write every output and return ``{"rows", "out_dir", "files", ...}``.
 
-    ``cfg`` keys as in ``conf/compare.yaml``. Bad input (missing network or reference,
-    not a ReLU MLP, resolutions that do not fit in memory, unwritable ``out_dir``) raises
-    before anything is written.
+    Bad input (missing network or reference, not a ReLU MLP, resolutions that do not fit in
+    memory, unwritable ``out_dir``) raises before anything is written.
+
+    Parameters
+    ----------
+    cfg : DictConfig or mapping
+        Keys as in ``conf/compare.yaml``: ``net`` (required), ``resolutions``, ``reference``,
+        ``out_dir``, ``render``, ``n_samples``, ...
+
+    Returns
+    -------
+    dict
+        ``rows`` (one dict per mesh, keys :data:`COLUMNS`), ``out_dir``, ``files``, ``net``,
+        ``bounds``, ``reference`` and ``markdown`` (:func:`format_markdown` of the rows).
+
+    Raises
+    ------
+    nsr._config.ConfigError, FileNotFoundError, ValueError
+        On bad input, before anything is written.
+
+    Examples
+    --------
+    The octahedron network's exact mesh against marching cubes at 17 samples per axis, whose
+    grid nodes lie on the octahedron's planes, so that both meshes are on its zero set:
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from nsr.compare import run_compare
+    >>> from nsr.networks import octahedron_network
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     torch.save(octahedron_network(0.5).state_dict(), Path(tmp) / "octa.pt")
+    ...     result = run_compare({"net": str(Path(tmp) / "octa.pt"), "bounds": [-1, 1], "resolutions": [17],
+    ...                           "n_samples": 2000, "render": False, "out_dir": str(Path(tmp) / "cmp")})
+    >>> [(r["method"], r["n_faces"], r["abs_f_vertices_max"]) for r in result["rows"]]
+    [('exact', 8, 0.0), ('marching_cubes', 488, 0.0)]
     """
     cfg = as_mapping(cfg)
     opts = validate_compare(cfg)
@@ -197,19 +256,32 @@ def _write_outputs(rows: list[dict], meshes: list, polygons: Any, out: Path,
             files.append(name)
     if pictures:
         files += _plots(rows, out)
-        titles = [m if r is None else f"MC {r}^3" for m, r, _, _ in meshes]
+        titles = ["exact mesh (nsr)" if r is None else f"marching cubes {r}³" for m, r, _, _ in meshes]
         polys = [polygons if m == "exact" else None for m, _, _, _ in meshes]
-        png = _side_by_side([tm for _, _, tm, _ in meshes], titles, polys, out)
+        png = _side_by_side([tm for _, _, tm, _ in meshes], titles, polys, [_caption(r) for r in rows], out)
         files += [png] if png else []
     return files
 
 
-def _side_by_side(meshes: list, titles: list[str], polys: list, out: Path) -> Path | None:
+def _caption(row: Mapping[str, Any]) -> str:
+    """The numbers under one mesh of ``side_by_side.png``."""
+    kind = "triangles of planar polygons" if row["method"] == "exact" else "triangles"
+    lines = [f"{_fmt(row['n_faces'], '{:d}')} {kind}, {_fmt(row['total_s'], '{:.2f}')} s",
+             f"max |f| at vertices {_fmt(row['abs_f_vertices_max'], '{:.0e}')}"]
+    if row["method"] != "exact" or not str(row["reference"]).startswith("exact"):
+        lines.append(f"CD-L1 to the {row['reference']}: {_fmt(row['chamfer_l1'], '{:.1e}')}")
+    return "\n".join(lines)
+
+
+def _side_by_side(meshes: list, titles: list[str], polys: list, captions: list[str], out: Path) -> Path | None:
     from nsr import render
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return render.render_side_by_side(meshes, titles, out / "side_by_side.png", polygons=polys)
+        return render.render_side_by_side(
+            meshes, titles, out / "side_by_side.png", polygons=polys, captions=captions,
+            title="The same network meshed by nsr (exact) and by marching cubes; |f|: the network's value, "
+                  "0 on its surface")  # fmt: skip
 
 
 def _app(cfg: DictConfig) -> None:
@@ -223,7 +295,15 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``nsr-compare net=PATH [resolutions=[64,128,256,512]] [reference=MESH]``
-    (``--help`` lists the options)."""
+    (``--help`` lists the options); reads ``sys.argv``.
+
+    Examples
+    --------
+    From a shell (not run here):
+
+    >>> import subprocess
+    >>> subprocess.run(["nsr-compare", "net=outputs/train/<run>", "resolutions=[32,64]"])  # doctest: +SKIP
+    """
     check_overrides("compare", sys.argv[1:])
     hydra.main(config_path=config_dir(), config_name="compare", version_base="1.3")(_app)()
 

@@ -984,6 +984,24 @@ def load_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         If ``path`` is not a file.
     ShapeError
         If it is empty, unreadable, or has NaN or infinite coordinates.
+
+    Examples
+    --------
+    An XYZN file (a point and its normal per line):
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from nsr.data import load_point_cloud
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "two.xyzn"
+    ...     np.savetxt(path, [[0, 0, 0.5, 0, 0, 1], [0, 0, -0.5, 0, 0, -1]])
+    ...     points, normals = load_point_cloud(path)
+    >>> points
+    array([[ 0. ,  0. ,  0.5],
+           [ 0. ,  0. , -0.5]])
+    >>> normals[:, 2]
+    array([ 1., -1.])
     """
     path = Path(path)
     if not path.is_file():
@@ -1068,6 +1086,24 @@ class PointCloudSource(ShapeSource):
     ------
     ShapeError
         Without normals (when required), with fewer than 16 points, or with bad normals.
+
+    Examples
+    --------
+    The 26 unit normals of the directions in {-1, 0, 1}^3, as points on a sphere of radius 2
+    (normals pointing out), scaled into the box: the longest side becomes ``2 * fit``:
+
+    >>> import itertools, tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from nsr.data import PointCloudSource
+    >>> d = np.array([v for v in itertools.product((-1, 0, 1), repeat=3) if any(v)], dtype=float)
+    >>> n = d / np.linalg.norm(d, axis=1, keepdims=True)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "ball.xyzn"
+    ...     np.savetxt(path, np.hstack([2 * n, n]))
+    ...     cloud = PointCloudSource(path, fit=0.45)
+    >>> tuple(cloud.points.shape), round(float(cloud.points.max()), 4), cloud.has_normals
+    ((26, 3), 0.45, True)
     """
 
     dim = 3

@@ -56,15 +56,56 @@ TRUE_DISPLAY_RES = 192  # marching cubes of the analytic SDF, for the picture of
 
 
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
-    """``train.yaml`` composed with ``experiment=default`` and ``overrides``."""
+    """``train.yaml`` composed with ``experiment=default`` and ``overrides``.
+
+    Parameters
+    ----------
+    overrides : sequence of str, optional
+        Hydra overrides, e.g. ``["data=bracket", "trainer.max_epochs=4"]``.
+
+    Returns
+    -------
+    DictConfig
+        The composed training configuration (not resolved).
+
+    Examples
+    --------
+    >>> from nsr.demo import compose_train
+    >>> cfg = compose_train(["data=bracket", "trainer.max_epochs=4"])
+    >>> cfg.data.kind, cfg.data.shape._target_, cfg.trainer.max_epochs
+    ('analytic', 'nsr.shapes.bracket', 4)
+    """
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=["experiment=default", *overrides])
 
 
 def train_default(out: Path, overrides: Sequence[str] = ()) -> Path:
-    """Train the default experiment with ``overrides`` into ``out/train``; returns the run directory.
+    """Train the default experiment with ``overrides`` into ``out/train``.
 
     The training run's own mesh export is switched off: the demo extracts it next.
+
+    Parameters
+    ----------
+    out : Path
+        The demo's output folder; the run goes to ``out / "train"``.
+    overrides : sequence of str, optional
+        Hydra overrides of ``train.yaml`` (after the demo's own, :data:`DEMO_OVERRIDES`, in
+        :func:`run_demo`).
+
+    Returns
+    -------
+    Path
+        The run directory, with ``checkpoints/last.ckpt`` and ``config.yaml``.
+
+    Examples
+    --------
+    Training takes minutes, so this example is not run:
+
+    >>> from pathlib import Path
+    >>> from nsr.demo import DEMO_OVERRIDES, train_default
+    >>> run = train_default(Path("outputs/demo/mine"), [*DEMO_OVERRIDES, "trainer.max_epochs=4"])  # doctest: +SKIP
+    >>> (run / "checkpoints" / "last.ckpt").is_file()  # doctest: +SKIP
+    True
     """
     from nsr.train import train
 
@@ -75,7 +116,32 @@ def train_default(out: Path, overrides: Sequence[str] = ()) -> Path:
 
 
 def true_shape(run_dir: Path) -> Any:
-    """The analytic shape a run was trained on (an :class:`nsr.shapes.Shape`), else ``None``."""
+    """The analytic shape a run was trained on, read from its ``config.yaml``.
+
+    Parameters
+    ----------
+    run_dir : Path
+        A training run directory.
+
+    Returns
+    -------
+    nsr.shapes.Shape or None
+        The shape of ``data.shape`` when ``data.kind`` is ``analytic``, else ``None`` (meshes and
+        point clouds have no exact SDF).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from omegaconf import OmegaConf
+    >>> from nsr.demo import true_shape
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     cfg = {"data": {"kind": "analytic", "shape": {"_target_": "nsr.shapes.Sphere", "radius": 0.3}}}
+    ...     OmegaConf.save(cfg, Path(tmp) / "config.yaml")
+    ...     shape = true_shape(Path(tmp))
+    >>> type(shape).__name__, shape.radius
+    ('Sphere', 0.3)
+    """
     import hydra
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -95,7 +161,38 @@ def against_truth(mesh: Any, shape: Any, truth: np.ndarray, n: int = N_SAMPLES) 
     Chamfer-L1 / Hausdorff with ``truth`` ``(M, 3)`` (points on the true surface).
 
     Mesh -> truth: distance to the nearest of all ``truth`` points (an upper bound, within the
-    sampling floor); truth -> mesh: exact point-to-triangle distance from ``n`` of them. Box units.
+    sampling floor, :func:`sampling_floor`); truth -> mesh: exact point-to-triangle distance from
+    ``n`` of them. Box units.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        Triangle mesh, vertices ``(V, 3)``, faces ``(F, 3)``.
+    shape : nsr.shapes.Shape
+        The true shape (a callable ``(N, 3) ndarray -> (N,)``).
+    truth : (M, 3) float ndarray
+        Points on the true surface, in random order (e.g. :func:`nsr.shapes.surface_samples`).
+    n : int, optional
+        Area-weighted samples of ``mesh``.
+
+    Returns
+    -------
+    dict of str to float
+        ``true_abs_sdf_mean``, ``true_abs_sdf_max`` (``|SDF|`` at the mesh samples),
+        ``true_chamfer_l1``, ``true_hausdorff``; NaN for an empty mesh.
+
+    Examples
+    --------
+    The true shape's own mesh: ``|SDF|`` is 0 on it, and its Chamfer distance is the sampling floor's order:
+
+    >>> import trimesh
+    >>> from nsr.demo import against_truth, sampling_floor
+    >>> from nsr.shapes import Box, surface_samples
+    >>> cube = Box(0.25)
+    >>> pts = surface_samples(cube, 3000, resolution=24)
+    >>> d = against_truth(trimesh.creation.box(extents=(0.5, 0.5, 0.5)), cube, pts[:2000], n=1000)
+    >>> d["true_abs_sdf_max"] < 1e-12, d["true_chamfer_l1"] < 2 * sampling_floor(pts[:2000], pts[2000:])
+    (True, True)
     """
     from scipy.spatial import cKDTree
 
@@ -114,15 +211,73 @@ def against_truth(mesh: Any, shape: Any, truth: np.ndarray, n: int = N_SAMPLES) 
 
 
 def sampling_floor(truth: np.ndarray, fresh: np.ndarray) -> float:
-    """Mean distance from ``fresh`` true-surface samples ``(K, 3)`` to ``truth`` ``(M, 3)``: what a
-    perfect mesh would score on the mesh -> truth half of the Chamfer distance (box units)."""
+    """Mean distance from ``fresh`` true-surface samples to ``truth``: what a perfect mesh would
+    score on the mesh -> truth half of the Chamfer distance (box units).
+
+    Parameters
+    ----------
+    truth : (M, 3) float ndarray
+        The reference points on the true surface.
+    fresh : (K, 3) float ndarray
+        Other points on the true surface, drawn independently of ``truth``.
+
+    Returns
+    -------
+    float
+        Mean nearest-neighbour distance from ``fresh`` to ``truth``.
+
+    Examples
+    --------
+    A grid of spacing 0.1 on a plane, and the points halfway between its nodes (0.05 * sqrt(2) away):
+
+    >>> import numpy as np
+    >>> from nsr.demo import sampling_floor
+    >>> u = np.arange(10) * 0.1
+    >>> grid = np.stack(np.meshgrid(u, u, [0.0]), -1).reshape(-1, 3)
+    >>> round(sampling_floor(grid, grid[:5] + [0.05, 0.05, 0.0]), 6), round(0.05 * 2**0.5, 6)
+    (0.070711, 0.070711)
+    """
     from scipy.spatial import cKDTree
 
     return float(cKDTree(truth).query(fresh, workers=-1)[0].mean())
 
 
 def measure(mesh: Any, net: Any, shape: Any, truth: np.ndarray | None, exact: Any | None) -> dict[str, Any]:
-    """All the demo's numbers for one triangle mesh (see the module docstring)."""
+    """All the demo's numbers for one triangle mesh (see the module docstring).
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        The mesh, vertices ``(V, 3)``, faces ``(F, 3)``.
+    net : network
+        The network it meshes (anything :func:`nsr.networks.as_network` takes).
+    shape : nsr.shapes.Shape or None
+        The true shape; ``None`` skips the true-shape columns.
+    truth : (M, 3) float ndarray or None
+        Points on the true surface (see :func:`against_truth`).
+    exact : trimesh.Trimesh or None
+        The exact mesh; ``None`` skips the ``exact_*`` columns.
+
+    Returns
+    -------
+    dict of str to Any
+        ``n_faces``, ``n_vertices``, ``watertight``, the ``abs_f_*`` residuals of
+        :func:`nsr.metrics.residuals` (network output units) and, where given, the
+        ``true_*`` (:func:`against_truth`) and ``exact_chamfer_l1`` / ``exact_hausdorff`` (box units).
+
+    Examples
+    --------
+    Marching cubes of the octahedron ``|x| + |y| + |z| = 0.5``, whose grid nodes at spacing
+    1/8 lie on the octahedron's planes, so that every vertex is on the zero set:
+
+    >>> from nsr.demo import measure
+    >>> from nsr.marching_cubes import marching_cubes
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network(0.5)
+    >>> row = measure(marching_cubes(net, (-1, 1), 17), net, None, None, None)
+    >>> row["n_faces"], row["watertight"], row["abs_f_vertices_max"]
+    (488, True, 0.0)
+    """
     from nsr.metrics import compare_meshes, residuals
 
     row: dict[str, Any] = {"n_faces": int(len(mesh.faces)), "n_vertices": int(len(mesh.vertices))}
@@ -151,7 +306,26 @@ TABLE = [  # (key, header, format)
 
 
 def summary_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
-    """The comparison rows as a fixed-width (or Markdown) table; one time per method."""
+    """The comparison rows as a fixed-width (or Markdown) table; one time per method.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        One dict per mesh with ``name`` and any of the :data:`TABLE` keys (missing or NaN: ``-``).
+    markdown : bool, optional
+        A Markdown table instead of fixed-width text.
+
+    Returns
+    -------
+    str
+        The table.
+
+    Examples
+    --------
+    >>> from nsr.demo import summary_table
+    >>> print(summary_table([{"name": "exact", "time_s": 1.5, "n_faces": 8}], markdown=True).splitlines()[2])
+    | exact | 1.50 | 8 | - | - | - | - | - | - |
+    """
     heads = ["mesh"] + [h for _, h, _ in TABLE]
     cells = [[r["name"]] + [_fmt(r.get(k), f) for k, _, f in TABLE] for r in rows]
     if markdown:
@@ -167,6 +341,10 @@ time s: wall time of the extraction (measured once, here and everywhere below);
 |f|: the network's value, in network output units (0 on its exact surface);
 |SDF| true, CD-L1 true, Hausdorff true: against the true shape, in box units (the box is 1 wide);
 CD-L1 exact: against the network's exact surface, in box units."""
+
+
+FOOTNOTE = ("|f|: the network's value at a mesh's vertices, 0 on the network's own surface (network output units).   "
+            "CD-L1: mean Chamfer distance, box units (the box is 1 wide).")
 
 
 def _caption(row: dict[str, Any], lines: Sequence[str]) -> str:
@@ -194,7 +372,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
         meshes.append((np.asarray(ref.vertices), np.asarray(ref.faces)))
         titles.append("true shape (analytic SDF)")
         captions.append(f"what the network was trained on\n(drawn by marching cubes {TRUE_DISPLAY_RES}³ of the\n"
-                        "analytic SDF)")
+                        "analytic SDF: its steps along the rib\nare the drawing's, not the shape's)")
         outlines.append(False)
     meshes += [(exact.vertices, exact.polygons), (np.asarray(mc.vertices), np.asarray(mc.faces))]
     titles += ["exact mesh of the network (nsr)", f"marching cubes {res}³ of the network"]
@@ -208,7 +386,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
     ]  # fmt: skip
     outlines += [True, False]
     files.append(render.render_overview(
-        meshes, titles, captions, out / "overview.png", CLOSE_UP, VIEW, outlines=outlines,
+        meshes, titles, captions, out / "overview.png", CLOSE_UP, VIEW, outlines=outlines, footnote=FOOTNOTE,
         title="The same network, two meshes; bottom: close-ups of the red box (the rib's edge on the base)"))
     files.append(render.render_polygons(
         exact.vertices, exact.polygons, out / "exact_polygons.png", VIEW, zoom=CLOSE_UP,
@@ -226,8 +404,10 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
     others = [i for i in range(3) if i != SLICE_AXIS]
     cut = trimesh.intersections.mesh_plane(exact_tm, normal, normal * SLICE_VALUE)
     true_sdf = shape if isinstance(shape, Shape) else None
-    files.append(render.render_slice(net, box, SLICE_AXIS, SLICE_VALUE, out / f"slice_{plane}.png",
-                                     segments=cut[:, :, others], true_sdf=true_sdf))  # fmt: skip
+    files.append(render.render_slice(
+        net, box, SLICE_AXIS, SLICE_VALUE, out / f"slice_{plane}.png", segments=cut[:, :, others], true_sdf=true_sdf,
+        title=f"The network's value f on the plane {names[SLICE_AXIS]} = {SLICE_VALUE:g} (a cut through the L "
+              "and the rib):\nwhere f = 0 is its surface; dashed: the bracket it was trained on"))  # fmt: skip
     files.append(render.render_slice_regions(
         net, box, SLICE_AXIS, SLICE_VALUE, out / f"regions_{plane}.png", true_sdf=true_sdf,
         title=f"The network on the plane {names[SLICE_AXIS]} = {SLICE_VALUE:g}: its linear regions (thin lines),\n"
@@ -252,14 +432,43 @@ def _error_plot(out: Path, mcs: list, mc_rows: list, exact_row: dict, floor: flo
     rlines = {"exact mesh: mean |f| at samples": exact_row["abs_f_samples_mean"],
               "exact mesh: max |f| at vertices": exact_row["abs_f_vertices_max"]}  # fmt: skip
     return render.plot_errors(x, dist, res, out / "error_vs_resolution.png", distance_lines=lines,
-                              residual_lines=rlines, title="Marching cubes against resolution; dashed: the exact mesh")
+                              residual_lines=rlines,
+                              title="Marching cubes against resolution; dashed: the exact mesh "
+                                    "(and, left, the sampling floor of the true-shape reference)")
 
 
 def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides: Sequence[str] = (),
              pictures: bool = True, run_dir: Path | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train, extract, mesh, measure, render into ``out``; returns rows, timings and files.
+    """Train, extract, mesh, measure, render into ``out``.
 
-    ``run_dir``: an existing training run to use instead of training (``overrides`` then unused).
+    Parameters
+    ----------
+    out : Path
+        Output folder (created).
+    resolutions : sequence of int, optional
+        Marching-cubes samples per axis.
+    overrides : sequence of str, optional
+        ``train.yaml`` overrides after :data:`DEMO_OVERRIDES`.
+    pictures : bool, optional
+        Render the PNG pictures.
+    run_dir : Path, optional
+        An existing training run to use instead of training (``overrides`` then unused).
+
+    Returns
+    -------
+    dict
+        ``rows`` (one per mesh, see :func:`measure`), ``timings`` (seconds), ``files`` (every
+        output), ``run_dir``, ``bounds`` ``(3, 2)``, ``true_shape``, ``sampling_floor``,
+        ``extract``, ``overrides``; also written to ``out / "summary.json"``.
+
+    Examples
+    --------
+    Training and measuring take minutes, so this example is not run:
+
+    >>> from pathlib import Path
+    >>> from nsr.demo import report, run_demo
+    >>> result = run_demo(Path("outputs/demo/quick"), (32, 64), ["trainer.max_epochs=10"])  # doctest: +SKIP
+    >>> print(report(result, wall_s=60.0))  # doctest: +SKIP
     """
     import torch
 
@@ -324,7 +533,29 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides
 
 
 def report(result: dict[str, Any], wall_s: float) -> str:
-    """What the demo prints: the table, what it means, the other timings, the outputs."""
+    """What the demo prints: the table, what it means, the other timings, the outputs.
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`run_demo` returns.
+    wall_s : float
+        The demo's total wall time, seconds.
+
+    Returns
+    -------
+    str
+        The text to print.
+
+    Examples
+    --------
+    >>> from nsr.demo import report
+    >>> rows = [{"name": "exact (nsr)", "time_s": 2.0, "abs_f_vertices_max": 3e-16},
+    ...         {"name": "marching cubes 64³", "time_s": 0.4, "abs_f_vertices_max": 5e-3}]
+    >>> text = report({"rows": rows, "timings": {"measure_s": 1.0}, "files": ["out/summary.md"]}, 9.0)
+    >>> print(text.splitlines()[-5])
+    The exact mesh's vertices are on the network's zero set to 3e-16; marching cubes' to 5e-03 at best.
+    """
     rows, t = result["rows"], result["timings"]
     exact, mcs = rows[0], rows[1:]
     lines = ["", "nsr demo: a ReLU network trained on nsr.shapes.bracket; its exact mesh vs marching cubes", "",
@@ -345,7 +576,20 @@ def report(result: dict[str, Any], wall_s: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m nsr.demo [--out DIR] [--resolutions 32 64 128] [overrides...]``."""
+    """``python -m nsr.demo [--out DIR] [--resolutions 32 64 128] [--net RUN] [overrides...]``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Command-line arguments; default ``sys.argv[1:]``.
+
+    Examples
+    --------
+    The whole demo takes a few minutes, so this example is not run:
+
+    >>> from nsr.demo import main
+    >>> main(["--out", "outputs/demo/quick", "--resolutions", "32", "64", "trainer.max_epochs=10"])  # doctest: +SKIP
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=f"outputs/demo/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     parser.add_argument("--resolutions", type=int, nargs="+", default=list(DEMO_RESOLUTIONS))

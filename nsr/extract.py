@@ -222,18 +222,17 @@ def _level_set_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
     }
 
 
-def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path) -> Path | None:
+def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path, level: float = 0.0) -> Path | None:
     from nsr import render
 
     if net.in_dim == 2:
         from nsr.complex import extract_complex
-        from nsr.polylines import level_set_segments
 
-        if cplx is None:  # the picture shows the regions' edges: 2-D complexes are small
+        if cplx is None:  # the picture shows the linear regions: 2-D complexes are small
             cplx = extract_complex(net, box, progress=False)
-        v, e = cplx.vertices.detach().cpu().numpy(), cplx.edges.detach().cpu().numpy()
-        seg = level_set_segments(mesh.vertices, mesh.polylines) if mesh is not None else None
-        return render.render_complex_2d(v, e, out / "preview.png", level_set=seg)
+        # The classic picture: regions colored by the network's value, the level set bold, axes, a colorbar.
+        return render.render_regions(cplx, out / "preview.png", level=level,
+                                     title="The 2D network's linear regions, its value (color) and its level set")
     if mesh is None:
         return None
     if mesh.is_empty:
@@ -312,7 +311,7 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     timings["export_s"] = time.perf_counter() - t
     if opts["preview"]:
         t = time.perf_counter()
-        png = _preview(mesh, cplx, net, box, out)
+        png = _preview(mesh, cplx, net, box, out, opts["level"])
         files += [png] if png else []
         timings["preview_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start

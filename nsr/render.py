@@ -54,8 +54,55 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
+def _diverging_norm(values: np.ndarray, center: float = 0.0) -> Any:
+    """A diverging color norm centered at ``center`` that spans each side's own range: with a
+    symmetric range the side with the smaller values (often the inside of an SDF) reads white."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    lo, hi = float(np.min(values)), float(np.max(values))
+    span = max(hi - lo, 1e-12)
+    return TwoSlopeNorm(center, min(lo, center - 1e-3 * span), max(hi, center + 1e-3 * span))
+
+
+def _value_colorbar(fig: Any, mappable: Any, cax: Any) -> None:
+    """Colorbar of a network's value under :func:`_diverging_norm`: each half of the bar is one
+    side of the center, so ticks are placed per side (linear ticks would leave the short side bare)."""
+    norm = mappable.norm
+    lo, mid, hi = norm.vmin, norm.vcenter, norm.vmax
+    ticks = np.unique(np.concatenate([np.linspace(lo, mid, 4), np.linspace(mid, hi, 4)]))
+    bar = fig.colorbar(mappable, cax=cax, ticks=ticks)
+    bar.ax.set_yticklabels([f"{t:.2g}" for t in ticks])
+    bar.set_label("f (network output units); negative = inside", fontsize=9)
+
+
+def _resolution_ticks(ax: Any, x: Sequence[float]) -> None:
+    """Tick a log2 x axis at the resolutions themselves, written as plain numbers (64, not 2^6)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator([float(v) for v in x]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{v:g}" for v in x])
+
+
 def view_direction(view: tuple[float, float]) -> np.ndarray:
-    """Unit vector from the scene towards the camera for matplotlib's ``(elev, azim)``."""
+    """Unit vector from the scene towards the camera for matplotlib's ``(elev, azim)``.
+
+    Parameters
+    ----------
+    view : (float, float)
+        ``(elevation, azimuth)`` in degrees, z up.
+
+    Returns
+    -------
+    (3,) float ndarray
+        The unit vector.
+
+    Examples
+    --------
+    >>> from nsr.render import view_direction
+    >>> view_direction((0.0, 0.0)), view_direction((90.0, 0.0)).round(6)
+    (array([1., 0., 0.]), array([0., 0., 1.]))
+    """
     elev, azim = np.radians(view[0]), np.radians(view[1])
     return np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
 
@@ -63,7 +110,32 @@ def view_direction(view: tuple[float, float]) -> np.ndarray:
 def lambert_colors(
     normals: np.ndarray, light: np.ndarray, base: Sequence[float] = (0.55, 0.7, 0.9)
 ) -> np.ndarray:
-    """RGBA per face ``(F, 4)`` from unit normals ``(F, 3)``: ambient + two-sided Lambert."""
+    """RGBA per face from unit normals: ambient + two-sided Lambert.
+
+    Parameters
+    ----------
+    normals : (F, 3) float ndarray
+        Unit face normals.
+    light : (3,) float ndarray
+        Direction towards the light (any length).
+    base : (3,) sequence of float, optional
+        RGB of a face lit head-on.
+
+    Returns
+    -------
+    (F, 4) float ndarray
+        RGBA in [0, 1]: ``base`` times ``0.25 + 0.75 |n . l|``, opaque.
+
+    Examples
+    --------
+    A face towards the light gets ``base``; a face edge-on to it, a quarter of it:
+
+    >>> import numpy as np
+    >>> from nsr.render import lambert_colors
+    >>> lambert_colors(np.array([[1.0, 0, 0], [0, 1, 0]]), np.array([1.0, 0, 0]), base=(0.4, 0.8, 1.0))
+    array([[0.4 , 0.8 , 1.  , 1.  ],
+           [0.1 , 0.2 , 0.25, 1.  ]])
+    """
     shade = 0.25 + 0.75 * np.abs(normals @ (light / np.linalg.norm(light)))
     rgb = np.clip(shade[:, None] * np.asarray(base)[None], 0, 1)
     return np.hstack([rgb, np.ones((len(rgb), 1))])
@@ -120,10 +192,36 @@ def _draw_mesh(
 def polygon_segments(
     vertices: np.ndarray, polygons: Sequence[np.ndarray], eye: np.ndarray | None = None
 ) -> np.ndarray:
-    """Boundary edges ``(K, 2, 3)`` of polygons (vertex cycles into ``vertices`` ``(V, 3)``).
+    """Boundary edges of polygons given as vertex cycles.
 
     With ``eye`` (towards the camera) only polygons whose Newell normal faces it are kept:
     matplotlib draws lines over all faces, so back edges would show through.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+        Vertex positions.
+    polygons : sequence of (k,) int ndarray
+        Vertex cycles into ``vertices``.
+    eye : (3,) float ndarray, optional
+        Direction towards the camera; ``None`` keeps every polygon.
+
+    Returns
+    -------
+    (K, 2, 3) float ndarray
+        One segment (start, end) per polygon side.
+
+    Examples
+    --------
+    A unit square seen from above (+z), counter-clockwise then clockwise (facing away):
+
+    >>> import numpy as np
+    >>> from nsr.render import polygon_segments
+    >>> square = np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    >>> up = polygon_segments(square, [np.array([0, 1, 2, 3])], eye=np.array([0.0, 0, 1]))
+    >>> down = polygon_segments(square, [np.array([3, 2, 1, 0])], eye=np.array([0.0, 0, 1]))
+    >>> up.shape, down.shape, np.linalg.norm(up[:, 1] - up[:, 0], axis=1).sum()
+    ((4, 2, 3), (0, 2, 3), np.float64(4.0))
     """
     lens = np.array([len(p) for p in polygons])
     flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in polygons])
@@ -155,6 +253,39 @@ def render_mesh(
     ``polygons`` (list of ``(k,)`` vertex cycles, the exact mesh's planar polygons) draws the
     edges of the front-facing polygons instead (up to ``MAX_POLYGON_EDGES`` polygons).
     ``size`` in pixels; ``view`` = ``(elevation, azimuth)`` degrees.
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        The mesh; an empty one is drawn as the words "empty mesh".
+    path : str or Path
+        The PNG to write.
+    size : (int, int), optional
+        Width and height in pixels.
+    edges : bool, optional
+        Outline every triangle.
+    polygons : sequence of (k,) int ndarray, optional
+        Planar polygons whose front edges are drawn instead.
+    view : (float, float), optional
+        ``(elevation, azimuth)`` in degrees.
+    title : str, optional
+        Written above the picture.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile, trimesh
+    >>> from pathlib import Path
+    >>> from matplotlib.image import imread
+    >>> from nsr.render import render_mesh
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_mesh(trimesh.creation.icosphere(1), Path(tmp) / "ball.png", size=(120, 100), title="a ball")
+    ...     imread(png).shape[:2]
+    (100, 120)
     """
     fig = _figure(size)
     ax = fig.add_axes((0, 0, 1, 0.94 if title else 1), projection="3d")
@@ -172,15 +303,64 @@ def render_side_by_side(
     panel: int = 360,
     view: tuple[float, float] = DEFAULT_VIEW,
     polygons: Sequence[Sequence[np.ndarray] | None] | None = None,
+    captions: Sequence[str] | None = None,
+    title: str = "",
 ) -> Path | None:
-    """One row of shaded meshes with titles; ``panel`` pixels per (square) panel."""
+    """One row of shaded meshes with titles; ``panel`` pixels per (square) panel.
+
+    ``captions`` (one per mesh, may span lines) are written under the panels, e.g. the
+    numbers measured on each mesh; ``title`` above them all.
+
+    Parameters
+    ----------
+    meshes : sequence of trimesh.Trimesh
+        The meshes, left to right.
+    titles : sequence of str
+        One title per mesh.
+    path : str or Path
+        The PNG to write.
+    panel : int, optional
+        Width and height of each mesh's panel, pixels.
+    view : (float, float), optional
+        ``(elevation, azimuth)`` in degrees.
+    polygons : sequence of (sequence of (k,) int ndarray or None), optional
+        Per mesh, planar polygons whose front edges are drawn (see :func:`render_mesh`).
+    captions : sequence of str, optional
+        Text under each panel.
+    title : str, optional
+        Text above all panels.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile, trimesh
+    >>> from pathlib import Path
+    >>> from matplotlib.image import imread
+    >>> from nsr.render import render_side_by_side
+    >>> ball, cube = trimesh.creation.icosphere(1), trimesh.creation.box()
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_side_by_side([ball, cube], ["ball", "cube"], Path(tmp) / "two.png", panel=100)
+    ...     imread(png).shape[:2]  # (panel + 30 pixels of titles, 2 panels)
+    (130, 200)
+    """
     n = len(meshes)
-    fig = _figure((panel * n, panel + 30))
+    cap_h = 16 * (max(c.count("\n") for c in captions) + 2) if captions else 0
+    head = 30 + (24 if title else 0)
+    height = panel + head + cap_h
+    fig = _figure((panel * n, height))
     for i, mesh in enumerate(meshes):
-        ax = fig.add_subplot(1, n, i + 1, projection="3d")
+        ax = fig.add_axes((i / n, cap_h / height, 1 / n, panel / height), projection="3d")
         _draw_mesh(ax, mesh, view, False, polygons[i] if polygons else None)
-        ax.set_title(titles[i] if i < len(titles) else "", fontsize=9)
-    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.92, wspace=0)
+        ax.set_title(titles[i] if i < len(titles) else "", fontsize=10)
+        if captions and i < len(captions):
+            fig.text((i + 0.5) / n, (cap_h - 4) / height, captions[i], ha="center", va="top", fontsize=9,
+                     family="monospace")  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=11, y=1 - 4 / height, va="top")
     return _save(fig, path)
 
 
@@ -193,41 +373,94 @@ def render_complex_2d(
     values: np.ndarray | None = None,
     level_set: np.ndarray | None = None,
     size: tuple[int, int] = (512, 512),
+    title: str = "",
+    axis_names: tuple[str, str] = ("x", "y"),
 ) -> Path | None:
     """A 2D network's polyhedral complex: edges, optional filled regions and level set.
 
     ``vertices`` ``(V, 2)``, ``edges`` ``(E, 2)`` vertex indices; ``regions`` list of ``(k,)``
     vertex cycles colored by ``values`` ``(R,)`` (e.g. the network at the region centroids,
-    diverging colormap centered at 0) or by index; ``level_set`` ``(K, 2, 2)`` segments.
+    diverging colormap centered at 0, with a colorbar) or by index; ``level_set`` ``(K, 2, 2)``
+    segments. Axes in the network's input units, and a legend. :func:`render_regions` draws the
+    same picture from a complex, with the network's exact values.
+
+    Parameters
+    ----------
+    vertices : (V, 2) float ndarray
+        The complex's vertices.
+    edges : (E, 2) int ndarray
+        Its edges, as pairs of vertex indices.
+    path : str or Path
+        The PNG to write.
+    regions : sequence of (k,) int ndarray, optional
+        Region boundaries as vertex cycles.
+    values : (R,) float ndarray, optional
+        One value per region.
+    level_set : (K, 2, 2) float ndarray, optional
+        Segments of the level set, drawn bold.
+    size : (int, int), optional
+        Width and height in pixels.
+    title : str, optional
+        Above the plot.
+    axis_names : (str, str), optional
+        Names of the two input coordinates.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    A square cut along its diagonal into two regions:
+
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> from nsr.render import render_complex_2d
+    >>> v = np.array([[0.0, 0], [1, 0], [1, 1], [0, 1]])
+    >>> e = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_complex_2d(v, e, Path(tmp) / "c.png", regions=[np.array([0, 1, 2]), np.array([0, 2, 3])],
+    ...                             values=np.array([-1.0, 1.0]), size=(200, 200))
+    ...     png.is_file()
+    True
     """
     from matplotlib.collections import LineCollection, PolyCollection
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.lines import Line2D
 
     v = np.asarray(vertices, dtype=np.float64)
     e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     fig = _figure(size)
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.96))
+    colorbar = regions is not None and len(regions) and values is not None
+    ax = fig.add_axes((0.13, 0.1, 0.64 if colorbar else 0.8, 0.8))
     if regions is not None and len(regions):
         polys = [v[np.asarray(r)] for r in regions]
         coll = PolyCollection(polys, edgecolors="none")
         if values is not None:
             vals = np.asarray(values, dtype=np.float64)
-            lim = max(float(np.abs(vals).max()), 1e-12)
             coll.set_array(vals)
             coll.set_cmap("RdBu_r")
-            coll.set_norm(TwoSlopeNorm(0.0, -lim, lim))
+            coll.set_norm(_diverging_norm(vals))
+            cax = fig.add_axes((0.82, 0.1, 0.03, 0.8))
+            _value_colorbar(fig, coll, cax)
         else:
             coll.set_array(np.arange(len(polys)) % 20)
             coll.set_cmap("tab20")
         ax.add_collection(coll)
     ax.add_collection(LineCollection(v[e], colors="k", linewidths=0.3))
+    handles = [Line2D([], [], color="k", lw=0.6, label=f"linear-region boundaries ({len(e)} edges)")]
     if level_set is not None and len(level_set):
         ax.add_collection(LineCollection(np.asarray(level_set), colors="gold", linewidths=2.0))
+        handles.append(Line2D([], [], color="gold", lw=2.0, label=f"exact level set f = 0 ({len(level_set)} segments)"))
     if len(v):
         ax.set_xlim(v[:, 0].min(), v[:, 0].max())
         ax.set_ylim(v[:, 1].min(), v[:, 1].max())
     ax.set_aspect("equal")
-    ax.set_axis_off()
+    ax.set_xlabel(f"{axis_names[0]} (input units of the network)")
+    ax.set_ylabel(f"{axis_names[1]} (input units of the network)")
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, ncol=2, frameon=False)
+    ax.set_title(title or "the network's linear regions and its level set f = 0", fontsize=10)
     return _save(fig, path)
 
 
@@ -236,7 +469,38 @@ def slice_values(
 ) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Network values on a ``(resolution, resolution)`` grid of the plane ``x[axis] = value``.
 
-    Returns the image (rows along the second remaining axis) and its extent.
+    Parameters
+    ----------
+    net : network
+        A 3D network (anything :func:`nsr.networks.as_network` takes); evaluated in float64 on the CPU.
+    bounds : (3, 2) float ndarray
+        The box; the grid spans the two other axes' ranges.
+    axis : {0, 1, 2}
+        The axis normal to the plane.
+    value : float
+        The plane's coordinate on ``axis``.
+    resolution : int, optional
+        Samples per side.
+
+    Returns
+    -------
+    image : (resolution, resolution) float ndarray
+        Network values; columns along the first remaining axis, rows along the second.
+    extent : (float, float, float, float)
+        ``(u0, u1, w0, w1)``, the grid's range (matplotlib's ``imshow`` extent).
+
+    Examples
+    --------
+    ``|x| + |y| + |z| - 0.5`` on the plane z = 0, at x, y in {-1, 0, 1}:
+
+    >>> import numpy as np
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import slice_values
+    >>> img, extent = slice_values(octahedron_network(0.5), np.array([[-1.0, 1]] * 3), 2, 0.0, resolution=3)
+    >>> img
+    array([[ 1.5,  0.5,  1.5],
+           [ 0.5, -0.5,  0.5],
+           [ 1.5,  0.5,  1.5]])
     """
     import torch
 
@@ -274,9 +538,49 @@ def render_slice(
     ``(K, 2, 2)`` (e.g. where the exact mesh crosses the plane, in the plane's coordinates: the
     two remaining axes, in order) and, with ``true_sdf`` (a function ``(N, 3) -> (N,)`` of the
     known shape), the true outline. Axes in box units.
+
+    Parameters
+    ----------
+    net : network
+        A 3D network (anything :func:`nsr.networks.as_network` takes).
+    bounds : float pair or (3, 2) float
+        The box.
+    axis : {0, 1, 2}
+        The axis normal to the plane.
+    value : float
+        The plane's coordinate on ``axis``.
+    path : str or Path
+        The PNG to write.
+    segments : (K, 2, 2) float ndarray, optional
+        Segments to overlay, in the plane's coordinates.
+    resolution : int, optional
+        Samples per side of the value image.
+    size : (int, int), optional
+        Width and height in pixels.
+    true_sdf : callable, optional
+        ``(N, 3) ndarray -> (N,)``, the known shape's SDF.
+    title : str, optional
+        Replaces the default title.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import render_slice
+    >>> from nsr.shapes import Sphere
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_slice(octahedron_network(0.5), (-1, 1), 2, 0.0, Path(tmp) / "z0.png", resolution=32,
+    ...                        true_sdf=Sphere(0.5))
+    ...     png.is_file()
+    True
     """
     from matplotlib.collections import LineCollection
-    from matplotlib.colors import TwoSlopeNorm
     from matplotlib.lines import Line2D
 
     from nsr.marching_cubes import as_bounds
@@ -285,10 +589,9 @@ def render_slice(
     img, extent = slice_values(net, box, axis, value, resolution)
     fig = _figure(size)
     ax = fig.add_axes((0.1, 0.09, 0.68, 0.83))
-    lim = max(float(np.abs(img).max()), 1e-12)
-    im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=TwoSlopeNorm(0, -lim, lim))
+    im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=_diverging_norm(img))
     cax = fig.add_axes((0.82, 0.09, 0.03, 0.83))
-    fig.colorbar(im, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+    _value_colorbar(fig, im, cax)
     u = np.linspace(extent[0], extent[1], img.shape[1])
     w = np.linspace(extent[2], extent[3], img.shape[0])
     handles = []
@@ -311,9 +614,10 @@ def render_slice(
             handles.append(Line2D([], [], color="limegreen", lw=1.2, ls="--", label="true shape"))
     ax.set_xlabel(f"{names[others[0]]} (box units)")
     ax.set_ylabel(f"{names[others[1]]} (box units)")
-    ax.set_title(title if title is not None else f"network on the plane {names[axis]} = {value:g}", fontsize=10)
+    default = f"The network's value f on the plane {names[axis]} = {value:g} and where it is 0"
+    ax.set_title(title if title is not None else default, fontsize=10)
     if handles:
-        ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
+        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.85)
     return _save(fig, path)
 
 
@@ -329,7 +633,44 @@ def plot_series(
     hlines: dict[str, float] | None = None,
     size: tuple[int, int] = (560, 420),
 ) -> Path | None:
-    """Line plot of named series against ``x``; ``hlines`` draws constants (e.g. the exact mesh)."""
+    """Line plot of named series against ``x`` (log2, ticked at ``x``); ``hlines`` draws constants
+    (e.g. the exact mesh).
+
+    Parameters
+    ----------
+    x : sequence of float
+        The x values, e.g. resolutions.
+    series : dict of str to sequence of float
+        Named y values over ``x``.
+    path : str or Path
+        The PNG to write.
+    xlabel, ylabel : str
+        Axis labels, with units.
+    title : str, optional
+        Above the plot.
+    logy : bool, optional
+        Logarithmic y axis.
+    hlines : dict of str to float, optional
+        Named constants, drawn dashed.
+    size : (int, int), optional
+        Width and height in pixels.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.render import plot_series
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = plot_series([32, 64, 128], {"time": [0.1, 0.5, 3.0]}, Path(tmp) / "t.png",
+    ...                       "resolution (samples per axis)", "seconds", hlines={"exact": 1.0})
+    ...     png.name
+    't.png'
+    """
     fig = _figure(size)
     ax = fig.add_subplot(1, 1, 1)
     for name, ys in series.items():
@@ -337,6 +678,7 @@ def plot_series(
     for i, (name, y) in enumerate((hlines or {}).items()):
         ax.axhline(y, linestyle="--", color=f"C{len(series) + i}", label=name)
     ax.set_xscale("log", base=2)
+    _resolution_ticks(ax, x)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -354,8 +696,29 @@ def plot_series(
 
 
 def camera_frame(view: tuple[float, float]) -> np.ndarray:
-    """Rows ``right``, ``up``, ``eye`` ``(3, 3)`` of an orthographic camera for ``(elev, azim)``
-    degrees (matplotlib's convention, z up); ``eye`` points from the scene to the camera."""
+    """Rows ``right``, ``up``, ``eye`` of an orthographic camera for ``(elev, azim)`` degrees
+    (matplotlib's convention, z up); ``eye`` points from the scene to the camera.
+
+    Parameters
+    ----------
+    view : (float, float)
+        ``(elevation, azimuth)`` in degrees.
+
+    Returns
+    -------
+    (3, 3) float ndarray
+        Orthonormal rows ``right``, ``up``, ``eye``.
+
+    Examples
+    --------
+    Looking along -x from the +x side: right is +y, up is +z:
+
+    >>> from nsr.render import camera_frame
+    >>> camera_frame((0.0, 0.0)).round(6) + 0.0
+    array([[0., 1., 0.],
+           [0., 0., 1.],
+           [1., 0., 0.]])
+    """
     eye = view_direction(view)
     azim = np.radians(view[1])
     right = np.array([-np.sin(azim), np.cos(azim), 0.0])  # (-eye) x z, normalized; defined from above too
@@ -373,7 +736,31 @@ def _cycles(faces: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def newell_normals(vertices: np.ndarray, flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Unit normals ``(P, 3)`` of planar polygons (Newell's method, robust for n-gons)."""
+    """Unit normals of planar polygons (Newell's method, robust for n-gons).
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+        Vertex positions.
+    flat : (S,) int ndarray
+        The polygons' vertex cycles, concatenated.
+    lens : (P,) int ndarray
+        The length of each cycle in ``flat``.
+
+    Returns
+    -------
+    (P, 3) float ndarray
+        Unit normals, by the right-hand rule of each cycle.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.render import newell_normals
+    >>> square = np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    >>> newell_normals(square, np.array([0, 1, 2, 3, 3, 2, 1, 0]), np.array([4, 4]))
+    array([[ 0.,  0.,  1.],
+           [ 0.,  0., -1.]])
+    """
     start = np.repeat(np.cumsum(lens) - lens, lens)
     nxt = flat[start + (np.arange(len(flat)) - start + 1) % np.repeat(lens, lens)]
     normals = np.zeros((len(lens), 3))
@@ -405,8 +792,50 @@ def draw_faces(
     camera (outward-oriented closed meshes). ``values`` ``(F,)`` color faces through ``cmap``
     and ``norm`` (shaded lightly, so that the color still reads on the colorbar) instead of
     ``base``. ``window`` ``(x0, x1, y0, y1)`` in screen units keeps only faces reaching it.
-    Returns the ``PolyCollection`` (or ``None`` when nothing is drawn); screen coordinates
-    are the camera's ``right`` and ``up`` axes (see :func:`camera_frame`), in box units.
+    Screen coordinates are the camera's ``right`` and ``up`` axes (see :func:`camera_frame`),
+    in box units.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+        A 2D axes to draw on.
+    vertices : (V, 3) float ndarray
+        Vertex positions.
+    faces : (F, 3) int ndarray or sequence of (k,) int ndarray
+        Triangles or planar vertex cycles.
+    view : (float, float), optional
+        ``(elevation, azimuth)`` in degrees.
+    base : (3,) sequence of float, optional
+        RGB of a face lit head-on (without ``values``).
+    values : (F,) float ndarray, optional
+        Per-face values colored through ``cmap`` and ``norm``.
+    cmap, norm : matplotlib colormap and norm, optional
+        Needed with ``values``.
+    outline : RGB(A) sequence of float, optional
+        Color of the faces' outlines; ``None``: none.
+    linewidth : float, optional
+        Outline width, points.
+    cull : bool, optional
+        Skip faces facing away from the camera.
+    window : (float, float, float, float), optional
+        ``(x0, x1, y0, y1)`` screen window; faces outside it are skipped.
+
+    Returns
+    -------
+    matplotlib.collections.PolyCollection or None
+        The drawn faces, far to near, or ``None`` when nothing is drawn.
+
+    Examples
+    --------
+    A cube seen from a corner shows three of its six sides (six triangles):
+
+    >>> import trimesh
+    >>> from matplotlib.figure import Figure
+    >>> from nsr.render import draw_faces
+    >>> cube = trimesh.creation.box()
+    >>> ax = Figure().add_subplot()
+    >>> len(draw_faces(ax, cube.vertices, cube.faces, (35.0, -60.0)).get_paths())
+    6
     """
     from matplotlib.collections import PolyCollection
 
@@ -450,7 +879,31 @@ def draw_faces(
 
 
 def screen_box(vertices: np.ndarray, view: tuple[float, float], pad: float = 0.04) -> tuple[float, ...]:
-    """Square ``(x0, x1, y0, y1)`` screen window around projected ``(V, 3)`` vertices."""
+    """Square screen window around projected vertices, padded by ``pad`` of its half-width.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+        Points.
+    view : (float, float)
+        ``(elevation, azimuth)`` in degrees.
+    pad : float, optional
+        Relative margin.
+
+    Returns
+    -------
+    (float, float, float, float)
+        ``(x0, x1, y0, y1)`` in screen coordinates (see :func:`camera_frame`).
+
+    Examples
+    --------
+    The unit cube seen along x: its y-z square, 4% wider:
+
+    >>> import trimesh
+    >>> from nsr.render import screen_box
+    >>> [round(float(c), 6) for c in screen_box(trimesh.creation.box().vertices, (0.0, 0.0))]
+    [-0.52, 0.52, -0.52, 0.52]
+    """
     p = np.asarray(vertices) @ camera_frame(view)[:2].T
     lo, hi = p.min(0), p.max(0)
     c, r = (lo + hi) / 2, float((hi - lo).max()) / 2 * (1 + pad)
@@ -458,7 +911,26 @@ def screen_box(vertices: np.ndarray, view: tuple[float, float], pad: float = 0.0
 
 
 def screen_point(point: Sequence[float], view: tuple[float, float]) -> np.ndarray:
-    """Screen coordinates ``(2,)`` of a 3D point for :func:`draw_faces`' camera."""
+    """Screen coordinates of a 3D point for :func:`draw_faces`' camera.
+
+    Parameters
+    ----------
+    point : (3,) sequence of float
+        The point.
+    view : (float, float)
+        ``(elevation, azimuth)`` in degrees.
+
+    Returns
+    -------
+    (2,) float ndarray
+        ``(right, up)`` coordinates.
+
+    Examples
+    --------
+    >>> from nsr.render import screen_point
+    >>> screen_point((1.0, 2.0, 3.0), (0.0, 0.0)).round(6)
+    array([2., 3.])
+    """
     return camera_frame(view)[:2] @ np.asarray(point, dtype=np.float64)
 
 
@@ -478,7 +950,8 @@ def _mark_window(ax: Any, window: Sequence[float], label: str = "") -> None:
     x0, x1, y0, y1 = window
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="crimson", lw=1.2))
     if label:
-        ax.text(x1, y1, label, color="crimson", fontsize=8, ha="right", va="bottom")
+        ax.text(x1, y1, label, color="crimson", fontsize=9, ha="right", va="bottom",
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})  # fmt: skip
 
 
 @_safe
@@ -498,11 +971,49 @@ def render_polygons(
     units, on screen). Outlines are drawn with their faces in painter's order (see
     :func:`draw_faces`): a polygon edge shows only where its polygon is visible. ``size`` in
     pixels, default 700 wide per panel.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+        Vertex positions.
+    polygons : sequence of (k,) int ndarray
+        Outward vertex cycles.
+    path : str or Path
+        The PNG to write.
+    view : (float, float), optional
+        ``(elevation, azimuth)`` in degrees.
+    title : str, optional
+        Above the picture.
+    size : (int, int), optional
+        Width and height in pixels.
+    zoom : ((3,) sequence of float, float), optional
+        ``(center, half_width)`` of a close-up panel.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    The unit cube as six squares, with a close-up of one corner:
+
+    >>> import tempfile, trimesh
+    >>> from pathlib import Path
+    >>> from nsr.render import render_polygons
+    >>> cube = trimesh.creation.box()
+    >>> squares = [f for f in cube.facets_boundary]  # edges of each side, as vertex pairs
+    >>> squares = [trimesh.graph.traversals(e, mode="dfs")[0] for e in squares]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_polygons(cube.vertices, squares, Path(tmp) / "p.png", size=(300, 160),
+    ...                           zoom=((0.5, 0.5, 0.5), 0.2))
+    ...     png.is_file()
+    True
     """
     n = 2 if zoom else 1
     fig = _figure(size or (700 * n, 760))
     full = screen_box(vertices, view)
-    axes = [fig.add_axes((i / n, 0.0, 1 / n, 0.93 if title else 1.0)) for i in range(n)]
+    axes = [fig.add_axes((i / n, 0.0, 1 / n, 0.89 if title else 0.95)) for i in range(n)]  # room for the titles
     draw_faces(axes[0], vertices, polygons, view, outline=(0.1, 0.1, 0.1), linewidth=0.3)
     _frame_axes(axes[0], full)
     if zoom:
@@ -510,7 +1021,11 @@ def render_polygons(
         win = (c[0] - w, c[0] + w, c[1] - w, c[1] + w)
         draw_faces(axes[1], vertices, polygons, view, outline=(0.1, 0.1, 0.1), linewidth=0.6, window=win)
         _frame_axes(axes[1], win)
-        _mark_window(axes[0], win, "close-up")
+        for spine in axes[1].spines.values():
+            spine.set_visible(True)
+            spine.set_color("crimson")
+        axes[1].set_title("close-up of the red box", fontsize=10, color="crimson")
+        _mark_window(axes[0], win)
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
@@ -533,6 +1048,44 @@ def render_colored_mesh(
     ``label`` names the quantity and its unit (e.g. "distance to the exact surface (box
     units)"). ``log`` uses a logarithmic color scale from the 5th percentile of the positive
     values to ``vmax`` (default: the maximum).
+
+    Parameters
+    ----------
+    mesh : trimesh.Trimesh
+        The mesh, faces ``(F, 3)``.
+    values : (F,) float ndarray
+        One value per face.
+    path : str or Path
+        The PNG to write.
+    label : str
+        The colorbar's label: the quantity and its unit.
+    view : (float, float), optional
+        ``(elevation, azimuth)`` in degrees.
+    title : str, optional
+        Above the picture.
+    size : (int, int), optional
+        Width and height in pixels.
+    log : bool, optional
+        Logarithmic color scale.
+    vmax : float, optional
+        Top of the color scale.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile, trimesh
+    >>> from pathlib import Path
+    >>> from nsr.render import render_colored_mesh
+    >>> ball = trimesh.creation.icosphere(1)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_colored_mesh(ball, ball.triangles_center[:, 2] + 1.0, Path(tmp) / "h.png",
+    ...                               "height above z = -1 (units)", size=(300, 250), log=False)
+    ...     png.is_file()
+    True
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -567,8 +1120,38 @@ def render_colored_mesh(
 def complex_regions(cx: Any) -> tuple[np.ndarray, list[np.ndarray]]:
     """Vertices ``(V, 2)`` and the regions (2-cells) of a 2D complex as vertex cycles.
 
-    ``cx``: a :class:`nsr.complex.PolyhedralComplex` of a 2D network. Regions are convex, so
-    each cycle is its vertices sorted by angle around their mean (counter-clockwise).
+    Regions are convex, so each cycle is its vertices sorted by angle around their mean
+    (counter-clockwise).
+
+    Parameters
+    ----------
+    cx : nsr.complex.PolyhedralComplex
+        The complex of a 2D network.
+
+    Returns
+    -------
+    vertices : (V, 2) float64 ndarray
+        The complex's vertices.
+    regions : list of (k,) int ndarray
+        One counter-clockwise vertex cycle per region (2-cell).
+
+    Raises
+    ------
+    ValueError
+        If the complex is not 2D.
+
+    Examples
+    --------
+    ``|x| + |y| - 0.5`` (the octahedron network on the plane z = 0) is affine on each quadrant
+    of the box [-1, 1]^2:
+
+    >>> from nsr.complex import extract_complex
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import complex_regions, plane_network
+    >>> cx = extract_complex(plane_network(octahedron_network(0.5), 2, 0.0), (-1, 1), progress=False)
+    >>> v, regions = complex_regions(cx)
+    >>> len(regions), sorted(len(r) for r in regions)
+    (4, [4, 4, 4, 4])
     """
     if cx.dim != 2:
         raise ValueError(f"complex_regions needs a 2D complex, got dimension {cx.dim}")
@@ -588,21 +1171,54 @@ def complex_regions(cx: Any) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def level_set_segments(cx: Any, level: float = 0.0) -> np.ndarray:
-    """Segments ``(K, 2, 2)`` of a 2D complex's level set ``f = level`` (exact vertices)."""
+    """Segments of a 2D complex's level set ``f = level`` (exact vertices).
+
+    Parameters
+    ----------
+    cx : nsr.complex.PolyhedralComplex
+        The complex of a 2D network.
+    level : float, optional
+        The level.
+
+    Returns
+    -------
+    (K, 2, 2) float64 ndarray
+        One segment (start, end) per level-set edge.
+
+    Examples
+    --------
+    The diamond ``|x| + |y| = 0.5``: four segments, perimeter ``4 * sqrt(2) * 0.5``:
+
+    >>> import numpy as np
+    >>> from nsr.complex import extract_complex
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import level_set_segments, plane_network
+    >>> cx = extract_complex(plane_network(octahedron_network(0.5), 2, 0.0), (-1, 1), progress=False)
+    >>> seg = level_set_segments(cx)
+    >>> len(seg), bool(np.isclose(np.linalg.norm(seg[:, 1] - seg[:, 0], axis=1).sum(), 2 * 2**0.5))
+    (4, True)
+    """
     ls = cx.level_set(level)
     v = ls.vertices.detach().cpu().double().numpy()
     e = ls.edges.cpu().numpy().astype(np.int64)
     return v[e] if len(e) else np.zeros((0, 2, 2))
 
 
-def _fan(cycles: Sequence[np.ndarray]) -> np.ndarray:
-    """Fan triangles ``(T, 3)`` of convex vertex cycles."""
-    flat, lens = _cycles(list(cycles))
-    start = np.cumsum(lens) - lens
-    n_tri = lens - 2
-    first = np.repeat(start, n_tri)
-    k = np.arange(int(n_tri.sum())) - np.repeat(np.cumsum(n_tri) - n_tri, n_tri)
-    return np.stack([flat[first], flat[first + k + 1], flat[first + k + 2]], 1)
+def _field_2d(net: Any, bounds: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A 2D network's values at the centers of a ``(resolution, resolution)`` pixel grid of
+    ``bounds`` ``(2, 2)`` (rows along the second axis), and the grid's ``imshow`` extent."""
+    import torch
+
+    from nsr.networks import as_network
+
+    u = bounds[0, 0] + (np.arange(resolution) + 0.5) * (bounds[0, 1] - bounds[0, 0]) / resolution
+    w = bounds[1, 0] + (np.arange(resolution) + 0.5) * (bounds[1, 1] - bounds[1, 0]) / resolution
+    uu, ww = np.meshgrid(u, w)
+    pl = as_network(net, dtype=torch.float64, device="cpu")
+    pts = torch.from_numpy(np.stack([uu.ravel(), ww.ravel()], 1))
+    with torch.no_grad():  # in chunks: a wide network's activations for every pixel at once take GBs
+        img = torch.cat([pl(chunk) for chunk in pts.split(65536)]).numpy().reshape(uu.shape)
+    return img, (bounds[0, 0], bounds[0, 1], bounds[1, 0], bounds[1, 1])
 
 
 @_safe
@@ -619,17 +1235,53 @@ def render_regions(
     """The classic picture of a 2D ReLU network: its linear regions, its function, its level set.
 
     ``cx``: the :class:`~nsr.complex.PolyhedralComplex` of a 2D network. ``color_by="value"``
-    colors by the network's value, exact on every region (the network is affine there, so
-    linear interpolation of the vertex values is the function itself), with a colorbar in
-    network output units; ``"region"`` gives every linear region its own color. Region
+    colors by the network's value, evaluated at every pixel, with a colorbar in network output
+    units (each side of 0 spans its own range); ``"region"`` gives every linear region its own color. Region
     boundaries are thin lines, the level set ``f = level`` bold black. ``true_sdf``, a function
     ``(N, 2) -> (N,)`` of a known shape, adds its zero contour (dashed). Axes in box units.
+
+    Parameters
+    ----------
+    cx : nsr.complex.PolyhedralComplex
+        The complex of a 2D network.
+    path : str or Path
+        The PNG to write.
+    level : float, optional
+        The level set drawn, and the center of the colormap.
+    color_by : {"value", "region"}, optional
+        What the colors show.
+    title : str, optional
+        Above the plot.
+    axis_names : (str, str), optional
+        Names of the two input coordinates.
+    true_sdf : callable, optional
+        ``(N, 2) ndarray -> (N,)``, the known shape's SDF.
+    size : (int, int), optional
+        Width and height in pixels.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.complex import extract_complex
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import plane_network, render_regions
+    >>> from nsr.shapes import Polygon
+    >>> cx = extract_complex(plane_network(octahedron_network(0.5), 2, 0.0), (-1, 1), progress=False)
+    >>> diamond = Polygon([[0.5, 0], [0, 0.5], [-0.5, 0], [0, -0.5]])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_regions(cx, Path(tmp) / "r.png", title="|x| + |y| - 0.5", true_sdf=diamond, size=(300, 260))
+    ...     png.is_file()
+    True
     """
     from matplotlib import colormaps
     from matplotlib.collections import LineCollection, PolyCollection
-    from matplotlib.colors import TwoSlopeNorm
     from matplotlib.lines import Line2D
-    from matplotlib.tri import Triangulation
 
     if color_by not in ("value", "region"):
         raise ValueError(f"color_by must be 'value' or 'region', got {color_by!r}")
@@ -637,16 +1289,13 @@ def render_regions(
     fig = _figure(size)
     ax = fig.add_axes((0.1, 0.1, 0.7, 0.8))
     if color_by == "value":
-        import torch
-
-        with torch.no_grad():
-            f = cx.net.to(dtype=torch.float64, device="cpu")(torch.from_numpy(v)).numpy()
-        lim = max(float(np.abs(f).max()), 1e-12)
-        norm = TwoSlopeNorm(level, level - lim, level + lim)
-        tpc = ax.tripcolor(Triangulation(v[:, 0], v[:, 1], _fan(cycles)), f, shading="gouraud",
-                           cmap="RdBu_r", norm=norm)  # fmt: skip
+        # The network evaluated at every pixel. (Gouraud shading of the exact vertex values would
+        # interpolate colors, not values: across f = 0 it drew dark purple where f is 0.)
+        img, extent = _field_2d(cx.net, np.asarray(cx.bounds, dtype=np.float64), int(0.75 * max(size)))  # ~1 per pixel
+        im = ax.imshow(img, origin="lower", extent=extent, cmap="RdBu_r", norm=_diverging_norm(img, level),
+                       interpolation="nearest")  # fmt: skip
         cax = fig.add_axes((0.83, 0.1, 0.03, 0.8))
-        fig.colorbar(tpc, cax=cax).set_label("f (network output units); negative = inside", fontsize=9)
+        _value_colorbar(fig, im, cax)
         ax.add_collection(PolyCollection([v[c] for c in cycles], facecolors="none", edgecolors=(0, 0, 0, 0.35),
                                          linewidths=0.3))  # fmt: skip
     else:
@@ -671,7 +1320,7 @@ def render_regions(
     ax.set_aspect("equal")
     ax.set_xlabel(f"{axis_names[0]} (box units)")
     ax.set_ylabel(f"{axis_names[1]} (box units)")
-    ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.85)
+    ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.85)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
@@ -682,6 +1331,35 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
     The plane's map is affine, so composing it with the first layer gives a ReLU network of
     the same depth: weights ``W[:, others]``, bias ``b + value * W[:, axis]``; ``u``, ``w`` are
     the two other coordinates in increasing order. Its complex is the 3D complex cut by the plane.
+
+    Parameters
+    ----------
+    net : network
+        A 3D network (anything :func:`nsr.networks.as_network` takes).
+    axis : {0, 1, 2}
+        The axis normal to the plane.
+    value : float
+        The plane's coordinate on ``axis``.
+
+    Returns
+    -------
+    nsr.networks.PLNetwork
+        The 2D network, float64.
+
+    Raises
+    ------
+    ValueError
+        If ``net`` is not 3D or ``axis`` is not 0, 1 or 2.
+
+    Examples
+    --------
+    ``|x| + |y| + |z| - 0.5`` on the plane z = 0.2 is ``|x| + |y| - 0.3``:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import plane_network
+    >>> plane_network(octahedron_network(0.5), 2, 0.2)(torch.tensor([[0.1, -0.2], [0.0, 0.0]], dtype=torch.float64))
+    tensor([ 0.0000, -0.3000], dtype=torch.float64)
     """
     import torch
 
@@ -708,6 +1386,43 @@ def render_slice_regions(
     """:func:`render_regions` of a 3D network's complex cut by the plane ``x[axis] = value``.
 
     ``true_sdf``: a 3D function ``(N, 3) -> (N,)`` of the known shape (its cut is drawn).
+
+    Parameters
+    ----------
+    net : network
+        A 3D network (anything :func:`nsr.networks.as_network` takes).
+    bounds : float pair or (3, 2) float
+        The box.
+    axis : {0, 1, 2}
+        The axis normal to the plane.
+    value : float
+        The plane's coordinate on ``axis``.
+    path : str or Path
+        The PNG to write.
+    true_sdf : callable, optional
+        ``(N, 3) ndarray -> (N,)``, the known shape's SDF.
+    color_by : {"value", "region"}, optional
+        See :func:`render_regions`.
+    title : str, optional
+        Replaces the default title.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.render import render_slice_regions
+    >>> from nsr.shapes import Sphere
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_slice_regions(octahedron_network(0.5), (-1, 1), 2, 0.2, Path(tmp) / "r.png",
+    ...                                true_sdf=Sphere(0.5))
+    ...     png.is_file()
+    True
     """
     from nsr.complex import extract_complex
     from nsr.marching_cubes import as_bounds
@@ -745,11 +1460,49 @@ def plot_errors(
     and network values |f| (network output units), which are not lengths.
 
     ``distances`` / ``residuals``: named series over ``x``; ``*_lines``: constants drawn
-    dashed (e.g. the exact mesh). Log-log axes.
+    dashed (e.g. the exact mesh). Log-log axes, ticked at ``x``.
+
+    Parameters
+    ----------
+    x : sequence of float
+        Resolutions.
+    distances : dict of str to sequence of float
+        Named distance series over ``x``, box units.
+    residuals : dict of str to sequence of float
+        Named ``|f|`` series over ``x``, network output units.
+    path : str or Path
+        The PNG to write.
+    title : str, optional
+        Above both panels.
+    distance_lines, residual_lines : dict of str to float, optional
+        Named constants per panel, drawn dashed; NaN, None and values <= 0 are skipped.
+    distance_label : str, optional
+        The distance panel's y label.
+    xlabel : str, optional
+        The x label of both panels.
+    size : (int, int), optional
+        Width and height in pixels.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.render import plot_errors
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = plot_errors([32, 64], {"CD-L1": [3e-3, 8e-4]}, {"max |f|": [1e-2, 5e-3]}, Path(tmp) / "e.png",
+    ...                       residual_lines={"exact mesh: max |f|": 3e-16})
+    ...     png.is_file()
+    True
     """
     fig = _figure(size)
-    panels = [(distances, distance_lines or {}, distance_label, "distance"),
-              (residuals, residual_lines or {}, "|f| (network output units)", "network value")]  # fmt: skip
+    panels = [(distances, distance_lines or {}, distance_label, "distance between surfaces (lower is closer)"),
+              (residuals, residual_lines or {}, "|f| (network output units)",
+               "|f| on the mesh (0 = on the network's surface)")]  # fmt: skip
     for i, (series, lines, ylabel, what) in enumerate(panels):
         ax = fig.add_subplot(1, 2, i + 1)
         for j, (name, ys) in enumerate(series.items()):
@@ -758,12 +1511,13 @@ def plot_errors(
             if y is not None and np.isfinite(y) and y > 0:
                 ax.axhline(y, linestyle="--", color=f"C{len(series) + j}", label=name)
         ax.set_xscale("log", base=2)
+        _resolution_ticks(ax, x)
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(what, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -781,6 +1535,7 @@ def render_overview(
     title: str = "",
     outlines: Sequence[bool] | None = None,
     panel: int = 520,
+    footnote: str = "",
 ) -> Path | None:
     """Meshes side by side (top) and the same close-up window of each (bottom), with captions.
 
@@ -788,10 +1543,49 @@ def render_overview(
     outward cycles; all share the framing of the first. ``zoom``: ``(center (3,), half_width)``,
     the close-up window around ``center`` (box units on screen), marked on the top row.
     ``outlines[i]`` outlines mesh ``i``'s faces (hidden lines removed). ``captions`` (under
-    each column) carry the numbers.
+    each column) carry the numbers; ``footnote`` (under everything) says what they mean.
+
+    Parameters
+    ----------
+    meshes : sequence of ((V, 3) float ndarray, faces)
+        The meshes, left to right.
+    titles, captions : sequence of str
+        One each per mesh, above and under its column.
+    path : str or Path
+        The PNG to write.
+    zoom : ((3,) sequence of float, float)
+        ``(center, half_width)`` of the close-up window.
+    view : (float, float), optional
+        ``(elevation, azimuth)`` in degrees.
+    title : str, optional
+        Above everything.
+    outlines : sequence of bool, optional
+        Per mesh, outline its faces.
+    panel : int, optional
+        Width of a column, pixels.
+    footnote : str, optional
+        Under everything.
+
+    Returns
+    -------
+    Path or None
+        ``path``, or ``None`` (with a warning) when rendering failed.
+
+    Examples
+    --------
+    >>> import tempfile, trimesh
+    >>> from pathlib import Path
+    >>> from nsr.render import render_overview
+    >>> ball, cube = trimesh.creation.icosphere(1), trimesh.creation.box()
+    >>> meshes = [(ball.vertices, ball.faces), (cube.vertices, cube.faces)]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     png = render_overview(meshes, ["ball", "cube"], ["20 faces", "12 faces"], Path(tmp) / "o.png",
+    ...                           zoom=((0.5, 0.5, 0.5), 0.3), panel=150, footnote="faces: triangles")
+    ...     png.is_file()
+    True
     """
     n = len(meshes)
-    top_h, cap_h, head = panel, 0.3 * panel, 60 if title else 30
+    top_h, cap_h, head = panel, 0.3 * panel + 20 * (footnote.count("\n") + 1 if footnote else 0), 60 if title else 30
     height = int(2 * top_h + cap_h + head)
     fig = _figure((panel * n, height))
     full = screen_box(np.vstack([np.asarray(v) for v, _ in meshes]), view)
@@ -811,8 +1605,10 @@ def render_overview(
         for s in zx.spines.values():
             s.set_visible(True)
             s.set_color("crimson")
-        fig.text(x0 + 0.5 / n, cap_h / height - 0.01, captions[i], ha="center", va="top", fontsize=8.5,
+        fig.text(x0 + 0.5 / n, cap_h / height - 0.01, captions[i], ha="center", va="top", fontsize=11,
                  family="monospace")  # fmt: skip
+    if footnote:
+        fig.text(0.01, 6 / height, footnote, ha="left", va="bottom", fontsize=11, color="0.25")
     if title:
         fig.suptitle(title, fontsize=12, y=1 - 6 / height, va="top")
     return _save(fig, path)
@@ -820,7 +1616,35 @@ def render_overview(
 
 def compact_png(src: str | Path, dst: str | Path, width: int = 900, colors: int = 128) -> Path:
     """A smaller copy of a PNG for documentation: at most ``width`` pixels wide, ``colors``-color
-    palette (adaptive, dithered). Written to a temporary name and renamed."""
+    palette (adaptive, dithered). Written to a temporary name and renamed.
+
+    Parameters
+    ----------
+    src : str or Path
+        The PNG to copy.
+    dst : str or Path
+        Where the copy goes (folders are created).
+    width : int, optional
+        Largest width, pixels; the height keeps the aspect ratio.
+    colors : int, optional
+        Palette size.
+
+    Returns
+    -------
+    Path
+        ``dst``.
+
+    Examples
+    --------
+    >>> import tempfile, trimesh
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from nsr.render import compact_png, render_mesh
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     big = render_mesh(trimesh.creation.icosphere(1), Path(tmp) / "big.png", size=(400, 300))
+    ...     Image.open(compact_png(big, Path(tmp) / "docs" / "small.png", width=200)).size
+    (200, 150)
+    """
     from PIL import Image
 
     dst = Path(dst)

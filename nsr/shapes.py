@@ -30,16 +30,61 @@ def _vec(values: Sequence[float] | float, dim: int) -> Tensor:
 
 
 class Shape:
-    """An analytic shape in ``dim`` dimensions with an exact SDF, negative inside."""
+    """An analytic shape in ``dim`` dimensions with an exact SDF, negative inside.
+
+    Subclasses implement :meth:`sdf`; calling a shape evaluates it on torch or numpy points.
+
+    Attributes
+    ----------
+    dim : int
+        Dimension of the points the shape takes (2 or 3 for the built-in shapes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Sphere
+    >>> ball = Sphere(0.5)
+    >>> ball.dim
+    3
+    >>> ball(np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))  # inside: -radius; outside: distance
+    array([-0.5,  0.5])
+    """
 
     dim: int = 3
 
     def sdf(self, x: Tensor) -> Tensor:
-        """Signed distance ``(N, D) float -> (N,)``; differentiable in ``x``."""
+        """Signed distance of points to the shape's surface, negative inside.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points, ``D == self.dim``.
+
+        Returns
+        -------
+        (N,) Tensor
+            Signed distances, in the dtype and on the device of ``x``; differentiable in ``x``.
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not ``(N, self.dim)``.
+        """
         raise NotImplementedError
 
     def __call__(self, x: Tensor | np.ndarray) -> Tensor | np.ndarray:
-        """Like :meth:`sdf`, but also takes a numpy ``(N, D)`` array and returns numpy."""
+        """Like :meth:`sdf`, but also takes a numpy ``(N, D)`` array and returns numpy.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor or ndarray
+            Points; a numpy array is evaluated in float64.
+
+        Returns
+        -------
+        (N,) Tensor or ndarray
+            Signed distances, of the same kind as ``x``.
+        """
         if isinstance(x, np.ndarray):
             return self.sdf(torch.as_tensor(x, dtype=torch.float64)).numpy()
         return self.sdf(x)
@@ -52,7 +97,24 @@ class Shape:
 
 
 class Sphere(Shape):
-    """Ball of ``radius`` around ``center`` (any dimension; ``dim`` from ``center``)."""
+    """Ball of ``radius`` around ``center`` (any dimension; ``dim`` from ``center``).
+
+    Parameters
+    ----------
+    radius : float, optional
+        Radius, > 0.
+    center : (D,) sequence of float, optional
+        Center; default the origin of ``dim`` dimensions.
+    dim : int, optional
+        Dimension when ``center`` is not given.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Sphere
+    >>> Sphere(0.5, center=(1.0, 0.0, 0.0))(np.array([[1.0, 0.0, 0.0], [1.0, 2.0, 0.0]]))
+    array([-0.5,  1.5])
+    """
 
     def __init__(
         self, radius: float = 0.3, center: Sequence[float] | None = None, dim: int = 3
@@ -69,14 +131,49 @@ class Sphere(Shape):
 
 
 class Circle(Sphere):
-    """Disk in 2D."""
+    """Disk in 2D.
+
+    Parameters
+    ----------
+    radius : float, optional
+        Radius, > 0.
+    center : (2,) sequence of float, optional
+        Center; default the origin.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Circle
+    >>> Circle(0.5)(np.array([[0.0, 0.0], [0.0, 1.0]]))
+    array([-0.5,  0.5])
+    """
 
     def __init__(self, radius: float = 0.3, center: Sequence[float] | None = None) -> None:
         super().__init__(radius, center if center is not None else (0.0, 0.0), dim=2)
 
 
 class Box(Shape):
-    """Axis-aligned box with half side lengths ``half_size`` (any dimension)."""
+    """Axis-aligned box with half side lengths ``half_size`` (any dimension).
+
+    Parameters
+    ----------
+    half_size : float or (D,) sequence of float, optional
+        Half side lengths, each > 0; one number for a cube.
+    center : (D,) sequence of float, optional
+        Center; default the origin.
+    dim : int, optional
+        Dimension when neither ``center`` nor a sequence ``half_size`` gives it.
+
+    Examples
+    --------
+    The distance outside a corner is Euclidean, not the largest coordinate gap:
+
+    >>> import numpy as np
+    >>> from nsr.shapes import Box
+    >>> d = Box(0.25)(np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.5, 0.5, 0.0]]))
+    >>> np.allclose(d, [-0.25, 0.25, np.hypot(0.25, 0.25)])
+    True
+    """
 
     def __init__(
         self,
@@ -103,7 +200,24 @@ class Box(Shape):
 
 
 class Torus(Shape):
-    """Torus around the z axis: major radius ``major``, tube radius ``minor``."""
+    """Torus around the z axis: major radius ``major``, tube radius ``minor``.
+
+    Parameters
+    ----------
+    major : float, optional
+        Distance from the center to the tube's center line, > 0.
+    minor : float, optional
+        Tube radius, > 0.
+    center : (3,) sequence of float, optional
+        Center; default the origin.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Torus
+    >>> Torus(0.3, 0.1)(np.array([[0.3, 0.0, 0.0], [0.0, 0.0, 0.0]]))  # on the center line; the hole
+    array([-0.1,  0.2])
+    """
 
     dim = 3
 
@@ -123,7 +237,22 @@ class Torus(Shape):
 
 
 class Capsule(Shape):
-    """Segment ``a``-``b`` thickened by ``radius`` (any dimension)."""
+    """Segment ``a``-``b`` thickened by ``radius`` (any dimension).
+
+    Parameters
+    ----------
+    a, b : (D,) sequence of float, optional
+        End points of the segment.
+    radius : float, optional
+        Thickness, > 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Capsule
+    >>> Capsule((-0.2, 0.0), (0.2, 0.0), 0.1)(np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]]))
+    array([-0.1,  0.2,  0.4])
+    """
 
     def __init__(
         self,
@@ -144,7 +273,21 @@ class Capsule(Shape):
 
 
 class Polygon(Shape):
-    """Simple polygon in 2D from its ``(M, 2)`` vertices (either orientation)."""
+    """Simple polygon in 2D from its ``(M, 2)`` vertices (either orientation).
+
+    Parameters
+    ----------
+    vertices : (M, 2) sequence of float
+        The corners in order, ``M >= 3``; the polygon need not be convex.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Polygon
+    >>> square = Polygon([[0, 0], [1, 0], [1, 1], [0, 1]])
+    >>> square(np.array([[0.5, 0.5], [2.0, 0.5]]))
+    array([-0.5,  1. ])
+    """
 
     dim = 2
 
@@ -185,21 +328,72 @@ class _CSG(Shape):
 
 
 class Union(_CSG):
-    """Union of shapes: ``min`` of their SDFs."""
+    """Union of shapes: ``min`` of their SDFs.
+
+    Parameters
+    ----------
+    shapes : sequence of Shape
+        At least two shapes of one dimension.
+
+    Examples
+    --------
+    Two balls of radius 0.3 centered at x = -0.2 and x = 0.2, at x = 0, -0.45 and 0.45:
+
+    >>> import numpy as np
+    >>> from nsr.shapes import Union, Sphere
+    >>> balls = [Sphere(0.3, (-0.2, 0.0, 0.0)), Sphere(0.3, (0.2, 0.0, 0.0))]
+    >>> x = np.array([[0.0, 0.0, 0.0], [-0.45, 0.0, 0.0], [0.45, 0.0, 0.0]])
+    >>> Union(balls)(x)
+    array([-0.1 , -0.05, -0.05])
+    """
 
     def sdf(self, x: Tensor) -> Tensor:
         return self._stack(x).min(dim=0).values
 
 
 class Intersection(_CSG):
-    """Intersection of shapes: ``max`` of their SDFs."""
+    """Intersection of shapes: ``max`` of their SDFs.
+
+    Parameters
+    ----------
+    shapes : sequence of Shape
+        At least two shapes of one dimension.
+
+    Examples
+    --------
+    Two balls of radius 0.3 centered at x = -0.2 and x = 0.2, at x = 0, -0.45 and 0.45:
+
+    >>> import numpy as np
+    >>> from nsr.shapes import Intersection, Sphere
+    >>> balls = [Sphere(0.3, (-0.2, 0.0, 0.0)), Sphere(0.3, (0.2, 0.0, 0.0))]
+    >>> x = np.array([[0.0, 0.0, 0.0], [-0.45, 0.0, 0.0], [0.45, 0.0, 0.0]])
+    >>> Intersection(balls)(x)
+    array([-0.1 ,  0.35,  0.35])
+    """
 
     def sdf(self, x: Tensor) -> Tensor:
         return self._stack(x).max(dim=0).values
 
 
 class Difference(_CSG):
-    """First shape minus all others: ``max(d0, -d1, -d2, ...)``."""
+    """First shape minus all others: ``max(d0, -d1, -d2, ...)``.
+
+    Parameters
+    ----------
+    shapes : sequence of Shape
+        At least two shapes of one dimension.
+
+    Examples
+    --------
+    Two balls of radius 0.3 centered at x = -0.2 and x = 0.2, at x = 0, -0.45 and 0.45:
+
+    >>> import numpy as np
+    >>> from nsr.shapes import Difference, Sphere
+    >>> balls = [Sphere(0.3, (-0.2, 0.0, 0.0)), Sphere(0.3, (0.2, 0.0, 0.0))]
+    >>> x = np.array([[0.0, 0.0, 0.0], [-0.45, 0.0, 0.0], [0.45, 0.0, 0.0]])
+    >>> Difference(balls)(x)
+    array([ 0.1 , -0.05,  0.35])
+    """
 
     def sdf(self, x: Tensor) -> Tensor:
         d = self._stack(x)
@@ -228,7 +422,23 @@ def _extrude(d2: Tensor, h: Tensor) -> Tensor:
 class Cylinder(Shape):
     """Capped cylinder of ``radius`` and half length ``half_length`` along ``axis`` (exact SDF).
 
-    ``axis``: ``"x"``, ``"y"`` or ``"z"``; ``center`` ``(3,)``.
+    Parameters
+    ----------
+    radius : float, optional
+        Radius, > 0.
+    half_length : float, optional
+        Half its length along ``axis``, > 0.
+    axis : {"x", "y", "z"} or {0, 1, 2}, optional
+        The cylinder's axis.
+    center : (3,) sequence of float, optional
+        Center; default the origin.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Cylinder
+    >>> Cylinder(0.1, 0.2, "z")(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.5, 0.0, 0.0]]))
+    array([-0.1,  0.3,  0.4])
     """
 
     dim = 3
@@ -256,6 +466,27 @@ class Extrusion(Shape):
     The profile's two coordinates are the remaining axes in increasing order (axis ``"y"``:
     the profile lives in ``(x, z)``); ``center`` is the value of the ``axis`` coordinate at
     mid-length.
+
+    Parameters
+    ----------
+    profile : Shape
+        A 2D shape.
+    half_length : float, optional
+        Half the extrusion length, > 0.
+    axis : {"x", "y", "z"} or {0, 1, 2}, optional
+        Direction of the extrusion.
+    center : float, optional
+        Value of the ``axis`` coordinate at mid-length.
+
+    Examples
+    --------
+    A unit square extruded 0.1 either side of z = 0: a slab 0.2 thick.
+
+    >>> import numpy as np
+    >>> from nsr.shapes import Extrusion, Polygon
+    >>> slab = Extrusion(Polygon([[0, 0], [1, 0], [1, 1], [0, 1]]), 0.1, axis="z")
+    >>> slab(np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.5]]))
+    array([-0.1,  0.4])
     """
 
     dim = 3
@@ -285,6 +516,21 @@ def bracket() -> Shape:
     (along ``x``). Every crease is sharp; the rib is thinner than a 32^3 marching-cubes cell
     in the box ``[-0.5, 0.5]^3``. Parts overlap instead of touching, so that no internal face
     lies on the surface. The same shape as ``conf/data/bracket.yaml``.
+
+    Returns
+    -------
+    Shape
+        A 3D :class:`Difference`, in the box ``[-0.5, 0.5]^3``.
+
+    Examples
+    --------
+    Inside the base plate, on the rim of a base hole (radius 0.055), above the upright:
+
+    >>> import numpy as np
+    >>> from nsr.shapes import bracket
+    >>> d = bracket()(np.array([[-0.1, 0.0, -0.3], [0.28, 0.12 + 0.055, -0.3], [-0.25, 0.0, 0.4]]))
+    >>> np.round(d, 3)
+    array([-0.05,  0.  ,  0.08])
     """
     base = Box([0.35, 0.22, 0.05], center=[0.05, 0.0, -0.3])
     upright = Box([0.05, 0.22, 0.32], center=[-0.25, 0.0, 0.0])
@@ -297,8 +543,31 @@ def bracket() -> Shape:
 def project_to_surface(shape: Shape, points: np.ndarray, steps: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Newton steps ``x <- x - f(x) grad f / |grad f|^2`` onto the zero set of ``shape``.
 
-    ``points`` ``(N, D)``; returns the projected points ``(N, D)`` and ``|f|`` there ``(N,)``
-    (exact SDFs converge in one step off creases; check ``|f|`` before trusting a point).
+    Exact SDFs converge in one step off creases; check ``|f|`` before trusting a point.
+
+    Parameters
+    ----------
+    shape : Shape
+        The shape, of dimension ``D``.
+    points : (N, D) float ndarray
+        Starting points.
+    steps : int, optional
+        Newton steps.
+
+    Returns
+    -------
+    points : (N, D) float64 ndarray
+        The projected points.
+    residual : (N,) float64 ndarray
+        ``|sdf|`` at the projected points.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Sphere
+    >>> p, f = project_to_surface(Sphere(0.5), np.array([[0.1, 0.2, 0.3]]))
+    >>> np.linalg.norm(p, axis=1), np.allclose(p / 0.5, np.array([[1, 2, 3]]) / np.sqrt(14)), f
+    (array([0.5]), True, array([0.]))
     """
     x = torch.as_tensor(np.asarray(points, dtype=np.float64))
     for _ in range(steps):
@@ -317,6 +586,34 @@ def surface_samples(shape: Shape, n: int, bounds: Any = (-0.5, 0.5), resolution:
     spread by area: area-weighted samples of a marching-cubes mesh of the SDF at
     ``resolution``, projected onto the zero set (:func:`project_to_surface`). Points that do
     not converge (a few, at creases) are dropped.
+
+    Parameters
+    ----------
+    shape : Shape
+        A 3D shape.
+    n : int
+        Number of samples drawn before the non-converged ones are dropped.
+    bounds : float pair or (3, 2) float, optional
+        The box that is meshed; the shape must lie inside it.
+    resolution : int, optional
+        Marching-cubes samples per axis of the mesh the points are drawn from.
+    seed : int, optional
+        Seed of the area-weighted sampling.
+    tol : float, optional
+        Largest ``|sdf|`` kept.
+
+    Returns
+    -------
+    (M, 3) float64 ndarray
+        Points on the surface, ``M <= n``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nsr.shapes import Sphere
+    >>> pts = surface_samples(Sphere(0.3), 100, resolution=16)
+    >>> len(pts) == 100, bool(np.abs(np.linalg.norm(pts, axis=1) - 0.3).max() < 1e-9)
+    (True, True)
     """
     import trimesh
 

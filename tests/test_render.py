@@ -241,3 +241,42 @@ def test_plot_errors(tmp_path):
     out = plot_errors([32, 64], {"cd": [1e-2, 5e-3]}, {"f": [1e-3, 4e-4]}, tmp_path / "e.png",
                       distance_lines={"exact": 2e-3}, residual_lines={"exact": 1e-16, "nan": float("nan")})
     _check_png(out, (960, 420))
+
+
+def _rgb_at(path, x: float, y: float) -> np.ndarray:
+    """RGB of the pixel at figure fractions (x, y) (y up, matplotlib's convention)."""
+    img = imread(path)
+    h, w = img.shape[:2]
+    return img[int(round((1 - y) * h)), int(round(x * w)), :3]
+
+
+def test_slice_colors_reach_both_ends_of_the_scale(tmp_path):
+    """|x| + |y| + |z| - 0.5 on z = 0 has its minimum -0.5 at the center and its maximum 1.5 at
+    the box's corners: the center must be the colormap's darkest blue, not the pale blue that a
+    scale symmetric about 0 (-1.5 .. 1.5) gives it; the inside of a shape must not read white."""
+    from matplotlib import colormaps
+
+    from nsr.networks import octahedron_network
+
+    out = render_slice(octahedron_network(0.5), (-1, 1), 2, 0.0, tmp_path / "o.png", resolution=65)
+    # The field's axes occupy (0.1, 0.09, 0.68, 0.83) of the figure: its center is the origin.
+    centre = _rgb_at(out, 0.1 + 0.34, 0.09 + 0.415)
+    darkest = np.asarray(colormaps["RdBu_r"](0.0))[:3]
+    assert np.abs(centre - darkest).max() < 0.08, (centre, darkest)
+
+
+def test_2d_extract_preview_shows_regions_values_and_level_set(tmp_path):
+    """nsr-extract's picture of a 2D network is the classic one: regions colored by the value
+    (blue inside, red outside), not only the complex's edges on white."""
+    from nsr.extract import run_extract
+    from nsr.networks import octahedron_network
+    from nsr.render import plane_network
+
+    torch = pytest.importorskip("torch")
+    net = tmp_path / "diamond.pt"
+    torch.save(plane_network(octahedron_network(0.9), 2, 0.05).state_dict(), net)  # |x| + |y| - 0.85
+    run_extract({"net": str(net), "bounds": [-1, 1], "out_dir": str(tmp_path / "o")})
+    img = imread(tmp_path / "o" / "preview.png")[..., :3]
+    blue = (img[..., 2] > img[..., 0] + 0.3).mean()
+    red = (img[..., 0] > img[..., 2] + 0.3).mean()
+    assert blue > 0.02 and red > 0.02, (blue, red)
