@@ -481,7 +481,9 @@ _ACTIVATION_KEY = re.compile(r"^(activation|activations|activation_fn|act|act_fn
 _SIREN_KEY = re.compile(r"^(w0|omega|omega_0|first_omega_0|hidden_omega_0|siren|sine)$", re.IGNORECASE)
 _MODEL_KEY = re.compile(r"^(model|net|network|arch|architecture|decoder)$", re.IGNORECASE)
 _CLASS_KEYS = ("_target_", "class_path")
-_NSR_MLP = {"nsr.networks.ReLUMLP", "nsr.ReLUMLP"}
+# A Linear chain read from the weights is right only for these (and nsr's module wrapping them).
+_NSR_MLP = {"nsr.networks.ReLUMLP", "nsr.ReLUMLP", "nsr.lightning.ImplicitShapeModule"}
+_NOT_NETWORK_KEY = re.compile(r"^(optimizer|scheduler|lr_scheduler|loss|criterion)$", re.IGNORECASE)
 _RELU_NAMES = {"relu", "nn.relu", "torch.nn.relu", "torch.relu", "torch.nn.functional.relu", "f.relu",
                "torch.nn.modules.activation.relu"}
 
@@ -504,7 +506,7 @@ def _hparam_findings(node: Any, path: str = "", under_model: bool = False, depth
             found.append(f"{name} = {value!r} (a SIREN / sine-activation parameter)")
         elif k in _CLASS_KEYS and under_model and isinstance(value, str) and value not in _NSR_MLP:
             found.append(f"{name} = {value!r} (a model class other than nsr.networks.ReLUMLP)")
-        if isinstance(value, (Mapping, list, tuple)):
+        if isinstance(value, (Mapping, list, tuple)) and not _NOT_NETWORK_KEY.match(k):
             found += _hparam_findings(value, name, under_model or bool(_MODEL_KEY.match(k)), depth + 1)
     return found
 
@@ -528,8 +530,14 @@ def _check_checkpoint(ckpt: Mapping[str, Any], net: PLNetwork) -> None:
         )
 
 
-def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
+def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork | nn.Module:
     """Read a network file: a state dict, a training checkpoint, or (opt-in) a whole pickled module.
+
+    A checkpoint of nsr-train records its network's class and options: it is rebuilt from
+    nsr's own classes only (:func:`nsr.checkpoints.build_network`; any other class named in the
+    file is refused, never imported). A plain ReLU MLP comes back as a :class:`PLNetwork` as
+    from any other file; other networks (skip, residual, grid encodings) as the rebuilt module
+    in eval mode, for :func:`nsr.pl.as_graph` / :func:`nsr.pl.trace` to convert.
 
     Files are read as data: ``torch.load(weights_only=True)`` accepts tensors, dicts, lists and
     numbers and refuses anything whose unpickling would create other Python objects or call
@@ -549,15 +557,17 @@ def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
 
     Returns
     -------
-    PLNetwork
-        The network, in the file's dtype, on the CPU.
+    PLNetwork or torch.nn.Module
+        The network, in the file's dtype, on the CPU: a :class:`PLNetwork` for Linear/ReLU
+        MLPs, the rebuilt module for the other networks a checkpoint records.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     NetworkError
-        If the file is not a network nsr can read, or holds more than data without ``trust_pickle``.
+        If the file is not a network nsr can read, holds more than data without ``trust_pickle``,
+        or is a checkpoint naming a class outside :func:`nsr.checkpoints.allowed_targets`.
 
     Examples
     --------
@@ -578,9 +588,21 @@ def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
     else:
         obj = _torch_load(path, weights_only=True)
     try:
-        return as_network(obj, trust_pickle=trust_pickle)
+        module = _recorded_module(obj)
+        if module is not None and type(module) is not ReLUMLP:
+            return module
+        return as_network(module if module is not None else obj, trust_pickle=trust_pickle)
     except NetworkError as err:
         raise NetworkError(f"{path}: {err}") from err
+
+
+def _recorded_module(obj: Any) -> nn.Module | None:
+    """The network a checkpoint that names its class records, rebuilt from the allowlist; else None."""
+    from nsr.checkpoints import is_checkpoint, module_from_checkpoint, recorded_spec
+
+    if is_checkpoint(obj) and recorded_spec(obj) is not None:
+        return module_from_checkpoint(obj)
+    return None
 
 
 def _check_network_path(path: Path) -> None:
@@ -689,7 +711,12 @@ def as_network(
     if isinstance(obj, PLNetwork):
         net = obj
     elif isinstance(obj, (str, Path)):
-        net = load_network(obj, trust_pickle=trust_pickle)
+        loaded = load_network(obj, trust_pickle=trust_pickle)
+        if not isinstance(loaded, PLNetwork):
+            raise NetworkError(
+                f"{obj}: holds a {type(loaded).__name__}, not a plain Linear/ReLU MLP; read it with "
+                "nsr.networks.load_network and trace it with nsr.pl.trace")
+        net = loaded
     elif isinstance(obj, nn.Module):
         net = _from_module(obj)
         _check_module(obj, net)
