@@ -343,7 +343,9 @@ class ImplicitShapeModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
-            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+            hint = (" (a checkpoint's network record: rebuild it with nsr.lightning.load_module_network(path))"
+                    if isinstance(net, Mapping) else "")
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}{hint}")
         self.net: nn.Module = net
         self.loss = loss
         self.optimizer_factory = optimizer
