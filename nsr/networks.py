@@ -481,9 +481,7 @@ _ACTIVATION_KEY = re.compile(r"^(activation|activations|activation_fn|act|act_fn
 _SIREN_KEY = re.compile(r"^(w0|omega|omega_0|first_omega_0|hidden_omega_0|siren|sine)$", re.IGNORECASE)
 _MODEL_KEY = re.compile(r"^(model|net|network|arch|architecture|decoder)$", re.IGNORECASE)
 _CLASS_KEYS = ("_target_", "class_path")
-# A Linear chain read from the weights is right only for these (and nsr's module wrapping them).
-_NSR_MLP = {"nsr.networks.ReLUMLP", "nsr.ReLUMLP", "nsr.lightning.ImplicitShapeModule"}
-_NOT_NETWORK_KEY = re.compile(r"^(optimizer|scheduler|lr_scheduler|loss|criterion)$", re.IGNORECASE)
+_NSR_MLP = {"nsr.networks.ReLUMLP", "nsr.ReLUMLP"}
 _RELU_NAMES = {"relu", "nn.relu", "torch.nn.relu", "torch.relu", "torch.nn.functional.relu", "f.relu",
                "torch.nn.modules.activation.relu"}
 
@@ -506,7 +504,7 @@ def _hparam_findings(node: Any, path: str = "", under_model: bool = False, depth
             found.append(f"{name} = {value!r} (a SIREN / sine-activation parameter)")
         elif k in _CLASS_KEYS and under_model and isinstance(value, str) and value not in _NSR_MLP:
             found.append(f"{name} = {value!r} (a model class other than nsr.networks.ReLUMLP)")
-        if isinstance(value, (Mapping, list, tuple)) and not _NOT_NETWORK_KEY.match(k):
+        if isinstance(value, (Mapping, list, tuple)):
             found += _hparam_findings(value, name, under_model or bool(_MODEL_KEY.match(k)), depth + 1)
     return found
 
@@ -537,7 +535,7 @@ def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork |
     nsr's own classes only (:func:`nsr.checkpoints.build_network`; any other class named in the
     file is refused, never imported). A plain ReLU MLP comes back as a :class:`PLNetwork` as
     from any other file; other networks (skip, residual, grid encodings) as the rebuilt module
-    in eval mode, for :func:`nsr.pl.as_graph` / :func:`nsr.pl.trace` to convert.
+    in eval mode, for :func:`nsr.pl.trace` to convert.
 
     Files are read as data: ``torch.load(weights_only=True)`` accepts tensors, dicts, lists and
     numbers and refuses anything whose unpickling would create other Python objects or call
@@ -675,7 +673,10 @@ def as_network(
     largest ``|Δf|``. A checkpoint cannot be called: its state dict is read as Linear layers
     in order with a ReLU between them, and it is refused when its ``hyper_parameters`` say
     otherwise (an activation other than ReLU, SIREN frequencies, a model class other than
-    nsr's ``ReLUMLP``, or nsr's recorded widths not matching the weights).
+    nsr's ``ReLUMLP``, or nsr's recorded widths not matching the weights). A checkpoint that
+    names its network's class (nsr-train's) is rebuilt from nsr's allowlist instead
+    (:mod:`nsr.checkpoints`); one holding another network than a ``ReLUMLP`` is refused here
+    with a pointer to :func:`load_network` and :func:`nsr.pl.trace`.
 
     Parameters
     ----------
@@ -713,20 +714,26 @@ def as_network(
     elif isinstance(obj, (str, Path)):
         loaded = load_network(obj, trust_pickle=trust_pickle)
         if not isinstance(loaded, PLNetwork):
-            raise NetworkError(
-                f"{obj}: holds a {type(loaded).__name__}, not a plain Linear/ReLU MLP; read it with "
-                "nsr.networks.load_network and trace it with nsr.pl.trace")
+            raise NetworkError(f"{obj}: {_not_mlp(loaded)}")
         net = loaded
     elif isinstance(obj, nn.Module):
         net = _from_module(obj)
         _check_module(obj, net)
     elif isinstance(obj, Mapping):
-        net = _from_state_dict(obj)
+        module = _recorded_module(obj)  # a checkpoint that names its network's class
+        if module is not None and type(module) is not ReLUMLP:
+            raise NetworkError(f"the checkpoint {_not_mlp(module)}")
+        net = _from_module(module) if module is not None else _from_state_dict(obj)
     else:
         raise NetworkError(f"cannot read a ReLU network from {type(obj).__name__}")
     if dtype is not None or device is not None:
         net = net.to(device=device, dtype=dtype)
     return net
+
+
+def _not_mlp(module: nn.Module) -> str:
+    return (f"holds a {type(module).__name__}, not a plain Linear/ReLU MLP; read it with "
+            "nsr.networks.load_network and trace it with nsr.pl.trace")
 
 
 def _from_module(obj: nn.Module) -> PLNetwork:

@@ -140,12 +140,15 @@ def test_fast_dev_run_and_checkpoint_round_trip(model, tmp_path):
         assert torch.equal(rebuilt(x), trained(x))  # the same network, bit for bit
     loaded = load_network(ckpt)
     if model == "relu_mlp":  # plain MLPs come back in the extractor's form, as before
-        assert isinstance(loaded, PLNetwork)
-        torch.testing.assert_close(loaded.to(dtype=torch.float64)(x.double()), trained(x).double(), rtol=0, atol=1e-6)
+        for net in (loaded, as_network(torch.load(ckpt, weights_only=True))):
+            assert isinstance(net, PLNetwork)
+            torch.testing.assert_close(net.to(dtype=torch.float64)(x.double()), trained(x).double(), rtol=0,
+                                       atol=1e-6)
         return
     assert type(loaded) is NETS[model]
-    with pytest.raises(NetworkError, match="holds a .*nsr.pl.trace"):
-        as_network(ckpt)  # the Linear-chain reader must not read a skip/grid network as one
+    for obj in (ckpt, torch.load(ckpt, weights_only=True)):  # the file, and what it holds
+        with pytest.raises(NetworkError, match="holds a .*nsr.pl.trace"):
+            as_network(obj)  # the Linear-chain reader must not read a skip/grid network as one
     if model != "grid_mlp":  # grid encoders are traced once the engine reads encoders (issue 14)
         graph = trace(loaded)
         with torch.no_grad():
