@@ -121,8 +121,8 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
     common = [
         "experiment=mesh",
         f"data.path={path}",
-        f"model.width={args.width}",
-        f"model.depth={args.depth}",
+        f"model.net.width={args.width}",
+        f"model.net.depth={args.depth}",
         "data.sampling.mode=pool",
         f"data.sampling.pool_size={args.pool}",
         f"data.sampling.batch_size={args.batch}",
@@ -161,11 +161,11 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
             # the same step-based cosine decay for every variant (the time-based one of
             # experiment=mesh would decay slower variants faster)
             "~callbacks.time_lr",
-            "+scheduler._target_=torch.optim.lr_scheduler.CosineAnnealingLR",
-            "+scheduler._partial_=true",
-            f"+scheduler.T_max={n_steps}",
-            f"+scheduler.eta_min={args.eta_min}",
-            "scheduler_interval=step",
+            "+model.scheduler._target_=torch.optim.lr_scheduler.CosineAnnealingLR",
+            "+model.scheduler._partial_=true",
+            f"+model.scheduler.T_max={n_steps}",
+            f"+model.scheduler.eta_min={args.eta_min}",
+            "model.scheduler_interval=step",
             "+callbacks.step_timer._target_=nsr.lightning.StepTimer",
             f"+callbacks.step_timer.path={run_dir / 'step_times.json'}",
         ]
@@ -270,8 +270,8 @@ def step_costs(path: Path, args: argparse.Namespace, repeats: int = 5) -> dict:
 
     ckpt = args.out / path.stem / "pretrain" / "checkpoints" / "last.ckpt"
     cfg = compose_cfg([
-        "experiment=mesh", f"data.path={path}", f"model.width={args.width}",
-        f"model.depth={args.depth}", "data.sampling.mode=pool", "data.sampling.pool_size=20000",
+        "experiment=mesh", f"data.path={path}", f"model.net.width={args.width}",
+        f"model.net.depth={args.depth}", "data.sampling.mode=pool", "data.sampling.pool_size=20000",
         f"data.sampling.batch_size={args.batch}", "data.sampling.n_val=1000",
     ])
     dm = hydra.utils.instantiate(cfg.data)

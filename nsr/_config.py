@@ -320,8 +320,8 @@ def validate_train(cfg: Any) -> dict[str, Any]:
     ``FileNotFoundError`` for a path that does not exist."""
     out: dict[str, Any] = {}
     what = " (hidden layer width)"
-    out["width"] = check_int("model.width", _get(cfg, "model.width", 1), 1, 1 << 16, what)
-    out["depth"] = check_int("model.depth", _get(cfg, "model.depth", 1), 1, 1024, " (hidden layers)")
+    out["width"] = check_int("model.net.width", _get(cfg, "model.net.width", 1), 1, 1 << 16, what)
+    out["depth"] = check_int("model.net.depth", _get(cfg, "model.net.depth", 1), 1, 1024, " (hidden layers)")
     kind, path = _get(cfg, "data.kind"), _get(cfg, "data.path")
     if path is not None and kind not in ("mesh", "pointcloud"):
         raise ConfigError(
@@ -339,9 +339,10 @@ def validate_train(cfg: Any) -> dict[str, Any]:
         check_int("trainer.max_epochs", epochs, -1, None, " (-1: until max_time or max_steps)")
         if epochs == 0:
             raise ConfigError("trainer.max_epochs=0: nothing would be trained; give >= 1 (or -1 with max_time)")
-    lr = _get(cfg, "optimizer.lr")
-    if lr is not None:
-        check_number("optimizer.lr", lr, positive=True, what=" (learning rate)")
+    for key in ("model.optimizer.lr", *(f"model.param_groups.{g}.lr" for g in _get(cfg, "model.param_groups") or {})):
+        lr = _get(cfg, key)
+        if lr is not None:
+            check_number(key, lr, positive=True, what=" (learning rate)")
     precision = _get(cfg, "trainer.precision")
     if precision is not None and str(precision) not in _PRECISIONS:
         raise ConfigError(f"trainer.precision={precision}: must be one of {', '.join(_PRECISIONS)}")

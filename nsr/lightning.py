@@ -6,7 +6,8 @@ data does not depend on the number of processes, metrics logged with ``sync_dist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from nsr.checkpoints import network_spec
 from nsr.data import ShapeSource, batch_generator, make_source, sample_points, split_counts
 from nsr.losses import ImplicitLoss
-from nsr.networks import ReLUMLP
 from nsr.shapes import Shape
 
 RegularizerTerm = Callable[[L.LightningModule], dict[str, Tensor]]
@@ -265,15 +266,24 @@ class ShapeDataModule(L.LightningDataModule):
 
 
 class ImplicitShapeModule(L.LightningModule):
-    """Trains ``self.net`` (a :class:`~nsr.networks.ReLUMLP`) with ``self.loss``.
+    """Trains ``self.net`` (any network ``(N, D) -> (N,)``) with ``self.loss``.
 
-    ``optimizer(params=...)`` and ``scheduler(optimizer=...)`` are factories (Hydra
-    ``_partial_`` configs). ``regularizer_terms``: callables ``module -> {name: tensor}``
-    whose values are added to the loss and logged as ``reg/<name>``.
+    The Hydra model config nests the network as ``model.net`` (its own ``_target_``) and the
+    optimizer and scheduler as ``_partial_`` factories, as the lightning-hydra-template does:
+    ``optimizer(params=...)`` and ``scheduler(optimizer=...)``. ``param_groups`` gives some of
+    the network's parameters their own optimizer settings, by name prefix (e.g. a grid
+    encoding's tables ``{"encoding": {"lr": 1e-2}}``). ``regularizer_terms``: callables
+    ``module -> {name: tensor}`` whose values are added to the loss and logged as ``reg/<name>``.
+
+    The checkpoint records the network as ``hparams["net"]`` (its class and constructor options,
+    :func:`nsr.checkpoints.network_spec`), from which :func:`load_module_network` and
+    :func:`nsr.networks.load_network` rebuild nsr's own network classes without importing any
+    name read from the file. Other networks train as well; their checkpoints hold the weights,
+    which you load into your own class.
 
     Parameters
     ----------
-    net : ReLUMLP
+    net : torch.nn.Module
         The network trained.
     loss : ImplicitLoss
         The loss.
@@ -283,6 +293,10 @@ class ImplicitShapeModule(L.LightningModule):
         ``scheduler(optimizer=...)``.
     scheduler_interval : {"epoch", "step"}
         When the scheduler steps.
+    param_groups : mapping of str to mapping, optional
+        ``{prefix: options}``: the parameters of ``net`` whose name is ``prefix`` or starts with
+        ``prefix.`` form a group with these optimizer options (e.g. ``lr``); the rest keep the
+        optimizer's defaults.
     transform : dict, optional
         The source's transform (stored in the checkpoint).
     config : dict, optional
@@ -291,45 +305,60 @@ class ImplicitShapeModule(L.LightningModule):
     Raises
     ------
     TypeError
-        If ``net`` is not a :class:`~nsr.networks.ReLUMLP`.
+        If ``net`` is not an ``nn.Module``.
+    ValueError
+        If a ``param_groups`` prefix names no parameter, or two prefixes overlap.
 
     Examples
     --------
+    >>> import torch
     >>> from nsr.lightning import ImplicitShapeModule
     >>> from nsr.losses import ImplicitLoss
     >>> from nsr.networks import ReLUMLP
     >>> module = ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())
     >>> module.hparams["net"], type(module.configure_optimizers()).__name__
-    ({'in_dim': 3, 'width': 8, 'depth': 2}, 'Adam')
+    ({'_target_': 'nsr.networks.ReLUMLP', 'in_dim': 3, 'width': 8, 'depth': 2}, 'Adam')
+
+    A grid network whose tables learn 10x faster than its MLP:
+
+    >>> from functools import partial
+    >>> from nsr.encoding import GridMLP
+    >>> net = GridMLP(in_dim=3, width=8, depth=1, n_levels=2, max_resolution=8)
+    >>> module = ImplicitShapeModule(net, ImplicitLoss(), optimizer=partial(torch.optim.Adam, lr=1e-3),
+    ...                              param_groups={"encoding": {"lr": 1e-2}})
+    >>> [(len(g["params"]), g["lr"]) for g in module.configure_optimizers().param_groups]
+    [(1, 0.01), (4, 0.001)]
     """
 
     def __init__(
         self,
-        net: ReLUMLP,
+        net: nn.Module,
         loss: ImplicitLoss,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         scheduler_interval: str = "epoch",
+        param_groups: Mapping[str, Mapping[str, Any]] | None = None,
         transform: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(net, ReLUMLP):
-            raise TypeError(f"net must be an nsr.networks.ReLUMLP, got {type(net).__name__}")
+        if not isinstance(net, nn.Module):
+            hint = (" (a checkpoint's network record: rebuild it with nsr.lightning.load_module_network(path))"
+                    if isinstance(net, Mapping) else "")
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}{hint}")
         self.net: nn.Module = net
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
+        self.param_groups = {str(k): dict(v) for k, v in (param_groups or {}).items()}
+        self._parameter_groups()  # a prefix naming nothing fails here, before any training
         self.regularizer_terms: list[RegularizerTerm] = []
-        self.save_hyperparameters(
-            {
-                "transform": transform or {},
-                "config": config or {},
-                "net": {"in_dim": net.in_dim, "width": net.width, "depth": net.depth},
-            },
-            logger=False,
-        )
+        spec = network_spec(net)
+        if spec.get("_rebuildable_") is False:
+            warnings.warn(f"checkpoints of this run hold the weights of {spec['_target_']}, but nsr cannot "
+                          f"rebuild it from them ({spec['_why_']}); load them into your own class", stacklevel=2)
+        self.save_hyperparameters({"transform": transform or {}, "config": config or {}, "net": spec}, logger=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Signed distance predicted by the network (box units).
@@ -405,6 +434,25 @@ class ImplicitShapeModule(L.LightningModule):
             iou = (pred & gt).sum() / (pred | gt).sum().clamp(min=1)
             self.log("val/iou", iou.float(), prog_bar=True, batch_size=1, sync_dist=True)
 
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one per ``param_groups`` prefix, then the rest."""
+        named = list(self.net.named_parameters())
+        taken: dict[str, str] = {}
+        groups = []
+        for prefix, options in self.param_groups.items():
+            names = [n for n, _ in named if n == prefix or n.startswith(prefix + ".")]
+            if not names:
+                tops = sorted({n.split(".")[0] for n, _ in named})
+                raise ValueError(f"param_groups: {prefix!r} names no parameter of {type(self.net).__name__} "
+                                 f"(its parameters start with {', '.join(tops)})")
+            clash = [n for n in names if n in taken]
+            if clash:
+                raise ValueError(f"param_groups: {prefix!r} and {taken[clash[0]]!r} both take {clash[0]}")
+            taken.update(dict.fromkeys(names, prefix))
+            groups.append({"params": [p for n, p in named if n in names], **options})
+        rest = [p for n, p in named if n not in taken]
+        return groups + ([{"params": rest}] if rest else [])
+
     def configure_optimizers(self) -> Any:
         """The optimizer, and the scheduler monitoring ``val/sdf_mae`` if one is configured.
 
@@ -414,7 +462,8 @@ class ImplicitShapeModule(L.LightningModule):
             Lightning's optimizer configuration.
         """
         factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        opt = factory(params=self.parameters())
+        params = self._parameter_groups() if self.param_groups else self.parameters()
+        opt = factory(params=params)
         if self.scheduler_factory is None:
             return opt
         sched = self.scheduler_factory(optimizer=opt)
@@ -428,18 +477,30 @@ class ImplicitShapeModule(L.LightningModule):
         }
 
 
-def load_module_network(path: str | Path) -> ReLUMLP:
-    """Rebuild the trained :class:`ReLUMLP` from an nsr checkpoint file.
+def load_module_network(path: str | Path) -> nn.Module:
+    """Rebuild the trained network from an nsr checkpoint file, as a module (trainable, in eval mode).
+
+    The checkpoint is read with ``weights_only=True``; its network is rebuilt from the class and
+    options it records, from nsr's own classes only (:func:`nsr.checkpoints.build_network`:
+    any other class named in the file is refused, never imported). Checkpoints written before
+    the network was recorded by class hold a ``ReLUMLP`` and are rebuilt as one.
 
     Parameters
     ----------
     path : str or Path
-        A checkpoint written by nsr's training (read with ``weights_only=True``).
+        A checkpoint written by nsr's training.
 
     Returns
     -------
-    ReLUMLP
-        With the shape recorded in ``hyper_parameters["net"]`` and the trained weights.
+    torch.nn.Module
+        The network with the trained weights, on the CPU, in eval mode.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    nsr.networks.NetworkError
+        If the file is not such a checkpoint or names a class nsr does not rebuild.
 
     Examples
     --------
@@ -447,21 +508,23 @@ def load_module_network(path: str | Path) -> ReLUMLP:
     >>> from pathlib import Path
     >>> from nsr.lightning import ImplicitShapeModule, load_module_network
     >>> from nsr.losses import ImplicitLoss
-    >>> from nsr.networks import ReLUMLP
-    >>> module = ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())
+    >>> from nsr.pl.models import SkipMLP
+    >>> module = ImplicitShapeModule(SkipMLP(3, 16, 4), ImplicitLoss())
     >>> ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     torch.save(ckpt, Path(tmp) / "last.ckpt")
     ...     net = load_module_network(Path(tmp) / "last.ckpt")
     >>> x = torch.rand(5, 3)
-    >>> (net.width, net.depth), bool(torch.equal(net(x), module(x)))
-    ((8, 2), True)
+    >>> type(net).__name__, bool(torch.equal(net(x), module.eval()(x)))
+    ('SkipMLP', True)
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    spec = ckpt["hyper_parameters"]["net"]
-    net = ReLUMLP(spec["in_dim"], spec["width"], spec["depth"])
-    net.load_state_dict({k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-    return net
+    from nsr.checkpoints import module_from_checkpoint, read_checkpoint
+    from nsr.networks import NetworkError
+
+    try:
+        return module_from_checkpoint(read_checkpoint(path))
+    except NetworkError as err:
+        raise NetworkError(f"{path}: {err}" if str(path) not in str(err) else str(err)) from None
 
 
 class TimeCosineLR(L.Callback):

@@ -528,8 +528,14 @@ def _check_checkpoint(ckpt: Mapping[str, Any], net: PLNetwork) -> None:
         )
 
 
-def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
+def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork | nn.Module:
     """Read a network file: a state dict, a training checkpoint, or (opt-in) a whole pickled module.
+
+    A checkpoint of nsr-train records its network's class and options: it is rebuilt from
+    nsr's own classes only (:func:`nsr.checkpoints.build_network`; any other class named in the
+    file is refused, never imported). A plain ReLU MLP comes back as a :class:`PLNetwork` as
+    from any other file; other networks (skip, residual, grid encodings) as the rebuilt module
+    in eval mode, for :func:`nsr.pl.trace` to convert.
 
     Files are read as data: ``torch.load(weights_only=True)`` accepts tensors, dicts, lists and
     numbers and refuses anything whose unpickling would create other Python objects or call
@@ -549,15 +555,17 @@ def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
 
     Returns
     -------
-    PLNetwork
-        The network, in the file's dtype, on the CPU.
+    PLNetwork or torch.nn.Module
+        The network, in the file's dtype, on the CPU: a :class:`PLNetwork` for Linear/ReLU
+        MLPs, the rebuilt module for the other networks a checkpoint records.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     NetworkError
-        If the file is not a network nsr can read, or holds more than data without ``trust_pickle``.
+        If the file is not a network nsr can read, holds more than data without ``trust_pickle``,
+        or is a checkpoint naming a class outside :func:`nsr.checkpoints.allowed_targets`.
 
     Examples
     --------
@@ -578,9 +586,21 @@ def load_network(path: str | Path, *, trust_pickle: bool = False) -> PLNetwork:
     else:
         obj = _torch_load(path, weights_only=True)
     try:
-        return as_network(obj, trust_pickle=trust_pickle)
+        module = _recorded_module(obj)
+        if module is not None and type(module) is not ReLUMLP:
+            return module
+        return as_network(module if module is not None else obj, trust_pickle=trust_pickle)
     except NetworkError as err:
         raise NetworkError(f"{path}: {err}") from err
+
+
+def _recorded_module(obj: Any) -> nn.Module | None:
+    """The network a checkpoint that names its class records, rebuilt from the allowlist; else None."""
+    from nsr.checkpoints import is_checkpoint, module_from_checkpoint, recorded_spec
+
+    if is_checkpoint(obj) and recorded_spec(obj) is not None:
+        return module_from_checkpoint(obj)
+    return None
 
 
 def _check_network_path(path: Path) -> None:
@@ -653,7 +673,10 @@ def as_network(
     largest ``|Δf|``. A checkpoint cannot be called: its state dict is read as Linear layers
     in order with a ReLU between them, and it is refused when its ``hyper_parameters`` say
     otherwise (an activation other than ReLU, SIREN frequencies, a model class other than
-    nsr's ``ReLUMLP``, or nsr's recorded widths not matching the weights).
+    nsr's ``ReLUMLP``, or nsr's recorded widths not matching the weights). A checkpoint that
+    names its network's class (nsr-train's) is rebuilt from nsr's allowlist instead
+    (:mod:`nsr.checkpoints`); one holding another network than a ``ReLUMLP`` is refused here
+    with a pointer to :func:`load_network` and :func:`nsr.pl.trace`.
 
     Parameters
     ----------
@@ -689,17 +712,28 @@ def as_network(
     if isinstance(obj, PLNetwork):
         net = obj
     elif isinstance(obj, (str, Path)):
-        net = load_network(obj, trust_pickle=trust_pickle)
+        loaded = load_network(obj, trust_pickle=trust_pickle)
+        if not isinstance(loaded, PLNetwork):
+            raise NetworkError(f"{obj}: {_not_mlp(loaded)}")
+        net = loaded
     elif isinstance(obj, nn.Module):
         net = _from_module(obj)
         _check_module(obj, net)
     elif isinstance(obj, Mapping):
-        net = _from_state_dict(obj)
+        module = _recorded_module(obj)  # a checkpoint that names its network's class
+        if module is not None and type(module) is not ReLUMLP:
+            raise NetworkError(f"the checkpoint {_not_mlp(module)}")
+        net = _from_module(module) if module is not None else _from_state_dict(obj)
     else:
         raise NetworkError(f"cannot read a ReLU network from {type(obj).__name__}")
     if dtype is not None or device is not None:
         net = net.to(device=device, dtype=dtype)
     return net
+
+
+def _not_mlp(module: nn.Module) -> str:
+    return (f"holds a {type(module).__name__}, not a plain Linear/ReLU MLP; read it with "
+            "nsr.networks.load_network and trace it with nsr.pl.trace")
 
 
 def _from_module(obj: nn.Module) -> PLNetwork:

@@ -1,4 +1,4 @@
-"""Hydra app training ReLU implicit surface networks with Lightning.
+"""Hydra app training implicit surface networks (``model=`` relu_mlp, skip_mlp, residual_mlp, grid_mlp) with Lightning.
 
 ``python -m nsr.train`` / ``nsr-train`` (primary config ``conf/train.yaml``), or
 :func:`train` with a composed config. A run directory holds ``config.yaml`` (and ``.hydra/``
@@ -38,13 +38,13 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
-def _instantiate(node: DictConfig, what: str) -> Any:
+def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
     """Instantiate a config node; bad input raises its own clear error, not Hydra's wrapper
     (whose message spans lines and names the target, not the option)."""
     from hydra.errors import InstantiationException
 
     try:
-        return hydra.utils.instantiate(node)
+        return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, (OSError, ValueError, ImportError)):
             raise err.__cause__ from None
@@ -175,21 +175,19 @@ def train(cfg: DictConfig) -> Path:
         L.seed_everything(int(cfg.seed), workers=True)
     datamodule = _instantiate_data(cfg)  # validates the shape: fails early
     source: ShapeSource = datamodule.source
-    net = _instantiate(cfg.model, "model")  # a bad model option fails before the run is written
+    # The model config nests the network (model.net) and the optimizer/scheduler factories; the
+    # loss, the data's transform and the run's config are given here. A bad model option fails
+    # before the run directory is written.
     run_dir = _resolve_run_dir(cfg)
     with open_dict(cfg):
         cfg.run_dir = str(run_dir)
+    make_module = _instantiate(cfg.model, "model", _partial_=True)
+    module = make_module(loss=hydra.utils.instantiate(cfg.loss), transform=source.transform(),
+                         config=OmegaConf.to_container(cfg, resolve=False))
+    if not isinstance(module, ImplicitShapeModule):
+        raise ConfigError(f"model._target_={cfg.model.get('_target_')}: must be nsr.lightning.ImplicitShapeModule "
+                          "(the network itself goes in model.net)")
     _write_run_files(run_dir, cfg, source)
-
-    module = ImplicitShapeModule(
-        net=net,
-        loss=hydra.utils.instantiate(cfg.loss),
-        optimizer=hydra.utils.instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
-        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        scheduler_interval=str(cfg.get("scheduler_interval", "epoch")),
-        transform=source.transform(),
-        config=OmegaConf.to_container(cfg, resolve=False),
-    )
     callbacks = _instantiate_all(cfg.get("callbacks"))
     reg = cfg.get("regularizer")
     if reg and "_target_" in reg:
@@ -248,9 +246,27 @@ def _app(cfg: DictConfig) -> float | None:
     return None
 
 
+# Options that moved when the model config took the lightning-hydra-template layout.
+_MOVED = {**{f"model.{k}": f"model.net.{k}" for k in ("in_dim", "width", "depth", "geometric_init", "radius")},
+          "optimizer": "model.optimizer", "scheduler": "model.scheduler",
+          "scheduler_interval": "model.scheduler_interval"}
+
+
+def check_moved_options(argv: list[str]) -> None:
+    """Refuse an override of an option that moved into the nested model config, with one line
+    naming its new key (Hydra's own message says only that the key is not in the config)."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        for old, new in _MOVED.items():
+            if "=" in arg and (key == old or key.startswith(old + ".")):
+                fail("train", f"{key}: moved to {new}{key[len(old):]} (the model config nests the network as "
+                              "model.net and its optimizer and scheduler as model.optimizer, model.scheduler)")
+
+
 def main() -> float | None:
     """Entry point of ``nsr-train`` (``--help`` lists the options); returns the final
     ``val/sdf_mae`` (for sweepers)."""
+    check_moved_options(sys.argv[1:])
     return hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(_app)()
 
 

@@ -167,7 +167,8 @@ def test_train_log_has_a_line_per_epoch_and_no_redraws(tmp_path):
     """stdout to a file (a pipe here): no progress-bar carriage returns, one line per epoch, and
     the run directory at the end."""
     run = tmp_path / "run"
-    proc = start_app("train", "trainer.max_epochs=2", "model.width=8", "model.depth=2", "trainer.accelerator=cpu",
+    proc = start_app("train", "trainer.max_epochs=2", "model.net.width=8", "model.net.depth=2",
+                     "trainer.accelerator=cpu",
                      "data.sampling.steps_per_epoch=2", "data.sampling.batch_size=256", "data.sampling.n_val=500",
                      "extract=none", "logger=none", f"hydra.run.dir={run}", cwd=tmp_path)
     out, err = proc.communicate(timeout=600)

@@ -55,7 +55,7 @@ def test_every_option_composes(group, option, tmp_path):
 
 def test_default_is_small_and_fast():
     cfg = _compose([])
-    assert cfg.model.width == 32 and cfg.model.depth == 3 and cfg.data.kind == "analytic"
+    assert cfg.model.net.width == 32 and cfg.model.net.depth == 3 and cfg.data.kind == "analytic"
     assert "_target_" not in (cfg.regularizer or {})
 
 
@@ -63,7 +63,7 @@ def test_default_is_small_and_fast():
 def test_analytic_data_instantiates_with_matching_model(option):
     cfg = _compose([f"data={option}"])
     dm = hydra.utils.instantiate(cfg.data)
-    net = hydra.utils.instantiate(cfg.model)
+    net = hydra.utils.instantiate(cfg.model.net)
     assert isinstance(net, ReLUMLP) and net.in_dim == dm.source.dim == cfg.data.dim
 
 
@@ -71,7 +71,8 @@ def test_mesh_experiment_needs_path_and_uses_it(tmp_path):
     path = tmp_path / "s.obj"
     trimesh.creation.icosphere(2).export(path)
     cfg = _compose(["experiment=mesh", f"data.path={path}"])
-    assert cfg.data.kind == "mesh" and cfg.data.path == str(path) and (cfg.model.width, cfg.model.depth) == (64, 4)
+    assert cfg.data.kind == "mesh" and cfg.data.path == str(path)
+    assert (cfg.model.net.width, cfg.model.net.depth) == (64, 4)
     cfg = _compose(["experiment=mesh"])
     with pytest.raises(Exception, match="path"):
         hydra.utils.instantiate(cfg.data)
@@ -81,15 +82,15 @@ def test_loss_optimizer_scheduler_instantiate():
     cfg = _compose(["loss=occupancy"])
     loss = hydra.utils.instantiate(cfg.loss)
     assert loss.weights["occupancy"] == 1.0 and loss.weights["sdf"] == 0.0
-    net = hydra.utils.instantiate(cfg.model)
-    opt = hydra.utils.instantiate(cfg.optimizer)(params=net.parameters())
-    sched = hydra.utils.instantiate(cfg.scheduler)(optimizer=opt)
+    net = hydra.utils.instantiate(cfg.model.net)
+    opt = hydra.utils.instantiate(cfg.model.optimizer)(params=net.parameters())
+    sched = hydra.utils.instantiate(cfg.model.scheduler)(optimizer=opt)
     assert sched.T_max == cfg.trainer.max_epochs
 
 
 @pytest.mark.parametrize("launcher, target", [("joblib", "Joblib"), ("slurm", "Slurm")])
 def test_launchers_for_multirun(launcher, target):
-    cfg = _compose([f"launcher={launcher}", "model.width=32"], hydra_cfg=True)
+    cfg = _compose([f"launcher={launcher}", "model.net.width=32"], hydra_cfg=True)
     assert target in cfg.hydra.launcher._target_
 
 

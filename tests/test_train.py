@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import types
@@ -29,8 +30,8 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "trainer.check_val_every_n_epoch=1",
-    "model.width=16",
-    "model.depth=2",
+    "model.net.width=16",
+    "model.net.depth=2",
     "data.sampling.batch_size=256",
     "data.sampling.steps_per_epoch=4",
     "data.sampling.n_val=512",
@@ -93,11 +94,11 @@ def test_sphere_learns_sign_convention(tmp_path):
         "data=sphere",
         "trainer.max_epochs=3",
         "data.sampling.steps_per_epoch=10",
-        "model.radius=0.15",
+        "model.net.radius=0.15",
         "callbacks=none",
         "logger=csv",
         "trainer.log_every_n_steps=1",
-        "optimizer.lr=1e-2",
+        "model.optimizer.lr=1e-2",
     )
     run = train(cfg)
     assert json.loads((run / "metrics.json").read_text())["val/iou"] > 0.8
@@ -214,7 +215,8 @@ def test_ctrl_c_during_the_training_export_propagates(tmp_path, monkeypatch, tet
 def test_hydra_app_writes_its_config(tmp_path):
     run = tmp_path / "app"
     cmd = [sys.executable, "-m", "nsr.train", *TINY, "trainer.fast_dev_run=true", f"hydra.run.dir={run}"]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's nsr
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path, timeout=120, env=env)
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.json").is_file()
 
 

@@ -129,12 +129,12 @@ def test_compare_single_resolution_means_that_resolution(files):
 
 
 TRAIN = [
-    (["model.width=0"], "model.width=0: must be between 1"),
-    (["model.depth=-1"], "model.depth=-1: must be between 1"),
-    (["model.width=abc"], "model.width='abc': must be an integer"),
+    (["model.net.width=0"], "model.net.width=0: must be between 1"),
+    (["model.net.depth=-1"], "model.net.depth=-1: must be between 1"),
+    (["model.net.width=abc"], "model.net.width='abc': must be an integer"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: nothing would be trained"),
-    (["optimizer.lr=-1"], "optimizer.lr=-1: must be > 0"),
-    (["optimizer.lr=nan"], "optimizer.lr=nan: must be a finite number"),
+    (["model.optimizer.lr=-1"], "model.optimizer.lr=-1: must be > 0"),
+    (["model.optimizer.lr=nan"], "model.optimizer.lr=nan: must be a finite number"),
     (["trainer.precision=8"], "trainer.precision=8: must be one of"),
     (["data.path={shape}"], "ignores data.path; train on a file with experiment=mesh"),
     (["experiment=mesh"], "data.path is required"),
@@ -152,11 +152,11 @@ def test_train_options(files, overrides, message, tmp_path):
 
 
 def test_train_model_width_zero_writes_nothing(tmp_path):
-    """model.width=0 used to fail only after config.yaml was written."""
+    """model.net.width=0 used to fail only after config.yaml was written."""
     from nsr.train import train
 
-    with pytest.raises(ConfigError, match="model.width=0"):
-        train(_compose("train", ["model.width=0", f"run_dir={tmp_path / 'run'}"]))
+    with pytest.raises(ConfigError, match="model.net.width=0"):
+        train(_compose("train", ["model.net.width=0", f"run_dir={tmp_path / 'run'}"]))
     assert not (tmp_path / "run").exists()
 
 
@@ -178,7 +178,7 @@ def test_apps_refuse_in_one_line_before_writing(files, tmp_path):
         ("extract", [f"net={files['net']}", "device=cuda:99"], "device=cuda:99"),
         ("extract", [f"net={files['net']}", f"hydra.run.dir={files['blocker']}/x"], "hydra.run.dir="),
         ("extract", [f"net={files['net']}", "bounds=abc"], "bounds="),
-        ("train", ["model.width=0"], "model.width=0"),
+        ("train", ["model.net.width=0"], "model.net.width=0"),
         ("train", [f"data.path={files['shape']}"], "data.path="),
     ]
     procs = []
