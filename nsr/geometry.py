@@ -206,10 +206,11 @@ def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
         graph = _mlp_graph(list(net[0]), list(net[1]))
     elif isinstance(net, nn.Module) and isinstance(getattr(net, "net", None), _LIVE_MODULES):
         return network_graph(net.net, dtype)
-    elif isinstance(net, nn.Module):
+    elif isinstance(net, nn.Module):  # any other module: traced, a constant graph (see has_live_graph)
         from nsr.pl import trace
 
-        graph = trace(getattr(net, "net", net) if isinstance(getattr(net, "net", None), nn.Module) else net)
+        inner = getattr(net, "net", None)
+        graph = trace(inner if isinstance(inner, nn.Module) else net)
     else:
         raise TypeError(f"cannot read a network from {type(net).__name__}: pass an nn.Module, a PLGraph, a "
                         "PLNetwork or a (weights, biases) pair")
