@@ -13,6 +13,12 @@ functions of the network's parameters:
 * a polygon's region has the affine map ``f(x) = a . x + b`` given by its pattern, so its
   normal ``a / |a|`` and gradient norm ``|a|`` need no vertex at all.
 
+Every network is read as a :class:`nsr.pl.PLGraph` (:func:`network_graph`): skip and residual
+blocks, LeakyReLU/PReLU/``abs``/clamp neurons (a region's maps multiply each neuron by its slope
+on the region's side, not by a 0/1 mask) and output transforms (the geometry is that of ``g``;
+pass ``level=graph.level(t)``). For nsr's own modules the graph is built from the parameters
+without detaching (:func:`nsr.pl.trace` detaches), so positions are differentiable in them.
+
 All functions are batched (masked layer products, ``torch.linalg.solve``), run on the
 parameters' device and never loop over vertices in Python. The mesh geometry (areas,
 normals, edge lengths, dihedral and triangle angles, enclosed volume) is computed from
@@ -31,6 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from nsr.networks import PLNetwork, ReLUMLP
+from nsr.pl.graph import _ENCODED_SOURCE, INPUT, Affine, Layer, OutputTransform, PLGraph, as_graph
+from nsr.pl.layout import FACET, ConstraintLayout
+from nsr.pl.models import ResidualMLP, SkipMLP
 
 Params = tuple[list[Tensor], list[Tensor]]
 
@@ -39,12 +48,13 @@ Params = tuple[list[Tensor], list[Tensor]]
 
 
 def network_params(net: Any, dtype: torch.dtype | None = None) -> Params:
-    """Live ``(weights, biases)`` of a network, keeping the autograd graph.
+    """Live ``(weights, biases)`` of a plain ReLU MLP, keeping the autograd graph.
 
     Accepts a :class:`ReLUMLP` (its ``nn.Linear`` parameters, so gradients reach
     ``net.parameters()``), a module with a ``.net`` ReLUMLP (nsr's LightningModule), a
     :class:`PLNetwork`, or a ``(weights, biases)`` pair. ``weights[l]`` is ``(n_l, n_{l-1})``.
-    With ``dtype`` the tensors are cast (a differentiable cast).
+    With ``dtype`` the tensors are cast (a differentiable cast). Every function of this module
+    reads any network through :func:`network_graph`; this is the MLP special case.
 
     Parameters
     ----------
@@ -92,47 +102,207 @@ def network_params(net: Any, dtype: torch.dtype | None = None) -> Params:
     return ws, bs
 
 
-def _split_patterns(patterns: Tensor, widths: Sequence[int]) -> list[Tensor]:
-    return list(torch.split(patterns, list(widths), dim=1))
+def _mlp_graph(ws: Sequence[Tensor], bs: Sequence[Tensor]) -> PLGraph:
+    """The graph of a ReLU chain whose tensors are ``ws``/``bs`` themselves (no copy, autograd kept)."""
+    layers = [Layer({l - 1: w}, b) for l, (w, b) in enumerate(zip(ws[:-1], bs[:-1]))]
+    return PLGraph(int(ws[0].shape[1]), layers, Affine({len(layers) - 1: ws[-1]}, bs[-1]))
 
 
-def _layer_maps(params: Params, patterns: Tensor):  # noqa: ANN202 (generator)
-    """Yield the affine maps ``M (V, D+1, n_l)`` of every layer's pre-activations.
+def _slopes(act: nn.Module, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    neg = float(act.negative_slope) if isinstance(act, nn.LeakyReLU) else 0.0
+    return torch.full((n,), neg, dtype=like.dtype, device=like.device), torch.ones(n, dtype=like.dtype,
+                                                                                    device=like.device)
 
-    With the activation pattern fixed per row, layer ``l``'s pre-activation is the affine
-    function ``x -> M[:, :D].T x + M[:, D]`` of the input (rows ``:D`` the coefficients, row
-    ``D`` the offset); the last yield is the output layer (``n_L = 1``). Each layer is one
-    GEMM of ``(V (D+1), n_{l-1}) x (n_{l-1}, n_l)``.
+
+def _skip_graph(m: SkipMLP) -> PLGraph:
+    """The live graph of a :class:`SkipMLP`: layer ``skip`` reads the previous layer and the input."""
+    if m.latent_dim:
+        raise TypeError("a SkipMLP with a latent code has no live graph here (the code is an input); trace it with "
+                        "nsr.pl.trace(module, latent=code) for a graph without gradients to the parameters")
+    ws = [layer.weight for layer in m.layers]  # weight-normalized weights are computed live
+    bs = [layer.bias for layer in m.layers]
+    layers = []
+    for i, (w, b) in enumerate(zip(ws[:-1], bs[:-1])):
+        if i == 0:
+            blocks = {INPUT: w}
+        elif m.skip and i == m.skip:  # cat([h, x]): the first columns read h, the last the input
+            n_prev = int(ws[i - 1].shape[0])
+            blocks = {i - 1: w[:, :n_prev], INPUT: w[:, n_prev:]}
+        else:
+            blocks = {i - 1: w}
+        layers.append(Layer(blocks, b))
+    transform = OutputTransform((("tanh",),)) if m.tanh_output else OutputTransform()
+    return PLGraph(m.in_dim, layers, Affine({len(layers) - 1: ws[-1]}, bs[-1]), transform)
+
+
+def _residual_graph(m: ResidualMLP) -> PLGraph:
+    """The live graph of a :class:`ResidualMLP`: the linear stream ``h`` is kept as an affine map
+    of the input and of every earlier block's neurons, so block ``b`` reads all of them."""
+    stream = {INPUT: m.embed.weight}  # h = sum_k stream[k] @ a_k + hb
+    hb = m.embed.bias
+    layers = []
+    for b, block in enumerate(m.blocks):
+        w1 = block.inner.weight
+        layers.append(Layer({k: w1 @ s for k, s in stream.items()}, w1 @ hb + block.inner.bias,
+                            *_slopes(block.act, w1.shape[0], hb)))
+        stream = {**stream, b: block.outer.weight}
+        hb = hb + block.outer.bias
+    layers.append(Layer(dict(stream), hb, *_slopes(m.head_act, hb.shape[0], hb)))  # the head's activation
+    return PLGraph(m.in_dim, layers, Affine({len(layers) - 1: m.head.weight}, m.head.bias))
+
+
+def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
+    """The :class:`PLGraph` of a network, with its tensors live in the module's parameters.
+
+    nsr's own modules (:class:`ReLUMLP`, :class:`nsr.pl.SkipMLP`, :class:`nsr.pl.ResidualMLP`,
+    or a module holding one as ``.net``) and ``(weights, biases)`` pairs give a graph whose
+    blocks and biases are computed from the parameters without detaching, so vertex positions
+    and region maps built from it are differentiable in ``net.parameters()``. A
+    :class:`PLGraph` is used as it is (differentiable in its own tensors), a
+    :class:`PLNetwork` through :func:`nsr.pl.as_graph`. Any other module is traced
+    (:func:`nsr.pl.trace`): a constant graph, see :func:`has_live_graph`.
+
+    Parameters
+    ----------
+    net : module, PLGraph, PLNetwork or (weights, biases)
+        The network.
+    dtype : torch.dtype, optional
+        Cast the graph's tensors (a differentiable cast).
+
+    Returns
+    -------
+    PLGraph
+
+    Raises
+    ------
+    TypeError
+        For something that is not a network.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import SkipMLP
+    >>> from nsr.geometry import network_graph
+    >>> _ = torch.manual_seed(0)
+    >>> model = SkipMLP(in_dim=3, width=8, depth=4)
+    >>> g = network_graph(model, torch.float64)
+    >>> g.layers[2].sources, g.layers[2].blocks[-1].requires_grad
+    ([-1, 1], True)
+    >>> x = torch.rand(5, 3, dtype=torch.float64)
+    >>> bool(torch.allclose(g(x), model.double()(x)))
+    True
     """
-    ws, bs = params
-    widths = [int(w.shape[0]) for w in ws[:-1]]
-    masks = _split_patterns(patterns, widths)
-    n_rows, dim = patterns.shape[0], int(ws[0].shape[1])
-    m = torch.cat([ws[0].T, bs[0].unsqueeze(0)], 0).unsqueeze(0).expand(n_rows, -1, -1)
-    yield m
-    lift = torch.zeros(dim + 1, 1, dtype=ws[0].dtype, device=ws[0].device)
-    lift[dim] = 1.0  # the bias enters the offset row only
-    for w, b, mk in zip(ws[1:], bs[1:], masks):
-        m = (m * mk.to(m.dtype).unsqueeze(1)) @ w.T + lift * b
-        yield m
+    if isinstance(net, PLGraph):
+        graph = net
+    elif isinstance(net, ReLUMLP):
+        graph = _mlp_graph([m.weight for m in net.layers], [m.bias for m in net.layers])
+    elif isinstance(net, SkipMLP):
+        graph = _skip_graph(net)
+    elif isinstance(net, ResidualMLP):
+        graph = _residual_graph(net)
+    elif isinstance(net, PLNetwork):
+        graph = as_graph(net)
+    elif isinstance(net, (tuple, list)) and len(net) == 2:
+        graph = _mlp_graph(list(net[0]), list(net[1]))
+    elif isinstance(net, nn.Module) and isinstance(getattr(net, "net", None), _LIVE_MODULES):
+        return network_graph(net.net, dtype)
+    elif isinstance(net, nn.Module):  # any other module: traced, a constant graph (see has_live_graph)
+        from nsr.pl import trace
+
+        inner = getattr(net, "net", None)
+        graph = trace(inner if isinstance(inner, nn.Module) else net)
+    else:
+        raise TypeError(f"cannot read a network from {type(net).__name__}: pass an nn.Module, a PLGraph, a "
+                        "PLNetwork or a (weights, biases) pair")
+    return graph if dtype is None or graph.dtype == dtype else graph.to(dtype=dtype)
+
+
+_LIVE_MODULES = (ReLUMLP, SkipMLP, ResidualMLP)
+
+
+def has_live_graph(net: Any) -> bool:
+    """Whether :func:`network_graph` keeps gradients to ``net``'s parameters.
+
+    True for nsr's own modules (or a module holding one as ``.net``), graphs, networks and
+    ``(weights, biases)`` pairs; False for other modules, which are traced into constant graphs
+    (:func:`nsr.pl.trace` detaches), so that a regularizer on them would have no gradient.
+
+    Parameters
+    ----------
+    net : object
+        The network.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl import ResidualMLP
+    >>> from nsr.geometry import has_live_graph
+    >>> has_live_graph(ResidualMLP(3, 8, 2)), has_live_graph(torch.nn.Sequential(torch.nn.Linear(3, 1)))
+    (True, False)
+    """
+    if isinstance(net, _LIVE_MODULES) or isinstance(getattr(net, "net", None), _LIVE_MODULES):
+        return True
+    return not isinstance(net, nn.Module)
+
+
+def _split_patterns(graph: PLGraph, patterns: Tensor) -> list[Tensor]:
+    """``(P, N)`` patterns (bool, or 0/1 floats) as one bool ``(P, n_l)`` tensor per layer."""
+    if patterns.dtype != torch.bool:
+        patterns = patterns > 0.5
+    return list(torch.split(patterns.to(graph.device), graph.widths, dim=1))
+
+
+def _encoder(graph: PLGraph) -> Any:
+    return getattr(graph, "encoder", None)
+
+
+def _backward_gradient(graph: PLGraph, pats: Sequence[Tensor]) -> Tensor:
+    """``grad g`` ``(P, D)`` on regions, by a backward product: adjoints ``(P, n_k)`` per layer
+    (no ``(P, n, D)`` maps), each neuron times its slope on the region's side."""
+    n_pat = pats[0].shape[0] if pats else 1
+    adj: dict[int, Tensor] = {}
+    grad = None
+
+    def push(aff: Affine, u: Tensor) -> None:
+        nonlocal grad
+        for k, w in aff.blocks.items():
+            t = u @ w
+            if k == INPUT:
+                grad = t if grad is None else grad + t
+            else:
+                adj[k] = adj[k] + t if k in adj else t
+
+    push(graph.output, torch.ones(n_pat, 1, dtype=graph.dtype, device=graph.device))
+    for l in reversed(range(graph.n_layers)):
+        if l in adj:
+            push(graph.layers[l], adj.pop(l) * graph.layers[l].slopes(pats[l]).to(graph.dtype))
+    if grad is None:  # an output that does not depend on x
+        grad = torch.zeros(n_pat, graph.in_dim, dtype=graph.dtype, device=graph.device)
+    return grad
 
 
 def region_affine(
-    net: Any, patterns: Tensor, dtype: torch.dtype | None = None
+    net: Any, patterns: Tensor, dtype: torch.dtype | None = None, points: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Affine map ``f(x) = grad . x + offset`` of the linear regions with given patterns.
+    """Affine map ``g(x) = grad . x + offset`` of the linear regions with given patterns.
 
     ``patterns`` is ``(P, N)`` bool (hidden neurons in layer order). Returns ``grad (P, D)``
-    and ``offset (P,)``, differentiable in the parameters.
+    and ``offset (P,)``, differentiable in the network's tensors (see :func:`network_graph`).
 
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads.
+        Anything :func:`network_graph` reads.
     patterns : (P, N) bool Tensor
         Activation patterns of ``P`` regions.
     dtype : torch.dtype, optional
         Compute in this dtype.
+    points : (P, D) float Tensor, optional
+        A point in each region; needed for a graph with an encoder.
 
     Returns
     -------
@@ -149,39 +319,34 @@ def region_affine(
     >>> region_affine(net, pattern)  # f = x - y + z - 0.5 there
     (tensor([[ 1., -1.,  1.]], dtype=torch.float64), tensor([-0.5000], dtype=torch.float64))
     """
-    params = network_params(net, dtype)
-    patterns = patterns.to(params[0][0].device)
-    ws, bs = params
-    # Backward product for the gradient (cheap: no (P, n, D) tensors), forward for the offset.
-    widths = [int(w.shape[0]) for w in ws[:-1]]
-    masks = [m.to(ws[0].dtype) for m in _split_patterns(patterns, widths)]
-    g = _region_gradient(ws, masks, patterns.shape[0])
-    h = None
-    for i, (w, b) in enumerate(zip(ws, bs)):
-        z = (b.expand(patterns.shape[0], -1) if h is None else h @ w.T + b)
-        h = z * masks[i] if i < len(masks) else z
-    return g, h.squeeze(-1)
+    graph = network_graph(net, dtype)
+    pats = _split_patterns(graph, patterns)
+    if _encoder(graph) is not None:
+        a, c = graph.region_maps(pats, points=points)[-1]
+        return a[:, 0], c[:, 0]
+    # Backward product for the gradient (cheap: no (P, n, D) tensors), forward at x = 0 for the offset.
+    n_pat = patterns.shape[0]
+    values: dict[int, Tensor] = {INPUT: torch.zeros(n_pat, graph.in_dim, dtype=graph.dtype, device=graph.device)}
+    for l, layer in enumerate(graph.layers):
+        values[l] = layer.apply(values) * layer.slopes(pats[l]).to(graph.dtype)
+    return _backward_gradient(graph, pats), graph.output.apply(values)[:, 0]
 
 
-def _region_gradient(ws: list[Tensor], masks: list[Tensor], n: int) -> Tensor:
-    g = ws[-1].expand(n, -1)
-    for w, m in zip(reversed(ws[:-1]), reversed(masks)):
-        g = (g * m) @ w
-    return g
-
-
-def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """``grad f`` of the regions with ``(P, N)`` patterns, ``(P, D)`` (the first output of
+def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = None,
+                     points: Tensor | None = None) -> Tensor:
+    """``grad g`` of the regions with ``(P, N)`` patterns, ``(P, D)`` (the first output of
     :func:`region_affine` without its forward pass for the offsets).
 
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads.
+        Anything :func:`network_graph` reads.
     patterns : (P, N) bool Tensor
         Activation patterns.
     dtype : torch.dtype, optional
         Compute in this dtype.
+    points : (P, D) float Tensor, optional
+        A point in each region; needed for a graph with an encoder.
 
     Returns
     -------
@@ -197,10 +362,11 @@ def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = Non
     >>> region_gradients(net, pattern)
     tensor([[ 1., -1.,  1.]], dtype=torch.float64)
     """
-    ws, _ = network_params(net, dtype)
-    patterns = patterns.to(ws[0].device)
-    masks = [m.to(ws[0].dtype) for m in _split_patterns(patterns, [int(w.shape[0]) for w in ws[:-1]])]
-    return _region_gradient(ws, masks, patterns.shape[0])
+    graph = network_graph(net, dtype)
+    pats = _split_patterns(graph, patterns)
+    if _encoder(graph) is not None:
+        return graph.region_maps(pats, points=points)[-1][0][:, 0]
+    return _backward_gradient(graph, pats)
 
 
 def region_normals(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -209,7 +375,7 @@ def region_normals(net: Any, patterns: Tensor, dtype: torch.dtype | None = None)
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads.
+        Anything :func:`network_graph` reads.
     patterns : (P, N) bool Tensor
         Activation patterns.
     dtype : torch.dtype, optional
@@ -239,7 +405,7 @@ def region_gradient_norm(net: Any, patterns: Tensor, dtype: torch.dtype | None =
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads.
+        Anything :func:`network_graph` reads.
     patterns : (P, N) bool Tensor
         Activation patterns.
     dtype : torch.dtype, optional
@@ -263,6 +429,22 @@ def region_gradient_norm(net: Any, patterns: Tensor, dtype: torch.dtype | None =
     return safe_norm(g)
 
 
+def _layout(graph: PLGraph, bounds_t: Tensor) -> tuple[ConstraintLayout, Tensor | None, Tensor | None]:
+    """The constraint layout, and the encoder's planes ``(P, D)``, ``(P,)`` over the box (or ``None``)."""
+    enc = _encoder(graph)
+    if enc is None:
+        return ConstraintLayout.of(graph), None, None
+    normals, offsets = enc.planes(bounds_t[:, 0], bounds_t[:, 1])
+    normals, offsets = normals.to(bounds_t), offsets.to(bounds_t)
+    return ConstraintLayout.of(graph, n_facets=int(normals.shape[0])), normals, offsets
+
+
+def _check_ids(lay: ConstraintLayout, constraints: Tensor) -> None:
+    if constraints.numel() and bool(((constraints < 0) | (constraints >= lay.n_constraints)).any()):
+        raise ValueError(f"constraint ids must be in [0, {lay.n_constraints}) (2D + P + N + 1) for this network, got "
+                         f"{int(constraints.min())}..{int(constraints.max())}")
+
+
 def constraint_system(
     net: Any,
     constraints: Tensor,
@@ -270,18 +452,22 @@ def constraint_system(
     bounds: Tensor | np.ndarray | Sequence[Sequence[float]],
     level: float = 0.0,
     dtype: torch.dtype | None = None,
+    vertices: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The affine equations ``J x + c = 0`` of each vertex's active constraints.
 
-    ``constraints`` is ``(V, D)`` long with nsr's ids (``c < 2D`` box facet, ``c = 2d`` is
-    ``x_d = lo_d`` and ``c = 2d+1`` is ``x_d = hi_d``; ``2D <= c < 2D+N`` hidden neuron
-    ``c - 2D``; ``c == 2D+N`` the output at ``level``). ``patterns`` is ``(V, N)`` bool.
-    Returns ``J (V, D, D)`` and ``c (V, D)``.
+    ``constraints`` is ``(V, D)`` long with the ids of :class:`nsr.pl.layout.ConstraintLayout`
+    (``c < 2D`` box facet, ``c = 2d`` is ``x_d = lo_d`` and ``c = 2d+1`` is ``x_d = hi_d``;
+    then the encoder's planes ``normals . x = offsets`` if the graph has an encoder; then the
+    neurons layer by layer; last the output at ``level``). ``patterns`` is ``(V, N)`` bool.
+    A neuron's row is its pre-activation's affine map on the vertex's region
+    (:meth:`nsr.pl.PLGraph.region_maps`: every block of every source, earlier neurons times
+    their slopes). Returns ``J (V, D, D)`` and ``c (V, D)``.
 
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads.
+        Anything :func:`network_graph` reads.
     constraints : (V, D) int64 Tensor
         Active constraint ids of each vertex.
     patterns : (V, N) bool Tensor
@@ -289,9 +475,11 @@ def constraint_system(
     bounds : (D, 2) array_like
         The box.
     level : float
-        The level set.
+        The level set of ``g``.
     dtype : torch.dtype, optional
         Compute in this dtype.
+    vertices : (V, D) float Tensor, optional
+        The vertices (detached); needed for a graph with an encoder (its feature maps).
 
     Returns
     -------
@@ -301,7 +489,7 @@ def constraint_system(
     Raises
     ------
     ValueError
-        On a constraint id of ``2D + N + 1`` or more.
+        On a constraint id outside ``[0, 2D + P + N + 1)``.
 
     Examples
     --------
@@ -317,37 +505,37 @@ def constraint_system(
     >>> torch.linalg.solve(jac, -c) + 0.0
     tensor([[0.5000, 0.0000, 0.0000]], dtype=torch.float64)
     """
-    ws, bs = network_params(net, dtype)
-    device, fdtype = ws[0].device, ws[0].dtype
+    graph = network_graph(net, dtype)
+    device, fdtype = graph.device, graph.dtype
     constraints = constraints.to(device=device, dtype=torch.long)
-    patterns = patterns.to(device)
-    n_v, dim = constraints.shape
+    dim = constraints.shape[1]
     bounds_t = torch.as_tensor(np.asarray(bounds, dtype=np.float64), device=device).to(fdtype)
+    lay, normals, offsets = _layout(graph, bounds_t)
+    _check_ids(lay, constraints)
     # Box facets: row e_d, offset -lo_d or -hi_d.
-    is_box = constraints < 2 * dim
-    box_axis = torch.div(constraints.clamp(0, 2 * dim - 1), 2, rounding_mode="floor")
-    box_side = constraints.clamp(0, 2 * dim - 1) % 2
-    eye = torch.eye(dim, dtype=fdtype, device=device)
-    jac = eye[box_axis]  # (V, D, D)
+    box_axis, box_side = lay.box_axis_side(constraints)
+    jac = torch.eye(dim, dtype=fdtype, device=device)[box_axis]  # (V, D, D)
     off = -bounds_t[box_axis, box_side]  # (V, D)
-    offset = 2 * dim
-    n_layers = len(ws)
-    for layer, m in enumerate(_layer_maps((ws, bs), patterns)):
-        n_l = m.shape[2]
-        sel = (constraints >= offset) & (constraints < offset + n_l)
+    if normals is not None:
+        is_facet = lay.kind(constraints) == FACET
+        p = (constraints - lay.facet_offset).clamp(0, max(lay.n_facets - 1, 0))
+        if lay.n_facets:
+            jac = torch.where(is_facet[..., None], normals[p], jac)
+            off = torch.where(is_facet, -offsets[p], off)
+    x0 = None if vertices is None else vertices.detach().to(device=device, dtype=fdtype)
+    maps = graph.region_maps(_split_patterns(graph, patterns), points=x0, augmented=True)
+    layer_of = lay.layer_of(constraints)
+    for layer, m in enumerate(maps):  # (V, D+1, n_l); the last is the output
+        sel = layer_of == layer
         if bool(sel.any()):
-            idx = (constraints - offset).clamp(0, n_l - 1)  # (V, D)
+            idx = (constraints - lay.neuron(layer)).clamp(0, m.shape[2] - 1)  # (V, D)
             g = torch.gather(m, 2, idx.unsqueeze(1).expand(-1, dim + 1, -1))  # (V, D+1, D)
             a_sel = g[:, :dim, :].transpose(1, 2)  # (V, constraint, coordinate)
             c_sel = g[:, dim, :]
-            if layer == n_layers - 1:
-                c_sel = c_sel - level  # the output layer: f = level
+            if layer == graph.n_layers:
+                c_sel = c_sel - level  # the output: g = level
             jac = torch.where(sel.unsqueeze(-1), a_sel, jac)
             off = torch.where(sel, c_sel, off)
-        offset += n_l
-    bad_ids = (~is_box) & (constraints >= offset)
-    if bool(bad_ids.any()):
-        raise ValueError(f"constraint ids must be < {offset} (2D + N + 1) for this network")
     return jac, off
 
 
@@ -364,14 +552,15 @@ def constraint_residuals(
 
     The same values as :func:`constraint_system` applied to ``vertices`` (each constraint's
     pre-activation with the pattern fixed; ``x_d - lo_d`` / ``x_d - hi_d`` for box facets;
-    ``f - level`` for the output), computed by one masked forward pass: ``(V, n_l)`` per
-    layer instead of the ``(V, D+1, n_l)`` maps, so its graph is about ``D+1`` times
-    cheaper. Differentiable in the parameters (``vertices`` are detached).
+    ``normals . x - offsets`` for encoder planes; ``g - level`` for the output), computed by
+    one forward pass with fixed slopes: ``(V, n_l)`` per layer instead of the
+    ``(V, D+1, n_l)`` maps, so its graph is about ``D+1`` times cheaper. Differentiable in the
+    network's tensors (``vertices`` are detached).
 
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads.
+        Anything :func:`network_graph` reads.
     vertices : (V, D) float Tensor
         Positions.
     constraints : (V, D) int64 Tensor
@@ -381,7 +570,7 @@ def constraint_residuals(
     bounds : (D, 2) array_like
         The box.
     level : float
-        The level set.
+        The level set of ``g``.
     dtype : torch.dtype, optional
         Compute in this dtype.
 
@@ -393,7 +582,7 @@ def constraint_residuals(
     Raises
     ------
     ValueError
-        On a constraint id of ``2D + N + 1`` or more.
+        On a constraint id outside ``[0, 2D + P + N + 1)``.
 
     Examples
     --------
@@ -410,33 +599,35 @@ def constraint_residuals(
     >>> constraint_residuals(net, x0 + 0.1, ids, pattern, box)  # y, z and f = x - y - z - 0.5 on this pattern
     tensor([[ 0.1000,  0.1000, -0.1000]], dtype=torch.float64)
     """
-    ws, bs = network_params(net, dtype)
-    device, fdtype = ws[0].device, ws[0].dtype
+    graph = network_graph(net, dtype)
+    device, fdtype = graph.device, graph.dtype
     constraints = constraints.to(device=device, dtype=torch.long)
-    patterns = patterns.to(device)
     x = vertices.detach().to(device=device, dtype=fdtype)
-    dim = x.shape[1]
     bounds_t = torch.as_tensor(np.asarray(bounds, dtype=np.float64), device=device).to(fdtype)
-    box_axis = torch.div(constraints.clamp(0, 2 * dim - 1), 2, rounding_mode="floor")
-    box_side = constraints.clamp(0, 2 * dim - 1) % 2
+    lay, normals, offsets = _layout(graph, bounds_t)
+    _check_ids(lay, constraints)
+    box_axis, box_side = lay.box_axis_side(constraints)
     res = torch.gather(x, 1, box_axis) - bounds_t[box_axis, box_side]  # box facets
-    widths = [int(w.shape[0]) for w in ws[:-1]]
-    masks = _split_patterns(patterns, widths)
-    offset, h = 2 * dim, x
-    for layer, (w, b) in enumerate(zip(ws, bs)):
-        z = h @ w.T + b  # (V, n_l)
-        if layer == len(ws) - 1:
+    values: dict[int, Tensor] = {INPUT: x}
+    enc = _encoder(graph)
+    if enc is not None:
+        if lay.n_facets:
+            plane = x @ normals.T - offsets  # (V, P)
+            p = (constraints - lay.facet_offset).clamp(0, lay.n_facets - 1)
+            res = torch.where(lay.kind(constraints) == FACET, torch.gather(plane, 1, p), res)
+        values[_ENCODED_SOURCE] = enc(x)
+    pats = _split_patterns(graph, patterns)
+    layer_of = lay.layer_of(constraints)
+    for layer in range(graph.n_layers + 1):
+        z = graph.affine(layer).apply(values)  # (V, n_l)
+        if layer == graph.n_layers:
             z = z - level
-        n_l = z.shape[1]
-        sel = (constraints >= offset) & (constraints < offset + n_l)
+        sel = layer_of == layer
         if bool(sel.any()):
-            idx = (constraints - offset).clamp(0, n_l - 1)
+            idx = (constraints - lay.neuron(layer)).clamp(0, z.shape[1] - 1)
             res = torch.where(sel, torch.gather(z, 1, idx), res)
-        if layer < len(masks):
-            h = z * masks[layer].to(z.dtype)
-        offset += n_l
-    if bool(((constraints >= offset) & (constraints >= 2 * dim)).any()):
-        raise ValueError(f"constraint ids must be < {offset} (2D + N + 1) for this network")
+        if layer < graph.n_layers:
+            values[layer] = z * graph.layers[layer].slopes(pats[layer]).to(z.dtype)
     return res
 
 
@@ -476,7 +667,7 @@ def differentiable_vertices(
     Parameters
     ----------
     net : network
-        Anything :func:`network_params` reads (gradients flow to its parameters).
+        Anything :func:`network_graph` reads (gradients flow to its parameters or tensors).
     vertices : (V, D) float Tensor
         Extracted positions.
     constraints : (V, D) int64 Tensor
@@ -519,13 +710,13 @@ def differentiable_vertices(
     """
     if frozen_jacobian or jacobian_inverse is not None:
         inv = jacobian_inverse if jacobian_inverse is not None else \
-            frozen_jacobian_inverse(net, constraints, patterns, bounds, level, dtype, cond_max)
+            frozen_jacobian_inverse(net, constraints, patterns, bounds, level, dtype, cond_max, vertices=vertices)
         res = constraint_residuals(net, vertices, constraints, patterns, bounds, level, dtype)
         x0 = vertices.detach().to(device=res.device, dtype=res.dtype)
         if x0.shape[0] == 0:
             return x0 + 0.0 * res.sum()
         return x0 - torch.einsum("vij,vj->vi", inv.to(res.dtype), res)
-    jac, off = constraint_system(net, constraints, patterns, bounds, level, dtype)
+    jac, off = constraint_system(net, constraints, patterns, bounds, level, dtype, vertices=vertices)
     x0 = vertices.detach().to(device=jac.device, dtype=jac.dtype)
     if x0.shape[0] == 0:
         return x0 + 0.0 * jac.sum()
@@ -540,6 +731,7 @@ def frozen_jacobian_inverse(
     level: float = 0.0,
     dtype: torch.dtype | None = None,
     cond_max: float = 1e12,
+    vertices: Tensor | None = None,
 ) -> Tensor:
     """``J^-1`` of each vertex's constraint system, without gradient, ``(V, D, D)``; rows of
     degenerate vertices (see :func:`differentiable_vertices`) are zero, so that a Newton step
@@ -550,6 +742,8 @@ def frozen_jacobian_inverse(
     ----------
     net, constraints, patterns, bounds, level, dtype, cond_max
         As in :func:`differentiable_vertices`.
+    vertices : (V, D) float Tensor, optional
+        The vertices; needed for a graph with an encoder (:func:`constraint_system`).
 
     Returns
     -------
@@ -570,7 +764,7 @@ def frozen_jacobian_inverse(
     True
     """
     with torch.no_grad():
-        jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype)
+        jac, _ = constraint_system(net, constraints, patterns, bounds, level, dtype, vertices=vertices)
         inv, bad = _checked_inverse(jac, cond_max)
         return torch.where(bad[:, None, None], torch.zeros_like(inv), inv)
 

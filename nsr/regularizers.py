@@ -38,6 +38,8 @@ from torch import Tensor
 from nsr import geometry as G
 from nsr.complex import as_bounds
 from nsr.geometry import SurfaceStructure
+from nsr.pl.graph import Affine, Layer, PLGraph
+from nsr.pl.models import ResidualMLP, SkipMLP
 
 try:  # Lightning is a dependency, but keep the geometry usable without importing it eagerly
     from lightning.pytorch.callbacks import Callback
@@ -47,9 +49,19 @@ except ImportError:  # pragma: no cover
 
 def _zero(net: Any) -> Tensor:
     """A zero scalar attached to the parameters' graph (so ``backward`` works), ``()``."""
-    ws, bs = G.network_params(net)
-    return sum((p.sum() * 0.0 for p in (*ws, *bs)), torch.zeros((), dtype=ws[0].dtype,
-                                                                  device=ws[0].device))
+    graph = G.network_graph(net)
+    tensors = [t for aff in (*graph.layers, graph.output) for t in (aff.bias, *aff.blocks.values())]
+    return sum((t.sum() * 0.0 for t in tensors), torch.zeros((), dtype=graph.dtype, device=graph.device))
+
+
+def _check_live(net: Any) -> None:
+    """Refuse a module whose graph would be traced, hence constant: its regularizers would have no gradient."""
+    if not G.has_live_graph(net):
+        raise TypeError(
+            f"exact regularizers need gradients to reach the parameters of {type(net).__name__}, but nsr.pl.trace "
+            "gives a graph without them; nsr builds differentiable graphs for ReLUMLP, nsr.pl.SkipMLP and "
+            "nsr.pl.ResidualMLP (or a module holding one as .net), PLGraph/PLNetwork tensors and (weights, biases) "
+            "pairs: train one of those")
 
 
 class ExactSurface:
@@ -78,7 +90,8 @@ class ExactSurface:
     Parameters
     ----------
     net : network
-        Anything :func:`nsr.geometry.network_params` reads; gradients flow to its parameters.
+        Anything :func:`nsr.geometry.network_graph` reads with gradients to its parameters
+        (:func:`nsr.geometry.has_live_graph`): ReLUMLP, SkipMLP, ResidualMLP, graphs, networks.
     structure : SurfaceStructure
         The combinatorics of an extracted surface.
     level : float
@@ -116,6 +129,7 @@ class ExactSurface:
         max_move: float = 0.05,
         frozen_jacobian: bool = False,
     ) -> None:
+        _check_live(net)
         self.net = net
         self.structure = structure
         self.level = level
@@ -124,18 +138,13 @@ class ExactSurface:
         self.frozen_jacobian = bool(frozen_jacobian)
 
     def _patterns(self, name: str) -> Tensor:
-        """The structure's bool patterns as 0/1 in the geometry dtype, cached on the structure
-        (the geometry multiplies by them; converting them anew costs as much as a layer)."""
-        cache = self.structure.__dict__.setdefault("_float_patterns", {})
-        key = (name, self.dtype)
-        if key not in cache:
-            cache[key] = getattr(self.structure, name).to(self.dtype)
-        return cache[key]
+        """The structure's bool patterns (the geometry takes each neuron's slope on their side)."""
+        return getattr(self.structure, name)
 
     @cached_property
-    def params(self) -> G.Params:
-        """The network's ``(weights, biases)`` in :attr:`dtype`, live (see :func:`nsr.geometry.network_params`)."""
-        return G.network_params(self.net, self.dtype)
+    def params(self) -> PLGraph:
+        """The network's graph in :attr:`dtype`, live in its parameters (see :func:`nsr.geometry.network_graph`)."""
+        return G.network_graph(self.net, self.dtype)
 
     @cached_property
     def _solved(self) -> tuple[Tensor, Tensor]:
@@ -146,7 +155,7 @@ class ExactSurface:
             key = (self.dtype, self.level)
             if key not in cache:
                 cache[key] = G.frozen_jacobian_inverse(self.params, s.constraints, s.vertex_patterns, s.bounds,
-                                                       self.level)
+                                                       self.level, vertices=s.vertices0)
             inverse = cache[key]
         x = G.differentiable_vertices(
             self.params, s.vertices0, s.constraints, self._patterns("vertex_patterns"), s.bounds,
@@ -872,7 +881,7 @@ def regularizer_terms(
     Parameters
     ----------
     net : network
-        Anything :func:`nsr.geometry.network_params` reads.
+        Anything :func:`nsr.geometry.network_graph` reads.
     structure : SurfaceStructure or None
         The surface's combinatorics.
     regularizers : sequence of ExactRegularizer
@@ -1220,10 +1229,15 @@ class ExactRegularizerCallback(Callback):
                               f"{self.max_vertices}; skipping regularizers until it shrinks")
 
     def _snapshot(self, pl_module: Any) -> Any:
-        """The network as a :class:`~nsr.networks.PLNetwork` of cloned, detached tensors."""
+        """The network as a :class:`~nsr.networks.PLNetwork` (plain MLPs) or a
+        :class:`~nsr.pl.PLGraph` (skip, residual, graphs) of cloned, detached tensors, numbered
+        like the graph the geometry reads (:func:`nsr.geometry.network_graph`)."""
         from nsr.networks import PLNetwork, as_network
 
-        pl = as_network(getattr(pl_module, "net", pl_module))
+        net = getattr(pl_module, "net", pl_module)
+        if isinstance(net, (PLGraph, SkipMLP, ResidualMLP)):
+            return _detached_graph(G.network_graph(net))
+        pl = as_network(net)
         with torch.no_grad():
             return PLNetwork([w.detach().clone() for w in pl.weights],
                              [b.detach().clone() for b in pl.biases])
@@ -1275,10 +1289,12 @@ class ExactRegularizerCallback(Callback):
             self._job = self._executor.submit(_extract_structure, pl, bounds,
                                               self.extract_kwargs, self.max_vertices)
         else:  # numpy in, numpy out: nothing of the live module crosses the process boundary
-            self._job = self._executor.submit(
-                _extract_in_process, [w.cpu().numpy() for w in pl.weights],
-                [b.cpu().numpy() for b in pl.biases], bounds, self.extract_kwargs,
-                self.max_vertices)
+            if isinstance(pl, PLGraph):
+                weights, biases = {k: v.numpy() for k, v in pl.state_dict().items()}, None
+            else:
+                weights, biases = [w.cpu().numpy() for w in pl.weights], [b.cpu().numpy() for b in pl.biases]
+            self._job = self._executor.submit(_extract_in_process, weights, biases, bounds, self.extract_kwargs,
+                                              self.max_vertices)
             self._job_device = pl.device
             _renice_workers(self._executor, self.worker_nice)
         self._job_step = self._requested_at = step
@@ -1331,9 +1347,8 @@ class ExactRegularizerCallback(Callback):
         if self._extracted_at is None:
             self.refresh(pl_module, step)
         t0 = time.perf_counter()
-        ws, _ = G.network_params(net)
         terms, surface = _evaluate(net, self.structure, self.regularizers, step, self.level,
-                                   ws[0].dtype, self.max_move, self.dtype, self.frozen_jacobian)
+                                   _net_dtype(net), self.max_move, self.dtype, self.frozen_jacobian)
         if self.reuse_gradient:
             terms = self._cache_gradient(pl_module, terms)
         elif self.term_every_n_steps > 1:
@@ -1434,20 +1449,33 @@ def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> S
 
 
 def _extract_in_process(
-    weights: list[np.ndarray], biases: list[np.ndarray], bounds: np.ndarray,
+    weights: list[np.ndarray] | dict[str, np.ndarray], biases: list[np.ndarray] | None, bounds: np.ndarray,
     extract_kwargs: Mapping[str, Any], max_vertices: int | None,
 ) -> tuple[dict[str, np.ndarray] | None, float, int]:
-    """:func:`_extract_structure` in a worker process, numpy in and out."""
+    """:func:`_extract_structure` in a worker process, numpy in and out (``weights`` a
+    :meth:`PLGraph.state_dict` as numpy and ``biases`` ``None`` for a graph)."""
     from dataclasses import fields
 
     from nsr.networks import PLNetwork
 
-    pl = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
+    if isinstance(weights, dict):
+        pl = PLGraph.from_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    else:
+        pl = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
     structure, seconds, n_big = _extract_structure(pl, bounds, extract_kwargs, max_vertices)
     if structure is None:
         return None, seconds, n_big
     return ({f.name: getattr(structure, f.name).numpy() for f in fields(structure)},
             seconds, n_big)
+
+
+def _detached_graph(graph: PLGraph) -> PLGraph:
+    """A copy of ``graph`` of cloned, detached tensors (what a background extraction may read)."""
+    def parts(aff: Any) -> tuple[dict[int, Tensor], Tensor]:
+        return {k: w.detach().clone() for k, w in aff.blocks.items()}, aff.bias.detach().clone()
+
+    layers = [Layer(*parts(layer), layer.neg.detach().clone(), layer.pos.detach().clone()) for layer in graph.layers]
+    return PLGraph(graph.in_dim, layers, Affine(*parts(graph.output)), graph.transform)
 
 
 def _init_worker(threads: int, niceness: int) -> None:
@@ -1476,6 +1504,15 @@ def _make_executor(kind: str | bool, niceness: int = 10) -> Executor:
 
     return ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
                                initializer=_init_worker, initargs=(1, niceness))
+
+
+def _net_dtype(net: Any) -> torch.dtype:
+    """The dtype of the network's parameters (the loss's)."""
+    if isinstance(net, torch.nn.Module):
+        p = next(iter(net.parameters()), None)
+        if p is not None:
+            return p.dtype
+    return G.network_graph(net).dtype
 
 
 def _global_step(pl_module: Any) -> int:

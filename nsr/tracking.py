@@ -18,8 +18,15 @@ missed. :func:`grid_seeds` places seeds where the network changes sign along the
 grid, so a component is found whenever it separates two neighbouring grid points.
 ``mode="surface"`` of :func:`nsr.extract_mesh` is complete without seeds.
 
-Constraint ids follow :class:`nsr.surface.ExactMesh`: ``2a``/``2a+1`` box facets
-``x_a >= lo_a``/``x_a <= hi_a``, ``2D + j`` hidden neuron ``j``, ``2D + N`` the level set.
+Every function takes a :class:`nsr.pl.PLGraph` (or anything :func:`nsr.pl.as_graph` reads, such
+as a :class:`~nsr.networks.PLNetwork`): skip and residual blocks, LeakyReLU/PReLU/``abs``/clamp
+neurons (a region's maps multiply each neuron by its slope on the region's side) and output
+transforms (track ``g`` at ``graph.level(t)``) work as for plain ReLU MLPs. Graphs with an
+encoder are refused for now (use ``mode="surface"``).
+
+Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.surface.ExactMesh`):
+``2a``/``2a+1`` box facets ``x_a >= lo_a``/``x_a <= hi_a``, then the neurons layer by layer,
+then the level set.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ from torch import Tensor
 
 from nsr.complex import (
     _chunks,
-    _evaluate,
     _progress,
     bit_values,
     group_equal_rows,
@@ -40,17 +46,50 @@ from nsr.complex import (
     pack_bits,
     unpack_bits,
 )
-from nsr.networks import PLNetwork
+from nsr.pl.graph import PLGraph, as_graph
+from nsr.pl.layout import ConstraintLayout
 
 D = 3
 
 
-def activation_patterns(net: PLNetwork, x: Tensor) -> Tensor:
+def track_graph(net: object) -> PLGraph:
+    """The :class:`PLGraph` track mode reads (``net`` itself when it is one).
+
+    Parameters
+    ----------
+    net : PLGraph, PLNetwork or network
+        Anything :func:`nsr.pl.as_graph` reads.
+
+    Returns
+    -------
+    PLGraph
+
+    Raises
+    ------
+    NotImplementedError
+        If the graph has an encoder: its facets would need their own columns and walks.
+
+    Examples
+    --------
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.tracking import track_graph
+    >>> track_graph(octahedron_network(0.5)).widths
+    [6]
+    """
+    graph = as_graph(net)
+    if getattr(graph, "encoder", None) is not None:
+        raise NotImplementedError(
+            "track mode does not support networks with an input encoder yet (the encoder's facets are not walked); "
+            "use mode='surface', which splits them like neurons")
+    return graph
+
+
+def activation_patterns(net: PLGraph, x: Tensor) -> Tensor:
     """Activation pattern (neuron > 0) of every hidden neuron at points.
 
     Parameters
     ----------
-    net : PLNetwork
+    net : PLGraph or PLNetwork
         The network, ``N`` hidden neurons.
     x : (M, D) float Tensor
         Points, in the network's dtype and on its device.
@@ -70,25 +109,23 @@ def activation_patterns(net: PLNetwork, x: Tensor) -> Tensor:
     >>> activation_patterns(net, torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64))
     tensor([[ True, False,  True,  True,  True,  True]])
     """
-    out, h = [], x
-    for w, b in zip(net.weights[:-1], net.biases[:-1]):
-        z = h @ w.T + b
-        out.append(z > 0)
-        h = torch.relu(z)
+    out = as_graph(net).patterns(x)
     return torch.cat(out, 1) if out else torch.zeros(len(x), 0, dtype=torch.bool, device=x.device)
 
 
-def region_constraints(net: PLNetwork, patterns: Tensor, bounds: Tensor, level: float) -> Tensor:
+def region_constraints(net: PLGraph, patterns: Tensor, bounds: Tensor, level: float) -> Tensor:
     """Oriented constraints of linear regions, ``(B, D + 1, C)`` with ``C = 2D + N + 1``.
 
-    ``patterns`` ``(B, N)`` bool. Column ``c`` holds ``(a, b)`` with ``a . x + b >= 0`` on the
-    region: box facets, neurons on their side (``z`` if active, ``-z`` if not) and the level
-    set as ``level - f`` (the side a cap lies on; a surface polygon lies on it).
+    ``patterns`` ``(B, N)`` bool. Column ``c`` (numbered by :class:`ConstraintLayout`) holds
+    ``(a, b)`` with ``a . x + b >= 0`` on the region: box facets, neurons on their side (``z``
+    if active, ``-z`` if not) and the level set as ``level - g`` (the side a cap lies on; a
+    surface polygon lies on it). The neurons' maps come from :meth:`PLGraph.region_maps`: every
+    block of every source, each neuron times its slope on the region's side.
 
     Parameters
     ----------
-    net : PLNetwork
-        The network (3 inputs), ``N`` hidden neurons.
+    net : PLGraph or PLNetwork
+        The network (3 inputs), ``N`` hidden neurons, no encoder.
     patterns : (B, N) bool Tensor
         Activation patterns of ``B`` regions.
     bounds : (D, 2) float Tensor
@@ -116,8 +153,10 @@ def region_constraints(net: PLNetwork, patterns: Tensor, bounds: Tensor, level: 
     >>> bool((slack[0, :12] > 0).all()), round(float(slack[0, 12]), 6)  # inside its region; level - f = -0.1
     (True, -0.1)
     """
+    graph = track_graph(net)
+    lay = ConstraintLayout.of(graph)
     bsz = patterns.shape[0]
-    dt, dev = net.dtype, net.device
+    dt, dev = graph.dtype, graph.device
     lo, hi = bounds[:, 0], bounds[:, 1]
     facets = torch.zeros(D + 1, 2 * D, dtype=dt, device=dev)
     ax = torch.arange(D, device=dev)
@@ -125,23 +164,17 @@ def region_constraints(net: PLNetwork, patterns: Tensor, bounds: Tensor, level: 
     facets[ax, 2 * ax + 1] = -1.0
     facets[D, 0::2] = -lo
     facets[D, 1::2] = hi
-    n_cols = 2 * D + sum(int(w.shape[0]) for w in net.weights)
-    g = torch.empty(bsz, D + 1, n_cols, dtype=dt, device=dev)
-    g[:, :, :2 * D] = facets
-    z = torch.cat([net.weights[0].T, net.biases[0][None]], 0).expand(bsz, -1, -1)  # (B, D+1, n_0)
-    off = 2 * D
+    g = torch.empty(bsz, D + 1, lay.n_constraints, dtype=dt, device=dev)
+    g[:, :, :lay.n_box] = facets
+    # (B, D+1, n_l) per layer, then the output; the maps multiply by the slopes (0/1 for ReLU),
+    # never by (sign + 1) / 2, which would round
+    maps = graph.region_maps(list(torch.split(patterns, graph.widths, 1)), augmented=True)
     sign = patterns.to(dt) * 2 - 1  # (B, N): +1 active, -1 inactive
-    for w, b in zip(net.weights[1:], net.biases[1:]):
-        width = z.shape[2]
-        cols = g[:, :, off:off + width]
-        torch.mul(z, sign[:, None, off - 2 * D:off - 2 * D + width], out=cols)
-        off += width
-        # masked z = (z * sign + z) / 2 would round; multiply by the 0/1 mask instead
-        z = (z * patterns[:, None, off - 2 * D - width:off - 2 * D]).reshape(bsz * (D + 1), -1) @ w.T
-        z = z.reshape(bsz, D + 1, -1)
-        z[:, D] += b
-    g[:, :, off] = -z[:, :, 0]
-    g[:, D, off] += level
+    for l, z in enumerate(maps[:-1]):
+        c0, c1 = lay.neuron(l), lay.neuron(l + 1)
+        torch.mul(z, sign[:, None, c0 - lay.neuron_offset:c1 - lay.neuron_offset], out=g[:, :, c0:c1])
+    g[:, :, lay.output] = -maps[-1][:, :, 0]
+    g[:, D, lay.output] += level
     return g
 
 
@@ -281,7 +314,7 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     return edges, verts, length, degenerate
 
 
-def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0.0, iterations: int = 40
+def grid_seeds(net: PLGraph, bounds: Tensor, resolution: int, level: float = 0.0, iterations: int = 40
                ) -> Tensor:
     """Seed points on the level set: on every edge of a ``resolution``-cells-per-axis grid
     whose end values straddle ``level``, a crossing point. ``(M, D)``.
@@ -293,8 +326,8 @@ def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0
 
     Parameters
     ----------
-    net : PLNetwork
-        The network (3 inputs).
+    net : PLGraph or PLNetwork
+        The network (3 inputs); its piecewise-affine output ``g`` is seeded.
     bounds : (D, 2) float Tensor
         The box, in the network's dtype and on its device.
     resolution : int
@@ -320,6 +353,7 @@ def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0
     >>> seeds.shape, float(net(seeds).abs().max()) < 1e-12
     (torch.Size([30, 3]), True)
     """
+    net = as_graph(net)
     n = resolution + 1
     axes = [torch.linspace(float(bounds[a, 0]), float(bounds[a, 1]), n, dtype=net.dtype, device=net.device)
             for a in range(D)]
@@ -360,12 +394,17 @@ def grid_seeds(net: PLNetwork, bounds: Tensor, resolution: int, level: float = 0
     return out
 
 
-def _values(net: PLNetwork, x: Tensor, level: float) -> Tensor:
-    """``f(x) - level`` ``(M,)``, in chunks."""
-    return _evaluate(net, x, len(net.weights) - 1, 0, 1, level)[:, 0]
+def _values(graph: PLGraph, x: Tensor, level: float) -> Tensor:
+    """``g(x) - level`` ``(M,)``, in chunks of the widest layer's temporaries."""
+    out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    for sl in _chunks(x.shape[0], x.element_size() * max(graph.widths, default=1), x.device):
+        out[sl] = graph(x[sl])
+    if level:
+        out -= level
+    return out
 
 
-def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
+def _seed_starts(net: PLGraph, points: Tensor, bounds: Tensor, level: float
                  ) -> tuple[Tensor, Tensor, Tensor]:
     """Regions of seed points whose polygon is not empty, and a vertex of it.
 
@@ -376,8 +415,7 @@ def _seed_starts(net: PLNetwork, points: Tensor, bounds: Tensor, level: float
     point on a box face projected just outside) where another succeeds. Returns patterns
     ``(S, N)`` bool and ``prev``/``cur`` ``(S,)``.
     """
-    n = net.n_neurons
-    out = 2 * D + n
+    out = ConstraintLayout.of(net).output
     pats = activation_patterns(net, points)
     keep_p = [pats[:0]]
     keep_q = [torch.zeros(0, dtype=torch.int64, device=points.device)]
@@ -446,7 +484,7 @@ class _Visited:
         self.rows = torch.cat([self.rows, rows])[order]
 
 
-def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float = 0.0, close: bool = False,
+def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float = 0.0, close: bool = False,
                   progress: bool = False, max_edges: int = 256) -> dict[str, Any]:
     """Grow the polygons of the level set (and, with ``close``, the box caps) from seed points.
 
@@ -459,8 +497,9 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
 
     Parameters
     ----------
-    net : PLNetwork
-        The network (3 inputs), ``N`` hidden neurons.
+    net : PLGraph or PLNetwork
+        The network (3 inputs), ``N`` hidden neurons, no encoder; its piecewise-affine output
+        ``g`` is tracked (for a graph with an output transform, pass ``level=graph.level(t)``).
     bounds : (D, 2) float Tensor
         The box.
     seeds : (M, D) float Tensor
@@ -495,8 +534,10 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
     ...     (a, b, c) for a in (-1, 1) for b in (-1, 1) for c in (-1, 1))
     True
     """
+    net = track_graph(net)
     n = net.n_neurons
-    out = 2 * D + n
+    lay = ConstraintLayout.of(net)
+    out = lay.output
     dev = net.device
     words = n_words(max(n, 1))
     width = words + 1
@@ -543,7 +584,7 @@ def track_surface(net: PLNetwork, bounds: Tensor, seeds: Tensor, *, level: float
             found["edges"].append(e)
             found["vertices"].append(v)
             found["length"].append(m)
-            nk, npc = _neighbours(key, e, m, support, words, n, close)
+            nk, npc = _neighbours(key, e, m, support, words, lay, close)
             next_key.append(nk)
             next_pc.append(npc)
         walked += len(front_key)
@@ -592,8 +633,8 @@ def _pad(t: Tensor, lmax: int, fill: float) -> Tensor:
     return torch.cat([t, torch.full(shape, fill, dtype=t.dtype, device=t.device)], 1)
 
 
-def _neighbours(key: Tensor, edges: Tensor, length: Tensor, support: Tensor, words: int, n: int, close: bool
-                ) -> tuple[Tensor, Tensor]:
+def _neighbours(key: Tensor, edges: Tensor, length: Tensor, support: Tensor, words: int, lay: ConstraintLayout,
+                close: bool) -> tuple[Tensor, Tensor]:
     """Keys and start vertices of the polygons across every edge of walked polygons.
 
     Across neuron ``j``: the same support, pattern bit ``j`` flipped, entered on ``j``. Across a
@@ -601,7 +642,7 @@ def _neighbours(key: Tensor, edges: Tensor, length: Tensor, support: Tensor, wor
     support, entered on the old support.
     """
     dev = key.device
-    out = 2 * D + n
+    out = lay.output
     lmax = edges.shape[1]
     ar = torch.arange(lmax, device=dev)
     valid = ar[None] < length[:, None]
@@ -609,12 +650,12 @@ def _neighbours(key: Tensor, edges: Tensor, length: Tensor, support: Tensor, wor
     f, i = torch.nonzero(valid, as_tuple=True)
     c, c_next = edges[f, i], nxt[f, i]
     s = support[f]
-    is_neuron = (c >= 2 * D) & (c < out)
+    is_neuron = (c >= lay.neuron_offset) & (c < out)
     k = key[f].clone()
-    wd, mk = bit_values((c - 2 * D).clamp(min=0))
+    wd, mk = bit_values(lay.neuron_index(c).clamp(min=0))
     flip = torch.nonzero(is_neuron).squeeze(1)
     k[flip, wd[flip]] ^= mk[flip]
-    change = ~is_neuron & close & ((s != out) | (c < 2 * D))  # surface -> cap on a facet; cap -> cap/surface
+    change = ~is_neuron & close & ((s != out) | (c < lay.n_box))  # surface -> cap on a facet; cap -> cap/surface
     k[:, words] = torch.where(change, c, s)
     prev = torch.where(change, s, c)
     take = is_neuron | change

@@ -44,6 +44,8 @@ from nsr.networks import NetworkError, PLNetwork
 INPUT = -1
 """Source index of the network input ``x`` in :attr:`Affine.blocks`."""
 
+_ENCODED_SOURCE = -2  # the encoder's features (ENCODED in PROTOCOL.md); read by region_maps
+
 
 class NotPiecewiseAffineError(NetworkError):
     """A module (or operation in it) that is not a continuous piecewise-affine function nsr can extract.
@@ -785,21 +787,41 @@ class PLGraph:
             values[l] = self.layers[l].activate(z)
         return out
 
-    def region_maps(self, patterns: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def region_maps(self, patterns: Sequence[Tensor], points: Tensor | None = None, augmented: bool = False
+                    ) -> list:
         """Affine maps of every layer's pre-activations, and of the output, on the regions with
         the given activation patterns ``patterns[l]`` ``(P, n_l)`` bool (one per layer, or fewer:
         then maps up to that layer only). Entry ``l`` is ``(A (P, n_l, D), c (P, n_l))`` with
         ``z_l = A x + c`` on the region; the last entry is the output's when every layer has a pattern.
 
+        A region's map multiplies each neuron by its slope on the region's side
+        (:meth:`Layer.slopes`: 0/1 for ReLU, ``(neg, pos)`` for LeakyReLU, PReLU, ``abs``), and
+        sums the blocks of every source (skip and residual blocks read the input and any earlier
+        layer). The maps keep the autograd graph of the blocks and biases (slopes are fixed), so
+        quantities built from them are differentiable in the graph's tensors.
+
         Parameters
         ----------
         patterns : sequence of (P, n_l) bool Tensor
             Activation patterns of ``P`` regions, for the first layers.
+        points : (P, D) float Tensor, optional
+            A point of each region; needed when the graph has an ``encoder``, whose features are
+            affine only on the cells of its planes (``encoder.feature_maps(points)``).
+        augmented : bool
+            Return ``M (P, D + 1, n_l)`` per entry instead: rows ``:D`` are ``A`` transposed and
+            row ``D`` is ``c`` (the layout of the tracking and geometry kernels: one GEMM of
+            ``(P (D + 1), n_k) x (n_k, n_l)`` per block). Entries may be expanded views: do not
+            write into them.
 
         Returns
         -------
-        list of (A, c)
+        list of (A, c), or of M with ``augmented``
             ``A`` ``(P, n_l, D)``, ``c`` ``(P, n_l)`` per layer (and the output).
+
+        Raises
+        ------
+        ValueError
+            If the graph has an encoder and ``points`` is missing.
 
         Examples
         --------
@@ -811,21 +833,42 @@ class PLGraph:
         >>> a, c = g.region_maps(g.patterns(x))[-1]  # the output on each point's region
         >>> a.shape, bool(torch.allclose((a @ x[:, :, None]).squeeze(-1) + c, g.preactivations(x, 2)))
         (torch.Size([5, 1, 3]), True)
+        >>> g.region_maps(g.patterns(x), augmented=True)[0].shape  # (P, D + 1, n_0)
+        torch.Size([5, 4, 8])
         """
-        n_pat = patterns[0].shape[0] if patterns else 1
-        eye = torch.eye(self.in_dim, dtype=self.dtype, device=self.device)
-        lin: dict[int, Tensor] = {INPUT: eye.expand(n_pat, -1, -1)}
-        const: dict[int, Tensor] = {INPUT: torch.zeros(n_pat, self.in_dim, dtype=self.dtype, device=self.device)}
-        out = []
+        d = self.in_dim
+        n_pat = patterns[0].shape[0] if patterns else (points.shape[0] if points is not None else 1)
+        post: dict[int, Tensor] = {}  # (P, D + 1, n_k) maps of the post-activations of every source
+        encoder = getattr(self, "encoder", None)
+        if encoder is not None:
+            if points is None:
+                raise ValueError("this graph has an encoder: pass points (P, D), one in each region, to region_maps "
+                                 "(the features are affine only on the cells of the encoder's planes)")
+            fa, fc = encoder.feature_maps(points)  # (P, F, D), (P, F)
+            post[_ENCODED_SOURCE] = torch.cat([fa.transpose(1, 2), fc[:, None]], 1)
+        out: list = []
         for l in range(min(len(patterns), self.n_layers) + 1):
             aff = self.affine(l)
-            a = sum(torch.matmul(aff.blocks[k], lin[k]) for k in aff.sources)
-            c = aff.bias + sum(const[k] @ aff.blocks[k].T for k in aff.sources)
-            out.append((a, c))
+            m = None
+            for k in aff.sources:
+                if k == INPUT:
+                    continue
+                src = post[k]
+                term = (src.reshape(-1, src.shape[2]) @ aff.blocks[k].T).reshape(n_pat, d + 1, aff.n)
+                m = term if m is None else m + term
+            inp = aff.blocks.get(INPUT)
+            if m is None:  # reads the input only (a first layer): one map shared by every region
+                lin = inp.T if inp is not None else torch.zeros(d, aff.n, dtype=self.dtype, device=self.device)
+                m = torch.cat([lin, aff.bias[None]], 0).expand(n_pat, -1, -1)
+            else:  # m is a fresh tensor: add in place (autograd records it)
+                m[:, d] += aff.bias
+                if inp is not None:
+                    m[:, :d] += inp.T
+            out.append(m if augmented else (m[:, :d].transpose(1, 2), m[:, d]))
             if l == self.n_layers or l == len(patterns):
                 break
-            s = self.layers[l].slopes(patterns[l])
-            lin[l], const[l] = a * s[..., None], c * s
+            s = self.layers[l].slopes(patterns[l]).to(self.dtype)
+            post[l] = m * s[:, None, :]
         return out
 
     def local_gradients(self, patterns: Sequence[Tensor]) -> Tensor:
