@@ -28,8 +28,9 @@ from nsr import limits
 from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_extract
 from nsr.files import atomic_write
 from nsr.marching_cubes import as_bounds
-from nsr.metrics import abs_values, max_rss_bytes, peak_memory
+from nsr.metrics import max_rss_bytes, peak_memory
 from nsr.networks import NetworkError, PLNetwork, as_network
+from nsr.pl.graph import PLGraph, as_graph
 
 DEFAULT_BOUNDS = (-0.5, 0.5)
 _BOX_KEYS = ("bounds", "box", "domain")
@@ -169,8 +170,19 @@ def surface_f_vector(n_vertices: int, polygons: list[np.ndarray]) -> list[int]:
     return [n_vertices, int(len(edges)), len(polygons)]
 
 
-def _mesh_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
-    fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+def abs_g(graph: PLGraph, mesh: Any, chunk: int = 2**14) -> np.ndarray:
+    """``|g - level|`` ``(V,)`` at the mesh's vertices, in float64 on the CPU: ``g`` is the
+    network's piecewise-affine output before any output transform and ``mesh.level`` the level
+    of ``g`` extracted (for a network without a transform, ``|f - level|`` of the network itself)."""
+    g64 = graph.to(device="cpu", dtype=torch.float64)
+    x = torch.as_tensor(np.asarray(mesh.vertices, dtype=np.float64))
+    with torch.no_grad():
+        parts = [(g64(x[s : s + chunk]) - mesh.level).abs() for s in range(0, len(x), chunk)]
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
+def _mesh_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
+    fv = abs_g(net, mesh) if len(mesh.vertices) else np.zeros(0)
     f_vec = surface_f_vector(len(mesh.vertices), list(mesh.polygons))
     return {
         "surface_f_vector": f_vec,
@@ -194,7 +206,7 @@ def _complex_stats(cplx: Any) -> dict[str, Any]:
     return out
 
 
-def _extract_complex(net: PLNetwork, box: np.ndarray, kw: dict, out: Path) -> tuple[Any, dict]:
+def _extract_complex(net: PLGraph, box: np.ndarray, kw: dict, out: Path) -> tuple[Any, dict]:
     from nsr.complex import extract_complex
 
     cplx = extract_complex(net, box, **kw)
@@ -212,17 +224,17 @@ def _write_mesh(mesh: Any, out: Path, polygons: bool) -> list[Path]:
     return files
 
 
-def _level_set_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
+def _level_set_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
     from nsr.polylines import polyline_stats
 
-    fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+    fv = abs_g(net, mesh) if len(mesh.vertices) else np.zeros(0)
     return polyline_stats(mesh.vertices, mesh.polylines) | {
         "abs_f_vertices_mean": float(fv.mean()) if fv.size else None,
         "abs_f_vertices_max": float(fv.max()) if fv.size else None,
     }
 
 
-def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path) -> Path | None:
+def _preview(mesh: Any, cplx: Any, net: PLGraph, box: np.ndarray, out: Path) -> Path | None:
     from nsr import render
 
     if net.in_dim == 2:
@@ -237,7 +249,9 @@ def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path) -
     if mesh is None:
         return None
     if mesh.is_empty:
-        return render.render_slice(net, box, 2, float(box[2].mean()), out / "preview.png")
+        # nsr.render reads PLNetworks: a plain MLP graph goes as the network of g
+        plain = net.to_plnetwork(pre_transform=True) if net.is_mlp and net.is_relu and net.encoder is None else net
+        return render.render_slice(plain, box, 2, float(box[2].mean()), out / "preview.png")
     return render.render_mesh(mesh.to_trimesh(), out / "preview.png", polygons=mesh.polygons)
 
 
@@ -265,7 +279,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     mode = opts["mode"]
     dtype, device = parse_dtype(opts["dtype"]), opts["device"]
     _stage(opts, f"loading {opts['net']}")
-    net, run_box, source = resolve_network(opts["net"])
+    loaded, run_box, source = resolve_network(opts["net"])
+    net = as_graph(loaded)  # the one form the extraction reads (skips, residuals, output transforms)
     box = _box(cfg, run_box, net.in_dim)
     if net.in_dim not in (2, 3):
         raise ConfigError(f"net={opts['net']}: a {net.in_dim}-D network has no mesh or polylines; use the library "
