@@ -46,6 +46,8 @@ def activation_range(layer: Layer, lo: Tensor, hi: Tensor) -> Bounds:
     >>> activation_range(absolute, torch.tensor([-1.0]), torch.tensor([3.0]))  # |z| on [-1, 3]
     (tensor([0.]), tensor([3.]))
     """
+    if layer.is_relu:  # the hot case (every bound pass of a ReLU network), in two ops
+        return lo.relu(), hi.relu()
     f_lo = torch.where(lo > 0, layer.pos * lo, layer.neg * lo)
     f_hi = torch.where(hi > 0, layer.pos * hi, layer.neg * hi)
     crossing = (lo < 0) & (hi > 0)
@@ -82,6 +84,8 @@ def relaxation(layer: Layer, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Te
     >>> relaxation(relu, torch.tensor([-1.0]), torch.tensor([3.0]))  # z <= relu(z) <= 0.75 z + 0.75
     (tensor([1.]), tensor([0.]), tensor([0.7500]), tensor([0.7500]))
     """
+    if layer.is_relu:
+        return _relu_relaxation(lo, hi)
     neg, pos = layer.neg, layer.pos
     active, inactive = lo >= 0, hi <= 0
     crossing = ~active & ~inactive
@@ -163,9 +167,23 @@ def frontier(graph: PLGraph, layer: int) -> list[int]:
     return sorted(found)
 
 
+def _relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`relaxation` of ``relu`` (slopes ``(0, 1)``) in fewer operations: the chord
+    ``hi (z - lo) / (hi - lo)`` above, slope 1 (if ``hi > -lo``) or 0 through the origin below."""
+    active, inactive = lo >= 0, hi <= 0
+    unstable = ~active & ~inactive
+    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+    one, zero = torch.ones_like(lo), torch.zeros_like(lo)
+    s_up = torch.where(active, one, torch.where(unstable, hi / denom, zero))
+    t_up = torch.where(unstable, -lo * hi / denom, zero)
+    s_lo = torch.where(active | (unstable & (hi > -lo)), one, zero)
+    return s_lo, zero, s_up, t_up
+
+
 def _affine_interval(aff: Affine, ranges: dict[int, Bounds]) -> Bounds:
-    mid = aff.bias
-    rad = torch.zeros_like(aff.bias)
+    n_boxes = next(iter(ranges.values()))[0].shape[0]  # (K, n) even for a map with no source (a constant)
+    mid = aff.bias.expand(n_boxes, -1)
+    rad = torch.zeros_like(mid)
     for k in aff.sources:
         lo, hi = ranges[k]
         w = aff.blocks[k]
@@ -272,29 +290,28 @@ def linear_bounds(graph: PLGraph, target: int, pre: Sequence[Bounds | None], sto
     aff = aff.rows(j0, j1)
     known = [p for p in pre if p is not None]
     n_boxes = known[0][0].shape[0] if known else 1
-    out = []
-    for upper in (False, True):
-        coef = {k: w.expand(n_boxes, -1, -1) for k, w in aff.blocks.items()}
-        const = aff.bias.expand(n_boxes, -1)
-        for k in range(target - 1, stop - 1, -1):
-            if k not in coef:
-                continue
+    # both bounds in one sweep: each layer's relaxation is computed once
+    coefs = [{k: w.expand(n_boxes, -1, -1) for k, w in aff.blocks.items()} for _ in range(2)]
+    consts = [aff.bias.expand(n_boxes, -1)] * 2
+    for k in range(target - 1, stop - 1, -1):
+        if k not in coefs[0]:
+            continue
+        s_lo, t_lo, s_up, t_up = (t[:, None, :] for t in relaxation(graph.layers[k], *pre[k]))
+        layer = graph.layers[k]
+        for upper, coef in enumerate(coefs):
             c = coef.pop(k)
-            s_lo, t_lo, s_up, t_up = (t[:, None, :] for t in relaxation(graph.layers[k], *pre[k]))
             cp, cn = c.clamp(min=0), c.clamp(max=0)
             if upper:
-                cz, const = cp * s_up + cn * s_lo, const + (cp * t_up + cn * t_lo).sum(-1)
+                cz, const = cp * s_up + cn * s_lo, consts[1] + (cp * t_up + cn * t_lo).sum(-1)
             else:
-                cz, const = cp * s_lo + cn * s_up, const + (cp * t_lo + cn * t_up).sum(-1)
+                cz, const = cp * s_lo + cn * s_up, consts[0] + (cp * t_lo + cn * t_up).sum(-1)
             if keep_stop and k == stop:
-                coef[k] = cz
+                coef[k], consts[upper] = cz, const
                 continue
-            layer = graph.layers[k]
-            const = const + cz @ layer.bias
+            consts[upper] = const + cz @ layer.bias
             for j, w in layer.blocks.items():
                 coef[j] = coef[j] + cz @ w if j in coef else cz @ w
-        out += [coef, const]
-    return out[0], out[1], out[2], out[3]
+    return coefs[0], consts[0], coefs[1], consts[1]
 
 
 def concretize(a_lo: dict[int, Tensor], c_lo: Tensor, a_up: dict[int, Tensor], c_up: Tensor, lo: Tensor,
