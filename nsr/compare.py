@@ -37,6 +37,7 @@ from nsr.extract import (
 from nsr.marching_cubes import check_memory, marching_cubes
 from nsr.metrics import compare_meshes, peak_memory
 from nsr.networks import PLNetwork
+from nsr.pl.graph import as_graph
 
 COLUMNS = [
     "method", "resolution", "eval_s", "mesh_s", "total_s", "peak_rss_mb", "n_vertices",
@@ -211,7 +212,8 @@ def run_compare(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """
     cfg = as_mapping(cfg)
     opts = validate_compare(cfg)
-    net, run_box, source = resolve_network(opts["net"])
+    loaded, run_box, source = resolve_network(opts["net"])
+    net = as_graph(loaded)  # skips, residuals, output transforms: the one form every stage reads
     if net.in_dim != 3:
         raise ConfigError(f"net={opts['net']}: compare needs a 3D network, this one has input dimension "
                           f"{net.in_dim}; use nsr-extract for its level set")

@@ -1,4 +1,4 @@
-"""The exact polyhedral complex of a ReLU network, by edge subdivision.
+"""The exact polyhedral complex of a piecewise-affine network (a :class:`~nsr.pl.PLGraph`), by edge subdivision.
 
 Berzins, "Polyhedral Complex Extraction from ReLU Networks using Edge Subdivision",
 ICML 2023 (arXiv 2306.07212). The 1-skeleton (vertices, edges) of the current complex is
@@ -11,9 +11,15 @@ non-zero. Keys are hashed, sorted, and paired.
 
 Constraints and sign-vectors
 ----------------------------
-Constraint ids are ``0 .. 2D-1`` for the box facets (``2d``: ``x_d >= lo_d``, ``2d+1``:
-``x_d <= hi_d``, positive inside), ``2D .. 2D+N-1`` for the hidden neurons in layer order,
-and ``2D+N`` for the output level set (used by :meth:`PolyhedralComplex.level_set`). A
+Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout`: ``0 .. 2D-1`` for the box
+facets (``2d``: ``x_d >= lo_d``, ``2d+1``: ``x_d <= hi_d``, positive inside), then the planes
+of the graph's encoder if it has one (``2D .. 2D+P-1``, split first: they are fixed planes of
+the input space), then the hidden neurons in layer order, and last the output level set (used
+by :meth:`PolyhedralComplex.level_set`). Every neuron of a graph (ReLU, LeakyReLU, PReLU, abs;
+clamps are two neurons) has one hyperplane, and its pre-activation, affine in the input and in
+earlier layers (skip and residual blocks), is affine on every cell of the neurons before it:
+the property the subdivision needs. Evaluation is :meth:`PLGraph.preactivations` and every
+bound comes from :mod:`nsr.pl.bounds`. A
 sign-vector has one entry in {-1, 0, +1} per constraint. It is stored compactly: the
 zero entries of a vertex (``D`` of them) or an edge (``D-1``) as sorted ids, and the
 positive entries as a bit set packed in int64 words.
@@ -28,8 +34,9 @@ its sign would cut a convex 2-face more than once: holes, unpaired faces, Euler
 characteristics in the hundreds. nsr therefore takes every value within a tolerance
 ``tol_c`` of zero as an exact zero (:func:`snap_to_zero`), and counts an exact zero as
 positive (:func:`positive_side`). ``tol_c`` is one constant per neuron for the whole box
-(:func:`sign_tolerances`: 64 eps times the neuron's rounding scale ``|W_c| . hmax + |b_c|``,
-``hmax`` the largest input of its layer over the box), whatever the tiles, workers or mode.
+(:func:`sign_tolerances`: 64 eps times the neuron's rounding scale, ``sum over its sources
+|block| @ max|source value| + |b_c|`` with the sources' largest magnitudes over the box),
+whatever the tiles, workers or mode.
 The rule ``z >= -tol_c`` is then the exact classification of the network whose neuron ``c``
 has its bias raised by ``tol_c``: a closed half-space, which meets the boundary of every
 convex 2-face in one arc, so every face is cut at most once and the result is a valid
@@ -73,7 +80,11 @@ from torch import Tensor
 
 from nsr import limits
 from nsr.files import COMPLEX_FORMAT, COMPLEX_VERSION, atomic_write, read_complex_file
-from nsr.networks import PLNetwork, as_network
+from nsr.networks import PLNetwork
+from nsr.pl import bounds as _bounds
+from nsr.pl.bounds import frontier, layer_bounds, region_bounds, source_ranges
+from nsr.pl.graph import ENCODED, INPUT, PLGraph, as_graph
+from nsr.pl.layout import ConstraintLayout
 
 _BITS = 64
 
@@ -117,7 +128,7 @@ def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
 _MIN_ULPS_ACROSS = 2**12
 
 
-def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 0.0) -> None:
+def check_box(net: PLGraph | PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 0.0) -> None:
     """Refuse a box (``(D, 2)`` float64, from :func:`as_bounds`) on which ``dtype`` cannot
     answer: coordinates beyond its range, an axis so thin for its offset that few
     coordinates are representable across it, first-layer hyperplanes closer to the origin than
@@ -137,7 +148,7 @@ def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 
                 f"{mag[ax]:.3g}: {name} has only ~{width[ax] / (fi.eps * mag[ax]):.0f} coordinates across it, too "
                 "few to place vertices; translate the box (and the network's first-layer bias) towards the origin"
                 + (", or use dtype=float64" if dtype != torch.float64 else ""))
-    netd = net.to(dtype=torch.float64, device="cpu")
+    netd = as_graph(net).to(dtype=torch.float64, device="cpu")
     with torch.no_grad():
         lo, hi = torch.as_tensor(b[:, 0])[None], torch.as_tensor(b[:, 1])[None]
         pre = layer_bounds(netd, lo, hi, crown_hidden=False)
@@ -150,9 +161,11 @@ def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 
             f"(~{limit:.3g}); scale the box down and the network's first-layer weights up by the same factor "
             "(the geometry only scales)")
     # A first-layer hyperplane off the origin by less than the box's rounding scale cannot be
-    # placed: its offset is below the tolerance every neuron's sign decision allows for.
-    w0, b0 = netd.weights[0], netd.biases[0]
-    rel = b0.abs() / (w0.abs() @ torch.as_tensor(mag)).clamp(min=fi.tiny)
+    # placed: its offset is below the tolerance every neuron's sign decision allows for. Layer 0
+    # reads the input (and the encoder's features, whose magnitude over the box counts too).
+    first = netd.layers[0] if netd.n_layers else netd.output
+    scale = _rounding_scale(first, source_magnitudes(netd, lo[0], hi[0], pre))
+    rel = first.bias.abs() / (scale - first.bias.abs()).clamp(min=fi.tiny)
     lost = int(((rel > 0) & (rel < 2**16 * fi.eps)).sum())
     if not lost:
         return
@@ -163,6 +176,14 @@ def check_box(net: PLNetwork, b: np.ndarray, dtype: torch.dtype, level: float = 
         raise ValueError(f"bounds: {msg}")
     # float32 resolves only ~1e-3 of a box: ordinary networks have such planes; warn, and point to float64
     warnings.warn(f"{msg}, or use dtype=float64", stacklevel=3)
+
+
+def output_bounds(net: PLGraph | PLNetwork, lo: Tensor, hi: Tensor,
+                  known: list[tuple[Tensor, Tensor]] | None = None, crown_hidden: bool = True
+                  ) -> tuple[Tensor, Tensor]:
+    """Bounds ``(K,)`` of the output over boxes ``(K, D)``: :func:`nsr.pl.bounds.output_bounds`
+    of the network's graph (kept here for callers that hold a :class:`PLNetwork`)."""
+    return _bounds.output_bounds(as_graph(net), lo, hi, known, crown_hidden)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -306,8 +327,26 @@ def _chunks(n: int, row_bytes: int, device: torch.device) -> list[slice]:
     return [slice(s, min(n, s + step)) for s in range(0, n, max(1, step))]
 
 
-def _max_width(net: PLNetwork) -> int:
-    return max(int(w.shape[0]) for w in net.weights)
+def _evaluate(graph: PLGraph | PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: float) -> Tensor:
+    """Pre-activations ``(V, j1 - j0)`` of neurons ``j0:j1`` of ``layer`` (``n_layers``: the
+    output) at ``x`` ``(V, D)``, minus ``shift``, in vertex chunks: the one evaluator of the
+    extraction (:meth:`PLGraph.preactivations`; nsr.tracking still passes PLNetworks)."""
+    graph = as_graph(graph)
+    out = torch.empty(x.shape[0], j1 - j0, dtype=x.dtype, device=x.device)
+    for sl in _chunks(x.shape[0], x.element_size() * graph.live_width, x.device):
+        out[sl] = graph.preactivations(x[sl], layer, j0, j1)
+    if shift:
+        out -= shift
+    return out
+
+
+def _source_values(graph: PLGraph, x: Tensor, sources: list[int], upto: int) -> Tensor:
+    """Values ``(V, sum n_k)`` of ``sources`` (layers ``< upto``' post-activations, the input,
+    the features) at ``x``, concatenated in the given order."""
+    if not sources:
+        return x.new_zeros(x.shape[0], 0)
+    values = graph.post_activations(x, upto)
+    return torch.cat([values[k] for k in sources], 1)
 
 
 # --------------------------------------------------------------------------------------
@@ -519,103 +558,6 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     sk.ezeros.append(torch.cat([zrest, torch.full((len(p), 1), c, dtype=torch.int64, device=z.device)], 1).int())
 
 
-def _relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Linear relaxation of ``relu(z)`` for ``z`` in ``[lo, hi]`` (CROWN): upper line
-    ``s_up z + t_up`` (the chord), lower line ``s_lo z`` with ``s_lo`` in {0, 1}."""
-    active, inactive = lo >= 0, hi <= 0
-    unstable = ~active & ~inactive
-    denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
-    s_up = torch.where(active, torch.ones_like(lo), torch.where(unstable, hi / denom, torch.zeros_like(lo)))
-    t_up = torch.where(unstable, -lo * hi / denom, torch.zeros_like(lo))
-    s_lo = torch.where(active | (unstable & (hi > -lo)), torch.ones_like(lo), torch.zeros_like(lo))
-    return s_up, t_up, s_lo, torch.zeros_like(lo)
-
-
-def _interval_layer(lo: Tensor, hi: Tensor, w: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Interval bounds ``(R, n_out)`` of ``h @ w.T + b`` for ``h`` in ``[lo, hi]`` ``(R, n_in)``."""
-    mid = torch.addmm(b, (lo + hi) / 2, w.T)
-    rad = ((hi - lo) / 2) @ w.abs().T
-    return mid - rad, mid + rad
-
-
-def _relax_back(a_lo: Tensor, c_lo: Tensor, a_up: Tensor, c_up: Tensor, lo: Tensor, hi: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One CROWN back-substitution step through ``relu(z)``, ``z`` in ``[lo, hi]``
-    (broadcast against the coefficients' last axis): linear bounds ``a relu(z) + c`` become
-    bounds ``a' z + c'``."""
-    s_up, t_up, s_lo, _ = _relu_relaxation(lo, hi)
-    pos, neg = a_up.clamp(min=0), a_up.clamp(max=0)
-    c_up = c_up + (pos * t_up).sum(-1)
-    a_up = pos * s_up + neg * s_lo
-    pos, neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
-    c_lo = c_lo + (neg * t_up).sum(-1)
-    a_lo = pos * s_lo + neg * s_up
-    return a_lo, c_lo, a_up, c_up
-
-
-def _crown_layer(net: PLNetwork, k: int, lo: Tensor, hi: Tensor, pre: list[tuple[Tensor, Tensor]]
-                 ) -> tuple[Tensor, Tensor]:
-    """Bounds ``(K, n_k)`` on the pre-activations of layer ``k`` over boxes ``(K, D)`` by
-    backward linear bound propagation, given bounds ``pre[j]`` on earlier layers."""
-    w, b = net.weights[k], net.biases[k]
-    n_tiles = lo.shape[0]
-    a_up = w.expand(n_tiles, -1, -1)
-    a_lo = a_up
-    c_up = b.expand(n_tiles, -1)
-    c_lo = c_up
-    for j in range(k - 1, -1, -1):
-        a_lo, c_lo, a_up, c_up = _relax_back(a_lo, c_lo, a_up, c_up, pre[j][0][:, None, :], pre[j][1][:, None, :])
-        wj, bj = net.weights[j], net.biases[j]
-        c_up, a_up = c_up + a_up @ bj, a_up @ wj
-        c_lo, a_lo = c_lo + a_lo @ bj, a_lo @ wj
-    mid, rad = ((lo + hi) / 2)[..., None], ((hi - lo) / 2)[..., None]
-    upper = (a_up @ mid).squeeze(-1) + (a_up.abs() @ rad).squeeze(-1) + c_up
-    lower = (a_lo @ mid).squeeze(-1) - (a_lo.abs() @ rad).squeeze(-1) + c_lo
-    return lower, upper
-
-
-def output_bounds(
-    net: PLNetwork, lo: Tensor, hi: Tensor, known: list[tuple[Tensor, Tensor]] | None = None,
-    crown_hidden: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """Bounds ``(K,)`` of the network output over boxes ``(K, D)``.
-
-    Linear bound propagation (CROWN, Zhang et al. 2018) layer by layer, intersected with
-    interval arithmetic; ``known[j]`` are given bounds on layer ``j``'s pre-activations
-    (e.g. their exact range over a tile), used in place of computed ones. With
-    ``crown_hidden=False`` hidden layers get interval bounds only and the linear relaxation
-    is used for the output alone (CROWN-IBP: ``depth`` times cheaper, looser).
-    """
-    pre = layer_bounds(net, lo, hi, known, crown_hidden)
-    return pre[-1][0][:, 0], pre[-1][1][:, 0]
-
-
-def layer_bounds(
-    net: PLNetwork, lo: Tensor, hi: Tensor, known: list[tuple[Tensor, Tensor]] | None = None,
-    crown_hidden: bool = True,
-) -> list[tuple[Tensor, Tensor]]:
-    """Bounds ``(K, n_k)`` on the pre-activations of every layer over boxes ``(K, D)``, as
-    :func:`output_bounds` computes them."""
-    known = known or []
-    pre: list[tuple[Tensor, Tensor]] = []
-    for k in range(len(net.weights)):
-        if k < len(known):
-            pre.append(known[k])
-            continue
-        # interval step from the previous layer's bounds
-        if k == 0:
-            prev_lo, prev_hi = lo, hi
-        else:
-            prev_lo, prev_hi = torch.relu(pre[-1][0]), torch.relu(pre[-1][1])
-        ilo, ihi = _interval_layer(prev_lo, prev_hi, net.weights[k], net.biases[k])
-        if crown_hidden or k == len(net.weights) - 1:  # keep the tighter of the two
-            lo_k, hi_k = _crown_layer(net, k, lo, hi, pre)
-            pre.append((torch.maximum(lo_k, ilo), torch.minimum(hi_k, ihi)))
-        else:
-            pre.append((ilo, ihi))
-    return pre
-
-
 # A pre-activation within this many units of roundoff of its rounding scale counts as zero.
 # Measured on bias-free networks (geometric init, 3-6 layers of 16, float64): values whose
 # true value is zero (vertices on the hyperplane, carried through up to ~100 interpolations)
@@ -624,30 +566,61 @@ def layer_bounds(
 SIGN_TOL_ULPS = 64.0
 
 
-def sign_tolerances(net: PLNetwork, lo: Tensor, hi: Tensor, level: float = 0.0) -> list[Tensor]:
-    """Per layer ``(n_k,)``: below which magnitude a pre-activation computed in the box
-    ``lo, hi`` ``(D,)`` is indistinguishable from zero (the output shifted by ``level``).
+def source_magnitudes(graph: PLGraph, lo: Tensor, hi: Tensor, pre: list[tuple[Tensor, Tensor]]
+                      ) -> dict[int, Tensor]:
+    """Largest magnitude ``(n_k,)`` of every source over the box ``lo, hi`` ``(D,)``: the box's
+    coordinates for the input, the encoder's feature bounds, and each layer's post-activation
+    range from its pre-activation bounds ``pre[k]`` ``(1, n_k)`` (:func:`nsr.pl.bounds.layer_bounds`)."""
+    from nsr.pl.bounds import activation_range
 
-    :data:`SIGN_TOL_ULPS` ``* eps *`` the rounding scale of neuron ``c`` of layer ``k``,
-    ``|W_k[c]| . hmax_{k-1} + |b_k[c]|``, with ``hmax`` the largest magnitude of the layer's
-    input over the box (the box itself for layer 0, linear bound propagation after). One
-    constant per neuron for the whole box, whatever the tiling, so that snapping to zero is
-    the same shift of the hyperplane everywhere; it scales with the box and the weights (a
-    box of ``1e20`` and a box of ``1`` with the first layer scaled by ``1e-20`` get the same
-    decisions)."""
+    big = torch.finfo(lo.dtype).max
+    mags: dict[int, Tensor] = {}
+    for k, (rlo, rhi) in source_ranges(graph, lo[None], hi[None]).items():
+        mags[k] = torch.maximum(rlo.abs(), rhi.abs())[0].nan_to_num(posinf=big)
+    for k, layer in enumerate(graph.layers):
+        alo, ahi = activation_range(layer, pre[k][0][0], pre[k][1][0])
+        mags[k] = torch.maximum(alo.abs(), ahi.abs()).nan_to_num(posinf=big)
+    return mags
+
+
+def _rounding_scale(aff: Any, mags: dict[int, Tensor]) -> Tensor:
+    """``sum_k |block_k| @ max|source_k| + |b|`` ``(n,)``: the magnitude of the terms a neuron's
+    pre-activation sums, which its rounding error is proportional to."""
+    scale = aff.bias.abs()
+    for k in aff.sources:
+        scale = scale + mags[k] @ aff.blocks[k].abs().T
+    return scale
+
+
+def sign_tolerances(net: PLGraph, lo: Tensor, hi: Tensor, level: float = 0.0) -> list[Tensor]:
+    """Per layer ``(n_k,)``, then ``(1,)`` for the output: below which magnitude a
+    pre-activation computed in the box ``lo, hi`` ``(D,)`` is indistinguishable from zero (the
+    output shifted by ``level``).
+
+    :data:`SIGN_TOL_ULPS` ``* eps *`` the rounding scale of each neuron, ``sum over its sources
+    |block| @ max|source value| + |b|`` (:func:`_rounding_scale`), with the sources' magnitudes
+    over the box (the box itself for the input, linear bound propagation for layers). One
+    constant per neuron for the whole box, whatever the tiling, so that snapping to zero is the
+    same shift of the hyperplane everywhere; it scales with the box and the weights (a box of
+    ``1e20`` and a box of ``1`` with the first layer scaled by ``1e-20`` get the same decisions)."""
     big = torch.finfo(lo.dtype).max
     unit = SIGN_TOL_ULPS * torch.finfo(lo.dtype).eps
     pre = layer_bounds(net, lo[None], hi[None], crown_hidden=True)
-    h = torch.maximum(lo.abs(), hi.abs())  # (D,)
+    mags = source_magnitudes(net, lo, hi, pre)
     out = []
-    for k, (w, b) in enumerate(zip(net.weights, net.biases)):
-        scale = h @ w.abs().T + b.abs()
-        if k == len(net.weights) - 1:
+    for k in range(net.n_layers + 1):
+        scale = _rounding_scale(net.affine(k), mags)
+        if k == net.n_layers:
             scale = scale + abs(level)
         out.append(unit * scale.nan_to_num(posinf=big))
-        h = torch.maximum(pre[k][0][0].relu(), pre[k][1][0].relu()).nan_to_num(posinf=big)
     return out
 
+
+def facet_tolerances(normals: Tensor, offsets: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Sign tolerances ``(P,)`` of encoder planes ``normals . x - offsets`` over the box, as
+    :func:`sign_tolerances` computes them for neurons."""
+    mag = torch.maximum(lo.abs(), hi.abs())
+    return SIGN_TOL_ULPS * torch.finfo(lo.dtype).eps * (normals.abs() @ mag + offsets.abs())
 
 
 def _prune_tiles(sk: _Skeleton, alive_tiles: Tensor) -> None:
@@ -810,42 +783,6 @@ def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: 
         sk.partial = True
 
 
-def _interval_chain(net: PLNetwork, layer: int, lo: Tensor, hi: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Interval bounds on the pre-activations of ``layer`` (the given ``(R, n)`` range) and of
-    every later layer through the output, in layer order."""
-    pre = [(lo, hi)]
-    for k in range(layer + 1, len(net.weights)):
-        pre.append(_interval_layer(torch.relu(pre[-1][0]), torch.relu(pre[-1][1]), net.weights[k], net.biases[k]))
-    return pre
-
-
-def _linear_bounds(net: PLNetwork, layer: int, pre: list[tuple[Tensor, Tensor]]
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Linear bounds of the output in terms of the pre-activations ``z`` of ``layer``:
-    ``a_lo z + c_lo <= f <= a_up z + c_up`` for every ``z`` in the range ``pre[0]``, by CROWN
-    back-substitution with ``pre[i]`` bounding layer ``layer + i`` (e.g. from
-    :func:`_interval_chain`; the output's entry, if any, is not used). Returns ``a_lo, c_lo,
-    a_up, c_up`` with shapes ``(R, n), (R,), (R, n), (R,)``."""
-    out = len(net.weights) - 1
-    r = pre[0][0].shape[0]
-    a_up = a_lo = net.weights[-1][0].expand(r, -1)
-    c_up = c_lo = net.biases[-1][0].expand(r)
-    for i in range(out - 1 - layer, -1, -1):
-        a_lo, c_lo, a_up, c_up = _relax_back(a_lo, c_lo, a_up, c_up, *pre[i])
-        if i > 0:
-            w, b = net.weights[layer + i], net.biases[layer + i]
-            c_up, a_up = c_up + a_up @ b, a_up @ w
-            c_lo, a_lo = c_lo + a_lo @ b, a_lo @ w
-    return a_lo, c_lo, a_up, c_up
-
-
-def _layer_values(net: PLNetwork, sk: _Skeleton, layer: int, sl: slice) -> Tensor:
-    """Pre-activations of ``layer`` at the vertices ``sl``: carried ones, else evaluated."""
-    if sk.values is not None:
-        return sk.values.t[sl]
-    return _evaluate(net, sk.x.t[sl], layer, 0, int(net.weights[layer].shape[0]), 0.0)
-
-
 def may_reach(lo: Tensor, hi: Tensor, level: float, tol: float) -> Tensor:
     """Whether a range ``[lo, hi]`` of the output, bounded in floating point, may hold a cut of
     the level set under the sign rule of :func:`split_by_constraint` (``f - level`` within
@@ -854,36 +791,56 @@ def may_reach(lo: Tensor, hi: Tensor, level: float, tol: float) -> Tensor:
     return (lo <= level + tol) & (hi >= level - 2 * tol)
 
 
-def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: float, tol: float = 0.0) -> int:
+def _region_columns(graph: PLGraph, sk: _Skeleton, layer: int, front: list[int], sl: slice) -> Tensor:
+    """The columns ``u`` ``(V_sl, n_u)`` of :func:`nsr.pl.bounds.region_bounds` at the vertices
+    ``sl``: the pre-activations of ``layer`` (carried ones, else evaluated), then the values of
+    the frontier sources (none for a plain MLP)."""
+    if sk.values is not None:
+        z = sk.values.t[sl]
+    else:
+        z = _evaluate(graph, sk.x.t[sl], layer, 0, graph.layers[layer].n, 0.0)
+    if not front:
+        return z
+    return torch.cat([z, _source_values(graph, sk.x.t[sl], front, layer)], 1)
+
+
+def _prune_regions_bounded(graph: PLGraph, sk: _Skeleton, layer: int, level: float, tol: float = 0.0) -> int:
     """Drop the regions whose output provably cannot reach ``level``. On a region the
-    pre-activations ``z`` of ``layer`` are affine, so their exact range is their min/max over
-    the region's vertices. From it, interval arithmetic bounds the output, and so do linear
-    bounds ``a z + c`` (CROWN back-substitution with interval bounds on the later layers),
-    which are affine on the region too and so exact at its vertices; a region is kept while
-    both allow the level. Returns the number of regions kept."""
+    pre-activations ``z`` of ``layer``, and the sources later layers read besides it (earlier
+    layers, the input, the features: :func:`nsr.pl.bounds.frontier`), are affine, so their exact
+    range is their min/max over the region's vertices. From it, interval arithmetic bounds the
+    output, and so do linear bounds ``a u + c`` in those columns ``u`` (CROWN back-substitution
+    with interval bounds on the later layers), which are affine on the region too and so exact at
+    its vertices; a region is kept while both allow the level. Returns the number of regions kept."""
     d = sk.dim
     x = sk.x.t
     dev = x.device
     region, n_regions = _region_ids(sk)
     sink = torch.where(region < 0, n_regions, region)  # (2^D, V); row n_regions: a sink
-    width = int(net.weights[layer].shape[0])
-    lo = torch.full((n_regions + 1, width), math.inf, dtype=x.dtype, device=dev)
-    hi = torch.full((n_regions + 1, width), -math.inf, dtype=x.dtype, device=dev)
-    row = x.element_size() * _max_width(net)
+    width = graph.layers[layer].n
+    front = frontier(graph, layer)
+    src_widths = {k: graph.in_dim if k == INPUT else int(graph.encoder.out_dim) if k == ENCODED else graph.widths[k]
+                  for k in front}
+    n_u = width + sum(src_widths.values())
+    lo = torch.full((n_regions + 1, n_u), math.inf, dtype=x.dtype, device=dev)
+    hi = torch.full((n_regions + 1, n_u), -math.inf, dtype=x.dtype, device=dev)
+    row = x.element_size() * max(graph.live_width, n_u)
     for sl in _chunks(x.shape[0], row, dev):
-        z = _layer_values(net, sk, layer, sl)
+        u = _region_columns(graph, sk, layer, front, sl)
         for combo in range(1 << d):
-            _index_reduce(lo, sink[combo, sl], z, "amin")
-            _index_reduce(hi, sink[combo, sl], z, "amax")
+            _index_reduce(lo, sink[combo, sl], u, "amin")
+            _index_reduce(hi, sink[combo, sl], u, "amax")
     # Intervals on every region; linear bounds only on the regions that intervals keep,
     # numbered 0..n-1 in region order (n: a sink).
     alive = torch.zeros(n_regions + 1, dtype=torch.bool, device=dev)  # last: the sink
     parts = []
+    offsets = torch.tensor([width, *src_widths.values()]).cumsum(0).tolist()
     for sl in _chunks(n_regions, 8 * row, dev):
-        pre = _interval_chain(net, layer, lo[sl], hi[sl])
-        keep = may_reach(pre[-1][0][:, 0], pre[-1][1][:, 0], level, tol)
+        sources = {k: (lo[sl, a:b], hi[sl, a:b]) for k, a, b in zip(front, offsets[:-1], offsets[1:])}
+        _, keep, lin = region_bounds(graph, layer, (lo[sl, :width], hi[sl, :width]), sources,
+                                     keep=lambda olo, ohi: may_reach(olo, ohi, level, tol))
         alive[sl] = keep
-        parts.append(_linear_bounds(net, layer, [(lo_k[keep], hi_k[keep]) for lo_k, hi_k in pre]))
+        parts.append(lin)
     cand = torch.nonzero(alive).squeeze(1)
     n = len(cand)
     compact = torch.full((n_regions + 1,), n, dtype=torch.int64, device=dev)
@@ -892,29 +849,30 @@ def _prune_regions_bounded(net: PLNetwork, sk: _Skeleton, layer: int, level: flo
     def gather(i: int, row: tuple[int, ...]) -> Tensor:  # the candidates' bounds and a zero sink row
         return torch.cat([p[i] for p in parts] + [torch.zeros(row, dtype=x.dtype, device=dev)])
 
-    a_lo, c_lo, a_up, c_up = gather(0, (1, width)), gather(1, (1,)), gather(2, (1, width)), gather(3, (1,))
+    a_lo, c_lo, a_up, c_up = gather(0, (1, n_u)), gather(1, (1,)), gather(2, (1, n_u)), gather(3, (1,))
     del lo, hi
     fmin = torch.full((n + 1,), math.inf, dtype=x.dtype, device=dev)
     fmax = torch.full((n + 1,), -math.inf, dtype=x.dtype, device=dev)
     for sl in _chunks(x.shape[0], 3 * row, dev):
-        z = _layer_values(net, sk, layer, sl)
+        u = _region_columns(graph, sk, layer, front, sl)
         for combo in range(1 << d):
             r = compact[sink[combo, sl]]
             pick = torch.nonzero(r < n).squeeze(1)
-            r, zc = r[pick], z[pick]
-            fmin.scatter_reduce_(0, r, (a_lo.index_select(0, r) * zc).sum(1), "amin")
-            fmax.scatter_reduce_(0, r, (a_up.index_select(0, r) * zc).sum(1), "amax")
+            r, uc = r[pick], u[pick]
+            fmin.scatter_reduce_(0, r, (a_lo.index_select(0, r) * uc).sum(1), "amin")
+            fmax.scatter_reduce_(0, r, (a_up.index_select(0, r) * uc).sum(1), "amax")
     alive[cand] = may_reach(fmin[:n] + c_lo[:n], fmax[:n] + c_up[:n], level, tol)
     _keep_live_regions(sk, region, alive, n_regions)
     return int(alive.sum())
 
 
-def band_cells(net: PLNetwork, bounds: Tensor, res: int, level: float, close: bool = False,
+def band_cells(net: PLGraph | PLNetwork, bounds: Tensor, res: int, level: float, close: bool = False,
                crown_hidden: bool = True) -> Tensor:
     """Occupancy ``(res,)*D`` bool of the grid cells where the output may reach ``level``
     (or, with ``close``, be below it on a cell touching the box boundary), refined
     coarse-to-fine so that only cells near the surface are ever bounded. ``res`` is a power
     of two."""
+    net = as_graph(net)
     d = bounds.shape[0]
     dev, dt = net.device, net.dtype
     lo, hi = bounds[:, 0], bounds[:, 1]
@@ -945,7 +903,7 @@ def band_cells(net: PLNetwork, bounds: Tensor, res: int, level: float, close: bo
 
 
 def subdivide(
-    net: PLNetwork,
+    net: PLGraph | PLNetwork,
     tile_lo: Tensor,
     tile_hi: Tensor,
     *,
@@ -959,6 +917,7 @@ def subdivide(
     max_value_bytes: int = 2**30,
     memory_limit: float | None = None,
     tolerances: list[Tensor] | None = None,
+    facets: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[_Skeleton, Tensor]:
     """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
     output level set ``f = level`` if ``level`` is given.
@@ -971,30 +930,44 @@ def subdivide(
     linear bounds from the exact range of the layer over each region, see
     :func:`_prune_regions_bounded`), and with a ``band``, regions whose bounding box misses
     it. ``tolerances`` are :func:`sign_tolerances` of the whole box (default: over the tiles
-    given); pass the same ones to every batch of tiles of one box. Returns the skeleton and
-    the tiles kept.
+    given); pass the same ones to every batch of tiles of one box. A graph with an encoder is
+    first split by the encoder's planes (``facets``: normals ``(P, D)``, offsets ``(P,)`` and
+    tolerances ``(P,)``, from :func:`encoder_facets` of the whole box; default: over the tiles
+    given), constraint ids ``2D .. 2D+P-1``, after which every layer is affine on every edge.
+    Returns the skeleton and the tiles kept.
     """
+    net = as_graph(net)
     d = net.in_dim
     n_neurons = net.n_neurons
-    n_constraints = 2 * d + n_neurons + 1
-    sk = box_skeleton(tile_lo, tile_hi, n_constraints)
+    if facets is None or tolerances is None:
+        box_lo, box_hi = tile_lo.min(0).values, tile_hi.max(0).values
+    if facets is None:
+        facets = encoder_facets(net, box_lo, box_hi)
+    layout = ConstraintLayout(d, net.widths, len(facets[1]))
+    sk = box_skeleton(tile_lo, tile_hi, layout.n_constraints)
     n_tiles = tile_lo.shape[0]
     alive = torch.ones(n_tiles, dtype=torch.bool, device=tile_lo.device)
     lv = 0.0 if level is None else float(level)
     if tolerances is None:
-        tolerances = sign_tolerances(net, tile_lo.min(0).values, tile_hi.max(0).values, lv)
+        tolerances = sign_tolerances(net, box_lo, box_hi, lv)
     tol_out = float(tolerances[-1][0])
-    out_layer = len(net.weights) - 1
-    n_layers = len(net.weights) if level is not None else out_layer
-    bar = _progress(n_neurons + (1 if level is not None else 0), desc, progress)
-    c = 2 * d
+    out_layer = net.n_layers
+    n_layers = out_layer + 1 if level is not None else out_layer
+    bar = _progress(layout.n_facets + n_neurons + (1 if level is not None else 0), desc, progress)
     t0 = time.perf_counter()
     itemsize = torch.finfo(tile_lo.dtype).bits // 8
     limit = memory_limit if memory_limit is not None else default_memory_limit()
     tile_ranges: list[tuple[Tensor, Tensor]] = []
     try:
+        normals, offsets, facet_tol = facets
+        for p in range(layout.n_facets):  # the encoder's planes: affine in x, so split first
+            split_by_constraint(sk, None, sk.x.t @ normals[p] - offsets[p], layout.facet(p), facet_tol[p])
+            _check_memory(sk, None, limit, 0, n_neurons, desc)
+            if bar is not None:
+                bar.update(1)
+        c = layout.neuron_offset
         for layer in range(n_layers):
-            width = int(net.weights[layer].shape[0])
+            width = net.affine(layer).n
             if prune and layer < out_layer:  # at the output the split itself finds the crossings
                 if sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
                     sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
@@ -1026,7 +999,7 @@ def subdivide(
                     sk.partial = False
                 for j in range(cols):
                     split_by_constraint(sk, values, values.t[:, j].clone(), c, tol[j0 + j])
-                    _check_memory(sk, values, limit, c - 2 * d, n_neurons, desc)
+                    _check_memory(sk, values, limit, c - layout.neuron_offset, n_neurons, desc)
                     c += 1
                     if bar is not None:
                         bar.update(1)
@@ -1042,6 +1015,18 @@ def subdivide(
     warn_unpaired(sk.unpaired, tile_lo.dtype)
     warn_uncertain(sk.stats["uncertain_signs"], tile_lo.dtype)
     return sk, alive
+
+
+def encoder_facets(graph: PLGraph, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The encoder's planes over the box ``lo, hi`` ``(D,)``: normals ``(P, D)``, offsets
+    ``(P,)`` and their sign tolerances ``(P,)`` (:func:`facet_tolerances`); ``P = 0`` without an
+    encoder. Computed once per box so that every tile and worker numbers them alike."""
+    if graph.encoder is None:
+        empty = lo.new_zeros(0)
+        return lo.new_zeros(0, graph.in_dim), empty, empty
+    normals, offsets = graph.encoder.planes(lo, hi)
+    normals, offsets = normals.to(lo), offsets.to(lo)
+    return normals, offsets, facet_tolerances(normals, offsets, lo, hi)
 
 
 def warn_uncertain(uncertain: int, dtype: torch.dtype) -> None:
@@ -1116,21 +1101,7 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
         )
 
 
-def _evaluate(net: PLNetwork, x: Tensor, layer: int, j0: int, j1: int, shift: float) -> Tensor:
-    """Pre-activations ``[:, j0:j1]`` of ``layer`` at ``x`` ``(V, D)``, in vertex chunks."""
-    w, b = net.weights[layer][j0:j1], net.biases[layer][j0:j1]
-    out = torch.empty(x.shape[0], j1 - j0, dtype=x.dtype, device=x.device)
-    for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), x.device):
-        h = x[sl]
-        for wk, bk in zip(net.weights[:layer], net.biases[:layer]):
-            h = torch.addmm(bk, h, wk.T).relu_()
-        torch.addmm(b, h, w.T, out=out[sl])
-    if shift:
-        out -= shift
-    return out
-
-
-def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, tile_hi: Tensor, level: float,
+def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_lo: Tensor, tile_hi: Tensor, level: float,
                     keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]], tol: float = 0.0) -> Tensor:
     """Tiles whose output may reach ``level``. The pre-activations of layers ``0..layer`` are
     affine on every current cell, so their exact range over a tile is their min/max over the
@@ -1141,11 +1112,11 @@ def _tiles_reaching(net: PLNetwork, sk: _Skeleton, layer: int, tile_lo: Tensor, 
     only removes vertices, so an earlier range stays a valid bound."""
     n_tiles = tile_lo.shape[0]
     x = sk.x.t
-    width = int(net.weights[layer].shape[0])
+    width = net.layers[layer].n
     lo = torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device)
     hi = torch.full((n_tiles, width), -math.inf, dtype=x.dtype, device=x.device)
-    for sl in _chunks(x.shape[0], x.element_size() * _max_width(net), x.device):
-        z = _layer_values(net, sk, layer, sl)
+    for sl in _chunks(x.shape[0], x.element_size() * net.live_width, x.device):
+        z = _region_columns(net, sk, layer, [], sl)
         idx = sk.vtile.t[sl].long()
         _index_reduce(lo, idx, z, "amin")
         _index_reduce(hi, idx, z, "amax")
@@ -1228,12 +1199,15 @@ class PolyhedralComplex:
     vertex_zeros : ``(V, D)`` int32, the sorted constraint ids each vertex lies on.
     edge_zeros : ``(E, D-1)`` int32, the sorted constraint ids each edge lies on.
     vertex_signs : ``(V, W)`` int64, packed positive entries of the sign-vectors.
-    net : the :class:`~nsr.networks.PLNetwork`, bounds ``(D, 2)``, and ``stats``.
+    net : the :class:`~nsr.pl.PLGraph` (a :class:`~nsr.networks.PLNetwork` given is converted),
+        bounds ``(D, 2)``, and ``stats``.
+    layout : the :class:`~nsr.pl.layout.ConstraintLayout` of the constraint ids (box facets,
+        encoder facets, neurons, output).
     """
 
     def __init__(
         self,
-        net: PLNetwork,
+        net: PLGraph | PLNetwork,
         bounds: np.ndarray,
         vertices: Tensor,
         edges: Tensor,
@@ -1242,8 +1216,10 @@ class PolyhedralComplex:
         vertex_signs: Tensor,
         stats: dict[str, Any] | None = None,
         level: float | None = None,
+        n_facets: int = 0,
     ) -> None:
-        self.net = net
+        self.net = as_graph(net)
+        self.layout = ConstraintLayout(int(vertices.shape[1]), self.net.widths, n_facets)
         self.bounds = np.asarray(bounds, dtype=np.float64)
         self.vertices = vertices
         self.edges = edges
@@ -1265,13 +1241,18 @@ class PolyhedralComplex:
         return self.net.n_neurons
 
     @property
+    def graph(self) -> PLGraph:
+        """The network (the same object as :attr:`net`)."""
+        return self.net
+
+    @property
     def n_constraints(self) -> int:
-        """Box facets, hidden neurons and the output."""
-        return 2 * self.dim + self.n_neurons + 1
+        """Box facets, encoder facets, hidden neurons and the output."""
+        return self.layout.n_constraints
 
     @property
     def output_constraint(self) -> int:
-        return 2 * self.dim + self.n_neurons
+        return self.layout.output
 
     def __repr__(self) -> str:
         return f"PolyhedralComplex(dim={self.dim}, f_vector={self.f_vector})"
@@ -1344,7 +1325,7 @@ class PolyhedralComplex:
         pos, _ = self.cells(k)
         if index is not None:
             pos = pos[index]
-        ids = torch.arange(2 * self.dim, 2 * self.dim + self.n_neurons, device=pos.device)
+        ids = torch.arange(self.layout.neuron_offset, self.layout.output, device=pos.device)
         return unpack_bits(pos, ids)
 
     def region_gradients(self, index: Tensor | None = None) -> Tensor:
@@ -1380,7 +1361,7 @@ class PolyhedralComplex:
         stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired,
                      uncertain_signs=self.stats.get("uncertain_signs", 0) + int(sk.uncertain))
         return PolyhedralComplex(self.net, self.bounds, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t,
-                                 sk.vpos.t, stats, level=level)
+                                 sk.vpos.t, stats, level=level, n_facets=self.layout.n_facets)
 
     def level_set(self, level: float = 0.0) -> LevelSet:
         """The sub-complex on ``f = level``: cells of dimension ``0..D-1`` whose sign-vector is
@@ -1406,11 +1387,16 @@ class PolyhedralComplex:
             "vertex_signs": self.vertex_signs.cpu().numpy(),
             "bounds": self.bounds,
         }
-        for i, (w, b) in enumerate(zip(self.net.weights, self.net.biases)):
+        if not (self.net.is_mlp and self.net.is_relu and self.net.encoder is None):
+            raise ValueError("saving the complex of a network with skip or residual blocks, non-ReLU neurons or an "
+                             "encoder is not supported yet (the file format stores Linear/ReLU layers); keep the "
+                             "network and extract again, or save the mesh")
+        plain = self.net.to_plnetwork(pre_transform=True)  # the complex is g's: the transform is not needed
+        for i, (w, b) in enumerate(zip(plain.weights, plain.biases)):
             arrays[f"weight_{i}"] = w.detach().cpu().double().numpy()
             arrays[f"bias_{i}"] = b.detach().cpu().double().numpy()
         meta = {"format": COMPLEX_FORMAT, "version": COMPLEX_VERSION, "level": self.level,
-                "n_layers": len(self.net.weights), "dtype": str(self.vertices.dtype),
+                "n_layers": len(plain.weights), "dtype": str(self.vertices.dtype),
                 "stats": self.stats}
         arrays["meta"] = np.array(json.dumps(meta, default=float))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1473,11 +1459,14 @@ def extract_complex(
     progress: bool = True,
     memory_limit: float | None = None,
 ) -> PolyhedralComplex:
-    """Extract the exact polyhedral complex of a ReLU network over a box.
+    """Extract the exact polyhedral complex of a piecewise-affine network over a box.
 
     Parameters
     ----------
-    net : anything :func:`nsr.networks.as_network` accepts.
+    net : a :class:`~nsr.pl.PLGraph`, a :class:`~nsr.networks.PLNetwork`, an ``nn.Module``
+        (traced by :func:`nsr.pl.trace`) or anything :func:`nsr.pl.as_graph` reads. The complex
+        is that of the piecewise-affine output ``g`` (before any output transform); a graph
+        with an encoder also gets the encoder's planes (constraint ids ``2D..2D+P-1``).
     bounds : ``(lo, hi)`` for every axis, or a ``(D, 2)`` array.
     dtype : float64 by default (see :func:`resolve_dtype`); float32 on request.
     device : "cpu", "cuda", ...; defaults to the network's device.
@@ -1485,7 +1474,7 @@ def extract_complex(
     memory_limit : bytes the extraction may hold before it stops with a ``MemoryError``
         naming what it reached (default: 80% of the memory available at the start).
     """
-    net = as_network(net)
+    net = as_graph(net)
     dt = resolve_dtype(dtype)
     dev = limits.check_device(device) if device is not None else net.device
     b = as_bounds(bounds, net.in_dim)
@@ -1498,7 +1487,9 @@ def extract_complex(
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     with torch.no_grad(), no_tf32():
-        sk, _ = subdivide(netd, lo, hi, level=None, progress=progress, desc="complex", memory_limit=memory_limit)
+        facets = encoder_facets(netd, lo[0], hi[0])
+        sk, _ = subdivide(netd, lo, hi, level=None, progress=progress, desc="complex", memory_limit=memory_limit,
+                          facets=facets)
     stats = {
         "time_s": time.perf_counter() - t0,
         "peak_memory_mb": peak_memory_mb(dev),
@@ -1507,4 +1498,5 @@ def extract_complex(
         "dtype": str(dt),
         "device": str(dev),
     }
-    return PolyhedralComplex(netd, b, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t, sk.vpos.t, stats)
+    return PolyhedralComplex(netd, b, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t, sk.vpos.t, stats,
+                             n_facets=len(facets[1]))

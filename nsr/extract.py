@@ -28,8 +28,9 @@ from nsr import limits
 from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_extract
 from nsr.files import atomic_write
 from nsr.marching_cubes import as_bounds
-from nsr.metrics import abs_values, max_rss_bytes, peak_memory
-from nsr.networks import NetworkError, PLNetwork, as_network
+from nsr.metrics import max_rss_bytes, peak_memory
+from nsr.networks import NetworkError, PLNetwork, load_network
+from nsr.pl.graph import PLGraph, as_graph
 
 DEFAULT_BOUNDS = (-0.5, 0.5)
 _BOX_KEYS = ("bounds", "box", "domain")
@@ -76,10 +77,12 @@ def _run_box(run_dir: Path) -> Any:
     return None if isinstance(box, str) else box
 
 
-def resolve_network(spec: str | Path) -> tuple[PLNetwork, Any, Path]:
+def resolve_network(spec: str | Path) -> tuple[PLNetwork | torch.nn.Module, Any, Path]:
     """Read ``net=``: a run directory, a checkpoint or any network file.
 
-    Returns the network, the run's box (``None`` when unknown) and the file read. A run
+    Returns the network (a :class:`PLNetwork` for a plain ReLU MLP, else the module rebuilt
+    from nsr's own classes by :func:`nsr.networks.load_network`, for :func:`nsr.pl.as_graph`),
+    the run's box (``None`` when unknown) and the file read. A run
     directory is read through its ``checkpoints/last.ckpt``; its box from the run's config.
     """
     path = Path(str(spec)).expanduser()
@@ -89,11 +92,11 @@ def resolve_network(spec: str | Path) -> tuple[PLNetwork, Any, Path]:
             raise FileNotFoundError(
                 f"{path} is a directory but not a training run: {ckpt} does not exist"
             )
-        return as_network(ckpt), _run_box(path), ckpt
+        return load_network(ckpt), _run_box(path), ckpt
     if not path.exists():
         raise FileNotFoundError(f"net={spec}: no such run directory, checkpoint or network file")
     box = _run_box(path.parent.parent) if path.parent.name == "checkpoints" else None
-    return as_network(path), box, path
+    return load_network(path), box, path
 
 
 def prepare_out_dir(out_dir: str | Path, names: tuple[str, ...] = ("stats.json",)) -> Path:
@@ -169,8 +172,19 @@ def surface_f_vector(n_vertices: int, polygons: list[np.ndarray]) -> list[int]:
     return [n_vertices, int(len(edges)), len(polygons)]
 
 
-def _mesh_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
-    fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+def abs_g(graph: PLGraph, mesh: Any, chunk: int = 2**14) -> np.ndarray:
+    """``|g - level|`` ``(V,)`` at the mesh's vertices, in float64 on the CPU: ``g`` is the
+    network's piecewise-affine output before any output transform and ``mesh.level`` the level
+    of ``g`` extracted (for a network without a transform, ``|f - level|`` of the network itself)."""
+    g64 = graph.to(device="cpu", dtype=torch.float64)
+    x = torch.as_tensor(np.asarray(mesh.vertices, dtype=np.float64))
+    with torch.no_grad():
+        parts = [(g64(x[s : s + chunk]) - mesh.level).abs() for s in range(0, len(x), chunk)]
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
+def _mesh_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
+    fv = abs_g(net, mesh) if len(mesh.vertices) else np.zeros(0)
     f_vec = surface_f_vector(len(mesh.vertices), list(mesh.polygons))
     return {
         "surface_f_vector": f_vec,
@@ -194,7 +208,7 @@ def _complex_stats(cplx: Any) -> dict[str, Any]:
     return out
 
 
-def _extract_complex(net: PLNetwork, box: np.ndarray, kw: dict, out: Path) -> tuple[Any, dict]:
+def _extract_complex(net: PLGraph, box: np.ndarray, kw: dict, out: Path) -> tuple[Any, dict]:
     from nsr.complex import extract_complex
 
     cplx = extract_complex(net, box, **kw)
@@ -212,17 +226,17 @@ def _write_mesh(mesh: Any, out: Path, polygons: bool) -> list[Path]:
     return files
 
 
-def _level_set_stats(mesh: Any, net: PLNetwork) -> dict[str, Any]:
+def _level_set_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
     from nsr.polylines import polyline_stats
 
-    fv = abs_values(net, mesh.vertices) if len(mesh.vertices) else np.zeros(0)
+    fv = abs_g(net, mesh) if len(mesh.vertices) else np.zeros(0)
     return polyline_stats(mesh.vertices, mesh.polylines) | {
         "abs_f_vertices_mean": float(fv.mean()) if fv.size else None,
         "abs_f_vertices_max": float(fv.max()) if fv.size else None,
     }
 
 
-def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path, level: float = 0.0) -> Path | None:
+def _preview(mesh: Any, cplx: Any, net: PLGraph, box: np.ndarray, out: Path, level: float = 0.0) -> Path | None:
     from nsr import render
 
     if net.in_dim == 2:
@@ -236,7 +250,9 @@ def _preview(mesh: Any, cplx: Any, net: PLNetwork, box: np.ndarray, out: Path, l
     if mesh is None:
         return None
     if mesh.is_empty:
-        return render.render_slice(net, box, 2, float(box[2].mean()), out / "preview.png")
+        # nsr.render reads PLNetworks: a plain MLP graph goes as the network of g
+        plain = net.to_plnetwork(pre_transform=True) if net.is_mlp and net.is_relu and net.encoder is None else net
+        return render.render_slice(plain, box, 2, float(box[2].mean()), out / "preview.png")
     return render.render_mesh(mesh.to_trimesh(), out / "preview.png", polygons=mesh.polygons)
 
 
@@ -264,7 +280,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     mode = opts["mode"]
     dtype, device = parse_dtype(opts["dtype"]), opts["device"]
     _stage(opts, f"loading {opts['net']}")
-    net, run_box, source = resolve_network(opts["net"])
+    loaded, run_box, source = resolve_network(opts["net"])
+    net = as_graph(loaded)  # the one form the extraction reads (skips, residuals, output transforms)
     box = _box(cfg, run_box, net.in_dim)
     if net.in_dim not in (2, 3):
         raise ConfigError(f"net={opts['net']}: a {net.in_dim}-D network has no mesh or polylines; use the library "
@@ -311,7 +328,7 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     timings["export_s"] = time.perf_counter() - t
     if opts["preview"]:
         t = time.perf_counter()
-        png = _preview(mesh, cplx, net, box, out, opts["level"])
+        png = _preview(mesh, cplx, net, box, out, net.level(opts["level"]))
         files += [png] if png else []
         timings["preview_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start

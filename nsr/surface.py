@@ -36,11 +36,11 @@ from nsr.complex import (
     band_cells,
     bit_values,
     check_box,
+    encoder_facets,
     extract_complex,
     group_equal_rows,
     may_reach,
     no_tf32,
-    output_bounds,
     peak_memory_mb,
     resolve_dtype,
     sign_tolerances,
@@ -50,7 +50,10 @@ from nsr.complex import (
 )
 from nsr.files import MESH_SUFFIXES, write_mesh
 from nsr.geometry import fan_triangles
-from nsr.networks import PLNetwork, as_network
+from nsr.networks import PLNetwork
+from nsr.pl.bounds import output_bounds
+from nsr.pl.graph import PLGraph, as_graph
+from nsr.pl.layout import NEURON, ConstraintLayout
 
 EXPORT_SUFFIXES = MESH_SUFFIXES
 
@@ -59,6 +62,12 @@ EXPORT_SUFFIXES = MESH_SUFFIXES
 class ExactMesh:
     """An exact level-set mesh.
 
+    The level set is that of the network's piecewise-affine output ``g`` (before any output
+    transform ``T`` such as tanh): ``level`` is the level of ``g`` (``graph.level(t)`` for a
+    module level ``t``, kept in ``stats["module_level"]``), and ``stats["max_abs_f"]`` and
+    ``stats["mean_abs_f"]`` measure ``|g - level|`` at the vertices (for the identity transform,
+    ``|f - level|`` of the module itself).
+
     ``vertices`` ``(V, D)`` float64; for D = 3 ``polygons`` (vertex cycles, oriented so that
     normals point from negative to positive, i.e. outward for an SDF negative inside),
     ``triangles`` ``(T, 3)`` (fan triangulation of the convex polygons) and
@@ -66,8 +75,9 @@ class ExactMesh:
     repeat their first vertex at the end).
 
     Combinatorics, for differentiable geometry: ``vertex_constraints`` ``(V, D)`` int64, the
-    constraints each vertex lies on (``2d``/``2d+1``: box facet ``x_d = lo_d``/``hi_d``;
-    ``2D + j``: hidden neuron ``j`` in layer order; ``2D + N``: the level set);
+    constraints each vertex lies on (numbered by :class:`nsr.pl.layout.ConstraintLayout`:
+    ``2d``/``2d+1``: box facet ``x_d = lo_d``/``hi_d``; ``2D + p``: encoder plane ``p``, if
+    any; then the hidden neurons in layer order; last the level set);
     ``vertex_patterns`` ``(V, N)`` bool, an activation pattern valid at the vertex (zero
     neurons inactive); ``polygon_patterns`` ``(P, N)`` bool, the pattern of each polygon's
     linear region; ``polygon_is_cap`` ``(P,)`` bool for box caps (``close=True``).
@@ -292,6 +302,7 @@ class _Arrays:
     ezeros: Tensor
     tile_index: Tensor  # (K, D) grid index of each tile
     grid: int  # tiles per axis
+    n_facets: int = 0  # encoder planes (constraint ids 2D..2D+P-1)
 
 
 def _global_zeros(zeros: Tensor, tile: Tensor, arr: _Arrays, d: int) -> tuple[Tensor, Tensor]:
@@ -314,17 +325,19 @@ def _plane_to_constraint(g: Tensor, grid: int) -> Tensor:
     return torch.where(g < 0, 2 * axis + (k == grid).long(), g)
 
 
-def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: float, close: bool) -> ExactMesh:
+def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: float, close: bool) -> ExactMesh:
     arr = _Arrays(arr.x, arr.vzeros.long(), arr.vpos, arr.vtile.long(), arr.edges.long(), arr.ezeros.long(),
-                  arr.tile_index, arr.grid)
+                  arr.tile_index, arr.grid, arr.n_facets)
     d = arr.x.shape[1]
     n = net.n_neurons
-    out = 2 * d + n
+    layout = ConstraintLayout(d, net.widths, arr.n_facets)
+    out = layout.output
     w = arr.vpos.shape[1]
     dev = arr.x.device
-    # bits >= 2D: neurons and output (tile-facet bits differ between tiles for one vertex)
+    # bits past the box facets: encoder planes, neurons and output (tile-facet bits differ
+    # between tiles for one vertex; the others are global)
     ids = torch.arange(w * 64, device=dev)
-    keep_bits = (ids >= 2 * d) & (ids < out + 1)
+    keep_bits = (ids >= layout.n_box) & (ids < out + 1)
     wd, mk = bit_values(ids[keep_bits])
     mask = torch.zeros(w, dtype=torch.int64, device=dev).index_put_((wd,), mk, accumulate=True)
 
@@ -335,7 +348,7 @@ def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: f
     epos = (arr.vpos[e[:, 0]] | arr.vpos[e[:, 1]]) & mask
 
     if d == 2:
-        return _polylines(net, arr, bounds, level, gz, internal, ge, e_internal, mask)
+        return _polylines(net, arr, bounds, level, gz, internal, ge, e_internal, mask, layout)
 
     faces_support, faces_pos, inc_edge = [], [], []
 
@@ -344,7 +357,7 @@ def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: f
             sel = edge_idx
             pk = epos[sel].clone()
             oth = other
-            is_neuron = (oth >= 2 * d) & (oth < out)
+            is_neuron = (oth >= layout.n_box) & (oth < out)  # a neuron or an encoder plane: two sides
             if side == 1:  # the positive side of a neuron; the inside of a box plane
                 wi, mi = bit_values(oth.clamp(min=0))
                 rows = torch.nonzero(is_neuron).squeeze(1)
@@ -404,11 +417,12 @@ def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: f
     cycles = _compact_rows(cycles, ~split_vertex[cycles.clamp(min=0)])
     # orientation: surface polygons along the gradient, caps along the outward facet normal
     is_cap = f_support != out
-    patterns = unpack_bits(f_pos, torch.arange(2 * d, out, device=dev))
+    patterns = unpack_bits(f_pos, torch.arange(layout.neuron_offset, out, device=dev))
     netd = net.to(device=dev, dtype=torch.float64)
-    normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1))) if n else None
-    if normal is None:
-        normal = netd.weights[0].expand(len(patterns), -1).clone()
+    if n and netd.encoder is None:
+        normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1)))
+    else:  # the gradient inside each polygon's region, at the polygon's centroid
+        normal = _gradients_at(netd, _centroids(cycles, wx))
     cap_c = _plane_to_constraint(f_support[is_cap], arr.grid)
     cap_n = torch.zeros(int(is_cap.sum()), d, dtype=torch.float64, device=dev)
     cap_n[torch.arange(len(cap_c)), torch.div(cap_c, 2, rounding_mode="floor")] = (cap_c % 2).double() * 2 - 1
@@ -422,8 +436,22 @@ def _mesh_from_arrays(net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: f
     cycles = torch.where(cycles >= 0, remap[cycles.clamp(min=0)], cycles)
     verts = wx[usedv]
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
-    vpat = unpack_bits(arr.vpos[wrep[usedv]], torch.arange(2 * d, out, device=dev))
+    vpat = unpack_bits(arr.vpos[wrep[usedv]], torch.arange(layout.neuron_offset, out, device=dev))
     return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, patterns, is_cap, n_invalid)
+
+
+def _centroids(cycles: Tensor, x: Tensor) -> Tensor:
+    """Mean ``(F, D)`` of each padded vertex cycle ``(F, L)`` (-1 padded) of positions ``x``."""
+    valid = (cycles >= 0).unsqueeze(-1)
+    return (x[cycles.clamp(min=0)] * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def _gradients_at(graph: PLGraph, x: Tensor) -> Tensor:
+    """Gradient ``(M, D)`` of ``g`` at points ``x`` ``(M, D)`` inside regions (autograd)."""
+    with torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(graph(xg).sum(), xg)
+    return grad
 
 
 def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, vertex_constraints: Tensor,
@@ -447,11 +475,11 @@ def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, v
 
 
 def _polylines(
-    net: PLNetwork, arr: _Arrays, bounds: np.ndarray, level: float, gz: Tensor, internal: Tensor,
-    ge: Tensor, e_internal: Tensor, mask: Tensor,
+    net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: float, gz: Tensor, internal: Tensor,
+    ge: Tensor, e_internal: Tensor, mask: Tensor, layout: ConstraintLayout,
 ) -> ExactMesh:
     d, n = 2, net.n_neurons
-    out = 2 * d + n
+    out = layout.output
     e = arr.edges
     sel = torch.nonzero(arr.ezeros[:, 0] == out).squeeze(1)
     if len(sel) == 0:
@@ -505,21 +533,22 @@ def _polylines(
         level=level,
         polylines=[remap[np.asarray(p)] for p in lines],
         vertex_constraints=_plane_to_constraint(gz[wrep[torch.as_tensor(usedv)]], arr.grid).numpy(),
-        vertex_patterns=unpack_bits(arr.vpos[wrep[torch.as_tensor(usedv)]], torch.arange(2 * d, out)).numpy(),
+        vertex_patterns=unpack_bits(arr.vpos[wrep[torch.as_tensor(usedv)]],
+                                    torch.arange(layout.neuron_offset, out)).numpy(),
     )
 
 
-def _mesh_from_tracks(net: PLNetwork, tr: dict[str, Any], bounds: np.ndarray, level: float) -> ExactMesh:
+def _mesh_from_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], bounds: np.ndarray, level: float) -> ExactMesh:
     """Weld walked polygons (:func:`nsr.tracking.track_surface`) into an :class:`ExactMesh`."""
     if len(tr["key"]) == 0:
         return _empty(bounds, level, 3, net.n_neurons)
     w = weld_tracks(net, tr)
     return _polygon_mesh(w["vertices"], w["cycles"], bounds, level, w["vertex_constraints"],
-                         w["vertex_patterns"], tr["patterns"], tr["support"] != 2 * 3 + net.n_neurons,
+                         w["vertex_patterns"], tr["patterns"], tr["support"] != ConstraintLayout.of(net).output,
                          tr["stats"]["failed_walks"])
 
 
-def weld_tracks(net: PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
+def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
     """Weld the polygons walked by :func:`nsr.tracking.track_surface` into shared vertices.
 
     Vertex ``i`` of a polygon lies on its support and on the constraints of edges ``i - 1``
@@ -529,8 +558,8 @@ def weld_tracks(net: PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
     oriented along each polygon's ``normal``), ``vertex_constraints`` ``(V, 3)`` long and
     ``vertex_patterns`` ``(V, N)`` bool.
     """
-    d, n = 3, net.n_neurons
-    out = 2 * d + n
+    n = net.n_neurons
+    layout = ConstraintLayout.of(net)
     key, e, m, support = tr["key"], tr["edges"], tr["length"], tr["support"]
     dev = key.device
     words = key.shape[1] - 1
@@ -542,8 +571,8 @@ def weld_tracks(net: PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
     pk = key[f, :words].clone()
     for col in range(3):
         c = trip[:, col]
-        rows = torch.nonzero((c >= 2 * d) & (c < out)).squeeze(1)
-        wd, mk = bit_values(c[rows] - 2 * d)
+        rows = torch.nonzero(layout.kind(c) == NEURON).squeeze(1)
+        wd, mk = bit_values(layout.neuron_index(c[rows]))
         pk[rows, wd] &= ~mk
     order, vid = group_equal_rows(torch.cat([pk, trip], 1))
     n_v = int(vid.max()) + 1
@@ -586,7 +615,7 @@ def tile_grid(bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.d
     return tlo, thi, idx
 
 
-def default_tiles(net: PLNetwork) -> int:
+def default_tiles(net: PLGraph | PLNetwork) -> int:
     """Tiles per axis for surface mode. Tiles are the unit of independent work; every tile
     also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
     regions, not of tiles, does most of the work. Small networks get 2 per axis: their
@@ -597,7 +626,7 @@ def default_tiles(net: PLNetwork) -> int:
     return 8 if net.n_neurons > 128 else 2
 
 
-def default_band(net: PLNetwork) -> int:
+def default_band(net: PLGraph | PLNetwork) -> int:
     """Cells per axis of the grid on which surface mode bounds the output (a power of two)."""
     return 0
 
@@ -618,11 +647,17 @@ def extract_mesh(
     workers: int = 1,
     seeds: Any = None,
 ) -> ExactMesh:
-    """The exact level set ``f = level`` of a ReLU network over a box.
+    """The exact level set ``f = level`` of a piecewise-affine network over a box.
 
     Parameters
     ----------
-    net : anything :func:`nsr.networks.as_network` accepts; input dimension 2 or 3.
+    net : a :class:`~nsr.pl.PLGraph`, a :class:`~nsr.networks.PLNetwork`, an ``nn.Module``
+        (traced by :func:`nsr.pl.trace`: skip and residual blocks, LeakyReLU/PReLU/abs/clamp,
+        folded normalizations, latent codes) or anything :func:`nsr.pl.as_graph` reads; input
+        dimension 2 or 3.
+    level : a level of the module's output. A monotone output transform ``T`` (tanh,
+        sigmoid, positive scalings) is undone: the mesh is the level set of the
+        piecewise-affine ``g`` at ``graph.level(level)`` (``mesh.level``), the same set.
     bounds : ``(lo, hi)`` for every axis or a ``(D, 2)`` array.
     mode : ``"surface"`` (tiles, pruning; default), ``"complex"`` (the whole complex) or
         ``"track"`` (grow the surface polygon by polygon from seed points, D = 3: work
@@ -645,7 +680,7 @@ def extract_mesh(
 
     A network with no crossing in the box gives an empty mesh and a warning.
     """
-    net = as_network(net)
+    net = as_graph(net)
     d = net.in_dim
     if d not in (2, 3):
         raise ValueError(
@@ -657,7 +692,10 @@ def extract_mesh(
         dim=d, n_neurons=net.n_neurons, max_width=max(net.widths, default=1), itemsize=dt.itemsize, mode=mode,
         level=level, tiles=tiles, band=band, workers=workers, seeds=seeds, memory_limit=memory_limit, close=close,
         progress=progress)
-    level, memory_limit = args["level"], args["memory_limit"]
+    module_level, memory_limit = args["level"], args["memory_limit"]
+    level = net.level(module_level)  # the level of g with the same level set (identity: the same number)
+    if mode == "track" and net.encoder is not None:
+        raise NotImplementedError("mode='track' does not read encoders yet; use mode='surface'")
     if mode == "track" and d != 3:
         raise ValueError(f"mode='track' needs a 3-D network, got {d}-D; use mode='surface'")
     if seeds is not None and mode != "track":
@@ -682,13 +720,15 @@ def extract_mesh(
             mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
     mesh.stats.update(mode=mode, dtype=str(dt), device=str(dev), time_s=time.perf_counter() - t0,
                       peak_memory_mb=peak_memory_mb(dev))
+    if not netd.transform.is_identity:
+        mesh.stats.update(module_level=module_level, output_transform=netd.transform.describe())
     _measure(mesh, netd)
     if mesh.is_empty:
         warnings.warn(limits.empty_level_set_message(netd, b, level), stacklevel=2)
     return mesh
 
 
-def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, close: bool, tiles: int | None,
+def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, close: bool, tiles: int | None,
                      band: int | None, progress: bool, memory_limit: float | None, workers: int) -> ExactMesh:
     """Complex and surface modes of :func:`extract_mesh` (edge subdivision), with their stats."""
     t0 = time.perf_counter()
@@ -698,6 +738,7 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
                              memory_limit=memory_limit).refine(level)
         arr = _complex_arrays(cx)
         n_tiles, kept, unpaired = 1, 1, cx.stats["unpaired_face_keys"]
+        n_facets = cx.layout.n_facets
     else:
         grid = tiles if tiles is not None else default_tiles(netd)
         if grid < 1:
@@ -710,6 +751,8 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
         bt = torch.as_tensor(b, dtype=dt, device=dev)
         # one tolerance per neuron for the whole box, whichever tiles or workers see it
         tols = sign_tolerances(netd, bt[:, 0], bt[:, 1], level)
+        facets = encoder_facets(netd, bt[:, 0], bt[:, 1])
+        n_facets = len(facets[1])
         tol_out = float(tols[-1][0])
         cells = None
         if res:
@@ -728,16 +771,17 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
         region_stats: dict[str, Any] = {}
         if workers > 1 and len(tlo) > 1:
             arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
-                                                        workers, memory_limit, tols)
+                                                        workers, memory_limit, tols, facets)
             warn_unpaired(unpaired, dt)  # the workers' own warnings stay in their processes
         else:
             sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
                                   band=cells, progress=progress, desc="surface", memory_limit=memory_limit,
-                                  tolerances=tols)
+                                  tolerances=tols, facets=facets)
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
             region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_") or k == "uncertain_signs"}
     t_sub = time.perf_counter() - t0
+    arr.n_facets = n_facets
     mesh = _mesh_from_arrays(netd, arr, b, level, close)
     if mode == "surface":
         mesh.stats.update(band=res, band_cells=cells.n_occupied if cells else None, bounds_s=t_band,
@@ -746,7 +790,7 @@ def _subdivided_mesh(netd: PLNetwork, b: np.ndarray, mode: str, level: float, cl
     return mesh
 
 
-def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool
+def _track_mesh(net: PLGraph, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool
                 ) -> tuple[ExactMesh | None, str]:
     """Track mode of :func:`extract_mesh`; ``(None, why)`` where it cannot answer (see
     :func:`track_polygons`)."""
@@ -759,14 +803,15 @@ def _track_mesh(net: PLNetwork, b: np.ndarray, level: float, close: bool, seeds:
     return mesh, ""
 
 
-def track_polygons(net: PLNetwork, b: np.ndarray, level: float = 0.0, close: bool = False, seeds: Any = None,
-                   progress: bool = False) -> tuple[dict[str, Any] | None, str]:
+def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, close: bool = False,
+                   seeds: Any = None, progress: bool = False) -> tuple[dict[str, Any] | None, str]:
     """The polygons of :func:`nsr.tracking.track_surface` grown from ``seeds`` (a grid
     resolution, default 64, or ``(M, 3)`` points; those outside the box ``b`` are dropped),
     or ``(None, why)`` where track mode cannot answer: no seed region crosses the level set,
     a vertex is degenerate (a fourth plane through it), or a walk did not close."""
     from nsr.tracking import grid_seeds, track_surface
 
+    net = _tracking_network(net)
     bt = torch.as_tensor(b, dtype=net.dtype, device=net.device)
     if seeds is None or isinstance(seeds, (int, np.integer)):
         res = 64 if seeds is None else limits.check_seed_grid(seeds, net.in_dim, net.dtype.itemsize)
@@ -789,24 +834,36 @@ def track_polygons(net: PLNetwork, b: np.ndarray, level: float = 0.0, close: boo
     return tr, ""
 
 
-def _subdivide_tiles(weights: list[np.ndarray], biases: list[np.ndarray], tlo: np.ndarray, thi: np.ndarray,
+def _tracking_network(net: PLGraph | PLNetwork) -> PLGraph | PLNetwork:
+    """What :mod:`nsr.tracking` is handed: a plain ReLU MLP as the :class:`PLNetwork` of ``g``
+    (as it has always been), any other graph as the graph itself (tracking reads graphs once it
+    is ported to them; until then such a graph fails there)."""
+    if isinstance(net, PLGraph) and net.is_mlp and net.is_relu and net.encoder is None:
+        return net.to_plnetwork(pre_transform=True)
+    return net
+
+
+def _subdivide_tiles(state: dict[str, np.ndarray], encoder: Any, tlo: np.ndarray, thi: np.ndarray,
                      level: float, keep_negative: np.ndarray | None, memory_limit: float | None,
-                     tolerances: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
-    """Worker: subdivide a batch of tiles; plain arrays in and out (picklable)."""
+                     tolerances: list[np.ndarray], facets: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+    """Worker: subdivide a batch of tiles; the graph's state (:meth:`PLGraph.layer_state`) and
+    plain arrays in and out (picklable)."""
     torch.set_num_threads(1)
-    net = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
+    net = PLGraph.from_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, encoder)
     with torch.no_grad(), no_tf32():
         sk, _ = subdivide(net, torch.from_numpy(tlo), torch.from_numpy(thi), level=level, prune=True,
                           keep_negative=None if keep_negative is None else torch.from_numpy(keep_negative),
                           progress=False, memory_limit=memory_limit,
-                          tolerances=[torch.from_numpy(t) for t in tolerances])
+                          tolerances=[torch.from_numpy(t) for t in tolerances],
+                          facets=tuple(torch.from_numpy(f) for f in facets))  # type: ignore[arg-type]
     arrays = [b.t.numpy() for b in (sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.edges, sk.ezeros)]
     return arrays, sk.stats["tiles_alive"], sk.unpaired
 
 
-def _subdivide_in_workers(net: PLNetwork, tlo: Tensor, thi: Tensor, tidx: Tensor, grid: int, level: float,
+def _subdivide_in_workers(net: PLGraph, tlo: Tensor, thi: Tensor, tidx: Tensor, grid: int, level: float,
                           keep_negative: Tensor | None, workers: int, memory_limit: float | None,
-                          tolerances: list[Tensor]) -> tuple[_Arrays, int, int]:
+                          tolerances: list[Tensor], facets: tuple[Tensor, Tensor, Tensor]
+                          ) -> tuple[_Arrays, int, int]:
     """Split the tiles into ``workers`` batches, subdivide them in separate processes, and
     concatenate the skeletons (vertex and tile indices offset)."""
     import multiprocessing as mp
@@ -815,13 +872,12 @@ def _subdivide_in_workers(net: PLNetwork, tlo: Tensor, thi: Tensor, tidx: Tensor
     if net.device.type != "cpu":
         raise ValueError("workers > 1 runs on the CPU; use one process per GPU instead")
     parts = np.array_split(np.arange(len(tlo)), min(workers, len(tlo)))
-    w = [t.numpy() for t in net.weights]
-    b = [t.numpy() for t in net.biases]
+    state = {k: v.numpy() for k, v in net.layer_state().items()}
     limit = None if memory_limit is None else memory_limit / len(parts)
     with ProcessPoolExecutor(len(parts), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_subdivide_tiles, w, b, tlo[p].numpy(), thi[p].numpy(), level,
+        futures = [pool.submit(_subdivide_tiles, state, net.encoder, tlo[p].numpy(), thi[p].numpy(), level,
                                None if keep_negative is None else keep_negative[p].numpy(), limit,
-                               [t.numpy() for t in tolerances]) for p in parts]
+                               [t.numpy() for t in tolerances], [f.numpy() for f in facets]) for p in parts]
         results = [f.result() for f in futures]
     cols: list[list[Tensor]] = [[] for _ in range(6)]
     v_off, t_off = 0, 0
@@ -840,16 +896,20 @@ def _complex_arrays(cx: PolyhedralComplex) -> _Arrays:
     dev = cx.vertices.device
     return _Arrays(cx.vertices, cx.vertex_zeros, cx.vertex_signs,
                    torch.zeros(len(cx.vertices), dtype=torch.int64, device=dev),
-                   cx.edges, cx.edge_zeros, torch.zeros(1, cx.dim, dtype=torch.int64, device=dev), 1)
+                   cx.edges, cx.edge_zeros, torch.zeros(1, cx.dim, dtype=torch.int64, device=dev), 1,
+                   cx.layout.n_facets)
 
 
 def mesh_from_complex(cx: PolyhedralComplex, level: float = 0.0, *, close: bool = False) -> ExactMesh:
-    """The exact level-set mesh of an already extracted complex (no second extraction)."""
+    """The exact level-set mesh of an already extracted complex (no second extraction); ``level``
+    is a level of the module's output, mapped through the network's output transform as in
+    :func:`extract_mesh`."""
     if cx.dim not in (2, 3):
         raise ValueError(f"a mesh needs a 2-D or 3-D complex, got {cx.dim}-D; use cx.level_set()")
     if close and cx.dim != 3:
         raise ValueError("close=True needs a 3-D network")
     t0 = time.perf_counter()
+    level = cx.net.level(level)  # a module level; the complex is g's (see extract_mesh)
     with torch.no_grad(), no_tf32():
         ref = cx.refine(level)
         net = cx.net.to(device=cx.vertices.device, dtype=cx.vertices.dtype)
@@ -861,8 +921,9 @@ def mesh_from_complex(cx: PolyhedralComplex, level: float = 0.0, *, close: bool 
     return mesh
 
 
-def _measure(mesh: ExactMesh, net: PLNetwork) -> None:
-    """Record counts and the measured |f - level| at the vertices (float64 evaluation)."""
+def _measure(mesh: ExactMesh, net: PLGraph) -> None:
+    """Record counts and the measured ``|g - level|`` at the vertices (float64 evaluation of the
+    piecewise-affine output ``g``, before any output transform: see :class:`ExactMesh`)."""
     s = mesh.stats
     s["n_vertices"] = len(mesh.vertices)
     s["n_polygons"] = len(mesh.polygons)

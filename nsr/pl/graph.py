@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,7 +45,10 @@ from nsr.networks import NetworkError, PLNetwork
 INPUT = -1
 """Source index of the network input ``x`` in :attr:`Affine.blocks`."""
 
-_ENCODED_SOURCE = -2  # the encoder's features (ENCODED in PROTOCOL.md); read by region_maps
+ENCODED = -2
+"""Source index of the encoder's features ``encoder(x)`` ``(N, F)`` in :attr:`Affine.blocks`
+(graphs with an :attr:`PLGraph.encoder` only; see PROTOCOL: the encoder is piecewise affine on
+the cells of its own planes, which the extractor splits before layer 0)."""
 
 
 class NotPiecewiseAffineError(NetworkError):
@@ -494,6 +498,10 @@ class PLGraph:
         The scalar output ``g`` (one row).
     transform : OutputTransform
         Monotone map from ``g`` to the module's output.
+    encoder : object, optional
+        A piecewise-affine input encoding read by blocks of source ``ENCODED`` (protocol:
+        ``in_dim``, ``out_dim``, ``__call__``, ``planes``, ``feature_maps``, ``feature_bounds``,
+        ``to``); ``None`` for plain networks.
 
     Raises
     ------
@@ -519,9 +527,28 @@ class PLGraph:
     layers: list[Layer]
     output: Affine
     transform: OutputTransform = OutputTransform()
+    encoder: Any = None
 
     def __post_init__(self) -> None:
         _validate_graph(self)
+        # the last layer (n_layers: the output) that reads each source, so that an evaluation
+        # holds only the values still to be read (a plain MLP: one layer's at a time)
+        self._last_read: dict[int, int] = {}
+        for m in range(self.n_layers + 1):
+            for k in self.affine(m).blocks:
+                self._last_read[k] = m
+
+    @property
+    def live_width(self) -> int:
+        """The most values per point an evaluation holds at once (sources still to be read plus
+        the layer being computed): what a chunk of points costs per row."""
+        widths = {INPUT: self.in_dim, **({ENCODED: int(self.encoder.out_dim)} if self.encoder is not None else {})}
+        widths.update(enumerate(self.widths))
+        most = 0
+        for m in range(self.n_layers + 1):
+            live = sum(w for k, w in widths.items() if k < m and self._last_read.get(k, -3) >= m)
+            most = max(most, live + self.affine(m).n)
+        return most
 
     # ---- shape ----------------------------------------------------------------------------
     @property
@@ -613,8 +640,9 @@ class PLGraph:
         >>> as_graph(random_network(3, [8], seed=0)).to(dtype=torch.float32).dtype
         torch.float32
         """
+        encoder = None if self.encoder is None else self.encoder.to(device=device, dtype=dtype)
         return PLGraph(self.in_dim, [layer.to(device, dtype) for layer in self.layers],
-                       self.output.to(device, dtype), self.transform)
+                       self.output.to(device, dtype), self.transform, encoder)
 
     # ---- evaluation -----------------------------------------------------------------------
     def post_activations(self, x: Tensor, upto: int | None = None) -> dict[int, Tensor]:
@@ -642,10 +670,38 @@ class PLGraph:
         {-1: (5, 3), 0: (5, 8), 1: (5, 4)}
         """
         upto = self.n_layers if upto is None else upto
-        values: dict[int, Tensor] = {INPUT: x}
+        values = self.input_values(x)
         for l in range(upto):
             layer = self.layers[l]
-            values[l] = layer.activate(layer.apply(values))
+            z = layer.apply(values)
+            # z is a fresh tensor: a ReLU layer activates in place, the addmm/relu_ chain of a plain MLP
+            values[l] = z.relu_() if layer.is_relu else layer.activate(z)
+        return values
+
+    def input_values(self, x: Tensor) -> dict[int, Tensor]:
+        """The sources that are not layers: ``{INPUT: x}``, and ``ENCODED: encoder(x)`` ``(N, F)``
+        when the graph has an encoder.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        dict of int to Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> list(as_graph(random_network(3, [8], seed=0)).input_values(torch.zeros(2, 3, dtype=torch.float64)))
+        [-1]
+        """
+        values: dict[int, Tensor] = {INPUT: x}
+        if self.encoder is not None:
+            values[ENCODED] = self.encoder(x)
         return values
 
     def preactivations(self, x: Tensor, layer: int, j0: int = 0, j1: int | None = None,
@@ -682,8 +738,20 @@ class PLGraph:
         aff = self.affine(layer)
         j1 = aff.n if j1 is None else j1
         if values is None:
-            values = self.post_activations(x, min(layer, self.n_layers))
-        return aff.rows(j0, j1).apply(values)
+            values = self._values_for(x, min(layer, self.n_layers))
+        return (aff if j0 == 0 and j1 == aff.n else aff.rows(j0, j1)).apply(values)
+
+    def _values_for(self, x: Tensor, upto: int) -> dict[int, Tensor]:
+        """Post-activations of layers ``< upto``, dropping each as soon as no layer up to
+        ``upto`` reads it any more (the addmm/relu_ chain of a plain MLP keeps one)."""
+        values = self.input_values(x)
+        for l in range(upto):
+            layer = self.layers[l]
+            z = layer.apply(values)
+            values[l] = z.relu_() if layer.is_relu else layer.activate(z)
+            for k in [k for k in values if self._last_read.get(k, -3) <= l]:
+                del values[k]
+        return values
 
     def __call__(self, x: Tensor) -> Tensor:
         """The piecewise-affine output ``g`` (before the output transform).
@@ -779,7 +847,7 @@ class PLGraph:
         [tensor([[ True, False,  True,  True,  True,  True]])]
         """
         upto = self.n_layers if upto is None else upto
-        values: dict[int, Tensor] = {INPUT: x}
+        values = self.input_values(x)
         out = []
         for l in range(upto):
             z = self.layers[l].apply(values)
@@ -845,7 +913,7 @@ class PLGraph:
                 raise ValueError("this graph has an encoder: pass points (P, D), one in each region, to region_maps "
                                  "(the features are affine only on the cells of the encoder's planes)")
             fa, fc = encoder.feature_maps(points)  # (P, F, D), (P, F)
-            post[_ENCODED_SOURCE] = torch.cat([fa.transpose(1, 2), fc[:, None]], 1)
+            post[ENCODED] = torch.cat([fa.transpose(1, 2), fc[:, None]], 1)
         out: list = []
         for l in range(min(len(patterns), self.n_layers) + 1):
             aff = self.affine(l)
@@ -957,7 +1025,7 @@ class PLGraph:
         >>> bool(torch.equal(PLGraph.from_plnetwork(net).to_plnetwork().weights[0], net.weights[0]))
         True
         """
-        if not self.is_mlp or not self.is_relu:
+        if not self.is_mlp or not self.is_relu or self.encoder is not None:
             raise NotPiecewiseAffineError(
                 "this graph is not a plain Linear/ReLU chain (it has skip or residual blocks or non-ReLU "
                 "neurons), so it has no PLNetwork form; use the PLGraph itself")
@@ -994,6 +1062,27 @@ class PLGraph:
         >>> back.widths == g.widths, [layer.sources for layer in back.layers] == [layer.sources for layer in g.layers]
         (True, True)
         """
+        if self.encoder is not None:
+            raise NotPiecewiseAffineError(
+                "a graph with an encoder has no plain state dict (the encoder is an object of its own, saved by "
+                "its own code); graph.layer_state() holds the rest, and from_state_dict(sd, encoder) reads it back")
+        return self.layer_state()
+
+    def layer_state(self) -> dict[str, Tensor]:
+        """:meth:`state_dict` without the encoder check: every tensor of the layers, output and
+        transform (blocks of source ``ENCODED`` under key ``-2``); the encoder itself is not in it.
+
+        Returns
+        -------
+        dict of str to Tensor
+
+        Examples
+        --------
+        >>> from nsr.pl import as_graph
+        >>> from nsr.networks import random_network
+        >>> sorted(as_graph(random_network(2, [4], seed=0)).layer_state())[:3]
+        ['in_dim', 'layers.0.bias', 'layers.0.blocks.-1']
+        """
         out: dict[str, Tensor] = {"in_dim": torch.tensor(self.in_dim)}
         for name, aff in [*((f"layers.{l}", layer) for l, layer in enumerate(self.layers)), ("output", self.output)]:
             out[f"{name}.bias"] = aff.bias.detach().cpu()
@@ -1007,13 +1096,15 @@ class PLGraph:
         return out
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, Tensor]) -> PLGraph:
+    def from_state_dict(cls, sd: Mapping[str, Tensor], encoder: Any = None) -> PLGraph:
         """Inverse of :meth:`state_dict`; raises :class:`NotPiecewiseAffineError` on malformed input.
 
         Parameters
         ----------
         sd : mapping of str to Tensor
-            As written by :meth:`state_dict`.
+            As written by :meth:`state_dict` (or :meth:`layer_state`).
+        encoder : object, optional
+            The encoder of a graph saved by :meth:`layer_state`.
 
         Returns
         -------
@@ -1047,7 +1138,7 @@ class PLGraph:
             for kind, scale, shift in sd["transform"].tolist():
                 name = {0: "affine", 1: "tanh", 2: "sigmoid"}[int(kind)]
                 steps.append(("affine", scale, shift) if name == "affine" else (name,))
-            return cls(int(sd["in_dim"]), layers, Affine(*affine("output")), OutputTransform(tuple(steps)))
+            return cls(int(sd["in_dim"]), layers, Affine(*affine("output")), OutputTransform(tuple(steps)), encoder)
         except (KeyError, ValueError) as err:
             if isinstance(err, NotPiecewiseAffineError):
                 raise
@@ -1055,8 +1146,9 @@ class PLGraph:
 
 
 def as_graph(obj: object) -> PLGraph:
-    """A :class:`PLGraph` from a graph, a :class:`PLNetwork`, or anything ``nsr.networks.as_network``
-    reads (state dicts, files, ``nn.Sequential``). Arbitrary modules go through :func:`nsr.pl.trace`.
+    """A :class:`PLGraph` from a graph, a :class:`PLNetwork`, an ``nn.Module`` (traced by
+    :func:`nsr.pl.trace`, which checks the graph against the module's own output and refuses what
+    is not piecewise affine), or anything else ``nsr.networks.as_network`` reads (state dicts, files).
 
     Parameters
     ----------
@@ -1085,9 +1177,19 @@ def as_graph(obj: object) -> PLGraph:
         return obj
     if isinstance(obj, PLNetwork):
         return PLGraph.from_plnetwork(obj)
+    if isinstance(obj, torch.nn.Module):
+        from nsr.pl.convert import trace
+
+        if type(obj).forward is torch.nn.Module.forward and isinstance(getattr(obj, "net", None), torch.nn.Module):
+            obj = obj.net  # a wrapper without a forward of its own (a LightningModule's .net): its network runs
+        return trace(obj)
     from nsr.networks import as_network
 
     return PLGraph.from_plnetwork(as_network(obj))
+
+
+def _source_name(k: int) -> str:
+    return "the input" if k == INPUT else "the encoder" if k == ENCODED else f"layer {k}"
 
 
 def _validate_graph(g: PLGraph) -> None:
@@ -1095,6 +1197,10 @@ def _validate_graph(g: PLGraph) -> None:
         raise NotPiecewiseAffineError(f"the input dimension must be >= 1, got {g.in_dim}")
     ref = g.output.bias
     widths = {INPUT: g.in_dim}
+    if g.encoder is not None:
+        if int(g.encoder.in_dim) != g.in_dim:
+            raise NotPiecewiseAffineError(f"the encoder reads {g.encoder.in_dim}-D points, the graph {g.in_dim}-D ones")
+        widths[ENCODED] = int(g.encoder.out_dim)
     for l, aff in enumerate([*g.layers, g.output]):
         name = "the output" if l == len(g.layers) else f"layer {l}"
         tensors = [aff.bias, *aff.blocks.values()]
@@ -1116,7 +1222,7 @@ def _validate_graph(g: PLGraph) -> None:
                 raise NotPiecewiseAffineError(f"{name}: reads layer {k}, which is not an earlier layer")
             if w.shape != (aff.n, widths[k]):
                 raise NotPiecewiseAffineError(
-                    f"{name}: block from {'the input' if k == INPUT else f'layer {k}'} has shape "
+                    f"{name}: block from {_source_name(k)} has shape "
                     f"{tuple(w.shape)}, expected {(aff.n, widths[k])}")
         widths[l] = aff.n
     if g.output.n != 1:
