@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from nsr.networks import PLNetwork, ReLUMLP
-from nsr.pl.graph import _ENCODED_SOURCE, INPUT, Affine, Layer, OutputTransform, PLGraph, as_graph
+from nsr.pl.graph import ENCODED, INPUT, Affine, Layer, OutputTransform, PLGraph, as_graph
 from nsr.pl.layout import FACET, ConstraintLayout
 from nsr.pl.models import ResidualMLP, SkipMLP
 
@@ -615,7 +615,7 @@ def constraint_residuals(
             plane = x @ normals.T - offsets  # (V, P)
             p = (constraints - lay.facet_offset).clamp(0, lay.n_facets - 1)
             res = torch.where(lay.kind(constraints) == FACET, torch.gather(plane, 1, p), res)
-        values[_ENCODED_SOURCE] = enc(x)
+        values[ENCODED] = enc(x)
     pats = _split_patterns(graph, patterns)
     layer_of = lay.layer_of(constraints)
     for layer in range(graph.n_layers + 1):
