@@ -504,9 +504,9 @@ def slice_values(
     """
     import torch
 
-    from nsr.networks import as_network
+    from nsr.pl.graph import as_graph
 
-    pl = as_network(net, dtype=torch.float64, device="cpu")
+    pl = as_graph(net).to(device="cpu", dtype=torch.float64)  # any network nsr reads; values of g
     a, b = [i for i in range(3) if i != axis]
     u = np.linspace(bounds[a, 0], bounds[a, 1], resolution)
     w = np.linspace(bounds[b, 0], bounds[b, 1], resolution)
@@ -1209,12 +1209,12 @@ def _field_2d(net: Any, bounds: np.ndarray, resolution: int) -> tuple[np.ndarray
     ``bounds`` ``(2, 2)`` (rows along the second axis), and the grid's ``imshow`` extent."""
     import torch
 
-    from nsr.networks import as_network
+    from nsr.pl.graph import as_graph
 
     u = bounds[0, 0] + (np.arange(resolution) + 0.5) * (bounds[0, 1] - bounds[0, 0]) / resolution
     w = bounds[1, 0] + (np.arange(resolution) + 0.5) * (bounds[1, 1] - bounds[1, 0]) / resolution
     uu, ww = np.meshgrid(u, w)
-    pl = as_network(net, dtype=torch.float64, device="cpu")
+    pl = as_graph(net).to(device="cpu", dtype=torch.float64)  # skips, residuals, transforms: values of g
     pts = torch.from_numpy(np.stack([uu.ravel(), ww.ravel()], 1))
     with torch.no_grad():  # in chunks: a wide network's activations for every pixel at once take GBs
         img = torch.cat([pl(chunk) for chunk in pts.split(65536)]).numpy().reshape(uu.shape)
@@ -1343,8 +1343,9 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
 
     Returns
     -------
-    nsr.networks.PLNetwork
-        The 2D network, float64.
+    nsr.networks.PLNetwork or nsr.pl.PLGraph
+        The 2D network, float64: a PLNetwork for a plain ReLU MLP, else the PLGraph with the
+        plane folded into every block that reads the input.
 
     Raises
     ------
@@ -1364,13 +1365,31 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
     import torch
 
     from nsr.networks import PLNetwork, as_network
+    from nsr.pl.graph import INPUT, Affine, Layer, PLGraph, as_graph
 
-    pl = as_network(net, dtype=torch.float64)
-    if pl.in_dim != 3 or axis not in (0, 1, 2):
-        raise ValueError(f"plane_network needs a 3D network and axis 0, 1 or 2 (got {pl.in_dim}D, axis {axis})")
+    if isinstance(net, PLNetwork) or not isinstance(net, (PLGraph, torch.nn.Module)):
+        pl = as_network(net, dtype=torch.float64)
+        if pl.in_dim != 3 or axis not in (0, 1, 2):
+            raise ValueError(f"plane_network needs a 3D network and axis 0, 1 or 2 (got {pl.in_dim}D, axis {axis})")
+        others = [i for i in range(3) if i != axis]
+        w0, b0 = pl.weights[0], pl.biases[0]
+        return PLNetwork([w0[:, others].clone(), *pl.weights[1:]], [b0 + value * w0[:, axis], *pl.biases[1:]])
+    g = as_graph(net).to(dtype=torch.float64)
+    if g.in_dim != 3 or axis not in (0, 1, 2) or g.encoder is not None:
+        raise ValueError(f"plane_network needs a 3D network without an encoder and axis 0, 1 or 2 "
+                         f"(got {g.in_dim}D, axis {axis})")
     others = [i for i in range(3) if i != axis]
-    w0, b0 = pl.weights[0], pl.biases[0]
-    return PLNetwork([w0[:, others].clone(), *pl.weights[1:]], [b0 + value * w0[:, axis], *pl.biases[1:]])
+
+    def fix(aff: Affine) -> tuple[dict, torch.Tensor]:
+        # every block that reads the input (skip connections too) gets the plane's coordinate folded in
+        blocks, bias = dict(aff.blocks), aff.bias
+        if INPUT in blocks:
+            w = blocks[INPUT]
+            blocks[INPUT], bias = w[:, others].clone(), bias + value * w[:, axis]
+        return blocks, bias
+
+    layers = [Layer(*fix(layer), neg=layer.neg, pos=layer.pos) for layer in g.layers]
+    return PLGraph(2, layers, Affine(*fix(g.output)), g.transform)
 
 
 def render_slice_regions(
