@@ -18,7 +18,7 @@ import torch
 import trimesh
 
 from nsr.complex import as_bounds
-from nsr.networks import PLNetwork, as_network
+from nsr.networks import NetworkError, PLNetwork, as_network
 
 # Bytes held per grid sample: the float32 value grid plus scikit-image's working copy,
 # and headroom for the output mesh of a busy surface.
@@ -134,14 +134,25 @@ def check_memory(resolution: int | Sequence[int], chunk: int = DEFAULT_CHUNK, wi
         )
 
 
-def _as_field(net: Any, dtype: torch.dtype, device: Any) -> tuple[Callable, int]:
-    """A callable ``(N, 3) -> (N,)`` and its widest layer; plain callables pass through."""
-    if callable(net) and not isinstance(net, (PLNetwork, torch.nn.Module)):
-        return net, 64
-    pl = as_network(net, dtype=dtype, device=device)
+def _as_field(net: Any, dtype: torch.dtype, device: Any, level: float = 0.0) -> tuple[Callable, int, float]:
+    """A callable ``(N, 3) -> (N,)``, its widest layer and the level to mesh in its values; plain
+    callables pass through. Networks other than plain ReLU MLPs (skips, residuals, output
+    transforms, encoders) are evaluated as their :class:`nsr.pl.PLGraph`, whose values are the
+    output before any transform, at the matching level (``level=0`` of a tanh network is 0)."""
+    from nsr.pl.graph import PLGraph, as_graph
+
+    if callable(net) and not isinstance(net, (PLNetwork, PLGraph, torch.nn.Module)):
+        return net, 64, level
+    try:
+        pl = as_network(net, dtype=dtype, device=device)
+    except NetworkError:
+        graph = as_graph(net).to(device=device, dtype=dtype)
+        if graph.in_dim != 3:
+            raise ValueError(f"marching cubes needs a 3D network, got input dimension {graph.in_dim}") from None
+        return graph, max(graph.widths, default=1), graph.level(level)
     if pl.in_dim != 3:
         raise ValueError(f"marching cubes needs a 3D network, got input dimension {pl.in_dim}")
-    return pl, max(pl.widths, default=1)
+    return pl, max(pl.widths, default=1), level
 
 
 def evaluate_grid(
@@ -286,7 +297,7 @@ def marching_cubes(
     """
     res = _resolution3(resolution)
     box = as_bounds(bounds, 3)
-    field, width = _as_field(net, dtype, device)
+    field, width, level = _as_field(net, dtype, device, level)
     check_memory(res, chunk, width)
     t0 = time.perf_counter()
     values = evaluate_grid(field, box, res, chunk=chunk, dtype=dtype, device=device)

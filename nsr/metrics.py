@@ -379,9 +379,9 @@ def abs_values(net: Any, points: np.ndarray, chunk: int = 2**14) -> np.ndarray:
     >>> abs_values(octahedron_network(0.5), np.array([[0.5, 0, 0], [0, 0, 0], [1, 1, 0]]))
     array([0. , 0.5, 1.5])
     """
-    from nsr.networks import as_network
+    from nsr.pl.graph import as_graph
 
-    pl = as_network(net, dtype=torch.float64, device="cpu")
+    pl = as_graph(net).to(device="cpu", dtype=torch.float64)  # any network nsr reads: values of g
     x = torch.as_tensor(np.asarray(points, dtype=np.float64))
     with torch.no_grad():
         parts = [pl(x[i : i + chunk]).abs() for i in range(0, len(x), chunk)]
