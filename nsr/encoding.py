@@ -237,6 +237,37 @@ class SimplexGridEncoding(nn.Module):
             idx = h % self.table_size
         return idx + self.row_offsets[level]
 
+    def gather(self, table: Tensor, vertex: Tensor, level: int) -> Tensor:
+        """Table rows of grid vertices ``(..., D)`` int64 at ``level``: ``(..., F)``.
+
+        ``index_select`` on the flattened rows, not ``table[rows]``: on a CPU its forward and
+        backward (``index_add``) take about half the time of advanced indexing (whose backward
+        sorts the indices), measured on 2048 x 8 levels x 4 vertices.
+
+        Parameters
+        ----------
+        table : (rows, F) float Tensor
+            Feature table laid out as :attr:`table`.
+        vertex : (..., D) int64 Tensor
+            Grid vertices.
+        level : int
+            Level index.
+
+        Returns
+        -------
+        (..., F) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2, features=3)
+        >>> enc.gather(enc.table, torch.zeros(4, 3, 2, dtype=torch.long), 0).shape
+        torch.Size([4, 3, 3])
+        """
+        rows = self._rows(vertex, level)
+        return table.index_select(0, rows.reshape(-1)).reshape(*rows.shape, table.shape[1])
+
     def simplex_vertices(self, u: Tensor, level: int) -> tuple[Tensor, Tensor]:
         """Vertices of each point's simplex and its barycentric weights there.
 
@@ -339,7 +370,7 @@ class SimplexGridEncoding(nn.Module):
         out = []
         for level in range(len(self.resolutions)):
             vertices, weights = self.simplex_vertices(self.grid_coordinates(x, level), level)
-            feats = table[self._rows(vertices, level)]  # (P, D+1, F)
+            feats = self.gather(table, vertices, level)  # (P, D+1, F)
             out.append((weights[:, :, None] * feats).sum(1))
         if include_input:
             out.append(x)
@@ -680,7 +711,7 @@ class SimplexGridEncoder:
             shift = torch.where(inside, torch.full_like(x, -enc.lo * scale), u)  # u = slope * x + shift
             cell, order, _ = enc.simplices(u, level)
             vertices, _ = enc.simplex_vertices(u, level)
-            feats = table[enc._rows(vertices, level)]  # (N, D+1, F)
+            feats = enc.gather(table, vertices, level)  # (N, D+1, F)
             step = feats[:, 1:] - feats[:, :-1]  # (N, D, F): T[v_{k+1}] - T[v_k]
             slope_k = slope.gather(1, order)  # (N, D)
             shift_k = (shift - cell.to(x.dtype)).gather(1, order)
@@ -746,7 +777,7 @@ class SimplexGridEncoder:
                 grid = torch.cartesian_prod(*[torch.arange(m, device=lo.device)] * d).reshape(-1, d)
                 for chunk in small.split(max(1, 2**20 // grid.shape[0])):
                     verts = v0[chunk, None, :] + torch.minimum(grid[None], ext[chunk, None, :])  # (k, m^D, D)
-                    vals = table[enc._rows(verts, level)]  # (k, m^D, F)
+                    vals = enc.gather(table, verts, level)  # (k, m^D, F)
                     low[chunk] = vals.min(1).values
                     high[chunk] = vals.max(1).values
             lowers.append(low)
