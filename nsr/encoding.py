@@ -137,9 +137,10 @@ class SimplexGridEncoding(nn.Module):
         self.resolutions = level_resolutions(n_levels, min_resolution, max_resolution)
         self.dense = [(n + 1) ** in_dim <= table_size for n in self.resolutions]
         rows = [(n + 1) ** in_dim if d else table_size for n, d in zip(self.resolutions, self.dense)]
-        self.register_buffer("offsets", torch.tensor([0, *rows]).cumsum(0)[:-1], persistent=False)
-        # the same offsets as Python ints: rows computed on any device need no buffer of this module's device
-        self.row_offsets = [int(o) for o in self.offsets]
+        # the offsets as Python ints too: rows computed on any device need no buffer of this module's device
+        # (and computed without reading a tensor, so the module can be built on the meta device)
+        self.row_offsets = [sum(rows[:level]) for level in range(len(rows))]
+        self.register_buffer("offsets", torch.tensor(self.row_offsets), persistent=False)
         self.level_rows = rows
         self.table = nn.Parameter(torch.empty(sum(rows), features).uniform_(-init_scale, init_scale))
 
