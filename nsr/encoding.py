@@ -137,7 +137,11 @@ class SimplexGridEncoding(nn.Module):
         self.resolutions = level_resolutions(n_levels, min_resolution, max_resolution)
         self.dense = [(n + 1) ** in_dim <= table_size for n in self.resolutions]
         rows = [(n + 1) ** in_dim if d else table_size for n, d in zip(self.resolutions, self.dense)]
-        self.register_buffer("offsets", torch.tensor([0, *rows]).cumsum(0)[:-1], persistent=False)
+        # the offsets as Python ints too: rows computed on any device need no buffer of this module's device
+        # (and computed without reading a tensor, so the module can be built on the meta device)
+        self.row_offsets = [sum(rows[:level]) for level in range(len(rows))]
+        self.register_buffer("offsets", torch.tensor(self.row_offsets), persistent=False)
+        self.level_rows = rows
         self.table = nn.Parameter(torch.empty(sum(rows), features).uniform_(-init_scale, init_scale))
 
     @property
@@ -232,7 +236,38 @@ class SimplexGridEncoding(nn.Module):
             for i in range(1, self.in_dim):
                 h = h ^ (vertex[..., i] * primes[i])
             idx = h % self.table_size
-        return idx + self.offsets[level]
+        return idx + self.row_offsets[level]
+
+    def gather(self, table: Tensor, vertex: Tensor, level: int) -> Tensor:
+        """Table rows of grid vertices ``(..., D)`` int64 at ``level``: ``(..., F)``.
+
+        ``index_select`` on the flattened rows, not ``table[rows]``: on a CPU its forward and
+        backward (``index_add``) take about half the time of advanced indexing (whose backward
+        sorts the indices), measured on 2048 x 8 levels x 4 vertices.
+
+        Parameters
+        ----------
+        table : (rows, F) float Tensor
+            Feature table laid out as :attr:`table`.
+        vertex : (..., D) int64 Tensor
+            Grid vertices.
+        level : int
+            Level index.
+
+        Returns
+        -------
+        (..., F) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2, features=3)
+        >>> enc.gather(enc.table, torch.zeros(4, 3, 2, dtype=torch.long), 0).shape
+        torch.Size([4, 3, 3])
+        """
+        rows = self._rows(vertex, level)
+        return table.index_select(0, rows.reshape(-1)).reshape(*rows.shape, table.shape[1])
 
     def simplex_vertices(self, u: Tensor, level: int) -> tuple[Tensor, Tensor]:
         """Vertices of each point's simplex and its barycentric weights there.
@@ -299,15 +334,46 @@ class SimplexGridEncoding(nn.Module):
         >>> enc(torch.zeros(6, 3)).shape
         torch.Size([6, 11])
         """
+        return self.encode(x, self.table, self.include_input)
+
+    def encode(self, x: Tensor, table: Tensor, include_input: bool) -> Tensor:
+        """:meth:`forward` with a given table (a copy in another dtype or on another device).
+
+        Parameters
+        ----------
+        x : (P, D) float Tensor
+            Points.
+        table : (rows, F) float Tensor
+            Feature table laid out as :attr:`table`.
+        include_input : bool
+            Append the raw coordinates.
+
+        Returns
+        -------
+        (P, n_levels * F [+ D]) float Tensor
+
+        Raises
+        ------
+        ValueError
+            If ``x`` is not ``(P, D)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoding
+        >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
+        >>> enc.encode(torch.zeros(3, 2), enc.table, include_input=False).shape
+        torch.Size([3, 4])
+        """
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected points of shape (P, {self.in_dim}), got {tuple(x.shape)}")
-        table = self.table.to(x.dtype)
+        table = table.to(x.dtype)
         out = []
         for level in range(len(self.resolutions)):
             vertices, weights = self.simplex_vertices(self.grid_coordinates(x, level), level)
-            feats = table[self._rows(vertices, level)]  # (P, D+1, F)
+            feats = self.gather(table, vertices, level)  # (P, D+1, F)
             out.append((weights[:, :, None] * feats).sum(1))
-        if self.include_input:
+        if include_input:
             out.append(x)
         return torch.cat(out, 1)
 
@@ -413,3 +479,311 @@ class GridMLP(nn.Module):
         for layer in self.layers[:-1]:
             h = torch.relu(layer(h))
         return self.layers[-1](h).squeeze(-1)
+
+
+def _as_box(lo: object, hi: object, d: int) -> tuple[Tensor, Tensor]:
+    """Box corners ``(D,)`` float64 on the CPU (plane lists are built there: they are small)."""
+    lo_t = torch.as_tensor(lo, dtype=torch.float64).detach().cpu().reshape(-1)
+    hi_t = torch.as_tensor(hi, dtype=torch.float64).detach().cpu().reshape(-1)
+    if lo_t.numel() == 1 and d > 1:
+        lo_t, hi_t = lo_t.expand(d), hi_t.expand(d)
+    if lo_t.shape != (d,) or hi_t.shape != (d,) or not bool((lo_t < hi_t).all()):
+        raise ValueError(f"expected a box with lo < hi of {d} coordinates each, got lo={lo_t.tolist()}, "
+                         f"hi={hi_t.tolist()}")
+    return lo_t, hi_t
+
+
+class SimplexGridEncoder:
+    """A :class:`SimplexGridEncoding` seen by the exact extractor: its breakpoints, local affine maps
+    and bounds (the encoder protocol of :class:`nsr.pl.graph.PLGraph`).
+
+    The features of a simplex-grid encoding are continuous and affine on every cell of the
+    arrangement of the planes ``u_i = k`` and ``u_i - u_j = k`` (``u`` the grid coordinates
+    ``N (x - lo) / (hi - lo)`` of each level, ``k`` integer). Points outside the grid's bounds are
+    clamped onto it, which adds the planes ``u_i = 0`` and ``u_i = N`` (the bounds themselves) when
+    the box extends past them.
+
+    Parameters
+    ----------
+    encoding : SimplexGridEncoding
+        The encoding (its settings; it is not modified).
+    include_input : bool
+        Features end with the raw coordinates (identity maps), as the module's own output with
+        ``include_input``. A traced network reads the raw coordinates as the graph's input
+        instead, so its encoder has ``include_input=False``.
+    table : (rows, F) float Tensor, optional
+        The feature table (default: ``encoding.table`` itself, so maps and features are
+        differentiable in the module's parameters).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+    >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4))
+    >>> enc.in_dim, enc.out_dim
+    (2, 4)
+    >>> normals, offsets = enc.planes(torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0]))
+    >>> len(offsets)  # x, y = -0.5, 0, 0.5 and x - y = k / 2, |k| < 4 (level 2's planes are level 4's)
+    13
+    >>> x = torch.rand(5, 2) * 2 - 1
+    >>> A, c = enc.feature_maps(x)
+    >>> bool(torch.allclose(torch.einsum("nfd,nd->nf", A, x) + c, enc(x), atol=1e-6))
+    True
+    """
+
+    def __init__(self, encoding: SimplexGridEncoding, include_input: bool = False,
+                 table: Tensor | None = None) -> None:
+        self.encoding = encoding
+        self.include_input = bool(include_input)
+        self.table = encoding.table if table is None else table
+        self.in_dim = encoding.in_dim
+        self.out_dim = len(encoding.resolutions) * encoding.features + (self.in_dim if self.include_input else 0)
+
+    def __repr__(self) -> str:
+        return f"SimplexGridEncoder({self.encoding.extra_repr()}, include_input={self.include_input})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The table's dtype."""
+        return self.table.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The table's device."""
+        return self.table.device
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SimplexGridEncoder:
+        """The same encoder with its table on ``device`` in ``dtype`` (``None`` keeps the current one).
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device.
+        dtype : torch.dtype, optional
+            Target dtype.
+
+        Returns
+        -------
+        SimplexGridEncoder
+            Shares the table when nothing changes (so gradients still reach the module).
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> SimplexGridEncoder(SimplexGridEncoding(in_dim=2)).to(dtype=torch.float64).table.dtype
+        torch.float64
+        """
+        return SimplexGridEncoder(self.encoding, self.include_input, self.table.to(device=device, dtype=dtype))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Features ``(N, out_dim)`` of points ``x`` ``(N, D)`` (the module's forward with this table).
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N, out_dim) float Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> SimplexGridEncoder(SimplexGridEncoding(in_dim=3, n_levels=2), include_input=True)(torch.zeros(4, 3)).shape
+        torch.Size([4, 7])
+        """
+        return self.encoding.encode(x, self.table, self.include_input)
+
+    # ---- breakpoints ------------------------------------------------------------------------
+    def planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Every plane of any level across which the features are not affine and that meets the open box.
+
+        Axis planes ``x_i = lo_g + (hi_g - lo_g) k / N`` (``0 <= k <= N``; ``k = 0, N`` are the
+        clamping planes, which meet the open box only when it extends past the grid's bounds
+        ``lo_g, hi_g``) and diagonal planes ``x_i - x_j = (hi_g - lo_g) k / N`` (``|k| < N``) of
+        every level ``N``; a plane shared by several levels (``k / N`` equal as fractions) is
+        listed once. Order: axis planes of axis 0, 1, ..., then diagonals ``(i, j)`` with
+        ``i < j`` in lexicographic order, each group by increasing offset.
+
+        Parameters
+        ----------
+        lo, hi : (D,) float Tensor
+            The box.
+
+        Returns
+        -------
+        normals : (P, D) Tensor
+            Rows ``e_i`` or ``e_i - e_j``; the table's dtype and device.
+        offsets : (P,) Tensor
+            Plane ``p`` is ``normals[p] . x = offsets[p]``.
+
+        Raises
+        ------
+        ValueError
+            If the box is not ``(D,)`` corners with ``lo < hi``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2))
+        >>> normals, offsets = enc.planes(torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0]))
+        >>> normals.tolist(), offsets.tolist()
+        ([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]], [0.0, 0.0, -1.0, 0.0, 1.0])
+        >>> enc.planes(torch.tensor([-2.0, -0.5]), torch.tensor([0.5, 0.5]))[1].tolist()  # x = -1 clamps
+        [-1.0, 0.0, 0.0, -1.0, 0.0]
+        """
+        d, enc = self.in_dim, self.encoding
+        lo_b, hi_b = _as_box(lo, hi, d)
+        pairs = [(i, i) for i in range(d)] + [(i, j) for i in range(d) for j in range(i + 1, d)]
+        rows = []  # (pair, p, q): the plane of pair at grid fraction p / q, reduced
+        for n in sorted(set(enc.resolutions)):
+            k_axis = torch.arange(0, n + 1)
+            k_diag = torch.arange(-(n - 1), n)
+            for pair, (i, j) in enumerate(pairs):
+                k = k_axis if i == j else k_diag
+                g = torch.gcd(k, torch.tensor(n))
+                rows.append(torch.stack([torch.full_like(k, pair), k // g, n // g], 1))
+        key = torch.unique(torch.cat(rows), dim=0)
+        pair, frac = key[:, 0], key[:, 1].double() / key[:, 2].double()
+        span = enc.hi - enc.lo
+        i_of = torch.tensor([p[0] for p in pairs])[pair]
+        j_of = torch.tensor([p[1] for p in pairs])[pair]
+        axis = i_of == j_of
+        offsets = torch.where(axis, enc.lo + span * frac, span * frac)
+        # the range of normal . x over the open box: (lo_i, hi_i) or (lo_i - hi_j, hi_i - lo_j)
+        low = torch.where(axis, lo_b[i_of], lo_b[i_of] - hi_b[j_of])
+        high = torch.where(axis, hi_b[i_of], hi_b[i_of] - lo_b[j_of])
+        keep = (offsets > low) & (offsets < high)
+        pair, offsets, i_of, j_of = pair[keep], offsets[keep], i_of[keep], j_of[keep]
+        order = torch.argsort(offsets, stable=True)
+        order = order[torch.argsort(pair[order], stable=True)]
+        pair, offsets, i_of, j_of = pair[order], offsets[order], i_of[order], j_of[order]
+        normals = torch.zeros(len(pair), d, dtype=torch.float64)
+        rng = torch.arange(len(pair))
+        normals[rng, i_of] = 1.0
+        normals[rng[i_of != j_of], j_of[i_of != j_of]] = -1.0
+        return normals.to(self.table), offsets.to(self.table)
+
+    # ---- local affine maps ------------------------------------------------------------------
+    def feature_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The affine map of the features on a cell of :meth:`planes` containing each point.
+
+        With the simplex vertices ``v_0 .. v_D`` of a level (ordered as in
+        :meth:`SimplexGridEncoding.simplex_vertices`) and ``f`` the fractional parts sorted
+        decreasingly, the features are ``T[v_0] + sum_k f_k (T[v_{k+1}] - T[v_k])``, and each
+        ``f_k`` is affine in ``x`` (slope ``N / (hi - lo)`` along its axis, 0 where clamped).
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        A : (N, F, D) Tensor
+            Jacobians; features are ``A @ x + c`` on the cell.
+        c : (N, F) Tensor
+            Constant terms. Both differentiable in :attr:`table`.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=3, n_levels=2, features=4), include_input=True)
+        >>> A, c = enc.feature_maps(torch.zeros(6, 3))
+        >>> A.shape, c.shape, A[0, -3:].tolist()  # the raw coordinates: identity
+        (torch.Size([6, 11, 3]), torch.Size([6, 11]), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        """
+        enc, d = self.encoding, self.in_dim
+        if x.ndim != 2 or x.shape[1] != d:
+            raise ValueError(f"expected points of shape (N, {d}), got {tuple(x.shape)}")
+        table = self.table.to(x.dtype)
+        maps, consts = [], []
+        for level, n in enumerate(enc.resolutions):
+            scale = n / (enc.hi - enc.lo)
+            u = enc.grid_coordinates(x, level)
+            raw = (x - enc.lo) * scale
+            inside = (raw >= 0) & (raw <= n)  # clamped coordinates are constant: slope 0
+            slope = torch.where(inside, torch.full_like(x, scale), torch.zeros_like(x))
+            shift = torch.where(inside, torch.full_like(x, -enc.lo * scale), u)  # u = slope * x + shift
+            cell, order, _ = enc.simplices(u, level)
+            vertices, _ = enc.simplex_vertices(u, level)
+            feats = enc.gather(table, vertices, level)  # (N, D+1, F)
+            step = feats[:, 1:] - feats[:, :-1]  # (N, D, F): T[v_{k+1}] - T[v_k]
+            slope_k = slope.gather(1, order)  # (N, D)
+            shift_k = (shift - cell.to(x.dtype)).gather(1, order)
+            src = step.transpose(1, 2) * slope_k[:, None, :]  # (N, F, D), column k belongs to axis order[k]
+            index = order[:, None, :].expand(-1, enc.features, -1)
+            maps.append(torch.zeros_like(src).scatter(2, index, src))
+            consts.append(feats[:, 0] + (step * shift_k[:, :, None]).sum(1))
+        if self.include_input:
+            maps.append(torch.eye(d, dtype=x.dtype, device=x.device).expand(x.shape[0], d, d))
+            consts.append(torch.zeros_like(x))
+        return torch.cat(maps, 1), torch.cat(consts, 1)
+
+    # ---- bounds -----------------------------------------------------------------------------
+    def feature_bounds(self, lo: Tensor, hi: Tensor, max_vertices: int = 256) -> tuple[Tensor, Tensor]:
+        """Bounds of every feature over each box: min and max of the table at the grid vertices of
+        the cells the box touches, per level.
+
+        A point's features are a convex combination of the values at the vertices (with non-zero
+        weight) of its simplex, which lie between ``floor(u)`` and ``ceil(u)`` on every axis; so the
+        vertices from ``floor(u(lo))`` to ``ceil(u(hi))`` cover the box. A box that touches more
+        than ``max_vertices`` vertices at a level gets that level's table-wide min and max instead
+        (valid, looser, and no per-box enumeration of large ranges).
+
+        Parameters
+        ----------
+        lo, hi : (K, D) float Tensor
+            Boxes (``lo <= hi``).
+        max_vertices : int
+            Vertices enumerated per box and level at most.
+
+        Returns
+        -------
+        lower, upper : (K, F) Tensor
+            In ``lo``'s dtype and device.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=2, init_scale=1.0))
+        >>> lo, hi = torch.tensor([[0.1, 0.2]]), torch.tensor([[0.15, 0.3]])
+        >>> lower, upper = enc.feature_bounds(lo, hi)
+        >>> f = enc(lo + (hi - lo) * torch.rand(100, 2))
+        >>> bool((f >= lower - 1e-6).all() and (f <= upper + 1e-6).all())
+        True
+        """
+        enc, d = self.encoding, self.in_dim
+        if lo.ndim != 2 or lo.shape[1] != d or hi.shape != lo.shape:
+            raise ValueError(f"expected boxes lo, hi of shape (K, {d}), got {tuple(lo.shape)}, {tuple(hi.shape)}")
+        table = self.table.to(device=lo.device, dtype=lo.dtype)
+        lowers, uppers = [], []
+        side = max(1, int(math.floor(max_vertices ** (1.0 / d) + 1e-9)))
+        for level in range(len(enc.resolutions)):
+            v0 = enc.grid_coordinates(lo, level).floor().long()
+            ext = enc.grid_coordinates(hi, level).ceil().long() - v0  # (K, D) vertex ranges minus 1
+            first = enc.row_offsets[level]
+            level_table = table[first:first + enc.level_rows[level]]
+            low = level_table.min(0).values.expand(lo.shape[0], -1).clone()
+            high = level_table.max(0).values.expand(lo.shape[0], -1).clone()
+            small = torch.nonzero((ext < side).all(1)).squeeze(1)
+            if len(small):
+                m = int(ext[small].max()) + 1
+                grid = torch.cartesian_prod(*[torch.arange(m, device=lo.device)] * d).reshape(-1, d)
+                for chunk in small.split(max(1, 2**20 // grid.shape[0])):
+                    verts = v0[chunk, None, :] + torch.minimum(grid[None], ext[chunk, None, :])  # (k, m^D, D)
+                    vals = enc.gather(table, verts, level)  # (k, m^D, F)
+                    low[chunk] = vals.min(1).values
+                    high[chunk] = vals.max(1).values
+            lowers.append(low)
+            uppers.append(high)
+        if self.include_input:
+            lowers.append(lo)
+            uppers.append(hi)
+        return torch.cat(lowers, 1), torch.cat(uppers, 1)

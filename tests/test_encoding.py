@@ -129,3 +129,13 @@ def test_bad_arguments():
         SimplexGridEncoding(min_resolution=8, max_resolution=4)
     with pytest.raises(ValueError, match=r"shape \(P, 3\)"):
         SimplexGridEncoding()(torch.zeros(4, 2))
+
+
+def test_builds_on_the_meta_device():
+    """Checkpoint loaders check shapes on the meta device before allocating: nothing in __init__ may read a tensor."""
+    with torch.device("meta"):
+        net = GridMLP(in_dim=3, width=8, depth=1, n_levels=3, min_resolution=4, max_resolution=64, table_size=4096)
+    real = GridMLP(in_dim=3, width=8, depth=1, n_levels=3, min_resolution=4, max_resolution=64, table_size=4096)
+    assert net.encoding.table.is_meta and net.encoding.table.shape == real.encoding.table.shape
+    # level 2 (N=16, 17^3 vertices) is hashed into 4096 rows
+    assert net.encoding.row_offsets == real.encoding.offsets.tolist() == [0, 5**3, 5**3 + 4096]

@@ -30,7 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
 from nsr.pl.graph import INPUT, Affine, Layer, NotPiecewiseAffineError, OutputTransform, PLGraph
+
+try:
+    from nsr.pl.graph import ENCODED
+except ImportError:  # until nsr.pl.graph defines it (PROTOCOL.md: the encoder's features are source -2)
+    ENCODED = -2
 
 # ---- symbolic values ----------------------------------------------------------------------------
 
@@ -38,7 +44,8 @@ from nsr.pl.graph import INPUT, Affine, Layer, NotPiecewiseAffineError, OutputTr
 @dataclass
 class _Expr:
     """A network value: ``(N, F)`` features, ``sum_u blocks[u] @ a_u + bias`` over units ``u``
-    (``INPUT``: the input ``x``). ``squeezed``: the value is ``(N,)`` (then ``F == 1``)."""
+    (``INPUT``: the input ``x``; ``ENCODED``: the encoder's features). ``squeezed``: the value is
+    ``(N,)`` (then ``F == 1``)."""
 
     blocks: dict[int, Tensor]
     bias: Tensor
@@ -101,9 +108,35 @@ class _Builder:
     dtype: torch.dtype
     device: torch.device
     units: list[_Unit] = field(default_factory=list)
+    encoder: SimplexGridEncoder | None = None
+    encoding: SimplexGridEncoding | None = None  # the module the encoder was built from
 
     def depth(self, e: _Expr) -> int:
-        return max((self.units[u].depth for u in e.blocks if u != INPUT), default=0)
+        return max((self.units[u].depth for u in e.blocks if u >= 0), default=0)
+
+    def encode(self, m: SimplexGridEncoding, x: _Expr, in_dim: int) -> _Expr:
+        """The features of a simplex-grid encoding of the input: the graph's encoder (its grid
+        features, source ``ENCODED``) and, with ``include_input``, the raw coordinates (``INPUT``)."""
+        eye = torch.eye(in_dim, dtype=self.dtype, device=self.device)
+        if (set(x.blocks) != {INPUT} or x.n != in_dim or not bool(torch.equal(x.blocks[INPUT], eye))
+                or bool(x.bias.any())):
+            raise ValueError(f"{type(m).__name__} must read the network input x itself (its planes are planes of the "
+                             "input space); an encoding of a computed value or of a latent code is not supported")
+        if m.in_dim != in_dim:
+            raise ValueError(f"{type(m).__name__} has in_dim={m.in_dim} but the network input has {in_dim} coordinates")
+        if self.encoder is None:
+            table = m.table.detach().to(dtype=self.dtype, device=self.device).clone()
+            self.encoder, self.encoding = SimplexGridEncoder(m, include_input=False, table=table), m
+        elif self.encoding is not m:
+            raise ValueError("a second simplex-grid encoding: nsr extracts graphs with one encoder")
+        n_grid = self.encoder.out_dim
+        n_out = n_grid + (in_dim if m.include_input else 0)
+        enc_block = torch.zeros(n_out, n_grid, dtype=self.dtype, device=self.device)
+        enc_block[:n_grid] = torch.eye(n_grid, dtype=self.dtype, device=self.device)
+        blocks = {ENCODED: enc_block}
+        if m.include_input:
+            blocks[INPUT] = torch.cat([torch.zeros(n_grid, in_dim, dtype=self.dtype, device=self.device), eye])
+        return _Expr(blocks, torch.zeros(n_out, dtype=self.dtype, device=self.device))
 
     def pl1(self, e: _Expr, neg: Tensor | float, pos: Tensor | float) -> _Expr:
         """``where(e > 0, pos * e, neg * e)`` featurewise, making neurons only where it has a breakpoint."""
@@ -168,13 +201,15 @@ class _Builder:
         """Group units by depth into layers (units of one depth read only shallower ones) and
         assemble each layer's blocks; all-zero blocks are dropped."""
         n_layers = max((u.depth for u in self.units), default=0)
-        place: dict[int, tuple[int, int]] = {INPUT: (INPUT, 0)}  # unit -> (layer, first row)
+        place: dict[int, tuple[int, int]] = {INPUT: (INPUT, 0), ENCODED: (ENCODED, 0)}  # unit -> (layer, first row)
         widths = [0] * n_layers
         for i, unit in enumerate(self.units):
             l = unit.depth - 1
             place[i] = (l, widths[l])
             widths[l] += unit.expr.n
         all_widths = {INPUT: in_dim, **dict(enumerate(widths))}
+        if self.encoder is not None:
+            all_widths[ENCODED] = self.encoder.out_dim
 
         def assemble(rows: int, parts: list[tuple[int, _Expr]]) -> tuple[dict[int, Tensor], Tensor]:
             blocks: dict[int, Tensor] = {}
@@ -195,7 +230,9 @@ class _Builder:
             layers.append(Layer(blocks, bias, torch.cat([u.neg for _, u in members]),
                                 torch.cat([u.pos for _, u in members])))
         blocks, bias = assemble(1, [(0, out)])
-        return PLGraph(in_dim, layers, Affine(blocks, bias), transform)
+        if self.encoder is None:
+            return PLGraph(in_dim, layers, Affine(blocks, bias), transform)
+        return PLGraph(in_dim, layers, Affine(blocks, bias), transform, encoder=self.encoder)
 
 
 # ---- where a node sits ----------------------------------------------------------------------------
@@ -360,6 +397,8 @@ class _Interpreter:
             if isinstance(m, (nn.Identity, *_DROPOUT_MODULES)):
                 return x
             raise _refuse(node, f"{name} after a tanh/sigmoid output transform", _AFTER_OUT)
+        if isinstance(m, SimplexGridEncoding):
+            return self.b.encode(m, x, int(self.x0.blocks[INPUT].shape[1]))
         if isinstance(m, nn.Linear):
             w, bias = _linear_params(m)
             return self.linear(x, w, bias)
@@ -880,7 +919,11 @@ def _device_of(module: nn.Module) -> torch.device:
 
 class _Tracer(fx.Tracer):
     """``fx.Tracer`` that records the user's source line of every node. (fx's own
-    ``record_stack_traces`` imports torch._dynamo on first use: seconds; a frame walk is free.)"""
+    ``record_stack_traces`` imports torch._dynamo on first use: seconds; a frame walk is free.)
+    A :class:`~nsr.encoding.SimplexGridEncoding` is one leaf node: the graph's encoder."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, SimplexGridEncoding) or super().is_leaf_module(m, module_qualified_name)
 
     def create_node(self, *args: object, **kwargs: object) -> fx.Node:
         node = super().create_node(*args, **kwargs)
