@@ -17,10 +17,10 @@ setting matches (its name carries a hash of them).
 
 Training (a plain torch loop, on purpose)
 -----------------------------------------
-``nsr.lightning.ImplicitShapeModule`` accepts only a ``ReLUMLP`` on this branch, so every
+``nsr.training.lightning.ImplicitShapeModule`` accepts only a ``ReLUMLP`` on this branch, so every
 network, plain or skip, is trained by the same small loop over nsr's own pieces: the samples of
-:class:`nsr.lightning.ShapeDataModule` (mesh source, ``pool`` mode) and the loss
-:class:`nsr.losses.ImplicitLoss`, with the settings of ``conf/experiment/mesh.yaml`` (clamped-L1
+:class:`nsr.training.lightning.ShapeDataModule` (mesh source, ``pool`` mode) and the loss
+:class:`nsr.training.losses.ImplicitLoss`, with the settings of ``conf/experiment/mesh.yaml`` (clamped-L1
 SDF regression plus the surface term, no eikonal/normal terms, batch 2048, fractions
 0.2/0.6/0.2, Adam at lr 2e-3, cosine decay over the wall-time budget to 1e-5) and the SAL
 geometric initialization of ``conf/model/relu_mlp.yaml`` (sphere of radius 0.3). Every network
@@ -30,7 +30,7 @@ the validation SDF error near the surface and the inside IoU are recorded with t
 Measurements (one process, methods one after another)
 -----------------------------------------------------
 - **time**: ``time.perf_counter`` around the one call a user makes (``nsr.extract_mesh`` or
-  ``nsr.marching_cubes.marching_cubes``, network evaluation included), best of ``--repeat``;
+  ``nsr.eval.marching_cubes.marching_cubes``, network evaluation included), best of ``--repeat``;
   repeats go round the methods in turn, so no method always runs first.
 - **peak memory**: the process's peak resident set during the call minus its resident set just
   before (after ``gc.collect()`` and glibc ``malloc_trim``). On Linux the kernel's high-water
@@ -42,7 +42,7 @@ Measurements (one process, methods one after another)
 - **|f| at vertices**: the network evaluated in float64 at every vertex of the mesh (a float64
   copy of the module itself, not nsr's reading of it), max and mean.
 - A method that nsr refuses for the network (``NetworkError``/``NotPiecewiseAffineError``,
-  e.g. a skip network before the graph support lands in ``nsr.surface``), that runs out of
+  e.g. a skip network before the graph support lands in ``nsr.extraction.surface``), that runs out of
   memory or past ``--max-seconds`` gets a row that says so; the run goes on.
 """
 
@@ -151,7 +151,7 @@ class TrainConfig:
 
 
 def _data_module(cfg: TrainConfig) -> Any:
-    from nsr.lightning import ShapeDataModule
+    from nsr.training.lightning import ShapeDataModule
 
     sampling = {"mode": "pool", "pool_size": cfg.pool_size, "batch_size": cfg.batch_size, "steps_per_epoch": 100,
                 "fractions": {"surface": 0.2, "near": 0.6, "uniform": 0.2}, "sigmas": [0.01, 0.003],
@@ -170,7 +170,7 @@ def train_network(kind: str, width: int, depth: int, cfg: TrainConfig) -> tuple[
     Returns the module (eval mode) and what was measured: ``steps``, ``train_s``, ``data_s``
     (sampling the pool), ``val_sdf_mae`` (near the surface), ``val_iou`` (inside, uniform points).
     """
-    from nsr.losses import ImplicitLoss
+    from nsr.training.losses import ImplicitLoss
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -408,7 +408,7 @@ class Method:
 
 
 def _exact(subject: Subject, method: Method, dtype: str | None, device: str) -> dict[str, Any]:
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     mesh = extract_mesh(subject.net, BOUNDS, mode=method.mode, dtype=dtype, device=device, progress=False)
     s = mesh.stats
@@ -431,7 +431,7 @@ class _ModuleField:
 def mc_field(subject: Subject, device: str) -> tuple[Any, str]:
     """What marching cubes evaluates: the network itself when nsr reads it (checked on a 4^3
     grid), else the module's own forward; and a note saying which."""
-    from nsr.marching_cubes import marching_cubes
+    from nsr.eval.marching_cubes import marching_cubes
     from nsr.networks import NetworkError
 
     try:
@@ -440,11 +440,12 @@ def mc_field(subject: Subject, device: str) -> tuple[Any, str]:
             marching_cubes(subject.net, BOUNDS, 4, device=device)
         return subject.net, "nsr reads the network"
     except NetworkError as err:
-        return _ModuleField(subject.net, device), f"module forward (nsr.marching_cubes refused: {_first_line(err)})"
+        return _ModuleField(subject.net, device), (
+            f"module forward (nsr.eval.marching_cubes refused: {_first_line(err)})")
 
 
 def _mc(field_: Any, method: Method, device: str) -> dict[str, Any]:
-    from nsr.marching_cubes import marching_cubes
+    from nsr.eval.marching_cubes import marching_cubes
 
     mesh, t = marching_cubes(field_, BOUNDS, method.resolution, device=device, return_timings=True)
     # the trimesh itself goes back too: its watertightness is checked after the clock stops

@@ -9,7 +9,7 @@ one call after another: nsr's exact surface in surface and track modes and march
 before the call (kernel high-water mark VmHWM, reset before each call), polygons (marching
 cubes: triangles), polygons per second, max and mean |f| at the vertices (the module itself
 evaluated in float64). Where nsr cannot read the skip network yet (graph support lands in
-``nsr.surface`` separately) the exact rows say ``unsupported`` with nsr's message, and marching
+``nsr.extraction.surface`` separately) the exact rows say ``unsupported`` with nsr's message, and marching
 cubes evaluates the module's own forward.
 
     python experiments/bench_architectures.py                         # skip 8x64, 240 s of training

@@ -1,7 +1,7 @@
 """Benchmark: cells of every dimension of a complex against the time of its extraction.
 
 In one process: extract the complex (float64 by default), then build its cells of every
-dimension, incidences, ``f_vector`` and ``euler_characteristic`` with :mod:`nsr.cells`; with
+dimension, incidences, ``f_vector`` and ``euler_characteristic`` with :mod:`nsr.extraction.cells`; with
 ``--reference`` also with the former method (every key materialized as a row and grouped
 with ``group_equal_rows``), on a fresh copy of the same complex, for a ratio in the same run.
 Peak memory is the process's resident peak after each step (it only grows).
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from nsr.complex import PolyhedralComplex, bit_values, extract_complex, group_equal_rows
+from nsr.extraction.bits import bit_values, group_equal_rows
+from nsr.extraction.complex import PolyhedralComplex, extract_complex
 from nsr.networks import load_network
 
 ROOT = Path(__file__).resolve().parents[1]

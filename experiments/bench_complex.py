@@ -38,7 +38,7 @@ def _run(spec: dict) -> dict:
 
     import torch
 
-    from nsr.complex import extract_complex
+    from nsr.extraction.complex import extract_complex
     from nsr.networks import load_network
 
     torch.set_num_threads(spec["threads"])

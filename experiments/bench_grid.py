@@ -19,9 +19,9 @@ mode ``surface`` and ``track``, float64; for grid networks this needs the extrac
 support, and where that is not available the error is recorded and marching cubes at 512^3
 stands in, flagged ``"surface_from": "marching cubes 512^3 (exact extraction unavailable)"``),
 marching cubes at 256^3 and 512^3 of the same network (network evaluation included), then
-metrics against the ground truth (:func:`nsr.metrics.unit_cube_chamfer`: ONet convention, point to
+metrics against the ground truth (:func:`nsr.eval.metrics.unit_cube_chamfer`: ONet convention, point to
 point in the ground truth's unit cube, ``--samples`` per mesh, default 1M) and the mesh's own floor
-(:func:`nsr.metrics.self_floor`, same sample count), polygons, max |f| at the exact mesh's vertices
+(:func:`nsr.eval.metrics.self_floor`, same sample count), polygons, max |f| at the exact mesh's vertices
 (float64). Rows go to ``<out>/results.json`` (rewritten atomically after every row) and a
 markdown table is printed at the end with the machine and date.
 """
@@ -49,12 +49,12 @@ sys.path.insert(0, str(ROOT))
 
 import lightning as L  # noqa: E402
 
-from nsr.encoding import GridMLP  # noqa: E402
-from nsr.lightning import ImplicitShapeModule, ShapeDataModule, TimeCosineLR  # noqa: E402
-from nsr.losses import ImplicitLoss  # noqa: E402
-from nsr.marching_cubes import marching_cubes  # noqa: E402
-from nsr.metrics import self_floor, unit_cube_chamfer  # noqa: E402
+from nsr.eval.marching_cubes import marching_cubes  # noqa: E402
+from nsr.eval.metrics import self_floor, unit_cube_chamfer  # noqa: E402
 from nsr.networks import ReLUMLP  # noqa: E402
+from nsr.pl.encoding import GridMLP  # noqa: E402
+from nsr.training.lightning import ImplicitShapeModule, ShapeDataModule, TimeCosineLR  # noqa: E402
+from nsr.training.losses import ImplicitLoss  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "meshes"
 MESHES = ("stanford-bunny", "spot", "fandisk", "rocker-arm")
@@ -163,8 +163,8 @@ def _timed(fn: Any) -> tuple[Any, float]:
 def exact_surface(net: torch.nn.Module, mode: str) -> tuple[Any, float, str | None]:
     """The exact mesh in ``mode`` and its time (tracing included), or ``(None, nan, error)`` where extraction
     refuses. A grid network is handed over as its traced graph (:func:`nsr.pl.trace`: the encoder and the MLP)."""
+    from nsr.extraction.surface import extract_mesh
     from nsr.pl import trace
-    from nsr.surface import extract_mesh
 
     def run() -> Any:
         target = trace(net) if isinstance(net, GridMLP) else net

@@ -58,7 +58,7 @@ def _run(spec: dict) -> dict:
     bounds = spec["bounds"]
     t0 = time.perf_counter()
     if spec["method"] == "exact":
-        from nsr.surface import extract_mesh
+        from nsr.extraction.surface import extract_mesh
 
         mode = spec.get("mode", "surface")
         kw = {"tiles": spec.get("tiles"), "workers": spec.get("workers", 1)} if mode == "surface" else {}
@@ -70,7 +70,7 @@ def _run(spec: dict) -> dict:
                  "tiles": mesh.stats.get("tiles"), "watertight": mesh.stats.get("watertight"),
                  "mode_used": mesh.stats["mode"], "seed_regions": mesh.stats.get("seed_regions")}
     else:
-        from nsr.marching_cubes import marching_cubes
+        from nsr.eval.marching_cubes import marching_cubes
 
         tm = marching_cubes(net, bounds, spec["resolution"], device=spec["device"])
         elapsed = time.perf_counter() - t0

@@ -23,7 +23,8 @@ first-call costs), ``nsr.extract_mesh(net, (-0.5, 0.5), mode=--mode)`` runs once
     python experiments/profile_surface.py --nets shared:bunny_3d_8x32 --profilers sample
     python experiments/profile_surface.py --nets file:run/checkpoints/last.ckpt:mine --mode track
 
-Phase names follow today's engine (``nsr/complex.py``, ``nsr/surface.py``, ``nsr/tracking.py``,
+Phase names follow today's engine (``nsr/extraction/complex.py``,
+``nsr/extraction/surface.py``, ``nsr/extraction/tracking.py``,
 ``nsr/pl/bounds.py``); functions no rule names are reported as ``unclassified: <function>`` so
 that the rules can follow a refactor. Writes ``profile_surface.json`` to ``--out`` ($NSR_OUT,
 default ``experiments/out/``). Networks whose files are absent (../shared missing) are skipped.
@@ -162,7 +163,7 @@ class StackSampler:
 
 
 def _extract(subject: Subject, mode: str, dtype: str | None) -> Any:
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

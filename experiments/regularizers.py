@@ -26,7 +26,7 @@ final network is extracted (float64) and measured:
 * mean dihedral angle between adjacent exact polygons (angle between their exact region
   normals, degrees), 5th percentile of the per-triangle minimum angle (degrees, fan
   triangles), polygon count;
-* time per training step of the resumed run (``nsr.lightning.StepTimer``): ``s/step`` from
+* time per training step of the resumed run (``nsr.training.lightning.StepTimer``): ``s/step`` from
   batch start to batch end (includes re-extractions and the terms), ``loop s/step`` a whole
   loop iteration with data loading; both as means over all steps, and as a ratio to the
   baseline of the same invocation.
@@ -86,8 +86,8 @@ def unit_cube_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n: int = 100_0
 
 def exact_stats(net: torch.nn.Module, box: float) -> tuple[dict, object]:
     """Exact surface of ``net`` in ``[-box, box]^3`` and its geometry statistics."""
+    from nsr.extraction.surface import extract_mesh
     from nsr.networks import as_network
-    from nsr.surface import extract_mesh
 
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -113,9 +113,9 @@ def compose_cfg(overrides: list[str]):  # noqa: ANN201
 
 
 def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
-    from nsr.data import MeshSource
-    from nsr.lightning import load_module_network
     from nsr.train import train
+    from nsr.training.data import MeshSource
+    from nsr.training.lightning import load_module_network
 
     out = args.out / path.stem
     common = [
@@ -166,7 +166,7 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
             f"+model.scheduler.T_max={n_steps}",
             f"+model.scheduler.eta_min={args.eta_min}",
             "model.scheduler_interval=step",
-            "+callbacks.step_timer._target_=nsr.lightning.StepTimer",
+            "+callbacks.step_timer._target_=nsr.training.lightning.StepTimer",
             f"+callbacks.step_timer.path={run_dir / 'step_times.json'}",
         ]
         # --with-fit: the combined config with only this regularizer and the fit left in
@@ -251,7 +251,7 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
                       + f": {len(mesh.polygons)} polygons")
         polys.append(None)
     try:
-        from nsr.render import render_side_by_side
+        from nsr.eval.render import render_side_by_side
 
         render_side_by_side(meshes, titles, out / f"{path.stem}_side_by_side.png", panel=300,
                             polygons=polys)
@@ -266,7 +266,7 @@ def step_costs(path: Path, args: argparse.Namespace, repeats: int = 5) -> dict:
     import hydra
 
     from nsr import regularizers as R
-    from nsr.lightning import load_module_network
+    from nsr.training.lightning import load_module_network
 
     ckpt = args.out / path.stem / "pretrain" / "checkpoints" / "last.ckpt"
     cfg = compose_cfg([

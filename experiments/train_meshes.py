@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nsr._config import config_dir  # noqa: E402
-from nsr.data import MeshSource  # noqa: E402
-from nsr.lightning import load_module_network  # noqa: E402
 from nsr.train import train  # noqa: E402
+from nsr.training.data import MeshSource  # noqa: E402
+from nsr.training.lightning import load_module_network  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "meshes"
 
@@ -109,7 +109,7 @@ def run_mesh(path: Path, args: argparse.Namespace, out: Path) -> dict:
     source = MeshSource(path, cfg.data.fit)
     t1 = time.perf_counter()
     if args.exact:  # the network's exact surface, the mesh nsr exists to give
-        from nsr.surface import extract_mesh
+        from nsr.extraction.surface import extract_mesh
 
         exact = extract_mesh(net, (-0.5, 0.5), mode="surface", dtype=torch.float64, progress=False)
         pred = trimesh.Trimesh(source.to_shape_units(exact.vertices), exact.triangles, process=False)

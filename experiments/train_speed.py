@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's nsr and conf/
 
 from nsr._config import config_dir  # noqa: E402
-from nsr.losses import ImplicitLoss  # noqa: E402
+from nsr.training.losses import ImplicitLoss  # noqa: E402
 
 CONFIGS = {"relu_mlp": ["model=relu_mlp"], "skip_mlp": ["model=skip_mlp"], "residual_mlp": ["model=residual_mlp"],
            "grid_mlp": ["model=grid_mlp"], "grid_cpu": ["experiment=grid_cpu", "data.path=x.obj"]}

@@ -1,11 +1,12 @@
 """nsr: exact geometry of ReLU implicit shape networks.
 
-Pipeline, one module per stage:
-``networks`` (ReLU MLPs and loaders) -> ``data`` (shapes, sampling) -> ``train``
-(Lightning + Hydra) -> ``complex`` (exact polyhedral complex by edge subdivision)
--> ``surface`` (exact zero-level meshes, export) -> ``marching_cubes`` (baseline)
--> ``metrics`` -> ``render`` -> ``extract`` / ``compare`` (Hydra apps)
--> ``regularizers`` (differentiable complex geometry fed back into training).
+Pipeline, one module or subpackage per stage:
+``networks``, ``checkpoints`` (nsr's MLP, loaders) -> ``pl`` (the one network form,
+``PLGraph``: tracer, bounds, constraint layout, encodings) -> ``training`` (shapes, samples,
+losses, Lightning) and the ``train`` app -> ``extraction`` (exact complex by edge subdivision,
+surfaces, tracking) and the ``extract`` app -> ``eval`` (marching cubes, metrics, pictures) and
+the ``compare`` / ``demo`` apps -> ``geometry``, ``regularizers`` (differentiable geometry of the
+complex fed back into training).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ _LAZY = {
     "PLNetwork": "nsr.networks",
     "as_network": "nsr.networks",
     "load_network": "nsr.networks",
-    "extract_complex": "nsr.complex",
-    "PolyhedralComplex": "nsr.complex",
-    "extract_mesh": "nsr.surface",
-    "ExactMesh": "nsr.surface",
-    "marching_cubes": "nsr.marching_cubes",
-    "mesh_from_complex": "nsr.surface",
+    "extract_complex": "nsr.extraction.complex",
+    "PolyhedralComplex": "nsr.extraction.complex",
+    "extract_mesh": "nsr.extraction.surface",
+    "ExactMesh": "nsr.extraction.surface",
+    "marching_cubes": "nsr.eval.marching_cubes",
+    "mesh_from_complex": "nsr.extraction.surface",
     "ExactRegularizerCallback": "nsr.regularizers",
 }
 
-# Public functions named like the submodule that defines them (`nsr.marching_cubes`).
+# Public functions named like the submodule that defines them (`nsr.eval.marching_cubes`).
 _SHADOWED = frozenset(name for name, module in _LAZY.items() if module == f"{__name__}.{name}")
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,6 +1,6 @@
 """Networks recorded in training checkpoints, and rebuilt from them without running code from the file.
 
-A checkpoint written by :class:`nsr.lightning.ImplicitShapeModule` records its network in
+A checkpoint written by :class:`nsr.training.lightning.ImplicitShapeModule` records its network in
 ``hyper_parameters["net"]`` as ``{"_target_": "<class>", <keyword>: <value>, ...}`` (see
 :func:`network_spec`), next to the weights under ``state_dict["net.*"]``. Hydra would
 instantiate such a ``_target_`` by importing whatever it names, which for a file from elsewhere
@@ -155,13 +155,15 @@ ALLOWED: dict[str, Rebuildable] = {r.target: r for r in [
         "weight_norm": _bool, "dropout": _float(0.0, 1.0)}, _skip_spec),
     Rebuildable("nsr.pl.models", "ResidualMLP", {
         **_MLP, "activation": _choice("relu", "leaky_relu"), "negative_slope": _float(-1e6, 1e6)}, _residual_spec),
-    Rebuildable("nsr.encoding", "GridMLP", {
+    Rebuildable("nsr.pl.encoding", "GridMLP", {
         **_MLP, "in_dim": _int(1, 7), "n_levels": _int(1, 64), "features": _int(1, 1024),
         "min_resolution": _int(1, 1 << 20), "max_resolution": _int(1, 1 << 20), "table_size": _int(1, 1 << 26),
         "bounds": _bounds, "include_input": _bool, "init_scale": _float(0.0, 1e6)}, _grid_spec),
 ]}
 _ALIASES = {"nsr.ReLUMLP": "nsr.networks.ReLUMLP", "nsr.pl.SkipMLP": "nsr.pl.models.SkipMLP",
-            "nsr.pl.ResidualMLP": "nsr.pl.models.ResidualMLP"}
+            "nsr.pl.ResidualMLP": "nsr.pl.models.ResidualMLP",
+            # checkpoints written before the package was split into stages (2026-12-01)
+            "nsr.encoding.GridMLP": "nsr.pl.encoding.GridMLP"}
 
 
 def allowed_targets() -> list[str]:
@@ -175,7 +177,7 @@ def allowed_targets() -> list[str]:
     --------
     >>> from nsr.checkpoints import allowed_targets
     >>> allowed_targets()
-    ['nsr.networks.ReLUMLP', 'nsr.pl.models.SkipMLP', 'nsr.pl.models.ResidualMLP', 'nsr.encoding.GridMLP']
+    ['nsr.networks.ReLUMLP', 'nsr.pl.models.SkipMLP', 'nsr.pl.models.ResidualMLP', 'nsr.pl.encoding.GridMLP']
     """
     return list(ALLOWED)
 
@@ -408,7 +410,7 @@ def recorded_spec(ckpt: Mapping[str, Any]) -> Mapping[str, Any] | None:
 
 
 def net_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """The network's weights in a checkpoint of :class:`~nsr.lightning.ImplicitShapeModule`
+    """The network's weights in a checkpoint of :class:`~nsr.training.lightning.ImplicitShapeModule`
     (``state_dict["net.*"]``, prefix removed).
 
     Parameters

@@ -25,6 +25,8 @@ import trimesh
 from omegaconf import DictConfig
 
 from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_compare
+from nsr.eval.marching_cubes import check_memory, marching_cubes
+from nsr.eval.metrics import compare_meshes, peak_memory
 from nsr.extract import (
     USER_ERRORS,
     _box,
@@ -34,8 +36,6 @@ from nsr.extract import (
     resolve_network,
     write_json,
 )
-from nsr.marching_cubes import check_memory, marching_cubes
-from nsr.metrics import compare_meshes, peak_memory
 from nsr.networks import PLNetwork
 from nsr.pl.graph import as_graph
 
@@ -60,7 +60,7 @@ MD_COLUMNS = [
 
 
 def _exact_mesh(net: PLNetwork, box: np.ndarray, cfg: Any) -> tuple[trimesh.Trimesh, dict, Any]:
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     kw = {"dtype": parse_dtype(cfg.get("dtype", "float64")), "device": cfg.get("device")}
     with peak_memory() as mem:
@@ -141,7 +141,7 @@ def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def _plots(rows: list[dict], out: Path) -> list[Path]:
-    from nsr import render
+    from nsr.eval import render
 
     mc = [r for r in rows if r["method"] == "marching_cubes"]
     exact = next((r for r in rows if r["method"] == "exact"), None)
@@ -276,7 +276,7 @@ def _caption(row: Mapping[str, Any]) -> str:
 
 
 def _side_by_side(meshes: list, titles: list[str], polys: list, captions: list[str], out: Path) -> Path | None:
-    from nsr import render
+    from nsr.eval import render
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

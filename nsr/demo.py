@@ -1,7 +1,7 @@
 """``python -m nsr.demo`` (``make demo``): why exact extraction matters, in a few minutes on a CPU.
 
 The demo trains a small ReLU network on a mechanical part that nsr builds itself
-(:func:`nsr.shapes.bracket`: sharp creases, a rib 0.03 thick, four round holes), extracts the
+(:func:`nsr.training.shapes.bracket`: sharp creases, a rib 0.03 thick, four round holes), extracts the
 network's exact zero-level mesh once (timed once), meshes the same network with marching cubes
 at a few resolutions, and measures every mesh three ways:
 
@@ -73,7 +73,7 @@ def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     >>> from nsr.demo import compose_train
     >>> cfg = compose_train(["data=bracket", "trainer.max_epochs=4"])
     >>> cfg.data.kind, cfg.data.shape._target_, cfg.trainer.max_epochs
-    ('analytic', 'nsr.shapes.bracket', 4)
+    ('analytic', 'nsr.training.shapes.bracket', 4)
     """
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="train", overrides=["experiment=default", *overrides])
@@ -125,7 +125,7 @@ def true_shape(run_dir: Path) -> Any:
 
     Returns
     -------
-    nsr.shapes.Shape or None
+    nsr.training.shapes.Shape or None
         The shape of ``data.shape`` when ``data.kind`` is ``analytic``, else ``None`` (meshes and
         point clouds have no exact SDF).
 
@@ -136,7 +136,7 @@ def true_shape(run_dir: Path) -> Any:
     >>> from omegaconf import OmegaConf
     >>> from nsr.demo import true_shape
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     cfg = {"data": {"kind": "analytic", "shape": {"_target_": "nsr.shapes.Sphere", "radius": 0.3}}}
+    ...     cfg = {"data": {"kind": "analytic", "shape": {"_target_": "nsr.training.shapes.Sphere", "radius": 0.3}}}
     ...     OmegaConf.save(cfg, Path(tmp) / "config.yaml")
     ...     shape = true_shape(Path(tmp))
     >>> type(shape).__name__, shape.radius
@@ -151,7 +151,7 @@ def true_shape(run_dir: Path) -> Any:
 
 
 def _samples(mesh: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from nsr.metrics import sample_faces
+    from nsr.eval.metrics import sample_faces
 
     return sample_faces(mesh, n, seed=0)
 
@@ -168,10 +168,10 @@ def against_truth(mesh: Any, shape: Any, truth: np.ndarray, n: int = N_SAMPLES) 
     ----------
     mesh : trimesh.Trimesh
         Triangle mesh, vertices ``(V, 3)``, faces ``(F, 3)``.
-    shape : nsr.shapes.Shape
+    shape : nsr.training.shapes.Shape
         The true shape (a callable ``(N, 3) ndarray -> (N,)``).
     truth : (M, 3) float ndarray
-        Points on the true surface, in random order (e.g. :func:`nsr.shapes.surface_samples`).
+        Points on the true surface, in random order (e.g. :func:`nsr.training.shapes.surface_samples`).
     n : int, optional
         Area-weighted samples of ``mesh``.
 
@@ -187,7 +187,7 @@ def against_truth(mesh: Any, shape: Any, truth: np.ndarray, n: int = N_SAMPLES) 
 
     >>> import trimesh
     >>> from nsr.demo import against_truth, sampling_floor
-    >>> from nsr.shapes import Box, surface_samples
+    >>> from nsr.training.shapes import Box, surface_samples
     >>> cube = Box(0.25)
     >>> pts = surface_samples(cube, 3000, resolution=24)
     >>> d = against_truth(trimesh.creation.box(extents=(0.5, 0.5, 0.5)), cube, pts[:2000], n=1000)
@@ -196,7 +196,7 @@ def against_truth(mesh: Any, shape: Any, truth: np.ndarray, n: int = N_SAMPLES) 
     """
     from scipy.spatial import cKDTree
 
-    from nsr.metrics import surface_distance
+    from nsr.eval.metrics import surface_distance
 
     p, fp = _samples(mesh, n)
     if len(p) == 0:
@@ -251,7 +251,7 @@ def measure(mesh: Any, net: Any, shape: Any, truth: np.ndarray | None, exact: An
         The mesh, vertices ``(V, 3)``, faces ``(F, 3)``.
     net : network
         The network it meshes (anything :func:`nsr.networks.as_network` takes).
-    shape : nsr.shapes.Shape or None
+    shape : nsr.training.shapes.Shape or None
         The true shape; ``None`` skips the true-shape columns.
     truth : (M, 3) float ndarray or None
         Points on the true surface (see :func:`against_truth`).
@@ -262,7 +262,7 @@ def measure(mesh: Any, net: Any, shape: Any, truth: np.ndarray | None, exact: An
     -------
     dict of str to Any
         ``n_faces``, ``n_vertices``, ``watertight``, the ``abs_f_*`` residuals of
-        :func:`nsr.metrics.residuals` (network output units) and, where given, the
+        :func:`nsr.eval.metrics.residuals` (network output units) and, where given, the
         ``true_*`` (:func:`against_truth`) and ``exact_chamfer_l1`` / ``exact_hausdorff`` (box units).
 
     Examples
@@ -271,14 +271,14 @@ def measure(mesh: Any, net: Any, shape: Any, truth: np.ndarray | None, exact: An
     1/8 lie on the octahedron's planes, so that every vertex is on the zero set:
 
     >>> from nsr.demo import measure
-    >>> from nsr.marching_cubes import marching_cubes
+    >>> from nsr.eval.marching_cubes import marching_cubes
     >>> from nsr.networks import octahedron_network
     >>> net = octahedron_network(0.5)
     >>> row = measure(marching_cubes(net, (-1, 1), 17), net, None, None, None)
     >>> row["n_faces"], row["watertight"], row["abs_f_vertices_max"]
     (488, True, 0.0)
     """
-    from nsr.metrics import compare_meshes, residuals
+    from nsr.eval.metrics import compare_meshes, residuals
 
     row: dict[str, Any] = {"n_faces": int(len(mesh.faces)), "n_vertices": int(len(mesh.vertices))}
     row |= residuals(net, mesh, N_SAMPLES)
@@ -355,9 +355,9 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
               mc_rows: list, floor: float | None) -> list[Path]:  # fmt: skip
     import trimesh
 
-    from nsr import render
-    from nsr.metrics import sample_faces, surface_distance
-    from nsr.shapes import Shape
+    from nsr.eval import render
+    from nsr.eval.metrics import sample_faces, surface_distance
+    from nsr.training.shapes import Shape
 
     files: list[Path | None] = []
     pick = min(range(len(mcs)), key=lambda i: abs(mcs[i][0] - 64))  # the 64^3 mesh, or the nearest
@@ -366,7 +366,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
     exact_tm = exact.to_trimesh()
     meshes, titles, captions, outlines = [], [], [], []
     if isinstance(shape, Shape):
-        from nsr.marching_cubes import marching_cubes
+        from nsr.eval.marching_cubes import marching_cubes
 
         ref = marching_cubes(shape, box, TRUE_DISPLAY_RES)
         meshes.append((np.asarray(ref.vertices), np.asarray(ref.faces)))
@@ -417,7 +417,7 @@ def _pictures(out: Path, net: Any, shape: Any, box: np.ndarray, exact: Any, exac
 
 
 def _error_plot(out: Path, mcs: list, mc_rows: list, exact_row: dict, floor: float | None) -> Path | None:
-    from nsr import render
+    from nsr.eval import render
 
     x = [r for r, _ in mcs]
     dist = {"marching cubes: CD-L1 to the exact mesh": [r["exact_chamfer_l1"] for r in mc_rows]}
@@ -472,11 +472,11 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides
     """
     import torch
 
+    from nsr.eval.marching_cubes import as_bounds, marching_cubes
     from nsr.extract import _run_box, write_json
-    from nsr.marching_cubes import as_bounds, marching_cubes
+    from nsr.extraction.surface import extract_mesh
     from nsr.networks import as_network
-    from nsr.shapes import surface_samples
-    from nsr.surface import extract_mesh
+    from nsr.training.shapes import surface_samples
 
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -558,7 +558,8 @@ def report(result: dict[str, Any], wall_s: float) -> str:
     """
     rows, t = result["rows"], result["timings"]
     exact, mcs = rows[0], rows[1:]
-    lines = ["", "nsr demo: a ReLU network trained on nsr.shapes.bracket; its exact mesh vs marching cubes", "",
+    lines = ["", ("nsr demo: a ReLU network trained on nsr.training.shapes.bracket; "
+                 "its exact mesh vs marching cubes"), "",
              summary_table(rows), "", LEGEND, ""]  # fmt: skip
     if "true_chamfer_l1" in exact and mcs:
         best = min(mcs, key=lambda r: r["true_chamfer_l1"])
@@ -601,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run_demo(Path(args.out).resolve(), args.resolutions, args.overrides, run_dir=args.net)
     print(report(result, time.perf_counter() - t0))
     if args.gallery:
-        from nsr.render import compact_png
+        from nsr.eval.render import compact_png
 
         for f in result["files"]:
             if f.endswith(".png"):

@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from nsr import limits
 from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_extract
+from nsr.eval.marching_cubes import as_bounds
+from nsr.eval.metrics import max_rss_bytes, peak_memory
 from nsr.files import atomic_write
-from nsr.marching_cubes import as_bounds
-from nsr.metrics import max_rss_bytes, peak_memory
 from nsr.networks import NetworkError, PLNetwork, load_network
 from nsr.pl.graph import PLGraph, as_graph
 
@@ -209,7 +209,7 @@ def _complex_stats(cplx: Any) -> dict[str, Any]:
 
 
 def _extract_complex(net: PLGraph, box: np.ndarray, kw: dict, out: Path) -> tuple[Any, dict]:
-    from nsr.complex import extract_complex
+    from nsr.extraction.complex import extract_complex
 
     cplx = extract_complex(net, box, **kw)
     cplx.save(out / "complex.npz")
@@ -237,10 +237,10 @@ def _level_set_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
 
 
 def _preview(mesh: Any, cplx: Any, net: PLGraph, box: np.ndarray, out: Path, level: float = 0.0) -> Path | None:
-    from nsr import render
+    from nsr.eval import render
 
     if net.in_dim == 2:
-        from nsr.complex import extract_complex
+        from nsr.extraction.complex import extract_complex
 
         if cplx is None:  # the picture shows the linear regions: 2-D complexes are small
             cplx = extract_complex(net, box, progress=False)
@@ -250,7 +250,7 @@ def _preview(mesh: Any, cplx: Any, net: PLGraph, box: np.ndarray, out: Path, lev
     if mesh is None:
         return None
     if mesh.is_empty:
-        # nsr.render reads PLNetworks: a plain MLP graph goes as the network of g
+        # nsr.eval.render reads PLNetworks: a plain MLP graph goes as the network of g
         plain = net.to_plnetwork(pre_transform=True) if net.is_mlp and net.is_relu and net.encoder is None else net
         return render.render_slice(plain, box, 2, float(box[2].mean()), out / "preview.png")
     return render.render_mesh(mesh.to_trimesh(), out / "preview.png", polygons=mesh.polygons)
@@ -307,7 +307,7 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                                             | {"memory_limit": kw["memory_limit"]}, out)
             stats |= cstats
             timings["complex_s"] = time.perf_counter() - t
-        from nsr.surface import extract_mesh, mesh_from_complex
+        from nsr.extraction.surface import extract_mesh, mesh_from_complex
 
         _stage(opts, f"extracting the level set ({mode} mode)")
         t = time.perf_counter()

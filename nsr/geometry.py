@@ -1,6 +1,6 @@
 """Differentiable geometry of the exact polyhedral complex of a ReLU network.
 
-The extractor (:mod:`nsr.surface`) gives positions and combinatorics without gradients.
+The extractor (:mod:`nsr.extraction.surface`) gives positions and combinatorics without gradients.
 Here the combinatorics (the active constraints and activation pattern of each vertex, the
 pattern of each polygon's linear region) are kept fixed and positions are re-expressed as
 functions of the network's parameters:
@@ -645,7 +645,7 @@ def differentiable_vertices(
 ) -> Tensor:
     """Vertex positions as differentiable functions of the network parameters.
 
-    ``vertices`` ``(V, D)`` float (detached, e.g. from :func:`nsr.surface.extract_mesh`),
+    ``vertices`` ``(V, D)`` float (detached, e.g. from :func:`nsr.extraction.surface.extract_mesh`),
     ``constraints`` ``(V, D)`` long, ``patterns`` ``(V, N)`` bool (see
     :func:`constraint_system`). One Newton step with the pattern fixed,
     ``x = x0 - J^-1 (J x0 + c)``: the value equals ``x0`` for an exact vertex (and is the

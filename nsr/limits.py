@@ -232,7 +232,7 @@ def empty_level_set_message(net: Any, bounds: Any, level: float, n_samples: int 
     import numpy as np
     import torch
 
-    from nsr.complex import output_bounds
+    from nsr.extraction.pruning import output_bounds
 
     b = torch.as_tensor(np.asarray(bounds), dtype=net.dtype, device=net.device)
     with torch.no_grad():

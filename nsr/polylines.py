@@ -1,6 +1,6 @@
 """The level set of a 2D network as polylines: counts, and files that other tools read.
 
-A 2D network's level set ``f = level`` is a set of polylines (:attr:`nsr.surface.ExactMesh.polylines`:
+A 2D network's level set ``f = level`` is a set of polylines (:attr:`nsr.extraction.surface.ExactMesh.polylines`:
 ordered vertex paths; a closed loop repeats its first vertex at the end). They are written as
 
 * PLY with ``vertex`` and ``edge`` elements (``z = 0``): trimesh loads it as a ``Path3D``
@@ -130,7 +130,7 @@ def export_polylines(vertices: np.ndarray, polylines: Sequence[np.ndarray], path
 
 
 def level_set_segments(vertices: np.ndarray, polylines: Sequence[np.ndarray]) -> np.ndarray:
-    """The polylines as segments ``(S, 2, 2)`` (for :func:`nsr.render.render_complex_2d`)."""
+    """The polylines as segments ``(S, 2, 2)`` (for :func:`nsr.eval.render.render_complex_2d`)."""
     v = np.asarray(vertices, dtype=np.float64).reshape(-1, 2)
     seg = _segments(polylines)
     return v[seg] if len(seg) else np.zeros((0, 2, 2))

@@ -1,7 +1,7 @@
 """Regularizers on the exact zero-level surface of a ReLU network, fed back into training.
 
 Every ``k`` training steps :class:`ExactRegularizerCallback` re-extracts the exact surface
-(:func:`nsr.surface.extract_mesh`, no gradients) and keeps its combinatorics
+(:func:`nsr.extraction.surface.extract_mesh`, no gradients) and keeps its combinatorics
 (:class:`~nsr.geometry.SurfaceStructure`). In every step it then rebuilds the positions as
 differentiable functions of the *current* parameters (:func:`~nsr.geometry.differentiable_vertices`:
 the same constraints and patterns, re-solved) and evaluates the chosen regularizers:
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from nsr import geometry as G
-from nsr.complex import as_bounds
+from nsr.extraction.guards import as_bounds
 from nsr.geometry import SurfaceStructure
 from nsr.pl.graph import Affine, Layer, PLGraph
 from nsr.pl.models import ResidualMLP, SkipMLP
@@ -1039,7 +1039,7 @@ class ExactRegularizerCallback(Callback):
     {'smooth': 0.5657}
 
     In training: ``L.Trainer(callbacks=[callback])`` with nsr's
-    :class:`~nsr.lightning.ImplicitShapeModule`, which adds the terms to its loss.
+    :class:`~nsr.training.lightning.ImplicitShapeModule`, which adds the terms to its loss.
     """
 
     def __init__(
@@ -1109,7 +1109,7 @@ class ExactRegularizerCallback(Callback):
         trainer : lightning.Trainer
             The trainer.
         pl_module : LightningModule
-            Needs a ``regularizer_terms`` list (nsr's :class:`~nsr.lightning.ImplicitShapeModule`).
+            Needs a ``regularizer_terms`` list (nsr's :class:`~nsr.training.lightning.ImplicitShapeModule`).
         stage : str, optional
             Lightning's stage name.
         """
@@ -1405,11 +1405,11 @@ def _extract_structure(
     seconds, and the vertex count when it exceeded ``max_vertices`` (else 0).
 
     Track mode builds the structure from the walked polygons directly (no
-    :class:`~nsr.surface.ExactMesh` and its checks in between: 0.15 s instead of 0.17 s for a
+    :class:`~nsr.extraction.surface.ExactMesh` and its checks in between: 0.15 s instead of 0.17 s for a
     32x3 bunny); other modes, extra ``extract_mesh`` options, and track mode where it cannot
     answer (a degenerate vertex, no seed) go through ``extract_mesh``.
     """
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     t0 = time.perf_counter()
     kw = {"mode": "track", **extract_kwargs}
@@ -1431,10 +1431,10 @@ def _extract_structure(
 
 
 def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> SurfaceStructure | None | str:
-    """The structure of the surface tracked from seeds (:func:`nsr.surface.track_polygons`),
+    """The structure of the surface tracked from seeds (:func:`nsr.extraction.surface.track_polygons`),
     ``None`` when it is empty, or a string saying why track mode cannot answer (the caller
     falls back to ``extract_mesh``, which then resolves it in surface mode)."""
-    from nsr.surface import track_polygons, weld_tracks
+    from nsr.extraction.surface import track_polygons, weld_tracks
 
     pl = pl.to(dtype=torch.float64)
     tr, why = track_polygons(pl, np.asarray(bounds, dtype=np.float64), level, seeds=seeds)

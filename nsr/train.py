@@ -27,8 +27,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nsr._config import ConfigError, config_dir, fail, validate_train
-from nsr.data import ShapeError, ShapeSource
 from nsr.files import atomic_write, write_triangles
+from nsr.training.data import ShapeError, ShapeSource
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -102,7 +102,7 @@ def export_exact_mesh(
 ) -> dict[str, Any]:
     """Extract the network's exact zero-level mesh, export it in shape units, render a preview.
 
-    Uses ``nsr.surface.extract_mesh`` and ``nsr.render.render_mesh``; where they are missing
+    Uses ``nsr.extraction.surface.extract_mesh`` and ``nsr.eval.render.render_mesh``; where they are missing
     (ImportError / AttributeError) it warns and returns what was skipped. Returns a summary
     for ``metrics.json``.
     """
@@ -112,10 +112,10 @@ def export_exact_mesh(
     if source.dim != 3:
         return {"skipped": f"mesh export needs a 3D shape, this one is {source.dim}D"}
     try:
-        from nsr.surface import extract_mesh
+        from nsr.extraction.surface import extract_mesh
     except (ImportError, AttributeError) as err:
-        warnings.warn(f"exact mesh not exported: nsr.surface.extract_mesh unavailable ({err})", stacklevel=2)
-        return {"skipped": f"nsr.surface.extract_mesh unavailable: {err}"}
+        warnings.warn(f"exact mesh not exported: nsr.extraction.surface.extract_mesh unavailable ({err})", stacklevel=2)
+        return {"skipped": f"nsr.extraction.surface.extract_mesh unavailable: {err}"}
     import trimesh
 
     box = float(ecfg.get("box", 0.5))
@@ -140,11 +140,11 @@ def export_exact_mesh(
     summary.update(vertices=len(verts), triangles=len(faces))
     if ecfg.get("render", True):
         try:
-            from nsr.render import render_mesh
+            from nsr.eval.render import render_mesh
 
             render_mesh(tm, run_dir / "mesh.png", size=tuple(ecfg.get("size", (512, 512))))
         except (ImportError, AttributeError) as err:
-            warnings.warn(f"mesh preview not rendered: nsr.render unavailable ({err})", stacklevel=2)
+            warnings.warn(f"mesh preview not rendered: nsr.eval.render unavailable ({err})", stacklevel=2)
     return summary
 
 
@@ -167,7 +167,7 @@ def train(cfg: DictConfig) -> Path:
     """
     import lightning as L
 
-    from nsr.lightning import ImplicitShapeModule
+    from nsr.training.lightning import ImplicitShapeModule
 
     cfg = cfg.copy()
     validate_train(cfg)  # every option, before anything is written
@@ -185,7 +185,8 @@ def train(cfg: DictConfig) -> Path:
     module = make_module(loss=hydra.utils.instantiate(cfg.loss), transform=source.transform(),
                          config=OmegaConf.to_container(cfg, resolve=False))
     if not isinstance(module, ImplicitShapeModule):
-        raise ConfigError(f"model._target_={cfg.model.get('_target_')}: must be nsr.lightning.ImplicitShapeModule "
+        raise ConfigError(f"model._target_={cfg.model.get('_target_')}: must be "
+                          "nsr.training.lightning.ImplicitShapeModule "
                           "(the network itself goes in model.net)")
     _write_run_files(run_dir, cfg, source)
     callbacks = _instantiate_all(cfg.get("callbacks"))

@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from nsr._config import config_dir
 from nsr.networks import NetworkError, ReLUMLP
 
-pytest.importorskip("nsr.surface")
+pytest.importorskip("nsr.extraction.surface")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +67,7 @@ def test_extract_track_mode_matches_surface_mode(tiny_net, tmp_path):
 
 
 def test_extract_complex_2d(tmp_path):
-    pytest.importorskip("nsr.complex")
+    pytest.importorskip("nsr.extraction.complex")
     from nsr.extract import run_extract
 
     net = tmp_path / "net2d.pt"
@@ -235,7 +235,7 @@ def test_extract_2d_bunny_app_reports_the_polylines(shared_dir, tmp_path):
     """The shared 2-D bunny (4x32): the library finds 41 vertices on its level set in [-0.5, 0.5]^2;
     the app must report and write them (it used to refuse mode=surface and report 0 vertices)."""
     from nsr.extract import run_extract
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     net = shared_dir / "models" / "bunny_2d_4x32.pt"
     if not net.is_file():
@@ -250,7 +250,7 @@ def test_extract_2d_bunny_app_reports_the_polylines(shared_dir, tmp_path):
 
 
 def test_extract_zero_network_says_what_is_true(tmp_path):
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     net = ReLUMLP(3, 8, 2)
     with torch.no_grad():

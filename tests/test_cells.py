@@ -1,12 +1,13 @@
-"""Cells of every dimension (nsr.cells): against materialized keys, and under hash collisions."""
+"""Cells of every dimension (nsr.extraction.cells): against materialized keys, and under hash collisions."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import nsr.cells as cells_mod
-from nsr.complex import bit_values, extract_complex
+import nsr.extraction.cells as cells_mod
+from nsr.extraction.bits import bit_values
+from nsr.extraction.complex import extract_complex
 from nsr.networks import random_network
 
 

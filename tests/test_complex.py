@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nsr.complex import PolyhedralComplex, as_bounds, extract_complex
+from nsr.extraction.complex import PolyhedralComplex, extract_complex
+from nsr.extraction.guards import as_bounds
 from nsr.networks import PLNetwork, load_network, random_network
 
 
@@ -245,7 +246,7 @@ def test_a_complex_too_large_for_the_memory_limit_stops_with_a_clear_error():
     net = random_network(3, [32, 32], seed=0)
     with pytest.raises(MemoryError, match=r"stopped after \d+ of 64 neurons"):
         extract_complex(net, (-1, 1), progress=False, memory_limit=2e5)
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     with pytest.raises(MemoryError, match="memory_limit"):
         extract_mesh(net, (-1, 1), mode="surface", progress=False, memory_limit=2e5)
@@ -266,7 +267,7 @@ def test_incidences_of_regions_and_edges_in_2d():
 
 @pytest.mark.parametrize("n_bits", [1, 63, 64, 65, 200])
 def test_pack_and_unpack_bits_round_trip(n_bits):
-    from nsr.complex import n_words, pack_bits, unpack_bits
+    from nsr.extraction.bits import n_words, pack_bits, unpack_bits
 
     gen = torch.Generator().manual_seed(n_bits)
     flags = torch.rand(41, n_bits, generator=gen) > 0.5

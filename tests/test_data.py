@@ -11,8 +11,8 @@ import pytest
 import torch
 import trimesh
 
-from nsr import shapes as S
-from nsr.data import (
+from nsr.training import shapes as S
+from nsr.training.data import (
     AnalyticSource,
     MeshSource,
     PointCloudSource,
@@ -22,7 +22,7 @@ from nsr.data import (
     sample_points,
     split_counts,
 )
-from nsr.losses import ImplicitLoss, eikonal, normal_alignment, occupancy_bce, sdf_l1
+from nsr.training.losses import ImplicitLoss, eikonal, normal_alignment, occupancy_bce, sdf_l1
 from tests.conftest import open3d_available
 
 needs_o3d = pytest.mark.skipif(not open3d_available(), reason="open3d not importable")
@@ -260,7 +260,8 @@ def test_implicit_loss_vanishes_on_exact_sdf():
 
 
 def test_import_does_not_load_open3d():
-    code = "import sys, nsr, nsr.data, nsr.shapes, nsr.losses; print('open3d' in sys.modules)"
+    code = ("import sys, nsr, nsr.training.data, nsr.training.shapes, nsr.training.losses; "
+            "print('open3d' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -12,7 +12,7 @@ import trimesh
 from matplotlib.image import imread
 
 from nsr import demo
-from nsr.shapes import Box, Cylinder, Extrusion, Polygon, Sphere, bracket, surface_samples
+from nsr.training.shapes import Box, Cylinder, Extrusion, Polygon, Sphere, bracket, surface_samples
 
 
 def _brute_distance(points, surface):
@@ -102,7 +102,7 @@ def _fake_run(tmp_path: Path) -> Path:
     torch.nn.init.uniform_(mlp.layers[0].bias, -0.1, 0.1)
     torch.save(mlp.state_dict(), run / "checkpoints" / "last.ckpt")
     (run / "config.yaml").write_text(
-        "data:\n  kind: analytic\n  box: 0.5\n  shape: {_target_: nsr.shapes.Sphere, radius: 0.3}\n"
+        "data:\n  kind: analytic\n  box: 0.5\n  shape: {_target_: nsr.training.shapes.Sphere, radius: 0.3}\n"
     )
     return run
 

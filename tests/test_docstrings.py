@@ -32,13 +32,13 @@ import pytest
 
 MODULES = [
     "nsr.compare",
-    "nsr.data",
+    "nsr.training.data",
     "nsr.demo",
-    "nsr.losses",
-    "nsr.marching_cubes",
-    "nsr.metrics",
-    "nsr.render",
-    "nsr.shapes",
+    "nsr.training.losses",
+    "nsr.eval.marching_cubes",
+    "nsr.eval.metrics",
+    "nsr.eval.render",
+    "nsr.training.shapes",
 ]
 
 # Methods whose contract is fixed by a framework and documented there, not by us.

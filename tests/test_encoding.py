@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsr.encoding import GridMLP, SimplexGridEncoding, level_resolutions
+from nsr.pl.encoding import GridMLP, SimplexGridEncoding, level_resolutions
 
 
 def _enc(d, **kw):

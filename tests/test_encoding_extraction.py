@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import nsr.pl.convert as convert
-from nsr.encoding import GridMLP, SimplexGridEncoder, SimplexGridEncoding
 from nsr.pl import INPUT, PLGraph, trace
+from nsr.pl.encoding import GridMLP, SimplexGridEncoder, SimplexGridEncoding
 
 ENCODED = -2  # PROTOCOL.md: source index of the encoder's features
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from nsr.complex import extract_complex
+from nsr.extraction.complex import extract_complex
+from nsr.extraction.surface import extract_mesh
 from nsr.networks import random_network
-from nsr.surface import extract_mesh
 
 pytestmark = [
     pytest.mark.gpu,
@@ -66,7 +66,7 @@ def test_mesh_cuda_float32(mode):
 
 
 def test_marching_cubes_cuda_matches_cpu():
-    from nsr.marching_cubes import marching_cubes
+    from nsr.eval.marching_cubes import marching_cubes
 
     net = random_network(3, [16, 16], seed=3)
     level = _median_level(net)

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from nsr.complex import extract_complex
+from nsr.extraction.complex import extract_complex
+from nsr.extraction.surface import extract_mesh
 from nsr.pl import INPUT, Affine, Layer, PLGraph, as_graph, trace
 from nsr.pl.graph import ENCODED
-from nsr.surface import extract_mesh
 
 D64 = torch.float64
 

@@ -18,10 +18,10 @@ import torch
 
 from nsr import geometry as G
 from nsr import regularizers as R
+from nsr.extraction.surface import extract_mesh, track_polygons, weld_tracks
+from nsr.extraction.tracking import region_constraints, track_surface
 from nsr.networks import PLNetwork
 from nsr.pl import INPUT, Affine, Layer, PLGraph, ResidualMLP, SkipMLP, trace
-from nsr.surface import extract_mesh, track_polygons, weld_tracks
-from nsr.tracking import region_constraints, track_surface
 
 BOX = np.array([[-1.0, 1.0]] * 3)
 D = 3

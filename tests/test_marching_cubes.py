@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsr.marching_cubes import as_bounds, estimate_memory, marching_cubes
+from nsr.eval.marching_cubes import as_bounds, estimate_memory, marching_cubes
 from nsr.networks import PLNetwork, ReLUMLP, as_network
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import trimesh
 
-from nsr.metrics import (
+from nsr.eval.metrics import (
     chamfer,
     compare_meshes,
     f_score,

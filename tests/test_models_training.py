@@ -15,13 +15,13 @@ from torch import nn
 
 from nsr._config import config_dir
 from nsr.checkpoints import allowed_targets, build_network, network_spec
-from nsr.encoding import GridMLP
-from nsr.lightning import ImplicitShapeModule, load_module_network
-from nsr.losses import ImplicitLoss
 from nsr.networks import NetworkError, PLNetwork, ReLUMLP, as_network, load_network
 from nsr.pl import trace
+from nsr.pl.encoding import GridMLP
 from nsr.pl.models import ResidualMLP, SkipMLP
 from nsr.train import check_moved_options, train
+from nsr.training.lightning import ImplicitShapeModule, load_module_network
+from nsr.training.losses import ImplicitLoss
 
 CONF = Path(config_dir())
 MODELS = sorted(f.stem for f in (CONF / "model").glob("*.yaml"))

@@ -120,7 +120,7 @@ if sys.argv[1] == "submodules-first":
     for info in pkgutil.iter_modules(nsr.__path__):
         importlib.import_module(f"nsr.{info.name}")
 elif sys.argv[1] == "same-named-submodule-first":
-    import nsr.marching_cubes  # noqa: F401  (binds the submodule on the package)
+    import nsr.eval.marching_cubes  # noqa: F401  (binds the submodule on the package)
 for name, module in nsr._LAZY.items():
     for _ in range(2):
         value = getattr(nsr, name)

@@ -32,7 +32,7 @@ BOX = np.array([[-1.0, 1.0]] * 3)
 
 @dataclass
 class FakeMesh:
-    """The fields of ``nsr.surface.ExactMesh`` that the regularizers read."""
+    """The fields of ``nsr.extraction.surface.ExactMesh`` that the regularizers read."""
 
     vertices: np.ndarray
     polygons: list
@@ -517,7 +517,7 @@ class _Module:
 
 @pytest.fixture
 def fake_surface(monkeypatch):
-    """``nsr.surface.extract_mesh`` replaced by the hand-built octahedron (octahedron nets)."""
+    """``nsr.extraction.surface.extract_mesh`` replaced by the hand-built octahedron (octahedron nets)."""
     calls = []
 
     def extract_mesh(net, bounds, *, mode="surface", close=False, dtype=None, device=None,
@@ -528,9 +528,9 @@ def fake_surface(monkeypatch):
             np.zeros((0, 3)), [], np.zeros((0, 3), np.int64), np.zeros((0, 6), bool),
             np.zeros((0, 6), bool))
 
-    fake = types.ModuleType("nsr.surface")
+    fake = types.ModuleType("nsr.extraction.surface")
     fake.extract_mesh = extract_mesh
-    monkeypatch.setitem(sys.modules, "nsr.surface", fake)
+    monkeypatch.setitem(sys.modules, "nsr.extraction.surface", fake)
     # the callback's own track path would bypass extract_mesh
     monkeypatch.setattr(R, "_track_structure", lambda *a, **k: "faked")
     return calls
@@ -657,9 +657,9 @@ def test_hydra_configs_instantiate():
 
 
 def _surface_module():
-    if importlib.util.find_spec("nsr.surface") is None:
-        pytest.skip("nsr.surface (extract_mesh) has not landed yet")
-    return pytest.importorskip("nsr.surface")
+    if importlib.util.find_spec("nsr.extraction.surface") is None:
+        pytest.skip("nsr.extraction.surface (extract_mesh) has not landed yet")
+    return pytest.importorskip("nsr.extraction.surface")
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -916,7 +916,7 @@ def test_background_extraction_uses_a_snapshot_and_matches_sync(mode):
 def test_background_callback_in_a_lightning_trainer_joins_at_the_end(mode, tmp_path):
     L = pytest.importorskip("lightning")
     _surface_module()
-    from nsr.lightning import StepTimer
+    from nsr.training.lightning import StepTimer
 
     class Module(L.LightningModule):
         def __init__(self):

@@ -7,14 +7,14 @@ import pytest
 import trimesh
 from matplotlib.image import imread
 
-from nsr.networks import random_network
-from nsr.render import (
+from nsr.eval.render import (
     plot_series,
     render_complex_2d,
     render_mesh,
     render_side_by_side,
     render_slice,
 )
+from nsr.networks import random_network
 
 
 def _check_png(path, size):
@@ -74,7 +74,7 @@ def test_failure_degrades_to_warning(tmp_path):
 
 
 def test_polygon_segments_cull_back_faces():
-    from nsr.render import polygon_segments
+    from nsr.eval.render import polygon_segments
 
     v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=float)
     up, down = np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])
@@ -89,7 +89,7 @@ def test_polygon_segments_cull_back_faces():
 
 def _canvas_pixels(draw, size=200):
     """Render with ``draw(ax)`` on a bare Agg figure; pixels (H, W, 3) in [0, 1]."""
-    from nsr.render import _figure
+    from nsr.eval.render import _figure
 
     fig = _figure((size, size))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -104,11 +104,11 @@ def _canvas_pixels(draw, size=200):
 def test_draw_faces_hides_lines_behind_nearer_faces():
     """A far square's outline runs under a nearer square: it must not show through it, and must
     show where nothing covers it (hidden-line removal by painter's order)."""
-    from nsr.render import draw_faces
+    from nsr.eval.render import draw_faces
 
     # View from +z (elev 90): screen x, y are world -y... use the camera frame to place squares.
     view = (90.0, -90.0)
-    from nsr.render import camera_frame
+    from nsr.eval.render import camera_frame
 
     right, up, eye = camera_frame(view)
     def square(c, h, depth):
@@ -129,7 +129,7 @@ def test_draw_faces_hides_lines_behind_nearer_faces():
 
 
 def test_newell_normals_and_culling():
-    from nsr.render import _cycles, newell_normals
+    from nsr.eval.render import _cycles, newell_normals
 
     v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=float)
     flat, lens = _cycles([np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])])
@@ -137,7 +137,7 @@ def test_newell_normals_and_culling():
 
 
 def test_render_polygons_overview_colored(tmp_path, sphere):
-    from nsr.render import render_colored_mesh, render_overview, render_polygons
+    from nsr.eval.render import render_colored_mesh, render_overview, render_polygons
 
     v, f = np.asarray(sphere.vertices), np.asarray(sphere.faces)
     out = render_polygons(v, list(f), tmp_path / "p.png", size=(400, 300), zoom=((0, 0, 0.3), 0.1), title="t")
@@ -168,8 +168,8 @@ def _diamond_network(r=0.5, reach=10.0):
 def test_complex_regions_tile_the_box():
     """Regions are convex counter-clockwise cycles whose areas add up to the box's (independent
     of how the complex stores them), one per 2-cell; the diamond network has 4 quadrant regions."""
-    from nsr.complex import extract_complex
-    from nsr.render import complex_regions
+    from nsr.eval.render import complex_regions
+    from nsr.extraction.complex import extract_complex
 
     for net, n_expected in ((_diamond_network(), 4), (random_network(2, [6, 5], seed=3), None)):
         cx = extract_complex(net, (-1, 1), progress=False)
@@ -190,8 +190,8 @@ def test_complex_regions_tile_the_box():
 
 
 def test_level_set_segments_diamond_perimeter():
-    from nsr.complex import extract_complex
-    from nsr.render import level_set_segments
+    from nsr.eval.render import level_set_segments
+    from nsr.extraction.complex import extract_complex
 
     cx = extract_complex(_diamond_network(0.5), (-1, 1), progress=False)
     seg = level_set_segments(cx)
@@ -203,7 +203,7 @@ def test_level_set_segments_diamond_perimeter():
 def test_plane_network_is_the_restriction():
     import torch
 
-    from nsr.render import plane_network
+    from nsr.eval.render import plane_network
 
     net = random_network(3, [8, 8], seed=1)
     uw = torch.rand(50, 2, dtype=torch.float64) - 0.5
@@ -215,9 +215,9 @@ def test_plane_network_is_the_restriction():
 
 
 def test_render_regions_and_slice_regions(tmp_path):
-    from nsr.complex import extract_complex
-    from nsr.render import render_regions, render_slice_regions
-    from nsr.shapes import Circle, Sphere
+    from nsr.eval.render import render_regions, render_slice_regions
+    from nsr.extraction.complex import extract_complex
+    from nsr.training.shapes import Circle, Sphere
 
     cx = extract_complex(random_network(2, [8, 8], seed=0), (-1, 1), progress=False)
     _check_png(render_regions(cx, tmp_path / "r.png", size=(300, 260), true_sdf=Circle(0.5)), (300, 260))
@@ -228,7 +228,7 @@ def test_render_regions_and_slice_regions(tmp_path):
 
 
 def test_render_slice_with_true_shape(tmp_path):
-    from nsr.shapes import Sphere
+    from nsr.training.shapes import Sphere
 
     net = random_network(3, [8, 8], seed=0)
     out = render_slice(net, (-1, 1), 1, 0.0, tmp_path / "t.png", resolution=48, true_sdf=Sphere(0.5))
@@ -236,7 +236,7 @@ def test_render_slice_with_true_shape(tmp_path):
 
 
 def test_plot_errors(tmp_path):
-    from nsr.render import plot_errors
+    from nsr.eval.render import plot_errors
 
     out = plot_errors([32, 64], {"cd": [1e-2, 5e-3]}, {"f": [1e-3, 4e-4]}, tmp_path / "e.png",
                       distance_lines={"exact": 2e-3}, residual_lines={"exact": 1e-16, "nan": float("nan")})
@@ -268,9 +268,9 @@ def test_slice_colors_reach_both_ends_of_the_scale(tmp_path):
 def test_2d_extract_preview_shows_regions_values_and_level_set(tmp_path):
     """nsr-extract's picture of a 2D network is the classic one: regions colored by the value
     (blue inside, red outside), not only the complex's edges on white."""
+    from nsr.eval.render import plane_network
     from nsr.extract import run_extract
     from nsr.networks import octahedron_network
-    from nsr.render import plane_network
 
     torch = pytest.importorskip("torch")
     net = tmp_path / "diamond.pt"

@@ -10,8 +10,8 @@ import pytest
 import torch
 import trimesh
 
+from nsr.extraction.surface import extract_mesh
 from nsr.networks import PLNetwork, cube_network, load_network, octahedron_network, random_network
-from nsr.surface import extract_mesh
 from tests.conftest import open3d_available
 
 
@@ -307,7 +307,7 @@ def test_shared_bunny_3x16_surface(shared):
 
 
 def test_output_bounds_are_sound_and_tighter_than_intervals():
-    from nsr.complex import output_bounds
+    from nsr.extraction.pruning import output_bounds
 
     net = random_network(3, [16, 16, 16], seed=9)
     gen = torch.Generator().manual_seed(1)
@@ -329,8 +329,8 @@ def test_output_bounds_are_sound_and_tighter_than_intervals():
 
 
 def test_mesh_from_an_existing_complex_equals_complex_mode():
-    from nsr.complex import extract_complex
-    from nsr.surface import mesh_from_complex
+    from nsr.extraction.complex import extract_complex
+    from nsr.extraction.surface import mesh_from_complex
 
     net = _centered(3, [10, 10], 12)
     cx = extract_complex(net, (-1, 1), progress=False)
@@ -342,7 +342,7 @@ def test_mesh_from_an_existing_complex_equals_complex_mode():
 
 
 def test_band_box_queries_match_brute_force():
-    from nsr.complex import Band
+    from nsr.extraction.pruning import Band
 
     gen = torch.Generator().manual_seed(3)
     occ = torch.rand(16, 16, 16, generator=gen) < 0.02
@@ -424,7 +424,9 @@ def test_region_pruning_on_a_deep_network_keeps_every_polygon():
 def test_region_ids_group_vertices_by_their_regions_sign_vectors(dim, widths):
     """Hash-based region ids partition (vertex, sign combination) pairs exactly like the
     explicit keys (tile, sign vector with the chosen zeros made positive)."""
-    from nsr.complex import _region_ids, bit_values, subdivide
+    from nsr.extraction.bits import bit_values
+    from nsr.extraction.pruning import _region_ids
+    from nsr.extraction.subdivide import subdivide
 
     net = random_network(dim, widths, seed=len(widths) + dim).to(dtype=torch.float64)
     lo = torch.tensor([[-1.0] * dim, [0.0] * dim], dtype=torch.float64)

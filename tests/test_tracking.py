@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from nsr.extraction.surface import extract_mesh
+from nsr.extraction.tracking import activation_patterns, grid_seeds, region_constraints
 from nsr.networks import PLNetwork, cube_network, octahedron_network
-from nsr.surface import extract_mesh
-from nsr.tracking import activation_patterns, grid_seeds, region_constraints
 from tests.test_surface import _centered
 
 

@@ -18,12 +18,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from nsr._config import config_dir
-from nsr.data import AnalyticSource, ShapeError, sample_points
-from nsr.lightning import ImplicitShapeModule, load_module_network
-from nsr.losses import ImplicitLoss
 from nsr.networks import ReLUMLP, as_network
-from nsr.shapes import Sphere
 from nsr.train import export_exact_mesh, train
+from nsr.training.data import AnalyticSource, ShapeError, sample_points
+from nsr.training.lightning import ImplicitShapeModule, load_module_network
+from nsr.training.losses import ImplicitLoss
+from nsr.training.shapes import Sphere
 
 TINY = [
     "trainer.accelerator=cpu",
@@ -177,13 +177,13 @@ TET_V = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0, 0.2, 0], [0, 0, 0.2]], dtype
 
 @pytest.fixture
 def tetrahedron_extractor(monkeypatch):
-    """A stand-in nsr.surface whose extract_mesh returns a tetrahedron (box units)."""
+    """A stand-in nsr.extraction.surface whose extract_mesh returns a tetrahedron (box units)."""
     tet_f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    fake = types.ModuleType("nsr.surface")
+    fake = types.ModuleType("nsr.extraction.surface")
     fake.extract_mesh = lambda net, bounds, mode, dtype, progress: types.SimpleNamespace(
         vertices=TET_V, triangles=tet_f, is_empty=False
     )
-    monkeypatch.setitem(sys.modules, "nsr.surface", fake)
+    monkeypatch.setitem(sys.modules, "nsr.extraction.surface", fake)
 
 
 def test_export_converts_to_shape_units(tmp_path, tetrahedron_extractor):
@@ -233,7 +233,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 def test_time_cosine_lr_anneals_over_the_budget(monkeypatch):
     import time
 
-    from nsr.lightning import TimeCosineLR
+    from nsr.training.lightning import TimeCosineLR
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     trainer = types.SimpleNamespace(optimizers=[opt])

@@ -1,7 +1,7 @@
 """Bounds on a :class:`~nsr.pl.graph.PLGraph` over boxes: interval arithmetic and linear bound
 propagation (CROWN, Zhang et al. 2018) through its layered blocks.
 
-The extractor (``nsr.complex``, ``nsr.surface``) reads every bound it needs from here: per-layer
+The extractor (``nsr.extraction.complex``, ``nsr.extraction.surface``) reads every bound it needs from here: per-layer
 bounds over boxes (tolerances, tile and band pruning) and bounds of the output in terms of one
 layer's pre-activations and the sources later layers read (region pruning, :func:`region_bounds`).
 For a plain ReLU MLP they are the bounds nsr has always used (the same relaxations). Neurons

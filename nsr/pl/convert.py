@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
 from nsr.pl.graph import INPUT, Affine, Layer, NotPiecewiseAffineError, OutputTransform, PLGraph
 
 try:
@@ -920,7 +920,7 @@ def _device_of(module: nn.Module) -> torch.device:
 class _Tracer(fx.Tracer):
     """``fx.Tracer`` that records the user's source line of every node. (fx's own
     ``record_stack_traces`` imports torch._dynamo on first use: seconds; a frame walk is free.)
-    A :class:`~nsr.encoding.SimplexGridEncoding` is one leaf node: the graph's encoder."""
+    A :class:`~nsr.pl.encoding.SimplexGridEncoding` is one leaf node: the graph's encoder."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, SimplexGridEncoding) or super().is_leaf_module(m, module_qualified_name)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nsr.lightning import load_module_network
 from nsr.networks import NetworkError, ReLUMLP, as_network, load_network
+from nsr.training.lightning import load_module_network
 
 
 def _hostile(tmp_path: Path, spec: dict) -> Path:
@@ -44,7 +44,7 @@ def test_checkpoints_naming_other_targets_are_refused_without_running_them(tmp_p
     ({"_target_": "nsr.networks.ReLUMLP", "width": {"_target_": "os.system", "command": "touch PWNED"}},
      "width=.*must be an integer"),
     ({"_target_": "nsr.networks.ReLUMLP", "in_dim": 3, "width": 8, "depth": 2, "_args_": ["x"]}, "'_args_' is not one"),
-    ({"_target_": "nsr.encoding.GridMLP", "in_dim": 3, "bounds": "os.system"}, r"bounds=.*\[lo, hi\]"),
+    ({"_target_": "nsr.pl.encoding.GridMLP", "in_dim": 3, "bounds": "os.system"}, r"bounds=.*\[lo, hi\]"),
     # far more weights than the file holds: refused from shapes on the meta device, nothing allocated
     ({"_target_": "nsr.networks.ReLUMLP", "in_dim": 3, "width": 65536, "depth": 1024}, "do not fit"),
     ({"_target_": "nsr.networks.ReLUMLP", "_rebuildable_": False, "_why_": "a test"}, "cannot rebuild.*a test"),

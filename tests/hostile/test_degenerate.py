@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import nsr.complex as cxmod
+import nsr.extraction.skeleton as cxmod  # the split kernel reads positive_side from its own module
 from nsr import extract_complex, extract_mesh
 from nsr.networks import PLNetwork, ReLUMLP, as_network
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import trimesh
 
+import nsr.extraction.surface
 import nsr.files
-import nsr.surface
+from nsr.extraction.surface import ExactMesh, extract_mesh
 from nsr.networks import octahedron_network
-from nsr.surface import ExactMesh, extract_mesh
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,7 @@ def test_modules_computing_another_function_are_refused_with_the_difference(case
 
 
 def test_the_refusal_reaches_extract_mesh():
-    from nsr.surface import extract_mesh
+    from nsr.extraction.surface import extract_mesh
 
     with pytest.raises(NetworkError, match="max |Δf|"):
         extract_mesh(_hooked("forward"), (-1, 1))

@@ -52,8 +52,8 @@ def _malicious_files(tmp_path: Path) -> tuple[list[Path], Path]:
 
 
 def test_malicious_pickles_never_run_through_the_library(tmp_path):
-    from nsr.complex import extract_complex
-    from nsr.surface import extract_mesh
+    from nsr.extraction.complex import extract_complex
+    from nsr.extraction.surface import extract_mesh
 
     files, marker = _malicious_files(tmp_path)
     readers = [load_network, as_network, lambda p: as_network(str(p)), lambda p: extract_mesh(p, (-1, 1)),
@@ -195,7 +195,7 @@ def _checkpoint(hparams: dict | None, width: int = 8) -> dict:
 
 NSR_HPARAMS = {"transform": {"center": [0.0, 0.0, 0.0], "scale": 1.0},
                "config": {"model": {"_target_": "nsr.networks.ReLUMLP", "in_dim": "${data.dim}", "width": 8,
-                                    "depth": 2}, "loss": {"_target_": "nsr.losses.ImplicitLoss"}},
+                                    "depth": 2}, "loss": {"_target_": "nsr.training.losses.ImplicitLoss"}},
                "net": {"in_dim": 3, "width": 8, "depth": 2}}
 
 NOT_RELU_CHECKPOINTS = [

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from nsr.extraction.surface import extract_mesh
 from nsr.limits import ArgumentError, default_memory_limit
 from nsr.networks import ReLUMLP
-from nsr.surface import extract_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_refused_before_allocating(net, kwargs, message):
 
 
 def test_refused_by_the_complex_too(net):
-    from nsr.complex import extract_complex
+    from nsr.extraction.complex import extract_complex
 
     for bad in (math.nan, -5, 0):
         with pytest.raises(ArgumentError, match="memory_limit"):
@@ -97,7 +97,7 @@ def test_default_limit_honours_ulimit_v():
         torch.set_num_threads(1)
         from nsr.limits import default_memory_limit
         from nsr.networks import ReLUMLP
-        from nsr.complex import extract_complex
+        from nsr.extraction.complex import extract_complex
         vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize')) * 1024
         room = 300 * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (vm + room, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -157,7 +157,7 @@ def test_surface_mode_peak_stays_under_the_limit(shared_dir):
         import resource, warnings, torch
         torch.set_num_threads(1)
         from nsr.networks import ReLUMLP, as_network
-        from nsr.surface import extract_mesh
+        from nsr.extraction.surface import extract_mesh
         warnings.simplefilter('ignore')
         extract_mesh(ReLUMLP(3, 8, 2, geometric_init=True, radius=0.3), 0.5, progress=False)  # warm-up
         net = as_network({str(path)!r})

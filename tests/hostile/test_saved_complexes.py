@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nsr.complex import PolyhedralComplex, extract_complex
+from nsr.extraction.complex import PolyhedralComplex, extract_complex
 from nsr.files import ComplexFileError
 from nsr.networks import random_network
 

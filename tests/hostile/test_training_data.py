@@ -21,7 +21,7 @@ import pytest
 import torch
 import trimesh
 
-from nsr.data import (
+from nsr.training.data import (
     MeshSource,
     PointCloudSource,
     ShapeError,
@@ -209,7 +209,7 @@ def test_shell_sdf_above_a_flat_square_is_height_minus_half_thickness(tmp_path, 
 
 @needs_o3d
 def test_datamodule_refuses_open_mesh_and_accepts_shell(tmp_path):
-    from nsr.lightning import ShapeDataModule
+    from nsr.training.lightning import ShapeDataModule
 
     path = _write(tmp_path, "square", _square())
     with pytest.raises(ShapeError, match="inside is undefined"):

@@ -1,5 +1,5 @@
 """Bounds on PLGraphs: sound on sampled points for every neuron kind, and equal to the engine's own
-bounds (nsr.complex.output_bounds) on plain ReLU MLPs."""
+bounds (nsr.extraction.pruning.output_bounds) on plain ReLU MLPs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nsr.complex import output_bounds as mlp_output_bounds
+from nsr.extraction.pruning import output_bounds as mlp_output_bounds
 from nsr.networks import random_network
 from nsr.pl import INPUT, Affine, Layer, PLGraph, ResidualMLP, SkipMLP, trace
 from nsr.pl.bounds import (

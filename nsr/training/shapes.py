@@ -42,7 +42,7 @@ class Shape:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.shapes import Sphere
     >>> ball = Sphere(0.5)
     >>> ball.dim
     3
@@ -111,7 +111,7 @@ class Sphere(Shape):
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.shapes import Sphere
     >>> Sphere(0.5, center=(1.0, 0.0, 0.0))(np.array([[1.0, 0.0, 0.0], [1.0, 2.0, 0.0]]))
     array([-0.5,  1.5])
     """
@@ -143,7 +143,7 @@ class Circle(Sphere):
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Circle
+    >>> from nsr.training.shapes import Circle
     >>> Circle(0.5)(np.array([[0.0, 0.0], [0.0, 1.0]]))
     array([-0.5,  0.5])
     """
@@ -169,7 +169,7 @@ class Box(Shape):
     The distance outside a corner is Euclidean, not the largest coordinate gap:
 
     >>> import numpy as np
-    >>> from nsr.shapes import Box
+    >>> from nsr.training.shapes import Box
     >>> d = Box(0.25)(np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.5, 0.5, 0.0]]))
     >>> np.allclose(d, [-0.25, 0.25, np.hypot(0.25, 0.25)])
     True
@@ -214,7 +214,7 @@ class Torus(Shape):
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Torus
+    >>> from nsr.training.shapes import Torus
     >>> Torus(0.3, 0.1)(np.array([[0.3, 0.0, 0.0], [0.0, 0.0, 0.0]]))  # on the center line; the hole
     array([-0.1,  0.2])
     """
@@ -249,7 +249,7 @@ class Capsule(Shape):
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Capsule
+    >>> from nsr.training.shapes import Capsule
     >>> Capsule((-0.2, 0.0), (0.2, 0.0), 0.1)(np.array([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5]]))
     array([-0.1,  0.2,  0.4])
     """
@@ -283,7 +283,7 @@ class Polygon(Shape):
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Polygon
+    >>> from nsr.training.shapes import Polygon
     >>> square = Polygon([[0, 0], [1, 0], [1, 1], [0, 1]])
     >>> square(np.array([[0.5, 0.5], [2.0, 0.5]]))
     array([-0.5,  1. ])
@@ -340,7 +340,7 @@ class Union(_CSG):
     Two balls of radius 0.3 centered at x = -0.2 and x = 0.2, at x = 0, -0.45 and 0.45:
 
     >>> import numpy as np
-    >>> from nsr.shapes import Union, Sphere
+    >>> from nsr.training.shapes import Union, Sphere
     >>> balls = [Sphere(0.3, (-0.2, 0.0, 0.0)), Sphere(0.3, (0.2, 0.0, 0.0))]
     >>> x = np.array([[0.0, 0.0, 0.0], [-0.45, 0.0, 0.0], [0.45, 0.0, 0.0]])
     >>> Union(balls)(x)
@@ -364,7 +364,7 @@ class Intersection(_CSG):
     Two balls of radius 0.3 centered at x = -0.2 and x = 0.2, at x = 0, -0.45 and 0.45:
 
     >>> import numpy as np
-    >>> from nsr.shapes import Intersection, Sphere
+    >>> from nsr.training.shapes import Intersection, Sphere
     >>> balls = [Sphere(0.3, (-0.2, 0.0, 0.0)), Sphere(0.3, (0.2, 0.0, 0.0))]
     >>> x = np.array([[0.0, 0.0, 0.0], [-0.45, 0.0, 0.0], [0.45, 0.0, 0.0]])
     >>> Intersection(balls)(x)
@@ -388,7 +388,7 @@ class Difference(_CSG):
     Two balls of radius 0.3 centered at x = -0.2 and x = 0.2, at x = 0, -0.45 and 0.45:
 
     >>> import numpy as np
-    >>> from nsr.shapes import Difference, Sphere
+    >>> from nsr.training.shapes import Difference, Sphere
     >>> balls = [Sphere(0.3, (-0.2, 0.0, 0.0)), Sphere(0.3, (0.2, 0.0, 0.0))]
     >>> x = np.array([[0.0, 0.0, 0.0], [-0.45, 0.0, 0.0], [0.45, 0.0, 0.0]])
     >>> Difference(balls)(x)
@@ -436,7 +436,7 @@ class Cylinder(Shape):
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Cylinder
+    >>> from nsr.training.shapes import Cylinder
     >>> Cylinder(0.1, 0.2, "z")(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.5, 0.0, 0.0]]))
     array([-0.1,  0.3,  0.4])
     """
@@ -483,7 +483,7 @@ class Extrusion(Shape):
     A unit square extruded 0.1 either side of z = 0: a slab 0.2 thick.
 
     >>> import numpy as np
-    >>> from nsr.shapes import Extrusion, Polygon
+    >>> from nsr.training.shapes import Extrusion, Polygon
     >>> slab = Extrusion(Polygon([[0, 0], [1, 0], [1, 1], [0, 1]]), 0.1, axis="z")
     >>> slab(np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.5]]))
     array([-0.1,  0.4])
@@ -494,7 +494,7 @@ class Extrusion(Shape):
     def __init__(self, profile: Shape, half_length: float = 0.1, axis: str | int = "z",
                  center: float = 0.0) -> None:  # fmt: skip
         if not isinstance(profile, Shape) or profile.dim != 2:
-            raise ValueError("Extrusion needs a 2D profile shape (e.g. nsr.shapes.Polygon)")
+            raise ValueError("Extrusion needs a 2D profile shape (e.g. nsr.training.shapes.Polygon)")
         if half_length <= 0:
             raise ValueError(f"half_length must be > 0, got {half_length}")
         self.profile, self.half_length = profile, float(half_length)
@@ -527,7 +527,7 @@ def bracket() -> Shape:
     Inside the base plate, on the rim of a base hole (radius 0.055), above the upright:
 
     >>> import numpy as np
-    >>> from nsr.shapes import bracket
+    >>> from nsr.training.shapes import bracket
     >>> d = bracket()(np.array([[-0.1, 0.0, -0.3], [0.28, 0.12 + 0.055, -0.3], [-0.25, 0.0, 0.4]]))
     >>> np.round(d, 3)
     array([-0.05,  0.  ,  0.08])
@@ -564,7 +564,7 @@ def project_to_surface(shape: Shape, points: np.ndarray, steps: int = 8) -> tupl
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.shapes import Sphere
     >>> p, f = project_to_surface(Sphere(0.5), np.array([[0.1, 0.2, 0.3]]))
     >>> np.linalg.norm(p, axis=1), np.allclose(p / 0.5, np.array([[1, 2, 3]]) / np.sqrt(14)), f
     (array([0.5]), True, array([0.]))
@@ -610,14 +610,14 @@ def surface_samples(shape: Shape, n: int, bounds: Any = (-0.5, 0.5), resolution:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.shapes import Sphere
     >>> pts = surface_samples(Sphere(0.3), 100, resolution=16)
     >>> len(pts) == 100, bool(np.abs(np.linalg.norm(pts, axis=1) - 0.3).max() < 1e-9)
     (True, True)
     """
     import trimesh
 
-    from nsr.marching_cubes import marching_cubes
+    from nsr.eval.marching_cubes import marching_cubes
 
     mesh = marching_cubes(shape, bounds, resolution, dtype=torch.float64)
     pts, _ = trimesh.sample.sample_surface(mesh, n, seed=seed)

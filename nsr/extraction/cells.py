@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nsr.complex import _C3, CHUNK_BYTES, _mix, bit_values, group_equal_rows
+from nsr.extraction.bits import _C3, _mix, bit_values, group_equal_rows
+from nsr.extraction.memory import CHUNK_BYTES
 
 
 def _salts(n: int, offset: int, device: torch.device) -> Tensor:
@@ -105,7 +106,7 @@ def cofaces(pos: Tensor, zeros: Tensor, dim: int) -> tuple[Tensor, Tensor, Tenso
     cut by the line ``x = 0.5`` (constraint 4): its 7 edges bound 2 faces of 4 edges each.
 
     >>> import torch
-    >>> from nsr.cells import cofaces
+    >>> from nsr.extraction.cells import cofaces
     >>> bits = lambda *ids: sum(1 << i for i in ids)  # a positive set packed into one int64 word
     >>> pos = torch.tensor([[bits(0, 1, 3)], [bits(0, 1, 3, 4)], [bits(0, 1, 2)], [bits(0, 1, 2, 4)],
     ...                     [bits(1, 2, 3)], [bits(0, 2, 3, 4)], [bits(0, 1, 2, 3)]])

@@ -43,7 +43,7 @@ def sdf_l1(pred: Tensor, target: Tensor, clamp: float | None = 0.1) -> Tensor:
     Examples
     --------
     >>> import torch
-    >>> from nsr.losses import sdf_l1
+    >>> from nsr.training.losses import sdf_l1
     >>> sdf_l1(torch.tensor([0.0, 0.5]), torch.tensor([0.05, -0.5]), clamp=0.1)  # (0.05 + 0.2) / 2
     tensor(0.1250)
     """
@@ -68,7 +68,7 @@ def eikonal(grad: Tensor) -> Tensor:
     Examples
     --------
     >>> import torch
-    >>> from nsr.losses import eikonal
+    >>> from nsr.training.losses import eikonal
     >>> eikonal(torch.tensor([[0.6, 0.8], [2.0, 0.0]]))  # (0 + 1) / 2
     tensor(0.5000)
     """
@@ -93,7 +93,7 @@ def normal_alignment(grad: Tensor, normals: Tensor) -> Tensor:
     Examples
     --------
     >>> import torch
-    >>> from nsr.losses import normal_alignment
+    >>> from nsr.training.losses import normal_alignment
     >>> normal_alignment(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
     tensor(0.5000)
     """
@@ -120,7 +120,7 @@ def occupancy_bce(pred: Tensor, target_sdf: Tensor, temperature: float = 0.01) -
     Examples
     --------
     >>> import torch
-    >>> from nsr.losses import occupancy_bce
+    >>> from nsr.training.losses import occupancy_bce
     >>> right = occupancy_bce(torch.tensor([-0.1, 0.1]), torch.tensor([-0.2, 0.3]))
     >>> wrong = occupancy_bce(torch.tensor([0.1, -0.1]), torch.tensor([-0.2, 0.3]))
     >>> bool(right < 1e-3), bool(wrong > 1)
@@ -149,7 +149,7 @@ def input_gradient(f: Tensor, x: Tensor, create_graph: bool = True) -> Tensor:
     Examples
     --------
     >>> import torch
-    >>> from nsr.losses import input_gradient
+    >>> from nsr.training.losses import input_gradient
     >>> x = torch.tensor([[3.0, 4.0]], requires_grad=True)
     >>> input_gradient(x.norm(dim=1), x, create_graph=False)
     tensor([[0.6000, 0.8000]])
@@ -182,7 +182,7 @@ class ImplicitLoss(nn.Module):
     A signed distance that is exact gives zero loss:
 
     >>> import torch
-    >>> from nsr.losses import ImplicitLoss
+    >>> from nsr.training.losses import ImplicitLoss
     >>> sphere = lambda x: x.norm(dim=1) - 0.5
     >>> surface = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, -0.5]])
     >>> points = torch.tensor([[0.1, 0.2, 0.2], [0.0, 0.8, 0.0]])
@@ -243,7 +243,7 @@ class ImplicitLoss(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.losses import ImplicitLoss
+        >>> from nsr.training.losses import ImplicitLoss
         >>> loss = ImplicitLoss(sdf=0, eikonal=0, normal=0)  # the surface term only
         >>> batch = {"surface": torch.tensor([[1.0, 0.0]]), "normals": torch.full((1, 2), float("nan")),
         ...          "points": torch.zeros(0, 2), "sdf": torch.zeros(0)}

@@ -29,25 +29,13 @@ import torch
 from torch import Tensor
 
 from nsr import limits
-from nsr.complex import (
-    Band,
-    PolyhedralComplex,
-    as_bounds,
-    band_cells,
-    bit_values,
-    check_box,
-    encoder_facets,
-    extract_complex,
-    group_equal_rows,
-    may_reach,
-    no_tf32,
-    peak_memory_mb,
-    resolve_dtype,
-    sign_tolerances,
-    subdivide,
-    unpack_bits,
-    warn_unpaired,
-)
+from nsr.extraction.bits import bit_values, group_equal_rows, unpack_bits
+from nsr.extraction.complex import PolyhedralComplex, extract_complex
+from nsr.extraction.guards import as_bounds, check_box, no_tf32, resolve_dtype
+from nsr.extraction.memory import peak_memory_mb
+from nsr.extraction.pruning import Band, band_cells, may_reach
+from nsr.extraction.subdivide import encoder_facets, subdivide
+from nsr.extraction.tolerances import sign_tolerances, warn_unpaired
 from nsr.files import MESH_SUFFIXES, write_mesh
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork
@@ -539,7 +527,7 @@ def _polylines(
 
 
 def _mesh_from_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], bounds: np.ndarray, level: float) -> ExactMesh:
-    """Weld walked polygons (:func:`nsr.tracking.track_surface`) into an :class:`ExactMesh`."""
+    """Weld walked polygons (:func:`nsr.extraction.tracking.track_surface`) into an :class:`ExactMesh`."""
     if len(tr["key"]) == 0:
         return _empty(bounds, level, 3, net.n_neurons)
     w = weld_tracks(net, tr)
@@ -549,7 +537,7 @@ def _mesh_from_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], bounds: np.n
 
 
 def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
-    """Weld the polygons walked by :func:`nsr.tracking.track_surface` into shared vertices.
+    """Weld the polygons walked by :func:`nsr.extraction.tracking.track_surface` into shared vertices.
 
     Vertex ``i`` of a polygon lies on its support and on the constraints of edges ``i - 1``
     and ``i``; with the bits of those neurons cleared from the region's pattern (the regions
@@ -662,7 +650,7 @@ def extract_mesh(
     mode : ``"surface"`` (tiles, pruning; default), ``"complex"`` (the whole complex) or
         ``"track"`` (grow the surface polygon by polygon from seed points, D = 3: work
         proportional to the surface, but a component of the level set that holds no seed is
-        missed; see :mod:`nsr.tracking`).
+        missed; see :mod:`nsr.extraction.tracking`).
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
     band : cells per axis of the grid on which surface mode bounds the output by linear
@@ -805,11 +793,11 @@ def _track_mesh(net: PLGraph, b: np.ndarray, level: float, close: bool, seeds: A
 
 def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, close: bool = False,
                    seeds: Any = None, progress: bool = False) -> tuple[dict[str, Any] | None, str]:
-    """The polygons of :func:`nsr.tracking.track_surface` grown from ``seeds`` (a grid
+    """The polygons of :func:`nsr.extraction.tracking.track_surface` grown from ``seeds`` (a grid
     resolution, default 64, or ``(M, 3)`` points; those outside the box ``b`` are dropped),
     or ``(None, why)`` where track mode cannot answer: no seed region crosses the level set,
     a vertex is degenerate (a fourth plane through it), or a walk did not close."""
-    from nsr.tracking import grid_seeds, track_surface
+    from nsr.extraction.tracking import grid_seeds, track_surface
 
     net = _tracking_network(net)
     bt = torch.as_tensor(b, dtype=net.dtype, device=net.device)
@@ -835,7 +823,7 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
 
 
 def _tracking_network(net: PLGraph | PLNetwork) -> PLGraph | PLNetwork:
-    """What :mod:`nsr.tracking` is handed: a plain ReLU MLP as the :class:`PLNetwork` of ``g``
+    """What :mod:`nsr.extraction.tracking` is handed: a plain ReLU MLP as the :class:`PLNetwork` of ``g``
     (as it has always been), any other graph as the graph itself (tracking reads graphs once it
     is ported to them; until then such a graph fails there)."""
     if isinstance(net, PLGraph) and net.is_mlp and net.is_relu and net.encoder is None:

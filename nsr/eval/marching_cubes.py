@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import trimesh
 
-from nsr.complex import as_bounds
+from nsr.extraction.guards import as_bounds
 from nsr.networks import NetworkError, PLNetwork, as_network
 
 # Bytes held per grid sample: the float32 value grid plus scikit-image's working copy,
@@ -47,7 +47,7 @@ def available_memory() -> int:
 
     Examples
     --------
-    >>> from nsr.marching_cubes import available_memory
+    >>> from nsr.eval.marching_cubes import available_memory
     >>> available_memory() > 0
     True
     """
@@ -91,7 +91,7 @@ def estimate_memory(resolution: int | Sequence[int], chunk: int = DEFAULT_CHUNK,
 
     Examples
     --------
-    >>> from nsr.marching_cubes import estimate_memory
+    >>> from nsr.eval.marching_cubes import estimate_memory
     >>> estimate_memory(64, chunk=1024, width=32) == 64**3 * 12 + 1024 * (3 + 64) * 8
     True
     """
@@ -118,7 +118,7 @@ def check_memory(resolution: int | Sequence[int], chunk: int = DEFAULT_CHUNK, wi
 
     Examples
     --------
-    >>> from nsr.marching_cubes import check_memory
+    >>> from nsr.eval.marching_cubes import check_memory
     >>> check_memory(32)  # fits: nothing happens
     >>> try:
     ...     check_memory(10**5)
@@ -188,7 +188,7 @@ def evaluate_grid(
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.marching_cubes import evaluate_grid
+    >>> from nsr.eval.marching_cubes import evaluate_grid
     >>> values = evaluate_grid(lambda p: p.norm(dim=1) - 0.5, np.array([[-1.0, 1], [-1, 1], [-1, 1]]), (3, 3, 3))
     >>> values.shape, float(values[1, 1, 1]), round(float(values[2, 1, 1]), 6)
     ((3, 3, 3), -0.5, 0.5)
@@ -289,7 +289,7 @@ def marching_cubes(
     The octahedron ``|x| + |y| + |z| <= 0.5`` has volume ``4/3 * 0.5**3``; its vertices fall on
     this grid (spacing 1/16), so marching cubes recovers it up to rounding:
 
-    >>> from nsr.marching_cubes import marching_cubes
+    >>> from nsr.eval.marching_cubes import marching_cubes
     >>> from nsr.networks import octahedron_network
     >>> mesh = marching_cubes(octahedron_network(0.5), bounds=(-1, 1), resolution=33)
     >>> mesh.is_watertight, round(float(mesh.volume), 4), round(4 / 3 * 0.5**3, 4)

@@ -99,7 +99,7 @@ def view_direction(view: tuple[float, float]) -> np.ndarray:
 
     Examples
     --------
-    >>> from nsr.render import view_direction
+    >>> from nsr.eval.render import view_direction
     >>> view_direction((0.0, 0.0)), view_direction((90.0, 0.0)).round(6)
     (array([1., 0., 0.]), array([0., 0., 1.]))
     """
@@ -131,7 +131,7 @@ def lambert_colors(
     A face towards the light gets ``base``; a face edge-on to it, a quarter of it:
 
     >>> import numpy as np
-    >>> from nsr.render import lambert_colors
+    >>> from nsr.eval.render import lambert_colors
     >>> lambert_colors(np.array([[1.0, 0, 0], [0, 1, 0]]), np.array([1.0, 0, 0]), base=(0.4, 0.8, 1.0))
     array([[0.4 , 0.8 , 1.  , 1.  ],
            [0.1 , 0.2 , 0.25, 1.  ]])
@@ -216,7 +216,7 @@ def polygon_segments(
     A unit square seen from above (+z), counter-clockwise then clockwise (facing away):
 
     >>> import numpy as np
-    >>> from nsr.render import polygon_segments
+    >>> from nsr.eval.render import polygon_segments
     >>> square = np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
     >>> up = polygon_segments(square, [np.array([0, 1, 2, 3])], eye=np.array([0.0, 0, 1]))
     >>> down = polygon_segments(square, [np.array([3, 2, 1, 0])], eye=np.array([0.0, 0, 1]))
@@ -281,7 +281,7 @@ def render_mesh(
     >>> import tempfile, trimesh
     >>> from pathlib import Path
     >>> from matplotlib.image import imread
-    >>> from nsr.render import render_mesh
+    >>> from nsr.eval.render import render_mesh
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = render_mesh(trimesh.creation.icosphere(1), Path(tmp) / "ball.png", size=(120, 100), title="a ball")
     ...     imread(png).shape[:2]
@@ -340,7 +340,7 @@ def render_side_by_side(
     >>> import tempfile, trimesh
     >>> from pathlib import Path
     >>> from matplotlib.image import imread
-    >>> from nsr.render import render_side_by_side
+    >>> from nsr.eval.render import render_side_by_side
     >>> ball, cube = trimesh.creation.icosphere(1), trimesh.creation.box()
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = render_side_by_side([ball, cube], ["ball", "cube"], Path(tmp) / "two.png", panel=100)
@@ -417,7 +417,7 @@ def render_complex_2d(
     >>> import tempfile
     >>> import numpy as np
     >>> from pathlib import Path
-    >>> from nsr.render import render_complex_2d
+    >>> from nsr.eval.render import render_complex_2d
     >>> v = np.array([[0.0, 0], [1, 0], [1, 1], [0, 1]])
     >>> e = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [0, 2]])
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -495,7 +495,7 @@ def slice_values(
 
     >>> import numpy as np
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import slice_values
+    >>> from nsr.eval.render import slice_values
     >>> img, extent = slice_values(octahedron_network(0.5), np.array([[-1.0, 1]] * 3), 2, 0.0, resolution=3)
     >>> img
     array([[ 1.5,  0.5,  1.5],
@@ -572,8 +572,8 @@ def render_slice(
     >>> import tempfile
     >>> from pathlib import Path
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import render_slice
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.eval.render import render_slice
+    >>> from nsr.training.shapes import Sphere
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = render_slice(octahedron_network(0.5), (-1, 1), 2, 0.0, Path(tmp) / "z0.png", resolution=32,
     ...                        true_sdf=Sphere(0.5))
@@ -583,7 +583,7 @@ def render_slice(
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
-    from nsr.marching_cubes import as_bounds
+    from nsr.eval.marching_cubes import as_bounds
 
     box = as_bounds(bounds, 3)
     img, extent = slice_values(net, box, axis, value, resolution)
@@ -664,7 +664,7 @@ def plot_series(
     --------
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from nsr.render import plot_series
+    >>> from nsr.eval.render import plot_series
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = plot_series([32, 64, 128], {"time": [0.1, 0.5, 3.0]}, Path(tmp) / "t.png",
     ...                       "resolution (samples per axis)", "seconds", hlines={"exact": 1.0})
@@ -713,7 +713,7 @@ def camera_frame(view: tuple[float, float]) -> np.ndarray:
     --------
     Looking along -x from the +x side: right is +y, up is +z:
 
-    >>> from nsr.render import camera_frame
+    >>> from nsr.eval.render import camera_frame
     >>> camera_frame((0.0, 0.0)).round(6) + 0.0
     array([[0., 1., 0.],
            [0., 0., 1.],
@@ -755,7 +755,7 @@ def newell_normals(vertices: np.ndarray, flat: np.ndarray, lens: np.ndarray) -> 
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.render import newell_normals
+    >>> from nsr.eval.render import newell_normals
     >>> square = np.array([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]])
     >>> newell_normals(square, np.array([0, 1, 2, 3, 3, 2, 1, 0]), np.array([4, 4]))
     array([[ 0.,  0.,  1.],
@@ -831,7 +831,7 @@ def draw_faces(
 
     >>> import trimesh
     >>> from matplotlib.figure import Figure
-    >>> from nsr.render import draw_faces
+    >>> from nsr.eval.render import draw_faces
     >>> cube = trimesh.creation.box()
     >>> ax = Figure().add_subplot()
     >>> len(draw_faces(ax, cube.vertices, cube.faces, (35.0, -60.0)).get_paths())
@@ -900,7 +900,7 @@ def screen_box(vertices: np.ndarray, view: tuple[float, float], pad: float = 0.0
     The unit cube seen along x: its y-z square, 4% wider:
 
     >>> import trimesh
-    >>> from nsr.render import screen_box
+    >>> from nsr.eval.render import screen_box
     >>> [round(float(c), 6) for c in screen_box(trimesh.creation.box().vertices, (0.0, 0.0))]
     [-0.52, 0.52, -0.52, 0.52]
     """
@@ -927,7 +927,7 @@ def screen_point(point: Sequence[float], view: tuple[float, float]) -> np.ndarra
 
     Examples
     --------
-    >>> from nsr.render import screen_point
+    >>> from nsr.eval.render import screen_point
     >>> screen_point((1.0, 2.0, 3.0), (0.0, 0.0)).round(6)
     array([2., 3.])
     """
@@ -1000,7 +1000,7 @@ def render_polygons(
 
     >>> import tempfile, trimesh
     >>> from pathlib import Path
-    >>> from nsr.render import render_polygons
+    >>> from nsr.eval.render import render_polygons
     >>> cube = trimesh.creation.box()
     >>> squares = [f for f in cube.facets_boundary]  # edges of each side, as vertex pairs
     >>> squares = [trimesh.graph.traversals(e, mode="dfs")[0] for e in squares]
@@ -1079,7 +1079,7 @@ def render_colored_mesh(
     --------
     >>> import tempfile, trimesh
     >>> from pathlib import Path
-    >>> from nsr.render import render_colored_mesh
+    >>> from nsr.eval.render import render_colored_mesh
     >>> ball = trimesh.creation.icosphere(1)
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = render_colored_mesh(ball, ball.triangles_center[:, 2] + 1.0, Path(tmp) / "h.png",
@@ -1125,7 +1125,7 @@ def complex_regions(cx: Any) -> tuple[np.ndarray, list[np.ndarray]]:
 
     Parameters
     ----------
-    cx : nsr.complex.PolyhedralComplex
+    cx : nsr.extraction.complex.PolyhedralComplex
         The complex of a 2D network.
 
     Returns
@@ -1145,9 +1145,9 @@ def complex_regions(cx: Any) -> tuple[np.ndarray, list[np.ndarray]]:
     ``|x| + |y| - 0.5`` (the octahedron network on the plane z = 0) is affine on each quadrant
     of the box [-1, 1]^2:
 
-    >>> from nsr.complex import extract_complex
+    >>> from nsr.extraction.complex import extract_complex
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import complex_regions, plane_network
+    >>> from nsr.eval.render import complex_regions, plane_network
     >>> cx = extract_complex(plane_network(octahedron_network(0.5), 2, 0.0), (-1, 1), progress=False)
     >>> v, regions = complex_regions(cx)
     >>> len(regions), sorted(len(r) for r in regions)
@@ -1175,7 +1175,7 @@ def level_set_segments(cx: Any, level: float = 0.0) -> np.ndarray:
 
     Parameters
     ----------
-    cx : nsr.complex.PolyhedralComplex
+    cx : nsr.extraction.complex.PolyhedralComplex
         The complex of a 2D network.
     level : float, optional
         The level.
@@ -1190,9 +1190,9 @@ def level_set_segments(cx: Any, level: float = 0.0) -> np.ndarray:
     The diamond ``|x| + |y| = 0.5``: four segments, perimeter ``4 * sqrt(2) * 0.5``:
 
     >>> import numpy as np
-    >>> from nsr.complex import extract_complex
+    >>> from nsr.extraction.complex import extract_complex
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import level_set_segments, plane_network
+    >>> from nsr.eval.render import level_set_segments, plane_network
     >>> cx = extract_complex(plane_network(octahedron_network(0.5), 2, 0.0), (-1, 1), progress=False)
     >>> seg = level_set_segments(cx)
     >>> len(seg), bool(np.isclose(np.linalg.norm(seg[:, 1] - seg[:, 0], axis=1).sum(), 2 * 2**0.5))
@@ -1234,7 +1234,7 @@ def render_regions(
 ) -> Path | None:
     """The classic picture of a 2D ReLU network: its linear regions, its function, its level set.
 
-    ``cx``: the :class:`~nsr.complex.PolyhedralComplex` of a 2D network. ``color_by="value"``
+    ``cx``: the :class:`~nsr.extraction.complex.PolyhedralComplex` of a 2D network. ``color_by="value"``
     colors by the network's value, evaluated at every pixel, with a colorbar in network output
     units (each side of 0 spans its own range); ``"region"`` gives every linear region its own color. Region
     boundaries are thin lines, the level set ``f = level`` bold black. ``true_sdf``, a function
@@ -1242,7 +1242,7 @@ def render_regions(
 
     Parameters
     ----------
-    cx : nsr.complex.PolyhedralComplex
+    cx : nsr.extraction.complex.PolyhedralComplex
         The complex of a 2D network.
     path : str or Path
         The PNG to write.
@@ -1268,10 +1268,10 @@ def render_regions(
     --------
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from nsr.complex import extract_complex
+    >>> from nsr.extraction.complex import extract_complex
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import plane_network, render_regions
-    >>> from nsr.shapes import Polygon
+    >>> from nsr.eval.render import plane_network, render_regions
+    >>> from nsr.training.shapes import Polygon
     >>> cx = extract_complex(plane_network(octahedron_network(0.5), 2, 0.0), (-1, 1), progress=False)
     >>> diamond = Polygon([[0.5, 0], [0, 0.5], [-0.5, 0], [0, -0.5]])
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -1358,7 +1358,7 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
 
     >>> import torch
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import plane_network
+    >>> from nsr.eval.render import plane_network
     >>> plane_network(octahedron_network(0.5), 2, 0.2)(torch.tensor([[0.1, -0.2], [0.0, 0.0]], dtype=torch.float64))
     tensor([ 0.0000, -0.3000], dtype=torch.float64)
     """
@@ -1435,16 +1435,16 @@ def render_slice_regions(
     >>> import tempfile
     >>> from pathlib import Path
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.render import render_slice_regions
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.eval.render import render_slice_regions
+    >>> from nsr.training.shapes import Sphere
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = render_slice_regions(octahedron_network(0.5), (-1, 1), 2, 0.2, Path(tmp) / "r.png",
     ...                                true_sdf=Sphere(0.5))
     ...     png.is_file()
     True
     """
-    from nsr.complex import extract_complex
-    from nsr.marching_cubes import as_bounds
+    from nsr.eval.marching_cubes import as_bounds
+    from nsr.extraction.complex import extract_complex
 
     names = "xyz"
     others = [i for i in range(3) if i != axis]
@@ -1511,7 +1511,7 @@ def plot_errors(
     --------
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from nsr.render import plot_errors
+    >>> from nsr.eval.render import plot_errors
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     png = plot_errors([32, 64], {"CD-L1": [3e-3, 8e-4]}, {"max |f|": [1e-2, 5e-3]}, Path(tmp) / "e.png",
     ...                       residual_lines={"exact mesh: max |f|": 3e-16})
@@ -1594,7 +1594,7 @@ def render_overview(
     --------
     >>> import tempfile, trimesh
     >>> from pathlib import Path
-    >>> from nsr.render import render_overview
+    >>> from nsr.eval.render import render_overview
     >>> ball, cube = trimesh.creation.icosphere(1), trimesh.creation.box()
     >>> meshes = [(ball.vertices, ball.faces), (cube.vertices, cube.faces)]
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -1658,7 +1658,7 @@ def compact_png(src: str | Path, dst: str | Path, width: int = 900, colors: int 
     >>> import tempfile, trimesh
     >>> from pathlib import Path
     >>> from PIL import Image
-    >>> from nsr.render import compact_png, render_mesh
+    >>> from nsr.eval.render import compact_png, render_mesh
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     big = render_mesh(trimesh.creation.icosphere(1), Path(tmp) / "big.png", size=(400, 300))
     ...     Image.open(compact_png(big, Path(tmp) / "docs" / "small.png", width=200)).size

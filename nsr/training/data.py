@@ -4,7 +4,7 @@ A *source* puts a shape into the training box ``[-box, box]^D`` (default ``box =
 answers, in those normalized coordinates, signed distances (negative inside) and oriented
 surface samples. Three kinds:
 
-* :class:`AnalyticSource`: a built-in :mod:`nsr.shapes` shape (exact SDF), given in box
+* :class:`AnalyticSource`: a built-in :mod:`nsr.training.shapes` shape (exact SDF), given in box
   coordinates already (identity transform).
 * :class:`MeshSource`: OBJ, PLY, STL, OFF, GLB through trimesh; the mesh is scaled so that its
   bounding box is centered and its longest side spans ``[-fit, fit]`` (default 0.45).
@@ -38,7 +38,7 @@ Samples (:func:`sample_points`): surface points with normals, near-surface point
 Gaussian noise of each ``sigma``, box-relative: ``sigma * 2 * box``) and uniform points in
 the box, with given fractions. Defaults, in the spirit of DeepSDF / instant-ngp: 0.2 surface,
 0.5 near-surface split evenly over ``sigma in {0.01, 0.003}``, 0.3 uniform.
-open3d is imported lazily: ``import nsr.data`` and analytic shapes work without it.
+open3d is imported lazily: ``import nsr.training.data`` and analytic shapes work without it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nsr.shapes import Shape
+from nsr.training.shapes import Shape
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
 POINT_CLOUD_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzn", ".pts")
@@ -67,7 +67,7 @@ class ShapeError(ValueError):
 
     Examples
     --------
-    >>> from nsr.data import ShapeError, make_source
+    >>> from nsr.training.data import ShapeError, make_source
     >>> try:
     ...     make_source("mesh")
     ... except ShapeError as err:
@@ -100,7 +100,7 @@ class ShapeSource:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.data import ShapeSource
+    >>> from nsr.training.data import ShapeSource
     >>> src = ShapeSource(center=np.array([1.0, 0.0, 0.0]), scale=0.5)
     >>> src.from_shape_units(np.array([[3.0, 2.0, 0.0]])), src.to_shape_units(np.array([[1.0, 1.0, 0.0]]))
     (array([[1., 1., 0.]]), array([[3., 2., 0.]]))
@@ -130,8 +130,8 @@ class ShapeSource:
         Examples
         --------
         >>> import torch
-        >>> from nsr.data import AnalyticSource
-        >>> from nsr.shapes import Sphere
+        >>> from nsr.training.data import AnalyticSource
+        >>> from nsr.training.shapes import Sphere
         >>> AnalyticSource(Sphere(0.3)).signed_distance(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
         tensor([-0.3000,  0.2000])
         """
@@ -155,8 +155,8 @@ class ShapeSource:
         Examples
         --------
         >>> import torch
-        >>> from nsr.data import AnalyticSource
-        >>> from nsr.shapes import Sphere
+        >>> from nsr.training.data import AnalyticSource
+        >>> from nsr.training.shapes import Sphere
         >>> points, normals = AnalyticSource(Sphere(0.3)).sample_surface(5, torch.Generator().manual_seed(0))
         >>> points.norm(dim=1).round(decimals=4), bool(torch.allclose(normals, points / 0.3, atol=1e-5))
         (tensor([0.3000, 0.3000, 0.3000, 0.3000, 0.3000]), True)
@@ -179,7 +179,7 @@ class ShapeSource:
         Examples
         --------
         >>> import numpy as np
-        >>> from nsr.data import ShapeSource
+        >>> from nsr.training.data import ShapeSource
         >>> ShapeSource(center=np.array([1.0, 2.0, 3.0]), scale=2.0).to_shape_units(np.zeros((1, 3)))
         array([[1., 2., 3.]])
         """
@@ -206,7 +206,7 @@ class ShapeSource:
         Examples
         --------
         >>> import numpy as np
-        >>> from nsr.data import ShapeSource
+        >>> from nsr.training.data import ShapeSource
         >>> ShapeSource(center=np.array([1.0, 2.0, 3.0]), scale=2.0).from_shape_units(np.array([[1.0, 2.0, 4.0]]))
         array([[0., 0., 2.]])
         """
@@ -222,7 +222,7 @@ class ShapeSource:
 
         Examples
         --------
-        >>> from nsr.data import ShapeSource
+        >>> from nsr.training.data import ShapeSource
         >>> ShapeSource().transform()
         {'center': [0.0, 0.0, 0.0], 'scale': 1.0}
         """
@@ -254,7 +254,7 @@ def fit_transform(points: np.ndarray, fit: float) -> tuple[np.ndarray, float]:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.data import fit_transform
+    >>> from nsr.training.data import fit_transform
     >>> fit_transform(np.array([[0.0, 0, 0], [2, 1, 1]]), fit=0.45)
     (array([1. , 0.5, 0.5]), 0.45)
     """
@@ -276,7 +276,7 @@ def _check_points(points: np.ndarray, what: str) -> None:
 
 
 class AnalyticSource(ShapeSource):
-    """A built-in analytic shape (:mod:`nsr.shapes`), exact SDF, identity transform.
+    """A built-in analytic shape (:mod:`nsr.training.shapes`), exact SDF, identity transform.
 
     Surface samples come from projecting uniform points onto the zero level set along the
     SDF gradient (``x <- x - f(x) grad f / |grad f|^2``, a few steps; points that do not
@@ -284,7 +284,7 @@ class AnalyticSource(ShapeSource):
 
     Parameters
     ----------
-    shape : nsr.shapes.Shape
+    shape : nsr.training.shapes.Shape
         The shape, in box coordinates.
     box : float
         Half-size of the training box.
@@ -297,8 +297,8 @@ class AnalyticSource(ShapeSource):
     Examples
     --------
     >>> import torch
-    >>> from nsr.data import AnalyticSource
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.data import AnalyticSource
+    >>> from nsr.training.shapes import Sphere
     >>> src = AnalyticSource(Sphere(0.3))
     >>> src.dim, src.has_sdf, src.transform()
     (3, True, {'center': [0.0, 0.0, 0.0], 'scale': 1.0})
@@ -306,7 +306,7 @@ class AnalyticSource(ShapeSource):
 
     def __init__(self, shape: Shape, box: float = 0.5) -> None:
         if not isinstance(shape, Shape):
-            raise ShapeError(f"expected an nsr.shapes.Shape, got {type(shape).__name__}")
+            raise ShapeError(f"expected an nsr.training.shapes.Shape, got {type(shape).__name__}")
         self.dim = shape.dim
         super().__init__()
         self.shape, self.box = shape, float(box)
@@ -330,8 +330,8 @@ class AnalyticSource(ShapeSource):
         Examples
         --------
         >>> import torch
-        >>> from nsr.data import AnalyticSource
-        >>> from nsr.shapes import Box
+        >>> from nsr.training.data import AnalyticSource
+        >>> from nsr.training.shapes import Box
         >>> AnalyticSource(Box([0.2, 0.2, 0.2])).signed_distance(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0]]))
         tensor([-0.2000,  0.3000])
         """
@@ -366,8 +366,8 @@ class AnalyticSource(ShapeSource):
         Examples
         --------
         >>> import torch
-        >>> from nsr.data import AnalyticSource
-        >>> from nsr.shapes import Box
+        >>> from nsr.training.data import AnalyticSource
+        >>> from nsr.training.shapes import Box
         >>> points, normals = AnalyticSource(Box([0.2, 0.2, 0.2])).sample_surface(6, torch.Generator().manual_seed(0))
         >>> points.abs().max(dim=1).values.round(decimals=5)  # on a face of the box
         tensor([0.2000, 0.2000, 0.2000, 0.2000, 0.2000, 0.2000])
@@ -424,7 +424,7 @@ def load_mesh(path: str | Path) -> Any:
     >>> tmp = tempfile.TemporaryDirectory()
     >>> path = Path(tmp.name) / "slab.obj"
     >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
-    >>> from nsr.data import load_mesh
+    >>> from nsr.training.data import load_mesh
     >>> load_mesh(path).faces.shape
     (12, 3)
     >>> tmp.cleanup()
@@ -477,7 +477,7 @@ def winding_numbers(
     Examples
     --------
     >>> import numpy as np, trimesh
-    >>> from nsr.data import winding_numbers
+    >>> from nsr.training.data import winding_numbers
     >>> cube = trimesh.creation.box()
     >>> winding_numbers(cube.vertices, cube.faces, np.array([[0.0, 0, 0], [2, 0, 0]])).round(decimals=6)
     tensor([1., 0.], dtype=torch.float64)
@@ -529,7 +529,7 @@ def igl_available() -> bool:
 
     Examples
     --------
-    >>> from nsr.data import igl_available
+    >>> from nsr.training.data import igl_available
     >>> isinstance(igl_available(), bool)
     True
     """
@@ -574,7 +574,7 @@ def mesh_winding_numbers(
     Examples
     --------
     >>> import numpy as np, trimesh
-    >>> from nsr.data import mesh_winding_numbers
+    >>> from nsr.training.data import mesh_winding_numbers
     >>> cube = trimesh.creation.box()
     >>> mesh_winding_numbers(cube.vertices, cube.faces, np.array([[0.0, 0, 0]]), backend="exact").round(decimals=6)
     tensor([1.], dtype=torch.float64)
@@ -613,7 +613,7 @@ def ambiguous_fraction(w: Tensor) -> float:
     Examples
     --------
     >>> import torch
-    >>> from nsr.data import ambiguous_fraction
+    >>> from nsr.training.data import ambiguous_fraction
     >>> ambiguous_fraction(torch.tensor([0.0, 1.0, 0.5, -0.3]))
     0.5
     """
@@ -637,7 +637,7 @@ def is_closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.data import is_closed
+    >>> from nsr.training.data import is_closed
     >>> cube = trimesh.creation.box()
     >>> is_closed(cube.vertices, cube.faces), is_closed(cube.vertices, cube.faces[1:])
     (True, False)
@@ -684,7 +684,7 @@ class MeshSource(ShapeSource):
     >>> tmp = tempfile.TemporaryDirectory()
     >>> path = Path(tmp.name) / "slab.obj"
     >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
-    >>> from nsr.data import MeshSource
+    >>> from nsr.training.data import MeshSource
     >>> src = MeshSource(path, fit=0.45, sign="winding", winding_backend="exact")
     >>> src.watertight, src.transform()  # the slab's longest side, 2, becomes 0.9
     (True, {'center': [0.0, 0.0, 0.0], 'scale': 0.45})
@@ -786,7 +786,7 @@ class MeshSource(ShapeSource):
         >>> tmp = tempfile.TemporaryDirectory()
         >>> path = Path(tmp.name) / "slab.obj"
         >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
-        >>> from nsr.data import MeshSource
+        >>> from nsr.training.data import MeshSource
         >>> src = MeshSource(path, sign="winding", winding_backend="exact")
         >>> src.probe_points(10, torch.Generator().manual_seed(0)).shape
         torch.Size([10, 3])
@@ -847,7 +847,7 @@ class MeshSource(ShapeSource):
         >>> tmp = tempfile.TemporaryDirectory()
         >>> path = Path(tmp.name) / "slab.obj"
         >>> _ = trimesh.creation.box(extents=(2, 1, 1)).export(path)  # [-1, 1] x [-0.5, 0.5]^2
-        >>> from nsr.data import MeshSource
+        >>> from nsr.training.data import MeshSource
         >>> MeshSource(path, sign="winding", winding_backend="exact").inside(torch.tensor([[0.0, 0.2, 0.0]]))
         array([ True])
         >>> tmp.cleanup()
@@ -920,7 +920,7 @@ class MeshSource(ShapeSource):
         --------
         >>> import tempfile, torch, trimesh
         >>> from pathlib import Path
-        >>> from nsr.data import MeshSource
+        >>> from nsr.training.data import MeshSource
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     _ = trimesh.creation.box(extents=(2, 1, 1)).export(Path(tmp) / "slab.obj")
         ...     src = MeshSource(Path(tmp) / "slab.obj", sign="winding", winding_backend="exact")
@@ -992,7 +992,7 @@ def load_point_cloud(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     >>> import tempfile
     >>> import numpy as np
     >>> from pathlib import Path
-    >>> from nsr.data import load_point_cloud
+    >>> from nsr.training.data import load_point_cloud
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     path = Path(tmp) / "two.xyzn"
     ...     np.savetxt(path, [[0, 0, 0.5, 0, 0, 1], [0, 0, -0.5, 0, 0, -1]])
@@ -1040,7 +1040,7 @@ def check_normals(normals: np.ndarray, what: str, tol: float = 1e-2) -> None:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.data import ShapeError, check_normals
+    >>> from nsr.training.data import ShapeError, check_normals
     >>> check_normals(np.array([[0.0, 0.0, 1.0]]), "cloud.ply")  # fine: nothing happens
     >>> try:
     ...     check_normals(np.array([[0.0, 0.0, 2.0]]), "cloud.ply")
@@ -1095,7 +1095,7 @@ class PointCloudSource(ShapeSource):
     >>> import itertools, tempfile
     >>> import numpy as np
     >>> from pathlib import Path
-    >>> from nsr.data import PointCloudSource
+    >>> from nsr.training.data import PointCloudSource
     >>> d = np.array([v for v in itertools.product((-1, 0, 1), repeat=3) if any(v)], dtype=float)
     >>> n = d / np.linalg.norm(d, axis=1, keepdims=True)
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -1192,7 +1192,7 @@ def make_source(
     ----------
     kind : {"analytic", "mesh", "pointcloud"}
         The source type.
-    shape : nsr.shapes.Shape, optional
+    shape : nsr.training.shapes.Shape, optional
         For ``analytic``.
     path : str or Path, optional
         For ``mesh`` and ``pointcloud``.
@@ -1214,8 +1214,8 @@ def make_source(
 
     Examples
     --------
-    >>> from nsr.data import make_source
-    >>> from nsr.shapes import Box
+    >>> from nsr.training.data import make_source
+    >>> from nsr.training.shapes import Box
     >>> type(make_source("analytic", shape=Box([0.2, 0.2, 0.2]))).__name__
     'AnalyticSource'
     """
@@ -1260,7 +1260,7 @@ def split_counts(n: int, fractions: dict[str, float], n_sigmas: int) -> dict[str
 
     Examples
     --------
-    >>> from nsr.data import split_counts
+    >>> from nsr.training.data import split_counts
     >>> split_counts(1000, {"surface": 0.2, "near": 0.5, "uniform": 0.3}, n_sigmas=2)
     {'surface': 200, 'near': 500, 'uniform': 300}
     """
@@ -1305,8 +1305,8 @@ def sample_points(
     Examples
     --------
     >>> import torch
-    >>> from nsr.data import AnalyticSource, sample_points
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.data import AnalyticSource, sample_points
+    >>> from nsr.training.shapes import Sphere
     >>> batch = sample_points(AnalyticSource(Sphere(0.3)), {"surface": 8, "near": 4, "uniform": 6}, [0.01, 0.003],
     ...                       0.5, torch.Generator().manual_seed(0))
     >>> {k: tuple(v.shape) for k, v in batch.items()}
@@ -1346,7 +1346,7 @@ def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     Examples
     --------
     >>> import torch
-    >>> from nsr.data import batch_generator
+    >>> from nsr.training.data import batch_generator
     >>> a, b = torch.rand(3, generator=batch_generator(0, 1, 2)), torch.rand(3, generator=batch_generator(0, 1, 2))
     >>> bool(torch.equal(a, b)), bool(torch.equal(a, torch.rand(3, generator=batch_generator(0, 1, 3))))
     (True, False)

@@ -65,7 +65,7 @@ def sample_faces(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.ndarr
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import sample_faces
+    >>> from nsr.eval.metrics import sample_faces
     >>> points, face_index = sample_faces(trimesh.creation.box(), 5, seed=0)
     >>> points.shape, face_index.shape
     ((5, 3), (5,))
@@ -98,7 +98,7 @@ def sample_surface(mesh: trimesh.Trimesh, n: int, seed: int = 0) -> tuple[np.nda
     Examples
     --------
     >>> import numpy as np, trimesh
-    >>> from nsr.metrics import sample_surface
+    >>> from nsr.eval.metrics import sample_surface
     >>> points, normals = sample_surface(trimesh.creation.box(), 5, seed=0)
     >>> np.linalg.norm(normals, axis=1).round(6)
     array([1., 1., 1., 1., 1.])
@@ -128,7 +128,7 @@ def nearest(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.metrics import nearest
+    >>> from nsr.eval.metrics import nearest
     >>> nearest(np.array([[0.0, 0, 0], [2, 0, 0]]), np.array([[1.0, 0, 0], [0, 0, 0.5]]))
     (array([0.5, 1. ]), array([1, 0]))
     """
@@ -169,7 +169,7 @@ def surface_distance(
     Examples
     --------
     >>> import numpy as np, trimesh
-    >>> from nsr.metrics import sample_faces, surface_distance
+    >>> from nsr.eval.metrics import sample_faces, surface_distance
     >>> box = trimesh.creation.box(extents=(1, 1, 1))
     >>> samples, faces = sample_faces(box, 1000, seed=0)
     >>> d, f = surface_distance(np.array([[0.0, 0, 0], [2, 0, 0]]), box, samples, faces)
@@ -213,7 +213,7 @@ def chamfer(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.metrics import chamfer
+    >>> from nsr.eval.metrics import chamfer
     >>> chamfer(np.zeros((1, 3)), np.array([[1.0, 0, 0], [0, 2.0, 0]]))["chamfer_l1"]
     1.25
     """
@@ -253,7 +253,7 @@ def f_score(d_pr: np.ndarray, d_rp: np.ndarray, tau: float) -> float:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.metrics import f_score
+    >>> from nsr.eval.metrics import f_score
     >>> round(f_score(np.array([0.0, 0.2]), np.array([0.0, 0.0, 0.0]), tau=0.1), 4)  # P = 0.5, R = 1
     0.6667
     """
@@ -285,7 +285,7 @@ def normal_consistency(
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.metrics import normal_consistency
+    >>> from nsr.eval.metrics import normal_consistency
     >>> z, x = np.array([[0.0, 0, 1]]), np.array([[1.0, 0, 0]])
     >>> normal_consistency(z, z, -z, x)  # one direction agrees, the other is orthogonal
     0.5
@@ -311,7 +311,7 @@ def triangle_min_angles(mesh: trimesh.Trimesh) -> np.ndarray:
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import triangle_min_angles
+    >>> from nsr.eval.metrics import triangle_min_angles
     >>> triangle_min_angles(trimesh.creation.box()).round(6)[:3]  # each square split in two
     array([45., 45., 45.])
     """
@@ -342,7 +342,7 @@ def triangle_quality(
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import triangle_quality
+    >>> from nsr.eval.metrics import triangle_quality
     >>> {k: round(v, 6) for k, v in triangle_quality(trimesh.creation.box(), q=(50,)).items()}
     {'min_angle_p50': 45.0, 'min_angle_min': 45.0}
     """
@@ -374,7 +374,7 @@ def abs_values(net: Any, points: np.ndarray, chunk: int = 2**14) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.metrics import abs_values
+    >>> from nsr.eval.metrics import abs_values
     >>> from nsr.networks import octahedron_network
     >>> abs_values(octahedron_network(0.5), np.array([[0.5, 0, 0], [0, 0, 0], [1, 1, 0]]))
     array([0. , 0.5, 1.5])
@@ -413,7 +413,7 @@ def residuals(
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import residuals
+    >>> from nsr.eval.metrics import residuals
     >>> from nsr.networks import octahedron_network
     >>> face = trimesh.Trimesh([[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]], [[0, 1, 2]])
     >>> r = residuals(octahedron_network(0.5), face, n_samples=100)
@@ -479,7 +479,7 @@ def compare_meshes(
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import compare_meshes
+    >>> from nsr.eval.metrics import compare_meshes
     >>> ref = trimesh.creation.box(extents=(1, 1, 1))
     >>> pred = trimesh.creation.box(extents=(1.02, 1.02, 1.02))  # every face 0.01 out
     >>> m = compare_meshes(pred, ref, n_samples=2000)
@@ -549,7 +549,7 @@ def unit_cube_chamfer(
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import unit_cube_chamfer
+    >>> from nsr.eval.metrics import unit_cube_chamfer
     >>> ref = trimesh.creation.box(extents=(2, 2, 2))
     >>> moved = unit_cube_chamfer(trimesh.creation.box(extents=(2.04, 2.04, 2.04)), ref, n_samples=20_000)
     >>> same = unit_cube_chamfer(ref, ref, n_samples=20_000)  # the floor: half the sample spacing
@@ -599,7 +599,7 @@ def self_floor(ref: trimesh.Trimesh, n_samples: int = 1_000_000, seeds: tuple[in
     Examples
     --------
     >>> import trimesh
-    >>> from nsr.metrics import self_floor
+    >>> from nsr.eval.metrics import self_floor
     >>> sphere = trimesh.creation.icosphere(subdivisions=4)
     >>> small, large = self_floor(sphere, 2_000)["chamfer_l1"], self_floor(sphere, 50_000)["chamfer_l1"]
     >>> 0 < large < small  # more samples, lower floor
@@ -626,7 +626,7 @@ def max_rss_bytes() -> int:
 
     Examples
     --------
-    >>> from nsr.metrics import max_rss_bytes
+    >>> from nsr.eval.metrics import max_rss_bytes
     >>> max_rss_bytes() > 0
     True
     """
@@ -654,7 +654,7 @@ def peak_memory(interval: float = 0.005) -> Iterator[dict[str, float]]:
     Examples
     --------
     >>> import numpy as np
-    >>> from nsr.metrics import peak_memory
+    >>> from nsr.eval.metrics import peak_memory
     >>> with peak_memory() as mem:
     ...     block = np.ones(2**20)
     >>> sorted(k for k in mem if k != "cuda_peak_mb"), mem["peak_rss_mb"] > 0

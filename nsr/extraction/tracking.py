@@ -24,7 +24,7 @@ neurons (a region's maps multiply each neuron by its slope on the region's side)
 transforms (track ``g`` at ``graph.level(t)``) work as for plain ReLU MLPs. Graphs with an
 encoder are refused for now (use ``mode="surface"``).
 
-Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.surface.ExactMesh`):
+Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.extraction.surface.ExactMesh`):
 ``2a``/``2a+1`` box facets ``x_a >= lo_a``/``x_a <= hi_a``, then the neurons layer by layer,
 then the level set.
 """
@@ -36,16 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nsr.complex import (
-    _chunks,
-    _progress,
-    bit_values,
-    group_equal_rows,
-    hash_rows,
-    n_words,
-    pack_bits,
-    unpack_bits,
-)
+from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words, pack_bits, unpack_bits
+from nsr.extraction.memory import _chunks
+from nsr.extraction.progress import _progress
 from nsr.pl.graph import PLGraph, as_graph
 from nsr.pl.layout import ConstraintLayout
 
@@ -72,7 +65,7 @@ def track_graph(net: object) -> PLGraph:
     Examples
     --------
     >>> from nsr.networks import octahedron_network
-    >>> from nsr.tracking import track_graph
+    >>> from nsr.extraction.tracking import track_graph
     >>> track_graph(octahedron_network(0.5)).widths
     [6]
     """
@@ -105,7 +98,7 @@ def activation_patterns(net: PLGraph, x: Tensor) -> Tensor:
     >>> from nsr.networks import octahedron_network
     >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
     >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
-    >>> from nsr.tracking import activation_patterns
+    >>> from nsr.extraction.tracking import activation_patterns
     >>> activation_patterns(net, torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64))
     tensor([[ True, False,  True,  True,  True,  True]])
     """
@@ -144,7 +137,7 @@ def region_constraints(net: PLGraph, patterns: Tensor, bounds: Tensor, level: fl
     >>> from nsr.networks import octahedron_network
     >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
     >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
-    >>> from nsr.tracking import activation_patterns, region_constraints
+    >>> from nsr.extraction.tracking import activation_patterns, region_constraints
     >>> x = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
     >>> g = region_constraints(net, activation_patterns(net, x), box, 0.0)
     >>> g.shape
@@ -258,7 +251,7 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     >>> from nsr.networks import octahedron_network
     >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
     >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
-    >>> from nsr.tracking import activation_patterns, region_constraints, walk_polygons
+    >>> from nsr.extraction.tracking import activation_patterns, region_constraints, walk_polygons
     >>> g = region_constraints(net, activation_patterns(net, torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)),
     ...                        box, 0.0)
     >>> one = lambda i: torch.tensor([i])
@@ -348,7 +341,7 @@ def grid_seeds(net: PLGraph, bounds: Tensor, resolution: int, level: float = 0.0
     >>> from nsr.networks import octahedron_network
     >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
     >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
-    >>> from nsr.tracking import grid_seeds
+    >>> from nsr.extraction.tracking import grid_seeds
     >>> seeds = grid_seeds(net, box, resolution=4)
     >>> seeds.shape, float(net(seeds).abs().max()) < 1e-12
     (torch.Size([30, 3]), True)
@@ -526,7 +519,7 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     >>> from nsr.networks import octahedron_network
     >>> net = octahedron_network(0.5)  # |x| + |y| + |z| - 0.5, hidden neurons x, y, z, 10 - x, 10 - y, 10 - z
     >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
-    >>> from nsr.tracking import grid_seeds, track_surface
+    >>> from nsr.extraction.tracking import grid_seeds, track_surface
     >>> found = track_surface(net, box, grid_seeds(net, box, resolution=4))
     >>> found["length"].tolist(), found["stats"]["failed_walks"]
     ([3, 3, 3, 3, 3, 3, 3, 3], 0)
@@ -622,7 +615,7 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
 
 
 def _bar(enabled: bool) -> Any:
-    """A progress bar on a terminal, plain lines in a log (see :func:`nsr.complex._progress`)."""
+    """A progress bar on a terminal, plain lines in a log (see :func:`nsr.extraction.progress._progress`)."""
     return _progress(None, "track", enabled, unit="polygon")
 
 

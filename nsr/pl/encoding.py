@@ -55,7 +55,7 @@ def level_resolutions(n_levels: int, min_resolution: int, max_resolution: int) -
 
     Examples
     --------
-    >>> from nsr.encoding import level_resolutions
+    >>> from nsr.pl.encoding import level_resolutions
     >>> level_resolutions(4, 2, 16)
     [2, 4, 8, 16]
     """
@@ -98,7 +98,7 @@ class SimplexGridEncoding(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from nsr.encoding import SimplexGridEncoding
+    >>> from nsr.pl.encoding import SimplexGridEncoding
     >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
     >>> enc(torch.zeros(5, 2)).shape
     torch.Size([5, 4])
@@ -158,7 +158,7 @@ class SimplexGridEncoding(nn.Module):
 
         Examples
         --------
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4).extra_repr()[:34]
         'in_dim=2, resolutions=[2, 4], feat'
         """
@@ -183,7 +183,7 @@ class SimplexGridEncoding(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
         >>> enc.grid_coordinates(torch.tensor([[0.25, -0.5], [5.0, 0.0]]), level=1)  # N = 4 on [-1, 1]
         tensor([[2.5000, 1.0000],
@@ -212,7 +212,7 @@ class SimplexGridEncoding(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=4, max_resolution=4)
         >>> enc.simplices(torch.tensor([[2.25, 1.75]]), level=0)
         (tensor([[2, 1]]), tensor([[1, 0]]), tensor([[0.2500, 0.7500]]))
@@ -261,7 +261,7 @@ class SimplexGridEncoding(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2, features=3)
         >>> enc.gather(enc.table, torch.zeros(4, 3, 2, dtype=torch.long), 0).shape
         torch.Size([4, 3, 3])
@@ -288,7 +288,7 @@ class SimplexGridEncoding(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=4, max_resolution=4)
         >>> u = torch.tensor([[2.25, 1.75]])
         >>> vertices, weights = enc.simplex_vertices(u, level=0)
@@ -328,7 +328,7 @@ class SimplexGridEncoding(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=3, n_levels=2, features=4, min_resolution=2, max_resolution=4,
         ...                           include_input=True)
         >>> enc(torch.zeros(6, 3)).shape
@@ -360,7 +360,7 @@ class SimplexGridEncoding(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4)
         >>> enc.encode(torch.zeros(3, 2), enc.table, include_input=False).shape
         torch.Size([3, 4])
@@ -395,7 +395,7 @@ class SimplexGridEncoding(nn.Module):
         --------
         At resolution 2 on ``[-1, 1]^2``: the lines ``x = 0``, ``y = 0`` and ``x - y = -1, 0, 1``.
 
-        >>> from nsr.encoding import SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoding
         >>> enc = SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2)
         >>> normals, offsets = enc.planes(0)
         >>> normals.tolist(), offsets.tolist()
@@ -441,7 +441,7 @@ class GridMLP(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from nsr.encoding import GridMLP
+    >>> from nsr.pl.encoding import GridMLP
     >>> net = GridMLP(in_dim=3, width=16, depth=2, n_levels=2, max_resolution=8)
     >>> net(torch.zeros(4, 3)).shape
     torch.Size([4])
@@ -471,7 +471,7 @@ class GridMLP(nn.Module):
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import GridMLP
+        >>> from nsr.pl.encoding import GridMLP
         >>> GridMLP(in_dim=2, width=8, depth=1, n_levels=1, min_resolution=2, max_resolution=2)(torch.zeros(3, 2)).shape
         torch.Size([3])
         """
@@ -518,7 +518,7 @@ class SimplexGridEncoder:
     Examples
     --------
     >>> import torch
-    >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+    >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
     >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=2, min_resolution=2, max_resolution=4))
     >>> enc.in_dim, enc.out_dim
     (2, 4)
@@ -570,7 +570,7 @@ class SimplexGridEncoder:
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
         >>> SimplexGridEncoder(SimplexGridEncoding(in_dim=2)).to(dtype=torch.float64).table.dtype
         torch.float64
         """
@@ -591,7 +591,7 @@ class SimplexGridEncoder:
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
         >>> SimplexGridEncoder(SimplexGridEncoding(in_dim=3, n_levels=2), include_input=True)(torch.zeros(4, 3)).shape
         torch.Size([4, 7])
         """
@@ -628,7 +628,7 @@ class SimplexGridEncoder:
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
         >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2))
         >>> normals, offsets = enc.planes(torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0]))
         >>> normals.tolist(), offsets.tolist()
@@ -692,7 +692,7 @@ class SimplexGridEncoder:
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
         >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=3, n_levels=2, features=4), include_input=True)
         >>> A, c = enc.feature_maps(torch.zeros(6, 3))
         >>> A.shape, c.shape, A[0, -3:].tolist()  # the raw coordinates: identity
@@ -751,7 +751,7 @@ class SimplexGridEncoder:
         Examples
         --------
         >>> import torch
-        >>> from nsr.encoding import SimplexGridEncoder, SimplexGridEncoding
+        >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
         >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=2, init_scale=1.0))
         >>> lo, hi = torch.tensor([[0.1, 0.2]]), torch.tensor([[0.15, 0.3]])
         >>> lower, upper = enc.feature_bounds(lo, hi)

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from nsr.checkpoints import network_spec
-from nsr.data import ShapeSource, batch_generator, make_source, sample_points, split_counts
-from nsr.losses import ImplicitLoss
-from nsr.shapes import Shape
+from nsr.training.data import ShapeSource, batch_generator, make_source, sample_points, split_counts
+from nsr.training.losses import ImplicitLoss
+from nsr.training.shapes import Shape
 
 RegularizerTerm = Callable[[L.LightningModule], dict[str, Tensor]]
 
@@ -80,7 +80,7 @@ class _ValDataset(Dataset):
 
 
 class ShapeDataModule(L.LightningDataModule):
-    """Training samples of one shape (see :mod:`nsr.data`); the source is built and validated
+    """Training samples of one shape (see :mod:`nsr.training.data`); the source is built and validated
     in ``__init__`` so bad input fails before any training.
 
     ``sampling``: ``batch_size``, ``steps_per_epoch``, ``fractions`` (surface / near / uniform),
@@ -90,7 +90,7 @@ class ShapeDataModule(L.LightningDataModule):
     Parameters
     ----------
     kind, shape, path, box, fit, n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend
-        The source, see :func:`nsr.data.make_source`.
+        The source, see :func:`nsr.training.data.make_source`.
     dim : int
         Expected dimension of the shape.
     sampling : dict, optional
@@ -98,15 +98,15 @@ class ShapeDataModule(L.LightningDataModule):
 
     Raises
     ------
-    nsr.data.ShapeError
+    nsr.training.data.ShapeError
         On a bad source.
     ValueError
         On a dimension mismatch or bad sampling settings.
 
     Examples
     --------
-    >>> from nsr.lightning import ShapeDataModule
-    >>> from nsr.shapes import Sphere
+    >>> from nsr.training.lightning import ShapeDataModule
+    >>> from nsr.training.shapes import Sphere
     >>> dm = ShapeDataModule(shape=Sphere(0.3), sampling={"batch_size": 64, "steps_per_epoch": 2, "n_val": 40})
     >>> dm.setup()
     >>> batch = next(iter(dm.train_dataloader()))
@@ -198,8 +198,8 @@ class ShapeDataModule(L.LightningDataModule):
 
         Examples
         --------
-        >>> from nsr.lightning import ShapeDataModule
-        >>> from nsr.shapes import Sphere
+        >>> from nsr.training.lightning import ShapeDataModule
+        >>> from nsr.training.shapes import Sphere
         >>> dm = ShapeDataModule(shape=Sphere(0.3), sampling={"batch_size": 64, "steps_per_epoch": 2, "n_val": 40})
         >>> {k: tuple(v.shape) for k, v in dm.validation_batch().items()}
         {'uniform': (40, 3), 'uniform_sdf': (40,), 'near': (10, 3), 'near_sdf': (10,)}
@@ -231,8 +231,8 @@ class ShapeDataModule(L.LightningDataModule):
         Examples
         --------
         >>> import torch
-        >>> from nsr.lightning import ShapeDataModule
-        >>> from nsr.shapes import Sphere
+        >>> from nsr.training.lightning import ShapeDataModule
+        >>> from nsr.training.shapes import Sphere
         >>> dm = ShapeDataModule(shape=Sphere(0.3), sampling={"batch_size": 64, "steps_per_epoch": 2, "n_val": 40})
         >>> dm.setup()
         >>> first = next(iter(dm.train_dataloader()))["points"]
@@ -249,7 +249,7 @@ class ShapeDataModule(L.LightningDataModule):
         Returns
         -------
         torch.utils.data.DataLoader
-            Yields dicts as :func:`nsr.data.sample_points` returns them.
+            Yields dicts as :func:`nsr.training.data.sample_points` returns them.
         """
         assert self._train is not None, "call setup() first"
         return DataLoader(self._train, batch_size=None, shuffle=False, num_workers=0)
@@ -312,8 +312,8 @@ class ImplicitShapeModule(L.LightningModule):
     Examples
     --------
     >>> import torch
-    >>> from nsr.lightning import ImplicitShapeModule
-    >>> from nsr.losses import ImplicitLoss
+    >>> from nsr.training.lightning import ImplicitShapeModule
+    >>> from nsr.training.losses import ImplicitLoss
     >>> from nsr.networks import ReLUMLP
     >>> module = ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())
     >>> module.hparams["net"], type(module.configure_optimizers()).__name__
@@ -322,7 +322,7 @@ class ImplicitShapeModule(L.LightningModule):
     A grid network whose tables learn 10x faster than its MLP:
 
     >>> from functools import partial
-    >>> from nsr.encoding import GridMLP
+    >>> from nsr.pl.encoding import GridMLP
     >>> net = GridMLP(in_dim=3, width=8, depth=1, n_levels=2, max_resolution=8)
     >>> module = ImplicitShapeModule(net, ImplicitLoss(), optimizer=partial(torch.optim.Adam, lr=1e-3),
     ...                              param_groups={"encoding": {"lr": 1e-2}})
@@ -343,7 +343,7 @@ class ImplicitShapeModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
-            hint = (" (a checkpoint's network record: rebuild it with nsr.lightning.load_module_network(path))"
+            hint = (" (a checkpoint's network record: rebuild it with nsr.training.lightning.load_module_network(path))"
                     if isinstance(net, Mapping) else "")
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}{hint}")
         self.net: nn.Module = net
@@ -375,8 +375,8 @@ class ImplicitShapeModule(L.LightningModule):
         Examples
         --------
         >>> import torch
-        >>> from nsr.lightning import ImplicitShapeModule
-        >>> from nsr.losses import ImplicitLoss
+        >>> from nsr.training.lightning import ImplicitShapeModule
+        >>> from nsr.training.losses import ImplicitLoss
         >>> from nsr.networks import ReLUMLP
         >>> ImplicitShapeModule(ReLUMLP(3, 8, 2), ImplicitLoss())(torch.zeros(4, 3)).shape
         torch.Size([4])
@@ -395,7 +395,7 @@ class ImplicitShapeModule(L.LightningModule):
         Parameters
         ----------
         batch : dict of str to Tensor
-            From :class:`ShapeDataModule` (see :meth:`nsr.losses.ImplicitLoss.forward`).
+            From :class:`ShapeDataModule` (see :meth:`nsr.training.losses.ImplicitLoss.forward`).
         batch_idx : int
             Index of the batch in the epoch.
 
@@ -506,8 +506,8 @@ def load_module_network(path: str | Path) -> nn.Module:
     --------
     >>> import tempfile, torch
     >>> from pathlib import Path
-    >>> from nsr.lightning import ImplicitShapeModule, load_module_network
-    >>> from nsr.losses import ImplicitLoss
+    >>> from nsr.training.lightning import ImplicitShapeModule, load_module_network
+    >>> from nsr.training.losses import ImplicitLoss
     >>> from nsr.pl.models import SkipMLP
     >>> module = ImplicitShapeModule(SkipMLP(3, 16, 4), ImplicitLoss())
     >>> ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
@@ -552,7 +552,7 @@ class TimeCosineLR(L.Callback):
 
     >>> import time, torch
     >>> from types import SimpleNamespace
-    >>> from nsr.lightning import TimeCosineLR
+    >>> from nsr.training.lightning import TimeCosineLR
     >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     >>> trainer = SimpleNamespace(optimizers=[opt])
     >>> schedule = TimeCosineLR(budget_s=1e-6, eta_min=1e-5)
@@ -629,7 +629,7 @@ class StepTimer(L.Callback):
 
     Examples
     --------
-    >>> from nsr.lightning import StepTimer
+    >>> from nsr.training.lightning import StepTimer
     >>> timer = StepTimer()
     >>> for i in range(3):  # what Lightning calls around each step
     ...     timer.on_train_batch_start(None, None, None, i)
@@ -706,7 +706,7 @@ class StepTimer(L.Callback):
 
         Examples
         --------
-        >>> from nsr.lightning import StepTimer
+        >>> from nsr.training.lightning import StepTimer
         >>> timer = StepTimer()
         >>> timer.times = [0.5, 1.0, 3.0]
         >>> {k: v for k, v in timer.summary().items() if not k.startswith("loop")}

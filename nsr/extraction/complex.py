@@ -1,0 +1,399 @@
+"""The exact polyhedral complex of a piecewise-affine network (a :class:`~nsr.pl.PLGraph`), by edge subdivision.
+
+Berzins, "Polyhedral Complex Extraction from ReLU Networks using Edge Subdivision",
+ICML 2023 (arXiv 2306.07212). The 1-skeleton (vertices, edges) of the current complex is
+kept together with the sign-vectors that encode its combinatorics. For every neuron in
+order, its pre-activation is evaluated at the vertices; every edge whose endpoints have
+opposite signs is split at the interpolated zero (exact: the neuron is affine on every
+current edge); the new vertices that bound a common 2-face are connected. A 2-face is
+named by a *face key*: the sign-vector of one of its edges with one zero entry made
+non-zero. Keys are hashed, sorted, and paired.
+
+Constraints and sign-vectors
+----------------------------
+Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout`: ``0 .. 2D-1`` for the box
+facets (``2d``: ``x_d >= lo_d``, ``2d+1``: ``x_d <= hi_d``, positive inside), then the planes
+of the graph's encoder if it has one (``2D .. 2D+P-1``, split first: they are fixed planes of
+the input space), then the hidden neurons in layer order, and last the output level set (used
+by :meth:`PolyhedralComplex.level_set`). Every neuron of a graph (ReLU, LeakyReLU, PReLU, abs;
+clamps are two neurons) has one hyperplane, and its pre-activation, affine in the input and in
+earlier layers (skip and residual blocks), is affine on every cell of the neurons before it:
+the property the subdivision needs. Evaluation is :meth:`PLGraph.preactivations` and every
+bound comes from :mod:`nsr.pl.bounds`. A
+sign-vector has one entry in {-1, 0, +1} per constraint. It is stored compactly: the
+zero entries of a vertex (``D`` of them) or an edge (``D-1``) as sorted ids, and the
+positive entries as a bit set packed in int64 words.
+
+Degenerate positions
+--------------------
+Networks whose hyperplanes meet in one point or line (all hidden biases zero, as
+``geometric_init`` starts; integer or 1/8 weights; duplicated, opposite or zero neurons) put
+vertices exactly on later hyperplanes. The pre-activation computed there (evaluated, then
+carried through edge interpolations) is a rounded zero of either sign, and classifying it by
+its sign would cut a convex 2-face more than once: holes, unpaired faces, Euler
+characteristics in the hundreds. nsr therefore takes every value within a tolerance
+``tol_c`` of zero as an exact zero (:func:`snap_to_zero`), and counts an exact zero as
+positive (:func:`positive_side`). ``tol_c`` is one constant per neuron for the whole box
+(:func:`sign_tolerances`: 64 eps times the neuron's rounding scale, ``sum over its sources
+|block| @ max|source value| + |b_c|`` with the sources' largest magnitudes over the box),
+whatever the tiles, workers or mode.
+The rule ``z >= -tol_c`` is then the exact classification of the network whose neuron ``c``
+has its bias raised by ``tol_c``: a closed half-space, which meets the boundary of every
+convex 2-face in one arc, so every face is cut at most once and the result is a valid
+complex (Euler characteristic 1) of that perturbed network, for every vertex whose computed
+value is within its rounding error of the true one and whose true value is not within that
+error of ``-tol_c`` (measured on bias-free nets in float64: rounded zeros stay below one
+unit, other values start above 1e4 units). A snapped endpoint has ``z = 0`` exactly, so a
+cut there is at ``t = 0`` and the new vertex (and its carried values) are bitwise the
+endpoint's: the perturbation shows up as coincident vertices and zero-length edges. Pruning
+widens its bounds by the same tolerance (:func:`may_reach`), so it never drops a cell that
+the rule would cut. Zero sets stay combinatorial: a vertex's zeros are the constraints that
+constructed it. Face keys that do not pair where they must (every key of a complete face;
+after region pruning only keys seen three or more times, and every key of the level set)
+are counted in ``stats["unpaired_face_keys"]`` with a warning: 0 on every healthy extraction.
+float32 cannot always tell rounded zeros from small values (on deep bias-free networks the
+two ranges overlap); that is when it is non-zero. Because the tolerance is set by the largest
+value over the box, a box far larger than the network's detail (an unscaled network over
+``+-1e15``) erases detail below its resolution: ``stats["uncertain_signs"]`` counts values taken
+as zero although above rounding noise (0 on healthy extractions) and :func:`check_box` warns
+when first-layer offsets are below the box's resolution; both warn. Boxes a dtype cannot
+answer on at all are refused by :func:`check_box`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nsr import limits
+from nsr.extraction.bits import unpack_bits
+from nsr.extraction.guards import as_bounds, check_box, no_tf32, resolve_dtype
+from nsr.extraction.memory import peak_memory_mb
+from nsr.extraction.skeleton import _Buffer, _Skeleton, split_by_constraint
+from nsr.extraction.subdivide import encoder_facets, subdivide
+from nsr.extraction.tolerances import sign_tolerances, warn_uncertain, warn_unpaired
+from nsr.files import COMPLEX_FORMAT, COMPLEX_VERSION, atomic_write, read_complex_file
+from nsr.networks import PLNetwork
+from nsr.pl.graph import PLGraph, as_graph
+from nsr.pl.layout import ConstraintLayout
+
+
+class PolyhedralComplex:
+    """The polyhedral complex of a ReLU network restricted to a box.
+
+    Attributes
+    ----------
+    vertices : ``(V, D)`` float tensor.
+    edges : ``(E, 2)`` int32 tensor of vertex indices (int32 halves the memory of large
+        complexes; it indexes tensors like int64).
+    vertex_zeros : ``(V, D)`` int32, the sorted constraint ids each vertex lies on.
+    edge_zeros : ``(E, D-1)`` int32, the sorted constraint ids each edge lies on.
+    vertex_signs : ``(V, W)`` int64, packed positive entries of the sign-vectors.
+    net : the :class:`~nsr.pl.PLGraph` (a :class:`~nsr.networks.PLNetwork` given is converted),
+        bounds ``(D, 2)``, and ``stats``.
+    layout : the :class:`~nsr.pl.layout.ConstraintLayout` of the constraint ids (box facets,
+        encoder facets, neurons, output).
+    """
+
+    def __init__(
+        self,
+        net: PLGraph | PLNetwork,
+        bounds: np.ndarray,
+        vertices: Tensor,
+        edges: Tensor,
+        vertex_zeros: Tensor,
+        edge_zeros: Tensor,
+        vertex_signs: Tensor,
+        stats: dict[str, Any] | None = None,
+        level: float | None = None,
+        n_facets: int = 0,
+    ) -> None:
+        self.net = as_graph(net)
+        self.layout = ConstraintLayout(int(vertices.shape[1]), self.net.widths, n_facets)
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.vertices = vertices
+        self.edges = edges
+        self.vertex_zeros = vertex_zeros
+        self.edge_zeros = edge_zeros
+        self.vertex_signs = vertex_signs
+        self.stats: dict[str, Any] = dict(stats or {})
+        self.level = level  # set when the complex is refined by the level set f = level
+        self._cells: dict[int, tuple[Tensor, Tensor]] = {}
+        self._incidence: dict[int, Tensor] = {}
+
+    # -- sizes --------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.vertices.shape[1])
+
+    @property
+    def n_neurons(self) -> int:
+        return self.net.n_neurons
+
+    @property
+    def graph(self) -> PLGraph:
+        """The network (the same object as :attr:`net`)."""
+        return self.net
+
+    @property
+    def n_constraints(self) -> int:
+        """Box facets, encoder facets, hidden neurons and the output."""
+        return self.layout.n_constraints
+
+    @property
+    def output_constraint(self) -> int:
+        return self.layout.output
+
+    def __repr__(self) -> str:
+        return f"PolyhedralComplex(dim={self.dim}, f_vector={self.f_vector})"
+
+    # -- cells --------------------------------------------------------------------------
+    def edge_signs(self) -> Tensor:
+        """Packed positive entries of the edges' sign-vectors, ``(E, W)`` int64."""
+        return self.vertex_signs[self.edges[:, 0]] | self.vertex_signs[self.edges[:, 1]]
+
+    def cells(self, k: int) -> tuple[Tensor, Tensor]:
+        """Cells of dimension ``k`` as ``(signs (M, W) int64 packed, zeros (M, D-k) int64)``.
+
+        Cells of dimension ``k >= 2`` are recovered from the ``(k-1)``-cells' sign-vectors:
+        each zero entry made positive or negative (box facets only positive) names a
+        ``k``-cell containing it.
+        """
+        if not 0 <= k <= self.dim:
+            raise ValueError(f"cell dimension must be in 0..{self.dim}, got {k}")
+        if k == 0:
+            return self.vertex_signs, self.vertex_zeros.long()
+        if k == 1:
+            return self.edge_signs(), self.edge_zeros.long()
+        if k not in self._cells:
+            self._build_cells(k)
+        return self._cells[k]
+
+    def _build_cells(self, k: int) -> None:
+        from nsr.extraction.cells import cofaces  # nsr.extraction.cells builds on this module's bit sets and hashes
+
+        pos, zeros = self.cells(k - 1)
+        cell_pos, cell_zeros, incidence = cofaces(pos, zeros, self.dim)
+        del pos, zeros  # the edges' signs are gathered anew; free them before the next dimension
+        self._cells[k] = (cell_pos, cell_zeros)
+        self._incidence[k] = incidence
+
+    def incidence(self, k: int) -> Tensor:
+        """Pairs ``(i, j)``: ``(k-1)``-cell ``i`` is a facet of ``k``-cell ``j``, ``(M, 2)``
+        (int32 for ``k >= 2``, grouped by ``j``: they are the largest arrays of a big complex)."""
+        if k == 1:
+            n = self.edges.shape[0]
+            return torch.stack([self.edges.reshape(-1).long(), torch.arange(n).repeat_interleave(2)], 1)
+        self.cells(k)
+        return self._incidence[k]
+
+    @property
+    def f_vector(self) -> list[int]:
+        """Number of cells of each dimension ``0..D``."""
+        sizes = [int(self.vertices.shape[0]), int(self.edges.shape[0])]  # no sign gather needed
+        return (sizes + [int(self.cells(k)[0].shape[0]) for k in range(2, self.dim + 1)])[: self.dim + 1]
+
+    @property
+    def euler_characteristic(self) -> int:
+        """``sum_k (-1)^k f_k``; 1 for a complex that subdivides a box."""
+        return sum((-1) ** k * f for k, f in enumerate(self.f_vector))
+
+    def sign_vectors(self, k: int, index: Tensor | None = None) -> Tensor:
+        """Full sign-vectors of ``k``-cells, ``(M, C)`` int8 in {-1, 0, +1} over all constraints
+        (box facets, neurons, output)."""
+        pos, zeros = self.cells(k)
+        if index is not None:
+            pos, zeros = pos[index], zeros[index]
+        ids = torch.arange(self.n_constraints, device=pos.device)
+        sv = unpack_bits(pos, ids).to(torch.int8) * 2 - 1
+        if zeros.shape[1]:
+            sv.scatter_(1, zeros, torch.zeros_like(zeros, dtype=torch.int8))
+        return sv
+
+    def activation_patterns(self, k: int, index: Tensor | None = None) -> Tensor:
+        """Activation patterns (neuron strictly positive) of ``k``-cells, ``(M, N)`` bool."""
+        pos, _ = self.cells(k)
+        if index is not None:
+            pos = pos[index]
+        ids = torch.arange(self.layout.neuron_offset, self.layout.output, device=pos.device)
+        return unpack_bits(pos, ids)
+
+    def region_gradients(self, index: Tensor | None = None) -> Tensor:
+        """Gradient of the network on each D-cell (region), ``(M, D)``."""
+        pat = self.activation_patterns(self.dim, index)
+        splits = torch.split(pat, self.net.widths, dim=1)
+        return self.net.local_gradients(list(splits))
+
+    # -- level set ----------------------------------------------------------------------
+    def refine(self, level: float = 0.0) -> PolyhedralComplex:
+        """This complex subdivided by the output level set ``f = level`` as well."""
+        if self.level is not None:
+            if self.level != level:
+                raise ValueError(f"complex already refined by the level {self.level}")
+            return self
+        sk = _Skeleton(
+            x=_Buffer(self.vertices.clone()),
+            vzeros=_Buffer(self.vertex_zeros.clone()),
+            vpos=_Buffer(self.vertex_signs.clone()),
+            vtile=_Buffer(torch.zeros(len(self.vertices), dtype=torch.int32, device=self.vertices.device)),
+            edges=_Buffer(self.edges.clone()),
+            ezeros=_Buffer(self.edge_zeros.clone()),
+            dim=self.dim,
+        )
+        net = self.net.to(device=self.vertices.device, dtype=self.vertices.dtype)
+        box = torch.as_tensor(self.bounds, dtype=net.dtype, device=net.device)
+        with torch.no_grad(), no_tf32():
+            tol = sign_tolerances(net, box[:, 0], box[:, 1], level)[-1][0]
+            f = net(sk.x.t) - level
+            split_by_constraint(sk, None, f, self.output_constraint, tol)
+        warn_unpaired(sk.unpaired, net.dtype)
+        warn_uncertain(int(sk.uncertain), net.dtype)
+        stats = dict(self.stats, unpaired_face_keys=self.stats.get("unpaired_face_keys", 0) + sk.unpaired,
+                     uncertain_signs=self.stats.get("uncertain_signs", 0) + int(sk.uncertain))
+        return PolyhedralComplex(self.net, self.bounds, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t,
+                                 sk.vpos.t, stats, level=level, n_facets=self.layout.n_facets)
+
+    def level_set(self, level: float = 0.0) -> LevelSet:
+        """The sub-complex on ``f = level``: cells of dimension ``0..D-1`` whose sign-vector is
+        zero on the output."""
+        ref = self.refine(level)
+        out = ref.output_constraint
+        cells = []
+        for k in range(ref.dim):
+            pos, zeros = ref.cells(k)
+            on = (zeros == out).any(1) if zeros.shape[1] else torch.zeros(len(pos), dtype=torch.bool)
+            cells.append(torch.nonzero(on).squeeze(1))
+        return LevelSet(ref, cells)
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the complex, its network and metadata to one ``.npz`` file (atomically)."""
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {
+            "vertices": self.vertices.cpu().numpy(),
+            "edges": self.edges.cpu().numpy(),
+            "vertex_zeros": self.vertex_zeros.cpu().numpy(),
+            "edge_zeros": self.edge_zeros.cpu().numpy(),
+            "vertex_signs": self.vertex_signs.cpu().numpy(),
+            "bounds": self.bounds,
+        }
+        if not (self.net.is_mlp and self.net.is_relu and self.net.encoder is None):
+            raise ValueError("saving the complex of a network with skip or residual blocks, non-ReLU neurons or an "
+                             "encoder is not supported yet (the file format stores Linear/ReLU layers); keep the "
+                             "network and extract again, or save the mesh")
+        plain = self.net.to_plnetwork(pre_transform=True)  # the complex is g's: the transform is not needed
+        for i, (w, b) in enumerate(zip(plain.weights, plain.biases)):
+            arrays[f"weight_{i}"] = w.detach().cpu().double().numpy()
+            arrays[f"bias_{i}"] = b.detach().cpu().double().numpy()
+        meta = {"format": COMPLEX_FORMAT, "version": COMPLEX_VERSION, "level": self.level,
+                "n_layers": len(plain.weights), "dtype": str(self.vertices.dtype),
+                "stats": self.stats}
+        arrays["meta"] = np.array(json.dumps(meta, default=float))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PolyhedralComplex:
+        """Read a complex written by :meth:`save`.
+
+        The file is read as numbers only (never unpickled) and validated before use: array
+        shapes and dtypes, finite vertices and weights, ``lo < hi`` bounds, vertex indices and
+        constraint ids in range. Raises ``FileNotFoundError`` or
+        :class:`~nsr.files.ComplexFileError` (a ``ValueError``) naming the file and what is wrong.
+        """
+        f = read_complex_file(path)
+        t = torch.from_numpy
+        return cls(f["net"], f["bounds"], t(f["vertices"]), t(f["edges"]), t(f["vertex_zeros"]),
+                   t(f["edge_zeros"]), t(f["vertex_signs"]), f["meta"].get("stats"), f["meta"].get("level"))
+
+
+@dataclass
+class LevelSet:
+    """Cells of a refined complex lying on ``f = level``; ``cells[k]`` indexes ``complex.cells(k)``."""
+
+    complex: PolyhedralComplex
+    cells: list[Tensor]
+
+    @property
+    def dim(self) -> int:
+        return self.complex.dim - 1
+
+    @property
+    def vertices(self) -> Tensor:
+        return self.complex.vertices[self.cells[0]]
+
+    @property
+    def edges(self) -> Tensor:
+        """Level-set edges as indices into :attr:`vertices`, ``(E, 2)``."""
+        if self.dim < 1:
+            return torch.zeros(0, 2, dtype=torch.int64)
+        remap = torch.full((len(self.complex.vertices),), -1, dtype=torch.int64)
+        remap[self.cells[0]] = torch.arange(len(self.cells[0]))
+        return remap[self.complex.edges[self.cells[1]]]
+
+    @property
+    def f_vector(self) -> list[int]:
+        return [len(c) for c in self.cells]
+
+    @property
+    def euler_characteristic(self) -> int:
+        return sum((-1) ** k * f for k, f in enumerate(self.f_vector))
+
+
+def extract_complex(
+    net: Any,
+    bounds: Any,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    memory_limit: float | None = None,
+) -> PolyhedralComplex:
+    """Extract the exact polyhedral complex of a piecewise-affine network over a box.
+
+    Parameters
+    ----------
+    net : a :class:`~nsr.pl.PLGraph`, a :class:`~nsr.networks.PLNetwork`, an ``nn.Module``
+        (traced by :func:`nsr.pl.trace`) or anything :func:`nsr.pl.as_graph` reads. The complex
+        is that of the piecewise-affine output ``g`` (before any output transform); a graph
+        with an encoder also gets the encoder's planes (constraint ids ``2D..2D+P-1``).
+    bounds : ``(lo, hi)`` for every axis, or a ``(D, 2)`` array.
+    dtype : float64 by default (see :func:`resolve_dtype`); float32 on request.
+    device : "cpu", "cuda", ...; defaults to the network's device.
+    progress : show a progress bar per neuron with vertex and edge counts.
+    memory_limit : bytes the extraction may hold before it stops with a ``MemoryError``
+        naming what it reached (default: 80% of the memory available at the start).
+    """
+    net = as_graph(net)
+    dt = resolve_dtype(dtype)
+    dev = limits.check_device(device) if device is not None else net.device
+    b = as_bounds(bounds, net.in_dim)
+    check_box(net, b, dt)
+    memory_limit = limits.check_memory_limit(memory_limit)
+    netd = net.to(device=dev, dtype=dt)
+    lo = torch.as_tensor(b[:, 0], dtype=dt, device=dev)[None]
+    hi = torch.as_tensor(b[:, 1], dtype=dt, device=dev)[None]
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad(), no_tf32():
+        facets = encoder_facets(netd, lo[0], hi[0])
+        sk, _ = subdivide(netd, lo, hi, level=None, progress=progress, desc="complex", memory_limit=memory_limit,
+                          facets=facets)
+    stats = {
+        "time_s": time.perf_counter() - t0,
+        "peak_memory_mb": peak_memory_mb(dev),
+        "unpaired_face_keys": sk.unpaired,
+        "uncertain_signs": sk.stats["uncertain_signs"],
+        "dtype": str(dt),
+        "device": str(dev),
+    }
+    return PolyhedralComplex(netd, b, sk.x.t, sk.edges.t, sk.vzeros.t, sk.ezeros.t, sk.vpos.t, stats,
+                             n_facets=len(facets[1]))
