@@ -39,6 +39,8 @@ def shell_commands(block: str) -> list[list[str]]:
 
 
 PY_BLOCKS = code_blocks(README.read_text(), "python")
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOC_PY_BLOCKS = [(p.name, b) for p in DOCS for b in code_blocks(p.read_text(), "python")]
 SH_COMMANDS = [c for b in code_blocks(README.read_text(), "bash") for c in shell_commands(b)]
 
 
@@ -53,6 +55,18 @@ def test_python_snippet_runs(i, tmp_path, monkeypatch):
     path.write_text(PY_BLOCKS[i])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a snippet that warns does not run as written
+        runpy.run_path(str(path), run_name="__main__")
+
+
+@pytest.mark.parametrize("i", range(len(DOC_PY_BLOCKS)))
+def test_docs_python_snippet_runs(i, tmp_path, monkeypatch):
+    """The Python blocks of docs/*.md run as written too."""
+    monkeypatch.chdir(tmp_path)
+    name, block = DOC_PY_BLOCKS[i]
+    path = tmp_path / f"{name}_{i}.py"
+    path.write_text(block)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         runpy.run_path(str(path), run_name="__main__")
 
 
