@@ -254,10 +254,7 @@ class PLNetwork:
         >>> net.preactivations(torch.zeros(5, 3, dtype=torch.float64), 1).shape
         torch.Size([5, 4])
         """
-        h = x
-        for w, b in zip(self.weights[:layer], self.biases[:layer]):
-            h = torch.relu(h @ w.T + b)
-        return h @ self.weights[layer].T + self.biases[layer]
+        return self.graph().preactivations(x, layer)  # the one evaluator (nsr.pl.PLGraph)
 
     def __call__(self, x: Tensor) -> Tensor:
         """Network value at each point.
@@ -303,10 +300,25 @@ class PLNetwork:
         >>> net.local_gradients([net.preactivations(x, 0) > 0])  # sign(x)
         tensor([[ 1., -1.,  1.]], dtype=torch.float64)
         """
-        g = self.weights[-1].expand(patterns[0].shape[0], -1)  # (P, n_L)
-        for w, p in zip(reversed(self.weights[:-1]), reversed(list(patterns))):
-            g = (g * p.to(g.dtype)) @ w
-        return g
+        return self.graph().local_gradients(patterns)
+
+    def graph(self) -> Any:
+        """This network as a :class:`nsr.pl.PLGraph` (the same tensors, no copy): the form every
+        stage reads, and the one evaluator.
+
+        Returns
+        -------
+        nsr.pl.PLGraph
+
+        Examples
+        --------
+        >>> from nsr.networks import random_network
+        >>> random_network(3, [8, 4], seed=0).graph().widths
+        [8, 4]
+        """
+        from nsr.pl.graph import PLGraph
+
+        return PLGraph.from_plnetwork(self)
 
     def to_module(self) -> ReLUMLP | nn.Sequential:
         """An ``nn.Sequential`` of ``Linear`` and ``ReLU`` computing the same function.
