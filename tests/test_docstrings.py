@@ -39,6 +39,16 @@ MODULES = [
     "nsr.eval.metrics",
     "nsr.eval.render",
     "nsr.training.shapes",
+    "nsr.training.lightning",
+    "nsr.extraction.cells",
+    "nsr.extraction.tracking",
+    "nsr.regularizers",
+    "nsr.pl.graph",
+    "nsr.pl.bounds",
+    "nsr.pl.convert",
+    "nsr.pl.encoding",
+    "nsr.pl.models",
+    "nsr.pl.onnx_io",
 ]
 
 # Methods whose contract is fixed by a framework and documented there, not by us.
