@@ -11,7 +11,13 @@ from torch import Tensor
 from nsr.extraction.evaluate import _evaluate
 from nsr.extraction.memory import _check_memory, default_memory_limit
 from nsr.extraction.progress import _progress
-from nsr.extraction.pruning import _prune_regions, _prune_regions_bounded, _tiles_reaching
+from nsr.extraction.pruning import (
+    _prune_regions,
+    _prune_regions_bounded,
+    _tiles_reaching,
+    may_reach,
+    output_bounds,
+)
 from nsr.extraction.skeleton import _Buffer, _prune_tiles, box_skeleton, split_by_constraint
 from nsr.extraction.tolerances import facet_tolerances, sign_tolerances, warn_uncertain, warn_unpaired
 from nsr.networks import PLNetwork
@@ -81,6 +87,16 @@ def subdivide(
     tile_ranges: list[tuple[Tensor, Tensor]] = []
     try:
         normals, offsets, facet_tol = facets
+        if prune and layout.n_facets:
+            # An encoder has many planes (thousands at fine levels), each cut through every vertex: first
+            # drop the tiles whose output provably misses the level, bounded through the encoder's
+            # feature ranges, as the layers below drop them from their exact ranges.
+            olo, ohi = output_bounds(net, tile_lo, tile_hi)
+            reach = may_reach(olo, ohi, lv, tol_out)
+            if keep_negative is not None:
+                reach |= keep_negative & (ohi < lv + tol_out)
+            alive &= reach
+            _prune_tiles(sk, alive)
         for p in range(layout.n_facets):  # the encoder's planes: affine in x, so split first
             split_by_constraint(sk, None, sk.x.t @ normals[p] - offsets[p], layout.facet(p), facet_tol[p])
             _check_memory(sk, None, limit, 0, n_neurons, desc)
