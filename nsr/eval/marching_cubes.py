@@ -18,7 +18,7 @@ import torch
 import trimesh
 
 from nsr.extraction.guards import as_bounds
-from nsr.networks import NetworkError, PLNetwork, as_network
+from nsr.networks import PLNetwork
 
 # Bytes held per grid sample: the float32 value grid plus scikit-image's working copy,
 # and headroom for the output mesh of a busy surface.
@@ -136,23 +136,17 @@ def check_memory(resolution: int | Sequence[int], chunk: int = DEFAULT_CHUNK, wi
 
 def _as_field(net: Any, dtype: torch.dtype, device: Any, level: float = 0.0) -> tuple[Callable, int, float]:
     """A callable ``(N, 3) -> (N,)``, its widest layer and the level to mesh in its values; plain
-    callables pass through. Networks other than plain ReLU MLPs (skips, residuals, output
-    transforms, encoders) are evaluated as their :class:`nsr.pl.PLGraph`, whose values are the
-    output before any transform, at the matching level (``level=0`` of a tanh network is 0)."""
+    callables pass through. Every network is evaluated as its :class:`nsr.pl.PLGraph` (the one
+    evaluator), whose values are the output before any transform, at the matching level
+    (``level=0`` of a tanh network is 0; plain MLPs have no transform)."""
     from nsr.pl.graph import PLGraph, as_graph
 
     if callable(net) and not isinstance(net, (PLNetwork, PLGraph, torch.nn.Module)):
         return net, 64, level
-    try:
-        pl = as_network(net, dtype=dtype, device=device)
-    except NetworkError:
-        graph = as_graph(net).to(device=device, dtype=dtype)
-        if graph.in_dim != 3:
-            raise ValueError(f"marching cubes needs a 3D network, got input dimension {graph.in_dim}") from None
-        return graph, max(graph.widths, default=1), graph.level(level)
-    if pl.in_dim != 3:
-        raise ValueError(f"marching cubes needs a 3D network, got input dimension {pl.in_dim}")
-    return pl, max(pl.widths, default=1), level
+    graph = as_graph(net).to(device=device, dtype=dtype)
+    if graph.in_dim != 3:
+        raise ValueError(f"marching cubes needs a 3D network, got input dimension {graph.in_dim}")
+    return graph, max(graph.widths, default=1), graph.level(level)
 
 
 def evaluate_grid(
@@ -243,7 +237,7 @@ def marching_cubes(
 ) -> trimesh.Trimesh | tuple[trimesh.Trimesh, dict[str, float]]:
     """Mesh the ``level`` set of a 3D network with Lewiner marching cubes.
 
-    ``net``: anything :func:`nsr.networks.as_network` reads, or a callable ``(N, 3) -> (N,)``.
+    ``net``: any network nsr reads (:func:`nsr.pl.as_graph`), or a callable ``(N, 3) -> (N,)``.
     ``bounds``: ``(lo, hi)`` or ``(3, 2)``. ``resolution``: samples per axis (int or 3 ints).
     Returns a :class:`trimesh.Trimesh` (vertices ``(V, 3)`` in world coordinates, faces
     ``(F, 3)`` outward for negative-inside fields), empty with a warning when the level is
@@ -253,7 +247,7 @@ def marching_cubes(
     Parameters
     ----------
     net : network or callable
-        Anything :func:`nsr.networks.as_network` reads (3 inputs), or a callable
+        Any network nsr reads (:func:`nsr.pl.as_graph`) (3 inputs), or a callable
         ``(N, 3) -> (N,)``.
     bounds : (lo, hi) or (3, 2) array_like
         The box sampled; both faces are on the grid.
