@@ -107,6 +107,8 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> 
 
 COMPLEX_FORMAT = "nsr.PolyhedralComplex"
 COMPLEX_VERSION = 1
+# arrays of a network saved as a PLGraph state dict (skip blocks, leaky neurons, ...) carry this prefix
+GRAPH_PREFIX = "graph."
 _MAX_LAYERS = 10_000
 
 
@@ -208,10 +210,33 @@ def _ids_in_range(path: Path, name: str, a: np.ndarray, n: int, what: str) -> No
         raise ComplexFileError(f"{path}: '{name}' holds {what} outside [0, {n}): min {a.min()}, max {a.max()}")
 
 
+def _graph_from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Any:
+    """The :class:`~nsr.pl.PLGraph` stored under :data:`GRAPH_PREFIX` (numbers only), validated by
+    :meth:`~nsr.pl.PLGraph.from_state_dict`."""
+    from nsr.pl.graph import NotPiecewiseAffineError, PLGraph
+
+    sd = {}
+    for name, a in arrays.items():
+        if not name.startswith(GRAPH_PREFIX):
+            continue
+        if a.dtype.kind not in "fiu":
+            raise ComplexFileError(f"{path}: array '{name}' has dtype {a.dtype}, expected numbers")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ComplexFileError(f"{path}: array '{name}' contains NaN or inf")
+        sd[name[len(GRAPH_PREFIX):]] = torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a)
+    if not sd:
+        raise ComplexFileError(f"{path}: its network arrays ('{GRAPH_PREFIX}*') are missing")
+    try:
+        return PLGraph.from_state_dict(sd).to(dtype=torch.float64)
+    except (NotPiecewiseAffineError, KeyError, ValueError, IndexError, RuntimeError) as err:
+        raise ComplexFileError(f"{path}: its network is not valid: {err}") from err
+
+
 def read_complex_file(path: str | Path) -> dict[str, Any]:
     """Read and validate a file written by ``PolyhedralComplex.save`` (never unpickling anything).
 
-    Returns ``meta`` (dict), ``net`` (:class:`~nsr.networks.PLNetwork`, float64), ``bounds``
+    Returns ``meta`` (dict), ``net`` (:class:`~nsr.networks.PLNetwork`, or a :class:`~nsr.pl.PLGraph` for
+    networks with skip blocks or other neurons; float64), ``bounds``
     ``(D, 2)``, ``vertices`` ``(V, D)`` float, ``edges`` ``(E, 2)``, ``vertex_zeros`` ``(V, D)``,
     ``edge_zeros`` ``(E, D-1)`` and ``vertex_signs`` ``(V, W)`` int64, all checked: shapes, dtypes,
     finite numbers, ``lo < hi``, vertex and constraint ids in range, a valid ReLU network of
@@ -263,13 +288,16 @@ def read_complex_file(path: str | Path) -> dict[str, Any]:
     d = bounds.shape[0]
     if d < 1 or not (bounds[:, 0] < bounds[:, 1]).all():
         raise ComplexFileError(f"{path}: 'bounds' must be (D, 2) rows with lo < hi, got {bounds.tolist()}")
-    layers = [(_need(path, arrays, f"weight_{i}", "f", (None, None)), _need(path, arrays, f"bias_{i}", "f", (None,)))
-              for i in range(meta["n_layers"])]
-    try:
-        net = PLNetwork([torch.from_numpy(w.astype(np.float64)) for w, _ in layers],
-                        [torch.from_numpy(b.astype(np.float64)) for _, b in layers])
-    except NetworkError as err:
-        raise ComplexFileError(f"{path}: its network is not valid: {err}") from err
+    if meta.get("network", "mlp") == "graph":
+        net = _graph_from_arrays(path, arrays)
+    else:
+        layers = [(_need(path, arrays, f"weight_{i}", "f", (None, None)),
+                   _need(path, arrays, f"bias_{i}", "f", (None,))) for i in range(meta["n_layers"])]
+        try:
+            net = PLNetwork([torch.from_numpy(w.astype(np.float64)) for w, _ in layers],
+                            [torch.from_numpy(b.astype(np.float64)) for _, b in layers])
+        except NetworkError as err:
+            raise ComplexFileError(f"{path}: its network is not valid: {err}") from err
     if net.in_dim != d:
         raise ComplexFileError(f"{path}: the network takes {net.in_dim} inputs but the box has {d} dimensions")
     vertices = _need(path, arrays, "vertices", "f", (None, d))

@@ -397,9 +397,29 @@ def test_surface_workers_read_the_graph_state():
     np.testing.assert_allclose(_unique_rows(a.vertices), _unique_rows(b.vertices), atol=1e-12)
 
 
-def test_saving_the_complex_of_a_non_mlp_graph_is_refused(tmp_path):
-    cx = extract_complex(_graph("skip", 2), (-1, 1), progress=False)
-    with pytest.raises(ValueError, match="not supported yet"):
+@pytest.mark.parametrize("kind", ["skip", "residual", "leaky", "tanh"])
+def test_the_complex_of_a_non_mlp_graph_saves_and_loads(tmp_path, kind):
+    from nsr.extraction.complex import PolyhedralComplex
+
+    g = _graph(kind, 2)
+    cx = extract_complex(g, (-1, 1), progress=False)
+    back = PolyhedralComplex.load(cx.save(tmp_path / "c.npz"))
+    assert back.f_vector == cx.f_vector and back.euler_characteristic == 1
+    for name in ("vertices", "edges", "vertex_zeros", "edge_zeros", "vertex_signs"):
+        assert torch.equal(getattr(back, name), getattr(cx, name))
+    # the network read back is the same function as the module's graph (not the file's own claim)
+    x = torch.rand(500, 2, dtype=D64) * 2 - 1
+    torch.testing.assert_close(back.net(x), g(x), rtol=0, atol=1e-12)
+    # every vertex lies on the neurons it records, evaluated through the network read back
+    pre = torch.cat([back.net.preactivations(back.vertices, layer) for layer in range(back.net.n_layers)], 1)
+    ids = back.vertex_zeros.long() - back.layout.neuron_offset
+    on = ids >= 0
+    assert on.any() and float(pre.gather(1, ids.clamp(min=0))[on].abs().max()) < 1e-12
+
+
+def test_saving_the_complex_of_an_encoder_network_is_refused(tmp_path):
+    cx = extract_complex(_encoder_graphs(2)[0], (-1, 1), progress=False)
+    with pytest.raises(ValueError, match="encoder is not supported"):
         cx.save(tmp_path / "c.npz")
     assert not list(tmp_path.iterdir())
 

@@ -79,7 +79,7 @@ from nsr.extraction.memory import peak_memory_mb
 from nsr.extraction.skeleton import _Buffer, _Skeleton, split_by_constraint
 from nsr.extraction.subdivide import encoder_facets, subdivide
 from nsr.extraction.tolerances import sign_tolerances, warn_uncertain, warn_unpaired
-from nsr.files import COMPLEX_FORMAT, COMPLEX_VERSION, atomic_write, read_complex_file
+from nsr.files import COMPLEX_FORMAT, COMPLEX_VERSION, GRAPH_PREFIX, atomic_write, read_complex_file
 from nsr.networks import PLNetwork
 from nsr.pl.graph import PLGraph, as_graph
 from nsr.pl.layout import ConstraintLayout
@@ -284,17 +284,23 @@ class PolyhedralComplex:
             "vertex_signs": self.vertex_signs.cpu().numpy(),
             "bounds": self.bounds,
         }
-        if not (self.net.is_mlp and self.net.is_relu and self.net.encoder is None):
-            raise ValueError("saving the complex of a network with skip or residual blocks, non-ReLU neurons or an "
-                             "encoder is not supported yet (the file format stores Linear/ReLU layers); keep the "
-                             "network and extract again, or save the mesh")
-        plain = self.net.to_plnetwork(pre_transform=True)  # the complex is g's: the transform is not needed
-        for i, (w, b) in enumerate(zip(plain.weights, plain.biases)):
-            arrays[f"weight_{i}"] = w.detach().cpu().double().numpy()
-            arrays[f"bias_{i}"] = b.detach().cpu().double().numpy()
+        if self.net.encoder is not None:
+            raise ValueError("saving the complex of a network with an encoder is not supported (the encoder's tables "
+                             "are an object of their own); keep the network and extract again, or save the mesh")
         meta = {"format": COMPLEX_FORMAT, "version": COMPLEX_VERSION, "level": self.level,
-                "n_layers": len(plain.weights), "dtype": str(self.vertices.dtype),
-                "stats": self.stats}
+                "dtype": str(self.vertices.dtype), "stats": self.stats}
+        if self.net.is_mlp and self.net.is_relu:
+            # plain ReLU MLPs keep the Linear/ReLU layout that older files and other tools read
+            plain = self.net.to_plnetwork(pre_transform=True)  # the complex is g's: the transform is not needed
+            for i, (w, b) in enumerate(zip(plain.weights, plain.biases)):
+                arrays[f"weight_{i}"] = w.detach().cpu().double().numpy()
+                arrays[f"bias_{i}"] = b.detach().cpu().double().numpy()
+            meta["n_layers"] = len(plain.weights)
+        else:  # skip/residual blocks, leaky or two-sided neurons, output transforms: the graph's plain tensors
+            for key, value in self.net.state_dict().items():
+                t = value.detach().cpu()
+                arrays[GRAPH_PREFIX + key] = (t.double() if t.is_floating_point() else t).numpy()
+            meta.update(network="graph", n_layers=self.net.n_layers + 1)
         arrays["meta"] = np.array(json.dumps(meta, default=float))
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))

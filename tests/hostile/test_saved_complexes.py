@@ -168,3 +168,46 @@ def test_saved_files_honour_the_umask_and_long_names(tmp_path, saved):
     assert len(path.name) == 250 and oct(path.stat().st_mode & 0o777) == "0o644"
     assert PolyhedralComplex.load(path).f_vector == cx.f_vector
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
+
+
+@pytest.fixture(scope="module")
+def saved_graph(tmp_path_factory) -> tuple[dict[str, np.ndarray], PolyhedralComplex]:
+    """The complex of a LeakyReLU network with a skip block, saved as a graph state."""
+    from torch import nn
+
+    from nsr.pl import trace
+
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(2, 4), nn.Linear(6, 4), nn.Linear(4, 1)
+
+        def forward(self, x):
+            h = nn.functional.leaky_relu(self.a(x), 0.1)
+            return self.out(torch.relu(self.b(torch.cat([h, x], 1))))
+
+    torch.manual_seed(3)
+    cx = extract_complex(trace(Skip().eval(), in_dim=2), (-1, 1), progress=False)
+    path = cx.save(tmp_path_factory.mktemp("cx") / "g.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, cx
+
+
+GRAPH_TAMPERED = [
+    ("NaN graph weight", lambda a: {k: np.full_like(v, np.nan) for k, v in a.items()
+                                    if k.startswith("graph.layers.1.blocks")}, "NaN"),
+    ("graph arrays missing", lambda a: {k: None for k in a if k.startswith("graph.")}, "missing"),
+    ("graph blocks that do not chain", lambda a: {"graph.layers.1.blocks.0": np.zeros((4, 7))}, "not valid"),
+    ("string graph array", lambda a: {"graph.output.bias": np.array(["x"])}, "dtype"),
+]
+
+
+@pytest.mark.parametrize("case, change, words", GRAPH_TAMPERED, ids=[c[0] for c in GRAPH_TAMPERED])
+def test_tampered_graph_files_are_refused_by_name(tmp_path, saved_graph, case, change, words):
+    arrays, cx = saved_graph
+    assert PolyhedralComplex.load(_tampered(tmp_path, arrays)).f_vector == cx.f_vector  # untampered reads
+    path = _tampered(tmp_path, arrays, **change(arrays))
+    with pytest.raises(ComplexFileError, match=words) as info:
+        PolyhedralComplex.load(path)
+    assert "bad.npz" in str(info.value)
