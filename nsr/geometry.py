@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from nsr.networks import PLNetwork, ReLUMLP
+from nsr.pl.encoding import GridMLP, SimplexGridEncoder
 from nsr.pl.graph import ENCODED, INPUT, Affine, Layer, OutputTransform, PLGraph, as_graph
 from nsr.pl.layout import FACET, ConstraintLayout
 from nsr.pl.models import ResidualMLP, SkipMLP
@@ -151,6 +152,22 @@ def _residual_graph(m: ResidualMLP) -> PLGraph:
     return PLGraph(m.in_dim, layers, Affine({len(layers) - 1: m.head.weight}, m.head.bias))
 
 
+def _grid_graph(m: GridMLP) -> PLGraph:
+    """The live graph of a :class:`~nsr.pl.encoding.GridMLP`: its encoder reads the module's own
+    table (so feature maps, hence vertex positions, are differentiable in it) and the MLP's blocks
+    are its ``nn.Linear`` parameters; the first layer reads the grid features (source ``ENCODED``)
+    and, with ``include_input``, the raw coordinates (source ``INPUT``) from its last columns."""
+    enc = SimplexGridEncoder(m.encoding, include_input=False)  # table = m.encoding.table itself
+    ws = [layer.weight for layer in m.layers]
+    bs = [layer.bias for layer in m.layers]
+    n_grid = enc.out_dim
+    first = {ENCODED: ws[0][:, :n_grid]}
+    if m.encoding.include_input:
+        first[INPUT] = ws[0][:, n_grid:]
+    layers = [Layer(first, bs[0])] + [Layer({l - 1: w}, b) for l, (w, b) in enumerate(zip(ws[1:-1], bs[1:-1]), 1)]
+    return PLGraph(m.in_dim, layers, Affine({len(layers) - 1: ws[-1]}, bs[-1]), encoder=enc)
+
+
 def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
     """The :class:`PLGraph` of a network, with its tensors live in the module's parameters.
 
@@ -200,6 +217,8 @@ def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
         graph = _skip_graph(net)
     elif isinstance(net, ResidualMLP):
         graph = _residual_graph(net)
+    elif isinstance(net, GridMLP):
+        graph = _grid_graph(net)
     elif isinstance(net, PLNetwork):
         graph = as_graph(net)
     elif isinstance(net, (tuple, list)) and len(net) == 2:
@@ -217,7 +236,7 @@ def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
     return graph if dtype is None or graph.dtype == dtype else graph.to(dtype=dtype)
 
 
-_LIVE_MODULES = (ReLUMLP, SkipMLP, ResidualMLP)
+_LIVE_MODULES = (ReLUMLP, SkipMLP, ResidualMLP, GridMLP)
 
 
 def has_live_graph(net: Any) -> bool:
@@ -1416,4 +1435,7 @@ def polygon_isoperimetric_quality(vertices: Tensor, cycles: Tensor) -> Tensor:
     """
     area = polygon_areas(vertices, cycles)
     per = polygon_perimeters(vertices, cycles)
-    return 4.0 * math.pi * area / (per * per + 1e-30)
+    # the floor's square must not underflow (the gradient divides by it): 1e-30 in float64, ~1e-18 in float32
+    # (degenerate polygons of zero perimeter occur, e.g. on the lines where three planes of a grid encoder meet)
+    floor = max(1e-30, 1e2 * math.sqrt(torch.finfo(per.dtype).tiny))
+    return 4.0 * math.pi * area / (per * per + floor)

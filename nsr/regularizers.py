@@ -22,6 +22,7 @@ in the box, or with input dimension other than 3, warns once and contributes zer
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -39,7 +40,6 @@ from nsr import geometry as G
 from nsr.extraction.guards import as_bounds
 from nsr.geometry import SurfaceStructure
 from nsr.pl.graph import Affine, Layer, PLGraph
-from nsr.pl.models import ResidualMLP, SkipMLP
 
 try:  # Lightning is a dependency, but keep the geometry usable without importing it eagerly
     from lightning.pytorch.callbacks import Callback
@@ -51,6 +51,9 @@ def _zero(net: Any) -> Tensor:
     """A zero scalar attached to the parameters' graph (so ``backward`` works), ``()``."""
     graph = G.network_graph(net)
     tensors = [t for aff in (*graph.layers, graph.output) for t in (aff.bias, *aff.blocks.values())]
+    table = getattr(graph.encoder, "table", None)  # a grid encoder's features are parameters too
+    if isinstance(table, Tensor):
+        tensors.append(table)
     return sum((t.sum() * 0.0 for t in tensors), torch.zeros((), dtype=graph.dtype, device=graph.device))
 
 
@@ -59,9 +62,9 @@ def _check_live(net: Any) -> None:
     if not G.has_live_graph(net):
         raise TypeError(
             f"exact regularizers need gradients to reach the parameters of {type(net).__name__}, but nsr.pl.trace "
-            "gives a graph without them; nsr builds differentiable graphs for ReLUMLP, nsr.pl.SkipMLP and "
-            "nsr.pl.ResidualMLP (or a module holding one as .net), PLGraph/PLNetwork tensors and (weights, biases) "
-            "pairs: train one of those")
+            "gives a graph without them; nsr builds differentiable graphs for ReLUMLP, nsr.pl.SkipMLP, "
+            "nsr.pl.ResidualMLP and nsr.pl.encoding.GridMLP (or a module holding one as .net), PLGraph/PLNetwork "
+            "tensors and (weights, biases) pairs: train one of those")
 
 
 class ExactSurface:
@@ -91,7 +94,8 @@ class ExactSurface:
     ----------
     net : network
         Anything :func:`nsr.geometry.network_graph` reads with gradients to its parameters
-        (:func:`nsr.geometry.has_live_graph`): ReLUMLP, SkipMLP, ResidualMLP, graphs, networks.
+        (:func:`nsr.geometry.has_live_graph`): ReLUMLP, SkipMLP, ResidualMLP, GridMLP (positions
+        and normals differentiable in its tables too), graphs, networks.
     structure : SurfaceStructure
         The combinatorics of an extracted surface.
     level : float
@@ -209,8 +213,14 @@ class ExactSurface:
 
     @cached_property
     def region_gradients(self) -> Tensor:
-        """Exact ``grad f`` of each polygon's region, ``(P, 3)``."""
-        return G.region_gradients(self.params, self._patterns("polygon_patterns"))
+        """Exact ``grad f`` of each polygon's region, ``(P, 3)``. With an encoder, a polygon's
+        region is also a cell of the encoder's planes (the extractor cuts polygons by them): it
+        is read at the mean of the polygon's extracted vertices, inside the polygon."""
+        points = None
+        if self.params.encoder is not None:
+            s = self.structure
+            points = s.vertices0[s.cycles].mean(1).to(self.params.dtype)
+        return G.region_gradients(self.params, self._patterns("polygon_patterns"), points=points)
 
     @cached_property
     def region_normals(self) -> Tensor:
@@ -1230,12 +1240,13 @@ class ExactRegularizerCallback(Callback):
 
     def _snapshot(self, pl_module: Any) -> Any:
         """The network as a :class:`~nsr.networks.PLNetwork` (plain MLPs) or a
-        :class:`~nsr.pl.PLGraph` (skip, residual, graphs) of cloned, detached tensors, numbered
-        like the graph the geometry reads (:func:`nsr.geometry.network_graph`)."""
-        from nsr.networks import PLNetwork, as_network
+        :class:`~nsr.pl.PLGraph` (skip, residual, grid, traced modules, graphs; an encoder with a
+        cloned table) of cloned, detached tensors, numbered like the graph the geometry reads
+        (:func:`nsr.geometry.network_graph`)."""
+        from nsr.networks import PLNetwork, ReLUMLP, as_network
 
         net = getattr(pl_module, "net", pl_module)
-        if isinstance(net, (PLGraph, SkipMLP, ResidualMLP)):
+        if isinstance(net, PLGraph) or (isinstance(net, torch.nn.Module) and not isinstance(net, ReLUMLP)):
             return _detached_graph(G.network_graph(net))
         pl = as_network(net)
         with torch.no_grad():
@@ -1289,12 +1300,14 @@ class ExactRegularizerCallback(Callback):
             self._job = self._executor.submit(_extract_structure, pl, bounds,
                                               self.extract_kwargs, self.max_vertices)
         else:  # numpy in, numpy out: nothing of the live module crosses the process boundary
-            if isinstance(pl, PLGraph):
-                weights, biases = {k: v.numpy() for k, v in pl.state_dict().items()}, None
+            encoder = None
+            if isinstance(pl, PLGraph):  # an encoder (its cloned table) travels pickled, as to surface workers
+                weights, biases = {k: v.numpy() for k, v in pl.layer_state().items()}, None
+                encoder = None if pl.encoder is None else pl.encoder.to(device="cpu")
             else:
                 weights, biases = [w.cpu().numpy() for w in pl.weights], [b.cpu().numpy() for b in pl.biases]
             self._job = self._executor.submit(_extract_in_process, weights, biases, bounds, self.extract_kwargs,
-                                              self.max_vertices)
+                                              self.max_vertices, encoder)
             self._job_device = pl.device
             _renice_workers(self._executor, self.worker_nice)
         self._job_step = self._requested_at = step
@@ -1417,8 +1430,12 @@ def _extract_structure(
         kw.setdefault("seeds", 32)
     structure, n_big = None, 0
     with torch.no_grad():
-        tracked = _track_structure(pl, bounds, kw["seeds"], kw.get("level", 0.0)) \
-            if kw["mode"] == "track" and set(kw) <= {"mode", "seeds", "level"} else "not tried"
+        try:
+            tracked = _track_structure(pl, bounds, kw["seeds"], kw.get("level", 0.0)) \
+                if kw["mode"] == "track" and set(kw) <= {"mode", "seeds", "level"} else "not tried"
+        except NotImplementedError as err:  # track mode without encoder support: the complete surface mode
+            tracked = str(err)
+            kw = {k: v for k, v in kw.items() if k != "seeds"} | {"mode": "surface"}
         if isinstance(tracked, str):
             mesh = extract_mesh(pl, bounds, dtype=torch.float64, device=pl.device, progress=False, **kw)
             if not mesh.is_empty and len(mesh.polygons):
@@ -1450,16 +1467,16 @@ def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> S
 
 def _extract_in_process(
     weights: list[np.ndarray] | dict[str, np.ndarray], biases: list[np.ndarray] | None, bounds: np.ndarray,
-    extract_kwargs: Mapping[str, Any], max_vertices: int | None,
+    extract_kwargs: Mapping[str, Any], max_vertices: int | None, encoder: Any = None,
 ) -> tuple[dict[str, np.ndarray] | None, float, int]:
     """:func:`_extract_structure` in a worker process, numpy in and out (``weights`` a
-    :meth:`PLGraph.state_dict` as numpy and ``biases`` ``None`` for a graph)."""
+    :meth:`PLGraph.layer_state` as numpy, ``biases`` ``None`` and ``encoder`` the graph's, for a graph)."""
     from dataclasses import fields
 
     from nsr.networks import PLNetwork
 
     if isinstance(weights, dict):
-        pl = PLGraph.from_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        pl = PLGraph.from_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, encoder)
     else:
         pl = PLNetwork([torch.from_numpy(w) for w in weights], [torch.from_numpy(b) for b in biases])
     structure, seconds, n_big = _extract_structure(pl, bounds, extract_kwargs, max_vertices)
@@ -1470,12 +1487,17 @@ def _extract_in_process(
 
 
 def _detached_graph(graph: PLGraph) -> PLGraph:
-    """A copy of ``graph`` of cloned, detached tensors (what a background extraction may read)."""
+    """A copy of ``graph`` of cloned, detached tensors (what a background extraction may read);
+    an encoder with a ``table`` (a grid encoder) gets a cloned, detached table."""
     def parts(aff: Any) -> tuple[dict[int, Tensor], Tensor]:
         return {k: w.detach().clone() for k, w in aff.blocks.items()}, aff.bias.detach().clone()
 
     layers = [Layer(*parts(layer), layer.neg.detach().clone(), layer.pos.detach().clone()) for layer in graph.layers]
-    return PLGraph(graph.in_dim, layers, Affine(*parts(graph.output)), graph.transform)
+    encoder = graph.encoder
+    if isinstance(getattr(encoder, "table", None), Tensor):
+        encoder = copy.copy(encoder)
+        encoder.table = encoder.table.detach().clone()
+    return PLGraph(graph.in_dim, layers, Affine(*parts(graph.output)), graph.transform, encoder)
 
 
 def _init_worker(threads: int, niceness: int) -> None:
