@@ -1437,7 +1437,16 @@ def _extract_structure(
             tracked = str(err)
             kw = {k: v for k, v in kw.items() if k != "seeds"} | {"mode": "surface"}
         if isinstance(tracked, str):
-            mesh = extract_mesh(pl, bounds, dtype=torch.float64, device=pl.device, progress=False, **kw)
+            try:
+                mesh = extract_mesh(pl, bounds, dtype=torch.float64, device=pl.device, progress=False, **kw)
+            except MemoryError as err:
+                if getattr(pl, "encoder", None) is None:
+                    raise
+                raise MemoryError(
+                    f"exact regularizers re-extract the surface of this encoder network in surface mode ({tracked}), "
+                    "which cuts the box by every plane of the grid first; this grid is too fine for that: train "
+                    f"with a coarser grid (fewer levels, lower max_resolution) or without the regularizer. {err}"
+                ) from err
             if not mesh.is_empty and len(mesh.polygons):
                 structure = SurfaceStructure.from_mesh(mesh, device=pl.device)
         else:
