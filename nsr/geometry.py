@@ -172,12 +172,15 @@ def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
     """The :class:`PLGraph` of a network, with its tensors live in the module's parameters.
 
     nsr's own modules (:class:`ReLUMLP`, :class:`nsr.pl.SkipMLP`, :class:`nsr.pl.ResidualMLP`,
-    or a module holding one as ``.net``) and ``(weights, biases)`` pairs give a graph whose
-    blocks and biases are computed from the parameters without detaching, so vertex positions
-    and region maps built from it are differentiable in ``net.parameters()``. A
-    :class:`PLGraph` is used as it is (differentiable in its own tensors), a
-    :class:`PLNetwork` through :func:`nsr.pl.as_graph`. Any other module is traced
-    (:func:`nsr.pl.trace`): a constant graph, see :func:`has_live_graph`.
+    :class:`nsr.pl.encoding.GridMLP`, or a module holding one as ``.net``) and ``(weights,
+    biases)`` pairs give a graph whose blocks and biases are computed from the parameters without
+    detaching, so vertex positions and region maps built from it are differentiable in
+    ``net.parameters()``; a GridMLP's encoder reads the module's own table, so they are
+    differentiable in the table too. A :class:`PLGraph` is used as it is (differentiable in its
+    own tensors), a :class:`PLNetwork` through :func:`nsr.pl.as_graph`. Any other module is
+    traced with ``nsr.pl.trace(module, live=True)``: the same folding as a default trace (and
+    the same check against the module), with the parameters kept in the autograd graph; a
+    module that is not piecewise affine is refused there (``NotPiecewiseAffineError``).
 
     Parameters
     ----------
@@ -194,6 +197,8 @@ def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
     ------
     TypeError
         For something that is not a network.
+    nsr.pl.NotPiecewiseAffineError
+        For a module that cannot be traced.
 
     Examples
     --------
@@ -225,11 +230,11 @@ def network_graph(net: Any, dtype: torch.dtype | None = None) -> PLGraph:
         graph = _mlp_graph(list(net[0]), list(net[1]))
     elif isinstance(net, nn.Module) and isinstance(getattr(net, "net", None), _LIVE_MODULES):
         return network_graph(net.net, dtype)
-    elif isinstance(net, nn.Module):  # any other module: traced, a constant graph (see has_live_graph)
+    elif isinstance(net, nn.Module):  # any other module: traced with its parameters kept live
         from nsr.pl import trace
 
         inner = getattr(net, "net", None)
-        graph = trace(inner if isinstance(inner, nn.Module) else net)
+        graph = trace(inner if isinstance(inner, nn.Module) else net, live=True)
     else:
         raise TypeError(f"cannot read a network from {type(net).__name__}: pass an nn.Module, a PLGraph, a "
                         "PLNetwork or a (weights, biases) pair")
@@ -242,9 +247,9 @@ _LIVE_MODULES = (ReLUMLP, SkipMLP, ResidualMLP, GridMLP)
 def has_live_graph(net: Any) -> bool:
     """Whether :func:`network_graph` keeps gradients to ``net``'s parameters.
 
-    True for nsr's own modules (or a module holding one as ``.net``), graphs, networks and
-    ``(weights, biases)`` pairs; False for other modules, which are traced into constant graphs
-    (:func:`nsr.pl.trace` detaches), so that a regularizer on them would have no gradient.
+    True for every module (nsr's own are read directly, any other is traced with
+    ``live=True``, which refuses what is not piecewise affine), graphs, networks and
+    ``(weights, biases)`` pairs; False for anything else.
 
     Parameters
     ----------
@@ -260,12 +265,13 @@ def has_live_graph(net: Any) -> bool:
     >>> import torch
     >>> from nsr.pl import ResidualMLP
     >>> from nsr.geometry import has_live_graph
-    >>> has_live_graph(ResidualMLP(3, 8, 2)), has_live_graph(torch.nn.Sequential(torch.nn.Linear(3, 1)))
-    (True, False)
+    >>> seq = torch.nn.Sequential(torch.nn.Linear(3, 1))
+    >>> has_live_graph(ResidualMLP(3, 8, 2)), has_live_graph(seq), has_live_graph(3)
+    (True, True, False)
     """
-    if isinstance(net, _LIVE_MODULES) or isinstance(getattr(net, "net", None), _LIVE_MODULES):
+    if isinstance(net, (nn.Module, PLGraph, PLNetwork)):
         return True
-    return not isinstance(net, nn.Module)
+    return isinstance(net, (tuple, list)) and len(net) == 2
 
 
 def _split_patterns(graph: PLGraph, patterns: Tensor) -> list[Tensor]:

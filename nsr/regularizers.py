@@ -58,13 +58,12 @@ def _zero(net: Any) -> Tensor:
 
 
 def _check_live(net: Any) -> None:
-    """Refuse a module whose graph would be traced, hence constant: its regularizers would have no gradient."""
+    """Refuse what has no graph live in its parameters (modules are traced live, see nsr.geometry.has_live_graph)."""
     if not G.has_live_graph(net):
         raise TypeError(
-            f"exact regularizers need gradients to reach the parameters of {type(net).__name__}, but nsr.pl.trace "
-            "gives a graph without them; nsr builds differentiable graphs for ReLUMLP, nsr.pl.SkipMLP, "
-            "nsr.pl.ResidualMLP and nsr.pl.encoding.GridMLP (or a module holding one as .net), PLGraph/PLNetwork "
-            "tensors and (weights, biases) pairs: train one of those")
+            f"exact regularizers need gradients to reach the parameters of {type(net).__name__}: pass an nn.Module "
+            "(nsr's ReLUMLP, SkipMLP, ResidualMLP, GridMLP, or any piecewise-affine module, traced live), a "
+            "PLGraph/PLNetwork of tensors or a (weights, biases) pair")
 
 
 class ExactSurface:
@@ -95,7 +94,8 @@ class ExactSurface:
     net : network
         Anything :func:`nsr.geometry.network_graph` reads with gradients to its parameters
         (:func:`nsr.geometry.has_live_graph`): ReLUMLP, SkipMLP, ResidualMLP, GridMLP (positions
-        and normals differentiable in its tables too), graphs, networks.
+        and normals differentiable in its tables too), any piecewise-affine module (traced with
+        ``nsr.pl.trace(module, live=True)`` in every term), graphs, networks.
     structure : SurfaceStructure
         The combinatorics of an extracted surface.
     level : float

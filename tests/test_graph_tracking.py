@@ -21,7 +21,7 @@ from nsr import regularizers as R
 from nsr.extraction.surface import extract_mesh, track_polygons, weld_tracks
 from nsr.extraction.tracking import region_constraints, track_surface
 from nsr.networks import PLNetwork
-from nsr.pl import INPUT, Affine, Layer, PLGraph, ResidualMLP, SkipMLP, trace
+from nsr.pl import INPUT, Affine, Layer, NotPiecewiseAffineError, PLGraph, ResidualMLP, SkipMLP, trace
 
 BOX = np.array([[-1.0, 1.0]] * 3)
 D = 3
@@ -365,8 +365,13 @@ def test_area_regularizer_step_on_a_skip_mlp():
     assert float(after["area"]) < float(terms["area"])
 
 
-def test_regularizers_refuse_a_module_without_a_live_graph():
+def test_regularizers_refuse_what_has_no_live_graph():
+    """Any piecewise-affine module is traced live (tests/test_live_graphs.py); a module that is not is refused
+    by the trace, and something that is not a network by the regularizers."""
     seq = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    assert not G.has_live_graph(seq)
-    with pytest.raises(TypeError, match="SkipMLP"):
-        R.ExactSurface(seq, None)
+    assert G.has_live_graph(seq) and not G.has_live_graph("net.pt")
+    with pytest.raises(TypeError, match="GridMLP"):
+        R.ExactSurface("net.pt", None)
+    smooth = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+    with pytest.raises(NotPiecewiseAffineError, match="SiLU"):
+        _ = R.ExactSurface(smooth, None).params

@@ -235,3 +235,86 @@ def test_grid_mlp_trains_with_an_exact_regularizer(tmp_path):
     metrics = json.loads((train(cfg) / "metrics.json").read_text())
     assert metrics["global_step"] == 1 and metrics["reg_cost/polygons"] > 0
     assert metrics["reg/smooth"] > 0 and metrics["reg/fit"] > 0
+
+
+# ----------------------------------------------------------------------- traced modules (trace(live=True))
+
+
+class _LeakySkip(torch.nn.Module):
+    """A user's piecewise-affine module: LeakyReLU, the input concatenated again, BatchNorm (eval), tanh output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(3, 12), torch.nn.Linear(12 + 3, 12), torch.nn.Linear(12, 1)
+        self.bn = torch.nn.BatchNorm1d(12)
+        self.act = torch.nn.LeakyReLU(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.a(x))
+        h = self.act(self.bn(self.b(torch.cat([h, x], 1))))
+        return torch.tanh(self.c(h))
+
+
+def _leaky_skip() -> _LeakySkip:
+    torch.manual_seed(4)
+    m = _LeakySkip().double()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.1, 0.1)
+        m.bn.running_var.uniform_(0.5, 1.5)
+        m.bn.weight.uniform_(0.5, 1.5)
+        x = torch.rand(4000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+        m.c.bias -= torch.atanh(m.eval()(x).median())  # tanh is monotone: the median of g moves to 0
+    return m
+
+
+def test_live_trace_is_the_default_trace_with_gradients():
+    from nsr.pl import trace
+
+    m = _leaky_skip().train()
+    with pytest.warns(UserWarning, match="training mode"):
+        frozen, live = trace(m), trace(m, live=True)
+    assert m.training and m.bn.training  # the caller's module is left as it was
+    assert [layer.n for layer in live.layers] == [layer.n for layer in frozen.layers]
+    assert not frozen.layers[1].blocks[-1].requires_grad and live.layers[1].blocks[-1].requires_grad
+    x = torch.rand(300, 3, dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(live(x), frozen(x), rtol=0, atol=1e-13)
+    grads = torch.autograd.grad(live(x).sum(), [m.a.weight, m.b.weight, m.bn.weight, m.c.bias])
+    assert all(float(g.abs().max()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("which", ["skip", "batchnorm"])
+def test_traced_module_vertex_gradients_match_finite_differences(which):
+    m = _leaky_skip().eval()
+    keys, mesh = _vertices_by_key(m)
+    bounds = torch.tensor([BOX] * 3, dtype=torch.float64)
+    param = m.b.weight if which == "skip" else m.bn.weight
+    direction = torch.randn(param.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    if which == "skip":
+        direction[:, :12] = 0.0  # only the weights of the input's second entry
+    x = G.differentiable_vertices(m, torch.as_tensor(mesh.vertices), torch.as_tensor(mesh.vertex_constraints),
+                                  torch.as_tensor(mesh.vertex_patterns), bounds)
+    assert torch.allclose(x.detach(), torch.as_tensor(mesh.vertices), atol=1e-12)
+    ad = _directional_derivative(x, param, direction)
+    h = 1e-6
+    plus_keys, plus = _perturbed(m, param, direction, h)
+    minus_keys, minus = _perturbed(m, param, direction, -h)
+    common = [k for k in keys if k in plus_keys and k in minus_keys]
+    assert len(common) >= 20
+    fd = torch.stack([(plus[plus_keys[k]] - minus[minus_keys[k]]) / (2 * h) for k in common])
+    got = ad[[keys[k] for k in common]]
+    torch.testing.assert_close(got, fd, rtol=1e-5, atol=1e-5)
+    assert float(got.abs().max()) > 1e-2
+
+
+def test_regularizers_train_a_traced_module():
+    m = _leaky_skip().eval()
+    callback = R.ExactRegularizerCallback([R.AreaRegularizer(), R.SmoothnessRegularizer()], bounds=BOX)
+    terms = callback.term(m)
+    params = [m.a.weight, m.b.weight, m.bn.bias]
+    for name, value in terms.items():
+        grads = torch.autograd.grad(value, params, retain_graph=True)
+        assert all(float(g.abs().max()) > 0 for g in grads), name
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    terms["area"].backward()
+    opt.step()
+    assert float(callback.term(m)["area"].detach()) < float(terms["area"].detach())

@@ -110,6 +110,11 @@ class _Builder:
     units: list[_Unit] = field(default_factory=list)
     encoder: SimplexGridEncoder | None = None
     encoding: SimplexGridEncoding | None = None  # the module the encoder was built from
+    live: bool = False  # keep the autograd graph of the module's parameters (trace(live=True))
+
+    def param(self, t: Tensor) -> Tensor:
+        """A parameter as the graph holds it: detached, or itself (cast differentiably) when live."""
+        return t if self.live else t.detach()
 
     def depth(self, e: _Expr) -> int:
         return max((self.units[u].depth for u in e.blocks if u >= 0), default=0)
@@ -125,7 +130,8 @@ class _Builder:
         if m.in_dim != in_dim:
             raise ValueError(f"{type(m).__name__} has in_dim={m.in_dim} but the network input has {in_dim} coordinates")
         if self.encoder is None:
-            table = m.table.detach().to(dtype=self.dtype, device=self.device).clone()
+            table = m.table.to(dtype=self.dtype, device=self.device) if self.live else \
+                m.table.detach().to(dtype=self.dtype, device=self.device).clone()
             self.encoder, self.encoding = SimplexGridEncoder(m, include_input=False, table=table), m
         elif self.encoding is not m:
             raise ValueError("a second simplex-grid encoding: nsr extracts graphs with one encoder")
@@ -365,7 +371,11 @@ class _Interpreter:
             obj: object = self.gm
             for part in str(node.target).split("."):
                 obj = getattr(obj, part)
-            return obj.detach() if isinstance(obj, Tensor) else obj
+            if not isinstance(obj, Tensor):
+                return obj
+            # live: floating tensors in the builder's dtype (a differentiable cast), so that constants
+            # are folded in float64 as in the default trace of a float64 copy
+            return obj.to(self.b.dtype) if self.b.live and obj.is_floating_point() else self.b.param(obj)
         args, kwargs = self.load(node.args), self.load(node.kwargs)
         module = self.modules[node.target] if node.op == "call_module" else None
         uses_net = any(isinstance(a, _NET) for a in _flat(args, kwargs))
@@ -400,14 +410,14 @@ class _Interpreter:
         if isinstance(m, SimplexGridEncoding):
             return self.b.encode(m, x, int(self.x0.blocks[INPUT].shape[1]))
         if isinstance(m, nn.Linear):
-            w, bias = _linear_params(m)
+            w, bias = _linear_params(m, self.b.live)
             return self.linear(x, w, bias)
         if isinstance(m, nn.ReLU):
             return self.b.relu(x)
         if isinstance(m, nn.LeakyReLU):
             return self.b.pl1(x, float(m.negative_slope), 1.0)
         if isinstance(m, nn.PReLU):
-            return self.b.pl1(x, self.channel_param(m.weight.detach(), x), 1.0)
+            return self.b.pl1(x, self.channel_param(self.b.param(m.weight), x), 1.0)
         if isinstance(m, nn.Hardtanh):  # ReLU6 too
             return self.b.clamp(x, float(m.min_val), float(m.max_val))
         if isinstance(m, (nn.Identity, *_DROPOUT_MODULES)):
@@ -437,10 +447,10 @@ class _Interpreter:
                           "it normalizes by the statistics of the batch")
         scale = 1.0 / torch.sqrt(m.running_var.to(self.b.dtype) + m.eps)
         if m.weight is not None:
-            scale = scale * m.weight.detach().to(self.b.dtype)
+            scale = scale * self.b.param(m.weight).to(self.b.dtype)
         shift = -m.running_mean.to(self.b.dtype) * scale
         if m.bias is not None:
-            shift = shift + m.bias.detach().to(self.b.dtype)
+            shift = shift + self.b.param(m.bias).to(self.b.dtype)
         return x.scale(scale).shift(shift)
 
     def channel_param(self, w: Tensor, x: _Expr) -> Tensor:
@@ -515,7 +525,7 @@ class _Interpreter:
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if isinstance(w, _NET) or isinstance(bias, _NET):
                 raise _refuse(node, "F.linear with network-valued weights")
-            return self.linear(x, w.detach(), bias.detach() if bias is not None else None)
+            return self.linear(x, self.b.param(w), self.b.param(bias) if bias is not None else None)
         if target in _DROPOUT:
             training = kwargs.get("training", args[2] if len(args) > 2 else target is not torch.dropout)
             if training and float(kwargs.get("p", args[1] if len(args) > 1 else 0.5)) > 0:
@@ -745,12 +755,14 @@ def _is_weight_norm_hook(hook: object) -> bool:
     return type(hook).__name__ == "WeightNorm"
 
 
-def _linear_params(m: nn.Linear) -> tuple[Tensor, Tensor | None]:
-    """Effective weight and bias; the old ``torch.nn.utils.weight_norm`` computes ``weight`` in a
-    forward pre-hook, so it is recomputed here from ``weight_g`` and ``weight_v``."""
+def _linear_params(m: nn.Linear, live: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Effective weight and bias (detached unless ``live``); the old ``torch.nn.utils.weight_norm``
+    computes ``weight`` in a forward pre-hook, so it is recomputed here from ``weight_g`` and ``weight_v``."""
     for hook in m._forward_pre_hooks.values():
         if _is_weight_norm_hook(hook):
             setattr(m, hook.name, hook.compute_weight(m))
+    if live:
+        return m.weight, m.bias
     w = m.weight.detach()
     return w, m.bias.detach() if m.bias is not None else None
 
@@ -795,6 +807,20 @@ def copy_module(module: nn.Module) -> nn.Module:
             setattr(m, name, value)
 
 
+def _shared_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` that shares its parameters (so that a graph read from the copy is
+    live in them) and copies everything else (so that ``.eval()`` on it leaves the caller's module
+    alone). Weight normalization's computed weights are shared too (recomputed from the shared
+    ``weight_g``/``weight_v`` when read)."""
+    memo: dict[int, object] = {id(p): p for p in module.parameters()}
+    for m in module.modules():
+        for hook in m._forward_pre_hooks.values():
+            computed = getattr(m, getattr(hook, "name", ""), None)
+            if _is_weight_norm_hook(hook) and isinstance(computed, Tensor):
+                memo[id(computed)] = computed
+    return copy.deepcopy(module, memo)
+
+
 def _user_hooks(module: nn.Module) -> list[str]:
     """Paths of submodules with forward hooks other than weight normalization's."""
     out = []
@@ -828,6 +854,7 @@ def trace(
     check_points: int = 256,
     check_box: float = 1.0,
     seed: int = 0,
+    live: bool = False,
 ) -> PLGraph:
     """The :class:`PLGraph` of what ``module`` computes on ``(N, in_dim)`` inputs, in float64.
 
@@ -853,6 +880,14 @@ def trace(
         The check points lie in ``[-check_box, check_box]^D``.
     seed : int
         Seed of the check points.
+    live : bool
+        Keep the autograd graph of the module's parameters: the same folding, run on a copy that
+        shares them (casts to float64 are differentiable) instead of a detached float64 copy, so
+        that vertex positions and region maps built from the graph are differentiable in
+        ``module.parameters()`` (what :func:`nsr.geometry.network_graph` uses for the exact
+        regularizers). Constants of the output transform (a scaling after ``tanh``) and a latent
+        code stay constants. The graph is valid for the parameters' current values: trace again
+        after they change.
 
     Returns
     -------
@@ -897,13 +932,17 @@ def trace(
         warnings.warn(f"{type(module).__name__} is in training mode: nsr traces its eval-mode function "
                       "(dropout off, batch norm on running statistics); call module.eval() to silence this",
                       stacklevel=2)
-    work = copy_module(module).eval()
-    work64 = copy_module(work).to(torch.float64)
-    device = _device_of(work64)
-    gm = _symbolic_trace(work64)
-    builder = _Builder(torch.float64, device)
+    if live:  # the module's own parameters, cast to float64 in the graph (differentiably)
+        work = _shared_copy(module).eval()
+        traced, work64 = work, None
+    else:
+        work = copy_module(module).eval()
+        traced = work64 = copy_module(work).to(torch.float64)
+    device = _device_of(traced)
+    gm = _symbolic_trace(traced)
+    builder = _Builder(torch.float64, device, live=live)
     x0 = builder.input(in_dim, latent, latent_last)
-    with torch.no_grad():
+    with torch.set_grad_enabled(live and torch.is_grad_enabled()):
         out, transform = _Interpreter(gm, builder, x0, note).run()
         graph = builder.graph(in_dim, out, transform)
     check_graph(work, graph, latent=latent, latent_last=latent_last, n_points=check_points, box=check_box,
