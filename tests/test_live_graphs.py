@@ -282,6 +282,27 @@ def test_live_trace_is_the_default_trace_with_gradients():
     assert all(float(g.abs().max()) > 0 for g in grads)
 
 
+@pytest.mark.parametrize("norm", ["none", "weight_norm", "parametrization"])
+def test_live_trace_of_float32_and_weight_normalized_modules(norm):
+    """A float32 module's live graph is its float64 function (weights normalized in float64, as the check wants)."""
+    import warnings
+
+    from nsr.pl import trace
+
+    torch.manual_seed(0)
+    wrap = {"none": lambda lin: lin, "weight_norm": torch.nn.utils.weight_norm,
+            "parametrization": torch.nn.utils.parametrizations.weight_norm}[norm]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old weight_norm is deprecated, still met in checkpoints
+        m = torch.nn.Sequential(wrap(torch.nn.Linear(3, 8)), torch.nn.PReLU(8), wrap(torch.nn.Linear(8, 1)))
+    live = trace(m, live=True)
+    x = torch.rand(100, 3, dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(live(x), trace(m)(x), rtol=0, atol=1e-13)
+    params = [p for p in m.parameters()]
+    grads = torch.autograd.grad(live(x).sum(), params)
+    assert all(float(g.abs().max()) > 0 for g in grads)
+
+
 @pytest.mark.parametrize("which", ["skip", "batchnorm"])
 def test_traced_module_vertex_gradients_match_finite_differences(which):
     m = _leaky_skip().eval()

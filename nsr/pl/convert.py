@@ -758,13 +758,36 @@ def _is_weight_norm_hook(hook: object) -> bool:
 def _linear_params(m: nn.Linear, live: bool = False) -> tuple[Tensor, Tensor | None]:
     """Effective weight and bias (detached unless ``live``); the old ``torch.nn.utils.weight_norm``
     computes ``weight`` in a forward pre-hook, so it is recomputed here from ``weight_g`` and ``weight_v``."""
+    if live:  # computed in float64 from the module's own tensors, as the default trace's float64 copy does
+        bias = None if m.bias is None else m.bias.to(torch.float64)
+        return _live_weight(m, "weight"), bias
     for hook in m._forward_pre_hooks.values():
         if _is_weight_norm_hook(hook):
             setattr(m, hook.name, hook.compute_weight(m))
-    if live:
-        return m.weight, m.bias
     w = m.weight.detach()
     return w, m.bias.detach() if m.bias is not None else None
+
+
+def _live_weight(m: nn.Module, name: str) -> Tensor:
+    """``m.<name>`` in float64, differentiable in the module's parameters: a weight-normalized one
+    (``torch.nn.utils.weight_norm``'s hook, or a parametrization) is recomputed from its float64-cast
+    originals, so that it matches the float64 copy the check compares with."""
+    from torch.nn.utils import parametrize
+
+    for hook in m._forward_pre_hooks.values():
+        if _is_weight_norm_hook(hook) and hook.name == name:
+            v, g = getattr(m, f"{name}_v"), getattr(m, f"{name}_g")
+            return torch._weight_norm(v.to(torch.float64), g.to(torch.float64), hook.dim)
+    if parametrize.is_parametrized(m, name):
+        plist = m.parametrizations[name]
+        if plist.is_tensor:
+            x = plist[0](plist.original.to(torch.float64))
+        else:
+            x = plist[0](*(getattr(plist, f"original{i}").to(torch.float64) for i in range(plist.ntensors)))
+        for p in list(plist)[1:]:
+            x = p(x)
+        return x
+    return getattr(m, name).to(torch.float64)
 
 
 def copy_module(module: nn.Module) -> nn.Module:
