@@ -285,9 +285,10 @@ def _encoder(graph: PLGraph) -> Any:
     return getattr(graph, "encoder", None)
 
 
-def _backward_gradient(graph: PLGraph, pats: Sequence[Tensor]) -> Tensor:
+def _backward_gradient(graph: PLGraph, pats: Sequence[Tensor], points: Tensor | None = None) -> Tensor:
     """``grad g`` ``(P, D)`` on regions, by a backward product: adjoints ``(P, n_k)`` per layer
-    (no ``(P, n, D)`` maps), each neuron times its slope on the region's side."""
+    (no ``(P, n, D)`` maps), each neuron times its slope on the region's side; the encoder's
+    adjoint ``(P, F)`` ends on its feature Jacobians at ``points`` ``(P, D)`` (one in each region)."""
     n_pat = pats[0].shape[0] if pats else 1
     adj: dict[int, Tensor] = {}
     grad = None
@@ -305,6 +306,13 @@ def _backward_gradient(graph: PLGraph, pats: Sequence[Tensor]) -> Tensor:
     for l in reversed(range(graph.n_layers)):
         if l in adj:
             push(graph.layers[l], adj.pop(l) * graph.layers[l].slopes(pats[l]).to(graph.dtype))
+    if ENCODED in adj:
+        if points is None:
+            raise ValueError("this graph has an encoder: pass points (P, D), one in each region (the features are "
+                             "affine only on the cells of the encoder's planes)")
+        jac, _ = _encoder(graph).feature_maps(points.to(device=graph.device, dtype=graph.dtype))  # (P, F, D)
+        t = torch.einsum("pf,pfd->pd", adj.pop(ENCODED), jac)
+        grad = t if grad is None else grad + t
     if grad is None:  # an output that does not depend on x
         grad = torch.zeros(n_pat, graph.in_dim, dtype=graph.dtype, device=graph.device)
     return grad
@@ -388,10 +396,7 @@ def region_gradients(net: Any, patterns: Tensor, dtype: torch.dtype | None = Non
     tensor([[ 1., -1.,  1.]], dtype=torch.float64)
     """
     graph = network_graph(net, dtype)
-    pats = _split_patterns(graph, patterns)
-    if _encoder(graph) is not None:
-        return graph.region_maps(pats, points=points)[-1][0][:, 0]
-    return _backward_gradient(graph, pats)
+    return _backward_gradient(graph, _split_patterns(graph, patterns), points)
 
 
 def region_normals(net: Any, patterns: Tensor, dtype: torch.dtype | None = None) -> Tensor:
