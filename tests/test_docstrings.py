@@ -49,6 +49,11 @@ MODULES = [
     "nsr.pl.encoding",
     "nsr.pl.models",
     "nsr.pl.onnx_io",
+    "nsr.extraction.bits",
+    "nsr.extraction.guards",
+    "nsr.extraction.memory",
+    "nsr.extraction.tolerances",
+    "nsr.limits",
 ]
 
 # Methods whose contract is fixed by a framework and documented there, not by us.
