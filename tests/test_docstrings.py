@@ -54,6 +54,20 @@ MODULES = [
     "nsr.extraction.memory",
     "nsr.extraction.tolerances",
     "nsr.limits",
+    "nsr.checkpoints",
+    "nsr.files",
+    "nsr.geometry",
+    "nsr.networks",
+    "nsr.pl.layout",
+    "nsr.polylines",
+    # packages and modules with no public names of their own (checked so that new ones are seen)
+    "nsr",
+    "nsr.eval",
+    "nsr.extraction",
+    "nsr.extraction.evaluate",
+    "nsr.extraction.progress",
+    "nsr.pl",
+    "nsr.training",
 ]
 
 # Methods whose contract is fixed by a framework and documented there, not by us.
