@@ -60,6 +60,8 @@ MODULES = [
     "nsr.networks",
     "nsr.pl.layout",
     "nsr.polylines",
+    "nsr.extract",
+    "nsr.train",
     # packages and modules with no public names of their own (checked so that new ones are seen)
     "nsr",
     "nsr.eval",
