@@ -62,6 +62,7 @@ MODULES = [
     "nsr.polylines",
     "nsr.extract",
     "nsr.train",
+    "nsr.extraction.complex",
     # packages and modules with no public names of their own (checked so that new ones are seen)
     "nsr",
     "nsr.eval",
