@@ -63,6 +63,9 @@ MODULES = [
     "nsr.extract",
     "nsr.train",
     "nsr.extraction.complex",
+    "nsr.extraction.pruning",
+    "nsr.extraction.skeleton",
+    "nsr.extraction.subdivide",
     # packages and modules with no public names of their own (checked so that new ones are seen)
     "nsr",
     "nsr.eval",
