@@ -66,6 +66,7 @@ MODULES = [
     "nsr.extraction.pruning",
     "nsr.extraction.skeleton",
     "nsr.extraction.subdivide",
+    "nsr.extraction.surface",
     # packages and modules with no public names of their own (checked so that new ones are seen)
     "nsr",
     "nsr.eval",
