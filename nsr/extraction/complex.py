@@ -493,7 +493,8 @@ class PolyhedralComplex:
         Raises
         ------
         ValueError
-            For a network the format cannot store (skips, residuals, non-ReLU neurons, an encoder).
+            For a network the file format cannot store (an encoder's tables, for one); the
+            message says what.
 
         Examples
         --------
