@@ -130,6 +130,13 @@ class Rebuildable:
         Every keyword a checkpoint may give, with its check ``(name, value) -> value``.
     spec : callable
         ``net -> {keyword: value}``: the keywords that rebuild ``net`` (its weights aside).
+
+    Examples
+    --------
+    >>> from nsr.checkpoints import ALLOWED
+    >>> entry = ALLOWED["nsr.networks.ReLUMLP"]
+    >>> entry.target, entry.load().__name__, sorted(entry.options)[:3]
+    ('nsr.networks.ReLUMLP', 'ReLUMLP', ['depth', 'geometric_init', 'in_dim'])
     """
 
     module: str
@@ -143,7 +150,13 @@ class Rebuildable:
         return f"{self.module}.{self.name}"
 
     def load(self) -> type[nn.Module]:
-        """The class itself."""
+        """The class itself.
+
+        Returns
+        -------
+        type
+            The ``nn.Module`` subclass, imported from ``module`` (a fixed name in nsr, never one read from a file).
+        """
         return getattr(importlib.import_module(self.module), self.name)
 
 
@@ -495,6 +508,23 @@ def read_checkpoint(path: str | Path) -> Mapping[str, Any]:
         If ``path`` does not exist.
     NetworkError
         If the file is not a checkpoint, or holds more than data.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from nsr.networks import NetworkError
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     torch.save({"state_dict": {"net.layers.0.bias": torch.zeros(2)}, "epoch": 3}, Path(tmp) / "a.ckpt")
+    ...     torch.save({"layers.0.bias": torch.zeros(2)}, Path(tmp) / "weights.pt")
+    ...     ckpt = read_checkpoint(Path(tmp) / "a.ckpt")
+    ...     try:
+    ...         read_checkpoint(Path(tmp) / "weights.pt")
+    ...     except NetworkError as err:
+    ...         print("not a training checkpoint" in str(err))
+    True
+    >>> ckpt["epoch"], list(ckpt["state_dict"])
+    (3, ['net.layers.0.bias'])
     """
     from nsr.networks import _check_network_path, _torch_load
 

@@ -38,7 +38,28 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.f
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """``"float64"``/``"float32"`` (or a torch dtype) to a torch dtype."""
+    """``"float64"``/``"float32"`` (or a torch dtype) to a torch dtype.
+
+    Parameters
+    ----------
+    name : str or torch.dtype
+        ``"float64"``, ``"double"`` or ``"float32"``; a ``torch.dtype`` is returned as it is.
+
+    Returns
+    -------
+    torch.dtype
+
+    Raises
+    ------
+    ValueError
+        For another name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> parse_dtype("float32"), parse_dtype("double"), parse_dtype(torch.float64)
+    (torch.float32, torch.float64, torch.float64)
+    """
     if isinstance(name, torch.dtype):
         return name
     if str(name) not in _DTYPES:
@@ -84,6 +105,39 @@ def resolve_network(spec: str | Path) -> tuple[PLNetwork | torch.nn.Module, Any,
     from nsr's own classes by :func:`nsr.networks.load_network`, for :func:`nsr.pl.as_graph`),
     the run's box (``None`` when unknown) and the file read. A run
     directory is read through its ``checkpoints/last.ckpt``; its box from the run's config.
+
+    Parameters
+    ----------
+    spec : str or Path
+        A training run directory, a checkpoint (a checkpoint under a run's ``checkpoints/``
+        gets the run's box) or a network file (``~`` is expanded).
+
+    Returns
+    -------
+    network : PLNetwork or torch.nn.Module
+        The network read (as data: :func:`nsr.networks.load_network`).
+    box : float, list or None
+        The run's training box (``data.box``), ``None`` outside a run.
+    path : Path
+        The file read.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a missing path, or a directory without ``checkpoints/last.ckpt``.
+    nsr.networks.NetworkError
+        For a file that is not a network nsr reads.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from nsr.networks import octahedron_network
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     torch.save(octahedron_network().state_dict(), Path(tmp) / "octahedron.pt")
+    ...     net, box, path = resolve_network(Path(tmp) / "octahedron.pt")
+    >>> type(net).__name__, net.widths, box, path.name
+    ('PLNetwork', [6], None, 'octahedron.pt')
     """
     path = Path(str(spec)).expanduser()
     if path.is_dir():
@@ -100,7 +154,37 @@ def resolve_network(spec: str | Path) -> tuple[PLNetwork | torch.nn.Module, Any,
 
 
 def prepare_out_dir(out_dir: str | Path, names: tuple[str, ...] = ("stats.json",)) -> Path:
-    """Create ``out_dir``, check it is writable and remove stale completion markers."""
+    """Create ``out_dir``, check it is writable and remove stale completion markers.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The output directory (created with its parents).
+    names : tuple of str
+        Files that mark a finished run (``stats.json``); removed so that a run that fails later
+        does not look complete.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+
+    Raises
+    ------
+    PermissionError
+        When the directory cannot be created or written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     out = prepare_out_dir(Path(tmp) / "run")
+    ...     _ = (out / "stats.json").write_text("{}")
+    ...     out = prepare_out_dir(out)
+    ...     sorted(p.name for p in out.iterdir())  # the stale stats.json is gone, nothing else left
+    []
+    """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +199,31 @@ def prepare_out_dir(out_dir: str | Path, names: tuple[str, ...] = ("stats.json",
 
 
 def write_json(data: Mapping[str, Any], path: Path) -> Path:
-    """Write JSON through a temporary file and rename (:func:`nsr.files.atomic_write`)."""
+    """Write JSON through a temporary file and rename (:func:`nsr.files.atomic_write`).
+
+    Numpy and torch values become lists and numbers, NaN and inf become ``null``, other objects their ``str``.
+
+    Parameters
+    ----------
+    data : mapping
+        The values to write.
+    path : Path
+        Destination.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import json, tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = write_json({"n": np.int64(3), "box": np.eye(2), "err": float("nan")}, Path(tmp) / "s.json")
+    ...     json.loads(path.read_text())
+    {'n': 3, 'box': [[1.0, 0.0], [0.0, 1.0]], 'err': None}
+    """
     return atomic_write(path, json.dumps(_jsonable(data), indent=2, allow_nan=True).encode())
 
 
@@ -161,7 +269,31 @@ def _box(cfg: Any, run_box: Any, dim: int) -> np.ndarray:
 
 
 def surface_f_vector(n_vertices: int, polygons: list[np.ndarray]) -> list[int]:
-    """``[V, E, P]`` of a polygon mesh: vertices, distinct polygon edges, polygons."""
+    """``[V, E, P]`` of a polygon mesh: vertices, distinct polygon edges, polygons.
+
+    Parameters
+    ----------
+    n_vertices : int
+        Number of vertices ``V`` (used by the polygons or not).
+    polygons : list of (n_i,) int ndarray
+        Vertex cycles (each closed implicitly: its last vertex joins its first).
+
+    Returns
+    -------
+    list of int
+        ``[V, E, P]``; ``V - E + P`` is the Euler characteristic (2 for a sphere).
+
+    Examples
+    --------
+    A cube's six quads: 8 vertices, 12 edges, 6 faces, Euler characteristic 2:
+
+    >>> import numpy as np
+    >>> quads = [np.array(q) for q in [[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4],
+    ...                                [1, 5, 7, 3]]]
+    >>> v, e, p = surface_f_vector(8, quads)
+    >>> [v, e, p], v - e + p
+    ([8, 12, 6], 2)
+    """
     if not polygons:
         return [n_vertices, 0, 0]
     lens = np.array([len(p) for p in polygons])
@@ -175,7 +307,33 @@ def surface_f_vector(n_vertices: int, polygons: list[np.ndarray]) -> list[int]:
 def abs_g(graph: PLGraph, mesh: Any, chunk: int = 2**14) -> np.ndarray:
     """``|g - level|`` ``(V,)`` at the mesh's vertices, in float64 on the CPU: ``g`` is the
     network's piecewise-affine output before any output transform and ``mesh.level`` the level
-    of ``g`` extracted (for a network without a transform, ``|f - level|`` of the network itself)."""
+    of ``g`` extracted (for a network without a transform, ``|f - level|`` of the network itself).
+
+    Parameters
+    ----------
+    graph : PLGraph
+        The network.
+    mesh : ExactMesh
+        Anything with ``vertices`` ``(V, D)`` and ``level``.
+    chunk : int
+        Vertices evaluated at a time.
+
+    Returns
+    -------
+    (V,) float64 ndarray
+
+    Examples
+    --------
+    The octahedron's six vertices lie exactly on ``|x| + |y| + |z| = 0.5``:
+
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.pl import as_graph
+    >>> corners = 0.5 * np.vstack([np.eye(3), -np.eye(3)])
+    >>> abs_g(as_graph(octahedron_network()), SimpleNamespace(vertices=corners, level=0.0)).tolist()
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    """
     g64 = graph.to(device="cpu", dtype=torch.float64)
     x = torch.as_tensor(np.asarray(mesh.vertices, dtype=np.float64))
     with torch.no_grad():
@@ -273,6 +431,36 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     ``out_dir``). A 3-D network gives a mesh (``mesh.obj``, ``mesh.ply``); a 2-D one its level
     set as polylines (``level_set.ply`` with edges, ``level_set.obj`` with line elements,
     ``level_set.svg``; see :mod:`nsr.polylines`).
+
+    Parameters
+    ----------
+    cfg : DictConfig or mapping
+        ``net`` (required), ``bounds``, ``mode``, ``level``, ``close``, ``dtype``, ``device``,
+        ``workers``, ``tiles``, ``band``, ``seeds``, ``memory_limit_gb``, ``polygons``,
+        ``preview``, ``progress``, and ``out_dir`` (required outside a Hydra app).
+
+    Returns
+    -------
+    dict
+        What ``stats.json`` holds (counts, ``surface_f_vector``, the Euler characteristic,
+        ``watertight``, ``abs_f_vertices_max``, timings, memory, ``files``), plus ``out_dir``.
+
+    Examples
+    --------
+    The octahedron network's exact mesh: its 6 corners, 8 triangles, a closed surface:
+
+    >>> import tempfile, torch
+    >>> from pathlib import Path
+    >>> from nsr.networks import octahedron_network
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     torch.save(octahedron_network().state_dict(), Path(tmp) / "octahedron.pt")
+    ...     stats = run_extract({"net": str(Path(tmp) / "octahedron.pt"), "bounds": [-1, 1],
+    ...                          "out_dir": str(Path(tmp) / "out"), "preview": False})
+    ...     written = sorted(p.name for p in (Path(tmp) / "out").iterdir())
+    >>> stats["surface_f_vector"], stats["surface_euler_characteristic"], stats["watertight"]
+    ([6, 12, 8], 2, True)
+    >>> stats["abs_f_vertices_max"] < 1e-15, written
+    (True, ['mesh.obj', 'mesh.ply', 'stats.json'])
     """
     cfg = as_mapping(cfg)
     opts = validate_extract(cfg)
@@ -347,7 +535,24 @@ USER_ERRORS = (FileNotFoundError, NetworkError, PermissionError, MemoryError, Va
 
 def summary_line(stats: Mapping[str, Any]) -> str:
     """What was extracted, in one line: a mesh's vertices and polygons, or a 2-D level set's
-    vertices, segments, polylines and closed loops."""
+    vertices, segments, polylines and closed loops.
+
+    Parameters
+    ----------
+    stats : mapping
+        The stats :func:`run_extract` returns; a 2-D level set's have ``n_segments``.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> summary_line({"n_vertices": 6, "n_polygons": 8})
+    'exact mesh: 6 vertices, 8 polygons'
+    >>> summary_line({"n_vertices": 4, "n_segments": 4, "n_polylines": 1, "n_closed_loops": 1, "n_components": 1})
+    'exact level set (2D): 4 vertices, 4 segments, 1 polylines (1 closed loops, 1 components)'
+    """
     if "n_segments" in stats:
         return (f"exact level set (2D): {stats['n_vertices']} vertices, {stats['n_segments']} segments, "
                 f"{stats['n_polylines']} polylines ({stats['n_closed_loops']} closed loops, "
@@ -365,7 +570,18 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console script ``nsr-extract net=PATH [bounds=[lo,hi]] [mode=complex] ...`` (``--help`` lists the options)."""
+    """Console script ``nsr-extract net=PATH [bounds=[lo,hi]] [mode=complex] ...`` (``--help`` lists the options).
+
+    Reads ``sys.argv``; prints :func:`summary_line` and the run directory; a bad option or
+    file ends the process with one message and exit status 2 (not a traceback).
+
+    Examples
+    --------
+    From a shell (not run here; :func:`run_extract` runs the same job from Python):
+
+    >>> import subprocess
+    >>> subprocess.run(["nsr-extract", "net=outputs/train/<run>", "mode=complex"])  # doctest: +SKIP
+    """
     check_overrides("extract", sys.argv[1:])
     hydra.main(config_path=config_dir(), config_name="extract", version_base="1.3")(_app)()
 

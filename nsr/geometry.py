@@ -828,12 +828,33 @@ def _newton_step(jac: Tensor, x0: Tensor, cond_max: float, off: Tensor) -> Tenso
 class SurfaceStructure:
     """Combinatorics of an exact surface mesh, as tensors on one device.
 
-    ``vertices0 (V, 3)`` float64 extracted positions, ``constraints (V, 3)`` long,
-    ``vertex_patterns (V, N)`` bool, ``polygon_patterns (P, N)`` bool, ``cycles (P, K)`` long
-    (each polygon's cycle padded by repeating its first vertex), ``cycle_len (P,)``,
-    ``triangles (T, 3)`` long, ``triangle_polygon (T,)`` long, ``edges (E, 2)`` long (unique
-    undirected), ``edge_polygons (E, 2)`` long (the polygons on either side, ``-1`` when the
-    edge borders one polygon only), ``bounds (3, 2)`` float64.
+    Usually built by :meth:`from_mesh` or :meth:`from_polygons`, which derive the cycles,
+    triangles and edges from the polygons.
+
+    Parameters
+    ----------
+    vertices0 : (V, 3) float64 Tensor
+        Extracted vertex positions.
+    constraints : (V, 3) long Tensor
+        The three constraint ids (:class:`nsr.pl.layout.ConstraintLayout`) each vertex lies on.
+    vertex_patterns : (V, N) bool Tensor
+        Activation pattern of each vertex.
+    polygon_patterns : (P, N) bool Tensor
+        Activation pattern of the region each polygon lies in.
+    cycles : (P, K) long Tensor
+        Each polygon's vertex cycle, padded by repeating its first vertex.
+    cycle_len : (P,) long Tensor
+        Number of vertices of each polygon.
+    triangles : (T, 3) long Tensor
+        A triangulation of the polygons.
+    triangle_polygon : (T,) long Tensor
+        The polygon each triangle comes from.
+    edges : (E, 2) long Tensor
+        Unique undirected polygon edges.
+    edge_polygons : (E, 2) long Tensor
+        The polygons on either side of each edge, ``-1`` when the edge borders one polygon only.
+    bounds : (3, 2) float64 Tensor
+        The box the mesh was extracted in.
 
     Examples
     --------

@@ -26,7 +26,18 @@ MAX_WORKERS = 256
 
 
 class ArgumentError(ValueError):
-    """An argument of an extraction (or an app option) is invalid; the message names it and says what to do."""
+    """An argument of an extraction (or an app option) is invalid; the message names it and says what to do.
+
+    A ``ValueError``, so that callers catching that keep working.
+
+    Examples
+    --------
+    >>> try:
+    ...     check_int("workers", 0, 1)
+    ... except ValueError as err:
+    ...     print(type(err).__name__, err)
+    ArgumentError workers must be >= 1, got 0
+    """
 
 
 def _read_kib(path: str, key: str) -> int | None:
@@ -67,7 +78,20 @@ def _address_space_room() -> float | None:
 
 def available_bytes() -> float | None:
     """The smallest of ``MemAvailable``, the ``RLIMIT_AS`` room and the cgroup room, in bytes;
-    ``None`` where none is known."""
+    ``None`` where none is known.
+
+    Returns
+    -------
+    float or None
+        Bytes this process may still allocate; ``None`` where ``/proc`` and the cgroup say nothing
+        and no address-space limit is set (e.g. macOS without ``ulimit -v``).
+
+    Examples
+    --------
+    >>> room = available_bytes()
+    >>> room is None or room >= 0
+    True
+    """
     avail = _read_kib("/proc/meminfo", "MemAvailable")
     known = [v for v in (None if avail is None else avail * 1024.0, _address_space_room(), _cgroup_room())
              if v is not None]
@@ -76,14 +100,51 @@ def available_bytes() -> float | None:
 
 def default_memory_limit() -> float | None:
     """80% of :func:`available_bytes` (memory available now, ``ulimit -v`` and the cgroup
-    honoured), or ``None`` where unknown."""
+    honoured), or ``None`` where unknown.
+
+    Returns
+    -------
+    float or None
+        A budget in bytes; it changes as the machine's free memory does.
+
+    Examples
+    --------
+    >>> limit = default_memory_limit()
+    >>> limit is None or limit >= 0
+    True
+    """
     avail = available_bytes()
     return None if avail is None else 0.8 * avail
 
 
 def check_memory_limit(memory_limit: Any) -> float | None:
     """``memory_limit`` as a float (bytes) or ``None`` (the default budget); refuses what would
-    silently switch the guard off or stop at once: NaN, inf, zero, negative, non-numbers."""
+    silently switch the guard off or stop at once: NaN, inf, zero, negative, non-numbers.
+
+    Parameters
+    ----------
+    memory_limit : float, int or None
+        A budget in bytes, or ``None`` for the default (:func:`default_memory_limit`).
+
+    Returns
+    -------
+    float or None
+        The budget as a float, or ``None``.
+
+    Raises
+    ------
+    ArgumentError
+        For a bool, a non-number, NaN, inf, zero or a negative number.
+
+    Examples
+    --------
+    >>> check_memory_limit(2**30), check_memory_limit(None)
+    (1073741824.0, None)
+    >>> check_memory_limit(float("inf"))
+    Traceback (most recent call last):
+    ...
+    nsr.limits.ArgumentError: memory_limit must be a finite positive number of bytes, got inf; ...
+    """
     if memory_limit is None:
         return None
     if isinstance(memory_limit, bool) or not isinstance(memory_limit, numbers.Real):
@@ -98,7 +159,39 @@ def check_memory_limit(memory_limit: Any) -> float | None:
 
 
 def check_int(name: str, value: Any, lo: int, hi: int | None = None, hint: str = "") -> int:
-    """``value`` as an int in ``[lo, hi]``, else :class:`ArgumentError` naming ``name``."""
+    """``value`` as an int in ``[lo, hi]``, else :class:`ArgumentError` naming ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the message.
+    value : int or float
+        An integer, or a float with an integer value (``4.0``, as YAML may give); bools are refused.
+    lo : int
+        Smallest value accepted.
+    hi : int, optional
+        Largest value accepted; ``None`` for no upper limit.
+    hint : str
+        Appended to the message (what the argument means).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ArgumentError
+        For a non-integer or a value outside ``[lo, hi]``.
+
+    Examples
+    --------
+    >>> check_int("tiles", 4.0, 1)
+    4
+    >>> check_int("workers", 300, 1, 256)
+    Traceback (most recent call last):
+    ...
+    nsr.limits.ArgumentError: workers must be between 1 and 256, got 300
+    """
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok and isinstance(value, float) and value.is_integer():
         ok, value = True, int(value)
@@ -111,7 +204,31 @@ def check_int(name: str, value: Any, lo: int, hi: int | None = None, hint: str =
 
 
 def check_level(level: Any) -> float:
-    """The level as a finite float."""
+    """The level as a finite float.
+
+    Parameters
+    ----------
+    level : float or int
+        The level set to extract.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ArgumentError
+        For a bool, a non-number, NaN or inf.
+
+    Examples
+    --------
+    >>> check_level(0)
+    0.0
+    >>> check_level("0.1")
+    Traceback (most recent call last):
+    ...
+    nsr.limits.ArgumentError: level must be a finite number, got '0.1'
+    """
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not math.isfinite(float(level)):
         raise ArgumentError(f"level must be a finite number, got {level!r}")
     return float(level)
@@ -133,7 +250,32 @@ def tile_bytes(dim: int, n_neurons: int, max_width: int, itemsize: int) -> int:
     """A lower bound on the bytes one surface-mode tile holds before it is subdivided: its box
     skeleton (``2^D`` vertices with coordinates, constraint ids, packed signs, tile id;
     ``D 2^(D-1)`` edges with their ids) and its rows of the output bounds (lower and upper,
-    pre- and post-activation, of the widest layer)."""
+    pre- and post-activation, of the widest layer).
+
+    Parameters
+    ----------
+    dim : int
+        Input dimension ``D``.
+    n_neurons : int
+        Neurons of the network (constraints besides the box's ``2 D`` facets and the output).
+    max_width : int
+        Width of the widest layer.
+    itemsize : int
+        Bytes per coordinate (8 for float64).
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Examples
+    --------
+    In 3D with 24 neurons in float64: 8 vertices of ``24 + 12 + 8 + 8`` bytes, 12 edges of
+    ``8 + 8`` bytes and ``4 * 8`` bounds of 8 bytes:
+
+    >>> tile_bytes(3, 24, 8, 8) == 8 * 52 + 12 * 16 + 4 * 8 * 8
+    True
+    """
     words = (n_neurons + 2 * dim + 1 + 63) // 64
     vertex = dim * itemsize + 4 * dim + 8 * words + 8
     edge = 8 + 4 * (dim - 1)
@@ -142,7 +284,27 @@ def tile_bytes(dim: int, n_neurons: int, max_width: int, itemsize: int) -> int:
 
 def seed_grid_bytes(resolution: int, dim: int, itemsize: int) -> int:
     """A lower bound on the bytes of track mode's seed grid: ``(R+1)^D`` points (the coordinate
-    axes broadcast, then stacked) and their values."""
+    axes broadcast, then stacked) and their values.
+
+    Parameters
+    ----------
+    resolution : int
+        Cells per axis ``R`` of the seed grid.
+    dim : int
+        Input dimension ``D``.
+    itemsize : int
+        Bytes per number.
+
+    Returns
+    -------
+    int
+        ``(R + 1)^D (2 D + 1) itemsize``.
+
+    Examples
+    --------
+    >>> seed_grid_bytes(64, 3, 8) == 65**3 * 7 * 8
+    True
+    """
     return (resolution + 1) ** dim * (2 * dim + 1) * itemsize
 
 
@@ -156,7 +318,57 @@ def check_extract_arguments(
 
     Raises :class:`ArgumentError` (a ``ValueError``) naming the argument and what to do, for a
     wrong type or range, or when the first allocation the argument implies alone exceeds the
-    memory limit (the given one, else :func:`default_memory_limit`)."""
+    memory limit (the given one, else :func:`default_memory_limit`).
+
+    Parameters
+    ----------
+    dim : int
+        Input dimension ``D`` of the network.
+    n_neurons : int
+        Its number of neurons.
+    max_width : int
+        Width of its widest layer.
+    itemsize : int
+        Bytes per number of the extraction's dtype.
+    mode : {"surface", "complex", "track"}
+        The extraction mode.
+    level : float
+        The level set.
+    tiles : int, optional
+        Tiles per axis (surface mode); checked against the budget.
+    band : int, optional
+        Occupancy-grid cells per axis, a power of two or 0 (off); at most
+        :data:`MAX_BAND_SURFACE_CELLS` ``^(1/(D-1))``.
+    workers : int
+        Processes, ``1..MAX_WORKERS``.
+    seeds : int or (M, D) array_like, optional
+        A seed-grid resolution (checked by :func:`check_seed_grid`) or points (checked by the tracker).
+    memory_limit : float, optional
+        Budget in bytes; ``None`` for the default.
+    close, progress : bool
+        Must be bools.
+
+    Returns
+    -------
+    dict
+        ``level`` (float), ``memory_limit`` (float or None) and ``workers`` (int) always; ``tiles``,
+        ``band`` and ``seeds`` (ints) where given as numbers.
+
+    Raises
+    ------
+    ArgumentError
+        Naming the first invalid argument.
+
+    Examples
+    --------
+    >>> args = dict(dim=3, n_neurons=24, max_width=8, itemsize=8, mode="surface")
+    >>> check_extract_arguments(**args, tiles=2.0, band=16)
+    {'level': 0.0, 'memory_limit': None, 'workers': 1, 'tiles': 2, 'band': 16}
+    >>> check_extract_arguments(**args, tiles=10000, memory_limit=2**30)
+    Traceback (most recent call last):
+    ...
+    nsr.limits.ArgumentError: tiles=10000: 1e+12 tiles (10000 per axis in 3D) needs at least ... GiB before any ...
+    """
     if mode not in ("surface", "complex", "track"):
         raise ArgumentError(f"mode must be 'surface', 'complex' or 'track', got {mode!r}")
     for name, flag in (("close", close), ("progress", progress)):
@@ -191,7 +403,38 @@ def check_extract_arguments(
 
 
 def check_seed_grid(seeds: Any, dim: int, itemsize: int, memory_limit: float | None = None) -> int:
-    """A seed-grid resolution for track mode, refused when its grid alone exceeds the memory limit."""
+    """A seed-grid resolution for track mode, refused when its grid alone exceeds the memory limit.
+
+    Parameters
+    ----------
+    seeds : int
+        Cells per axis of the seed grid, at least 1.
+    dim : int
+        Input dimension ``D``.
+    itemsize : int
+        Bytes per number.
+    memory_limit : float, optional
+        Budget in bytes; ``None``: :func:`default_memory_limit`.
+
+    Returns
+    -------
+    int
+        The resolution.
+
+    Raises
+    ------
+    ArgumentError
+        For a non-integer, a value below 1, or a grid over the budget.
+
+    Examples
+    --------
+    >>> check_seed_grid(64, 3, 8, memory_limit=2**30)
+    64
+    >>> check_seed_grid(4096, 3, 8, memory_limit=2**30)
+    Traceback (most recent call last):
+    ...
+    nsr.limits.ArgumentError: seeds=4096: the 4097^3 seed grid needs at least 3,586.6 GiB before any work, ...
+    """
     res = check_int("seeds", seeds, 1, None, " (a seed-grid resolution, or (M, 3) points)")
     budget = memory_limit if memory_limit is not None else default_memory_limit()
     _refuse_if_over(f"seeds={res}", float(seed_grid_bytes(res, dim, itemsize)), budget,
@@ -200,7 +443,31 @@ def check_seed_grid(seeds: Any, dim: int, itemsize: int, memory_limit: float | N
 
 
 def check_device(device: Any) -> Any:
-    """``device`` as a ``torch.device`` that exists here, else :class:`ArgumentError` saying which do."""
+    """``device`` as a ``torch.device`` that exists here, else :class:`ArgumentError` saying which do.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ArgumentError
+        For a name torch does not parse, a CUDA or MPS device this machine lacks, or another device type.
+
+    Examples
+    --------
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("nonsense")
+    Traceback (most recent call last):
+    ...
+    nsr.limits.ArgumentError: device=nonsense is not a device name; use cpu, cuda or cuda:N
+    """
     import torch
 
     try:
@@ -228,7 +495,36 @@ def empty_level_set_message(net: Any, bounds: Any, level: float, n_samples: int 
     The output's range over the box is bounded (linear bound propagation, sound) and sampled:
     a network provably constant at ``level`` (both bounds equal to it), or equal to it at every
     sample, has no surface because every point is on the level set; otherwise the message
-    gives the sampled range (and the proven bounds) on one side of the level."""
+    gives the sampled range (and the proven bounds) on one side of the level.
+
+    Parameters
+    ----------
+    net : PLNetwork or PLGraph
+        The network (its ``dtype`` and ``device`` are used for the samples).
+    bounds : (D, 2) array_like
+        The box.
+    level : float
+        The level that was extracted.
+    n_samples : int
+        Uniform samples of the box (seeded: the message is reproducible).
+
+    Returns
+    -------
+    str
+        One sentence, ending with what to check.
+
+    Examples
+    --------
+    The octahedron network ``|x| + |y| + |z| - 0.5`` stays below 100 on ``[-1, 1]^3`` (its true
+    range there is ``[-0.5, 2.5]``):
+
+    >>> from nsr.networks import octahedron_network
+    >>> msg = empty_level_set_message(octahedron_network(), [[-1, 1]] * 3, 100.0)
+    >>> msg.startswith("the network does not reach the level 100 inside the box: it stays below it")
+    True
+    >>> "proven bounds [-3.5, 2.5]" in msg  # sound: the true maximum 2.5 is reached at the corners
+    True
+    """
     import numpy as np
     import torch
 

@@ -60,12 +60,34 @@ def _instantiate_data(cfg: DictConfig) -> Any:
 
 class EpochLines(Callback):
     """One line per epoch (its metrics and the elapsed time) on stdout, in place of the progress
-    bar where stdout is not a terminal: a log file gets lines, not carriage-return redraws."""
+    bar where stdout is not a terminal: a log file gets lines, not carriage-return redraws.
+
+    Only the global-zero process prints; per-step metrics (names ending in ``_step``) are left out.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> trainer = SimpleNamespace(is_global_zero=True, max_epochs=10, current_epoch=2,
+    ...                           callback_metrics={"train/loss": torch.tensor(0.0123456), "train/loss_step": 1.0})
+    >>> EpochLines().on_train_epoch_end(trainer, None)  # doctest: +ELLIPSIS
+    epoch 3/10: train/loss=0.01235 (... s)
+    """
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        """Print the epoch's line: ``epoch E/MAX: name=value, ... (T s)``.
+
+        Parameters
+        ----------
+        trainer : lightning.pytorch.Trainer
+            Gives ``callback_metrics``, ``current_epoch``, ``max_epochs`` (``?`` when unset or -1)
+            and ``is_global_zero``.
+        pl_module : lightning.pytorch.LightningModule
+            Unused.
+        """
         if not trainer.is_global_zero:
             return
         metrics = _float_metrics(trainer.callback_metrics)
@@ -105,6 +127,41 @@ def export_exact_mesh(
     Uses ``nsr.extraction.surface.extract_mesh`` and ``nsr.eval.render.render_mesh``; where they are missing
     (ImportError / AttributeError) it warns and returns what was skipped. Returns a summary
     for ``metrics.json``.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The trained network (moved to the CPU and set to eval mode).
+    source : ShapeSource
+        The shape it was trained on: its dimension (only 3-D shapes are exported) and its
+        transform back to shape units.
+    run_dir : Path
+        Where ``mesh.<fmt>`` and ``mesh.png`` go.
+    extract_cfg : DictConfig, dict or None
+        ``enabled`` (True), ``box`` (0.5: the box ``[-box, box]^3``), ``mode`` (surface),
+        ``dtype`` (float64), ``formats`` (``["obj", "ply"]``), ``render`` (True), ``size``.
+
+    Returns
+    -------
+    dict
+        ``vertices``, ``triangles`` and ``extract_s``; or ``skipped`` (disabled, not 3-D) or
+        ``error`` (the extraction failed: warned, the run is kept).
+
+    Examples
+    --------
+    The octahedron network ``|x| + |y| + |z| - 0.5`` as a module, on a shape in unit scale:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.training.data import AnalyticSource
+    >>> from nsr.training.shapes import Sphere
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     summary = export_exact_mesh(octahedron_network().to_module(), AnalyticSource(Sphere(0.3)), Path(tmp),
+    ...                                 {"box": 1.0, "render": False})
+    ...     written = sorted(p.name for p in Path(tmp).iterdir())
+    >>> summary["vertices"], summary["triangles"], written
+    (6, 8, ['mesh.obj', 'mesh.ply'])
     """
     ecfg = dict(extract_cfg or {})
     if not ecfg.get("enabled", True):
@@ -164,6 +221,41 @@ def train(cfg: DictConfig) -> Path:
 
     Bad input (missing or empty shape files, NaN coordinates, missing normals, zero-size
     box) raises before the run directory is written.
+
+    Parameters
+    ----------
+    cfg : DictConfig
+        ``conf/train.yaml`` composed with its groups (``data``, ``model``, ``loss``, ``trainer``,
+        ``callbacks``, ``logger``, ``regularizer``, ``extract``); ``run_dir`` picks the run
+        directory (else Hydra's, else ``outputs/<task_name>/<time>_<pid>``). Not modified.
+
+    Returns
+    -------
+    Path
+        The run directory (absolute): ``config.yaml``, ``transform.json``, ``checkpoints/``,
+        the exact mesh where ``extract`` is on, and ``metrics.json`` written last.
+
+    Raises
+    ------
+    nsr._config.ConfigError, nsr.training.data.ShapeError, FileNotFoundError
+        For bad options or shape files, before anything is written.
+
+    Examples
+    --------
+    A one-epoch run of a tiny network (about a second, and Lightning prints its own lines, so
+    it is not run here):
+
+    >>> import tempfile
+    >>> from hydra import compose, initialize_config_dir
+    >>> from nsr._config import config_dir
+    >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +SKIP
+    ...     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    ...         cfg = compose("train", overrides=[f"run_dir={tmp}", "trainer.max_epochs=1", "model.net.width=8",
+    ...                                           "model.net.depth=2", "data.sampling.steps_per_epoch=2",
+    ...                                           "extract=none", "logger=none", "trainer.accelerator=cpu"])
+    ...     run_dir = train(cfg)
+    ...     sorted(p.name for p in run_dir.iterdir())
+    ['checkpoints', 'config.yaml', 'metrics.json', 'transform.json']
     """
     import lightning as L
 
@@ -255,7 +347,26 @@ _MOVED = {**{f"model.{k}": f"model.net.{k}" for k in ("in_dim", "width", "depth"
 
 def check_moved_options(argv: list[str]) -> None:
     """Refuse an override of an option that moved into the nested model config, with one line
-    naming its new key (Hydra's own message says only that the key is not in the config)."""
+    naming its new key (Hydra's own message says only that the key is not in the config).
+
+    Parameters
+    ----------
+    argv : list of str
+        Command-line overrides (``key=value``, with an optional ``+``/``~`` prefix).
+
+    Raises
+    ------
+    SystemExit
+        With status 2, after printing ``nsr-train: error: <old key>: moved to <new key> ...`` on stderr.
+
+    Examples
+    --------
+    >>> check_moved_options(["model.net.width=64", "trainer.max_epochs=2"])  # current keys pass
+    >>> check_moved_options(["model.width=64"])
+    Traceback (most recent call last):
+    ...
+    SystemExit: 2
+    """
     for arg in argv:
         key = arg.split("=", 1)[0].lstrip("+~")
         for old, new in _MOVED.items():
@@ -266,7 +377,25 @@ def check_moved_options(argv: list[str]) -> None:
 
 def main() -> float | None:
     """Entry point of ``nsr-train`` (``--help`` lists the options); returns the final
-    ``val/sdf_mae`` (for sweepers)."""
+    ``val/sdf_mae`` (for sweepers).
+
+    Reads ``sys.argv``; prints ``run directory: <path>`` at the end; a bad option or shape file
+    ends the process with one message and exit status 2.
+
+    Returns
+    -------
+    float or None
+        What Hydra's decorated main returns: ``None`` when run from a command line (Hydra 1.3
+        drops the task's return value there); sweepers receive the task function's
+        ``val/sdf_mae`` directly.
+
+    Examples
+    --------
+    From a shell (not run here; :func:`train` runs the same job from Python):
+
+    >>> import subprocess
+    >>> subprocess.run(["nsr-train", "trainer.max_epochs=10", "model.net.width=32"])  # doctest: +SKIP
+    """
     check_moved_options(sys.argv[1:])
     return hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(_app)()
 

@@ -100,6 +100,41 @@ class PolyhedralComplex:
         bounds ``(D, 2)``, and ``stats``.
     layout : the :class:`~nsr.pl.layout.ConstraintLayout` of the constraint ids (box facets,
         encoder facets, neurons, output).
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network (converted to its :class:`~nsr.pl.PLGraph`).
+    bounds : (D, 2) float ndarray
+        The box.
+    vertices : (V, D) float Tensor
+        Vertex positions.
+    edges : (E, 2) int32 Tensor
+        Vertex indices of each edge.
+    vertex_zeros : (V, D) int32 Tensor
+        Sorted constraint ids each vertex lies on.
+    edge_zeros : (E, D-1) int32 Tensor
+        Sorted constraint ids each edge lies on.
+    vertex_signs : (V, W) int64 Tensor
+        Packed positive entries of the vertices' sign-vectors (:func:`nsr.extraction.bits.pack_bits`).
+    stats : dict, optional
+        Figures of the extraction (time, memory, ``unpaired_face_keys``, ``uncertain_signs``).
+    level : float, optional
+        The level the complex is refined by (:meth:`refine`), ``None`` if not.
+    n_facets : int
+        Number of encoder facets among the constraint ids.
+
+    Examples
+    --------
+    Usually made by :func:`extract_complex`. The octahedron network ``|x| + |y| + |z| - 0.5``
+    has three hyperplanes through the origin inside ``[-1, 1]^3``: they cut the cube into its 8
+    octants, a 3x3x3 grid of vertices:
+
+    >>> from nsr.extraction.complex import extract_complex
+    >>> from nsr.networks import octahedron_network
+    >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)
+    >>> cplx.f_vector, cplx.euler_characteristic
+    ([27, 54, 36, 8], 1)
     """
 
     def __init__(
@@ -156,7 +191,14 @@ class PolyhedralComplex:
 
     # -- cells --------------------------------------------------------------------------
     def edge_signs(self) -> Tensor:
-        """Packed positive entries of the edges' sign-vectors, ``(E, W)`` int64."""
+        """Packed positive entries of the edges' sign-vectors, ``(E, W)`` int64.
+
+        Returns
+        -------
+        (E, W) int64 Tensor
+            The bitwise or of the endpoints' packed signs: an edge is positive on a constraint
+            where either endpoint is (its zero entries are in :attr:`edge_zeros`).
+        """
         return self.vertex_signs[self.edges[:, 0]] | self.vertex_signs[self.edges[:, 1]]
 
     def cells(self, k: int) -> tuple[Tensor, Tensor]:
@@ -165,6 +207,32 @@ class PolyhedralComplex:
         Cells of dimension ``k >= 2`` are recovered from the ``(k-1)``-cells' sign-vectors:
         each zero entry made positive or negative (box facets only positive) names a
         ``k``-cell containing it.
+
+        Parameters
+        ----------
+        k : int
+            Cell dimension ``0..D``; cells of ``k >= 2`` are computed once and cached.
+
+        Returns
+        -------
+        signs : (M, W) int64 Tensor
+            Packed positive entries of each cell's sign-vector.
+        zeros : (M, D-k) int64 Tensor
+            Sorted constraint ids each cell lies on.
+
+        Raises
+        ------
+        ValueError
+            For ``k`` outside ``0..D``.
+
+        Examples
+        --------
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> signs, zeros = cplx.cells(2)
+        >>> tuple(signs.shape), tuple(zeros.shape)  # 36 squares, each on one plane
+        ((36, 1), (36, 1))
         """
         if not 0 <= k <= self.dim:
             raise ValueError(f"cell dimension must be in 0..{self.dim}, got {k}")
@@ -187,7 +255,26 @@ class PolyhedralComplex:
 
     def incidence(self, k: int) -> Tensor:
         """Pairs ``(i, j)``: ``(k-1)``-cell ``i`` is a facet of ``k``-cell ``j``, ``(M, 2)``
-        (int32 for ``k >= 2``, grouped by ``j``: they are the largest arrays of a big complex)."""
+        (int32 for ``k >= 2``, grouped by ``j``: they are the largest arrays of a big complex).
+
+        Parameters
+        ----------
+        k : int
+            Dimension of the larger cells, ``1..D``.
+
+        Returns
+        -------
+        (M, 2) Tensor
+            int64 for ``k = 1`` (each edge's two vertices), int32 above.
+
+        Examples
+        --------
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> cplx.incidence(3).shape[0], cplx.incidence(1).shape[0]  # 8 cubes of 6 squares; 54 edges of 2 vertices
+        (48, 108)
+        """
         if k == 1:
             n = self.edges.shape[0]
             return torch.stack([self.edges.reshape(-1).long(), torch.arange(n).repeat_interleave(2)], 1)
@@ -207,7 +294,31 @@ class PolyhedralComplex:
 
     def sign_vectors(self, k: int, index: Tensor | None = None) -> Tensor:
         """Full sign-vectors of ``k``-cells, ``(M, C)`` int8 in {-1, 0, +1} over all constraints
-        (box facets, neurons, output)."""
+        (box facets, neurons, output).
+
+        Parameters
+        ----------
+        k : int
+            Cell dimension ``0..D``.
+        index : (M,) int64 Tensor, optional
+            The cells wanted (default: all of dimension ``k``).
+
+        Returns
+        -------
+        (M, C) int8 Tensor
+            ``C`` = :attr:`n_constraints`; ``0`` where the cell lies on the constraint.
+
+        Examples
+        --------
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> sv = cplx.sign_vectors(3)
+        >>> tuple(sv.shape), sorted(sv[:, 6:9].sum(1).tolist())  # the octants' signs on x, y, z
+        ((8, 13), [-3, -1, -1, -1, 1, 1, 1, 3])
+        >>> bool((sv[:, :6] == 1).all())  # every region is inside the box
+        True
+        """
         pos, zeros = self.cells(k)
         if index is not None:
             pos, zeros = pos[index], zeros[index]
@@ -218,7 +329,29 @@ class PolyhedralComplex:
         return sv
 
     def activation_patterns(self, k: int, index: Tensor | None = None) -> Tensor:
-        """Activation patterns (neuron strictly positive) of ``k``-cells, ``(M, N)`` bool."""
+        """Activation patterns (neuron strictly positive) of ``k``-cells, ``(M, N)`` bool.
+
+        Parameters
+        ----------
+        k : int
+            Cell dimension ``0..D``.
+        index : (M,) int64 Tensor, optional
+            The cells wanted (default: all of dimension ``k``).
+
+        Returns
+        -------
+        (M, N) bool Tensor
+            One column per neuron, in layer order.
+
+        Examples
+        --------
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> pat = cplx.activation_patterns(3)
+        >>> tuple(pat.shape), bool(pat[:, 3:].all())  # relu(10 - x_i) is active on the whole box
+        ((8, 6), True)
+        """
         pos, _ = self.cells(k)
         if index is not None:
             pos = pos[index]
@@ -226,14 +359,63 @@ class PolyhedralComplex:
         return unpack_bits(pos, ids)
 
     def region_gradients(self, index: Tensor | None = None) -> Tensor:
-        """Gradient of the network on each D-cell (region), ``(M, D)``."""
+        """Gradient of the network on each D-cell (region), ``(M, D)``.
+
+        Parameters
+        ----------
+        index : (M,) int64 Tensor, optional
+            The regions wanted (default: all).
+
+        Returns
+        -------
+        (M, D) float Tensor
+            The gradient of the output ``g`` on each region.
+
+        Examples
+        --------
+        The gradient of ``|x| + |y| + |z|`` is the octant's sign vector:
+
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> grads = cplx.region_gradients()
+        >>> bool((grads == cplx.sign_vectors(3)[:, 6:9].to(grads.dtype)).all())
+        True
+        """
         pat = self.activation_patterns(self.dim, index)
         splits = torch.split(pat, self.net.widths, dim=1)
         return self.net.local_gradients(list(splits))
 
     # -- level set ----------------------------------------------------------------------
     def refine(self, level: float = 0.0) -> PolyhedralComplex:
-        """This complex subdivided by the output level set ``f = level`` as well."""
+        """This complex subdivided by the output level set ``f = level`` as well.
+
+        Parameters
+        ----------
+        level : float
+            The level of the output ``g``.
+
+        Returns
+        -------
+        PolyhedralComplex
+            A new complex whose :attr:`level` is ``level``; ``self`` if it is already refined by that level.
+
+        Raises
+        ------
+        ValueError
+            When the complex is already refined by another level.
+
+        Examples
+        --------
+        The octahedron cuts each octant in two, one cell inside and one outside:
+
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> fine = cplx.refine(0.0)
+        >>> fine.f_vector, fine.euler_characteristic
+        ([33, 72, 56, 16], 1)
+        """
         if self.level is not None:
             if self.level != level:
                 raise ValueError(f"complex already refined by the level {self.level}")
@@ -262,7 +444,29 @@ class PolyhedralComplex:
 
     def level_set(self, level: float = 0.0) -> LevelSet:
         """The sub-complex on ``f = level``: cells of dimension ``0..D-1`` whose sign-vector is
-        zero on the output."""
+        zero on the output.
+
+        Parameters
+        ----------
+        level : float
+            The level of the output ``g``.
+
+        Returns
+        -------
+        LevelSet
+            Its cells index those of the refined complex (:meth:`refine`).
+
+        Examples
+        --------
+        The octahedron: 6 vertices, 12 edges, 8 triangles, a sphere:
+
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> surface = cplx.level_set(0.0)
+        >>> surface.f_vector, surface.euler_characteristic
+        ([6, 12, 8], 2)
+        """
         ref = self.refine(level)
         out = ref.output_constraint
         cells = []
@@ -274,7 +478,38 @@ class PolyhedralComplex:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the complex, its network and metadata to one ``.npz`` file (atomically)."""
+        """Write the complex, its network and metadata to one ``.npz`` file (atomically).
+
+        Parameters
+        ----------
+        path : str or Path
+            Destination; its folder is created.
+
+        Returns
+        -------
+        Path
+            ``path``.
+
+        Raises
+        ------
+        ValueError
+            For a network the file format cannot store (an encoder's tables, for one); the
+            message says what.
+
+        Examples
+        --------
+        A round trip through :meth:`load`:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from nsr.extraction.complex import extract_complex
+        >>> from nsr.networks import octahedron_network
+        >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)  # the 8 octants of [-1, 1]^3
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     again = PolyhedralComplex.load(cplx.save(Path(tmp) / "complex.npz"))
+        >>> again.f_vector, bool((again.vertices == cplx.vertices).all())
+        ([27, 54, 36, 8], True)
+        """
         path = Path(path)
         arrays: dict[str, np.ndarray] = {
             "vertices": self.vertices.cpu().numpy(),
@@ -313,6 +548,31 @@ class PolyhedralComplex:
         shapes and dtypes, finite vertices and weights, ``lo < hi`` bounds, vertex indices and
         constraint ids in range. Raises ``FileNotFoundError`` or
         :class:`~nsr.files.ComplexFileError` (a ``ValueError``) naming the file and what is wrong.
+
+        Parameters
+        ----------
+        path : str or Path
+            A ``.npz`` written by :meth:`save`.
+
+        Returns
+        -------
+        PolyhedralComplex
+            On the CPU, with the saved network, stats and level.
+
+        Examples
+        --------
+        See :meth:`save`; a file that is not a complex is refused:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from nsr.files import ComplexFileError
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = (Path(tmp) / "x.npz").write_bytes(b"not a zip file")
+        ...     try:
+        ...         PolyhedralComplex.load(Path(tmp) / "x.npz")
+        ...     except ComplexFileError:
+        ...         print("refused")
+        refused
         """
         f = read_complex_file(path)
         t = torch.from_numpy
@@ -322,7 +582,33 @@ class PolyhedralComplex:
 
 @dataclass
 class LevelSet:
-    """Cells of a refined complex lying on ``f = level``; ``cells[k]`` indexes ``complex.cells(k)``."""
+    """Cells of a refined complex lying on ``f = level``; ``cells[k]`` indexes ``complex.cells(k)``.
+
+    Parameters
+    ----------
+    complex : PolyhedralComplex
+        The complex refined by the level (:meth:`PolyhedralComplex.refine`).
+    cells : list of (M_k,) int64 Tensor
+        For ``k = 0..D-1``, the indices of the ``k``-cells on the level set.
+
+    Examples
+    --------
+    A 2D network ``2 relu(x) + 2 relu(y) + relu(10 - x) + relu(10 - y) - 20.5 = |x| + |y| - 0.5``
+    on ``[-1, 1]^2``: its level set is a diamond, a closed polyline of 4 vertices and 4 edges:
+
+    >>> import torch
+    >>> from nsr.extraction.complex import extract_complex
+    >>> from nsr.networks import PLNetwork
+    >>> eye = torch.eye(2, dtype=torch.float64)
+    >>> net = PLNetwork([torch.cat([eye, -eye]), torch.tensor([[2.0, 2.0, 1.0, 1.0]], dtype=torch.float64)],
+    ...                 [torch.tensor([0.0, 0.0, 10.0, 10.0], dtype=torch.float64),
+    ...                  torch.tensor([-20.5], dtype=torch.float64)])
+    >>> diamond = extract_complex(net, (-1, 1), progress=False).level_set()
+    >>> diamond.dim, diamond.f_vector, diamond.euler_characteristic
+    (1, [4, 4], 0)
+    >>> sorted(diamond.vertices.abs().sum(1).tolist())  # |x| + |y| = 0.5 at every vertex
+    [0.5, 0.5, 0.5, 0.5]
+    """
 
     complex: PolyhedralComplex
     cells: list[Tensor]
@@ -376,6 +662,25 @@ def extract_complex(
     progress : show a progress bar per neuron with vertex and edge counts.
     memory_limit : bytes the extraction may hold before it stops with a ``MemoryError``
         naming what it reached (default: 80% of the memory available at the start).
+
+    Returns
+    -------
+    PolyhedralComplex
+        On ``device`` in ``dtype``, with ``stats`` (``time_s``, ``peak_memory_mb``,
+        ``unpaired_face_keys`` and ``uncertain_signs``, both 0 on a healthy extraction).
+
+    Examples
+    --------
+    A random 2-D network's complex subdivides the square: Euler characteristic 1:
+
+    >>> from nsr.networks import random_network
+    >>> net = random_network(2, [8, 8], seed=0)
+    >>> cplx = extract_complex(net, (-1, 1), progress=False)
+    >>> cplx.euler_characteristic, cplx.stats["unpaired_face_keys"]
+    (1, 0)
+    >>> curve = cplx.level_set()  # its vertices are on f = 0 up to rounding
+    >>> float(net(curve.vertices).abs().max()) < 1e-12
+    True
     """
     net = as_graph(net)
     dt = resolve_dtype(dtype)

@@ -22,6 +22,34 @@ def as_bounds(bounds: Any, dim: int = 3) -> np.ndarray:
 
     Accepts a scalar ``b`` (the box ``[-b, b]^D``), ``(lo, hi)`` scalars for every axis, or
     a per-axis ``(D, 2)`` array.
+
+    Parameters
+    ----------
+    bounds : float, (2,) or (D, 2) array_like
+        The box: ``b`` (``[-|b|, |b|]`` on every axis), ``(lo, hi)`` for every axis, or one row per axis.
+    dim : int
+        Dimension ``D`` of the network's input.
+
+    Returns
+    -------
+    (D, 2) float64 ndarray
+        ``[[lo_0, hi_0], ...]`` with finite ``lo < hi`` on every axis.
+
+    Raises
+    ------
+    ValueError
+        For non-numbers, a wrong shape, NaN or inf, or an axis with ``lo >= hi``.
+
+    Examples
+    --------
+    >>> as_bounds(0.5, dim=2).tolist()
+    [[-0.5, 0.5], [-0.5, 0.5]]
+    >>> as_bounds((0, 2), dim=2).tolist()
+    [[0.0, 2.0], [0.0, 2.0]]
+    >>> as_bounds([[0, 1], [1, 0]], dim=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: bounds: axis 1 has lo=1.0 >= hi=0.0; every axis needs lo < hi (a box of positive width)
     """
     try:
         arr = np.asarray(bounds, dtype=np.float64) if bounds is not None else None
@@ -56,7 +84,38 @@ def check_box(net: PLGraph | PLNetwork, b: np.ndarray, dtype: torch.dtype, level
     answer: coordinates beyond its range, an axis so thin for its offset that few
     coordinates are representable across it, first-layer hyperplanes closer to the origin than
     the box's rounding scale (their detail would be lost), or network values so large that
-    bounding them overflows (linear bound propagation multiplies two of them). Raises ``ValueError``."""
+    bounding them overflows (linear bound propagation multiplies two of them). Raises ``ValueError``.
+
+    In float32, first-layer hyperplanes too close to the origin only warn (ordinary networks
+    have some; float64 resolves them); in float64 they are refused.
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network to extract.
+    b : (D, 2) float64 ndarray
+        The box, as :func:`as_bounds` returns it.
+    dtype : torch.dtype
+        float32 or float64: the dtype the extraction will compute in.
+    level : float
+        The level set to extract; counts towards the values to bound.
+
+    Raises
+    ------
+    ValueError
+        Naming the axis or the values at fault and what to do (scale or translate the box, use float64).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import random_network
+    >>> net = random_network(3, [8], seed=0)
+    >>> check_box(net, as_bounds(1.0), torch.float64)  # accepted: returns None
+    >>> check_box(net, as_bounds([[-1, 1], [-1, 1], [1e6, 1e6 + 1e-7]]), torch.float64)
+    Traceback (most recent call last):
+    ...
+    ValueError: bounds: axis 2 [1000000.0, 1000000.0000001] is 1e-07 wide at an offset of 1e+06: ...
+    """
     fi = torch.finfo(dtype)
     name = str(dtype).removeprefix("torch.")
     mag = np.abs(b).max(1)
@@ -104,7 +163,34 @@ def check_box(net: PLGraph | PLNetwork, b: np.ndarray, dtype: torch.dtype, level
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     """float64 unless asked otherwise: exactness is the product, and float64 makes
     degenerate positions (vertices on later hyperplanes) far rarer; the extra cost is small
-    because the work is dominated by index bookkeeping, not arithmetic."""
+    because the work is dominated by index bookkeeping, not arithmetic.
+
+    Parameters
+    ----------
+    dtype : torch.dtype, str or None
+        ``None`` (float64), ``torch.float32`` / ``torch.float64``, or one of the names
+        ``"float32"``, ``"float"``, ``"float64"``, ``"double"``.
+
+    Returns
+    -------
+    torch.dtype
+        ``torch.float32`` or ``torch.float64``.
+
+    Raises
+    ------
+    ValueError
+        For any other dtype or name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> resolve_dtype(None), resolve_dtype("float32"), resolve_dtype(torch.float64)
+    (torch.float64, torch.float32, torch.float64)
+    >>> resolve_dtype(torch.float16)
+    Traceback (most recent call last):
+    ...
+    ValueError: dtype must be float32 or float64, got torch.float16
+    """
     if dtype is None:
         return torch.float64
     if isinstance(dtype, str):
@@ -117,7 +203,24 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    """Switch TF32 off (it would round matmuls to 10 mantissa bits) and restore it after."""
+    """Switch TF32 off (it would round matmuls to 10 mantissa bits) and restore it after.
+
+    Yields
+    ------
+    None
+        Inside the ``with`` block, ``torch.backends.cuda.matmul.allow_tf32`` and
+        ``torch.backends.cudnn.allow_tf32`` are False; both get their old values back on exit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> old = torch.backends.cudnn.allow_tf32
+    >>> with no_tf32():
+    ...     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    (False, False)
+    >>> torch.backends.cudnn.allow_tf32 == old
+    True
+    """
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

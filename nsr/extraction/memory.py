@@ -14,7 +14,26 @@ if TYPE_CHECKING:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process (resident set, CPU) or of the CUDA allocator, in MB."""
+    """Peak memory of this process (resident set, CPU) or of the CUDA allocator, in MB.
+
+    Parameters
+    ----------
+    device : torch.device
+        A CUDA device (peak of ``torch.cuda.max_memory_allocated``) or any other (the process's
+        peak resident set, ``ru_maxrss``, read as KiB as Linux reports it).
+
+    Returns
+    -------
+    float
+        Peak memory in MiB (``2**20`` bytes) since the process started (CPU) or since the last
+        ``torch.cuda.reset_peak_memory_stats`` (CUDA).
+
+    Examples
+    --------
+    >>> import torch
+    >>> peak_memory_mb(torch.device("cpu")) > 0
+    True
+    """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -36,12 +55,50 @@ def _chunks(n: int, row_bytes: int, device: torch.device) -> list[slice]:
 
 def default_memory_limit() -> float | None:
     """80% of the memory available now, honouring ``ulimit -v`` (``RLIMIT_AS``) and a cgroup
-    limit (see :func:`nsr.limits.default_memory_limit`), or None where unknown."""
+    limit (see :func:`nsr.limits.default_memory_limit`), or None where unknown.
+
+    Returns
+    -------
+    float or None
+        A budget in bytes.
+
+    Examples
+    --------
+    >>> limit = default_memory_limit()
+    >>> limit is None or limit > 0
+    True
+    """
     return limits.default_memory_limit()
 
 
 def skeleton_bytes(sk: _Skeleton, values: _Buffer | None) -> int:
-    """Bytes held by the skeleton's arrays (and the current block of layer values)."""
+    """Bytes held by the skeleton's arrays (and the current block of layer values).
+
+    Counts the allocated capacity of each buffer (which grows ahead of its rows), not only the rows in use.
+
+    Parameters
+    ----------
+    sk : _Skeleton
+        The skeleton of edge subdivision (:func:`nsr.extraction.skeleton.box_skeleton`).
+    values : _Buffer or None
+        The current layer's pre-activations carried with the vertices, if any.
+
+    Returns
+    -------
+    int
+        Bytes of positions, zero sets, packed signs, tile ids, edges and edge zero sets (and values).
+
+    Examples
+    --------
+    The unit cube with 6 constraints: 8 vertices (3 float64 + 3 int32 + 1 int64 word + 1 int32
+    each, 48 bytes) and 12 edges (2 + 2 int32, 16 bytes):
+
+    >>> import torch
+    >>> from nsr.extraction.skeleton import box_skeleton
+    >>> sk = box_skeleton(torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64), 6)
+    >>> skeleton_bytes(sk, None) == 8 * 48 + 12 * 16
+    True
+    """
     bufs = [sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.edges, sk.ezeros] + ([values] if values is not None else [])
     return sum(b.data.element_size() * b.data.numel() for b in bufs)
 

@@ -26,14 +26,66 @@ def output_bounds(net: PLGraph | PLNetwork, lo: Tensor, hi: Tensor,
                   known: list[tuple[Tensor, Tensor]] | None = None, crown_hidden: bool = True
                   ) -> tuple[Tensor, Tensor]:
     """Bounds ``(K,)`` of the output over boxes ``(K, D)``: :func:`nsr.pl.bounds.output_bounds`
-    of the network's graph (kept here for callers that hold a :class:`PLNetwork`)."""
+    of the network's graph (kept here for callers that hold a :class:`PLNetwork`).
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network.
+    lo, hi : (K, D) float Tensor
+        Corners of ``K`` boxes.
+    known : list of (lower, upper), optional
+        Known bounds ``(K, n_l)`` on the pre-activations of the first layers.
+    crown_hidden : bool
+        Also use linear bounds on hidden layers (tighter, slower).
+
+    Returns
+    -------
+    lower, upper : (K,) float Tensor
+        Sound bounds on the output over each box.
+
+    Examples
+    --------
+    The octahedron network ``|x| + |y| + |z| - 0.5`` is affine on ``[0.1, 0.2]^3``, where the
+    bounds are its exact range ``[-0.2, 0.1]``; on ``[-1, 1]^3`` the upper bound 2.5 is its maximum:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> lo = torch.tensor([[0.1, 0.1, 0.1], [-1, -1, -1]], dtype=torch.float64)
+    >>> hi = torch.tensor([[0.2, 0.2, 0.2], [1, 1, 1]], dtype=torch.float64)
+    >>> [b.round(decimals=12).tolist() for b in output_bounds(octahedron_network(), lo, hi)]
+    [[-0.2, -3.5], [0.1, 2.5]]
+    """
     return _bounds.output_bounds(as_graph(net), lo, hi, known, crown_hidden)
 
 
 class Band:
     """Cells of a ``res^D`` grid over a box that may contain the level set; the complement
     provably does not (linear bound propagation on each cell). Queried by boxes through a
-    summed-area table."""
+    summed-area table.
+
+    Parameters
+    ----------
+    occupied : (res,)*D bool Tensor
+        The cells that may contain the level set (:func:`band_cells`).
+    lo, hi : (D,) float Tensor
+        Corners of the box the grid covers.
+
+    Examples
+    --------
+    A 4x4 grid over the unit square with only its corner cell ``[0, 0.25]^2`` occupied:
+
+    >>> import torch
+    >>> occupied = torch.zeros(4, 4, dtype=torch.bool)
+    >>> occupied[0, 0] = True
+    >>> band = Band(occupied, torch.zeros(2), torch.ones(2))
+    >>> band.n_occupied
+    1
+    >>> band.hits(torch.tensor([[0.9, 0.9], [0.3, 0.3]]), torch.tensor([[1.0, 1.0], [0.4, 0.4]])).tolist()
+    [False, True]
+
+    (the second box misses the cell but lies within one cell of it: the query is dilated).
+    """
 
     def __init__(self, occupied: Tensor, lo: Tensor, hi: Tensor) -> None:
         self.res = occupied.shape[0]
@@ -47,7 +99,18 @@ class Band:
 
     def hits(self, box_lo: Tensor, box_hi: Tensor) -> Tensor:
         """Whether each box ``(M, D)`` meets an occupied cell (dilated by one cell, so that
-        rounding at cell borders cannot lose one)."""
+        rounding at cell borders cannot lose one).
+
+        Parameters
+        ----------
+        box_lo, box_hi : (M, D) float Tensor
+            Corners of the boxes.
+
+        Returns
+        -------
+        (M,) bool Tensor
+            True where an occupied cell lies within one cell of the box.
+        """
         i0 = torch.floor((box_lo - self.lo) / self.cell).long() - 1
         i1 = torch.floor((box_hi - self.lo) / self.cell).long() + 2  # exclusive
         i0, i1 = i0.clamp(0, self.res), i1.clamp(0, self.res)
@@ -169,7 +232,30 @@ def may_reach(lo: Tensor, hi: Tensor, level: float, tol: float) -> Tensor:
     """Whether a range ``[lo, hi]`` of the output, bounded in floating point, may hold a cut of
     the level set under the sign rule of :func:`split_by_constraint` (``f - level`` within
     ``tol`` of zero counts as zero, and zero as positive): the range is widened by the
-    tolerance on both sides, so that pruning never drops a cell that subdivision would cut."""
+    tolerance on both sides, so that pruning never drops a cell that subdivision would cut.
+
+    Parameters
+    ----------
+    lo, hi : (...,) float Tensor
+        Bounds on the output.
+    level : float
+        The level set.
+    tol : float
+        The output's sign tolerance (:func:`nsr.extraction.tolerances.sign_tolerances`).
+
+    Returns
+    -------
+    (...,) bool Tensor
+        ``lo <= level + tol`` and ``hi >= level - 2 tol``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> may_reach(torch.tensor([-1.0, 0.5, 0.0]), torch.tensor([1.0, 2.0, 0.0]), 0.0, 0.0).tolist()
+    [True, False, True]
+    >>> may_reach(torch.tensor([0.5]), torch.tensor([2.0]), 0.0, 0.5).tolist()  # within the tolerance
+    [True]
+    """
     return (lo <= level + tol) & (hi >= level - 2 * tol)
 
 
@@ -253,7 +339,43 @@ def band_cells(net: PLGraph | PLNetwork, bounds: Tensor, res: int, level: float,
     """Occupancy ``(res,)*D`` bool of the grid cells where the output may reach ``level``
     (or, with ``close``, be below it on a cell touching the box boundary), refined
     coarse-to-fine so that only cells near the surface are ever bounded. ``res`` is a power
-    of two."""
+    of two.
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network.
+    bounds : (D, 2) float Tensor
+        The box, in the network's dtype and on its device.
+    res : int
+        Cells per axis, a power of two.
+    level : float
+        The level set.
+    close : bool
+        Also keep the cells on the box's boundary where the output may be below the level
+        (the faces that close the surface).
+    crown_hidden : bool
+        Also use linear bounds on hidden layers.
+
+    Returns
+    -------
+    (res,)*D bool Tensor
+        True on cells that may hold the level set; the others provably do not.
+
+    Examples
+    --------
+    Every cell of an 8^3 grid that holds a point of the octahedron ``|x| + |y| + |z| = 0.5`` is kept:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> occupied = band_cells(octahedron_network(), box, 8, 0.0)
+    >>> p = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    >>> p = 0.5 * p / p.abs().sum(1, keepdim=True)  # points on the surface
+    >>> cell = ((p + 1) / 2 * 8).floor().long().clamp(0, 7)
+    >>> bool(occupied[tuple(cell.T)].all()), int(occupied.sum()) < 8**3 // 4
+    (True, True)
+    """
     net = as_graph(net)
     d = bounds.shape[0]
     dev, dt = net.device, net.dtype

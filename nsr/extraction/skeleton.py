@@ -68,7 +68,35 @@ class _Skeleton:
 
 
 def box_skeleton(tile_lo: Tensor, tile_hi: Tensor, n_constraints: int) -> _Skeleton:
-    """The 1-skeleton of ``K`` disjoint boxes ``(K, D)`` with their sign-vectors."""
+    """The 1-skeleton of ``K`` disjoint boxes ``(K, D)`` with their sign-vectors.
+
+    Each box gets ``2^D`` corners, each on ``D`` box facets (constraint ``2 d`` for ``x_d = lo``,
+    ``2 d + 1`` for ``x_d = hi``) and positive on the other ``D``, and ``D 2^(D-1)`` edges.
+
+    Parameters
+    ----------
+    tile_lo, tile_hi : (K, D) float Tensor
+        Corners of the boxes; the skeleton takes their dtype and device.
+    n_constraints : int
+        Constraint ids the sign vectors will hold (:attr:`ConstraintLayout.n_constraints`).
+
+    Returns
+    -------
+    _Skeleton
+        ``K 2^D`` vertices and ``K D 2^(D-1)`` edges, tile by tile.
+
+    Examples
+    --------
+    The unit square: corner ``(0, 0)`` lies on facets ``x = lo`` (0) and ``y = lo`` (2):
+
+    >>> import torch
+    >>> sk = box_skeleton(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), 5)
+    >>> sk.n_vertices, sk.n_edges, sk.x.t[0].tolist(), sk.vzeros.t[0].tolist()
+    (4, 4, [0.0, 0.0], [0, 2])
+    >>> sk = box_skeleton(torch.zeros(2, 3, dtype=torch.float64), torch.ones(2, 3, dtype=torch.float64), 7)
+    >>> sk.n_vertices, sk.n_edges  # two cubes
+    (16, 24)
+    """
     k, d = tile_lo.shape
     dev, dt = tile_lo.device, tile_lo.dtype
     corners = torch.cartesian_prod(*[torch.tensor([0, 1], device=dev)] * d).reshape(-1, d)  # (2^D, D)
@@ -107,8 +135,27 @@ def box_skeleton(tile_lo: Tensor, tile_hi: Tensor, n_constraints: int) -> _Skele
 def snap_to_zero(z: Tensor, tol: float | Tensor) -> Tensor:
     """``z`` with the values within ``tol`` of zero made exactly zero (``(V,)``).
 
-    Values that small are rounding noise around vertices lying on the hyperplane (see the
-    module docstring, *Degenerate positions*); an exact zero then counts as positive."""
+    Values that small are rounding noise around vertices lying on the hyperplane (see
+    *Degenerate positions* in :mod:`nsr.extraction.complex`); an exact zero then counts as positive.
+
+    Parameters
+    ----------
+    z : (V,) float Tensor
+        Values of one constraint at the vertices.
+    tol : float or (V,) float Tensor
+        The sign tolerance; ``0`` leaves ``z`` as it is.
+
+    Returns
+    -------
+    (V,) float Tensor
+        ``z`` with ``|z| <= tol`` replaced by ``0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> snap_to_zero(torch.tensor([1e-17, -1e-17, 0.5], dtype=torch.float64), 1e-15).tolist()
+    [0.0, 0.0, 0.5]
+    """
     if isinstance(tol, Tensor) or tol > 0:
         return torch.where(z.abs() <= tol, torch.zeros_like(z), z)
     return z
@@ -116,7 +163,26 @@ def snap_to_zero(z: Tensor, tol: float | Tensor) -> Tensor:
 
 def positive_side(z: Tensor, tol: float | Tensor = 0.0) -> Tensor:
     """The sign rule of edge subdivision: values within ``tol`` of zero count as exact zeros
-    (:func:`snap_to_zero`), and an exact zero counts as positive. ``(V,)`` bool."""
+    (:func:`snap_to_zero`), and an exact zero counts as positive. ``(V,)`` bool.
+
+    Parameters
+    ----------
+    z : (V,) float Tensor
+        Values of one constraint at the vertices.
+    tol : float or (V,) float Tensor
+        The sign tolerance.
+
+    Returns
+    -------
+    (V,) bool Tensor
+        ``z >= -tol``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> positive_side(torch.tensor([-1.0, -1e-17, 0.0, 1.0], dtype=torch.float64), 1e-15).tolist()
+    [False, True, True, True]
+    """
     return z >= -tol
 
 
@@ -126,9 +192,37 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
 
     ``z`` must be affine on every edge. Values within ``tol`` of zero (a bound on their
     rounding error, :func:`sign_tolerances`) count as exact zeros, and exact zeros as
-    positive: the consistent perturbation described in the module docstring. ``values``
+    positive: the consistent perturbation described in :mod:`nsr.extraction.complex`. ``values``
     (same-layer pre-activations, ``(V, n)``) are interpolated onto the new vertices.
     Mutates ``sk`` in place.
+
+    Parameters
+    ----------
+    sk : _Skeleton
+        The skeleton, changed in place: new vertices on the cut edges, the cut edges split in
+        two, and new edges across every 2-face the zero set cuts (faces paired by their keys;
+        keys that do not pair are counted in ``sk.unpaired``).
+    values : _Buffer or None
+        Carried pre-activations ``(V, n)`` of the current layer, extended to the new vertices.
+    z : (V,) float Tensor
+        The constraint's values at the vertices.
+    c : int
+        The constraint's id.
+    tol : float or (V,) float Tensor
+        Its sign tolerance.
+
+    Examples
+    --------
+    The line ``x = 0.5`` (constraint 4) cuts the unit square's bottom and top edges and adds an
+    edge between the two new vertices:
+
+    >>> import torch
+    >>> sk = box_skeleton(torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), 5)
+    >>> split_by_constraint(sk, None, sk.x.t[:, 0] - 0.5, 4)
+    >>> sk.n_vertices, sk.n_edges, sk.x.t[4:].tolist(), sk.unpaired
+    (6, 7, [[0.5, 0.0], [0.5, 1.0]], 0)
+    >>> sk.vzeros.t[4:].tolist()  # on y = lo (2) and y = hi (3), and on constraint 4
+    [[2, 4], [3, 4]]
     """
     d = sk.dim
     s = positive_side(z, tol)

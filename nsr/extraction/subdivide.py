@@ -62,6 +62,65 @@ def subdivide(
     tolerances ``(P,)``, from :func:`encoder_facets` of the whole box; default: over the tiles
     given), constraint ids ``2D .. 2D+P-1``, after which every layer is affine on every edge.
     Returns the skeleton and the tiles kept.
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network, in the dtype and on the device of the tiles.
+    tile_lo, tile_hi : (K, D) float Tensor
+        Corners of ``K`` disjoint tiles.
+    level : float, optional
+        Also split by the output level set ``f = level``; ``None``: the complex of the hidden neurons only.
+    prune : bool
+        Drop tiles (and, in the last ``region_layers`` layers, regions) that provably miss the level.
+    keep_negative : (K,) bool Tensor, optional
+        Tiles kept by pruning where the output is below the level (to close the surface with the box).
+    band : Band, optional
+        Drop regions whose bounding box misses this occupancy grid.
+    region_layers : int
+        How many of the last hidden layers prune region by region.
+    progress : bool
+        A progress bar (a line per tenth of the work in a log file).
+    desc : str
+        The bar's label; also the mode named by the memory guard.
+    max_value_bytes : int
+        Most bytes of carried pre-activations held at a time (the layer is evaluated in column blocks).
+    memory_limit : float, optional
+        Bytes the skeleton may hold before a ``MemoryError``; default :func:`default_memory_limit`.
+    tolerances : list of (n_k,) float Tensor, optional
+        Sign tolerances of the whole box, per layer then the output.
+    facets : tuple of Tensor, optional
+        The encoder's planes over the whole box, from :func:`encoder_facets`.
+
+    Returns
+    -------
+    skeleton : _Skeleton
+        Vertices, edges, sign vectors and ``stats`` (``subdivision_s``, ``tiles_alive``,
+        ``uncertain_signs``, regions kept per layer when pruning).
+    alive : (K,) bool Tensor
+        The tiles kept (all of them without pruning).
+
+    Examples
+    --------
+    The octahedron network's three planes cut ``[-1, 1]^3`` into the 3x3x3 grid of its octants;
+    the level set adds the octahedron's 6 vertices:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    >>> sk, alive = subdivide(octahedron_network(), lo, hi, progress=False)
+    >>> sk.n_vertices, sk.n_edges, alive.tolist()
+    (27, 54, [True])
+    >>> sk, _ = subdivide(octahedron_network(), lo, hi, level=0.0, progress=False)
+    >>> sk.n_vertices, sk.n_edges, sk.unpaired
+    (33, 72, 0)
+
+    Pruning drops a tile where ``|x| + |y| + |z| >= 1.8`` cannot reach 0.5:
+
+    >>> tile_lo = torch.tensor([[-1, -1, -1], [0.6, 0.6, 0.6]], dtype=torch.float64)
+    >>> tile_hi = torch.tensor([[0, 0, 0], [1, 1, 1]], dtype=torch.float64)
+    >>> subdivide(octahedron_network(), tile_lo, tile_hi, level=0.0, prune=True, progress=False)[1].tolist()
+    [True, False]
     """
     net = as_graph(net)
     d = net.in_dim
@@ -157,7 +216,41 @@ def subdivide(
 def encoder_facets(graph: PLGraph, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The encoder's planes over the box ``lo, hi`` ``(D,)``: normals ``(P, D)``, offsets
     ``(P,)`` and their sign tolerances ``(P,)`` (:func:`facet_tolerances`); ``P = 0`` without an
-    encoder. Computed once per box so that every tile and worker numbers them alike."""
+    encoder. Computed once per box so that every tile and worker numbers them alike.
+
+    Parameters
+    ----------
+    graph : PLGraph
+        The network.
+    lo, hi : (D,) float Tensor
+        Corners of the box; the planes come back in their dtype and on their device.
+
+    Returns
+    -------
+    normals : (P, D) float Tensor
+    offsets : (P,) float Tensor
+        The planes ``normals . x = offsets``.
+    tolerances : (P,) float Tensor
+        Their sign tolerances.
+
+    Examples
+    --------
+    A grid encoding of resolution 2 on ``[-1, 1]^2`` is affine on the triangles cut by
+    ``x = 0``, ``y = 0`` and ``x - y = -1, 0, 1``; a plain MLP has no planes:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.pl import as_graph
+    >>> from nsr.pl.encoding import GridMLP
+    >>> grid = GridMLP(in_dim=2, width=8, depth=1, n_levels=1, min_resolution=2, max_resolution=2)
+    >>> lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    >>> normals, offsets, tol = encoder_facets(as_graph(grid).to(dtype=torch.float64), lo, hi)
+    >>> normals.tolist(), offsets.tolist()
+    ([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]], [0.0, 0.0, -1.0, 0.0, 1.0])
+    >>> lo3, hi3 = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    >>> encoder_facets(as_graph(octahedron_network()), lo3, hi3)[0].shape
+    torch.Size([0, 3])
+    """
     if graph.encoder is None:
         empty = lo.new_zeros(0)
         return lo.new_zeros(0, graph.in_dim), empty, empty

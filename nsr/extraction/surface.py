@@ -69,6 +69,43 @@ class ExactMesh:
     ``vertex_patterns`` ``(V, N)`` bool, an activation pattern valid at the vertex (zero
     neurons inactive); ``polygon_patterns`` ``(P, N)`` bool, the pattern of each polygon's
     linear region; ``polygon_is_cap`` ``(P,)`` bool for box caps (``close=True``).
+
+    Parameters
+    ----------
+    vertices : (V, D) float64 ndarray
+        Vertex positions.
+    bounds : (D, 2) float64 ndarray
+        The box; ``D`` is the mesh's :attr:`dim`.
+    level : float
+        The level of ``g``.
+    polygons : list of (n_i,) int64 ndarray
+        D = 3: oriented vertex cycles of the convex planar polygons.
+    triangles : (T, 3) int64 ndarray
+        D = 3: their fan triangulation.
+    triangle_polygon : (T,) int64 ndarray
+        The polygon of each triangle.
+    polylines : list of (n_i,) int64 ndarray
+        D = 2: vertex paths; a closed loop repeats its first vertex.
+    vertex_constraints : (V, D) int64 ndarray
+        The constraints each vertex lies on.
+    vertex_patterns : (V, N) bool ndarray
+        An activation pattern valid at each vertex.
+    polygon_patterns : (P, N) bool ndarray
+        The activation pattern of each polygon's linear region.
+    polygon_is_cap : (P,) bool ndarray
+        Polygons on the box faces (``close=True``).
+    stats : dict
+        Counts, timings and the measured ``max_abs_f`` / ``mean_abs_f``.
+
+    Examples
+    --------
+    Made by :func:`extract_mesh`; the octahedron network's level set is the octahedron itself:
+    6 vertices, 8 triangles, on the surface exactly:
+
+    >>> from nsr.networks import octahedron_network
+    >>> mesh = extract_mesh(octahedron_network(), (-1, 1), progress=False)
+    >>> len(mesh.vertices), len(mesh.polygons), mesh.triangles.shape, mesh.stats["max_abs_f"]
+    (6, 8, (8, 3), 0.0)
     """
 
     vertices: np.ndarray
@@ -97,14 +134,58 @@ class ExactMesh:
         return self.triangles
 
     def to_trimesh(self) -> Any:
-        """A ``trimesh.Trimesh`` of the triangles (vertices kept as they are, no merging)."""
+        """A ``trimesh.Trimesh`` of the triangles (vertices kept as they are, no merging).
+
+        Returns
+        -------
+        trimesh.Trimesh
+
+        Raises
+        ------
+        ValueError
+            For a 2-D level set (polylines).
+
+        Examples
+        --------
+        The octahedron ``|x| + |y| + |z| <= 0.5`` has volume ``4/3 * 0.5**3``:
+
+        >>> from nsr.extraction.surface import extract_mesh
+        >>> from nsr.networks import octahedron_network
+        >>> mesh = extract_mesh(octahedron_network(), (-1, 1), progress=False)  # |x| + |y| + |z| = 0.5
+        >>> tm = mesh.to_trimesh()
+        >>> tm.is_watertight, tm.euler_number, round(float(tm.volume), 12) == round(4 / 3 * 0.5**3, 12)
+        (True, 2, True)
+        """
         import trimesh
 
         self._require_3d("to_trimesh")
         return trimesh.Trimesh(self.vertices, self.triangles, process=False)
 
     def to_open3d(self) -> Any:
-        """An ``open3d.geometry.TriangleMesh`` of the triangles."""
+        """An ``open3d.geometry.TriangleMesh`` of the triangles.
+
+        Returns
+        -------
+        open3d.geometry.TriangleMesh
+            With triangle normals computed.
+
+        Raises
+        ------
+        ImportError
+            Where open3d cannot be imported (a missing system library).
+        ValueError
+            For a 2-D level set.
+
+        Examples
+        --------
+        open3d takes seconds to import, so this example is not run:
+
+        >>> from nsr.extraction.surface import extract_mesh
+        >>> from nsr.networks import octahedron_network
+        >>> mesh = extract_mesh(octahedron_network(), (-1, 1), progress=False)  # |x| + |y| + |z| = 0.5
+        >>> len(mesh.to_open3d().triangles)  # doctest: +SKIP
+        8
+        """
         self._require_3d("to_open3d")
         try:
             import open3d as o3d
@@ -140,6 +221,43 @@ class ExactMesh:
 
         The file is written to a temporary name in the same folder and renamed
         (:func:`nsr.files.atomic_write`): a failure or Ctrl-C leaves no half-written file.
+
+        Parameters
+        ----------
+        path : str or Path
+            Destination; its folder must exist.
+        polygons : bool
+            Write the planar polygons (OBJ, PLY) instead of triangles.
+        binary : bool, optional
+            Binary or ASCII PLY; default binary for triangles, ASCII for polygons.
+
+        Returns
+        -------
+        Path
+            The path written.
+
+        Raises
+        ------
+        ValueError
+            For an unknown suffix, ``polygons`` with another format than OBJ or PLY, or binary polygon PLY.
+        FileNotFoundError
+            When the folder does not exist.
+
+        Examples
+        --------
+        The octahedron's 8 triangles as polygons in an OBJ, read back by trimesh:
+
+        >>> import tempfile, trimesh
+        >>> from pathlib import Path
+        >>> from nsr.extraction.surface import extract_mesh
+        >>> from nsr.networks import octahedron_network
+        >>> mesh = extract_mesh(octahedron_network(), (-1, 1), progress=False)  # |x| + |y| + |z| = 0.5
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = mesh.export(Path(tmp) / "octahedron.obj", polygons=True)
+        ...     n_faces = sum(line.startswith("f ") for line in path.read_text().splitlines())
+        ...     loaded = trimesh.load(path)
+        >>> n_faces, loaded.is_watertight
+        (8, True)
         """
         if self.dim == 2:  # a 2-D level set is polylines: PLY edges, OBJ lines or SVG (nsr.polylines)
             from nsr.polylines import export_polylines
@@ -198,6 +316,35 @@ def order_cycles(face: Tensor, u: Tensor, v: Tensor, n_faces: int) -> tuple[Tens
     ``face``, ``u``, ``v`` ``(M,)``: undirected edge ``(u, v)`` bounds face ``face``. Returns
     ``cycles`` ``(F, L)`` padded with -1 and ``valid`` ``(F,)`` (every vertex of the face has
     exactly two of its edges, and one walk visits them all).
+
+    Parameters
+    ----------
+    face : (M,) int64 Tensor
+        The face each edge bounds.
+    u, v : (M,) int64 Tensor
+        The edge's endpoints.
+    n_faces : int
+        Number of faces ``F``.
+
+    Returns
+    -------
+    cycles : (F, L) int64 Tensor
+        Each valid face's vertices in walk order, ``L`` the most edges of a face; -1 padding
+        (a whole row of -1 for an invalid face).
+    valid : (F,) bool Tensor
+        Whether the face's edges form one closed cycle.
+
+    Examples
+    --------
+    A square given by its edges out of order, a triangle, and an open path (not a face):
+
+    >>> import torch
+    >>> face = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    >>> u = torch.tensor([0, 2, 1, 3, 4, 5, 6, 7, 8])
+    >>> v = torch.tensor([1, 3, 2, 0, 5, 6, 4, 8, 9])
+    >>> cycles, valid = order_cycles(face, u, v, 3)
+    >>> cycles.tolist(), valid.tolist()
+    ([[0, 1, 2, 3], [4, 5, 6, -1], [-1, -1, -1, -1]], [True, True, False])
     """
     dev = face.device
     if face.numel() == 0:
@@ -545,6 +692,30 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     Returns tensors: ``vertices`` ``(V, 3)`` float64, ``cycles`` ``(P, L)`` long (-1 padded,
     oriented along each polygon's ``normal``), ``vertex_constraints`` ``(V, 3)`` long and
     ``vertex_patterns`` ``(V, N)`` bool.
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network that was tracked (for its constraint layout).
+    tr : dict
+        The output of :func:`track_polygons` (:func:`nsr.extraction.tracking.track_surface`):
+        ``key``, ``edges``, ``length``, ``support``, ``vertices``, ``normal``.
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``vertices``, ``cycles``, ``vertex_constraints``, ``vertex_patterns``.
+
+    Examples
+    --------
+    The octahedron's 8 walked triangles share 6 vertices:
+
+    >>> import numpy as np
+    >>> from nsr.networks import octahedron_network
+    >>> tr, why = track_polygons(octahedron_network(), np.array([[-1.0, 1.0]] * 3), seeds=8)
+    >>> welded = weld_tracks(octahedron_network(), tr)
+    >>> tuple(welded["vertices"].shape), tuple(welded["cycles"].shape)
+    ((6, 3), (8, 3))
     """
     n = net.n_neurons
     layout = ConstraintLayout.of(net)
@@ -589,7 +760,37 @@ def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:
 
 def tile_grid(bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The ``grid^D`` tiles of the box: ``(lo, hi, index)``, each ``(K, D)``. Tile planes are
-    computed once per grid line, so neighbouring tiles share them bitwise."""
+    computed once per grid line, so neighbouring tiles share them bitwise.
+
+    Parameters
+    ----------
+    bounds : (D, 2) float ndarray
+        The box.
+    grid : int
+        Tiles per axis.
+    dtype : torch.dtype
+        Dtype of the corners.
+    device : torch.device
+        Device of the corners.
+
+    Returns
+    -------
+    lo, hi : (grid^D, D) Tensor
+        Corners of each tile; the last tick of every axis is the box's ``hi`` exactly.
+    index : (grid^D, D) int64 Tensor
+        Grid index of each tile (last axis fastest).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> lo, hi, index = tile_grid(np.array([[-1.0, 1.0], [0.0, 1.0]]), 2, torch.float64, torch.device("cpu"))
+    >>> lo.tolist()
+    [[-1.0, 0.0], [-1.0, 0.5], [0.0, 0.0], [0.0, 0.5]]
+    >>> hi.tolist()
+    [[0.0, 0.5], [0.0, 1.0], [1.0, 0.5], [1.0, 1.0]]
+    >>> index.tolist()
+    [[0, 0], [0, 1], [1, 0], [1, 1]]
+    """
     d = bounds.shape[0]
     lo_b = torch.as_tensor(bounds[:, 0], dtype=dtype, device=device)
     hi_b = torch.as_tensor(bounds[:, 1], dtype=dtype, device=device)
@@ -608,14 +809,48 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
     regions, not of tiles, does most of the work. Small networks get 2 per axis: their
     extraction is dominated by per-tile overhead (a 32x3 network: 0.31 s with 2^3 tiles,
-    0.53 s with 8^3)."""
+    0.53 s with 8^3).
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network.
+
+    Returns
+    -------
+    int
+        8 for a 3-D network of more than 128 neurons, else 2.
+
+    Examples
+    --------
+    >>> from nsr.networks import random_network
+    >>> default_tiles(random_network(3, [8, 8])), default_tiles(random_network(3, [64, 64, 64]))
+    (2, 8)
+    """
     if net.in_dim != 3:
         return 2
     return 8 if net.n_neurons > 128 else 2
 
 
 def default_band(net: PLGraph | PLNetwork) -> int:
-    """Cells per axis of the grid on which surface mode bounds the output (a power of two)."""
+    """Cells per axis of the grid on which surface mode bounds the output (a power of two).
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        The network (not read: the default is the same for every network).
+
+    Returns
+    -------
+    int
+        0 (off): region pruning by linear bounds does the band's work.
+
+    Examples
+    --------
+    >>> from nsr.networks import random_network
+    >>> default_band(random_network(3, [8]))
+    0
+    """
     return 0
 
 
@@ -667,6 +902,43 @@ def extract_mesh(
         the level set, track mode falls back to surface mode.
 
     A network with no crossing in the box gives an empty mesh and a warning.
+
+    Returns
+    -------
+    ExactMesh
+        Polygons and triangles (D = 3) or polylines (D = 2), with ``stats`` (counts, timings,
+        ``max_abs_f`` measured at the vertices, ``unpaired_face_keys`` 0 on healthy extractions).
+
+    Raises
+    ------
+    ValueError
+        For another input dimension, bad arguments (:class:`nsr.limits.ArgumentError`), or a
+        box the dtype cannot answer on.
+
+    Examples
+    --------
+    The octahedron network ``|x| + |y| + |z| - 0.5``, closed by the box ``[-0.3, 0.3]^3`` that
+    cuts off its six tips (each a pyramid of volume ``0.08 * 0.2 / 3``):
+
+    >>> from nsr.networks import octahedron_network
+    >>> mesh = extract_mesh(octahedron_network(), (-0.3, 0.3), close=True, progress=False)
+    >>> len(mesh.polygons), int(mesh.polygon_is_cap.sum()), mesh.stats["max_abs_f"]
+    (32, 24, 0.0)
+    >>> volume = mesh.to_trimesh().volume
+    >>> round(float(volume), 12) == round(4 / 3 * 0.5**3 - 6 * 0.08 * 0.2 / 3, 12)
+    True
+
+    A 2-D network ``|x| + |y| - 0.5`` gives a closed polyline, the diamond:
+
+    >>> import torch
+    >>> from nsr.networks import PLNetwork
+    >>> eye = torch.eye(2, dtype=torch.float64)
+    >>> net = PLNetwork([torch.cat([eye, -eye]), torch.tensor([[2.0, 2.0, 1.0, 1.0]], dtype=torch.float64)],
+    ...                 [torch.tensor([0.0, 0.0, 10.0, 10.0], dtype=torch.float64),
+    ...                  torch.tensor([-20.5], dtype=torch.float64)])
+    >>> diamond = extract_mesh(net, (-1, 1), progress=False)
+    >>> len(diamond.vertices), [len(p) for p in diamond.polylines], diamond.stats["max_abs_f"]
+    (4, [5], 0.0)
     """
     net = as_graph(net)
     d = net.in_dim
@@ -796,7 +1068,50 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
     """The polygons of :func:`nsr.extraction.tracking.track_surface` grown from ``seeds`` (a grid
     resolution, default 64, or ``(M, 3)`` points; those outside the box ``b`` are dropped),
     or ``(None, why)`` where track mode cannot answer: no seed region crosses the level set,
-    a vertex is degenerate (a fourth plane through it), or a walk did not close."""
+    a vertex is degenerate (a fourth plane through it), or a walk did not close.
+
+    Parameters
+    ----------
+    net : PLGraph or PLNetwork
+        A 3-D network, in the dtype and on the device to track in.
+    b : (3, 2) float ndarray
+        The box.
+    level : float
+        The level of ``g``.
+    close : bool
+        Also walk the box faces where the output is below the level.
+    seeds : int or (M, 3) array_like, optional
+        A seed-grid resolution (default 64) or points near the level set.
+    progress : bool
+        A progress bar.
+
+    Returns
+    -------
+    tracks : dict or None
+        The walked polygons (``key``, ``edges``, ``length``, ``support``, ``vertices``,
+        ``normal``, ``patterns``, ``stats``), for :func:`weld_tracks`.
+    why : str
+        Empty, or why track mode cannot answer.
+
+    Raises
+    ------
+    ValueError
+        For seed points that are not ``(M, 3)``.
+
+    Examples
+    --------
+    One seed point in the positive octant grows the whole octahedron, a triangle per octant;
+    a seed outside the box is dropped:
+
+    >>> import numpy as np
+    >>> from nsr.networks import octahedron_network
+    >>> box = np.array([[-1.0, 1.0]] * 3)
+    >>> tracks, why = track_polygons(octahedron_network(), box, seeds=[[0.9, 0.9, 0.9]])
+    >>> why, tracks["stats"]["regions_walked"], tracks["stats"]["failed_walks"]
+    ('', 8, 0)
+    >>> track_polygons(octahedron_network(), box, seeds=[[2.0, 2.0, 2.0]])
+    (None, 'found no seed on the level set')
+    """
     from nsr.extraction.tracking import grid_seeds, track_surface
 
     net = _tracking_network(net)
@@ -891,7 +1206,36 @@ def _complex_arrays(cx: PolyhedralComplex) -> _Arrays:
 def mesh_from_complex(cx: PolyhedralComplex, level: float = 0.0, *, close: bool = False) -> ExactMesh:
     """The exact level-set mesh of an already extracted complex (no second extraction); ``level``
     is a level of the module's output, mapped through the network's output transform as in
-    :func:`extract_mesh`."""
+    :func:`extract_mesh`.
+
+    Parameters
+    ----------
+    cx : PolyhedralComplex
+        A 2-D or 3-D complex (:func:`nsr.extraction.complex.extract_complex`).
+    level : float
+        A level of the module's output.
+    close : bool
+        3-D: cap the surface with the box faces where the network is below the level.
+
+    Returns
+    -------
+    ExactMesh
+        The same polygons as :func:`extract_mesh` in complex mode.
+
+    Raises
+    ------
+    ValueError
+        For a complex of another dimension, or ``close`` in 2-D.
+
+    Examples
+    --------
+    >>> from nsr.extraction.complex import extract_complex
+    >>> from nsr.networks import octahedron_network
+    >>> cplx = extract_complex(octahedron_network(), (-1, 1), progress=False)
+    >>> mesh = mesh_from_complex(cplx)
+    >>> len(mesh.vertices), len(mesh.polygons), mesh.stats["max_abs_f"]
+    (6, 8, 0.0)
+    """
     if cx.dim not in (2, 3):
         raise ValueError(f"a mesh needs a 2-D or 3-D complex, got {cx.dim}-D; use cx.level_set()")
     if close and cx.dim != 3:

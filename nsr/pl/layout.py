@@ -126,19 +126,94 @@ class ConstraintLayout:
         return self.output + 1
 
     def box(self, axis: int, side: int) -> int:
-        """Id of the facet ``x_axis = lo`` (``side`` 0) or ``x_axis = hi`` (``side`` 1)."""
+        """Id of the facet ``x_axis = lo`` (``side`` 0) or ``x_axis = hi`` (``side`` 1).
+
+        Parameters
+        ----------
+        axis : int
+            Axis ``0..D-1``.
+        side : int
+            0 for the lower facet, 1 for the upper.
+
+        Returns
+        -------
+        int
+            ``2 axis + side``.
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> lay.box(2, 1)
+        5
+        """
         return 2 * axis + side
 
     def facet(self, p: int) -> int:
-        """Id of encoder facet ``p``."""
+        """Id of encoder facet ``p``.
+
+        Parameters
+        ----------
+        p : int
+            Index ``0..P-1`` of the facet.
+
+        Returns
+        -------
+        int
+            ``2D + p``.
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> lay.facet(0), lay.facet(4)
+        (6, 10)
+        """
         return self.facet_offset + p
 
     def neuron(self, layer: int, j: int = 0) -> int:
-        """Id of neuron ``j`` of ``layer`` (``layer == n_layers`` is the output)."""
+        """Id of neuron ``j`` of ``layer`` (``layer == n_layers`` is the output).
+
+        Parameters
+        ----------
+        layer : int
+            Layer ``0..L-1``, or ``L`` for the output.
+        j : int
+            Neuron index within the layer.
+
+        Returns
+        -------
+        int
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> lay.neuron(0), lay.neuron(1, 1), lay.neuron(2) == lay.output
+        (11, 16, True)
+        """
         return self.layer_offsets[layer] + j
 
     def kind(self, c: Tensor) -> Tensor:
-        """Kind of each id: ``BOX``, ``FACET``, ``NEURON`` or ``OUTPUT`` (same shape, int64)."""
+        """Kind of each id: ``BOX``, ``FACET``, ``NEURON`` or ``OUTPUT`` (same shape, int64).
+
+        Parameters
+        ----------
+        c : (...,) int Tensor
+            Constraint ids (anything ``torch.as_tensor`` accepts).
+
+        Returns
+        -------
+        (...,) int64 Tensor
+            ``BOX`` (0), ``FACET`` (1), ``NEURON`` (2) or ``OUTPUT`` (3) per id.
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> lay.kind([0, 6, 11, 17]).tolist()
+        [0, 1, 2, 3]
+        """
         c = torch.as_tensor(c)
         k = torch.full_like(c, NEURON, dtype=torch.int64)
         k = torch.where(c < self.neuron_offset, FACET, k)
@@ -146,16 +221,71 @@ class ConstraintLayout:
         return torch.where(c == self.output, OUTPUT, k)
 
     def layer_of(self, c: Tensor) -> Tensor:
-        """Layer of each id (``-1`` for box and encoder facets, ``L`` for the output; int64)."""
+        """Layer of each id (``-1`` for box and encoder facets, ``L`` for the output; int64).
+
+        Parameters
+        ----------
+        c : (...,) int Tensor
+            Constraint ids.
+
+        Returns
+        -------
+        (...,) int64 Tensor
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> lay.layer_of([5, 10, 11, 14, 15, 17]).tolist()
+        [-1, -1, 0, 0, 1, 2]
+        """
         c = torch.as_tensor(c)
         edges = torch.tensor(self.layer_offsets, device=c.device, dtype=torch.int64)
         return torch.bucketize(c.long(), edges, right=True) - 1
 
     def neuron_index(self, c: Tensor) -> Tensor:
-        """Global neuron index ``0..N-1`` of neuron ids (others give values outside that range)."""
+        """Global neuron index ``0..N-1`` of neuron ids (others give values outside that range).
+
+        Parameters
+        ----------
+        c : (...,) int Tensor
+            Constraint ids.
+
+        Returns
+        -------
+        (...,) int64 Tensor
+            ``c - (2D + P)``.
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> lay.neuron_index([11, 16, 17]).tolist()  # the output gives N
+        [0, 5, 6]
+        """
         return torch.as_tensor(c).long() - self.neuron_offset
 
     def box_axis_side(self, c: Tensor) -> tuple[Tensor, Tensor]:
-        """Axis and side of box-facet ids (other ids are clamped into the box range first)."""
+        """Axis and side of box-facet ids (other ids are clamped into the box range first).
+
+        Parameters
+        ----------
+        c : (...,) int Tensor
+            Box-facet ids ``0..2D-1``.
+
+        Returns
+        -------
+        axis : (...,) int64 Tensor
+            ``c // 2``.
+        side : (...,) int64 Tensor
+            ``c % 2``: 0 for ``x = lo``, 1 for ``x = hi``.
+
+        Examples
+        --------
+        >>> from nsr.pl.layout import ConstraintLayout
+        >>> lay = ConstraintLayout(3, (4, 2), n_facets=5)  # box 0..5, facets 6..10, neurons 11..16, output 17
+        >>> [t.tolist() for t in lay.box_axis_side([0, 3, 5])]
+        [[0, 1, 2], [0, 1, 1]]
+        """
         cc = torch.as_tensor(c).long().clamp(0, self.n_box - 1)
         return torch.div(cc, 2, rounding_mode="floor"), cc % 2
