@@ -193,11 +193,12 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     """
     if dtype is None:
         return torch.float64
+    given = dtype
     if isinstance(dtype, str):
         dtype = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64,
                  "float": torch.float32}.get(dtype, None)  # type: ignore[assignment]
     if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        raise ValueError(f"dtype must be float32 or float64, got {given!r}")
     return dtype
 
 

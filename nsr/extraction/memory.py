@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,7 +21,7 @@ def peak_memory_mb(device: torch.device) -> float:
     ----------
     device : torch.device
         A CUDA device (peak of ``torch.cuda.max_memory_allocated``) or any other (the process's
-        peak resident set, ``ru_maxrss``, read as KiB as Linux reports it).
+        peak resident set, ``ru_maxrss``, KiB on Linux, bytes on macOS).
 
     Returns
     -------
@@ -36,7 +37,8 @@ def peak_memory_mb(device: torch.device) -> float:
     """
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0  # macOS reports bytes, Linux KiB
 
 
 # Temporaries of at most this size are recycled by the allocator; larger ones are mapped
