@@ -231,9 +231,10 @@ def _keep_live_regions(sk: _Skeleton, region: Tensor, alive: Tensor, n_regions: 
 def may_reach(lo: Tensor, hi: Tensor, level: float, tol: float) -> Tensor:
     """Whether a range ``[lo, hi]`` of the output, bounded in floating point, may hold a cut of
     the level set under the sign rule of :func:`split_by_constraint` (``f - level`` within
-    ``tol`` of zero counts as zero, and zero as positive): the range is widened by ``tol`` above
-    and by ``2 tol`` below (a margin for the rounding of the bound itself on the side where a
-    snapped zero still counts), so that pruning never drops a cell that subdivision would cut.
+    ``tol`` of zero counts as zero, and zero as positive). A cut needs a vertex below
+    ``level - tol`` and one at or above it; the test accepts ``lo <= level + tol`` and
+    ``hi >= level - 2 tol``, a margin of at least ``tol`` on each side for the rounding of the
+    bounds themselves, so that pruning never drops a cell that subdivision would cut.
 
     Parameters
     ----------
