@@ -547,7 +547,7 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     oriented along each polygon's ``normal``), ``vertex_constraints`` ``(V, 3)`` long and
     ``vertex_patterns`` ``(V, N)`` bool.
     """
-    from nsr.extraction.tracking import corner_identities
+    from nsr.extraction.tracking import _corner_identities
 
     n = net.n_neurons
     layout = ConstraintLayout.of(net)
@@ -557,7 +557,7 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     lmax = e.shape[1]
     ar = torch.arange(lmax, device=dev)
     if "cells" in tr:  # a graph with an encoder: a corner is named by every constraint through it
-        f, i, rows, trip, pk = corner_identities(tr)
+        f, i, rows, trip, pk = _corner_identities(tr)
     else:
         before = torch.gather(e, 1, (ar[None] - 1) % m.clamp(min=1)[:, None])
         f, i = torch.nonzero(ar[None] < m[:, None], as_tuple=True)
@@ -829,8 +829,8 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
 
 def _tracking_network(net: PLGraph | PLNetwork) -> PLGraph | PLNetwork:
     """What :mod:`nsr.extraction.tracking` is handed: a plain ReLU MLP as the :class:`PLNetwork` of ``g``
-    (as it has always been), any other graph as the graph itself (tracking reads graphs once it
-    is ported to them; until then such a graph fails there)."""
+    (as it has always been), any other graph (skip/residual blocks, other slopes, an encoder) as
+    the graph itself."""
     if isinstance(net, PLGraph) and net.is_mlp and net.is_relu and net.encoder is None:
         return net.to_plnetwork(pre_transform=True)
     return net

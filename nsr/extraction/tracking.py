@@ -21,12 +21,18 @@ grid, so a component is found whenever it separates two neighbouring grid points
 Every function takes a :class:`nsr.pl.PLGraph` (or anything :func:`nsr.pl.as_graph` reads, such
 as a :class:`~nsr.networks.PLNetwork`): skip and residual blocks, LeakyReLU/PReLU/``abs``/clamp
 neurons (a region's maps multiply each neuron by its slope on the region's side) and output
-transforms (track ``g`` at ``graph.level(t)``) work as for plain ReLU MLPs. Graphs with an
-encoder are refused for now (use ``mode="surface"``).
+transforms (track ``g`` at ``graph.level(t)``) work as for plain ReLU MLPs.
+
+Graphs with an encoder (a simplex-grid encoding, issue 14) are walked too: a region is then a cell
+of the arrangement of the encoder's planes (at every level, the Kuhn simplex) together with the
+pattern, bounded by the box, the planes next to the cell in every family of parallel planes
+(:class:`EncoderCells`) and the neurons; crossing an encoder plane leads to the neighbouring
+cell. Grid planes meet three at a time in lines, so those walks resolve vertices that several
+planes pass through and name each vertex by all of them (see the section on encoders below).
 
 Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.extraction.surface.ExactMesh`):
-``2a``/``2a+1`` box facets ``x_a >= lo_a``/``x_a <= hi_a``, then the neurons layer by layer,
-then the level set.
+``2a``/``2a+1`` box facets ``x_a >= lo_a``/``x_a <= hi_a``, the encoder's planes in the order of
+``encoder.planes(lo, hi)`` of the box, then the neurons layer by layer, then the level set.
 """
 
 from __future__ import annotations
@@ -484,8 +490,11 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     Parameters
     ----------
     net : PLGraph or PLNetwork
-        The network (3 inputs), ``N`` hidden neurons, no encoder; its piecewise-affine output
-        ``g`` is tracked (for a graph with an output transform, pass ``level=graph.level(t)``).
+        The network (3 inputs), ``N`` hidden neurons; its piecewise-affine output ``g`` is tracked
+        (for a graph with an output transform, pass ``level=graph.level(t)``). With an encoder
+        the result also holds ``slabs`` ``(P, F)`` (each polygon's cell), ``companion`` ``(P, L)``
+        (a second constraint on an edge's line, -1 if none), ``extra`` ``(P, L, X)`` (further
+        constraints through each vertex), ``layout`` and ``cells``.
     bounds : (D, 2) float Tensor
         The box.
     seeds : (M, D) float Tensor
@@ -684,6 +693,8 @@ class EncoderCells:
 
     Raises
     ------
+    TypeError
+        If the encoder lacks ``planes`` or ``feature_maps``.
     ValueError
         If two planes of the encoder coincide.
 
@@ -697,11 +708,15 @@ class EncoderCells:
     >>> cells.n_planes, cells.n_families  # x, y, z = 0 and x - y, x - z, y - z = -1, 0, 1
     (12, 6)
     >>> cells.slabs(torch.tensor([[0.5, -0.5, 0.1]], dtype=torch.float64)).tolist()
-    [[1, 0, 1, 3, 2, 0]]
+    [[1, 1, 0, 2, 2, 1]]
     """
 
     def __init__(self, encoder: Any, bounds: Tensor) -> None:
         dt, dev = bounds.dtype, bounds.device
+        missing = [m for m in ("planes", "feature_maps") if not callable(getattr(encoder, m, None))]
+        if missing:
+            raise TypeError(f"the graph's encoder ({type(encoder).__name__}) lacks {' and '.join(missing)} of the "
+                            "encoder protocol (PROTOCOL.md): track mode reads its planes and its affine maps on cells")
         normals, offsets = encoder.planes(bounds[:, 0], bounds[:, 1])
         normals, offsets = normals.to(device=dev, dtype=dt), offsets.to(device=dev, dtype=dt)
         self.n_planes = len(offsets)
@@ -729,17 +744,39 @@ class EncoderCells:
         self.n_families = n_fam
 
     def slabs(self, x: Tensor) -> Tensor:
-        """Slab ``(N, F)`` int64 of every family at points ``x`` ``(N, D)`` (a point on a plane
-        counts as below it)."""
+        """The cells of points.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+
+        Returns
+        -------
+        (N, F) int64 Tensor
+            The slab of every family (a point on a plane counts as below it).
+        """
         if self.n_families == 0:
             return torch.zeros(len(x), 0, dtype=torch.int64, device=x.device)
         vals = (x @ self.normals.T).T.contiguous()  # (F, N)
         return torch.searchsorted(self.offsets, vals).T
 
     def columns(self, slabs: Tensor) -> tuple[Tensor, Tensor]:
-        """Oriented constraints ``(B, D + 1, 2F)`` of cells ``(B, F)`` (``a . x + b >= 0`` inside;
-        column ``2f`` the plane below in family ``f``, ``2f + 1`` the one above; ``(0, 1)`` where
-        the slab reaches the box) and their plane indices ``(B, 2F)`` (-1 for those)."""
+        """The planes bounding cells, as oriented constraints.
+
+        Parameters
+        ----------
+        slabs : (B, F) int64 Tensor
+            Cells.
+
+        Returns
+        -------
+        g : (B, D + 1, 2F) float Tensor
+            ``a . x + b >= 0`` inside; column ``2f`` is the plane below in family ``f``, ``2f + 1``
+            the one above, ``(0, 1)`` (never met) where the slab reaches the box.
+        ids : (B, 2F) int64 Tensor
+            Plane index of every column (-1 for those).
+        """
         bsz, n_fam = slabs.shape
         d = self.normals.shape[1]
         fam = torch.arange(n_fam, device=slabs.device).expand(bsz, -1)
@@ -759,8 +796,20 @@ class EncoderCells:
         return g.reshape(bsz, d + 1, 2 * n_fam), ids
 
     def margin(self, x: Tensor, slabs: Tensor) -> Tensor:
-        """Distance ``(N,)`` from points to the nearest plane bounding their cells ``slabs``
-        (negative where a point lies outside its cell)."""
+        """Distance from points to the nearest plane bounding given cells.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points.
+        slabs : (N, F) int64 Tensor
+            A cell per point.
+
+        Returns
+        -------
+        (N,) float Tensor
+            Negative where a point lies outside its cell; inf without planes.
+        """
         if self.n_families == 0:
             return torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
         g, _ = self.columns(slabs)
@@ -818,7 +867,8 @@ class _EncoderRegions:
         flat = c.reshape(len(c), -1)
         enc = (flat >= self.n_box) & (flat < self.n_box + self.n_enc)
         plane = torch.gather(ids, 1, (flat - self.n_box).clamp(0, max(self.n_enc - 1, 0))) if self.n_enc else flat
-        out = torch.where(enc, plane + self.n_box, torch.where(flat >= self.n_box + self.n_enc, flat + self.shift, flat))
+        rest = torch.where(flat >= self.n_box + self.n_enc, flat + self.shift, flat)
+        out = torch.where(enc, plane + self.n_box, rest)
         return torch.where(flat < 0, flat, out).reshape(c.shape)
 
     def to_local(self, c: Tensor, ids: Tensor) -> Tensor:
@@ -930,7 +980,7 @@ def _resolve(g: Tensor, gid: Tensor, cand: Tensor, s: Tensor, p: Tensor) -> tupl
     return q, comp, pmin, degenerate
 
 
-def walk_encoder_polygons(g: Tensor, gid: Tensor, support: Tensor, prev: Tensor, cur: Tensor, n_global: int,
+def _walk_encoder_polygons(g: Tensor, gid: Tensor, support: Tensor, prev: Tensor, cur: Tensor, n_global: int,
                           tol: float = 0.0, max_edges: int = 256, n_extra: int = 4) -> dict[str, Tensor]:
     """:func:`walk_polygons` for regions of a graph with an encoder, whose planes meet in lines.
 
@@ -1232,7 +1282,7 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
             failed += int((~start).sum())
             key, g, ids, gid, support, p_l, c_l = (t[start] for t in (key, g, ids, gid, support, p_l, c_l))
             anchor = front_anchor[sl][start]
-            w = walk_encoder_polygons(g, gid, support, p_l, c_l, n_global, tol, max_edges)
+            w = _walk_encoder_polygons(g, gid, support, p_l, c_l, n_global, tol, max_edges)
             degenerate += int(w["degenerate"].sum())
             ok = w["length"] > 0
             failed += int((~ok).sum())
@@ -1297,7 +1347,7 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
     }
 
 
-def corner_identities(tr: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _corner_identities(tr: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Vertex names of the corners of polygons walked on a graph with an encoder.
 
     A corner lies on its polygon's support, on its two edges' constraints and on the polygon's
