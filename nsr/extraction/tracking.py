@@ -1159,7 +1159,8 @@ def _try_seeds(reg: _EncoderRegions, x0: Tensor, slabs: Tensor, pats: Tensor, to
 
 
 def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tensor, walked: dict[str, Tensor],
-                        anchors: Tensor, words: int, close: bool) -> tuple[Tensor, Tensor, Tensor, int]:
+                        anchors: Tensor, words: int, close: bool, visited: _Visited | None = None
+                        ) -> tuple[Tensor, Tensor, Tensor, int]:
     """:func:`_neighbours` for a graph with an encoder: keys ``[pattern words, slabs, support]``
     (global support), start pairs (global) and anchors of the polygons across every edge, and the
     number of neighbours dropped because no anchor inside their cell was found.
@@ -1198,6 +1199,15 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
     k[:, -1] = torch.where(change, c, s_g)
     prev = torch.where(change, s_g, c)
     take = is_neuron | is_facet | change
+    # regions already walked, and all but one of equal keys, need no anchor (the costly part)
+    if visited is not None and bool(take.any()):
+        rows = torch.nonzero(take).squeeze(1)
+        _, first = _unique_rows(k[rows])
+        fresh = torch.zeros_like(take)
+        fresh[rows[first]] = True
+        r2 = torch.nonzero(fresh).squeeze(1)
+        fresh[r2[visited.contains(k[r2], hash_rows(k[r2]))]] = False
+        take &= fresh
     anchor = anchors[f].clone()
     moved = torch.nonzero(take & (is_facet | with_comp)).squeeze(1)
     lost = 0
@@ -1287,17 +1297,15 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
             ok = w["length"] > 0
             failed += int((~ok).sum())
             found["normal"].append(-_columns(g, support)[ok, :D])
-            w = {k: v[ok] for k, v in w.items()}
-            key, g, ids, anchor = key[ok], g[ok], ids[ok], anchor[ok]
             lmax = int(w["length"].max()) if len(key) else 0
-            w["edges"], w["companion"] = w["edges"][:, :lmax], w["companion"][:, :lmax]
-            w["extra"], w["vertices"] = w["extra"][:, :lmax], w["vertices"][:, :lmax]
+            w = {k: (v[:, :lmax] if v.ndim > 1 else v)[ok] for k, v in w.items()}
+            key, g, ids, anchor = key[ok], g[ok], ids[ok], anchor[ok]
             found["key"].append(key)
             for name in ("edges", "companion", "extra"):
                 found[name].append(reg.to_global(w[name], ids))
             found["vertices"].append(w["vertices"])
             found["length"].append(w["length"])
-            nk, npc, na, lost = _encoder_neighbours(reg, g, ids, key, w, anchor, words, close)
+            nk, npc, na, lost = _encoder_neighbours(reg, g, ids, key, w, anchor, words, close, visited)
             failed += lost
             next_key.append(nk)
             next_pc.append(npc)
