@@ -106,6 +106,32 @@ def test_track_matches_surface_mode_closed():
     assert mesh.stats["max_abs_f"] <= 1e-12 and _max_abs_f_on_surface(net, mesh) <= 1e-12
 
 
+def test_vertices_are_named_by_three_planes_through_them_that_meet_in_a_point():
+    """``vertex_constraints``: box facets and encoder planes named at a vertex pass through it
+    (brute force over ``encoder.planes``), and their normals are independent (grid planes meet
+    three at a time in lines, so a vertex on such a line must not be named by those three)."""
+    net = _grid_net(1, 2, 2, 4, 8, True)
+    ref = extract_mesh(net, BOX, mode="complex", progress=False, close=True)
+    mesh = _track(net, BOX, close=True, seeds=_surface_centroids(ref))
+    enc = SimplexGridEncoder(net.encoding)
+    normals, offsets = enc.planes(torch.full((3,), -1.0, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    n_box, n_planes = 6, len(offsets)
+    x = mesh.vertices
+    for v, cons in zip(x, mesh.vertex_constraints):
+        rows = []
+        for c in cons:
+            if c < n_box:
+                axis, side = divmod(int(c), 2)
+                assert abs(v[axis] - (1.0 if side else -1.0)) < 1e-12
+                rows.append(np.eye(3)[axis])
+            elif c < n_box + n_planes:
+                p = int(c) - n_box
+                assert abs(float(normals[p] @ torch.as_tensor(v)) - float(offsets[p])) < 1e-12
+                rows.append(normals[p].numpy())
+        if rows:
+            assert np.linalg.matrix_rank(np.array(rows), tol=1e-9) == len(rows)
+
+
 def test_default_seeds_give_reference_polygons():
     """Grid seeds (as by default, on a coarser grid): every polygon found is a reference polygon."""
     net = _grid_net(0, 1, 3, 3, 8, False)

@@ -1265,7 +1265,8 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
     visited = _Visited(width, dev)
     names = ("key", "edges", "companion", "extra", "vertices", "length", "normal")
     found: dict[str, list[Tensor]] = {k: [] for k in names}
-    row = (D + 1) * reg.n_local * net.dtype.itemsize * 4
+    # constraints and their temporaries, and the walk's per-edge arrays (vertices, ids, extras)
+    row = (D + 1) * reg.n_local * net.dtype.itemsize * 4 + max_edges * (D * net.dtype.itemsize + 8 * 6)
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     n_global = reg.n_box + reg.n_enc
     bar = _bar(progress)
@@ -1375,7 +1376,8 @@ def _corner_identities(tr: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tens
     rows : (K, W) int64 Tensor
         Equal rows name the same vertex.
     constraints : (K, 3) int64 Tensor
-        The three smallest constraint ids through each corner.
+        Three constraints through each corner whose planes meet in it alone
+        (:func:`_independent_triple`).
     pattern_words : (K, words) int64 Tensor
         The packed pattern with the bits of the neurons through the corner cleared.
     """
@@ -1401,4 +1403,47 @@ def _corner_identities(tr: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tens
         pk[rows, wd] &= ~mk
         rows = torch.nonzero((kind == FACET) & (c != big) & (c >= lay.n_box)).squeeze(1)
         sl[rows, cells.family[c[rows] - lay.n_box]] = -1
-    return f, i, torch.cat([pk, sl, zs], 1), zs[:, :3], pk
+    return f, i, torch.cat([pk, sl, zs], 1), _independent_triple(zs, lay, cells), pk
+
+
+def _independent_triple(zs: Tensor, lay: ConstraintLayout, cells: EncoderCells) -> Tensor:
+    """Of each row of sorted constraint ids through a vertex ``(K, W)`` (padded with the int64
+    maximum), the first three whose planes meet in a point, sorted ``(K, 3)``: a box facet or
+    encoder plane is skipped where its normal depends on those already taken (three grid planes
+    share a line), neurons and the level set are in general position. Where vertices lie on more
+    than three planes this names them as subdivision does (the first independent ids)."""
+    k, w = zs.shape
+    dev = zs.device
+    big = torch.iinfo(torch.int64).max
+    dt = cells.normals.dtype
+    eps = 1e-9
+    chosen = torch.full((k, 3), big, dtype=torch.int64, device=dev)
+    count = torch.zeros(k, dtype=torch.int64, device=dev)
+    n_glob = torch.zeros(k, dtype=torch.int64, device=dev)
+    taken = torch.zeros(k, 2, D, dtype=dt, device=dev)
+    eye = torch.eye(D, dtype=dt, device=dev)
+    for j in range(w):
+        c = zs[:, j]
+        valid = c != big
+        cc = torch.where(valid, c, 0)
+        is_box = valid & (cc < lay.n_box)
+        is_enc = valid & (cc >= lay.n_box) & (cc < lay.neuron_offset)
+        nrm = torch.zeros(k, D, dtype=dt, device=dev)
+        nrm = torch.where(is_box[:, None], eye[torch.div(cc.clamp(max=lay.n_box - 1), 2, rounding_mode="floor")], nrm)
+        if cells.n_planes:
+            pid = (cc - lay.n_box).clamp(0, cells.n_planes - 1)
+            nrm = torch.where(is_enc[:, None], cells.normals[cells.family[pid]], nrm)
+        glob = is_box | is_enc
+        c1 = torch.linalg.cross(taken[:, 0], nrm).norm(dim=1) > eps * nrm.norm(dim=1) * taken[:, 0].norm(dim=1)
+        c2 = torch.linalg.det(torch.stack([taken[:, 0], taken[:, 1], nrm], 1)).abs() > eps
+        indep = torch.where(n_glob == 0, True, torch.where(n_glob == 1, c1, c2))
+        take = valid & (count < 3) & (~glob | indep)
+        rows = torch.nonzero(take).squeeze(1)
+        chosen[rows, count[rows]] = c[rows]
+        g_rows = torch.nonzero(take & glob & (n_glob < 2)).squeeze(1)
+        taken[g_rows, n_glob[g_rows]] = nrm[g_rows]
+        n_glob = n_glob + (take & glob).long()
+        count = count + take.long()
+    short = count < 3  # not expected: keep the smallest ids
+    chosen[short] = zs[short, :3]
+    return torch.sort(chosen, 1).values
