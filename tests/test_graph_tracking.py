@@ -228,10 +228,11 @@ def test_region_constraints_use_the_slopes():
     assert torch.allclose(slack[:, 2 * D:], z * sign, atol=1e-12)
 
 
-def test_track_mode_refuses_a_graph_with_an_encoder():
+def test_track_mode_refuses_an_encoder_without_the_protocol():
+    # track mode reads encoders (tests/test_encoder_tracking.py) through the protocol's methods
     g = _graph("skip")
-    g.encoder = object()  # what PLGraph.encoder holds for simplex-grid encodings (PROTOCOL.md)
-    with pytest.raises(NotImplementedError, match="mode='surface'"):
+    g.encoder = object()
+    with pytest.raises(TypeError, match="planes and feature_maps of the encoder protocol"):
         track_surface(g, torch.as_tensor(BOX), torch.zeros(1, D, dtype=torch.float64))
 
 

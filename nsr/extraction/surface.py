@@ -678,8 +678,9 @@ def _mesh_from_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], bounds: np.n
     if len(tr["key"]) == 0:
         return _empty(bounds, level, 3, net.n_neurons)
     w = weld_tracks(net, tr)
+    layout = tr.get("layout") or ConstraintLayout.of(net)  # with an encoder: its planes are numbered too
     return _polygon_mesh(w["vertices"], w["cycles"], bounds, level, w["vertex_constraints"],
-                         w["vertex_patterns"], tr["patterns"], tr["support"] != ConstraintLayout.of(net).output,
+                         w["vertex_patterns"], tr["patterns"], tr["support"] != layout.output,
                          tr["stats"]["failed_walks"])
 
 
@@ -717,6 +718,8 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     >>> tuple(welded["vertices"].shape), tuple(welded["cycles"].shape)
     ((6, 3), (8, 3))
     """
+    from nsr.extraction.tracking import _corner_identities
+
     n = net.n_neurons
     layout = ConstraintLayout.of(net)
     key, e, m, support = tr["key"], tr["edges"], tr["length"], tr["support"]
@@ -724,16 +727,20 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     words = key.shape[1] - 1
     lmax = e.shape[1]
     ar = torch.arange(lmax, device=dev)
-    before = torch.gather(e, 1, (ar[None] - 1) % m.clamp(min=1)[:, None])
-    f, i = torch.nonzero(ar[None] < m[:, None], as_tuple=True)
-    trip = torch.sort(torch.stack([support[f], before[f, i], e[f, i]], 1), 1).values
-    pk = key[f, :words].clone()
-    for col in range(3):
-        c = trip[:, col]
-        rows = torch.nonzero(layout.kind(c) == NEURON).squeeze(1)
-        wd, mk = bit_values(layout.neuron_index(c[rows]))
-        pk[rows, wd] &= ~mk
-    order, vid = group_equal_rows(torch.cat([pk, trip], 1))
+    if "cells" in tr:  # a graph with an encoder: a corner is named by every constraint through it
+        f, i, rows, trip, pk = _corner_identities(tr)
+    else:
+        before = torch.gather(e, 1, (ar[None] - 1) % m.clamp(min=1)[:, None])
+        f, i = torch.nonzero(ar[None] < m[:, None], as_tuple=True)
+        trip = torch.sort(torch.stack([support[f], before[f, i], e[f, i]], 1), 1).values
+        pk = key[f, :words].clone()
+        for col in range(3):
+            c = trip[:, col]
+            rows = torch.nonzero(layout.kind(c) == NEURON).squeeze(1)
+            wd, mk = bit_values(layout.neuron_index(c[rows]))
+            pk[rows, wd] &= ~mk
+        rows = torch.cat([pk, trip], 1)
+    order, vid = group_equal_rows(rows)
     n_v = int(vid.max()) + 1
     entry_vertex = torch.empty_like(vid)
     entry_vertex[order] = vid
@@ -954,8 +961,6 @@ def extract_mesh(
         progress=progress)
     module_level, memory_limit = args["level"], args["memory_limit"]
     level = net.level(module_level)  # the level of g with the same level set (identity: the same number)
-    if mode == "track" and net.encoder is not None:
-        raise NotImplementedError("mode='track' does not read encoders yet; use mode='surface'")
     if mode == "track" and d != 3:
         raise ValueError(f"mode='track' needs a 3-D network, got {d}-D; use mode='surface'")
     if seeds is not None and mode != "track":
@@ -1139,8 +1144,8 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
 
 def _tracking_network(net: PLGraph | PLNetwork) -> PLGraph | PLNetwork:
     """What :mod:`nsr.extraction.tracking` is handed: a plain ReLU MLP as the :class:`PLNetwork` of ``g``
-    (as it has always been), any other graph as the graph itself (tracking reads graphs once it
-    is ported to them; until then such a graph fails there)."""
+    (as it has always been), any other graph (skip/residual blocks, other slopes, an encoder) as
+    the graph itself."""
     if isinstance(net, PLGraph) and net.is_mlp and net.is_relu and net.encoder is None:
         return net.to_plnetwork(pre_transform=True)
     return net
