@@ -35,7 +35,7 @@ from nsr.extraction.guards import as_bounds, check_box, no_tf32, resolve_dtype
 from nsr.extraction.memory import peak_memory_mb
 from nsr.extraction.pruning import Band, band_cells, may_reach
 from nsr.extraction.subdivide import encoder_facets, subdivide
-from nsr.extraction.tolerances import sign_tolerances, warn_unpaired
+from nsr.extraction.tolerances import facet_tolerances, sign_tolerances, warn_unpaired
 from nsr.files import MESH_SUFFIXES, write_mesh
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork
@@ -547,9 +547,26 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     cycles, valid = order_cycles(face_of_inc, weld[e[inc, 0]], weld[e[inc, 1]], n_faces)
     n_invalid = int((~valid).sum())
     cycles, f_support, f_pos = cycles[valid], f_support[valid], f_pos[valid]
+    if net.encoder is not None and arr.n_facets:
+        # Three grid planes meet in every grid line (x_i = a, x_j = b, x_i - x_j = a - b): the sign
+        # rule resolves a surface crossing such a line into vertices at one point joined by
+        # zero-length edges. Weld them by every plane through the point, drop the zero-length edges
+        # and the polygons left with fewer than three corners.
+        mid, n_m = _weld_on_grid_lines(net, arr, bounds, wrep, gz, internal, mask, layout)
+        cycles = torch.where(cycles >= 0, mid[cycles.clamp(min=0)], cycles)
+        # a point is a tile plane's artefact only if none of its vertices is named without a tile plane
+        real = torch.zeros(n_m, dtype=torch.bool, device=dev)
+        real[mid[~internal[wrep].any(1)]] = True
+        mrep = torch.zeros(n_m, dtype=torch.int64, device=dev)
+        mrep[mid] = torch.arange(n_w, device=dev)
+        wrep, wx, n_w = wrep[mrep], wx[mrep], n_m
+    else:
+        real = ~internal[wrep].any(1)
     # remove vertices that only a tile plane created (they lie inside polygon edges)
-    split_vertex = internal[wrep].any(1)
-    cycles = _compact_rows(cycles, ~split_vertex[cycles.clamp(min=0)])
+    cycles = _compact_rows(cycles, real[cycles.clamp(min=0)])
+    if net.encoder is not None and arr.n_facets:
+        cycles, kept = _drop_repeated_corners(cycles)
+        f_support, f_pos = f_support[kept], f_pos[kept]
     # orientation: surface polygons along the gradient, caps along the outward facet normal
     is_cap = f_support != out
     patterns = unpack_bits(f_pos, torch.arange(layout.neuron_offset, out, device=dev))
@@ -573,6 +590,66 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
     vpat = unpack_bits(arr.vpos[wrep[usedv]], torch.arange(layout.neuron_offset, out, device=dev))
     return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, patterns, is_cap, n_invalid)
+
+
+def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Tensor, gz: Tensor, internal: Tensor,
+                        mask: Tensor, layout: ConstraintLayout) -> tuple[Tensor, int]:
+    """Weld vertices of an encoder network that are one point on several concurrent encoder planes.
+
+    A vertex is named by its zero constraints other than encoder planes, every encoder plane
+    through it (one per family of parallel planes, within that plane's sign tolerance, and those
+    it was cut by), and its signs on every other constraint, as track mode names them: the
+    vertices of one point differ only in the sides of the planes through it. Returns the new id
+    ``(n_w,)`` of each welded vertex ``wrep`` and their number."""
+    from nsr.extraction.tracking import EncoderCells
+
+    dev, dt = arr.x.device, arr.x.dtype
+    bt = torch.as_tensor(bounds, dtype=dt, device=dev)
+    cells = EncoderCells(net.encoder, bt)
+    normals, offsets = net.encoder.planes(bt[:, 0], bt[:, 1])
+    tol = facet_tolerances(normals.to(bt), offsets.to(bt), bt[:, 0], bt[:, 1])
+    x = arr.x[wrep]
+    vals = (x @ cells.normals.T).T.contiguous()  # (F, V)
+    above = torch.searchsorted(cells.offsets, vals)
+    through = torch.full_like(above, -1)
+    for cand in (above - 1, above):  # the nearest plane of each family lies on one side or the other
+        c = cand.clamp(0, cells.offsets.shape[1] - 1)
+        ids = torch.gather(cells.ids, 1, c)
+        off = torch.gather(cells.offsets, 1, c)
+        ok = (cand >= 0) & (ids >= 0) & ((vals - off).abs() <= tol[ids.clamp(min=0)])
+        through = torch.where(ok, ids, through)
+    through = through.T.contiguous()  # (V, F)
+    z = gz[wrep]
+    p0 = layout.n_box
+    is_enc = (z >= p0) & (z < p0 + arr.n_facets)
+    plane = (z - p0).clamp(0, max(arr.n_facets - 1, 0))
+    rows = torch.arange(len(z), device=dev)[:, None].expand_as(z)
+    through[rows[is_enc], cells.family[plane[is_enc]]] = plane[is_enc]  # the planes it was cut by
+    # the sides of the planes through the point differ between its vertices; every other sign is the point's
+    on = through >= 0
+    wd, mk = bit_values(p0 + through[on])
+    clear = torch.zeros(len(z), mask.shape[0], dtype=torch.int64, device=dev)
+    clear.index_put_((rows[:, :1].expand_as(through)[on], wd), mk, accumulate=True)  # distinct bits: sum = or
+    # box facets through the point (coordinates on them are copied exactly, never interpolated)
+    on_box = torch.cat([x == bt[:, 0], x == bt[:, 1]], 1).long()
+    drop = is_enc | (z < 0) & ~internal[wrep]  # encoder planes and box facets: named by the columns above
+    other = torch.sort(torch.where(drop, torch.full_like(z, -(2**62)), z), 1).values
+    key = torch.cat([arr.vpos[wrep] & mask & ~clear, other, through, on_box], 1)
+    order, gid = group_equal_rows(key)
+    out = torch.empty_like(gid)
+    out[order] = gid
+    return out, int(gid.max()) + 1 if len(gid) else 0
+
+
+def _drop_repeated_corners(cycles: Tensor) -> tuple[Tensor, Tensor]:
+    """Remove corners equal to the previous one (cyclically) from padded cycles ``(F, L)`` and
+    drop the cycles left with fewer than three; returns them and the kept rows ``(F,)`` bool."""
+    length = (cycles >= 0).sum(1)
+    ar = torch.arange(cycles.shape[1], device=cycles.device)
+    prev = torch.gather(cycles, 1, (ar[None] - 1) % length.clamp(min=1)[:, None])
+    cycles = _compact_rows(cycles, cycles != prev)
+    kept = (cycles >= 0).sum(1) >= 3
+    return cycles[kept], kept
 
 
 def _centroids(cycles: Tensor, x: Tensor) -> Tensor:
