@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from nsr.extraction.encoder_split import split_by_encoder
 from nsr.extraction.evaluate import _evaluate
 from nsr.extraction.memory import _check_memory, default_memory_limit
 from nsr.extraction.progress import _progress
@@ -27,6 +28,10 @@ from nsr.pl.layout import ConstraintLayout
 if TYPE_CHECKING:
     from nsr.extraction.pruning import Band
     from nsr.extraction.skeleton import _Skeleton
+
+# Cut each tile only by the encoder planes that cross it (nsr.extraction.encoder_split); False restores
+# the loop that cuts every plane through every tile (the same skeleton, kept for comparisons).
+CULL_ENCODER_PLANES = True
 
 
 def subdivide(
@@ -97,11 +102,18 @@ def subdivide(
                 reach |= keep_negative & (ohi < lv + tol_out)
             alive &= reach
             _prune_tiles(sk, alive)
-        for p in range(layout.n_facets):  # the encoder's planes: affine in x, so split first
-            split_by_constraint(sk, None, sk.x.t @ normals[p] - offsets[p], layout.facet(p), facet_tol[p])
-            _check_memory(sk, None, limit, 0, n_neurons, desc)
-            if bar is not None:
-                bar.update(1)
+        if layout.n_facets and CULL_ENCODER_PLANES:  # the encoder's planes: affine in x, so split first
+            split_by_encoder(sk, tile_lo, tile_hi, alive, layout, facets, limit, n_neurons, desc, bar)
+        else:
+            for p in range(layout.n_facets):
+                split_by_constraint(sk, None, sk.x.t @ normals[p] - offsets[p], layout.facet(p), facet_tol[p])
+                _check_memory(sk, None, limit, 0, n_neurons, desc)
+                if bar is not None:
+                    bar.update(1)
+            sk.stats["encoder_pairs"] = int(alive.sum()) * layout.n_facets
+            sk.stats["encoder_vertices"] = sk.n_vertices
+        if layout.n_facets:
+            sk.stats["encoder_split_s"] = time.perf_counter() - t0
         c = layout.neuron_offset
         for layer in range(n_layers):
             width = net.affine(layer).n

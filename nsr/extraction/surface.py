@@ -767,7 +767,8 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
                                   tolerances=tols, facets=facets)
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
-            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_") or k == "uncertain_signs"}
+            region_stats = {k: v for k, v in sk.stats.items()
+                            if k.startswith(("regions_", "encoder_")) or k == "uncertain_signs"}
     t_sub = time.perf_counter() - t0
     arr.n_facets = n_facets
     mesh = _mesh_from_arrays(netd, arr, b, level, close)
