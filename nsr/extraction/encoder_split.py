@@ -212,6 +212,14 @@ def _pair_face_keys(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, new_i
     d = sk.dim
     n = ez.shape[0]
     dev = ez.device
+    # Keys hold only the bits of constraints before c, as in the all-planes loop at c (the constant bits of
+    # later planes are already set here): equal keys either way, but also the same hash order, so the new
+    # edges get the same orientation and every later interpolation rounds the same way.
+    word_c, mask_c = bit_values(c)
+    words = torch.arange(pe.shape[1], device=dev)
+    below = torch.where(words[None] < word_c[:, None], -1, torch.where(words[None] == word_c[:, None],
+                                                                       (mask_c - 1)[:, None], 0))
+    pe = pe & below
     keys, owners = [], []
     tile = tile_a.long().unsqueeze(1)
     for i in range(d - 1):
