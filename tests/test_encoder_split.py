@@ -66,26 +66,45 @@ def _assert_same_polygons(old, new) -> None:
         assert tuple(q) in _rotations(p[::-1])
 
 
-CASES = [(2, 2, 2, 5, 2), (2, 2, 3, 7, 4), (3, 1, 3, 3, 2), (3, 2, 2, 5, 3)]
+CASES = [(2, 2, 2, 5, 2), (2, 2, 3, 7, 4), (3, 1, 3, 3, 2), (3, 2, 2, 5, 3), (3, 2, 3, 6, 2)]
 
 
 @pytest.mark.parametrize(("d", "levels", "rmin", "rmax", "tiles"), CASES)
 def test_culled_split_gives_the_polygons_of_the_all_planes_loop(d, levels, rmin, rmax, tiles, monkeypatch):
     graph = _grid_graph(d, levels, rmin, rmax)
-    close = d == 3
+    close = d == 3 and rmax != 6  # closed (no cell pruning: caps need the cells below the level) and open
     old = _mesh(graph, False, monkeypatch, tiles=tiles, close=close)
     new = _mesh(graph, True, monkeypatch, tiles=tiles, close=close)
     np.testing.assert_array_equal(new.vertices, old.vertices)
     if d == 3:
         assert len(new.polygons) == len(old.polygons) > 4
         _assert_same_polygons(old, new)
-        assert new.stats["watertight"] and old.stats["watertight"]
+        assert new.stats["watertight"] == old.stats["watertight"] == close
     else:
         assert len(new.polylines) == len(old.polylines) > 0
         assert [p.tolist() for p in new.polylines] == [p.tolist() for p in old.polylines]
     assert new.stats["encoder_pairs"] < old.stats["encoder_pairs"]  # planes were really skipped
     assert new.stats["encoder_vertices"] == old.stats["encoder_vertices"]
     assert new.stats["max_abs_f"] <= 1e-12
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_pruning_encoder_cells_keeps_every_polygon(d, monkeypatch):
+    """Cells of the encoder's planes whose output bounds miss the level are dropped before layer 0: the
+    polygons are those of the unpruned split, and fewer vertices reach the neurons."""
+    graph = _grid_graph(d, 2, 3, 6, seed=2)
+    monkeypatch.setattr(subdivide_module, "PRUNE_ENCODER_CELLS", False)
+    full = _mesh(graph, True, monkeypatch, tiles=2)
+    monkeypatch.setattr(subdivide_module, "PRUNE_ENCODER_CELLS", True)
+    pruned = _mesh(graph, True, monkeypatch, tiles=2)
+    assert "regions_kept_encoder" in pruned.stats and "regions_kept_encoder" not in full.stats
+    np.testing.assert_array_equal(pruned.vertices, full.vertices)
+    if d == 3:
+        assert len(pruned.polygons) > 4
+        _assert_same_polygons(full, pruned)
+    else:
+        assert [p.tolist() for p in pruned.polylines] == [p.tolist() for p in full.polylines]
+    assert pruned.stats["max_abs_f"] <= 1e-12
 
 
 @pytest.mark.parametrize("d", [2, 3])

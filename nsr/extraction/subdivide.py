@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # Cut each tile only by the encoder planes that cross it (nsr.extraction.encoder_split); False restores
 # the loop that cuts every plane through every tile (the same skeleton, kept for comparisons).
 CULL_ENCODER_PLANES = True
+# Drop the cells of the encoder's planes whose output provably misses the level before layer 0 (surface mode).
+PRUNE_ENCODER_CELLS = True
 
 
 def subdivide(
@@ -113,6 +115,14 @@ def subdivide(
             sk.stats["encoder_pairs"] = int(alive.sum()) * layout.n_facets
             sk.stats["encoder_vertices"] = sk.n_vertices
         if layout.n_facets:
+            if prune and keep_negative is None and PRUNE_ENCODER_CELLS and sk.n_edges:
+                # Every cell of the encoder's planes is affine in the features, so layer 0 is exact at its
+                # vertices and the output's bounds on such a small cell are tight: drop the cells that miss
+                # the level before any neuron cuts them.
+                width0 = net.affine(0).n
+                if sk.n_vertices * width0 * itemsize * 2 <= max_value_bytes:  # one evaluation for both passes
+                    sk.values = _Buffer(_evaluate(net, sk.x.t, 0, 0, width0, 0.0))
+                sk.stats["regions_kept_encoder"] = _prune_regions_bounded(net, sk, 0, lv, tol_out)
             sk.stats["encoder_split_s"] = time.perf_counter() - t0
         c = layout.neuron_offset
         for layer in range(n_layers):
