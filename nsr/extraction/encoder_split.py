@@ -251,3 +251,28 @@ def _pair_face_keys(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, new_i
     zrest = key[p][:, key.shape[1] - (d - 2) :] if d > 2 else key.new_zeros(len(p), 0)
     sk.edges.append(new_edges)
     sk.ezeros.append(torch.cat([zrest, c[owner[p]].unsqueeze(1)], 1).int())
+
+
+# Estimated vertices of the encoder split per batch of tiles in surface mode (see :func:`tile_batches`): a batch
+# is split, pruned and cut by the neurons before the next one starts, so peak memory follows one batch.
+ENCODER_BATCH_VERTICES = 2**20
+
+
+def tile_batches(tile_lo: Tensor, tile_hi: Tensor, facets: tuple[Tensor, Tensor, Tensor],
+                 max_vertices: int | None = None) -> list[Tensor]:
+    """Consecutive batches of tile indices whose encoder splits hold about ``max_vertices`` vertices each
+    (default :data:`ENCODER_BATCH_VERTICES`).
+
+    A tile crossed by ``s`` planes holds about ``s^D / 32`` vertices after the split (measured on a trained
+    bunny grid network: ``s^3 / 36`` for tiles crossed by 111 planes, ``s^3 / 51`` for 74), so the estimate is
+    conservative. ``tile_lo, tile_hi`` ``(K, D)``; returns index tensors covering ``range(K)`` in order."""
+    budget = ENCODER_BATCH_VERTICES if max_vertices is None else max_vertices
+    k, d = tile_lo.shape
+    normals, offsets, tol = facets
+    counts = torch.cat([crossing_planes(tile_lo[sl], tile_hi[sl], normals, offsets, tol)[0].sum(1)
+                        for sl in _chunks(k, 4 * len(offsets) + 8, tile_lo.device)]) if k else torch.zeros(0)
+    est = (counts.double() ** d / 32).clamp(min=1)
+    # batch b holds the tiles whose running total falls in [b * budget, (b + 1) * budget)
+    batch = torch.div(torch.cumsum(est, 0) - est, budget, rounding_mode="floor").long()
+    _, sizes = torch.unique_consecutive(batch, return_counts=True)
+    return list(torch.arange(k, device=tile_lo.device).split(sizes.tolist()))

@@ -52,6 +52,7 @@ def subdivide(
     memory_limit: float | None = None,
     tolerances: list[Tensor] | None = None,
     facets: tuple[Tensor, Tensor, Tensor] | None = None,
+    active: Tensor | None = None,
 ) -> tuple[_Skeleton, Tensor]:
     """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
     output level set ``f = level`` if ``level`` is given.
@@ -68,6 +69,8 @@ def subdivide(
     first split by the encoder's planes (``facets``: normals ``(P, D)``, offsets ``(P,)`` and
     tolerances ``(P,)``, from :func:`encoder_facets` of the whole box; default: over the tiles
     given), constraint ids ``2D .. 2D+P-1``, after which every layer is affine on every edge.
+    ``active`` (bool per tile) subdivides only those tiles while keeping every tile's number (face
+    keys, and so the order edges are found in, hold it: batches of one tiling then round alike).
     Returns the skeleton and the tiles kept.
     """
     net = as_graph(net)
@@ -81,6 +84,9 @@ def subdivide(
     sk = box_skeleton(tile_lo, tile_hi, layout.n_constraints)
     n_tiles = tile_lo.shape[0]
     alive = torch.ones(n_tiles, dtype=torch.bool, device=tile_lo.device)
+    if active is not None:
+        alive &= active
+        _prune_tiles(sk, alive)
     lv = 0.0 if level is None else float(level)
     if tolerances is None:
         tolerances = sign_tolerances(net, box_lo, box_hi, lv)
