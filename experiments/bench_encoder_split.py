@@ -68,6 +68,28 @@ def same(a: object, b: object) -> bool:
                 and [p.tolist() for p in a.polygons] == [p.tolist() for p in b.polygons])  # type: ignore[attr-defined]
 
 
+def full_box_counts(graph: object) -> None:
+    """Planes, tiles kept by the output bounds, crossing (tile, plane) pairs and batches over the whole training
+    box at the default tiling: what a full extraction would have to split (counted, not extracted)."""
+    from nsr.extraction.encoder_split import tile_batches, tile_slots
+    from nsr.extraction.pruning import may_reach, output_bounds
+    from nsr.extraction.subdivide import encoder_facets
+    from nsr.extraction.surface import default_tiles, tile_grid
+
+    box = np.array([[-0.5, 0.5]] * 3)
+    bt = torch.as_tensor(box)
+    facets = encoder_facets(graph, bt[:, 0], bt[:, 1])  # type: ignore[arg-type]
+    for tiles in sorted({default_tiles(graph), 32}):  # type: ignore[arg-type]
+        tlo, thi, _ = tile_grid(box, tiles, torch.float64, torch.device("cpu"))
+        olo, ohi = output_bounds(graph, tlo, thi)  # type: ignore[arg-type]
+        sel = may_reach(olo, ohi, 0.0, 0.0)
+        slots, _, pairs = tile_slots(tlo[sel], thi[sel], facets, 1 + (6 + len(facets[1])) // 64, 6)
+        batches = tile_batches(tlo[sel], thi[sel], facets)
+        print(f"whole box, {tiles}^3 tiles: {len(facets[1])} planes, {int(sel.sum())} tiles kept by bounds, "
+              f"{int(pairs)} crossing pairs (all planes: {int(sel.sum()) * len(facets[1])}), {slots.shape[1]} slots, "
+              f"{len(batches)} batches", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=90.0, help="training time of the cached network")
@@ -92,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     bt = torch.as_tensor(box)
     n_planes = len(graph.encoder.planes(bt[:, 0], bt[:, 1])[1])
     print(f"box {box.tolist()}, encoder planes {n_planes}")
+    full_box_counts(graph)
     rows = []
     configs = [(t, True) for t in a.tiles] + ([] if a.no_old else [(a.old_tiles, False)])
     for tiles, cull in configs:
