@@ -5,14 +5,16 @@ process on the same network (issue 14).
 Usage::
 
     python experiments/bench_encoder_split.py                              # sub-box of side 0.25 on the surface
-    python experiments/bench_encoder_split.py --side 1.0 --tiles 32 --no-old   # the whole box, new path only
+    python experiments/bench_encoder_split.py --side 0.25 --tiles 4 --old-tiles 4 2 --counts
 
 The network is :mod:`experiments.grid_net`'s (the recommended grid trained on the shared bunny, cached under
 ``experiments/out/``). The box is ``--side`` wide around a point of the level set (the whole training box for
-``--side 1``). Per configuration: encoder planes over the box, tiles kept, crossing (tile, plane) pairs cut,
-vertices after the encoder split, time, polygons, max |f| (float64), and whether the polygons are identical to the
-first configuration's; then marching cubes 256^3 of the same network over the same box. Absolute times depend on
-the machine's load: compare the ratios.
+``--side 1``). Per configuration ("new": planes culled per tile, encoder cells pruned before layer 0, tiles in
+batches; "before": every plane through every tile, no cell pruning, one batch): tiles kept, (tile, plane) pairs cut,
+vertices after the encoder split, encoder cells kept, time, polygons, max |f| (float64), and whether the mesh is
+bitwise the new path's at the same tiling; then marching cubes 256^3 of the same network over the same box
+(``--counts``: also the whole box's planes, tiles and pairs). Absolute times depend on the machine's load: compare
+the ratios.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from grid_net import default_path, load_grid_net, train_grid_net  # noqa: E402
 
+import nsr.extraction.encoder_split as encoder_split  # noqa: E402
 import nsr.extraction.subdivide as subdivide_module  # noqa: E402
 from nsr.eval.marching_cubes import marching_cubes  # noqa: E402
 from nsr.extraction.surface import extract_mesh  # noqa: E402
@@ -51,13 +54,18 @@ def surface_point(net: torch.nn.Module, seed: int) -> np.ndarray:
 
 
 def run(graph: object, box: np.ndarray, tiles: int, cull: bool) -> dict[str, object]:
-    """One exact extraction (surface mode, float64) with the all-planes loop or the culled one."""
+    """One exact extraction (surface mode, float64): the new path (planes culled per tile, encoder cells
+    pruned before layer 0, tiles in batches) or the code before it (every plane through every tile, no cell
+    pruning, one batch)."""
     subdivide_module.CULL_ENCODER_PLANES = cull
+    subdivide_module.PRUNE_ENCODER_CELLS = cull
+    encoder_split.ENCODER_BATCH_VERTICES = 2**20 if cull else 2**62
     t0 = time.perf_counter()
     mesh = extract_mesh(graph, box, tiles=tiles, dtype=torch.float64, progress=False)
     secs = time.perf_counter() - t0
     s = mesh.stats
-    return {"path": "culled" if cull else "all planes", "tiles": tiles, "tiles_kept": s["tiles_kept"],
+    return {"path": "new" if cull else "before", "tiles": tiles, "batches": s.get("encoder_batches", 1),
+            "cells_kept": s.get("regions_kept_encoder"), "tiles_kept": s["tiles_kept"],
             "pairs": s.get("encoder_pairs"), "encoder_vertices": s.get("encoder_vertices"), "time_s": round(secs, 2),
             "polygons": s["n_polygons"], "max_abs_f": s["max_abs_f"], "mesh": mesh}
 
@@ -95,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=90.0, help="training time of the cached network")
     ap.add_argument("--side", type=float, default=0.25, help="box side (1: the whole training box)")
     ap.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 8])
-    ap.add_argument("--old-tiles", type=int, default=2, help="tiles of the all-planes run")
+    ap.add_argument("--old-tiles", type=int, nargs="*", default=[2], help="tiles of the runs of the code before")
     ap.add_argument("--no-old", action="store_true", help="skip the all-planes run")
     ap.add_argument("--mc", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--counts", action="store_true", help="also count planes, tiles and pairs over the whole box")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     path = default_path(a.seconds)
@@ -114,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     bt = torch.as_tensor(box)
     n_planes = len(graph.encoder.planes(bt[:, 0], bt[:, 1])[1])
     print(f"box {box.tolist()}, encoder planes {n_planes}")
-    full_box_counts(graph)
+    if a.counts:
+        full_box_counts(graph)
     rows = []
-    configs = [(t, True) for t in a.tiles] + ([] if a.no_old else [(a.old_tiles, False)])
+    configs = [(t, True) for t in a.tiles] + ([] if a.no_old else [(t, False) for t in a.old_tiles])
     for tiles, cull in configs:
         r = run(graph, box, tiles, cull)
-        r["same_as_first"] = same(r["mesh"], rows[0]["mesh"]) if rows else True
+        twin = next((q for q in rows if q["tiles"] == tiles), None)  # the same tiling: bitwise the same mesh
+        r["same_as_new"] = same(r["mesh"], twin["mesh"]) if twin else None
         rows.append(r)
         print({k: v for k, v in r.items() if k != "mesh"}, flush=True)
     t0 = time.perf_counter()
