@@ -101,11 +101,17 @@ def tile_slots(tile_lo: Tensor, tile_hi: Tensor, facets: tuple[Tensor, Tensor, T
         flags = torch.zeros(cross.shape[0], first_id + p, dtype=torch.bool, device=dev)
         flags[:, first_id:] = positive
         bits[sl] = pack_bits(flags, n_words)
-        counts.append(cross.sum(1))
-        lists.append(torch.where(cross, plane_ids, p))  # missing planes sort last
-    count = torch.cat(counts)
+        count = cross.sum(1)
+        counts.append(count)
+        ids = torch.where(cross, plane_ids, p).sort(1).values  # missing planes sort last
+        lists.append(ids[:, : int(count.max()) if len(count) else 0])  # (k, S_chunk), not (k, P)
+    count = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.int64, device=dev)
     n_slots = int(count.max()) if k else 0
-    slots = torch.cat(lists).sort(1).values[:, :n_slots] if k else torch.zeros(0, 0, dtype=torch.int64)
+    slots = torch.full((k, n_slots), p, dtype=torch.int64, device=dev)
+    row = 0
+    for ids in lists:
+        slots[row : row + ids.shape[0], : ids.shape[1]] = ids
+        row += ids.shape[0]
     slots = torch.where(slots == p, -1, slots)
     return slots, bits, count.sum()
 
