@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from nsr.extraction.encoder_split import split_by_encoder
 from nsr.extraction.evaluate import _evaluate
 from nsr.extraction.memory import _check_memory, default_memory_limit
 from nsr.extraction.progress import _progress
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
     from nsr.extraction.pruning import Band
     from nsr.extraction.skeleton import _Skeleton
 
+# Cut each tile only by the encoder planes that cross it (nsr.extraction.encoder_split); False restores
+# the loop that cuts every plane through every tile (the same skeleton, kept for comparisons).
+CULL_ENCODER_PLANES = True
+# Drop the cells of the encoder's planes whose output provably misses the level before layer 0 (surface mode).
+PRUNE_ENCODER_CELLS = True
+
 
 def subdivide(
     net: PLGraph | PLNetwork,
@@ -45,6 +52,7 @@ def subdivide(
     memory_limit: float | None = None,
     tolerances: list[Tensor] | None = None,
     facets: tuple[Tensor, Tensor, Tensor] | None = None,
+    active: Tensor | None = None,
 ) -> tuple[_Skeleton, Tensor]:
     """Edge subdivision of ``K`` disjoint tiles ``(K, D)`` by every hidden neuron, and by the
     output level set ``f = level`` if ``level`` is given.
@@ -61,6 +69,8 @@ def subdivide(
     first split by the encoder's planes (``facets``: normals ``(P, D)``, offsets ``(P,)`` and
     tolerances ``(P,)``, from :func:`encoder_facets` of the whole box; default: over the tiles
     given), constraint ids ``2D .. 2D+P-1``, after which every layer is affine on every edge.
+    ``active`` (bool per tile) subdivides only those tiles while keeping every tile's number (face
+    keys, and so the order edges are found in, hold it: batches of one tiling then round alike).
     Returns the skeleton and the tiles kept.
 
     Parameters
@@ -133,6 +143,9 @@ def subdivide(
     sk = box_skeleton(tile_lo, tile_hi, layout.n_constraints)
     n_tiles = tile_lo.shape[0]
     alive = torch.ones(n_tiles, dtype=torch.bool, device=tile_lo.device)
+    if active is not None:
+        alive &= active
+        _prune_tiles(sk, alive)
     lv = 0.0 if level is None else float(level)
     if tolerances is None:
         tolerances = sign_tolerances(net, box_lo, box_hi, lv)
@@ -156,11 +169,26 @@ def subdivide(
                 reach |= keep_negative & (ohi < lv + tol_out)
             alive &= reach
             _prune_tiles(sk, alive)
-        for p in range(layout.n_facets):  # the encoder's planes: affine in x, so split first
-            split_by_constraint(sk, None, sk.x.t @ normals[p] - offsets[p], layout.facet(p), facet_tol[p])
-            _check_memory(sk, None, limit, 0, n_neurons, desc)
-            if bar is not None:
-                bar.update(1)
+        if layout.n_facets and CULL_ENCODER_PLANES:  # the encoder's planes: affine in x, so split first
+            split_by_encoder(sk, tile_lo, tile_hi, alive, layout, facets, limit, n_neurons, desc, bar)
+        else:
+            for p in range(layout.n_facets):
+                split_by_constraint(sk, None, sk.x.t @ normals[p] - offsets[p], layout.facet(p), facet_tol[p])
+                _check_memory(sk, None, limit, 0, n_neurons, desc)
+                if bar is not None:
+                    bar.update(1)
+            sk.stats["encoder_pairs"] = int(alive.sum()) * layout.n_facets
+            sk.stats["encoder_vertices"] = sk.n_vertices
+        if layout.n_facets:
+            if prune and keep_negative is None and PRUNE_ENCODER_CELLS and sk.n_edges:
+                # Every cell of the encoder's planes is affine in the features, so layer 0 is exact at its
+                # vertices and the output's bounds on such a small cell are tight: drop the cells that miss
+                # the level before any neuron cuts them.
+                width0 = net.affine(0).n
+                if sk.n_vertices * width0 * itemsize * 2 <= max_value_bytes:  # one evaluation for both passes
+                    sk.values = _Buffer(_evaluate(net, sk.x.t, 0, 0, width0, 0.0))
+                sk.stats["regions_kept_encoder"] = _prune_regions_bounded(net, sk, 0, lv, tol_out)
+            sk.stats["encoder_split_s"] = time.perf_counter() - t0
         c = layout.neuron_offset
         for layer in range(n_layers):
             width = net.affine(layer).n

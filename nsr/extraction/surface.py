@@ -31,8 +31,10 @@ from torch import Tensor
 from nsr import limits
 from nsr.extraction.bits import bit_values, group_equal_rows, unpack_bits
 from nsr.extraction.complex import PolyhedralComplex, extract_complex
+from nsr.extraction.encoder_split import tile_batches
 from nsr.extraction.guards import as_bounds, check_box, no_tf32, resolve_dtype
 from nsr.extraction.memory import peak_memory_mb
+from nsr.extraction.progress import _progress
 from nsr.extraction.pruning import Band, band_cells, may_reach
 from nsr.extraction.subdivide import encoder_facets, subdivide
 from nsr.extraction.tolerances import facet_tolerances, sign_tolerances, warn_unpaired
@@ -893,7 +895,8 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
     regions, not of tiles, does most of the work. Small networks get 2 per axis: their
     extraction is dominated by per-tile overhead (a 32x3 network: 0.31 s with 2^3 tiles,
-    0.53 s with 8^3).
+    0.53 s with 8^3). A simplex-grid encoder gets about one tile per 6 cells of its finest level
+    (2 to 32 per axis).
 
     Parameters
     ----------
@@ -903,7 +906,8 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     Returns
     -------
     int
-        8 for a 3-D network of more than 128 neurons, else 2.
+        For a simplex-grid encoder, its finest resolution over 6 (2 to 32); otherwise 8 for a
+        3-D network of more than 128 neurons, else 2.
 
     Examples
     --------
@@ -911,6 +915,14 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     >>> default_tiles(random_network(3, [8, 8])), default_tiles(random_network(3, [64, 64, 64]))
     (2, 8)
     """
+    net = as_graph(net)
+    resolutions = getattr(getattr(net.encoder, "encoding", None), "resolutions", None)
+    if resolutions:
+        # A simplex grid: every tile is cut by all the planes crossing it before cells are pruned, so a tile's
+        # cost grows with the cube of its side; tiles of about 6 cells of the finest level were the fastest on
+        # a trained bunny grid (6 levels 8..96, a surface sub-box: 16.1 s with tiles of 1/16 of the box, 18.4 s
+        # with 1/32, 22.7 s with 1/64, 20.4 s with 1/8).
+        return int(min(32, max(2, max(resolutions) // 6)))
     if net.in_dim != 3:
         return 2
     return 8 if net.n_neurons > 128 else 2
@@ -1115,13 +1127,18 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
             arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
                                                         workers, memory_limit, tols, facets)
             warn_unpaired(unpaired, dt)  # the workers' own warnings stay in their processes
+        elif n_facets and len(batches := tile_batches(tlo, thi, facets)) > 1:
+            arr, kept, unpaired, region_stats = _subdivide_in_batches(netd, tlo, thi, tidx, grid, level, keep_neg,
+                                                                      cells, batches, progress, memory_limit,
+                                                                      tols, facets)
+            warn_unpaired(unpaired, dt)
         else:
             sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
                                   band=cells, progress=progress, desc="surface", memory_limit=memory_limit,
                                   tolerances=tols, facets=facets)
             arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
             kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
-            region_stats = {k: v for k, v in sk.stats.items() if k.startswith("regions_") or k == "uncertain_signs"}
+            region_stats = _subdivision_stats(sk.stats)
     t_sub = time.perf_counter() - t0
     arr.n_facets = n_facets
     mesh = _mesh_from_arrays(netd, arr, b, level, close)
@@ -1226,6 +1243,46 @@ def _tracking_network(net: PLGraph | PLNetwork) -> PLGraph | PLNetwork:
     if isinstance(net, PLGraph) and net.is_mlp and net.is_relu and net.encoder is None:
         return net.to_plnetwork(pre_transform=True)
     return net
+
+
+def _subdivision_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """The stats of :func:`subdivide` that surface mode reports (region pruning, the encoder split)."""
+    return {k: v for k, v in stats.items() if k.startswith(("regions_", "encoder_")) or k == "uncertain_signs"}
+
+
+def _subdivide_in_batches(net: PLGraph, tlo: Tensor, thi: Tensor, tidx: Tensor, grid: int, level: float,
+                          keep_negative: Tensor | None, cells: Band | None, batches: list[Tensor], progress: bool,
+                          memory_limit: float | None, tolerances: list[Tensor], facets: tuple[Tensor, Tensor, Tensor]
+                          ) -> tuple[_Arrays, int, int, dict[str, Any]]:
+    """Subdivide the tiles batch by batch (:func:`nsr.extraction.encoder_split.tile_batches`), so that one
+    batch's encoder split, not the whole box's, is held before pruning; concatenate the skeletons (vertex
+    indices offset; tiles keep their numbers). Tiles are independent and stitched by identity, so the
+    polygons are the same."""
+    cols: list[list[Tensor]] = [[] for _ in range(6)]
+    v_off, kept, unpaired = 0, 0, 0
+    stats: dict[str, Any] = {}
+    bar = _progress(len(batches), "surface (batches of tiles)", progress)
+    try:
+        for idx in batches:
+            active = torch.zeros(len(tlo), dtype=torch.bool, device=tlo.device)
+            active[idx] = True
+            sk, _ = subdivide(net, tlo, thi, level=level, prune=True, keep_negative=keep_negative, band=cells,
+                              progress=False, desc="surface", memory_limit=memory_limit, tolerances=tolerances,
+                              facets=facets, active=active)
+            for i, t in enumerate((sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t + v_off, sk.ezeros.t)):
+                cols[i].append(t)
+            v_off += sk.n_vertices
+            kept += sk.stats["tiles_alive"]
+            unpaired += sk.unpaired
+            for k, v in _subdivision_stats(sk.stats).items():
+                stats[k] = stats.get(k, 0) + (int(v) if isinstance(v, Tensor) else v)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    stats["encoder_batches"] = len(batches)
+    return _Arrays(*[torch.cat(c) for c in cols], tidx, grid), kept, unpaired, stats
 
 
 def _subdivide_tiles(state: dict[str, np.ndarray], encoder: Any, tlo: np.ndarray, thi: np.ndarray,
