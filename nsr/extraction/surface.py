@@ -559,8 +559,9 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
         # a point is a tile plane's artefact only if none of its vertices is named without a tile plane
         real = torch.zeros(n_m, dtype=torch.bool, device=dev)
         real[mid[~internal[wrep].any(1)]] = True
-        mrep = torch.zeros(n_m, dtype=torch.int64, device=dev)
-        mrep[mid] = torch.arange(n_w, device=dev)
+        # the first of a point's vertices stands for it (deterministic: its copies differ in the last bit)
+        mrep = torch.full((n_m,), n_w, dtype=torch.int64, device=dev)
+        mrep.scatter_reduce_(0, mid, torch.arange(n_w, device=dev), "amin")
         wrep, wx, n_w = wrep[mrep], wx[mrep], n_m
     else:
         real = ~internal[wrep].any(1)
