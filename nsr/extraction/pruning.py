@@ -186,6 +186,9 @@ def _region_columns(graph: PLGraph, sk: _Skeleton, layer: int, front: list[int],
     return torch.cat([z, _source_values(graph, sk.x.t[sl], front, layer)], 1)
 
 
+REGION_ROW_FACTOR = 8
+
+
 def _prune_regions_bounded(graph: PLGraph, sk: _Skeleton, layer: int, level: float, tol: float = 0.0) -> int:
     """Drop the regions whose output provably cannot reach ``level``. On a region the
     pre-activations ``z`` of ``layer``, and the sources later layers read besides it (earlier
@@ -217,7 +220,7 @@ def _prune_regions_bounded(graph: PLGraph, sk: _Skeleton, layer: int, level: flo
     alive = torch.zeros(n_regions + 1, dtype=torch.bool, device=dev)  # last: the sink
     parts = []
     offsets = torch.tensor([width, *src_widths.values()]).cumsum(0).tolist()
-    for sl in _chunks(n_regions, 8 * row, dev):
+    for sl in _chunks(n_regions, REGION_ROW_FACTOR * row, dev):
         sources = {k: (lo[sl, a:b], hi[sl, a:b]) for k, a, b in zip(front, offsets[:-1], offsets[1:])}
         _, keep, lin = region_bounds(graph, layer, (lo[sl, :width], hi[sl, :width]), sources,
                                      keep=lambda olo, ohi: may_reach(olo, ohi, level, tol))
@@ -284,16 +287,62 @@ def band_cells(net: PLGraph | PLNetwork, bounds: Tensor, res: int, level: float,
     return occ
 
 
-def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_lo: Tensor, tile_hi: Tensor, level: float,
+class TileBounds:
+    """Bounds ``(K, n_m)`` of every layer's pre-activations (and ``(K, 1)`` of the output) over
+    ``K`` tiles, tightened layer by layer as subdivision makes each layer affine.
+
+    The first :meth:`update` bounds every layer as :func:`nsr.pl.bounds.layer_bounds` does, from
+    the exact ranges given. Later updates, one layer further on, replace that layer's bounds by
+    its exact range and push only interval arithmetic forward through the later layers,
+    intersected with the bounds already held, then bound the output by linear bound propagation
+    from the input on them: ``O(L)`` work per layer instead of ``O(L^2)`` (linear bounds of every
+    later hidden layer recomputed from scratch), which made tile pruning cubic in depth (99.5 % of
+    the time on a 64-layer net of width 4). Every bound held is valid over its whole tile, so the
+    intersections are valid; with intervals only (``crown_hidden=False``) an update gives
+    exactly the bounds that a fresh :func:`layer_bounds` from all exact ranges would give."""
+
+    def __init__(self, net: PLGraph, tile_lo: Tensor, tile_hi: Tensor, crown_hidden: bool = True) -> None:
+        self.net, self.lo, self.hi, self.crown_hidden = net, tile_lo, tile_hi, crown_hidden
+        self.pre: list[tuple[Tensor, Tensor]] | None = None  # per layer, then the output
+        self.layer = -1  # the last layer whose exact range was given
+
+    def update(self, layer: int, exact: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Take the exact ranges ``exact[k]`` ``(K, n_k)`` of layers ``0..layer`` over the tiles
+        and return bounds ``(K,)`` of the output."""
+        net = self.net
+        if self.pre is None or layer != self.layer + 1:
+            self.pre = _bounds.layer_bounds(net, self.lo, self.hi, exact[: layer + 1], self.crown_hidden)
+        else:
+            pre = self.pre
+            ranges = _bounds.source_ranges(net, self.lo, self.hi)
+            for k in range(layer + 1):
+                pre[k] = exact[k]
+                ranges[k] = _bounds.activation_range(net.layers[k], *pre[k])
+            for m in range(layer + 1, net.n_layers + 1):
+                zlo, zhi = _bounds._affine_interval(net.affine(m), ranges)
+                z = (torch.maximum(zlo, pre[m][0]), torch.minimum(zhi, pre[m][1]))
+                if m == net.n_layers:
+                    c_lo, c_hi = _bounds.concretize(*_bounds.linear_bounds(net, m, pre), self.lo, self.hi,
+                                                    ranges.get(ENCODED))
+                    z = (torch.maximum(z[0], c_lo), torch.minimum(z[1], c_hi))
+                pre[m] = z
+                if m < net.n_layers:
+                    ranges[m] = _bounds.activation_range(net.layers[m], *z)
+        self.layer = layer
+        return self.pre[-1][0][:, 0], self.pre[-1][1][:, 0]
+
+
+def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_bounds: TileBounds, level: float,
                     keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]], tol: float = 0.0) -> Tensor:
     """Tiles whose output may reach ``level``. The pre-activations of layers ``0..layer`` are
     affine on every current cell, so their exact range over a tile is their min/max over the
-    tile's vertices; later layers and the output are bounded by linear bound propagation.
+    tile's vertices; later layers and the output are bounded by ``tile_bounds``
+    (:class:`TileBounds`, updated here).
 
     ``ranges`` holds the ranges of earlier layers from earlier calls and gets this layer's:
     subdivision adds vertices only inside cells where those layers are affine and pruning
     only removes vertices, so an earlier range stays a valid bound."""
-    n_tiles = tile_lo.shape[0]
+    n_tiles = tile_bounds.lo.shape[0]
     x = sk.x.t
     width = net.layers[layer].n
     lo = torch.full((n_tiles, width), math.inf, dtype=x.dtype, device=x.device)
@@ -306,7 +355,7 @@ def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_lo: Tensor, ti
     ranges.append((lo, hi))
     has = torch.isfinite(lo[:, 0])
     known = [(torch.where(has[:, None], lo, 0.0), torch.where(has[:, None], hi, 0.0)) for lo, hi in ranges]
-    olo, ohi = output_bounds(net, tile_lo, tile_hi, known)
+    olo, ohi = tile_bounds.update(layer, known)
     reach = has & may_reach(olo, ohi, level, tol)
     if keep_negative is not None:
         reach |= has & keep_negative & (ohi < level + tol)
