@@ -5,7 +5,9 @@ The baseline is the engine's pruning and subdivision modules (``nsr/extraction/p
 under other module names; every other module is shared. Each round runs, on each network, the
 baseline surface mode, today's surface mode and marching cubes 256^3 (``nsr.eval.marching_cubes``,
 float32) one after another, in turns, so that a machine shared with other jobs slows them alike;
-each row carries the load average read just before it. Both surface runs must give the same
+each row carries the load average read just before it, and the process's CPU time
+(``time.process_time``; one torch thread by default), which another job's load inflates far
+less than the wall time. Both surface runs must give the same
 polygons (count, region patterns) and the same vertex set (bitwise): the script stops otherwise.
 
     python experiments/bench_pruning.py --nets shared:bunny_3d_8x32 relu:4x64 --rounds 2
@@ -57,7 +59,7 @@ def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def run_surface(net: Any, engine: Any) -> tuple[Any, float, float]:
+def run_surface(net: Any, engine: Any) -> tuple[Any, float, float, float]:
     import nsr.extraction.surface as surface
 
     saved = surface.subdivide
@@ -65,22 +67,22 @@ def run_surface(net: Any, engine: Any) -> tuple[Any, float, float]:
     try:
         with PeakMemory() as mem, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             mesh = surface.extract_mesh(net, BOUNDS, progress=False)
-            dt = time.perf_counter() - t
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
     finally:
         surface.subdivide = saved
-    return mesh, dt, mem.peak_mb
+    return mesh, dt, cpu, mem.peak_mb
 
 
-def run_mc(net: Any, res: int) -> tuple[int, float, float]:
+def run_mc(net: Any, res: int) -> tuple[int, float, float, float]:
     from nsr.eval.marching_cubes import marching_cubes
 
     with PeakMemory() as mem:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         mesh = marching_cubes(net, BOUNDS, res)
-        dt = time.perf_counter() - t
-    return len(mesh.faces), dt, mem.peak_mb
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
+    return len(mesh.faces), dt, cpu, mem.peak_mb
 
 
 def same_polygons(a: Any, b: Any) -> bool:
@@ -120,30 +122,32 @@ def main() -> None:
             order = [("baseline", base), ("new", subdivide)]
             for name, engine in order if rnd % 2 == 0 else order[::-1]:
                 load = _load()
-                mesh, dt, peak = run_surface(subject.net, engine)
+                mesh, dt, cpu, peak = run_surface(subject.net, engine)
                 meshes[name] = mesh
                 rows.append({"net": subject.label, "round": rnd, "method": f"surface ({name})", "time_s": dt,
-                             "peak_mb": peak, "polygons": len(mesh.polygons), "vertices": len(mesh.vertices),
-                             "load": load})
+                             "cpu_s": cpu, "peak_mb": peak, "polygons": len(mesh.polygons),
+                             "vertices": len(mesh.vertices), "load": load})
                 print(rows[-1], flush=True)
             if not same_polygons(meshes["baseline"], meshes["new"]):
                 raise SystemExit(f"{subject.label}: the new engine's polygons differ from the baseline's")
             for res in args.mc:
                 load = _load()
-                n, dt, peak = run_mc(subject.net, res)
+                n, dt, cpu, peak = run_mc(subject.net, res)
                 rows.append({"net": subject.label, "round": rnd, "method": f"marching cubes {res}^3", "time_s": dt,
+                             "cpu_s": cpu,
                              "peak_mb": peak, "polygons": n, "load": load})
                 print(rows[-1], flush=True)
     for r in rows:
-        mc = [m["time_s"] for m in rows if m["net"] == r["net"] and m["round"] == r["round"]
+        mc = [m for m in rows if m["net"] == r["net"] and m["round"] == r["round"]
               and m["method"] == f"marching cubes {args.mc[0]}^3"] if args.mc else []
-        r["ratio_to_mc"] = r["time_s"] / mc[0] if mc else None
-    print("| network | round | method | time (s) | / MC 256^3 | peak (MB) | polygons | load |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+        r["ratio_to_mc"] = r["time_s"] / mc[0]["time_s"] if mc else None
+        r["cpu_ratio_to_mc"] = r["cpu_s"] / mc[0]["cpu_s"] if mc else None
+    print("| network | round | method | time (s) | CPU (s) | time / MC | CPU / MC | peak (MB) | polygons | load |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        ratio = f"{r['ratio_to_mc']:.2f}" if r["ratio_to_mc"] is not None else ""
-        print(f"| {r['net']} | {r['round']} | {r['method']} | {r['time_s']:.2f} | {ratio} | {r['peak_mb']:.0f} | "
-              f"{r['polygons']:,} | {r['load']:.2f} |")
+        ratios = [f"{x:.2f}" if x is not None else "" for x in (r["ratio_to_mc"], r["cpu_ratio_to_mc"])]
+        print(f"| {r['net']} | {r['round']} | {r['method']} | {r['time_s']:.2f} | {r['cpu_s']:.2f} | {ratios[0]} | "
+              f"{ratios[1]} | {r['peak_mb']:.0f} | {r['polygons']:,} | {r['load']:.2f} |")
     write_json(args.out / "bench_pruning.json", {"base": args.base, "rows": rows})
 
 
