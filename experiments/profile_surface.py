@@ -76,7 +76,8 @@ PHASES = [
     ("evaluation (pre-activations)", r"_evaluate|_layer_values|_values|PLNetwork\.(__call__|preactivations)"
                                      r"|PLGraph\.(__call__|preactivations|evaluate\w*)|evaluate\w*|activation_patterns"),
     ("bounds / pruning", r"sign_tolerances|band_cells|Band\.\w+|output_bounds|layer_bounds|may_reach|_tiles_reaching"
-                         r"|_prune\w*|_region_ids|_keep_live_regions|_interval\w*|_crown\w*|_relax\w*|_relu_relaxation"
+                         r"|_prune\w*|_region_ids|_region_hashes|_region_members|_region_blocks|_vertex_hashes"
+                         r"|_zobrist_tables|_all_columns|TileBounds\.\w+|_keep_live_regions|_interval\w*|_crown\w*|_relax\w*|_relu_relaxation"
                          r"|_linear_bounds|interval_bounds|linear_bounds|concretize|activation_range|relaxation"
                          r"|tile_grid"),
     ("mesh: polygon building (cycles, orientation, normals)", r"order_cycles|_orient|_compact_rows|_polygon_mesh"

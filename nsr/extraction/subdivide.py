@@ -13,6 +13,7 @@ from nsr.extraction.evaluate import _evaluate
 from nsr.extraction.memory import _check_memory, default_memory_limit
 from nsr.extraction.progress import _progress
 from nsr.extraction.pruning import (
+    TileBounds,
     _prune_regions,
     _prune_regions_bounded,
     _tiles_reaching,
@@ -157,6 +158,7 @@ def subdivide(
     itemsize = torch.finfo(tile_lo.dtype).bits // 8
     limit = memory_limit if memory_limit is not None else default_memory_limit()
     tile_ranges: list[tuple[Tensor, Tensor]] = []
+    tile_bounds = TileBounds(net, tile_lo, tile_hi)
     try:
         normals, offsets, facet_tol = facets
         if prune and layout.n_facets:
@@ -199,7 +201,7 @@ def subdivide(
                 # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
                 by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
                 if not by_region:  # per-region bounds subsume the tile's
-                    alive &= _tiles_reaching(net, sk, layer, tile_lo, tile_hi, lv, keep_negative, tile_ranges,
+                    alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges,
                                              tol_out)
                     _prune_tiles(sk, alive)
                 if band is not None and layer > 0 and sk.n_edges:

@@ -894,10 +894,12 @@ def tile_grid(bounds: np.ndarray, grid: int, dtype: torch.dtype, device: torch.d
 def default_tiles(net: PLGraph | PLNetwork) -> int:
     """Tiles per axis for surface mode. Tiles are the unit of independent work; every tile
     also adds the vertices its faces cut from the complex, so a few suffice: the pruning of
-    regions, not of tiles, does most of the work. Small networks get 2 per axis: their
-    extraction is dominated by per-tile overhead (a 32x3 network: 0.31 s with 2^3 tiles,
-    0.53 s with 8^3). A simplex-grid encoder gets about one tile per 6 cells of its finest level
-    (2 to 32 per axis).
+    regions, not of tiles, does most of the work. Plain networks get 2 per axis: small ones
+    are dominated by per-tile overhead (a 32x3 network: 0.31 s with 2^3 tiles, 0.53 s with
+    8^3), and since region pruning got cheaper (issue 16) large ones are too: one process,
+    CPU time, 2^3 / 4^3 / 8^3 tiles, a trained 4x64 bunny 21.7-19.2 / 25.8-23.5 / 26.8-25.3 s,
+    the shared 8x32 bunny 51.3 / 51.8 / 54.0 s, the same polygons. A simplex-grid encoder gets
+    about one tile per 6 cells of its finest level (2 to 32 per axis).
 
     Parameters
     ----------
@@ -907,14 +909,13 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     Returns
     -------
     int
-        For a simplex-grid encoder, its finest resolution over 6 (2 to 32); otherwise 8 for a
-        3-D network of more than 128 neurons, else 2.
+        For a simplex-grid encoder, its finest resolution over 6 (2 to 32); otherwise 2.
 
     Examples
     --------
     >>> from nsr.networks import random_network
     >>> default_tiles(random_network(3, [8, 8])), default_tiles(random_network(3, [64, 64, 64]))
-    (2, 8)
+    (2, 2)
     """
     net = as_graph(net)
     resolutions = getattr(getattr(net.encoder, "encoding", None), "resolutions", None)
@@ -924,9 +925,7 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
         # a trained bunny grid (6 levels 8..96, a surface sub-box: 16.1 s with tiles of 1/16 of the box, 18.4 s
         # with 1/32, 22.7 s with 1/64, 20.4 s with 1/8).
         return int(min(32, max(2, max(resolutions) // 6)))
-    if net.in_dim != 3:
-        return 2
-    return 8 if net.n_neurons > 128 else 2
+    return 2
 
 
 def default_band(net: PLGraph | PLNetwork) -> int:
