@@ -500,7 +500,35 @@ class TileBounds:
     later hidden layer recomputed from scratch), which made tile pruning cubic in depth (99.5 % of
     the time on a 64-layer net of width 4). Every bound held is valid over its whole tile, so the
     intersections are valid; with intervals only (``crown_hidden=False``) an update gives
-    exactly the bounds that a fresh :func:`layer_bounds` from all exact ranges would give."""
+    exactly the bounds that a fresh :func:`layer_bounds` from all exact ranges would give.
+
+    Parameters
+    ----------
+    net : PLGraph
+        The network.
+    tile_lo, tile_hi : (K, D) float Tensor
+        The tiles' corners.
+    crown_hidden : bool, optional
+        Bound the hidden layers by linear bound propagation on the first update (default) rather
+        than by intervals only.
+
+    Examples
+    --------
+    Layer 0 is affine over a box, so its exact range is its range over the corners; the output's
+    bounds then contain every sampled value:
+
+    >>> import torch
+    >>> from nsr.networks import random_network
+    >>> from nsr.pl import as_graph
+    >>> g = as_graph(random_network(2, [4, 4], seed=0)).to(dtype=torch.float64)
+    >>> lo, hi = torch.full((1, 2), -1.0, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    >>> corners = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]], dtype=torch.float64)
+    >>> z0 = g.preactivations(corners, 0)
+    >>> blo, bhi = TileBounds(g, lo, hi).update(0, [(z0.min(0).values[None], z0.max(0).values[None])])
+    >>> f = g(torch.rand(10_000, 2, dtype=torch.float64) * 2 - 1)
+    >>> bool(blo[0] <= f.min()) and bool(f.max() <= bhi[0])
+    True
+    """
 
     def __init__(self, net: PLGraph, tile_lo: Tensor, tile_hi: Tensor, crown_hidden: bool = True) -> None:
         self.net, self.lo, self.hi, self.crown_hidden = net, tile_lo, tile_hi, crown_hidden
@@ -508,8 +536,22 @@ class TileBounds:
         self.layer = -1  # the last layer whose exact range was given
 
     def update(self, layer: int, exact: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Take the exact ranges ``exact[k]`` ``(K, n_k)`` of layers ``0..layer`` over the tiles
-        and return bounds ``(K,)`` of the output."""
+        """Take the exact ranges of layers ``0..layer`` over the tiles; bound the output.
+
+        Parameters
+        ----------
+        layer : int
+            The last layer whose exact range is given (one more than at the previous update, or
+            the bounds are rebuilt from scratch).
+        exact : list of (Tensor, Tensor)
+            ``exact[k]``: lower and upper ``(K, n_k)`` range of layer ``k``'s pre-activations
+            over each tile, for ``k = 0..layer``.
+
+        Returns
+        -------
+        lower, upper : (K,) float Tensor
+            Bounds of the output over each tile.
+        """
         net = self.net
         if self.pre is None or layer != self.layer + 1:
             self.pre = _bounds.layer_bounds(net, self.lo, self.hi, exact[: layer + 1], self.crown_hidden)
