@@ -35,7 +35,33 @@ if TYPE_CHECKING:
 def plane_ranges(tile_lo: Tensor, tile_hi: Tensor, normals: Tensor) -> tuple[Tensor, Tensor]:
     """Range of ``normals[p] . x`` over every tile: ``(K, P)`` minimum and maximum (at corners).
 
-    ``tile_lo, tile_hi`` ``(K, D)``; ``normals`` ``(P, D)``."""
+    A linear function is extreme at a corner of a box: the minimum takes ``lo`` where the normal is
+    positive and ``hi`` where it is negative, the maximum the opposite.
+
+    Parameters
+    ----------
+    tile_lo, tile_hi : (K, D) float Tensor
+        Corners of ``K`` tiles.
+    normals : (P, D) float Tensor
+        Normals of ``P`` planes.
+
+    Returns
+    -------
+    lo : (K, P) float Tensor
+        ``lo[t, p]``: the minimum of ``normals[p] . x`` over tile ``t``.
+    hi : (K, P) float Tensor
+        Its maximum.
+
+    Examples
+    --------
+    On ``[0.25, 0.875] x [-0.625, 0.375]``, ``x - y`` runs from ``0.25 - 0.375`` to ``0.875 + 0.625``:
+
+    >>> import torch
+    >>> normals = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    >>> lo, hi = plane_ranges(torch.tensor([[0.25, -0.625]]).double(), torch.tensor([[0.875, 0.375]]).double(), normals)
+    >>> lo.tolist(), hi.tolist()
+    ([[0.25, -0.625, -0.125]], [[0.875, 0.375, 1.5]])
+    """
     pos, neg = normals.clamp(min=0).T, normals.clamp(max=0).T  # (D, P)
     return tile_lo @ pos + tile_hi @ neg, tile_hi @ pos + tile_lo @ neg
 
@@ -59,8 +85,31 @@ def crossing_planes(tile_lo: Tensor, tile_hi: Tensor, normals: Tensor, offsets: 
     Returns
     -------
     cross : (K, P) bool Tensor
+        ``cross[t, p]``: plane ``p`` must cut tile ``t``.
     positive : (K, P) bool Tensor
         The tile is on the positive side (``normals . x - offsets > 0``) of a plane it does not cross.
+
+    Examples
+    --------
+    The lines of a resolution 2 grid on ``[-1, 1]^2``: they all meet the quadrant ``[0, 1]^2`` (``x = 0``
+    and ``y = 0`` on its facets, ``x - y = -1`` and ``1`` at its corners ``(0, 1)``, ``(1, 0)``), while
+    ``[0.25, 0.875] x [-0.625, 0.375]`` (``x - y`` from ``-0.125`` to ``1.5``) is crossed by ``y = 0``,
+    ``x - y = 0`` and ``x - y = 1`` and lies on the positive side of ``x = 0`` and ``x - y = -1``:
+
+    >>> import torch
+    >>> from nsr.extraction.tolerances import facet_tolerances
+    >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
+    >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    >>> normals, offsets = (t.double() for t in enc.planes(lo, hi))  # x = 0, y = 0, x - y = -1, 0, 1
+    >>> facets = (normals, offsets, facet_tolerances(normals, offsets, lo, hi))
+    >>> tile_lo = torch.tensor([[0.0, 0.0], [0.25, -0.625]], dtype=torch.float64)
+    >>> tile_hi = torch.tensor([[1.0, 1.0], [0.875, 0.375]], dtype=torch.float64)
+    >>> cross, positive = crossing_planes(tile_lo, tile_hi, *facets)
+    >>> cross.tolist()
+    [[True, True, True, True, True], [False, True, False, True, True]]
+    >>> positive.tolist()
+    [[False, False, False, False, False], [True, False, True, False, False]]
     """
     rlo, rhi = plane_ranges(tile_lo, tile_hi, normals)
     margin = 2 * tol
@@ -76,18 +125,44 @@ def tile_slots(tile_lo: Tensor, tile_hi: Tensor, facets: tuple[Tensor, Tensor, T
     Parameters
     ----------
     tile_lo, tile_hi : (K, D) float Tensor
-    facets : normals ``(P, D)``, offsets ``(P,)``, tolerances ``(P,)`` of the encoder's planes.
-    n_words : words of a packed sign vector.
-    first_id : constraint id of plane 0 (``ConstraintLayout.facet(0)``).
+        Corners of ``K`` tiles.
+    facets : tuple of Tensor
+        Normals ``(P, D)``, offsets ``(P,)`` and sign tolerances ``(P,)`` of the encoder's planes
+        (:func:`nsr.extraction.subdivide.encoder_facets`).
+    n_words : int
+        Words ``W`` of a packed sign vector.
+    first_id : int
+        Constraint id of plane 0 (``ConstraintLayout.facet(0)``, ``2D``).
 
     Returns
     -------
     slots : (K, S) int64 Tensor
-        ``slots[t, k]``: the ``k``-th crossing plane of tile ``t`` in increasing order, ``-1`` past its last.
+        ``slots[t, k]``: the ``k``-th crossing plane of tile ``t`` in increasing order, ``-1`` past its last;
+        ``S`` is the most planes crossing one tile.
     bits : (K, W) int64 Tensor
-        The bits of the planes tile ``t`` lies on the positive side of (constraint ids).
+        The bits of the planes tile ``t`` lies on the positive side of (constraint ids), packed as
+        :func:`nsr.extraction.bits.pack_bits` does.
     n_pairs : () int64 Tensor
         Crossing (tile, plane) pairs.
+
+    Examples
+    --------
+    The tiles of :func:`crossing_planes`: the quadrant is crossed by all 5 lines, the other tile by lines
+    1, 3 and 4 and positive on lines 0 and 2, constraint ids ``4 + 0`` and ``4 + 2`` after the 4 box facets
+    of the square, so its bits are ``2^4 + 2^6 = 80``; ``5 + 3 = 8`` pairs in all:
+
+    >>> import torch
+    >>> from nsr.extraction.tolerances import facet_tolerances
+    >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
+    >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    >>> normals, offsets = (t.double() for t in enc.planes(lo, hi))  # x = 0, y = 0, x - y = -1, 0, 1
+    >>> facets = (normals, offsets, facet_tolerances(normals, offsets, lo, hi))
+    >>> tile_lo = torch.tensor([[0.0, 0.0], [0.25, -0.625]], dtype=torch.float64)
+    >>> tile_hi = torch.tensor([[1.0, 1.0], [0.875, 0.375]], dtype=torch.float64)
+    >>> slots, bits, n_pairs = tile_slots(tile_lo, tile_hi, facets, n_words=1, first_id=4)
+    >>> slots.tolist(), bits.tolist(), int(n_pairs)
+    ([[0, 1, 2, 3, 4], [1, 3, 4, -1, -1]], [[0], [80]], 8)
     """
     normals, offsets, tol = facets
     k, p = tile_lo.shape[0], offsets.shape[0]
@@ -121,9 +196,56 @@ def split_by_encoder(sk: _Skeleton, tile_lo: Tensor, tile_hi: Tensor, alive: Ten
                      bar: Any = None) -> None:
     """Cut every live tile of ``sk`` by the encoder's planes that cross it (see the module docstring).
 
-    ``tile_lo, tile_hi`` ``(K, D)`` are all the tiles of ``sk`` (``sk.vtile`` indexes them), ``alive``
-    ``(K,)`` bool the ones still holding vertices. Records ``encoder_pairs`` (crossing (tile, plane)
-    pairs cut), ``encoder_slots`` and ``encoder_vertices`` in ``sk.stats``. Mutates ``sk``."""
+    The planes a tile lies wholly on the positive side of set their sign bits on all its vertices at
+    once; then the crossing planes are cut slot by slot (:func:`tile_slots`), each tile by its own plane
+    of the slot. Records ``encoder_pairs`` (crossing (tile, plane) pairs cut), ``encoder_slots`` and
+    ``encoder_vertices`` in ``sk.stats``. Mutates ``sk``.
+
+    Parameters
+    ----------
+    sk : _Skeleton
+        The skeleton of the tiles (:func:`nsr.extraction.skeleton.box_skeleton`), sign vectors sized for
+        ``layout.n_constraints``.
+    tile_lo, tile_hi : (K, D) float Tensor
+        All the tiles of ``sk`` (``sk.vtile`` indexes them).
+    alive : (K,) bool Tensor
+        The tiles still holding vertices; the others are not cut.
+    layout : ConstraintLayout
+        Constraint ids; plane ``p`` is constraint ``layout.facet(p)``.
+    facets : tuple of Tensor
+        Normals ``(P, D)``, offsets ``(P,)`` and sign tolerances ``(P,)`` of the encoder's planes
+        (:func:`nsr.extraction.subdivide.encoder_facets`), ``P = layout.n_facets``.
+    limit : float, optional
+        Bytes the skeleton may hold before a ``MemoryError`` (None: no limit).
+    n_neurons : int
+        Hidden neurons of the network, for the memory guard's message.
+    desc : str
+        The mode named by the memory guard.
+    bar : tqdm-like, optional
+        A progress bar counting planes, advanced by ``P`` in all.
+
+    Examples
+    --------
+    In ``[0.25, 0.875] x [-0.625, 0.375]`` the lines ``y = 0``, ``x - y = 0`` and ``x - y = 1`` of a
+    resolution 2 grid do not meet, so each adds 2 vertices on the boundary and one face: ``4 + 6 = 10``
+    vertices, and ``10 + 4 - 1 = 13`` edges (Euler: ``V - E + F = 1``); only those 3 planes are cut:
+
+    >>> import torch
+    >>> from nsr.extraction.tolerances import facet_tolerances
+    >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
+    >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    >>> normals, offsets = (t.double() for t in enc.planes(lo, hi))  # x = 0, y = 0, x - y = -1, 0, 1
+    >>> facets = (normals, offsets, facet_tolerances(normals, offsets, lo, hi))
+    >>> from nsr.extraction.skeleton import box_skeleton
+    >>> from nsr.pl.layout import ConstraintLayout
+    >>> tile_lo, tile_hi = torch.tensor([[0.25, -0.625]]).double(), torch.tensor([[0.875, 0.375]]).double()
+    >>> layout = ConstraintLayout(2, (1,), n_facets=5)
+    >>> sk = box_skeleton(tile_lo, tile_hi, layout.n_constraints)
+    >>> split_by_encoder(sk, tile_lo, tile_hi, torch.ones(1, dtype=torch.bool), layout, facets, None, 1, "doc")
+    >>> sk.n_vertices, sk.n_edges, sk.stats["encoder_pairs"]
+    (10, 13, 3)
+    """
     normals, offsets, tol = facets
     k, p = tile_lo.shape[0], layout.n_facets
     dev = tile_lo.device
@@ -271,7 +393,43 @@ def tile_batches(tile_lo: Tensor, tile_hi: Tensor, facets: tuple[Tensor, Tensor,
 
     A tile crossed by ``s`` planes holds about ``s^D / 32`` vertices after the split (measured on a trained
     bunny grid network: ``s^3 / 36`` for tiles crossed by 111 planes, ``s^3 / 51`` for 74), so the estimate is
-    conservative. ``tile_lo, tile_hi`` ``(K, D)``; returns index tensors covering ``range(K)`` in order."""
+    conservative; it counts at least 1 per tile. Batch ``b`` holds the tiles whose running total before them
+    falls in ``[b, b + 1) * max_vertices``, so it may exceed ``max_vertices`` by its last tile's estimate.
+
+    Parameters
+    ----------
+    tile_lo, tile_hi : (K, D) float Tensor
+        Corners of ``K`` tiles.
+    facets : tuple of Tensor
+        Normals ``(P, D)``, offsets ``(P,)`` and sign tolerances ``(P,)`` of the encoder's planes
+        (:func:`nsr.extraction.subdivide.encoder_facets`).
+    max_vertices : int, optional
+        Estimated vertices per batch; default :data:`ENCODER_BATCH_VERTICES`.
+
+    Returns
+    -------
+    list of (B_i,) int64 Tensor
+        Tile indices, covering ``range(K)`` in order.
+
+    Examples
+    --------
+    The tiles of :func:`crossing_planes`, crossed by 5 and 3 lines, are estimated at
+    ``max(5^2 / 32, 1) = max(3^2 / 32, 1) = 1`` vertex each: one batch by default, two of at most 1 vertex:
+
+    >>> import torch
+    >>> from nsr.extraction.tolerances import facet_tolerances
+    >>> from nsr.pl.encoding import SimplexGridEncoder, SimplexGridEncoding
+    >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=2, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> lo, hi = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    >>> normals, offsets = (t.double() for t in enc.planes(lo, hi))  # x = 0, y = 0, x - y = -1, 0, 1
+    >>> facets = (normals, offsets, facet_tolerances(normals, offsets, lo, hi))
+    >>> tile_lo = torch.tensor([[0.0, 0.0], [0.25, -0.625]], dtype=torch.float64)
+    >>> tile_hi = torch.tensor([[1.0, 1.0], [0.875, 0.375]], dtype=torch.float64)
+    >>> [b.tolist() for b in tile_batches(tile_lo, tile_hi, facets)]
+    [[0, 1]]
+    >>> [b.tolist() for b in tile_batches(tile_lo, tile_hi, facets, max_vertices=1)]
+    [[0], [1]]
+    """
     budget = ENCODER_BATCH_VERTICES if max_vertices is None else max_vertices
     k, d = tile_lo.shape
     normals, offsets, tol = facets
