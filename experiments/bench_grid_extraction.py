@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.1f}")
     print(head)
-    print("| method | status | time (s) | polygons | max \\|f\\| | mean \\|f\\| |\n| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| method | status | time (s) | polygons | max \\|f\\| | mean \\|f\\| |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         if r["status"] == "ok":
             print(f"| {r['method']} | ok | {r['time_s']:.2f} | {r['polygons']:,} | {r['max_abs_f']:.1e} | "
