@@ -540,7 +540,9 @@ class SimplexGridEncoder:
         self.out_dim = len(encoding.resolutions) * encoding.features + (self.in_dim if self.include_input else 0)
 
     def __repr__(self) -> str:
-        return f"SimplexGridEncoder({self.encoding.extra_repr()}, include_input={self.include_input})"
+        # the encoder's own include_input decides its features; the module's setting is not repeated
+        settings = self.encoding.extra_repr().rsplit(", include_input=", 1)[0]
+        return f"SimplexGridEncoder({settings}, include_input={self.include_input})"
 
     @property
     def dtype(self) -> torch.dtype:
