@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from nsr.extraction.encoder_tracking import EncoderCells
 from nsr.extraction.surface import extract_mesh
-from nsr.extraction.tracking import EncoderCells
 from nsr.pl.encoding import GridMLP, SimplexGridEncoder, SimplexGridEncoding
 
 BOX = [(-1.0, 1.0)] * 3

@@ -604,7 +604,7 @@ def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Te
     it was cut by), and its signs on every other constraint, as track mode names them: the
     vertices of one point differ only in the sides of the planes through it. Returns the new id
     ``(n_w,)`` of each welded vertex ``wrep`` and their number."""
-    from nsr.extraction.tracking import EncoderCells
+    from nsr.extraction.encoder_tracking import EncoderCells
 
     dev, dt = arr.x.device, arr.x.dtype
     bt = torch.as_tensor(bounds, dtype=dt, device=dev)
@@ -798,7 +798,7 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     >>> tuple(welded["vertices"].shape), tuple(welded["cycles"].shape)
     ((6, 3), (8, 3))
     """
-    from nsr.extraction.tracking import _corner_identities
+    from nsr.extraction.encoder_tracking import _corner_identities
 
     n = net.n_neurons
     layout = ConstraintLayout.of(net)
