@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from nsr.extraction.bits import bit_values, group_equal_rows, pack_bits
+from nsr.extraction.bits import bit_values, pack_bits
 from nsr.extraction.memory import _check_memory, _chunks
-from nsr.extraction.skeleton import positive_side, snap_to_zero
+from nsr.extraction.skeleton import _pair_new_vertices, positive_side, snap_to_zero
 from nsr.pl.layout import ConstraintLayout
 
 if TYPE_CHECKING:
@@ -336,9 +336,7 @@ def _split_slot(sk: _Skeleton, plane_of_tile: Tensor, normals: Tensor, offsets: 
 
 def _pair_face_keys(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, new_ids: Tensor, c: Tensor) -> None:
     """The new edges of a split: new vertices paired by the 2-face they cut (tile, signs, zeros),
-    as in :func:`nsr.extraction.skeleton.split_by_constraint`; ``c`` ``(n,)`` each one's constraint."""
-    d = sk.dim
-    n = ez.shape[0]
+    by the kernel of :func:`nsr.extraction.skeleton.split_by_constraint`; ``c`` ``(n,)`` each one's constraint."""
     dev = ez.device
     # Keys hold only the bits of constraints before c, as in the all-planes loop at c (the constant bits of
     # later planes are already set here): equal keys either way, but also the same hash order, so the new
@@ -348,37 +346,7 @@ def _pair_face_keys(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, new_i
     below = torch.where(words[None] < word_c[:, None], -1, torch.where(words[None] == word_c[:, None],
                                                                        (mask_c - 1)[:, None], 0))
     pe = pe & below
-    keys, owners = [], []
-    tile = tile_a.long().unsqueeze(1)
-    for i in range(d - 1):
-        zi = ez[:, i]
-        rest = torch.cat([ez[:, :i], ez[:, i + 1 :]], 1)
-        wi, mi = bit_values(zi)
-        for side in (0, 1):
-            pk = pe.clone()
-            if side:
-                rows = torch.arange(n, device=dev)
-                pk[rows, wi] |= mi
-                sel = rows
-            else:
-                sel = torch.nonzero(zi >= 2 * d).squeeze(1)
-            keys.append(torch.cat([tile[sel], pk[sel], rest[sel]], 1))
-            owners.append(sel)
-    key = torch.cat(keys)
-    owner = torch.cat(owners)
-    order, gid = group_equal_rows(key)
-    counts = torch.bincount(gid)
-    first = torch.ones_like(gid, dtype=torch.bool)
-    first[1:] = gid[1:] != gid[:-1]
-    starts = torch.nonzero(first).squeeze(1)
-    pair_groups = torch.nonzero(counts == 2).squeeze(1)
-    sk.unpaired += int((counts > 2).sum()) + (0 if sk.partial else int((counts == 1).sum()))
-    p = order[starts[pair_groups]]
-    q = order[starts[pair_groups] + 1]
-    new_edges = torch.stack([new_ids[owner[p]], new_ids[owner[q]]], 1)
-    zrest = key[p][:, key.shape[1] - (d - 2) :] if d > 2 else key.new_zeros(len(p), 0)
-    sk.edges.append(new_edges)
-    sk.ezeros.append(torch.cat([zrest, c[owner[p]].unsqueeze(1)], 1).int())
+    _pair_new_vertices(sk, ez, pe, tile_a, new_ids, c)
 
 
 # Estimated vertices of the encoder split per batch of tiles in surface mode (see :func:`tile_batches`): a batch

@@ -271,6 +271,20 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     sk.ezeros.append(ez.int())
     if d < 2:
         return
+    _pair_new_vertices(sk, ez, pe, tile_a, new_ids, torch.full((n,), c, dtype=torch.int64, device=z.device))
+
+
+def _pair_new_vertices(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, new_ids: Tensor, c: Tensor) -> None:
+    """Join the new vertices of one split that bound the same 2-face by new edges on the splitting
+    constraint.
+
+    ``ez`` ``(n, D-1)``: zero ids of the cut edges; ``pe`` ``(n, W)``: the new vertices' packed signs
+    (the bits that name a face); ``tile_a`` ``(n,)``: their tiles; ``new_ids`` ``(n,)``: their vertex
+    ids; ``c`` ``(n,)``: the constraint each was cut by (one per split, or one per tile's slot).
+    """
+    d = sk.dim
+    n = ez.shape[0]
+    dev = ez.device
     # Face keys: for each zero slot i of the cut edge and each side, the 2-face obtained by
     # making that entry non-zero. Box facets have no outside.
     keys, owners = [], []
@@ -282,9 +296,9 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
         for side in (0, 1):
             pk = pe.clone()
             if side:
-                rows = torch.arange(n, device=z.device)
+                rows = torch.arange(n, device=dev)
                 pk[rows, wi] |= mi
-                sel = torch.arange(n, device=z.device)
+                sel = torch.arange(n, device=dev)
             else:
                 sel = torch.nonzero(zi >= 2 * d).squeeze(1)
             keys.append(torch.cat([tile[sel], pk[sel], rest[sel]], 1))
@@ -306,7 +320,9 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     new_edges = torch.stack([new_ids[owner[p]], new_ids[owner[q]]], 1)
     zrest = key[p][:, key.shape[1] - (d - 2) :] if d > 2 else key.new_zeros(len(p), 0)
     sk.edges.append(new_edges)
-    sk.ezeros.append(torch.cat([zrest, torch.full((len(p), 1), c, dtype=torch.int64, device=z.device)], 1).int())
+    sk.ezeros.append(torch.cat([zrest, c[owner[p]].unsqueeze(1)], 1).int())
+
+
 
 
 def _prune_tiles(sk: _Skeleton, alive_tiles: Tensor) -> None:
