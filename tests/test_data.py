@@ -92,6 +92,34 @@ def test_analytic_source_surface_samples_lie_on_sphere():
     assert src.signed_distance(torch.zeros(1, 3))[0] < 0
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_analytic_source_spreads_surface_samples_by_area(dim):
+    """A plate (square) with a round hole: the hole's wall gets its share of the surface's area
+    (length in 2D), which projecting uniform points alone gives it about a tenth of (little
+    volume flows onto a hole's wall). The shares are closed forms."""
+    if dim == 3:
+        shape = S.Difference([S.Box([0.3, 0.3, 0.05]), S.Cylinder(0.1, 0.2, "z", [0.0, 0.0, 0.0])])
+        wall = 2 * math.pi * 0.1 * 0.1
+        total = 2 * (0.6**2 - math.pi * 0.1**2) + 4 * 0.6 * 0.1 + wall
+    else:
+        shape = S.Difference([S.Box([0.3, 0.3]), S.Circle(0.1)])
+        wall, total = 2 * math.pi * 0.1, 4 * 0.6 + 2 * math.pi * 0.1
+    src = AnalyticSource(shape)
+    pts, nrm = src.sample_surface(40_000, torch.Generator().manual_seed(0))
+    x = pts.double()
+    assert len(x) == 40_000 and float(shape.sdf(x).abs().max()) < 1e-5
+    r = torch.linalg.vector_norm(x[:, :2], dim=1)
+    on_wall = (r - 0.1).abs() < 1e-4
+    if dim == 3:
+        on_wall &= x[:, 2].abs() < 0.05 - 1e-4
+    share = wall / total
+    # 90% by area, 10% by projection (which puts a few on the wall): between 0.9 and 1.0 of the share
+    assert 0.85 * share < float(on_wall.double().mean()) < 1.05 * share
+    assert torch.allclose(nrm[on_wall].double(), torch.cat([-x[on_wall, :2] / r[on_wall, None],
+                                                            torch.zeros(int(on_wall.sum()), dim - 2,
+                                                                        dtype=torch.float64)], 1), atol=1e-4)
+
+
 def test_analytic_source_outside_box_is_an_error():
     with pytest.raises(ShapeError, match="no surface"):
         AnalyticSource(S.Sphere(0.1, center=(3.0, 0.0, 0.0)))

@@ -92,7 +92,7 @@ def test_sphere_learns_sign_convention(tmp_path):
     cfg = _cfg(
         tmp_path,
         "data=sphere",
-        "trainer.max_epochs=3",
+        "trainer.max_epochs=5",  # 3 epochs left seeds 0-2 at IoU 0.69-0.82, at the threshold; 5: 0.82-0.88
         "data.sampling.steps_per_epoch=10",
         "model.net.radius=0.15",
         "callbacks=none",
@@ -107,7 +107,7 @@ def test_sphere_learns_sign_convention(tmp_path):
 
     with (run / "csv" / "metrics.csv").open() as fh:
         losses = [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
-    assert len(losses) == 30
+    assert len(losses) == 50
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
     net = as_network(_TRAINED[run], dtype=torch.float64)
     x = torch.rand(2000, 3, dtype=torch.float64) - 0.5

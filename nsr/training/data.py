@@ -43,8 +43,9 @@ open3d is imported lazily: ``import nsr.training.data`` and analytic shapes work
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -278,9 +279,15 @@ def _check_points(points: np.ndarray, what: str) -> None:
 class AnalyticSource(ShapeSource):
     """A built-in analytic shape (:mod:`nsr.training.shapes`), exact SDF, identity transform.
 
-    Surface samples come from projecting uniform points onto the zero level set along the
+    Surface samples are spread by area (length in 2D): points drawn uniformly on a
+    marching-cubes mesh (marching-squares contour) of the SDF at
+    :attr:`surface_resolution` samples per axis, then projected onto the zero level set along the
     SDF gradient (``x <- x - f(x) grad f / |grad f|^2``, a few steps; points that do not
-    converge to ``|f| < tol`` are dropped), normals are the normalized gradient there.
+    converge to ``|f| < tol`` are dropped); normals are the normalized gradient there. A
+    fraction :attr:`projected_fraction` comes instead from projecting uniform points of the box,
+    so that a part thinner than the mesh's cells still gets samples. (Projecting uniform points
+    alone spreads samples by the volume that flows onto each part of the surface: a hole or a
+    concave crease, which little volume flows to, would get a small share of its area's.)
 
     Parameters
     ----------
@@ -304,12 +311,16 @@ class AnalyticSource(ShapeSource):
     (3, True, {'center': [0.0, 0.0, 0.0], 'scale': 1.0})
     """
 
+    surface_resolution: dict[int, int] = {2: 512, 3: 96}  # samples per axis of the mesh of the SDF
+    projected_fraction: float = 0.1  # surface samples from projected uniform points
+
     def __init__(self, shape: Shape, box: float = 0.5) -> None:
         if not isinstance(shape, Shape):
             raise ShapeError(f"expected an nsr.training.shapes.Shape, got {type(shape).__name__}")
         self.dim = shape.dim
         super().__init__()
         self.shape, self.box = shape, float(box)
+        self._mesh: tuple[Tensor, Tensor, Tensor] | None = None
         pts, _ = self.sample_surface(64, torch.Generator().manual_seed(0))
         if pts.shape[0] == 0:
             raise ShapeError(f"the shape {type(shape).__name__} has no surface inside the box")
@@ -374,22 +385,83 @@ class AnalyticSource(ShapeSource):
         >>> normals.abs().sum(dim=1)  # axis-aligned face normals
         tensor([1., 1., 1., 1., 1., 1.])
         """
+        n_area = n - int(math.ceil(self.projected_fraction * n))
+        xa, na = self._sample(n_area, gen, self._points_by_area)
+        xp, np_ = self._sample(n - len(xa), gen, self._points_in_box)
+        order = torch.randperm(len(xa) + len(xp), generator=gen)
+        return torch.cat([xa, xp])[order].float(), torch.cat([na, np_])[order].float()
+
+    def _sample(self, n: int, gen: torch.Generator, draw: Callable[[int, torch.Generator], Tensor]
+                ) -> tuple[Tensor, Tensor]:
+        """Up to ``n`` converged projections of points from ``draw`` and their unit normals (float64)."""
         found_x, found_n, total = [], [], 0
         for _ in range(20):
             if total >= n:
                 break
-            x0 = (
-                torch.rand(2 * n + 64, self.dim, generator=gen, dtype=torch.float64) * 2 - 1
-            ) * self.box
+            x0 = draw(2 * (n - total) + 64, gen)
+            if not len(x0):
+                break
             x, f, g = self._project(x0)
             gn = torch.linalg.vector_norm(g, dim=-1)
             ok = (f.abs() < 1e-6) & (x.abs() <= self.box).all(-1) & (gn > 0.5)
             found_x.append(x[ok])
             found_n.append(g[ok] / gn[ok, None])
             total += int(ok.sum())
-        pts = torch.cat(found_x)[:n]
-        nrm = torch.cat(found_n)[:n]
-        return pts.float(), nrm.float()
+        if not found_x:
+            empty = torch.zeros(0, self.dim, dtype=torch.float64)
+            return empty, empty
+        return torch.cat(found_x)[:n], torch.cat(found_n)[:n]
+
+    def _points_in_box(self, m: int, gen: torch.Generator) -> Tensor:
+        return (torch.rand(m, self.dim, generator=gen, dtype=torch.float64) * 2 - 1) * self.box
+
+    def _points_by_area(self, m: int, gen: torch.Generator) -> Tensor:
+        """``(m, D)`` points uniform by area on the mesh of the SDF (none if it has no surface)."""
+        vertices, simplices, cumulative = self._surface_mesh()
+        if not len(simplices):
+            return vertices[:0]
+        pick = torch.rand(m, generator=gen, dtype=torch.float64) * cumulative[-1]
+        corners = vertices[simplices[torch.searchsorted(cumulative, pick).clamp(max=len(simplices) - 1)]]
+        r = torch.rand(m, 2, generator=gen, dtype=torch.float64)
+        if self.dim == 3:  # uniform in a triangle: (1 - sqrt r1, sqrt r1 (1 - r2), sqrt r1 r2)
+            s = r[:, 0].sqrt()
+            w = torch.stack([1 - s, s * (1 - r[:, 1]), s * r[:, 1]], 1)
+        else:
+            w = torch.stack([1 - r[:, 0], r[:, 0]], 1)
+        return (w[:, :, None] * corners).sum(1)
+
+    def _surface_mesh(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Vertices ``(V, D)``, simplices ``(S, D)`` (triangles; segments in 2D) and cumulative
+        areas ``(S,)`` of the SDF's zero set on a grid of :attr:`surface_resolution` samples per
+        axis (marching cubes / squares, scikit-image); built once."""
+        if self._mesh is None:
+            from skimage import measure
+
+            res = self.surface_resolution.get(self.dim, 64)
+            axis = torch.linspace(-self.box, self.box, res, dtype=torch.float64)
+            grid = torch.stack(torch.meshgrid(*[axis] * self.dim, indexing="ij"), -1).reshape(-1, self.dim)
+            values = torch.cat([self.shape.sdf(c) for c in grid.split(2**18)]).reshape((res,) * self.dim).numpy()
+            step = 2 * self.box / (res - 1)
+            if self.dim not in (2, 3) or not (values.min() < 0 < values.max()):
+                verts, simplices = np.zeros((0, self.dim)), np.zeros((0, self.dim), dtype=np.int64)
+            elif self.dim == 3:
+                verts, simplices, _, _ = measure.marching_cubes(values, 0.0, spacing=(step,) * 3)
+            else:
+                lines = measure.find_contours(values, 0.0)
+                starts = np.cumsum([0] + [len(c) for c in lines])
+                verts = np.concatenate(lines) * step
+                simplices = np.concatenate([np.stack([np.arange(a, b - 1), np.arange(a + 1, b)], 1)
+                                            for a, b in zip(starts[:-1], starts[1:], strict=True)])
+            v = torch.as_tensor(np.asarray(verts, dtype=np.float64) - self.box)
+            s = torch.as_tensor(np.asarray(simplices, dtype=np.int64))
+            c = v[s]
+            if self.dim == 3:
+                size = torch.linalg.vector_norm(torch.cross(c[:, 1] - c[:, 0], c[:, 2] - c[:, 0], dim=1), dim=1) / 2
+            else:
+                size = torch.linalg.vector_norm(c[:, 1] - c[:, 0], dim=1)
+            keep = size > 0
+            self._mesh = (v, s[keep], torch.cumsum(size[keep], 0))
+        return self._mesh
 
 
 # ----------------------------------------------------------------------------- meshes
