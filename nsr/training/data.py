@@ -437,14 +437,18 @@ class AnalyticSource(ShapeSource):
         if self._mesh is None:
             from skimage import measure
 
-            res = self.surface_resolution.get(self.dim, 64)
+            empty = torch.zeros(0, self.dim, dtype=torch.float64)
+            self._mesh = (empty, torch.zeros(0, self.dim, dtype=torch.int64), empty[:, 0])
+            if self.dim not in (2, 3):  # other dimensions: projected box points only
+                return self._mesh
+            res = self.surface_resolution[self.dim]
             axis = torch.linspace(-self.box, self.box, res, dtype=torch.float64)
             grid = torch.stack(torch.meshgrid(*[axis] * self.dim, indexing="ij"), -1).reshape(-1, self.dim)
             values = torch.cat([self.shape.sdf(c) for c in grid.split(2**18)]).reshape((res,) * self.dim).numpy()
             step = 2 * self.box / (res - 1)
-            if self.dim not in (2, 3) or not (values.min() < 0 < values.max()):
-                verts, simplices = np.zeros((0, self.dim)), np.zeros((0, self.dim), dtype=np.int64)
-            elif self.dim == 3:
+            if not (values.min() < 0 < values.max()):
+                return self._mesh
+            if self.dim == 3:
                 verts, simplices, _, _ = measure.marching_cubes(values, 0.0, spacing=(step,) * 3)
             else:
                 lines = measure.find_contours(values, 0.0)
