@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 
 from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words, pack_bits, unpack_bits
-from nsr.extraction.memory import _chunks
+from nsr.extraction.memory import WALK_CHUNK_BYTES, _chunks
 from nsr.extraction.tracking import (
+    _FIRST_WIDTH,
     D,
     _bar,
     _columns,
@@ -28,6 +29,7 @@ from nsr.extraction.tracking import (
     _unique_rows,
     _vertex,
     _Visited,
+    _widen,
     activation_patterns,
 )
 from nsr.pl.graph import PLGraph
@@ -391,10 +393,11 @@ def _walk_encoder_polygons(g: Tensor, gid: Tensor, support: Tensor, prev: Tensor
     """
     bsz = g.shape[0]
     dev, dt = g.device, g.dtype
-    edges = torch.full((bsz, max_edges), -1, dtype=torch.int64, device=dev)
-    comps = torch.full((bsz, max_edges), -1, dtype=torch.int64, device=dev)
-    extras = torch.full((bsz, max_edges, n_extra), -1, dtype=torch.int64, device=dev)
-    verts = torch.zeros(bsz, max_edges, D, dtype=dt, device=dev)
+    width = min(max_edges, _FIRST_WIDTH)
+    edges = torch.full((bsz, width), -1, dtype=torch.int64, device=dev)
+    comps = torch.full((bsz, width), -1, dtype=torch.int64, device=dev)
+    extras = torch.full((bsz, width, n_extra), -1, dtype=torch.int64, device=dev)
+    verts = torch.zeros(bsz, width, D, dtype=dt, device=dev)
     length = torch.zeros(bsz, dtype=torch.int64, device=dev)
     degenerate = torch.zeros(bsz, dtype=torch.bool, device=dev)
     n_x = 0
@@ -411,6 +414,10 @@ def _walk_encoder_polygons(g: Tensor, gid: Tensor, support: Tensor, prev: Tensor
         if end is None:
             end = o["pmin"]
         degenerate[idx[o["degenerate"]]] = True
+        if step + 1 > width:
+            width = min(2 * width, max_edges)
+            edges, comps = _widen(edges, width, -1), _widen(comps, width, -1)
+            extras, verts = _widen(extras, width, -1), _widen(verts, width, 0.0)
         edges[idx, step] = q
         comps[idx, step] = o["comp"]
         verts[idx, step] = v
@@ -640,7 +647,7 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
     names = ("key", "edges", "companion", "extra", "vertices", "length", "normal")
     found: dict[str, list[Tensor]] = {k: [] for k in names}
     # constraints and their temporaries, and the walk's per-edge arrays (vertices, ids, extras)
-    row = (D + 1) * reg.n_local * net.dtype.itemsize * 4 + max_edges * (D * net.dtype.itemsize + 8 * 6)
+    row = (D + 1) * reg.n_local * net.dtype.itemsize * 4 + _FIRST_WIDTH * (D * net.dtype.itemsize + 8 * 6)
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     n_global = reg.n_box + reg.n_enc
     bar = _bar(progress)
@@ -655,7 +662,7 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
             break
         visited.add(front_key, h)
         next_key, next_pc, next_anchor = [], [], []
-        for sl in _chunks(len(front_key), row, dev):
+        for sl in _chunks(len(front_key), row, dev, WALK_CHUNK_BYTES):
             key = front_key[sl]
             patterns = unpack_bits(key[:, :words], torch.arange(n, device=dev))
             g, ids = reg.constraints(patterns, key[:, words:words + n_fam], front_anchor[sl])

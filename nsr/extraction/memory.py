@@ -45,13 +45,19 @@ def peak_memory_mb(device: torch.device) -> float:
 # and page-faulted afresh on every allocation, which on some VMs costs more than the
 # arithmetic (a (1.4M, 32) float64 matmul: 0.07 s into a reused buffer, 0.55 s fresh).
 CHUNK_BYTES = 2**23
+# Track mode's walks run some 60 small tensor operations per polygon edge, whatever the batch: a
+# batch of a few hundred polygons is dominated by per-operation overhead, and larger batches pay
+# off more than the page faults of their temporaries cost (a trained grid network's walks on one
+# core: 6.3 s with 8 MB batches, 3.7 s with 128 MB; experiments/RESULTS.md, issue 14).
+WALK_CHUNK_BYTES = 2**26
 
 
-def _chunks(n: int, row_bytes: int, device: torch.device) -> list[slice]:
+def _chunks(n: int, row_bytes: int, device: torch.device, budget: int | None = None) -> list[slice]:
     """Row slices covering ``range(n)`` whose temporaries of ``row_bytes`` per row stay
-    under :data:`CHUNK_BYTES` on CPU (one slice on GPUs, where the caching allocator
-    recycles memory anyway)."""
-    step = n if device.type != "cpu" else max(256, CHUNK_BYTES // max(1, row_bytes))
+    under ``budget`` (default :data:`CHUNK_BYTES`) on CPU (one slice on GPUs, where the caching
+    allocator recycles memory anyway)."""
+    budget = CHUNK_BYTES if budget is None else budget
+    step = n if device.type != "cpu" else max(256, budget // max(1, row_bytes))
     return [slice(s, min(n, s + step)) for s in range(0, n, max(1, step))]
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words, pack_bits, unpack_bits
-from nsr.extraction.memory import _chunks
+from nsr.extraction.memory import WALK_CHUNK_BYTES, _chunks
 from nsr.extraction.progress import _progress
 from nsr.pl.graph import PLGraph, as_graph
 from nsr.pl.layout import ConstraintLayout
@@ -211,6 +211,18 @@ def _first_hit(g: Tensor, x: Tensor, d: Tensor, exclude: Tensor, near: Tensor | 
     return idx, 1.0 / smax, degenerate
 
 
+# Per-edge outputs of the walks start this wide and double as polygons grow: most polygons have a
+# handful of edges, and buffers max_edges wide would dominate a batch's memory (and so shrink it).
+_FIRST_WIDTH = 16
+
+
+def _widen(t: Tensor, width: int, fill: float) -> Tensor:
+    """``t`` ``(B, L, ...)`` padded along dim 1 to ``width`` with ``fill``."""
+    out = t.new_full((t.shape[0], width, *t.shape[2:]), fill)
+    out[:, :t.shape[1]] = t
+    return out
+
+
 def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float = 0.0, max_edges: int = 256
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Walk the polygons of regions around their boundary.
@@ -265,8 +277,9 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     """
     bsz = g.shape[0]
     dev, dt = g.device, g.dtype
-    edges = torch.full((bsz, max_edges), -1, dtype=torch.int64, device=dev)
-    verts = torch.zeros(bsz, max_edges, D, dtype=dt, device=dev)
+    width = min(max_edges, _FIRST_WIDTH)
+    edges = torch.full((bsz, width), -1, dtype=torch.int64, device=dev)
+    verts = torch.zeros(bsz, width, D, dtype=dt, device=dev)
     length = torch.zeros(bsz, dtype=torch.int64, device=dev)
     degenerate = torch.zeros(bsz, dtype=torch.bool, device=dev)
     idx = torch.arange(bsz, device=dev)
@@ -277,6 +290,9 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     rs, rp, rq = _columns(ga, s), _columns(ga, p), _columns(ga, q)
     v = _vertex(rs, rp, rq)
     for step in range(max_edges - 1):
+        if step + 2 > width:
+            width = min(2 * width, max_edges)
+            edges, verts = _widen(edges, width, -1), _widen(verts, width, 0.0)
         edges[idx, step] = q
         verts[idx, step] = v
         d = torch.cross(rs[:, :D], rq[:, :D], dim=1)
@@ -547,7 +563,8 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     front_pc = torch.stack([prev, cur], 1)
     visited = _Visited(width, dev)
     found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": [], "normal": []}
-    row = (D + 1) * (out + 1) * net.dtype.itemsize
+    # g and the walk's (B, C) temporaries
+    row = 4 * (D + 1) * (out + 1) * net.dtype.itemsize
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     # a fourth plane this close to a vertex makes its identity ambiguous
     tol = 256 * torch.finfo(net.dtype).eps * float((bounds[:, 1] - bounds[:, 0]).norm())
@@ -565,7 +582,7 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
             break
         visited.add(front_key, h)
         next_key, next_pc = [], []
-        for sl in _chunks(len(front_key), row, dev):
+        for sl in _chunks(len(front_key), row, dev, WALK_CHUNK_BYTES):
             key = front_key[sl]
             patterns = unpack_bits(key[:, :words], torch.arange(n, device=dev))
             g = region_constraints(net, patterns, bounds, level)
