@@ -26,6 +26,8 @@ from nsr.extraction.tracking import (
     _columns,
     _first_hit,
     _pad,
+    _rates,
+    _slacks,
     _unique_rows,
     _vertex,
     _Visited,
@@ -280,8 +282,7 @@ def _outgoing(g: Tensor, gid: Tensor, near: Tensor, v: Tensor, s: Tensor, p: Ten
     bsz, _, n_c = g.shape
     dev = g.device
     ar = torch.arange(bsz, device=dev)
-    one = torch.ones(bsz, 1, dtype=v.dtype, device=dev)
-    val = torch.bmm(torch.cat([v, one], 1)[:, None], g).squeeze(1)
+    val = _slacks(g, v)
     zero = val < near
     zero[ar, s] = True
     zero[ar, p] = True
@@ -431,7 +432,7 @@ def _walk_encoder_polygons(g: Tensor, gid: Tensor, support: Tensor, prev: Tensor
         rq = _columns(ga, q)
         d = torch.cross(rs[:, :D], rq[:, :D], dim=1)
         d = torch.where(((rp[:, :D] * d).sum(1) < 0)[:, None], -d, d)
-        rate = torch.bmm(torch.cat([d, torch.zeros_like(d[:, :1])], 1)[:, None], ga).squeeze(1)
+        rate = _rates(ga, d)
         rate.masked_fill_(o["zero"], 0.0)
         speed = rate.neg_().clamp_(min=0).div_(o["val"].clamp(min=torch.finfo(dt).tiny))
         smax, r = speed.max(1)
@@ -793,6 +794,18 @@ def _independent_triple(zs: Tensor, lay: ConstraintLayout, cells: EncoderCells) 
     encoder plane is skipped where its normal depends on those already taken (three grid planes
     share a line), neurons and the level set are in general position. Where vertices lie on more
     than three planes this names them as subdivision does (the first independent ids)."""
+    big = torch.iinfo(torch.int64).max
+    out = zs[:, :3].clone()  # a corner on at most three planes (most of them) is named by those
+    if zs.shape[1] > 3:
+        many = torch.nonzero(zs[:, 3] != big).squeeze(1)
+        if len(many):
+            rows = zs[many]
+            out[many] = _first_independent(rows[:, :int((rows != big).sum(1).max())], lay, cells)
+    return out
+
+
+def _first_independent(zs: Tensor, lay: ConstraintLayout, cells: EncoderCells) -> Tensor:
+    """:func:`_independent_triple` of rows that hold more than three constraints."""
     k, w = zs.shape
     dev = zs.device
     big = torch.iinfo(torch.int64).max
