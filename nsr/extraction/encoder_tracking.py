@@ -173,7 +173,7 @@ class EncoderCells:
         g[:, d, :, 1] = torch.where(has_above, off_a, 1.0)
         return g.reshape(bsz, d + 1, 2 * n_fam), ids
 
-    def margin(self, x: Tensor, slabs: Tensor) -> Tensor:
+    def margin(self, x: Tensor, slabs: Tensor, columns: Tensor | None = None) -> Tensor:
         """Distance from points to the nearest plane bounding given cells.
 
         Parameters
@@ -182,6 +182,8 @@ class EncoderCells:
             Points.
         slabs : (N, F) int64 Tensor
             A cell per point.
+        columns : (N, D + 1, 2F) float Tensor, optional
+            :meth:`columns` of ``slabs``, where the caller has them already.
 
         Returns
         -------
@@ -190,7 +192,7 @@ class EncoderCells:
         """
         if self.n_families == 0:
             return torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
-        g, _ = self.columns(slabs)
+        g = self.columns(slabs)[0] if columns is None else columns
         val = (x[:, :, None] * g[:, :-1]).sum(1) + g[:, -1]
         return (val / g[:, :-1].square().sum(1).sqrt().clamp(min=1e-300)).min(1).values
 
@@ -310,9 +312,10 @@ def _outgoing(g: Tensor, gid: Tensor, near: Tensor, v: Tensor, s: Tensor, p: Ten
     degenerate |= n_other > n_extra
     k = max(min(int(n_other.max()) if bsz else 0, n_extra), 0)
     extra = torch.full((bsz, k), -1, dtype=torch.int64, device=dev)
-    if k:
-        first = torch.argsort((~others).to(torch.int8), dim=1, stable=True)[:, :k]
-        extra = torch.where(torch.arange(k, device=dev) < n_other[:, None], first, -1)
+    if k:  # only the few corners on further planes pay for the sort
+        rows = torch.nonzero(n_other > 0).squeeze(1)
+        first = torch.argsort((~others[rows]).to(torch.int8), dim=1, stable=True)[:, :k]
+        extra[rows] = torch.where(torch.arange(k, device=dev) < n_other[rows, None], first, -1)
     return {"q": q, "comp": comp, "pmin": pmin, "val": val, "zero": zero, "extra": extra,
             "degenerate": degenerate, "fail": fail}
 
@@ -558,10 +561,11 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
     ar = torch.arange(lmax, device=dev)
     nxt_i = (ar[None] + 1) % length.clamp(min=1)[:, None]
     f, i = torch.nonzero(ar[None] < length[:, None], as_tuple=True)
-    c_l, c2_l = e[f, i], comp[f, i]
-    c = reg.to_global(c_l[:, None], ids[f])[:, 0]
-    c2 = reg.to_global(c2_l[:, None], ids[f])[:, 0]
-    c_next = reg.to_global(e[f, nxt_i[f, i]][:, None], ids[f])[:, 0]
+    # global ids of every edge once per polygon, not per edge (the caller may have them)
+    e_g = walked["edges_global"] if "edges_global" in walked else reg.to_global(e, ids)
+    comp_g = walked["companion_global"] if "companion_global" in walked else reg.to_global(comp, ids)
+    c_l = e[f, i]
+    c, c2, c_next = e_g[f, i], comp_g[f, i], e_g[f, nxt_i[f, i]]
     s_g = key[f, -1]
     kind = lay.kind(c)
     is_neuron = kind == NEURON
@@ -606,9 +610,8 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
         u = w - (w * plane_n).sum(1, keepdim=True) / (plane_n * plane_n).sum(1, keepdim=True) * plane_n
         u = u / u.norm(dim=1, keepdim=True)
         slabs = k[moved, words:words + n_fam]
-        cols, _ = reg.cells.columns(slabs)
-        box = g[fm, :, :reg.n_box]
-        cols = torch.cat([box, cols], 2)
+        cell_cols, _ = reg.cells.columns(slabs)
+        cols = torch.cat([g[fm, :, :reg.n_box], cell_cols], 2)
         val = (mid[:, :, None] * cols[:, :D]).sum(1) + cols[:, D]
         rate = (u[:, :, None] * cols[:, :D]).sum(1)
         eps = 64 * torch.finfo(u.dtype).eps * cols[:, :D].norm(dim=1)
@@ -616,7 +619,7 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
         reach = torch.minimum(reach, (reg.bounds[:, 1] - reg.bounds[:, 0]).norm())
         a = mid + 0.5 * reach[:, None] * u
         diag = float((reg.bounds[:, 1] - reg.bounds[:, 0]).norm())
-        good = (reg.cells.slabs(a) == slabs).all(1) & (reg.cells.margin(a, slabs) > 1e-12 * diag)
+        good = (reg.cells.slabs(a) == slabs).all(1) & (reg.cells.margin(a, slabs, cell_cols) > 1e-12 * diag)
         anchor[moved] = a
         bad = moved[~good]
         take[bad] = False
@@ -685,7 +688,8 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
             key, g, ids, anchor = key[ok], g[ok], ids[ok], anchor[ok]
             found["key"].append(key)
             for name in ("edges", "companion", "extra"):
-                found[name].append(reg.to_global(w[name], ids))
+                w[f"{name}_global"] = reg.to_global(w[name], ids)
+                found[name].append(w[f"{name}_global"])
             found["vertices"].append(w["vertices"])
             found["length"].append(w["length"])
             nk, npc, na, lost = _encoder_neighbours(reg, g, ids, key, w, anchor, words, close, visited)
