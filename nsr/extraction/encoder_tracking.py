@@ -600,8 +600,9 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
     if len(moved):
         fm, im = f[moved], i[moved]
         mid = (verts[fm, im] + verts[fm, nxt_i[fm, im]]) / 2
-        n_s = _columns(g[fm], _local_support(reg, key[fm], ids[fm]))[:, :D]
-        n_c = _columns(g[fm], c_l[moved])[:, :D]
+        # single columns gathered from g directly (g[fm] would copy every column of every row)
+        n_s = g[fm, :D, _local_support(reg, key[fm], ids[fm])]
+        n_c = g[fm, :D, c_l[moved]]
         # within the new polygon's plane, away from the edge: across the edge's plane (same support),
         # or into the new face (a cap moving to the neighbouring box facet)
         same = ~change[moved]
@@ -611,7 +612,7 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
         u = u / u.norm(dim=1, keepdim=True)
         slabs = k[moved, words:words + n_fam]
         cell_cols, _ = reg.cells.columns(slabs)
-        cols = torch.cat([g[fm, :, :reg.n_box], cell_cols], 2)
+        cols = torch.cat([g[:1, :, :reg.n_box].expand(len(fm), -1, -1), cell_cols], 2)  # box columns: alike in all
         val = (mid[:, :, None] * cols[:, :D]).sum(1) + cols[:, D]
         rate = (u[:, :, None] * cols[:, :D]).sum(1)
         eps = 64 * torch.finfo(u.dtype).eps * cols[:, :D].norm(dim=1)
