@@ -210,3 +210,30 @@ def test_cells_are_the_sign_vectors_of_the_planes():
             want_below = int(below[dist[k, below].argmin()]) if len(below) else -1
             want_above = int(above[dist[k, above].argmax()]) if len(above) else -1
             assert ids[k, 2 * f].item() == want_below and ids[k, 2 * f + 1].item() == want_above
+
+
+def test_polygons_of_many_edges_are_walked_whole():
+    # the MLP reads the raw coordinates (include_input): f = z + sum_i relu(n_i . (x, y) - r) over 120
+    # directions, so the level set holds the 120-gon on z = 0, cut by the grid's diagonal planes
+    # into 6 polygons of more than 16 edges (the walk's per-edge buffers start 16 wide and grow)
+    k, r = 120, 0.3
+    net = GridMLP(in_dim=3, width=k + 1, depth=1, n_levels=1, min_resolution=1, max_resolution=1,
+                  include_input=True).double().requires_grad_(False)
+    # turned off the diagonals' symmetry: tangent lines symmetric about x = y would meet on that plane
+    t = torch.arange(k, dtype=torch.float64) * (2 * np.pi / k) + 0.1234
+    n_feat = net.encoding.out_dim - 3
+    with torch.no_grad():
+        w = torch.zeros(k + 1, n_feat + 3, dtype=torch.float64)
+        w[:k, n_feat], w[:k, n_feat + 1], w[k, n_feat + 2] = torch.cos(t), torch.sin(t), 1.0
+        net.layers[0].weight.copy_(w)
+        net.layers[0].bias.fill_(-r)
+        net.layers[0].bias[k] = 10.0
+        net.layers[1].weight.fill_(1.0)
+        net.layers[1].bias.fill_(-10.0)
+    ref = extract_mesh(net, BOX, mode="surface", progress=False)
+    mesh = _track(net, BOX, seeds=_surface_centroids(ref))
+    assert _proper(mesh) == _proper(ref) and len(mesh.polygons) == len(_proper(ref))
+    flat = [p for p in mesh.polygons if np.abs(mesh.vertices[p, 2]).max() < 1e-12]
+    assert len(flat) == 6 and min(map(len, flat)) > 16
+    assert sum(map(len, flat)) == k + 2 * 6 + 6  # the corners, 6 cut points shared by 2 sectors, the centre in each
+    assert _max_abs_f_on_surface(net, mesh) <= 1e-12

@@ -169,3 +169,32 @@ def test_track_mode_finds_every_polygon_of_random_networks(widths):
         b = extract_mesh(net, (-1, 1), mode="track", close=close, progress=False)
         assert b.stats["mode"] == "track"
         assert _same_polygons(a, b), (widths, close, seed)
+
+
+def _many_gon_network(k: int, r: float = 0.3) -> PLNetwork:
+    """``f = z + sum_i relu(n_i . (x, y) - r)`` over ``k`` directions ``n_i``: inside the regular
+    ``k``-gon circumscribed about the circle of radius ``r`` every ReLU is off and ``f = z``, so the
+    level set there is that ``k``-gon on ``z = 0`` (one polygon of ``k`` edges)."""
+    t = torch.arange(k, dtype=torch.float64) * (2 * np.pi / k)
+    w1 = torch.zeros(k + 1, 3, dtype=torch.float64)
+    w1[:k, 0], w1[:k, 1], w1[k, 2] = torch.cos(t), torch.sin(t), 1.0
+    b1 = torch.full((k + 1,), -r, dtype=torch.float64)
+    b1[k] = 10.0  # relu(z + 10) = z + 10 in the box
+    w2 = torch.ones(1, k + 1, dtype=torch.float64)
+    return PLNetwork([w1, w2], [b1, torch.tensor([-10.0], dtype=torch.float64)])
+
+
+def test_a_polygon_of_many_edges_is_walked_whole():
+    # 40 edges: the walk's per-edge buffers start 16 wide and must grow twice
+    k, r = 40, 0.3
+    net = _many_gon_network(k, r)
+    mesh = extract_mesh(net, (-1, 1), mode="track", progress=False)
+    assert mesh.stats["mode"] == "track"
+    assert _same_polygons(mesh, extract_mesh(net, (-1, 1), mode="surface", progress=False))
+    big = [p for p in mesh.polygons if len(p) == k]
+    assert len(big) == 1 and max(map(len, mesh.polygons)) == k
+    # its corners, in closed form: radius r / cos(pi / k), angles (2i + 1) pi / k, on z = 0
+    a = (2 * np.arange(k) + 1) * np.pi / k
+    want = np.stack([np.cos(a), np.sin(a), np.zeros(k)], 1) * np.array([r / np.cos(np.pi / k)] * 2 + [1.0])
+    got = mesh.vertices[big[0]]
+    assert np.abs(got[:, None] - want[None]).max(-1).min(1).max() < 1e-12
