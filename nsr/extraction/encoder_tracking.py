@@ -193,7 +193,7 @@ class EncoderCells:
         if self.n_families == 0:
             return torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
         g = self.columns(slabs)[0] if columns is None else columns
-        val = (x[:, :, None] * g[:, :-1]).sum(1) + g[:, -1]
+        val = _slacks(g, x)
         return (val / g[:, :-1].square().sum(1).sqrt().clamp(min=1e-300)).min(1).values
 
 
@@ -524,8 +524,7 @@ def _try_seeds(reg: _EncoderRegions, x0: Tensor, slabs: Tensor, pats: Tensor, to
         nrm = rs[:, :D]
         val = (nrm * x).sum(1, keepdim=True) + rs[:, D:]
         x = _inside(x - val / (nrm * nrm).sum(1, keepdim=True) * nrm, bounds)
-        one = torch.ones(bsz, 1, dtype=x.dtype, device=x.device)
-        inside = (torch.bmm(torch.cat([x, one], 1)[:, None], g).squeeze(1)[:, :out] >= 0).all(1)
+        inside = (_slacks(g, x)[:, :out] >= 0).all(1)
         axis = nrm.abs().argmin(1)
         d1 = torch.cross(nrm, torch.nn.functional.one_hot(axis, D).to(x.dtype), dim=1)
         q, t1, _ = _first_hit(g, x, d1, s[:, None])
@@ -533,7 +532,7 @@ def _try_seeds(reg: _EncoderRegions, x0: Tensor, slabs: Tensor, pats: Tensor, to
         # q must be an edge of the polygon: the ray must meet its boundary inside an edge, not at a
         # vertex (where planes of the encoder meet, more than one line passes)
         near = (g[:, 0] * g[:, 0] + g[:, 1] * g[:, 1] + g[:, 2] * g[:, 2]).sqrt_().mul_(tol)
-        through = torch.bmm(torch.cat([y, one], 1)[:, None], g).squeeze(1).abs() < near
+        through = _slacks(g, y).abs() < near
         through[:, out] = False
         d2 = torch.cross(nrm, _columns(g, q)[:, :D], dim=1)
         r, t2, _ = _first_hit(g, y, d2, torch.stack([s, q], 1))
@@ -553,17 +552,17 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
     Across a neuron: its bit flipped. Across an encoder plane (and an edge's companion plane):
     the next slab of its family; the new cell's anchor is the edge's midpoint moved off the edge,
     in the polygon's plane, half way to the nearest other plane. Across a box facet or the level
-    set (caps): the support changes as for plain networks."""
+    set (caps): the support changes as for plain networks. ``walked`` is the walk's output
+    (:func:`_walk_encoder_polygons`) with the global ids of its edges and companions added
+    (``edges_global``, ``companion_global``)."""
     lay, n_fam = reg.layout, reg.cells.n_families
     dev = key.device
-    e, comp, length, verts = walked["edges"], walked["companion"], walked["length"], walked["vertices"]
+    e, length, verts = walked["edges"], walked["length"], walked["vertices"]
     lmax = e.shape[1]
     ar = torch.arange(lmax, device=dev)
     nxt_i = (ar[None] + 1) % length.clamp(min=1)[:, None]
     f, i = torch.nonzero(ar[None] < length[:, None], as_tuple=True)
-    # global ids of every edge once per polygon, not per edge (the caller may have them)
-    e_g = walked["edges_global"] if "edges_global" in walked else reg.to_global(e, ids)
-    comp_g = walked["companion_global"] if "companion_global" in walked else reg.to_global(comp, ids)
+    e_g, comp_g = walked["edges_global"], walked["companion_global"]  # global ids, once per polygon
     c_l = e[f, i]
     c, c2, c_next = e_g[f, i], comp_g[f, i], e_g[f, nxt_i[f, i]]
     s_g = key[f, -1]
@@ -613,8 +612,7 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
         slabs = k[moved, words:words + n_fam]
         cell_cols, _ = reg.cells.columns(slabs)
         cols = torch.cat([g[:1, :, :reg.n_box].expand(len(fm), -1, -1), cell_cols], 2)  # box columns: alike in all
-        val = (mid[:, :, None] * cols[:, :D]).sum(1) + cols[:, D]
-        rate = (u[:, :, None] * cols[:, :D]).sum(1)
+        val, rate = _slacks(cols, mid), _rates(cols, u)
         eps = 64 * torch.finfo(u.dtype).eps * cols[:, :D].norm(dim=1)
         reach = torch.where(rate < -eps, val.clamp(min=0) / (-rate), float("inf")).min(1).values
         reach = torch.minimum(reach, (reg.bounds[:, 1] - reg.bounds[:, 0]).norm())

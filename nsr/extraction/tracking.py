@@ -455,9 +455,7 @@ def _seed_starts(net: PLGraph, points: Tensor, bounds: Tensor, level: float
         val = (nrm * x).sum(1, keepdim=True) + rs[:, D:]
         x = x - val / (nrm * nrm).sum(1, keepdim=True) * nrm
         x = torch.minimum(torch.maximum(x, bounds[:, 0]), bounds[:, 1])
-        one = torch.ones(bsz, 1, dtype=x.dtype, device=x.device)
-        inside = (torch.bmm(torch.cat([x, one], 1)[:, None], g).squeeze(1)
-                  .index_fill(1, torch.tensor([out], device=x.device), 0.0) >= 0).all(1)
+        inside = (_slacks(g, x).index_fill(1, torch.tensor([out], device=x.device), 0.0) >= 0).all(1)
         axis = nrm.abs().argmin(1)
         d1 = torch.cross(nrm, torch.nn.functional.one_hot(axis, D).to(x.dtype), dim=1)
         q, t1, _ = _first_hit(g, x, d1, s[:, None])
