@@ -31,7 +31,6 @@ from nsr.extraction.tracking import (
     _unique_rows,
     _vertex,
     _Visited,
-    _widen,
     activation_patterns,
 )
 from nsr.pl.graph import PLGraph
@@ -420,8 +419,8 @@ def _walk_encoder_polygons(g: Tensor, gid: Tensor, support: Tensor, prev: Tensor
         degenerate[idx[o["degenerate"]]] = True
         if step + 1 > width:
             width = min(2 * width, max_edges)
-            edges, comps = _widen(edges, width, -1), _widen(comps, width, -1)
-            extras, verts = _widen(extras, width, -1), _widen(verts, width, 0.0)
+            edges, comps = _pad(edges, width, -1), _pad(comps, width, -1)
+            extras, verts = _pad(extras, width, -1), _pad(verts, width, 0.0)
         edges[idx, step] = q
         comps[idx, step] = o["comp"]
         verts[idx, step] = v

@@ -231,13 +231,6 @@ def _first_hit(g: Tensor, x: Tensor, d: Tensor, exclude: Tensor, near: Tensor | 
 _FIRST_WIDTH = 16
 
 
-def _widen(t: Tensor, width: int, fill: float) -> Tensor:
-    """``t`` ``(B, L, ...)`` padded along dim 1 to ``width`` with ``fill``."""
-    out = t.new_full((t.shape[0], width, *t.shape[2:]), fill)
-    out[:, :t.shape[1]] = t
-    return out
-
-
 def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float = 0.0, max_edges: int = 256
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Walk the polygons of regions around their boundary.
@@ -307,7 +300,7 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     for step in range(max_edges - 1):
         if step + 2 > width:
             width = min(2 * width, max_edges)
-            edges, verts = _widen(edges, width, -1), _widen(verts, width, 0.0)
+            edges, verts = _pad(edges, width, -1), _pad(verts, width, 0.0)
         edges[idx, step] = q
         verts[idx, step] = v
         d = torch.cross(rs[:, :D], rq[:, :D], dim=1)
@@ -657,6 +650,7 @@ def _bar(enabled: bool) -> Any:
 
 
 def _pad(t: Tensor, lmax: int, fill: float) -> Tensor:
+    """``t`` ``(B, L, ...)`` padded along dim 1 to ``lmax`` with ``fill``."""
     if t.shape[1] == lmax:
         return t
     shape = (t.shape[0], lmax - t.shape[1]) + tuple(t.shape[2:])
