@@ -268,6 +268,8 @@ class Layer(Affine):
         >>> Layer({INPUT: torch.eye(2)}, torch.zeros(2)).slopes(torch.tensor([[True, False]]))
         tensor([[1., 0.]])
         """
+        if self.is_relu:  # the pattern itself: 5-20x cheaper than a broadcast where (geometry terms, every step)
+            return pattern.to(self.pos.dtype)
         return torch.where(pattern, self.pos, self.neg)
 
     def rows(self, j0: int, j1: int) -> Layer:
