@@ -2,7 +2,8 @@
 
 Usage: ``python experiments/regularizers.py [--meshes stanford-bunny fandisk]
 [--variants baseline smooth quality:1e-3 ...] [--pre-epochs 40] [--epochs 40] [--every 10]
-[--term-every 1] [--with-fit W] [--seed S] [--background false|thread|process] [--threads 1]``.
+[--term-every 1] [--surface-batch N] [--fit-samples N] [--with-fit W] [--seed S]
+[--background false|thread|process] [--threads 1]``.
 Skips cleanly (exit 0) when ../shared/meshes is absent.
 
 Protocol (everything through ``nsr.train.train`` and the Hydra configs): one shared
@@ -186,7 +187,11 @@ def run_mesh(path: Path, args: argparse.Namespace) -> list[dict]:
                 f"regularizer.dtype={args.dtype}",
                 f"+regularizer.worker_nice={args.worker_nice}",
                 f"regularizer.frozen_jacobian={str(args.frozen_jacobian).lower()}",
+                f"regularizer.surface_batch={args.surface_batch or 'null'}",
             ]
+            if args.fit_samples is not None and (variant in ("fit", "all") or combine):
+                ov.append(f"regularizer.regularizers.{ALL_INDEX['fit'] if variant == 'all' or combine else 0}"
+                          f".n_samples={args.fit_samples}")
             if variant == "all":  # all five at their --w-<name> weights
                 ov += [f"regularizer.regularizers.{j}.weight={args.weights[name]}" for name, j in ALL_INDEX.items()]
                 ov += [f"regularizer.regularizers.{j}.ramp_steps={args.ramp}" for j in ALL_INDEX.values()]
@@ -334,6 +339,9 @@ def main() -> None:
     ap.add_argument("--extract-mode", choices=["track", "surface"], default="track",
                     help="extract_mesh mode of the callback's re-extraction")
     ap.add_argument("--tiles", type=int, default=None, help="surface mode: extract_mesh tiles (default: its own)")
+    ap.add_argument("--surface-batch", type=int, default=None,
+                    help="shared edges per term (a random patch of the surface each step; default: all)")
+    ap.add_argument("--fit-samples", type=int, default=None, help="the fit's samples per term (default: its own)")
     ap.add_argument("--ramp", type=int, default=0, help="ramp_steps of the regularizer")
     ap.add_argument("--smooth-normalize", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--fit-distance", choices=["point", "plane"], default="point")

@@ -896,6 +896,87 @@ class SurfaceStructure:
         """Indices of edges shared by exactly two polygons, ``(E_i,)`` long."""
         return torch.nonzero(self.edge_polygons[:, 1] >= 0).squeeze(-1)
 
+    def patch(self, polygons: Tensor) -> tuple[SurfaceStructure, Tensor]:
+        """The structure of some of the polygons, and where its vertices are in this one.
+
+        The polygons keep their cycles, triangles and patterns; an edge whose other polygon
+        is left out borders one polygon only (``edge_polygons[:, 1] == -1``), so the
+        regularizers' sums over shared edges see only edges with both sides in the patch.
+
+        Parameters
+        ----------
+        polygons : (P_s,) int64 Tensor
+            Distinct polygon ids.
+
+        Returns
+        -------
+        patch : SurfaceStructure
+            ``P_s`` polygons on ``V_s`` vertices, renumbered in increasing order of their ids here.
+        vertex_ids : (V_s,) int64 Tensor
+            Each patch vertex's id in this structure.
+
+        Examples
+        --------
+        Two of the octahedron's upper triangles share the edge from ``+y`` to the apex:
+
+        >>> import torch
+        >>> v = 0.5 * torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+        ...                        dtype=torch.float64)
+        >>> faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5],
+        ...                       [0, 3, 5]])
+        >>> from nsr.geometry import SurfaceStructure
+        >>> s = SurfaceStructure.from_polygons(v, faces, torch.zeros(6, 3, dtype=torch.long),
+        ...                                    torch.zeros(6, 6, dtype=bool), torch.zeros(8, 6, dtype=bool),
+        ...                                    torch.tensor([[-1.0, 1.0]] * 3))
+        >>> part, ids = s.patch(torch.tensor([0, 1]))
+        >>> ids.tolist(), part.cycles.tolist(), len(part.edges), part.edges[part.interior_edges].tolist()
+        ([0, 1, 2, 4], [[0, 2, 3], [2, 1, 3]], 5, [[2, 3]])
+        """
+        polygons = polygons.to(device=self.cycles.device, dtype=torch.long)
+        cycles, cycle_len = self.cycles[polygons], self.cycle_len[polygons]
+        # work in proportion to the patch: its own edges and fans, not a pass over the whole structure
+        vertex_ids, local = torch.unique(cycles, return_inverse=True)
+        ar = torch.arange(cycles.shape[1], device=cycles.device)
+        local = torch.where(ar[None] < cycle_len[:, None], local, -1)
+        sub = SurfaceStructure.from_polygons(self.vertices0[vertex_ids], local, self.constraints[vertex_ids],
+                                             self.vertex_patterns[vertex_ids], self.polygon_patterns[polygons],
+                                             self.bounds)
+        return sub, vertex_ids
+
+    def edge_sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The polygons on both sides of ``n`` shared edges drawn uniformly without replacement
+        (all shared edges when there are at most ``n``): a random patch of the surface whose
+        :meth:`patch` holds those edges as shared ones. ``(P_s,)`` int64, increasing.
+
+        Parameters
+        ----------
+        n : int
+            Number of shared edges.
+        generator : torch.Generator, optional
+            Random generator (on the CPU).
+
+        Returns
+        -------
+        (P_s,) int64 Tensor
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.geometry import SurfaceStructure
+        >>> v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.float64)
+        >>> s = SurfaceStructure.from_polygons(v, torch.tensor([[0, 1, 2], [0, 2, 3]]),
+        ...                                    torch.zeros(4, 3, dtype=torch.long),
+        ...                                    torch.zeros(4, 2, dtype=bool), torch.zeros(2, 2, dtype=bool),
+        ...                                    torch.tensor([[-1.0, 2.0]] * 3))
+        >>> s.edge_sample(5).tolist()  # one shared edge, (0, 2)
+        [0, 1]
+        """
+        inner = self.interior_edges
+        if n < len(inner):
+            pick = torch.randperm(len(inner), generator=generator)[:n].to(inner.device)
+            inner = inner[pick]
+        return torch.unique(self.edge_polygons[inner].reshape(-1))
+
     @classmethod
     def from_mesh(cls, mesh: Any, device: torch.device | str | None = None) -> SurfaceStructure:
         """Build from an ``ExactMesh`` (or any object with its numpy fields).

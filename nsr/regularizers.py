@@ -106,6 +106,11 @@ class ExactSurface:
         Largest move of a valid vertex, as a fraction of the box diagonal.
     frozen_jacobian : bool
         Newton steps with a ``J^-1`` computed once per structure.
+    polygons : (P_s,) int64 Tensor, optional
+        Only these polygons of ``structure`` (a mini-batch of the surface, e.g.
+        :meth:`~nsr.geometry.SurfaceStructure.edge_sample`): :attr:`structure` is then their
+        :meth:`~nsr.geometry.SurfaceStructure.patch`, and only their vertices are solved.
+        ``J^-1`` (``frozen_jacobian``) is still computed once per whole structure.
 
     Examples
     --------
@@ -132,9 +137,13 @@ class ExactSurface:
         dtype: torch.dtype = torch.float64,
         max_move: float = 0.05,
         frozen_jacobian: bool = False,
+        polygons: Tensor | None = None,
     ) -> None:
         _check_live(net)
         self.net = net
+        self._whole, self._vertex_ids = structure, None
+        if polygons is not None:
+            structure, self._vertex_ids = structure.patch(polygons)
         self.structure = structure
         self.level = level
         self.dtype = dtype
@@ -154,13 +163,14 @@ class ExactSurface:
     def _solved(self) -> tuple[Tensor, Tensor]:
         s = self.structure
         inverse = None
-        if self.frozen_jacobian:  # J^-1 once per structure, at its first use
-            cache = s.__dict__.setdefault("_jacobian_inverse", {})
+        if self.frozen_jacobian:  # J^-1 once per (whole) structure, at its first use
+            whole = self._whole
+            cache = whole.__dict__.setdefault("_jacobian_inverse", {})
             key = (self.dtype, self.level)
             if key not in cache:
-                cache[key] = G.frozen_jacobian_inverse(self.params, s.constraints, s.vertex_patterns, s.bounds,
-                                                       self.level, vertices=s.vertices0)
-            inverse = cache[key]
+                cache[key] = G.frozen_jacobian_inverse(self.params, whole.constraints, whole.vertex_patterns,
+                                                       whole.bounds, self.level, vertices=whole.vertices0)
+            inverse = cache[key] if self._vertex_ids is None else cache[key][self._vertex_ids]
         x = G.differentiable_vertices(
             self.params, s.vertices0, s.constraints, self._patterns("vertex_patterns"), s.bounds,
             self.level,
@@ -880,13 +890,14 @@ def regularizer_terms(
     max_move: float = 0.05,
     dtype: torch.dtype = torch.float64,
     frozen_jacobian: bool = False,
+    polygons: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Evaluate ``regularizers`` on the surface of fixed ``structure`` with ``net``'s parameters.
 
     Returns ``{name: weighted scalar}``; a missing surface (``structure is None``) gives zeros
     with a warning per regularizer. ``out_dtype`` casts the values (e.g. to the loss dtype);
-    ``max_move``, ``dtype`` (of the geometry) and ``frozen_jacobian`` as in
-    :class:`ExactSurface`.
+    ``max_move``, ``dtype`` (of the geometry), ``frozen_jacobian`` and ``polygons`` (a
+    mini-batch of the surface) as in :class:`ExactSurface`.
 
     Parameters
     ----------
@@ -898,7 +909,7 @@ def regularizer_terms(
         The terms.
     step : int, optional
         Training step for the schedules (``None``: full weight).
-    level, out_dtype, max_move, dtype, frozen_jacobian
+    level, out_dtype, max_move, dtype, frozen_jacobian, polygons
         See above.
 
     Returns
@@ -918,7 +929,7 @@ def regularizer_terms(
     {'area': 0.866, 'eikonal': 0.5359}
     """
     return _evaluate(net, structure, regularizers, step, level, out_dtype, max_move, dtype,
-                     frozen_jacobian)[0]
+                     frozen_jacobian, polygons)[0]
 
 
 def _evaluate(
@@ -931,6 +942,7 @@ def _evaluate(
     max_move: float,
     dtype: torch.dtype = torch.float64,
     frozen_jacobian: bool = False,
+    polygons: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], ExactSurface | None]:
     out: dict[str, Tensor] = {}
     surface = None
@@ -940,7 +952,7 @@ def _evaluate(
             out[r.name] = _zero(net)
     else:
         surface = ExactSurface(net, structure, level=level, dtype=dtype, max_move=max_move,
-                               frozen_jacobian=frozen_jacobian)
+                               frozen_jacobian=frozen_jacobian, polygons=polygons)
         for r in regularizers:
             out[r.name] = r(surface, step)
     if out_dtype is not None:
@@ -997,6 +1009,12 @@ class ExactRegularizerCallback(Callback):
     * ``dtype``: dtype of the differentiable geometry (``"float32"`` halves the term's cost
       on CPU; the extraction itself is always float64).
     * ``frozen_jacobian``: see :class:`ExactSurface` (the term several times cheaper).
+    * ``surface_batch = n``: each term sees a random patch of the surface instead of all of
+      it, the polygons on both sides of ``n`` shared edges drawn anew every step
+      (:meth:`~nsr.geometry.SurfaceStructure.edge_sample`), as the data term sees a batch of
+      points: the cost of a term no longer grows with the surface. The normalized terms
+      (smoothness with ``normalize``, fit, quality, eikonal) are means, so their weights keep
+      their meaning; sums (area, smoothness without ``normalize``) shrink with the patch.
 
     Costs are logged as ``reg_cost/extract_s``, ``reg_cost/term_s``, ``reg_cost/polygons``,
     ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps),
@@ -1032,11 +1050,16 @@ class ExactRegularizerCallback(Callback):
         Niceness of a worker process.
     reuse_gradient : bool
         See the cost controls above.
+    surface_batch : int, optional
+        Shared edges per term (see the cost controls above); ``None``: the whole surface.
+    seed : int
+        Seed of the patches drawn with ``surface_batch``.
 
     Raises
     ------
     ValueError
-        On a step count below 1, an unknown ``background`` or a non-float ``dtype``.
+        On a step count below 1, a ``surface_batch`` below 1, an unknown ``background`` or a
+        non-float ``dtype``.
 
     Examples
     --------
@@ -1068,6 +1091,8 @@ class ExactRegularizerCallback(Callback):
         frozen_jacobian: bool = False,
         worker_nice: int = 10,
         reuse_gradient: bool = False,
+        surface_batch: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(regularizers, Mapping):
@@ -1080,6 +1105,10 @@ class ExactRegularizerCallback(Callback):
         self.every_n_steps = int(every_n_steps)
         self.term_every_n_steps = int(term_every_n_steps)
         self.reuse_gradient = bool(reuse_gradient)
+        if surface_batch is not None and surface_batch < 1:
+            raise ValueError(f"surface_batch must be >= 1 (or None: the whole surface), got {surface_batch}")
+        self.surface_batch = surface_batch
+        self._patch_gen = torch.Generator().manual_seed(int(seed))
         self._cached_grads: list[tuple[Tensor, Tensor]] = []
         if background is True:
             background = "process"
@@ -1360,8 +1389,11 @@ class ExactRegularizerCallback(Callback):
         if self._extracted_at is None:
             self.refresh(pl_module, step)
         t0 = time.perf_counter()
+        patch = None
+        if self.surface_batch is not None and self.structure is not None:
+            patch = self.structure.edge_sample(self.surface_batch, self._patch_gen)
         terms, surface = _evaluate(net, self.structure, self.regularizers, step, self.level,
-                                   _net_dtype(net), self.max_move, self.dtype, self.frozen_jacobian)
+                                   _net_dtype(net), self.max_move, self.dtype, self.frozen_jacobian, patch)
         if self.reuse_gradient:
             terms = self._cache_gradient(pl_module, terms)
         elif self.term_every_n_steps > 1:

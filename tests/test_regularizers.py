@@ -21,7 +21,7 @@ import torch
 
 from nsr import geometry as G
 from nsr import regularizers as R
-from nsr.networks import PLNetwork, ReLUMLP, random_network
+from nsr.networks import PLNetwork, ReLUMLP, octahedron_network, random_network
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = np.array([[-1.0, 1.0]] * 3)
@@ -1123,3 +1123,70 @@ def test_quality_penalties_closed_form_and_edge_floor_scales_with_the_box(half):
         q = R.QualityRegularizer(**reg, edge_weight=we, angle_weight=wa, polygon_weight=wp)(surf)
         assert float(q.detach()) == pytest.approx(want[key], rel=1e-10), key
     assert edge > 0.2  # the floor is longer than the edges in both boxes
+
+
+# --------------------------------------------------------------- mini-batches of the surface
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_patch_matches_brute_force_and_the_whole_surface(seed):
+    """A patch's cycles, shared edges and area are those of its polygons in the whole structure
+    (brute force over the cycles), and its vertices and their gradients are the whole surface's."""
+    pl = random_network(3, [12, 12], seed=seed)
+    level = float(pl(torch.rand(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+                     * 2 - 1).median())
+    s, _, _ = R._extract_structure(pl, BOX, {"level": level}, None)
+    assert s is not None and s.n_polygons > 40
+    gen = torch.Generator().manual_seed(seed)
+    polys = torch.randperm(s.n_polygons, generator=gen)[: s.n_polygons // 3].sort().values
+    part, ids = s.patch(polys)
+    assert part.n_polygons == len(polys)
+    assert torch.equal(ids[part.cycles], s.cycles[polys])
+    assert torch.equal(part.vertices0, s.vertices0[ids]) and torch.equal(part.constraints, s.constraints[ids])
+    chosen = set(polys.tolist())
+    sides: dict[tuple[int, int], set[int]] = {}
+    for p, (cyc, n) in enumerate(zip(s.cycles.tolist(), s.cycle_len.tolist())):
+        for i in range(n):
+            a, b = cyc[i], cyc[(i + 1) % n]
+            sides.setdefault((min(a, b), max(a, b)), set()).add(p)
+    shared = {e for e, ps in sides.items() if len(ps & chosen) == 2}
+    got = {tuple(sorted(ids[e].tolist())) for e in part.edges[part.interior_edges]}
+    assert got == shared and len(shared) > 0
+    assert float(G.triangle_areas(part.vertices0, part.triangles).sum()) == pytest.approx(
+        float(G.polygon_areas(s.vertices0, s.cycles)[polys].sum()), rel=1e-12)
+    net = pl.to_module()
+    bias = list(net.parameters())[-1]  # the output bias moves every vertex
+    for frozen in (False, True):
+        whole = R.ExactSurface(net, s, level=level, frozen_jacobian=frozen).vertices[ids]
+        (g_whole,) = torch.autograd.grad((whole * whole).sum(), bias)
+        piece = R.ExactSurface(net, s, level=level, frozen_jacobian=frozen, polygons=polys).vertices
+        (g_piece,) = torch.autograd.grad((piece * piece).sum(), bias)
+        assert torch.allclose(piece, whole, atol=1e-12)
+        assert torch.allclose(g_piece, g_whole, rtol=1e-9, atol=1e-12)
+
+
+def test_edge_sample_holds_its_edges_as_shared_ones():
+    pl = random_network(3, [12, 12], seed=2)
+    level = float(pl(torch.rand(2000, 3, dtype=torch.float64) * 2 - 1).median())
+    s, _, _ = R._extract_structure(pl, BOX, {"level": level}, None)
+    n_shared = len(s.interior_edges)
+    for n in (1, 7, n_shared // 2):
+        polys = s.edge_sample(n, torch.Generator().manual_seed(n))
+        assert torch.equal(polys, torch.unique(polys))
+        part, _ = s.patch(polys)
+        assert len(part.interior_edges) >= n
+    every = s.edge_sample(n_shared + 10)
+    assert torch.equal(every, torch.unique(s.edge_polygons[s.interior_edges]))
+
+
+def test_surface_batch_keeps_a_mean_term_and_rejects_bad_sizes():
+    """On the octahedron every shared edge has the same dihedral angle (cos = 1/3), so the
+    normalized smoothness of any patch is 2/3, as of the whole surface."""
+    for n in (1, 2, 5, 12):
+        cb = R.ExactRegularizerCallback([R.SmoothnessRegularizer(weight=1.0, normalize=True)], bounds=(-1, 1),
+                                        surface_batch=n, seed=n)
+        terms = cb.term(octahedron_network(0.5))
+        assert cb.structure.n_polygons == 8
+        assert float(terms["smooth"].detach()) == pytest.approx(2 / 3, rel=1e-12)
+    with pytest.raises(ValueError, match="surface_batch"):
+        R.ExactRegularizerCallback([R.SmoothnessRegularizer()], surface_batch=0)
