@@ -9,10 +9,11 @@ Usage::
 For each shared mesh (``../shared/meshes``: stanford-bunny, spot, fandisk, rocker-arm; the
 script exits 0 saying so when the folder is absent) both networks train ONCE, through nsr's own
 Lightning module and data module (the ``experiment=mesh`` settings: a pool of 1M samples, clamped
-L1 SDF + surface loss, cosine learning-rate decay over the longest budget), for the longest
-``--minutes`` budget; the network is snapshotted when the wall clock (from the start of training)
-passes each budget, so one 10-minute run gives the 1-, 3- and 10-minute points (the shorter
-points are therefore not annealed: a run of their own would do slightly better).
+L1 SDF + surface loss, with optional ``--normal`` / ``--eikonal`` terms, cosine learning-rate decay
+over the longest budget), for the longest ``--minutes`` budget; the network is snapshotted when
+the wall clock (from the start of training) passes each budget, so one 10-minute run gives the 1-,
+3- and 10-minute points (the shorter points are therefore not annealed: a run of their own would
+do slightly better).
 
 Each snapshot is measured in one process, in this order: the exact surface (``extract_mesh``
 mode ``surface`` and ``track``, float64; for grid networks this needs the extractor's encoder
@@ -135,7 +136,8 @@ def train(kind: str, path: Path, args: argparse.Namespace) -> tuple[torch.nn.Mod
     data = ShapeDataModule(kind="mesh", path=str(path), dim=3, box=BOX, fit=FIT,
                            sampling=dict(SAMPLING, seed=args.seed, pool_size=args.pool_size))
     net = make_net(kind, args)
-    module = ImplicitShapeModule(net, ImplicitLoss(sdf=1.0, surface=1.0, eikonal=0.0, normal=0.0, clamp=0.1),
+    module = ImplicitShapeModule(net, ImplicitLoss(sdf=1.0, surface=1.0, eikonal=args.eikonal, normal=args.normal,
+                                                   clamp=0.1),
                                  optimizer=optimizer_factory(net, kind, args))
     snaps = Snapshots(budgets)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=100_000,
@@ -271,6 +273,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--mc", nargs="*", type=int, default=[256, 512], help="marching-cubes resolutions")
     ap.add_argument("--pool-size", type=int, default=SAMPLING["pool_size"], help="training samples drawn once")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--normal", type=float, default=0.0,
+                    help="weight of the normal-alignment loss on surface samples (both networks; a double backward)")
+    ap.add_argument("--eikonal", type=float, default=0.0, help="weight of the eikonal loss (both networks)")
     ap.add_argument("--seed", type=int, default=0)
     g = ap.add_argument_group("grid network (defaults: the recommended 2-core CPU settings)")
     g.add_argument("--levels", type=int, default=GRID_DEFAULTS["n_levels"])
