@@ -1014,7 +1014,8 @@ class ExactRegularizerCallback(Callback):
       (:meth:`~nsr.geometry.SurfaceStructure.edge_sample`), as the data term sees a batch of
       points: the cost of a term no longer grows with the surface. The normalized terms
       (smoothness with ``normalize``, fit, quality, eikonal) are means, so their weights keep
-      their meaning; sums (area, smoothness without ``normalize``) shrink with the patch.
+      their meaning; sums (area, smoothness without ``normalize``) shrink with the patch. A
+      surface without shared edges is taken whole.
 
     Costs are logged as ``reg_cost/extract_s``, ``reg_cost/term_s``, ``reg_cost/polygons``,
     ``reg_cost/invalid_fraction``, ``reg_cost/lag_steps`` (age of the structure in steps),
@@ -1392,6 +1393,8 @@ class ExactRegularizerCallback(Callback):
         patch = None
         if self.surface_batch is not None and self.structure is not None:
             patch = self.structure.edge_sample(self.surface_batch, self._patch_gen)
+            if len(patch) == 0:  # no shared edge to draw (isolated polygons): the whole surface
+                patch = None
         terms, surface = _evaluate(net, self.structure, self.regularizers, step, self.level,
                                    _net_dtype(net), self.max_move, self.dtype, self.frozen_jacobian, patch)
         if self.reuse_gradient:

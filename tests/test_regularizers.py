@@ -1190,3 +1190,10 @@ def test_surface_batch_keeps_a_mean_term_and_rejects_bad_sizes():
         assert float(terms["smooth"].detach()) == pytest.approx(2 / 3, rel=1e-12)
     with pytest.raises(ValueError, match="surface_batch"):
         R.ExactRegularizerCallback([R.SmoothnessRegularizer()], surface_batch=0)
+    # a surface with no shared edge (one equilateral triangle of side 0.2 sqrt 2: x + y + z = 0.5
+    # in the box [0.1, 1]^3): the whole surface, not an empty patch
+    cb = R.ExactRegularizerCallback([R.AreaRegularizer(weight=1.0)], bounds=[[0.1, 1], [0.1, 1], [0.1, 1]],
+                                    surface_batch=4)
+    terms = cb.term(octahedron_network(0.5))
+    assert cb.structure.n_polygons == 1 and len(cb.structure.interior_edges) == 0
+    assert float(terms["area"].detach()) == pytest.approx(math.sqrt(3) / 4 * (0.2 * math.sqrt(2)) ** 2, rel=1e-9)
