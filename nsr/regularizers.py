@@ -1106,9 +1106,11 @@ class ExactRegularizerCallback(Callback):
         self.every_n_steps = int(every_n_steps)
         self.term_every_n_steps = int(term_every_n_steps)
         self.reuse_gradient = bool(reuse_gradient)
-        if surface_batch is not None and surface_batch < 1:
-            raise ValueError(f"surface_batch must be >= 1 (or None: the whole surface), got {surface_batch}")
-        self.surface_batch = surface_batch
+        if surface_batch is not None and (isinstance(surface_batch, bool) or not float(surface_batch).is_integer()
+                                          or surface_batch < 1):
+            raise ValueError(f"surface_batch must be a whole number >= 1 (or None: the whole surface), "
+                             f"got {surface_batch!r}")
+        self.surface_batch = None if surface_batch is None else int(surface_batch)
         self._patch_gen = torch.Generator().manual_seed(int(seed))
         self._cached_grads: list[tuple[Tensor, Tensor]] = []
         if background is True:

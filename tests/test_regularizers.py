@@ -1188,8 +1188,9 @@ def test_surface_batch_keeps_a_mean_term_and_rejects_bad_sizes():
         terms = cb.term(octahedron_network(0.5))
         assert cb.structure.n_polygons == 8
         assert float(terms["smooth"].detach()) == pytest.approx(2 / 3, rel=1e-12)
-    with pytest.raises(ValueError, match="surface_batch"):
-        R.ExactRegularizerCallback([R.SmoothnessRegularizer()], surface_batch=0)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="surface_batch"):
+            R.ExactRegularizerCallback([R.SmoothnessRegularizer()], surface_batch=bad)
     # a surface with no shared edge (one equilateral triangle of side 0.2 sqrt 2: x + y + z = 0.5
     # in the box [0.1, 1]^3): the whole surface, not an empty patch
     cb = R.ExactRegularizerCallback([R.AreaRegularizer(weight=1.0)], bounds=[[0.1, 1], [0.1, 1], [0.1, 1]],
