@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from _bench import BOUNDS, parse_net  # noqa: E402
 
+from nsr.extraction.surface import _gradients_at  # noqa: E402 - the extractor's autograd gradient at points
 from nsr.networks import load_network  # noqa: E402
 from nsr.pl import PLGraph, as_graph  # noqa: E402
 from nsr.pl.bounds import Bounds, interval_bounds, layer_bounds  # noqa: E402
@@ -81,9 +82,7 @@ def directional_bounds(graph: PLGraph, pre: list[Bounds], d: Tensor) -> Bounds:
 
 def unit_gradients(graph: PLGraph, x: Tensor) -> Tensor:
     """``grad g / |grad g|`` at ``x`` ``(K, D)``."""
-    x = x.clone().requires_grad_(True)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(graph(x).sum(), x)
+    g = _gradients_at(graph, x)
     return g / g.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
@@ -107,9 +106,7 @@ def study(graph: PLGraph, points: Tensor, resolutions: list[int], seed: int) -> 
             ok = dlo > 0
             m = 16
             x = lo[ok, None] + h * torch.rand(int(ok.sum()), m, lo.shape[1], generator=gen, dtype=lo.dtype)
-            x = x.reshape(-1, lo.shape[1]).requires_grad_(True)
-            with torch.enable_grad():
-                (g,) = torch.autograd.grad(graph(x).sum(), x)
+            g = _gradients_at(graph, x.reshape(-1, lo.shape[1]))
             slope = (g.reshape(-1, m, lo.shape[1]) * d[ok, None]).sum(-1)
             violations = int((slope < dlo[ok, None] - 1e-9).any(1).sum())
             rows.append({"resolution": res, "bounds": name, "certified": float(ok.double().mean()),
