@@ -662,14 +662,19 @@ def _surface_module():
     return pytest.importorskip("nsr.extraction.surface")
 
 
+def _median_level(pl: PLNetwork, seed: int) -> float:
+    """The median of the network over 2,000 random points of BOX: a level its surface crosses."""
+    x = torch.rand(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return float(pl(x).median())
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_track_structure_is_the_structure_of_the_exact_mesh(seed):
     """The callback builds its structure from the walked polygons (no ExactMesh); it must be
     the structure of ``extract_mesh``'s mesh (surface mode), at the callback's level."""
     surface = _surface_module()
     pl = random_network(3, [12, 12], seed=seed)
-    level = float(pl(torch.rand(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-                     * 2 - 1).median())
+    level = _median_level(pl, seed)
     s, _, _ = R._extract_structure(pl, BOX, {"level": level}, None)
     mesh = surface.extract_mesh(pl, BOX, mode="surface", level=level, dtype=torch.float64, progress=False)
     assert s is not None and s.n_polygons == len(mesh.polygons) > 20
@@ -1133,8 +1138,7 @@ def test_patch_matches_brute_force_and_the_whole_surface(seed):
     """A patch's cycles, shared edges and area are those of its polygons in the whole structure
     (brute force over the cycles), and its vertices and their gradients are the whole surface's."""
     pl = random_network(3, [12, 12], seed=seed)
-    level = float(pl(torch.rand(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-                     * 2 - 1).median())
+    level = _median_level(pl, seed)
     s, _, _ = R._extract_structure(pl, BOX, {"level": level}, None)
     assert s is not None and s.n_polygons > 40
     gen = torch.Generator().manual_seed(seed)
@@ -1167,7 +1171,7 @@ def test_patch_matches_brute_force_and_the_whole_surface(seed):
 
 def test_edge_sample_holds_its_edges_as_shared_ones():
     pl = random_network(3, [12, 12], seed=2)
-    level = float(pl(torch.rand(2000, 3, dtype=torch.float64) * 2 - 1).median())
+    level = _median_level(pl, 2)
     s, _, _ = R._extract_structure(pl, BOX, {"level": level}, None)
     n_shared = len(s.interior_edges)
     for n in (1, 7, n_shared // 2):
