@@ -19,6 +19,7 @@ from nsr.training.data import (
     ShapeError,
     batch_generator,
     make_source,
+    mesh_winding_numbers,
     sample_points,
     split_counts,
 )
@@ -300,3 +301,27 @@ def test_shared_file_skips_cleanly_when_one_file_is_missing():
 
     with pytest.raises(pytest.skip.Exception, match="no-such-model.pt is not present"):
         shared_file("models/no-such-model.pt")
+
+
+@needs_o3d
+@pytest.mark.parametrize("octant", [(1, 1, 1), (-1, -1, -1), (1, -1, 1), (-1, 1, -1)])
+def test_ray_vote_follows_winding_number_below_a_hole(tmp_path, octant):
+    """A sphere with a 40-degree hole facing ``octant``: points outside on the hole's axis see
+    through the hole along some directions only; their vote must say outside, as the exact
+    winding number does (open3d's own multi-ray occupancy sends every ray towards the positive
+    octant and calls the points under a (-1, -1, -1) hole inside)."""
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
+    axis = np.asarray(octant, dtype=float) / np.sqrt(3)
+    keep = sphere.triangles_center @ axis < np.cos(np.radians(40))
+    path = tmp_path / "holed.obj"
+    trimesh.Trimesh(sphere.vertices, sphere.faces[keep], process=False).export(path)
+    src = MeshSource(path, sign="rays", n_rays=11)
+    on_axis = torch.tensor(np.outer([0.0, 0.1, 0.6, 0.7, 0.8], axis), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.cat([on_axis, torch.rand(3000, 3, generator=gen) - 0.5])
+    w = mesh_winding_numbers(src.vertices, src.faces, pts, backend="exact").numpy()
+    clear = np.abs(np.abs(w) - 0.5) > 0.2  # far from the threshold: 11 votes decide these
+    assert clear[:5].all() and clear.mean() > 0.9
+    # a point with w = 0.3 is still voted inside by 6 of 11 rays ~8% of the time: a rate, not all
+    assert (src.inside(pts)[clear] == (np.abs(w[clear]) >= 0.5)).mean() > 0.99
+    assert src.inside(on_axis).tolist() == [True, True, False, False, False]
