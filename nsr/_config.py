@@ -218,7 +218,7 @@ def _common_extraction(cfg: Any, out: dict[str, Any]) -> None:
     out["bounds"] = check_bounds("bounds", _get(cfg, "bounds"))
     out["dtype"] = check_dtype("dtype", _get(cfg, "dtype", "float64"))
     out["device"] = check_device_option("device", _get(cfg, "device", "cpu"))
-    out["mode"] = check_choice("mode", _get(cfg, "mode", "surface"), ("surface", "complex", "track"))
+    out["mode"] = check_choice("mode", _get(cfg, "mode", "auto"), ("auto", "surface", "complex", "track"))
     out_dir = _get(cfg, "out_dir")
     if out_dir is not None:
         out["out_dir"] = check_writable_dir("out_dir", out_dir)
@@ -251,10 +251,18 @@ def validate_extract(cfg: Any) -> dict[str, Any]:
     out["tiles"] = _optional_int(cfg, "tiles", 1, " (tiles per axis, surface mode; null: automatic)")
     out["band"] = _optional_int(cfg, "band", 0, " (band grid per axis, a power of two, or 0: off)")
     out["seeds"] = _optional_int(cfg, "seeds", 1, " (track mode seed grid per axis; null: 64)")
-    for key, mode in (("tiles", "surface"), ("band", "surface"), ("seeds", "track")):
-        if out[key] is not None and out["mode"] != mode:
-            raise ConfigError(f"{key}={out[key]}: only used by mode={mode} (this run has mode={out['mode']})")
+    if out["mode"] != "auto":  # auto: checked once the network, and so the mode, is known
+        check_mode_options(out, out["mode"])
     return out
+
+
+def check_mode_options(opts: dict[str, Any], mode: str) -> None:
+    """Refuse ``tiles``/``band`` (surface mode) or ``seeds`` (track mode) given for another ``mode``."""
+    for key, used_by in (("tiles", "surface"), ("band", "surface"), ("seeds", "track")):
+        if opts.get(key) is not None and mode != used_by:
+            how = (f"mode=auto chose {mode} for this network" if opts.get("mode") == "auto"
+                   else f"this run has mode={mode}")
+            raise ConfigError(f"{key}={opts[key]}: only used by mode={used_by} ({how})")
 
 
 def validate_compare(cfg: Any) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _exact_mesh(net: PLNetwork, box: np.ndarray, cfg: Any) -> tuple[trimesh.Trim
     kw = {"dtype": parse_dtype(cfg.get("dtype", "float64")), "device": cfg.get("device")}
     with peak_memory() as mem:
         t = time.perf_counter()
-        mesh = extract_mesh(net, box, mode=str(cfg.get("mode", "surface")), progress=False, **kw)
+        mesh = extract_mesh(net, box, mode=str(cfg.get("mode", "auto")), progress=False, **kw)
         total = time.perf_counter() - t
     tm = mesh.to_trimesh() if not mesh.is_empty else trimesh.Trimesh()
     timing = {"eval_s": float("nan"), "mesh_s": float("nan"), "total_s": total}

@@ -25,7 +25,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nsr import limits
-from nsr._config import ConfigError, as_mapping, check_overrides, config_dir, fail, validate_extract
+from nsr._config import (
+    ConfigError,
+    as_mapping,
+    check_mode_options,
+    check_overrides,
+    config_dir,
+    fail,
+    validate_extract,
+)
 from nsr.eval.marching_cubes import as_bounds
 from nsr.eval.metrics import max_rss_bytes, peak_memory
 from nsr.files import atomic_write
@@ -471,6 +479,11 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     loaded, run_box, source = resolve_network(opts["net"])
     net = as_graph(loaded)  # the one form the extraction reads (skips, residuals, output transforms)
     box = _box(cfg, run_box, net.in_dim)
+    if mode == "auto":
+        from nsr.extraction.surface import default_mode
+
+        mode = default_mode(net)
+        check_mode_options(opts, mode)
     if net.in_dim not in (2, 3):
         raise ConfigError(f"net={opts['net']}: a {net.in_dim}-D network has no mesh or polylines; use the library "
                           "(nsr.extract_complex(net, bounds).level_set()) for other dimensions")
@@ -484,6 +497,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     out = prepare_out_dir(_output_dir(cfg))
     kw = {"dtype": dtype, "device": device, "progress": opts["progress"], "memory_limit": args["memory_limit"]}
     stats: dict[str, Any] = {"net": str(source), "mode": mode, "bounds": box.tolist(), "level": opts["level"]}
+    if opts["mode"] != mode:
+        stats["mode_requested"] = opts["mode"]
     stats |= {"dtype": str(dtype).removeprefix("torch."), "device": str(device or "cpu")}
     timings: dict[str, float] = {"load_s": time.perf_counter() - t_start}
     mesh, cplx = None, None

@@ -369,8 +369,8 @@ def check_extract_arguments(
     ...
     nsr.limits.ArgumentError: tiles=10000: 1e+12 tiles (10000 per axis in 3D) needs at least ... GiB before any ...
     """
-    if mode not in ("surface", "complex", "track"):
-        raise ArgumentError(f"mode must be 'surface', 'complex' or 'track', got {mode!r}")
+    if mode not in ("surface", "complex", "track", "auto"):
+        raise ArgumentError(f"mode must be 'surface', 'complex', 'track' or 'auto', got {mode!r}")
     for name, flag in (("close", close), ("progress", progress)):
         if not isinstance(flag, bool):
             raise ArgumentError(f"{name} must be True or False, got {flag!r}")

@@ -138,8 +138,9 @@ def export_exact_mesh(
     run_dir : Path
         Where ``mesh.<fmt>`` and ``mesh.png`` go.
     extract_cfg : DictConfig, dict or None
-        ``enabled`` (True), ``box`` (0.5: the box ``[-box, box]^3``), ``mode`` (surface),
-        ``dtype`` (float64), ``formats`` (``["obj", "ply"]``), ``render`` (True), ``size``.
+        ``enabled`` (True), ``box`` (0.5: the box ``[-box, box]^3``), ``mode`` (auto: see
+        :func:`nsr.extraction.surface.default_mode`), ``dtype`` (float64), ``formats``
+        (``["obj", "ply"]``), ``render`` (True), ``size``, ``progress`` (True: a bar).
 
     Returns
     -------
@@ -180,11 +181,12 @@ def export_exact_mesh(
     t0 = time.perf_counter()
     net = net.to("cpu").eval()
     try:
-        mesh = extract_mesh(net, (-box, box), mode=str(ecfg.get("mode", "surface")), dtype=dtype, progress=False)
+        mesh = extract_mesh(net, (-box, box), mode=str(ecfg.get("mode", "auto")), dtype=dtype,
+                            progress=bool(ecfg.get("progress", True)))
     except Exception as err:  # a failed export must not lose the trained run
         warnings.warn(f"exact mesh extraction failed: {type(err).__name__}: {err}", stacklevel=2)
         return {"error": f"{type(err).__name__}: {err}"}
-    summary: dict[str, Any] = {"extract_s": time.perf_counter() - t0}
+    summary: dict[str, Any] = {"extract_s": time.perf_counter() - t0, "mode": mesh.stats["mode"]}
     if mesh.is_empty:
         warnings.warn("the trained network has an empty zero level set in the box", stacklevel=2)
         return {**summary, "vertices": 0, "triangles": 0}

@@ -184,7 +184,7 @@ def test_help_says_what_each_app_does(tmp_path):
     assert all(p.returncode == 0 for p in procs.values())
     # the comments of conf/<app>.yaml: what the app does, each option with default and meaning, examples
     assert "nsr-extract: the exact zero-level set" in text["extract"] and "Examples:" in text["extract"]
-    assert "mode: surface       # surface: level set only" in text["extract"]
+    assert "mode: auto          # auto: track for grid (encoder) networks, surface otherwise" in text["extract"]
     assert "resolutions: [64, 128, 256]   # marching-cubes samples" in text["compare"]
     assert "regularizer" not in text["extract"] and "trainer" not in text["compare"]  # no training groups
     assert "data: " in text["train"] and "regularizer: " in text["train"]
@@ -272,3 +272,71 @@ def test_demo_end_to_end(tmp_path):
     assert Path(result["run_dir"], "checkpoints", "last.ckpt").is_file()
     assert all(Path(f).is_file() for f in result["files"])
     assert result["extract"]["abs_f_vertices_max"] < 1e-9
+
+
+def _tiny_grid_checkpoint(path: Path) -> Path:
+    """A checkpoint as nsr-train writes it, of a coarse GridMLP whose level set is one closed
+    convex-like surface: f = sum_i relu(n_i . x - b_i) - 0.3 with n_i near the 8 cube diagonals
+    (planes in general position, off the grid's), the first neuron also reading a grid feature."""
+    import itertools
+
+    from nsr.checkpoints import network_spec
+    from nsr.pl.encoding import GridMLP
+
+    gen = torch.Generator().manual_seed(5)
+    normals = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=3))) + 0.1 * torch.rand(8, 3, generator=gen)
+    net = GridMLP(in_dim=3, width=8, depth=1, n_levels=1, min_resolution=2, max_resolution=2, include_input=True)
+    with torch.no_grad():
+        f_enc = net.encoding.out_dim - 3
+        first, last = net.layers
+        first.weight.zero_()
+        first.weight[:, f_enc:] = normals
+        first.bias.copy_(-(0.05 * torch.rand(8, generator=gen) + 0.02))
+        first.weight[0, 0] = 0.05
+        last.weight.fill_(1.0)
+        last.bias.fill_(-0.3)
+    spec = network_spec(net)
+    assert spec.get("_rebuildable_", True), spec
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "hyper_parameters": {"net": spec}}, path)
+    return path
+
+
+def test_auto_mode_tracks_grid_networks_and_subdivides_the_others(tmp_path, tiny_net):
+    """``mode=auto`` (the apps' default): surface mode on a plain network, track mode on a grid
+    network (surface mode cuts the box by every plane of the grid first: over an hour on the
+    grid_cpu networks), with the same polygons as the complete surface mode on a coarse grid;
+    and seeds given for the mode auto did not choose are refused by name."""
+    from nsr._config import ConfigError
+    from nsr.extract import run_extract
+    from nsr.extraction.surface import extract_mesh
+    from nsr.networks import load_network
+
+    grid_ckpt = _tiny_grid_checkpoint(tmp_path / "grid.ckpt")
+    plain = run_extract({"net": str(tiny_net), "out_dir": str(tmp_path / "plain"), "preview": False})
+    assert plain["mode"] == "surface" and plain["mode_requested"] == "auto"
+    grid = run_extract({"net": str(grid_ckpt), "out_dir": str(tmp_path / "grid"), "preview": False,
+                        "bounds": [-0.5, 0.5]})
+    assert grid["mode"] == "track" and grid["mode_requested"] == "auto"
+    complete = extract_mesh(load_network(grid_ckpt), (-0.5, 0.5), mode="surface", progress=False)
+    assert grid["n_polygons"] == len(complete.polygons) > 0
+    assert grid["abs_f_vertices_max"] < 1e-12
+    with pytest.raises(ConfigError, match=r"seeds=16: only used by mode=track \(mode=auto chose surface"):
+        run_extract({"net": str(tiny_net), "out_dir": str(tmp_path / "seeds"), "seeds": 16})
+    assert not (tmp_path / "seeds").exists()
+
+
+def test_training_export_tracks_a_grid_network(tmp_path):
+    """nsr-train's export after training (extract.mode: auto) takes track mode for a grid network
+    and surface mode for a plain one, and says which in the run's summary."""
+    from nsr.networks import load_network
+    from nsr.train import export_exact_mesh
+    from nsr.training.data import AnalyticSource
+    from nsr.training.shapes import Sphere
+
+    grid = load_network(_tiny_grid_checkpoint(tmp_path / "grid.ckpt"))
+    summary = export_exact_mesh(grid, AnalyticSource(Sphere(0.3)), tmp_path, {"render": False, "progress": False})
+    assert summary["mode"] == "track" and summary["triangles"] > 0
+    plain = export_exact_mesh(ReLUMLP(3, 8, 2, geometric_init=True, radius=0.3), AnalyticSource(Sphere(0.3)),
+                              tmp_path, {"render": False, "progress": False})
+    assert plain["mode"] == "surface" and plain["triangles"] > 0

@@ -181,7 +181,7 @@ def tetrahedron_extractor(monkeypatch):
     tet_f = torch.tensor([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     fake = types.ModuleType("nsr.extraction.surface")
     fake.extract_mesh = lambda net, bounds, mode, dtype, progress: types.SimpleNamespace(
-        vertices=TET_V, triangles=tet_f, is_empty=False
+        vertices=TET_V, triangles=tet_f, is_empty=False, stats={"mode": mode}
     )
     monkeypatch.setitem(sys.modules, "nsr.extraction.surface", fake)
 

@@ -987,10 +987,11 @@ def extract_mesh(
         sigmoid, positive scalings) is undone: the mesh is the level set of the
         piecewise-affine ``g`` at ``graph.level(level)`` (``mesh.level``), the same set.
     bounds : ``(lo, hi)`` for every axis or a ``(D, 2)`` array.
-    mode : ``"surface"`` (tiles, pruning; default), ``"complex"`` (the whole complex) or
+    mode : ``"surface"`` (tiles, pruning; default), ``"complex"`` (the whole complex),
         ``"track"`` (grow the surface polygon by polygon from seed points, D = 3: work
         proportional to the surface, but a component of the level set that holds no seed is
-        missed; see :mod:`nsr.extraction.tracking`).
+        missed; see :mod:`nsr.extraction.tracking`) or ``"auto"`` (:func:`default_mode`: track
+        for 3-D networks with an input encoder, surface otherwise; what the apps use).
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
     band : cells per axis of the grid on which surface mode bounds the output by linear
@@ -1052,6 +1053,9 @@ def extract_mesh(
             f"extract_mesh needs a 2-D or 3-D network (polylines or a triangle mesh), got {d}-D; "
             "use nsr.extract_complex(net, bounds).level_set() for the level-set complex in any dimension"
         )
+    requested = mode
+    if mode == "auto":
+        mode = default_mode(net)
     dt = resolve_dtype(dtype)
     args = limits.check_extract_arguments(
         dim=d, n_neurons=net.n_neurons, max_width=max(net.widths, default=1), itemsize=dt.itemsize, mode=mode,
@@ -1083,12 +1087,44 @@ def extract_mesh(
             mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
     mesh.stats.update(mode=mode, dtype=str(dt), device=str(dev), time_s=time.perf_counter() - t0,
                       peak_memory_mb=peak_memory_mb(dev))
+    if requested != mode:
+        mesh.stats["mode_requested"] = requested
     if not netd.transform.is_identity:
         mesh.stats.update(module_level=module_level, output_transform=netd.transform.describe())
     _measure(mesh, netd)
     if mesh.is_empty:
         warnings.warn(limits.empty_level_set_message(netd, b, level), stacklevel=2)
     return mesh
+
+
+def default_mode(net: Any) -> str:
+    """The extraction mode ``mode="auto"`` picks: ``"track"`` for a 3-D network with an input
+    encoder (a simplex grid), ``"surface"`` otherwise.
+
+    Surface mode is complete, but on an encoder network it first cuts the box by every plane
+    of the grid: on the ``grid_cpu`` networks (finest resolution 96) that took over an hour on
+    a 2-core CPU, where track mode takes about a minute (``experiments/RESULTS.md``). Track mode
+    misses only components that no seed reaches; pass ``mode="surface"`` for the complete answer.
+
+    Parameters
+    ----------
+    net : anything :func:`nsr.pl.as_graph` reads
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from nsr.extraction.surface import default_mode
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.pl.encoding import GridMLP
+    >>> grid = GridMLP(in_dim=3, width=4, depth=1, n_levels=1, min_resolution=2, max_resolution=2)
+    >>> default_mode(octahedron_network()), default_mode(grid)
+    ('surface', 'track')
+    """
+    graph = as_graph(net)
+    return "track" if graph.encoder is not None and graph.in_dim == 3 else "surface"
 
 
 def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, close: bool, tiles: int | None,

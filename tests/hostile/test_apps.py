@@ -43,7 +43,7 @@ EXTRACT = [
     (["workers=abc"], "workers='abc': must be an integer"),
     (["workers=0"], "workers=0: must be between 1"),
     (["workers=100000"], "workers=100000: must be between 1"),
-    (["mode=fast"], "mode='fast': must be one of surface, complex, track"),
+    (["mode=fast"], "mode='fast': must be one of auto, surface, complex, track"),
     (["dtype=float16"], "dtype=float16: too few mantissa bits"),
     (["dtype=int8"], "dtype='int8': must be one of"),
     (["bounds=abc"], "bounds='abc': not a box"),
@@ -162,7 +162,7 @@ def test_train_model_width_zero_writes_nothing(tmp_path):
 
 def test_extract_validation_accepts_the_defaults(files):
     opts = validate_extract(_compose("extract", [f"net={files['net']}"]))
-    assert opts["mode"] == "surface" and opts["memory_limit"] is None and opts["workers"] == 1
+    assert opts["mode"] == "auto" and opts["memory_limit"] is None and opts["workers"] == 1
 
 
 @pytest.mark.slow

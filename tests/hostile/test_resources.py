@@ -53,7 +53,7 @@ REFUSED = [
     ({"workers": "two"}, "workers must be an integer"),
     ({"tiles": 0}, "tiles must be >= 1"),
     ({"tiles": 2.5}, "tiles must be an integer"),
-    ({"mode": "fast"}, "mode must be 'surface', 'complex' or 'track'"),
+    ({"mode": "fast"}, "mode must be 'surface', 'complex', 'track' or 'auto'"),
     ({"close": "yes"}, "close must be True or False"),
     ({"device": "gpu"}, "device=gpu is not a device name"),
     ({"mode": "track", "seeds": 0}, "seeds must be >= 1"),
