@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsr.pl.encoding import GridMLP, SimplexGridEncoding, level_resolutions
+from nsr.pl.encoding import GridMLP, SimplexGridEncoding, descending_order, level_resolutions
 
 
 def _enc(d, **kw):
@@ -139,3 +139,13 @@ def test_builds_on_the_meta_device():
     assert net.encoding.table.is_meta and net.encoding.table.shape == real.encoding.table.shape
     # level 2 (N=16, 17^3 vertices) is hashed into 4096 rows
     assert net.encoding.row_offsets == real.encoding.offsets.tolist() == [0, 5**3, 5**3 + 4096]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 4])
+def test_descending_order_is_the_stable_sort(dim):
+    """The comparison-count order equals torch's stable descending argsort, ties included
+    (coordinates on a quarter grid, so many rows have equal fractional parts)."""
+    gen = torch.Generator().manual_seed(dim)
+    frac = torch.randint(0, 4, (5000, dim), generator=gen).double() / 4
+    assert (frac[:, :1] == frac).all(1).any() or dim == 1
+    assert torch.equal(descending_order(frac), torch.argsort(-frac, dim=1, stable=True))

@@ -25,6 +25,7 @@ from nsr.extraction.tracking import (
     _bar,
     _columns,
     _first_hit,
+    _normal_lengths,
     _pad,
     _rates,
     _slacks,
@@ -612,7 +613,7 @@ def _encoder_neighbours(reg: _EncoderRegions, g: Tensor, ids: Tensor, key: Tenso
         cell_cols, _ = reg.cells.columns(slabs)
         cols = torch.cat([g[:1, :, :reg.n_box].expand(len(fm), -1, -1), cell_cols], 2)  # box columns: alike in all
         val, rate = _slacks(cols, mid), _rates(cols, u)
-        eps = 64 * torch.finfo(u.dtype).eps * cols[:, :D].norm(dim=1)
+        eps = 64 * torch.finfo(u.dtype).eps * _normal_lengths(cols)
         reach = torch.where(rate < -eps, val.clamp(min=0) / (-rate), float("inf")).min(1).values
         reach = torch.minimum(reach, (reg.bounds[:, 1] - reg.bounds[:, 0]).norm())
         a = mid + 0.5 * reach[:, None] * u

@@ -200,6 +200,16 @@ def _rates(g: Tensor, d: Tensor) -> Tensor:
     return out
 
 
+def _normal_lengths(g: Tensor) -> Tensor:
+    """``|a_c|`` of every constraint ``(B, C)``: by fused row updates, because a norm over dim 1
+    of ``(B, D+1, C)`` (not the innermost) is ~14x slower on CPU (20,000 x 150 columns: 1.45 s
+    against 0.10 s)."""
+    out = g[:, 0] * g[:, 0]
+    for k in range(1, D):
+        out.addcmul_(g[:, k], g[:, k])
+    return out.sqrt_()
+
+
 def _slacks(g: Tensor, x: Tensor) -> Tensor:
     """``a_c . x + b_c`` of every constraint ``(B, C)`` at points ``x`` ``(B, D)``."""
     return _rates(g, x).add_(g[:, D])
