@@ -350,6 +350,8 @@ def abs_g(graph: PLGraph, mesh: Any, chunk: int = 2**14) -> np.ndarray:
 
 
 def _mesh_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
+    from nsr.extraction.surface import edges_paired
+
     fv = abs_g(net, mesh) if len(mesh.vertices) else np.zeros(0)
     f_vec = surface_f_vector(len(mesh.vertices), list(mesh.polygons))
     return {
@@ -358,7 +360,7 @@ def _mesh_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
         "n_vertices": int(len(mesh.vertices)),
         "n_polygons": int(len(mesh.polygons)),
         "n_triangles": int(len(mesh.triangles)),
-        "watertight": bool(not mesh.is_empty and mesh.to_trimesh().is_watertight),
+        "watertight": bool(not mesh.is_empty and edges_paired(mesh.triangles, len(mesh.vertices))),
         "abs_f_vertices_mean": float(fv.mean()) if fv.size else None,
         "abs_f_vertices_max": float(fv.max()) if fv.size else None,
     }

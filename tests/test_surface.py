@@ -449,3 +449,22 @@ def test_region_ids_group_vertices_by_their_regions_sign_vectors(dim, widths):
     _, explicit = torch.unique(torch.cat(keys), dim=0, return_inverse=True)
     pairs = torch.unique(torch.stack([explicit, torch.cat(ids)], 1), dim=0)
     assert len(pairs) == n == int(explicit.max()) + 1
+
+
+def test_edges_paired_answers_as_trimesh_does():
+    """``edges_paired`` against trimesh's ``is_watertight`` (the independent answer) on closed,
+    holed, non-manifold and duplicated-face meshes."""
+    from nsr.extraction.surface import edges_paired
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    f = np.asarray(sphere.faces)
+    fin = np.concatenate([f, [[f[0, 0], f[0, 1], len(sphere.vertices)]]])  # a third face on one edge
+    cases = {"closed": f, "holed": f[1:], "fin": fin, "doubled": np.concatenate([f, f[:1]]),
+             "two spheres": np.concatenate([f, f + len(sphere.vertices)])}
+    for name, tri in cases.items():
+        n = int(tri.max()) + 1
+        verts = np.random.default_rng(0).normal(size=(n, 3))
+        want = trimesh.Trimesh(verts, tri, process=False).is_watertight
+        assert edges_paired(tri, n) == want, name
+    assert [edges_paired(cases[k], int(cases[k].max()) + 1) for k in ("closed", "holed", "fin")] == [True, False, False]
+    assert not edges_paired(np.zeros((0, 3), dtype=np.int64), 0)
