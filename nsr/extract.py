@@ -349,10 +349,12 @@ def abs_g(graph: PLGraph, mesh: Any, chunk: int = 2**14) -> np.ndarray:
     return torch.cat(parts).numpy() if parts else np.zeros(0)
 
 
-def _mesh_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
+def _mesh_stats(mesh: Any) -> dict[str, Any]:
     from nsr.extraction.surface import edges_paired
 
-    fv = abs_g(net, mesh) if len(mesh.vertices) else np.zeros(0)
+    # |g - level| as extract_mesh measured it (float64): at the vertices of the level set only,
+    # since with close=true the box caps add vertices (box corners) that are not on it
+    empty = mesh.is_empty
     f_vec = surface_f_vector(len(mesh.vertices), list(mesh.polygons))
     return {
         "surface_f_vector": f_vec,
@@ -361,8 +363,8 @@ def _mesh_stats(mesh: Any, net: PLGraph) -> dict[str, Any]:
         "n_polygons": int(len(mesh.polygons)),
         "n_triangles": int(len(mesh.triangles)),
         "watertight": bool(not mesh.is_empty and edges_paired(mesh.triangles, len(mesh.vertices))),
-        "abs_f_vertices_mean": float(fv.mean()) if fv.size else None,
-        "abs_f_vertices_max": float(fv.max()) if fv.size else None,
+        "abs_f_vertices_mean": None if empty else float(mesh.stats["mean_abs_f"]),
+        "abs_f_vertices_max": None if empty else float(mesh.stats["max_abs_f"]),
     }
 
 
@@ -453,7 +455,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     -------
     dict
         What ``stats.json`` holds (counts, ``surface_f_vector``, the Euler characteristic,
-        ``watertight``, ``abs_f_vertices_max``, timings, memory, ``files``), plus ``out_dir``.
+        ``watertight``, ``abs_f_vertices_max`` (float64, at the vertices on the level set: not
+        the box corners that ``close=true`` adds), timings, memory, ``files``), plus ``out_dir``.
 
     Examples
     --------
@@ -526,7 +529,7 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                                 workers=opts["workers"], **kw, **extra)
         timings["surface_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    stats |= _mesh_stats(mesh, net) if net.in_dim == 3 else _level_set_stats(mesh, net)
+    stats |= _mesh_stats(mesh) if net.in_dim == 3 else _level_set_stats(mesh, net)
     stats["surface_stats"] = _jsonable(getattr(mesh, "stats", {}))
     _stage(opts, f"writing outputs to {out}")
     files = _write_mesh(mesh, out, opts["polygons"]) if not mesh.is_empty else []

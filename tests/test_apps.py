@@ -340,3 +340,23 @@ def test_training_export_tracks_a_grid_network(tmp_path):
     plain = export_exact_mesh(ReLUMLP(3, 8, 2, geometric_init=True, radius=0.3), AnalyticSource(Sphere(0.3)),
                               tmp_path, {"render": False, "progress": False})
     assert plain["mode"] == "surface" and plain["triangles"] > 0
+
+
+def test_closed_extraction_reports_the_residual_of_level_set_vertices(tmp_path):
+    """With close=true the caps add box corners where |f| is large; stats.json's |f| is that of
+    the vertices on the level set (it reported a box corner's 0.45 before), and the mesh holds
+    such corners (so the test would see them)."""
+    from nsr.extract import run_extract
+    from nsr.extraction.surface import extract_mesh
+
+    torch.manual_seed(0)
+    net = ReLUMLP(3, 8, 2, geometric_init=True, radius=0.45)
+    path = tmp_path / "ball.pt"
+    torch.save(net.state_dict(), path)
+    stats = run_extract({"net": str(path), "out_dir": str(tmp_path / "o"), "preview": False, "close": True,
+                         "bounds": [-0.4, 0.4]})
+    mesh = extract_mesh(net, (-0.4, 0.4), close=True, progress=False)
+    with torch.no_grad():
+        all_f = net.double()(torch.as_tensor(mesh.vertices)).abs()
+    assert mesh.polygon_is_cap.any() and float(all_f.max()) > 0.1  # box corners, off the level set
+    assert stats["watertight"] and stats["abs_f_vertices_max"] < 1e-12
