@@ -41,8 +41,8 @@ from _bench import BOUNDS, parse_net  # noqa: E402
 from nsr.extraction.surface import _gradients_at  # noqa: E402 - the extractor's autograd gradient at points
 from nsr.networks import load_network  # noqa: E402
 from nsr.pl import PLGraph, as_graph  # noqa: E402
-from nsr.pl.bounds import Bounds, interval_bounds, layer_bounds  # noqa: E402
-from nsr.pl.graph import ENCODED, INPUT, Layer  # noqa: E402
+from nsr.pl.bounds import Bounds, _affine_interval, interval_bounds, layer_bounds  # noqa: E402
+from nsr.pl.graph import ENCODED, INPUT, Affine, Layer  # noqa: E402
 
 
 def slope_range(layer: Layer, lo: Tensor, hi: Tensor) -> Bounds:
@@ -62,19 +62,13 @@ def _interval_product(a: Bounds, b: Bounds) -> Bounds:
 def directional_bounds(graph: PLGraph, pre: list[Bounds], d: Tensor) -> Bounds:
     """Bounds ``(K,)`` of ``d . grad g`` over ``K`` boxes whose pre-activation bounds are ``pre``;
     ``d`` ``(K, D)``."""
-    derivative: dict[int, Bounds] = {}
+    derivative: dict[int, Bounds] = {INPUT: (d, d)}
     for layer in range(graph.n_layers + 1):
-        centre, radius = 0.0, 0.0
-        for k, w in graph.affine(layer).blocks.items():
-            if k == ENCODED:
-                raise NotImplementedError("encoder networks: the features' derivative is not bounded here")
-            if k == INPUT:
-                centre = centre + d @ w.T
-            else:
-                lo, hi = derivative[k]
-                centre = centre + (lo + hi) / 2 @ w.T
-                radius = radius + (hi - lo) / 2 @ w.abs().T
-        dz = (centre - radius, centre + radius)
+        aff = graph.affine(layer)
+        if ENCODED in aff.blocks:
+            raise NotImplementedError("encoder networks: the features' derivative is not bounded here")
+        # the derivative of an affine map is its linear part: the same interval product, no bias
+        dz = _affine_interval(Affine(aff.blocks, torch.zeros_like(aff.bias)), derivative)
         if layer < graph.n_layers:
             derivative[layer] = _interval_product(slope_range(graph.layers[layer], *pre[layer]), dz)
     return dz[0][:, 0], dz[1][:, 0]
