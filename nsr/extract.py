@@ -362,7 +362,7 @@ def _mesh_stats(mesh: Any) -> dict[str, Any]:
         "n_vertices": int(len(mesh.vertices)),
         "n_polygons": int(len(mesh.polygons)),
         "n_triangles": int(len(mesh.triangles)),
-        "watertight": bool(not mesh.is_empty and edges_paired(mesh.triangles, len(mesh.vertices))),
+        "watertight": bool(not empty and edges_paired(mesh.triangles, len(mesh.vertices))),
         "abs_f_vertices_mean": None if empty else float(mesh.stats["mean_abs_f"]),
         "abs_f_vertices_max": None if empty else float(mesh.stats["max_abs_f"]),
     }
