@@ -82,7 +82,7 @@ def full_box_counts(graph: object) -> None:
     from nsr.extraction.encoder_split import tile_batches, tile_slots
     from nsr.extraction.pruning import may_reach, output_bounds
     from nsr.extraction.subdivide import encoder_facets
-    from nsr.extraction.surface import default_tiles, tile_grid
+    from nsr.extraction.tiles import default_tiles, tile_grid
 
     box = np.array([[-0.5, 0.5]] * 3)
     bt = torch.as_tensor(box)

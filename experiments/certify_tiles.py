@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from _bench import BOUNDS, parse_net  # noqa: E402
 
-from nsr.extraction.surface import _gradients_at  # noqa: E402 - the extractor's autograd gradient at points
+from nsr.extraction.polygons import _gradients_at  # noqa: E402 - the extractor's autograd gradient at points
 from nsr.networks import load_network  # noqa: E402
 from nsr.pl import PLGraph, as_graph  # noqa: E402
 from nsr.pl.bounds import Bounds, _affine_interval, interval_bounds, layer_bounds  # noqa: E402

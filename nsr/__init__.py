@@ -28,9 +28,9 @@ _LAZY = {
     "extract_complex": "nsr.extraction.complex",
     "PolyhedralComplex": "nsr.extraction.complex",
     "extract_mesh": "nsr.extraction.surface",
-    "ExactMesh": "nsr.extraction.surface",
+    "ExactMesh": "nsr.extraction.mesh",
     "marching_cubes": "nsr.eval.marching_cubes",
-    "mesh_from_complex": "nsr.extraction.surface",
+    "mesh_from_complex": "nsr.extraction.polygons",
     "ExactRegularizerCallback": "nsr.regularizers",
 }
 

@@ -350,7 +350,7 @@ def abs_g(graph: PLGraph, mesh: Any, chunk: int = 2**14) -> np.ndarray:
 
 
 def _mesh_stats(mesh: Any) -> dict[str, Any]:
-    from nsr.extraction.surface import edges_paired
+    from nsr.extraction.mesh import edges_paired
 
     # |g - level| as extract_mesh measured it (float64): at the vertices of the level set only,
     # since with close=true the box caps add vertices (box corners) that are not on it
@@ -515,7 +515,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                                             | {"memory_limit": kw["memory_limit"]}, out)
             stats |= cstats
             timings["complex_s"] = time.perf_counter() - t
-        from nsr.extraction.surface import extract_mesh, mesh_from_complex
+        from nsr.extraction.polygons import mesh_from_complex
+        from nsr.extraction.surface import extract_mesh
 
         _stage(opts, f"extracting the level set ({mode} mode)")
         t = time.perf_counter()

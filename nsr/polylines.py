@@ -1,6 +1,6 @@
 """The level set of a 2D network as polylines: counts, and files that other tools read.
 
-A 2D network's level set ``f = level`` is a set of polylines (:attr:`nsr.extraction.surface.ExactMesh.polylines`:
+A 2D network's level set ``f = level`` is a set of polylines (:attr:`nsr.extraction.mesh.ExactMesh.polylines`:
 ordered vertex paths; a closed loop repeats its first vertex at the end). They are written as
 
 * PLY with ``vertex`` and ``edge`` elements (``z = 0``): trimesh loads it as a ``Path3D``

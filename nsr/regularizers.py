@@ -1455,7 +1455,7 @@ def _extract_structure(
     seconds, and the vertex count when it exceeded ``max_vertices`` (else 0).
 
     Track mode builds the structure from the walked polygons directly (no
-    :class:`~nsr.extraction.surface.ExactMesh` and its checks in between: 0.15 s instead of 0.17 s for a
+    :class:`~nsr.extraction.mesh.ExactMesh` and its checks in between: 0.15 s instead of 0.17 s for a
     32x3 bunny); other modes, extra ``extract_mesh`` options, and track mode where it cannot
     answer (a degenerate vertex, no seed) go through ``extract_mesh``.
     """
@@ -1497,7 +1497,8 @@ def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> S
     """The structure of the surface tracked from seeds (:func:`nsr.extraction.surface.track_polygons`),
     ``None`` when it is empty, or a string saying why track mode cannot answer (the caller
     falls back to ``extract_mesh``, which then resolves it in surface mode)."""
-    from nsr.extraction.surface import track_polygons, weld_tracks
+    from nsr.extraction.polygons import weld_tracks
+    from nsr.extraction.surface import track_polygons
 
     pl = pl.to(dtype=torch.float64)
     tr, why = track_polygons(pl, np.asarray(bounds, dtype=np.float64), level, seeds=seeds)

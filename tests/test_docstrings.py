@@ -69,6 +69,9 @@ MODULES = [
     "nsr.extraction.skeleton",
     "nsr.extraction.subdivide",
     "nsr.extraction.surface",
+    "nsr.extraction.mesh",
+    "nsr.extraction.polygons",
+    "nsr.extraction.tiles",
     # packages and modules with no public names of their own (checked so that new ones are seen)
     "nsr",
     "nsr.eval",

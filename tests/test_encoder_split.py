@@ -17,7 +17,8 @@ from torch import Tensor
 import nsr.extraction.subdivide as subdivide_module
 from nsr.extraction.encoder_split import tile_slots
 from nsr.extraction.subdivide import encoder_facets, subdivide
-from nsr.extraction.surface import extract_mesh, tile_grid
+from nsr.extraction.surface import extract_mesh
+from nsr.extraction.tiles import tile_grid
 from nsr.pl import trace
 from nsr.pl.encoding import GridMLP
 

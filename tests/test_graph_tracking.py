@@ -18,7 +18,8 @@ import torch
 
 from nsr import geometry as G
 from nsr import regularizers as R
-from nsr.extraction.surface import extract_mesh, track_polygons, weld_tracks
+from nsr.extraction.polygons import weld_tracks
+from nsr.extraction.surface import extract_mesh, track_polygons
 from nsr.extraction.tracking import region_constraints, track_surface
 from nsr.networks import PLNetwork
 from nsr.pl import INPUT, Affine, Layer, NotPiecewiseAffineError, PLGraph, ResidualMLP, SkipMLP, trace

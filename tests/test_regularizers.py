@@ -32,7 +32,7 @@ BOX = np.array([[-1.0, 1.0]] * 3)
 
 @dataclass
 class FakeMesh:
-    """The fields of ``nsr.extraction.surface.ExactMesh`` that the regularizers read."""
+    """The fields of ``nsr.extraction.mesh.ExactMesh`` that the regularizers read."""
 
     vertices: np.ndarray
     polygons: list

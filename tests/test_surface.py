@@ -330,7 +330,7 @@ def test_output_bounds_are_sound_and_tighter_than_intervals():
 
 def test_mesh_from_an_existing_complex_equals_complex_mode():
     from nsr.extraction.complex import extract_complex
-    from nsr.extraction.surface import mesh_from_complex
+    from nsr.extraction.polygons import mesh_from_complex
 
     net = _centered(3, [10, 10], 12)
     cx = extract_complex(net, (-1, 1), progress=False)
@@ -454,7 +454,7 @@ def test_region_ids_group_vertices_by_their_regions_sign_vectors(dim, widths):
 def test_edges_paired_answers_as_trimesh_does():
     """``edges_paired`` against trimesh's ``is_watertight`` (the independent answer) on closed,
     holed, non-manifold and duplicated-face meshes."""
-    from nsr.extraction.surface import edges_paired
+    from nsr.extraction.mesh import edges_paired
 
     sphere = trimesh.creation.icosphere(subdivisions=3)
     f = np.asarray(sphere.faces)

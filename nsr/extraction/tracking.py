@@ -31,7 +31,7 @@ plane leads to the neighbouring cell. Grid planes meet three at a time in lines,
 resolve vertices that several planes pass through and name each vertex by all of them (see
 :mod:`nsr.extraction.encoder_tracking`).
 
-Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.extraction.surface.ExactMesh`):
+Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.extraction.mesh.ExactMesh`):
 ``2a``/``2a+1`` box facets ``x_a >= lo_a``/``x_a <= hi_a``, the encoder's planes in the order of
 ``encoder.planes(lo, hi)`` of the box, then the neurons layer by layer, then the level set.
 """

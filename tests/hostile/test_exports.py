@@ -12,7 +12,8 @@ import trimesh
 
 import nsr.extraction.surface
 import nsr.files
-from nsr.extraction.surface import ExactMesh, extract_mesh
+from nsr.extraction.mesh import ExactMesh
+from nsr.extraction.surface import extract_mesh
 from nsr.networks import octahedron_network
 
 
