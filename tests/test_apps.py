@@ -184,7 +184,8 @@ def test_help_says_what_each_app_does(tmp_path):
     assert all(p.returncode == 0 for p in procs.values())
     # the comments of conf/<app>.yaml: what the app does, each option with default and meaning, examples
     assert "nsr-extract: the exact zero-level set" in text["extract"] and "Examples:" in text["extract"]
-    assert "mode: auto          # auto: track for grid (encoder) networks, surface otherwise" in text["extract"]
+    assert "mode: auto          # auto: track for grid (encoder) networks and where surface runs out of memory" \
+        in text["extract"]
     assert "resolutions: [64, 128, 256]   # marching-cubes samples" in text["compare"]
     assert "regularizer" not in text["extract"] and "trainer" not in text["compare"]  # no training groups
     assert "data: " in text["train"] and "regularizer: " in text["train"]

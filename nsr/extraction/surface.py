@@ -90,7 +90,10 @@ def extract_mesh(
         ``"track"`` (grow the surface polygon by polygon from seed points, D = 3: work
         proportional to the surface, but a component of the level set that holds no seed is
         missed; see :mod:`nsr.extraction.tracking`) or ``"auto"`` (:func:`default_mode`: track
-        for 3-D networks with an input encoder, surface otherwise; what the apps use).
+        for 3-D networks with an input encoder, surface otherwise; what the apps use). Where
+        auto's surface mode would exceed ``memory_limit`` (wide networks: the regions near the
+        surface outgrow the memory), auto warns and answers in track mode;
+        ``stats["surface_mode_error"]`` keeps why.
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
     band : cells per axis of the grid on which surface mode bounds the output by linear
@@ -119,6 +122,9 @@ def extract_mesh(
     ValueError
         For another input dimension, bad arguments (:class:`nsr.limits.ArgumentError`), or a
         box the dtype cannot answer on.
+    MemoryError
+        Where the extraction would exceed ``memory_limit`` (``mode="auto"``: where track mode, its
+        answer to a surface mode over the limit, cannot answer either).
 
     Examples
     --------
@@ -176,14 +182,32 @@ def extract_mesh(
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
     with torch.no_grad(), no_tf32():
-        mesh = None
+        mesh, why = None, ""
         if mode == "track":
             mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
             if mesh is None:
                 warnings.warn(f"track mode {why}; falling back to mode='surface'", stacklevel=2)
                 mode = "surface"
+        over_memory = ""
         if mesh is None:
-            mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
+            try:
+                mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
+            except MemoryError as err:
+                # auto promised an answer, not a mode: where the complete mode does not fit, track mode
+                # (memory grows with the surface only) answers; the error's frames are freed first
+                if not (requested == "auto" and mode == "surface" and d == 3):
+                    raise
+                over_memory = str(err)
+        if mesh is None:
+            warnings.warn(f"mode='auto': surface mode (complete) does not fit in memory_limit here ({over_memory}); "
+                          "using track mode, which misses only components of the level set that no seed reaches",
+                          stacklevel=2)
+            if not why:  # not tried yet
+                mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
+            if mesh is None:
+                raise MemoryError(f"{over_memory} Track mode, tried instead by mode='auto', {why}.")
+            mode = "track"
+            mesh.stats["surface_mode_error"] = over_memory
     mesh.stats.update(mode=mode, dtype=str(dt), device=str(dev), time_s=time.perf_counter() - t0,
                       peak_memory_mb=peak_memory_mb(dev))
     if requested != mode:
@@ -204,6 +228,8 @@ def default_mode(net: Any) -> str:
     of the grid: on the ``grid_cpu`` networks (finest resolution 96) that took over an hour on
     a 2-core CPU, where track mode takes about a minute (``experiments/RESULTS.md``). Track mode
     misses only components that no seed reaches; pass ``mode="surface"`` for the complete answer.
+    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
+    limit.)
 
     Parameters
     ----------
