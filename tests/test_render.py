@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 from matplotlib.image import imread
 
@@ -280,3 +281,63 @@ def test_2d_extract_preview_shows_regions_values_and_level_set(tmp_path):
     blue = (img[..., 2] > img[..., 0] + 0.3).mean()
     red = (img[..., 0] > img[..., 2] + 0.3).mean()
     assert blue > 0.02 and red > 0.02, (blue, red)
+
+
+def _grid_net(seed: int = 0):
+    """A coarse random GridMLP (levels 2 and 3 over [-1, 1]^3, features large enough to bend f)."""
+    from nsr.pl.encoding import GridMLP
+
+    torch.manual_seed(seed)
+    return GridMLP(in_dim=3, width=8, depth=2, n_levels=2, min_resolution=2, max_resolution=3,
+                   include_input=True, init_scale=1.0).double().eval()
+
+
+@pytest.mark.parametrize("axis, value", [(1, 0.0), (2, 0.37), (0, -1.0 / 3.0)])
+def test_plane_network_cuts_a_grid_network_into_an_exact_2d_complex(axis, value):
+    """A grid network's plane section: the same values as the 3-D network on the plane; its 2-D
+    complex has Euler characteristic 1, the network is affine on every region (least squares over
+    the region's vertices and random interior points of each region of non-zero area: no breakpoint
+    line is missing; the cut at
+    y = 0 puts diagonal traces on axis lines, which must be listed once), and its level set's vertices
+    are on f = 0."""
+    from nsr.eval.render import complex_regions, plane_network
+    from nsr.extraction.complex import extract_complex
+
+    net = _grid_net()
+    cut = plane_network(net, axis, value)
+    others = [i for i in range(3) if i != axis]
+    gen = torch.Generator().manual_seed(1)
+    uw = torch.rand(200, 2, generator=gen, dtype=torch.float64) * 2 - 1
+    x = torch.full((200, 3), value, dtype=torch.float64)
+    x[:, others] = uw
+    with torch.no_grad():
+        torch.testing.assert_close(cut(uw), net(x).reshape(-1))
+    cx = extract_complex(cut, (-1, 1), progress=False)
+    assert cx.euler_characteristic == 1
+    verts, regions = complex_regions(cx)
+    assert len(regions) > 20
+    worst = 0.0
+    for cyc in regions:
+        corners = torch.as_tensor(verts[cyc])
+        nxt = corners.roll(-1, 0)
+        if abs(float((corners[:, 0] * nxt[:, 1] - nxt[:, 0] * corners[:, 1]).sum())) < 1e-10:
+            continue  # a zero-area cell where several lines meet (degenerate positions are perturbed)
+        w = torch.rand(8, len(cyc), generator=gen, dtype=torch.float64)
+        pts = torch.cat([corners, (w / w.sum(1, keepdim=True)) @ corners])
+        with torch.no_grad():
+            f = cut(pts).reshape(-1)
+        design = torch.cat([pts, torch.ones(len(pts), 1, dtype=torch.float64)], 1)
+        coef = torch.linalg.lstsq(design, f[:, None]).solution
+        worst = max(worst, float((design @ coef - f[:, None]).abs().max()))
+    assert worst < 1e-9, worst
+    level = cx.level_set()
+    if len(level.vertices):
+        with torch.no_grad():
+            assert float(cut(torch.as_tensor(level.vertices)).abs().max()) < 1e-12
+
+
+def test_render_slice_regions_of_a_grid_network(tmp_path):
+    from nsr.eval.render import render_slice_regions
+
+    out = render_slice_regions(_grid_net(), (-1, 1), 1, 0.0, tmp_path / "g.png")
+    _check_png(out, (760, 640))

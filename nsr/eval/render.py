@@ -1345,7 +1345,8 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
     -------
     nsr.networks.PLNetwork or nsr.pl.PLGraph
         The 2D network, float64: a PLNetwork for a plain ReLU MLP, else the PLGraph with the
-        plane folded into every block that reads the input.
+        plane folded into every block that reads the input (and a grid encoder cut by the plane:
+        :class:`nsr.pl.encoding.PlaneSection`).
 
     Raises
     ------
@@ -1365,6 +1366,7 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
     import torch
 
     from nsr.networks import PLNetwork, as_network
+    from nsr.pl.encoding import PlaneSection
     from nsr.pl.graph import INPUT, Affine, Layer, PLGraph, as_graph
 
     if isinstance(net, PLNetwork) or not isinstance(net, (PLGraph, torch.nn.Module)):
@@ -1375,9 +1377,8 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
         w0, b0 = pl.weights[0], pl.biases[0]
         return PLNetwork([w0[:, others].clone(), *pl.weights[1:]], [b0 + value * w0[:, axis], *pl.biases[1:]])
     g = as_graph(net).to(dtype=torch.float64)
-    if g.in_dim != 3 or axis not in (0, 1, 2) or g.encoder is not None:
-        raise ValueError(f"plane_network needs a 3D network without an encoder and axis 0, 1 or 2 "
-                         f"(got {g.in_dim}D, axis {axis})")
+    if g.in_dim != 3 or axis not in (0, 1, 2):
+        raise ValueError(f"plane_network needs a 3D network and axis 0, 1 or 2 (got {g.in_dim}D, axis {axis})")
     others = [i for i in range(3) if i != axis]
 
     def fix(aff: Affine) -> tuple[dict, torch.Tensor]:
@@ -1389,7 +1390,9 @@ def plane_network(net: Any, axis: int, value: float) -> Any:
         return blocks, bias
 
     layers = [Layer(*fix(layer), neg=layer.neg, pos=layer.pos) for layer in g.layers]
-    return PLGraph(2, layers, Affine(*fix(g.output)), g.transform)
+    # a grid encoder is cut by the same plane: its features on the plane, its planes' traces
+    encoder = PlaneSection(g.encoder, axis, value) if g.encoder is not None else None
+    return PLGraph(2, layers, Affine(*fix(g.output)), g.transform, encoder=encoder)
 
 
 def render_slice_regions(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -823,3 +824,192 @@ class SimplexGridEncoder:
             lowers.append(lo)
             uppers.append(hi)
         return torch.cat(lowers, 1), torch.cat(uppers, 1)
+
+
+class PlaneSection:
+    """An encoder restricted to the plane ``x[axis] = value``: a 2-D encoder of the two other
+    coordinates ``(u, w)`` (increasing axis order), for the 2-D complex of a 3-D grid network cut by
+    a plane (:func:`nsr.eval.render.plane_network`).
+
+    Its breakpoints are the 3-D planes' traces on the plane: ``n . x = o`` becomes
+    ``n[others] . (u, w) = o - n[axis] * value``; planes parallel to the plane (``x[axis] = k / N``)
+    leave no trace, and traces that coincide (a diagonal ``x_i - x[axis] = c`` on the plane is an
+    axis line ``x_i = c + value``, often one of another level's) are listed once.
+
+    Parameters
+    ----------
+    encoder : SimplexGridEncoder or PlaneSection-like
+        A 3-D encoder (``planes``, ``feature_maps``, ``feature_bounds``, calls).
+    axis : {0, 1, 2}
+        The axis normal to the plane.
+    value : float
+        The plane's coordinate on ``axis``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.pl.encoding import PlaneSection, SimplexGridEncoder, SimplexGridEncoding
+    >>> enc = SimplexGridEncoder(SimplexGridEncoding(in_dim=3, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> cut = PlaneSection(enc, axis=2, value=0.25)
+    >>> uw = torch.tensor([[0.1, -0.3]])
+    >>> bool(torch.allclose(cut(uw), enc(torch.tensor([[0.1, -0.3, 0.25]]))))
+    True
+    >>> normals, offsets = cut.planes(-torch.ones(2), torch.ones(2))
+    >>> normals.tolist()  # x = -0.75, 0, 0.25 (x - z = -1, x = 0, x - z = 0), the same in y, then x - y = -1, 0, 1
+    [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, -1.0], [1.0, -1.0], [1.0, -1.0]]
+    >>> offsets.tolist()
+    [-0.75, 0.0, 0.25, -0.75, 0.0, 0.25, -1.0, 0.0, 1.0]
+    """
+
+    def __init__(self, encoder: Any, axis: int, value: float) -> None:
+        if getattr(encoder, "in_dim", None) != 3 or axis not in (0, 1, 2):
+            raise ValueError(f"PlaneSection needs a 3-D encoder and axis 0, 1 or 2 "
+                             f"(got {getattr(encoder, 'in_dim', None)}-D, axis {axis})")
+        self.encoder, self.axis, self.value = encoder, int(axis), float(value)
+        self.others = [i for i in range(3) if i != self.axis]
+        self.in_dim, self.out_dim = 2, encoder.out_dim
+        self.encoding = getattr(encoder, "encoding", None)  # its resolutions size surface mode's tiles
+        self.include_input = getattr(encoder, "include_input", False)
+
+    def __repr__(self) -> str:
+        return f"PlaneSection({self.encoder!r}, axis={self.axis}, value={self.value!r})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The encoder's dtype."""
+        return self.encoder.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The encoder's device."""
+        return self.encoder.device
+
+    @property
+    def table(self) -> Tensor:
+        """The encoder's feature table."""
+        return self.encoder.table
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> PlaneSection:
+        """The same section of the encoder moved to ``device`` / ``dtype``.
+
+        Parameters
+        ----------
+        device : torch.device or str, optional
+            Target device.
+        dtype : torch.dtype, optional
+            Target dtype.
+
+        Returns
+        -------
+        PlaneSection
+        """
+        return PlaneSection(self.encoder.to(device=device, dtype=dtype), self.axis, self.value)
+
+    def embed(self, uw: Tensor) -> Tensor:
+        """Points ``(N, 3)`` of the plane from their coordinates ``(N, 2)``.
+
+        Parameters
+        ----------
+        uw : (N, 2) float Tensor
+            Coordinates on the plane.
+
+        Returns
+        -------
+        (N, 3) float Tensor
+        """
+        x = uw.new_full((uw.shape[0], 3), self.value)
+        x[:, self.others] = uw
+        return x
+
+    def __call__(self, uw: Tensor) -> Tensor:
+        """Features ``(N, out_dim)`` at points ``(N, 2)`` of the plane.
+
+        Parameters
+        ----------
+        uw : (N, 2) float Tensor
+            Coordinates on the plane.
+
+        Returns
+        -------
+        (N, out_dim) float Tensor
+        """
+        return self.encoder(self.embed(uw))
+
+    def planes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """The traces on the plane of the encoder's planes that meet the open box ``(2,)``: normals
+        ``(P, 2)`` and offsets ``(P,)``, by normal and then by offset, each line once.
+
+        Parameters
+        ----------
+        lo, hi : (2,) float Tensor
+            The box on the plane.
+
+        Returns
+        -------
+        normals : (P, 2) Tensor
+        offsets : (P,) Tensor
+        """
+        lo_b, hi_b = _as_box(lo, hi, 2)
+        lo3 = torch.full((3,), self.value, dtype=torch.float64)
+        hi3 = lo3.clone()
+        lo3[self.others], hi3[self.others] = lo_b, hi_b
+        # planes through the 3-D box around the cut (a slab one unit thick, so that every plane crossing
+        # the plane's rectangle is listed; those that only cross the slab leave traces outside the box)
+        lo3[self.axis], hi3[self.axis] = self.value - 1.0, self.value + 1.0
+        normals, offsets = self.encoder.planes(lo3, hi3)
+        normals, offsets = normals.double().cpu(), offsets.double().cpu()
+        n2 = normals[:, self.others]
+        o2 = offsets - normals[:, self.axis] * self.value
+        keep = n2.abs().sum(1) > 0  # planes parallel to the cut leave no trace
+        n2, o2 = n2[keep], o2[keep]
+        sign = torch.where(n2[:, 0] != 0, n2[:, 0], n2[:, 1]).sign()  # one orientation per line
+        n2, o2 = n2 * sign[:, None], o2 * sign
+        low = (n2.clamp(min=0) * lo_b + n2.clamp(max=0) * hi_b).sum(1)
+        high = (n2.clamp(min=0) * hi_b + n2.clamp(max=0) * lo_b).sum(1)
+        inside = (o2 > low) & (o2 < high)
+        n2, o2 = n2[inside], o2[inside]
+        # axis lines u, then w, then the diagonals u - w and u + w (traces of the diagonals through the axis)
+        kind = torch.where(n2[:, 1] == 0, 0, torch.where(n2[:, 0] == 0, 1, torch.where(n2[:, 1] < 0, 2, 3)))
+        order = torch.argsort(o2, stable=True)
+        order = order[torch.argsort(kind[order], stable=True)]
+        n2, o2, kind = n2[order], o2[order], kind[order]
+        # traces that coincide up to rounding of their offsets (different levels, or a diagonal through
+        # the cut's axis on an axis line) are one line: keep the first of each run
+        tol = 64 * torch.finfo(torch.float64).eps * max(1.0, float((hi_b - lo_b).abs().max()),
+                                                         float(o2.abs().max()) if len(o2) else 1.0)
+        first = torch.ones(len(o2), dtype=torch.bool)
+        if len(o2) > 1:
+            first[1:] = (kind[1:] != kind[:-1]) | ((o2[1:] - o2[:-1]) > tol)
+        table = self.encoder.table
+        return n2[first].to(table), o2[first].to(table)
+
+    def feature_maps(self, uw: Tensor) -> tuple[Tensor, Tensor]:
+        """The affine map of the features on a cell of :meth:`planes` containing each point.
+
+        Parameters
+        ----------
+        uw : (N, 2) float Tensor
+            Points of the plane.
+
+        Returns
+        -------
+        A : (N, F, 2) Tensor
+        c : (N, F) Tensor
+            Features are ``A @ uw + c`` on the cell.
+        """
+        a3, c3 = self.encoder.feature_maps(self.embed(uw))
+        return a3[:, :, self.others], c3 + a3[:, :, self.axis] * self.value
+
+    def feature_bounds(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Bounds ``(K, F)`` of every feature over boxes ``(K, 2)`` of the plane.
+
+        Parameters
+        ----------
+        lo, hi : (K, 2) float Tensor
+            Boxes.
+
+        Returns
+        -------
+        lower, upper : (K, F) Tensor
+        """
+        return self.encoder.feature_bounds(self.embed(lo), self.embed(hi))
