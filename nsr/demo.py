@@ -484,7 +484,8 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides
     from nsr.eval.marching_cubes import as_bounds, marching_cubes
     from nsr.extract import _run_box, write_json
     from nsr.extraction.surface import extract_mesh
-    from nsr.networks import as_network
+    from nsr.networks import load_network
+    from nsr.pl.graph import as_graph
     from nsr.training.shapes import surface_samples
 
     out.mkdir(parents=True, exist_ok=True)
@@ -494,12 +495,13 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides
         run_dir = train_default(out, [*DEMO_OVERRIDES, *overrides])
         timings["train_s"] = time.perf_counter() - t
     run_dir = Path(run_dir)
-    net = as_network(run_dir / "checkpoints" / "last.ckpt", dtype=torch.float64)
+    # any network nsr trains (a grid network too), in the one form every stage reads, float64
+    net = as_graph(load_network(run_dir / "checkpoints" / "last.ckpt")).to(dtype=torch.float64)
     box = as_bounds(_run_box(run_dir) or (-0.5, 0.5), 3)
     shape = true_shape(run_dir)
 
     t = time.perf_counter()
-    exact = extract_mesh(net, box, progress=False)
+    exact = extract_mesh(net, box, mode="auto", progress=False)  # as nsr-extract: track for a grid network
     exact_s = time.perf_counter() - t  # the one measurement of the extraction
     files = [exact.export(out / "exact_polygons.obj", polygons=True), exact.export(out / "exact.ply")]
     mcs = []
@@ -521,6 +523,7 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides
     exact_tm = exact.to_trimesh()
     exact_row = {"name": "exact (nsr)", "time_s": exact_s} | measure(exact_tm, net, shape, truth, None)
     exact_row["n_polygons"] = len(exact.polygons)
+    exact_row["mode"] = exact.stats["mode"]
     mc_rows = [{"name": f"marching cubes {r}³", "resolution": r, "time_s": s} | measure(m, net, shape, truth, exact_tm)
                for (r, m), s in zip(mcs, mc_times)]  # fmt: skip
     timings["measure_s"] = time.perf_counter() - t
@@ -529,7 +532,7 @@ def run_demo(out: Path, resolutions: Sequence[int] = DEMO_RESOLUTIONS, overrides
         files += _pictures(out, net, shape, box, exact, exact_row, mcs, mc_rows, floor)
         timings["pictures_s"] = time.perf_counter() - t
     rows = [exact_row, *mc_rows]
-    extract = {k: exact_row.get(k) for k in ("n_vertices", "n_polygons", "abs_f_vertices_max", "time_s")}
+    extract = {k: exact_row.get(k) for k in ("n_vertices", "n_polygons", "abs_f_vertices_max", "time_s", "mode")}
     result = {"run_dir": str(run_dir), "bounds": box.tolist(), "rows": rows, "timings": timings,
               "true_shape": type(shape).__name__ if shape is not None else None, "sampling_floor": floor,
               "extract": extract, "overrides": [*DEMO_OVERRIDES, *overrides]}  # fmt: skip

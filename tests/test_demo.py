@@ -130,3 +130,25 @@ def test_run_demo_on_a_given_run(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["rows"][0]["time_s"] == pytest.approx(exact["time_s"])
     assert trimesh.load(tmp_path / "out" / "exact_polygons.obj", process=False).faces.shape[0] > 0
+
+
+def test_run_demo_on_a_grid_network_run(tmp_path, monkeypatch):
+    """A grid network's run (``--net``): loaded as nsr-extract loads it, meshed in auto's track mode,
+    every picture drawn (the regions picture cuts the grid encoder by the plane too)."""
+    from tests.test_apps import _tiny_grid_checkpoint
+
+    for name, value in (("N_SAMPLES", 5000), ("N_TRUE", 20_000), ("TRUE_SAMPLE_RES", 48),
+                        ("TRUE_DISPLAY_RES", 32), ("CLOSE_UP", ((0.0, 0.0, 0.3), 0.1))):  # fmt: skip
+        monkeypatch.setattr(demo, name, value)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    _tiny_grid_checkpoint(run / "checkpoints" / "last.ckpt")
+    (run / "config.yaml").write_text(
+        "data:\n  kind: analytic\n  box: 0.5\n  shape: {_target_: nsr.training.shapes.Sphere, radius: 0.3}\n"
+    )
+    result = demo.run_demo(tmp_path / "out", resolutions=(16,), run_dir=run)
+    exact = result["rows"][0]
+    assert exact["mode"] == "track" and result["extract"]["mode"] == "track"
+    assert exact["abs_f_vertices_max"] < 1e-12 and exact["n_polygons"] > 0
+    names = {Path(f).name for f in result["files"]}
+    assert {"regions_y0.png", "slice_y0.png", "overview.png"} <= names
