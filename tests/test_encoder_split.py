@@ -19,7 +19,7 @@ from nsr.extraction.encoder_split import tile_slots
 from nsr.extraction.subdivide import encoder_facets, subdivide
 from nsr.extraction.surface import extract_mesh
 from nsr.extraction.tiles import tile_grid
-from nsr.pl import trace
+from nsr.pl import as_graph, trace
 from nsr.pl.encoding import GridMLP
 
 D64 = torch.float64
@@ -221,3 +221,41 @@ def test_pairs_cut_are_the_brute_force_crossings(d):
     assert cut == brute and int(n_pairs) == len(brute)
     sk, _ = subdivide(graph, tlo, thi, progress=False, facets=facets)
     assert sk.stats["encoder_pairs"] == len(brute) < len(tlo) * len(offsets)
+
+
+@pytest.mark.parametrize("levels, finest", [(2, 12), (3, 16)])
+def test_arrangement_size_estimate_is_near_the_encoder_splits_count(levels, finest):
+    """The sampled estimate of the encoder arrangement's vertices against the count the complex's
+    encoder split actually holds (brute force: the whole box cut by every plane)."""
+    from nsr.extraction.encoder_split import encoder_arrangement_size
+    from nsr.pl.layout import ConstraintLayout
+
+    torch.manual_seed(0)
+    net = GridMLP(in_dim=3, width=4, depth=1, n_levels=levels, min_resolution=4, max_resolution=finest,
+                  include_input=True, init_scale=1.0).double().eval()
+    graph = as_graph(net)
+    lo, hi = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    facets = encoder_facets(graph, lo, hi)
+    estimate, size = encoder_arrangement_size(lo, hi, facets, ConstraintLayout(3, graph.widths, len(facets[1])))
+    sk, _ = subdivide(graph, lo[None], hi[None], level=None, progress=False, facets=facets, desc="complex")
+    actual = sk.stats["encoder_vertices"]
+    assert 0.5 * actual < estimate < 2.5 * actual, (estimate, actual)
+    assert size > estimate * 3 * 8  # at least the coordinates
+
+
+def test_complex_of_a_fine_grid_is_refused_before_any_cut(monkeypatch):
+    """extract_complex estimates a grid network's encoder arrangement first and refuses, naming it, where
+    it alone exceeds the memory limit; nothing is subdivided."""
+    import nsr.extraction.complex as complex_module
+    from nsr import extract_complex
+
+    def no_subdivision(*args, **kwargs):
+        raise AssertionError("subdivide ran")
+
+    torch.manual_seed(0)
+    net = GridMLP(in_dim=3, width=4, depth=1, n_levels=4, min_resolution=4, max_resolution=24, include_input=True)
+    monkeypatch.setattr(complex_module, "subdivide", no_subdivision)
+    with pytest.raises(MemoryError, match="arrangement of its encoder's .* planes alone"):
+        extract_complex(net, (-1, 1), progress=False, memory_limit=50e6)  # ~1.2 M vertices need more
+    with pytest.raises(AssertionError, match="subdivide ran"):  # under a large limit it goes on to cut
+        extract_complex(net, (-1, 1), progress=False, memory_limit=64e9)
