@@ -259,7 +259,7 @@ def measure(mesh: Any, net: Any, shape: Any, truth: np.ndarray | None, exact: An
     mesh : trimesh.Trimesh
         The mesh, vertices ``(V, 3)``, faces ``(F, 3)``.
     net : network
-        The network it meshes (anything :func:`nsr.networks.as_network` takes).
+        The network it meshes (a :class:`nsr.pl.PLGraph`, or anything :func:`nsr.pl.as_graph` reads).
     shape : nsr.training.shapes.Shape or None
         The true shape; ``None`` skips the true-shape columns.
     truth : (M, 3) float ndarray or None

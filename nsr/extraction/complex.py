@@ -688,7 +688,8 @@ def extract_complex(
     device : "cpu", "cuda", ...; defaults to the network's device.
     progress : show a progress bar per neuron with vertex and edge counts.
     memory_limit : bytes the extraction may hold before it stops with a ``MemoryError``
-        naming what it reached (default: 80% of the memory available at the start).
+        naming what it reached (default: 80% of the memory available at the start); a grid
+        network's encoder arrangement is sized first and refused at once where it alone exceeds it.
 
     Returns
     -------
