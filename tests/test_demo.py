@@ -107,12 +107,17 @@ def _fake_run(tmp_path: Path) -> Path:
     return run
 
 
-def test_run_demo_on_a_given_run(tmp_path, monkeypatch):
-    """The whole demo but training, small: the exact mesh is measured against the true shape
-    (not against itself), marching cubes against both, every output written."""
+def _small_demo(monkeypatch) -> None:
+    """The demo's sample counts and resolutions made small enough for a test."""
     for name, value in (("N_SAMPLES", 5000), ("N_TRUE", 20_000), ("TRUE_SAMPLE_RES", 48),
                         ("TRUE_DISPLAY_RES", 32), ("CLOSE_UP", ((0.0, 0.0, 0.3), 0.1))):  # fmt: skip
         monkeypatch.setattr(demo, name, value)
+
+
+def test_run_demo_on_a_given_run(tmp_path, monkeypatch):
+    """The whole demo but training, small: the exact mesh is measured against the true shape
+    (not against itself), marching cubes against both, every output written."""
+    _small_demo(monkeypatch)
     result = demo.run_demo(tmp_path / "out", resolutions=(16, 24), run_dir=_fake_run(tmp_path))
     exact, mc16, mc24 = result["rows"]
     assert exact["abs_f_vertices_max"] < 1e-12
@@ -137,9 +142,7 @@ def test_run_demo_on_a_grid_network_run(tmp_path, monkeypatch):
     every picture drawn (the regions picture cuts the grid encoder by the plane too)."""
     from tests.test_apps import _tiny_grid_checkpoint
 
-    for name, value in (("N_SAMPLES", 5000), ("N_TRUE", 20_000), ("TRUE_SAMPLE_RES", 48),
-                        ("TRUE_DISPLAY_RES", 32), ("CLOSE_UP", ((0.0, 0.0, 0.3), 0.1))):  # fmt: skip
-        monkeypatch.setattr(demo, name, value)
+    _small_demo(monkeypatch)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     _tiny_grid_checkpoint(run / "checkpoints" / "last.ckpt")

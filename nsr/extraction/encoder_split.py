@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from nsr.extraction.bits import bit_values, pack_bits
-from nsr.extraction.memory import _check_memory, _chunks
-from nsr.extraction.skeleton import _pair_new_vertices, positive_side, snap_to_zero
+from nsr.extraction.memory import _check_memory, _chunks, skeleton_bytes
+from nsr.extraction.skeleton import _pair_new_vertices, box_skeleton, positive_side, snap_to_zero
 from nsr.pl.layout import ConstraintLayout
 
 if TYPE_CHECKING:
@@ -458,8 +458,7 @@ def encoder_arrangement_size(lo: Tensor, hi: Tensor, facets: tuple[Tensor, Tenso
     >>> encoder_arrangement_size(lo, hi, facets, ConstraintLayout(2, [8], len(offsets)), tiles=1, sample=1)[0]
     33.0
     """
-    from nsr.extraction.skeleton import box_skeleton
-    from nsr.extraction.tiles import tile_grid
+    from nsr.extraction.tiles import tile_grid  # not at the top: tiles -> polygons -> complex -> this module
 
     d = lo.shape[0]
     box = torch.stack([lo, hi], 1).cpu().double().numpy()
@@ -477,6 +476,4 @@ def encoder_arrangement_size(lo: Tensor, hi: Tensor, facets: tuple[Tensor, Tenso
     # whole box (one tile in complex mode) does not hold
     inside = int((sk.vzeros.t >= 2 * d).all(1).sum())
     vertices = float(weight.sum()) * inside / float(weight[pick].sum())
-    from nsr.extraction.memory import skeleton_bytes
-
     return max(vertices, 1.0), max(vertices, 1.0) * skeleton_bytes(sk, None) / max(sk.n_vertices, 1)

@@ -199,10 +199,10 @@ def extract_mesh(
                     raise
                 over_memory = str(err)
         if mesh is None:
-            warnings.warn(f"mode='auto': surface mode (complete) does not fit in memory_limit here ({over_memory}); "
-                          "using track mode, which misses only components of the level set that no seed reaches",
-                          stacklevel=2)
-            if not why:  # not tried yet
+            if not why:  # track mode not tried yet (auto chose surface mode)
+                warnings.warn(f"mode='auto': surface mode (complete) does not fit in memory_limit here "
+                              f"({over_memory}); using track mode, which misses only components of the level set "
+                              "that no seed reaches", stacklevel=2)
                 mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
             if mesh is None:
                 raise MemoryError(f"{over_memory} Track mode, tried instead by mode='auto', {why}.")
