@@ -526,8 +526,11 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                 warnings.warn(limits.empty_level_set_message(cplx.net, box, opts["level"]), stacklevel=2)
         else:
             extra = {k: opts[k] for k in ("tiles", "band", "seeds") if opts[k] is not None}
-            mesh = extract_mesh(net, box, mode=mode, close=opts["close"], level=opts["level"],
+            # "auto" goes to the library as asked: it also answers in track mode where surface mode
+            # runs out of memory, and the mesh's stats say which mode answered
+            mesh = extract_mesh(net, box, mode=opts["mode"], close=opts["close"], level=opts["level"],
                                 workers=opts["workers"], **kw, **extra)
+            stats["mode"] = mesh.stats.get("mode", mode)
         timings["surface_s"] = time.perf_counter() - t
     t = time.perf_counter()
     stats |= _mesh_stats(mesh) if net.in_dim == 3 else _level_set_stats(mesh, net)
