@@ -327,10 +327,12 @@ def test_auto_mode_tracks_grid_networks_and_subdivides_the_others(tmp_path, tiny
     assert not (tmp_path / "seeds").exists()
 
 
-def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_memory(tmp_path):
-    """nsr-extract with mode=auto lets the library fall back: a memory limit surface mode exceeds gives
-    a track-mode answer (mode, mode_requested and the surface error in stats.json), with the polygons
-    surface mode finds without a limit; mode=surface under the same limit stops with the error."""
+def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_memory(tmp_path, monkeypatch):
+    """nsr-extract with mode=auto lets the library fall back: where surface mode exceeds the default
+    memory budget, a track-mode answer (mode, mode_requested and the surface error in stats.json), with
+    the polygons surface mode finds without a limit; mode=surface, or an explicit memory_limit_gb, stops
+    with the error."""
+    import nsr.extraction.subdivide as subdivide_module
     from nsr.extract import run_extract
     from nsr.extraction.surface import extract_mesh
     from tests.test_surface import _centered
@@ -339,7 +341,8 @@ def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_m
     path = tmp_path / "net.pt"
     torch.save(net.to_module().state_dict(), path)
     full = extract_mesh(net, (-1, 1), mode="surface", progress=False)
-    opts = {"net": str(path), "bounds": [-1, 1], "preview": False, "memory_limit_gb": 1e6 / 2**30}
+    monkeypatch.setattr(subdivide_module, "default_memory_limit", lambda: 1e6)
+    opts = {"net": str(path), "bounds": [-1, 1], "preview": False}
     with pytest.warns(UserWarning, match="does not fit in memory_limit"):
         stats = run_extract(opts | {"out_dir": str(tmp_path / "auto")})
     assert stats["mode"] == "track" and stats["mode_requested"] == "auto"
@@ -348,6 +351,8 @@ def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_m
     assert saved["mode"] == "track" and "stopped after" in saved["surface_stats"]["surface_mode_error"]
     with pytest.raises(MemoryError, match="surface mode"):
         run_extract(opts | {"out_dir": str(tmp_path / "surface"), "mode": "surface"})
+    with pytest.raises(MemoryError, match="surface mode"):
+        run_extract(opts | {"out_dir": str(tmp_path / "explicit"), "memory_limit_gb": 1e6 / 2**30})
 
 
 def test_training_export_tracks_a_grid_network(tmp_path):

@@ -91,9 +91,10 @@ def extract_mesh(
         proportional to the surface, but a component of the level set that holds no seed is
         missed; see :mod:`nsr.extraction.tracking`) or ``"auto"`` (:func:`default_mode`: track
         for 3-D networks with an input encoder, surface otherwise; what the apps use). Where
-        auto's surface mode would exceed ``memory_limit`` (wide networks: the regions near the
-        surface outgrow the memory), auto warns and answers in track mode;
-        ``stats["surface_mode_error"]`` keeps why.
+        auto's surface mode would exceed the default memory budget (wide networks: the regions
+        near the surface outgrow the memory), auto warns and answers in track mode;
+        ``stats["surface_mode_error"]`` keeps why. An explicit ``memory_limit`` is a hard budget:
+        track mode has no memory guard, so auto then stops with the error instead.
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
     band : cells per axis of the grid on which surface mode bounds the output by linear
@@ -123,8 +124,8 @@ def extract_mesh(
         For another input dimension, bad arguments (:class:`nsr.limits.ArgumentError`), or a
         box the dtype cannot answer on.
     MemoryError
-        Where the extraction would exceed ``memory_limit`` (``mode="auto"``: where track mode, its
-        answer to a surface mode over the limit, cannot answer either).
+        Where the extraction would exceed ``memory_limit`` (``mode="auto"`` with the default budget:
+        where track mode, its answer to a surface mode over the budget, cannot answer either).
 
     Examples
     --------
@@ -193,9 +194,10 @@ def extract_mesh(
             try:
                 mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
             except MemoryError as err:
-                # auto promised an answer, not a mode: where the complete mode does not fit, track mode
-                # (memory grows with the surface only) answers; the error's frames are freed first
-                if not (requested == "auto" and mode == "surface" and d == 3):
+                # auto promised an answer, not a mode: where the complete mode does not fit the default
+                # budget, track mode (memory grows with the surface only) answers; an explicit memory_limit
+                # is a hard budget, which track mode has no guard for. The error's frames are freed first.
+                if not (requested == "auto" and mode == "surface" and d == 3 and memory_limit is None):
                     raise
                 over_memory = str(err)
         if mesh is None:
