@@ -230,8 +230,8 @@ def default_mode(net: Any) -> str:
     of the grid: on the ``grid_cpu`` networks (finest resolution 96) that took over an hour on
     a 2-core CPU, where track mode takes about a minute (``experiments/RESULTS.md``). Track mode
     misses only components that no seed reaches; pass ``mode="surface"`` for the complete answer.
-    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
-    limit.)
+    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the default
+    memory budget.)
 
     Parameters
     ----------
