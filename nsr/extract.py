@@ -527,7 +527,7 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         else:
             extra = {k: opts[k] for k in ("tiles", "band", "seeds") if opts[k] is not None}
             # "auto" goes to the library as asked: it also answers in track mode where surface mode
-            # exceeds the default memory budget, and the mesh's stats say which mode answered
+            # exceeds the memory budget, and the mesh's stats say which mode answered
             mesh = extract_mesh(net, box, mode=opts["mode"], close=opts["close"], level=opts["level"],
                                 workers=opts["workers"], **kw, **extra)
             stats["mode"] = mesh.stats.get("mode", mode)

@@ -330,8 +330,8 @@ def test_auto_mode_tracks_grid_networks_and_subdivides_the_others(tmp_path, tiny
 def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_memory(tmp_path, monkeypatch):
     """nsr-extract with mode=auto lets the library fall back: where surface mode exceeds the default
     memory budget, a track-mode answer (mode, mode_requested and the surface error in stats.json), with
-    the polygons surface mode finds without a limit; mode=surface, or an explicit memory_limit_gb, stops
-    with the error."""
+    the polygons surface mode finds without a limit; mode=surface stops with the error, and so does a
+    memory_limit_gb below what track mode needs too (both errors)."""
     import nsr.extraction.subdivide as subdivide_module
     from nsr.extract import run_extract
     from nsr.extraction.surface import extract_mesh
@@ -351,8 +351,9 @@ def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_m
     assert saved["mode"] == "track" and "stopped after" in saved["surface_stats"]["surface_mode_error"]
     with pytest.raises(MemoryError, match="surface mode"):
         run_extract(opts | {"out_dir": str(tmp_path / "surface"), "mode": "surface"})
-    with pytest.raises(MemoryError, match="surface mode"):
+    with pytest.raises(MemoryError, match="surface mode.*tried instead by mode='auto': track mode stopped"):
         run_extract(opts | {"out_dir": str(tmp_path / "explicit"), "memory_limit_gb": 1e6 / 2**30})
+    assert not (tmp_path / "explicit" / "stats.json").exists()
 
 
 def test_training_export_tracks_a_grid_network(tmp_path):

@@ -106,6 +106,19 @@ def test_track_matches_surface_mode_closed():
     assert mesh.stats["max_abs_f"] <= 1e-12 and _max_abs_f_on_surface(net, mesh) <= 1e-12
 
 
+def test_track_mode_stops_at_the_memory_budget():
+    """On a grid network too, track mode stops with a ``MemoryError`` under a budget below its
+    polygons' need, and answers under one above it."""
+    net = _grid_net(1, 2, 2, 4, 8, True)
+    mesh = extract_mesh(net, BOX, mode="track", progress=False)
+    need = mesh.stats["memory_estimate_mb"] * 2**20
+    assert len(mesh.polygons) > 100 and need > 0
+    with pytest.raises(MemoryError, match="track mode stopped"):
+        extract_mesh(net, BOX, mode="track", progress=False, memory_limit=need / 2)
+    again = extract_mesh(net, BOX, mode="track", progress=False, memory_limit=need * 1.01)
+    assert len(again.polygons) == len(mesh.polygons)
+
+
 def test_vertices_are_named_by_three_planes_through_them_that_meet_in_a_point():
     """``vertex_constraints``: box facets and encoder planes named at a vertex pass through it
     (brute force over ``encoder.planes``), and their normals are independent (grid planes meet

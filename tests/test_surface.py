@@ -470,30 +470,47 @@ def test_edges_paired_answers_as_trimesh_does():
     assert not edges_paired(np.zeros((0, 3), dtype=np.int64), 0)
 
 
-def test_auto_answers_in_track_mode_where_surface_mode_exceeds_the_default_budget(monkeypatch):
-    """``mode="auto"`` promises an answer: where surface mode stops at the default memory budget (wide
-    networks), it warns and tracks, with the polygons surface mode finds without a limit; an explicit
-    ``memory_limit`` is a hard budget (track mode has no guard), an explicit ``mode="surface"`` still
-    stops, and a 2-D network (no track mode) still raises."""
+def test_auto_answers_in_track_mode_where_surface_mode_exceeds_the_budget(monkeypatch):
+    """``mode="auto"`` promises an answer: where surface mode stops at the memory budget (wide
+    networks), it warns and tracks under the same budget, with the polygons surface mode finds
+    without a limit; an explicit ``mode="surface"`` still stops, and a 2-D network (no track mode)
+    still raises."""
     import nsr.extraction.subdivide as subdivide_module
 
-    net = _centered(3, [24, 24, 24], seed=3)
+    net = _centered(3, [32, 32, 32], seed=3)
     box = np.array([[-1.0, 1.0]] * 3)
     full = extract_mesh(net, box, mode="surface", progress=False)
     assert len(full.polygons) > 100
-    limit = 1e6  # surface mode stops after about 20 of the 72 neurons
-    monkeypatch.setattr(subdivide_module, "default_memory_limit", lambda: limit)
+    # a budget track mode fits in (its own estimate, with room) and surface mode does not
+    limit = 1.2 * extract_mesh(net, box, mode="track", progress=False).stats["memory_estimate_mb"] * 2**20
     with pytest.raises(MemoryError, match="surface mode"):
-        extract_mesh(net, box, mode="surface", progress=False)
-    with pytest.raises(MemoryError, match="surface mode"):
-        extract_mesh(net, box, mode="auto", progress=False, memory_limit=limit)
-    with pytest.warns(UserWarning, match="does not fit in memory_limit"):
-        auto = extract_mesh(net, box, mode="auto", progress=False)
-    assert auto.stats["mode"] == "track" and auto.stats["mode_requested"] == "auto"
-    assert "stopped after" in auto.stats["surface_mode_error"]
-    assert len(auto.polygons) == len(full.polygons)
-    assert np.array_equal(_unique_rows(auto.vertices), _unique_rows(full.vertices))
+        extract_mesh(net, box, mode="surface", progress=False, memory_limit=limit)
+    for default in (False, True):
+        if default:  # the default budget, as the apps run
+            monkeypatch.setattr(subdivide_module, "default_memory_limit", lambda: limit)
+        with pytest.warns(UserWarning, match="does not fit in memory_limit"):
+            auto = extract_mesh(net, box, mode="auto", progress=False, memory_limit=None if default else limit)
+        assert auto.stats["mode"] == "track" and auto.stats["mode_requested"] == "auto"
+        assert "stopped after" in auto.stats["surface_mode_error"]
+        assert len(auto.polygons) == len(full.polygons)
+        assert np.array_equal(_unique_rows(auto.vertices), _unique_rows(full.vertices))
     monkeypatch.setattr(subdivide_module, "default_memory_limit", lambda: 2e5)
     flat = _centered(2, [24, 24, 24], seed=3)
     with pytest.raises(MemoryError):
         extract_mesh(flat, np.array([[-1.0, 1.0]] * 2), mode="auto", progress=False)
+
+
+def test_track_mode_stops_at_the_memory_budget():
+    """Track mode honours ``memory_limit`` as the other modes do: under a budget below what its
+    polygons need it stops with a ``MemoryError`` that says so (alone, or as auto's answer to a
+    surface mode over the budget), and its estimate grows with the surface it walks."""
+    net = _centered(3, [32, 32, 32], seed=3)
+    box = np.array([[-1.0, 1.0]] * 3)
+    need = extract_mesh(net, box, mode="track", progress=False).stats["memory_estimate_mb"] * 2**20
+    small = extract_mesh(net, box * 0.5, mode="track", progress=False)
+    assert 0 < small.stats["memory_estimate_mb"] * 2**20 < need
+    with pytest.raises(MemoryError, match=r"track mode stopped after [\d,]+ polygons.*memory_limit"):
+        extract_mesh(net, box, mode="track", progress=False, memory_limit=need / 2)
+    with pytest.raises(MemoryError, match="surface mode.*Track mode, tried instead by mode='auto': track mode stopped"):
+        with pytest.warns(UserWarning, match="does not fit in memory_limit"):
+            extract_mesh(net, box, mode="auto", progress=False, memory_limit=need / 2)

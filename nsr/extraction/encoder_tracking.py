@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words, pack_bits, unpack_bits
-from nsr.extraction.memory import WALK_CHUNK_BYTES, _chunks
+from nsr.extraction.memory import WALK_CHUNK_BYTES, _check_track_memory, _chunks, default_memory_limit, tensors_bytes
 from nsr.extraction.tracking import (
     _FIRST_WIDTH,
     D,
@@ -632,7 +632,7 @@ def _local_support(reg: _EncoderRegions, key: Tensor, ids: Tensor) -> Tensor:
 
 
 def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: float, close: bool, progress: bool,
-                           max_edges: int) -> dict[str, Any]:
+                           max_edges: int, memory_limit: float | None = None) -> dict[str, Any]:
     """:func:`track_surface` for a graph with an encoder (regions: cell and pattern)."""
     reg = _EncoderRegions(net, bounds, level)
     lay = reg.layout
@@ -653,6 +653,8 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
     row = (D + 1) * reg.n_local * net.dtype.itemsize * 4 + _FIRST_WIDTH * (D * net.dtype.itemsize + 8 * 6)
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     n_global = reg.n_box + reg.n_enc
+    limit = memory_limit if memory_limit is not None else default_memory_limit()
+    kept, need, batch = 0, 0, 0  # bytes of the polygons found so far, expected in all, of a batch's temporaries
     bar = _bar(progress)
     while len(front_key):
         rounds += 1
@@ -691,12 +693,14 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
                 found[name].append(w[f"{name}_global"])
             found["vertices"].append(w["vertices"])
             found["length"].append(w["length"])
+            kept += tensors_bytes([found[k][-1] for k in names])
             nk, npc, na, lost = _encoder_neighbours(reg, g, ids, key, w, anchor, words, close, visited)
             failed += lost
             next_key.append(nk)
             next_pc.append(npc)
             next_anchor.append(na)
-        walked += len(front_key)
+        walked_now = len(front_key)
+        walked += walked_now
         if degenerate or failed:  # the caller falls back to a method that resolves degeneracies
             break
         if bar is not None:
@@ -705,6 +709,9 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
         if len(front_key):
             seen = visited.contains(front_key, hash_rows(front_key))
             front_key, front_pc, front_anchor = front_key[~seen], front_pc[~seen], front_anchor[~seen]
+        batch = max(batch, min(WALK_CHUNK_BYTES, row * walked_now))
+        need = _check_track_memory(kept + visited.bytes + tensors_bytes((front_key, front_pc, front_anchor)), walked, n,
+                                   batch, limit)
     if bar is not None:
         bar.close()
     lmax = max((int(e.shape[1]) for e in found["edges"]), default=0)
@@ -737,6 +744,7 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
         "cells": reg.cells,
         "stats": {"seeds": len(seeds), "seed_regions": n_seed_regions, "rounds": rounds,
                   "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate,
+                  "memory_estimate_mb": need / 2**20,
                   "encoder_planes": reg.cells.n_planes},
     }
 

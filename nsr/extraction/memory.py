@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -143,3 +143,54 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
             f"and {sk.n_edges:,} edges already need ~{_size(need)}, over the limit of {_size(limit)} "
             f"(memory_limit; default 80% of the available memory); {advice}."
         )
+
+
+# Peak memory of track mode, per byte the walks keep (polygons found, keys visited) and per byte
+# of activation pattern (one per neuron per polygon, unpacked for the mesh): the concatenation
+# after the last round, corner names, welding and triangles. Fitted on plain, skip and grid
+# networks, 67k-928k polygons (experiments/track_memory.py, experiments/RESULTS.md): peaks were
+# 0.78-0.89x the estimate.
+_TRACK_HELD_FACTOR = 6
+_TRACK_PATTERN_FACTOR = 6
+
+
+def tensors_bytes(tensors: Any) -> int:
+    """Bytes held by the tensors in a (nested) list, tuple or dict of tensors.
+
+    Parameters
+    ----------
+    tensors : Tensor, or a list, tuple or dict of them (nested)
+
+    Returns
+    -------
+    int
+        The sum of each tensor's element size times its element count.
+
+    Examples
+    --------
+    >>> import torch
+    >>> tensors_bytes({"a": [torch.zeros(3, dtype=torch.float64)], "b": (torch.zeros(2, 2, dtype=torch.int32),)})
+    40
+    """
+    if isinstance(tensors, torch.Tensor):
+        return tensors.element_size() * tensors.numel()
+    if isinstance(tensors, dict):
+        tensors = tensors.values()
+    return sum(tensors_bytes(t) for t in tensors)
+
+
+def _check_track_memory(held: int, n_polygons: int, n_neurons: int, temporaries: int, limit: float | None) -> int:
+    """Stop track mode before its polygons outgrow ``limit`` bytes; the bytes it is expected to need.
+
+    ``held`` counts what the walks keep; the activation patterns unpacked at the end add one byte
+    per neuron per polygon, and the largest batch of walks its ``temporaries``.
+    """
+    need = _TRACK_HELD_FACTOR * held + _TRACK_PATTERN_FACTOR * n_polygons * n_neurons + temporaries
+    if limit is not None and need > limit:
+        raise MemoryError(
+            f"track mode stopped after {n_polygons:,} polygons: with the mesh still to build they need "
+            f"~{_size(need)}, over the limit of {_size(limit)} (memory_limit; default 80% of the available "
+            "memory); the surface is too large here: use a smaller box, a larger memory_limit or a machine "
+            "with more memory."
+        )
+    return need

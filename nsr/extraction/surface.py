@@ -91,16 +91,16 @@ def extract_mesh(
         proportional to the surface, but a component of the level set that holds no seed is
         missed; see :mod:`nsr.extraction.tracking`) or ``"auto"`` (:func:`default_mode`: track
         for 3-D networks with an input encoder, surface otherwise; what the apps use). Where
-        auto's surface mode would exceed the default memory budget (wide networks: the regions
-        near the surface outgrow the memory), auto warns and answers in track mode;
-        ``stats["surface_mode_error"]`` keeps why. An explicit ``memory_limit`` is a hard budget:
-        track mode has no memory guard, so auto then stops with the error instead.
+        auto's surface mode would exceed the memory budget (wide networks: the regions near the
+        surface outgrow the memory), auto warns and answers in track mode, whose memory grows with
+        the surface only, under the same budget; ``stats["surface_mode_error"]`` keeps why.
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
     tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
     band : cells per axis of the grid on which surface mode bounds the output by linear
         bound propagation (default: :func:`default_band`); regions whose bounding box misses
         every cell that may hold the surface are dropped before each layer.
-    dtype, device, progress, memory_limit : as for :func:`nsr.extract_complex`.
+    dtype, device, progress, memory_limit : as for :func:`nsr.extract_complex`; every mode
+        stops with a ``MemoryError`` before it needs more than ``memory_limit`` bytes.
     workers : surface mode: subdivide the tiles in this many processes (one torch thread
         each; CPU only); tiles are independent and are stitched by identity afterwards. The
         processes are spawned, so a calling script needs the ``if __name__ == "__main__":``
@@ -124,8 +124,8 @@ def extract_mesh(
         For another input dimension, bad arguments (:class:`nsr.limits.ArgumentError`), or a
         box the dtype cannot answer on.
     MemoryError
-        Where the extraction would exceed ``memory_limit`` (``mode="auto"`` with the default budget:
-        where track mode, its answer to a surface mode over the budget, cannot answer either).
+        Where the extraction would exceed ``memory_limit`` (``mode="auto"``: where track mode, its
+        answer to a surface mode over the budget, cannot answer either).
 
     Examples
     --------
@@ -185,7 +185,7 @@ def extract_mesh(
     with torch.no_grad(), no_tf32():
         mesh, why = None, ""
         if mode == "track":
-            mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
+            mesh, why = _track_mesh(netd, b, level, close, seeds, progress, memory_limit)
             if mesh is None:
                 warnings.warn(f"track mode {why}; falling back to mode='surface'", stacklevel=2)
                 mode = "surface"
@@ -194,10 +194,10 @@ def extract_mesh(
             try:
                 mesh = _subdivided_mesh(netd, b, mode, level, close, tiles, band, progress, memory_limit, workers)
             except MemoryError as err:
-                # auto promised an answer, not a mode: where the complete mode does not fit the default
-                # budget, track mode (memory grows with the surface only) answers; an explicit memory_limit
-                # is a hard budget, which track mode has no guard for. The error's frames are freed first.
-                if not (requested == "auto" and mode == "surface" and d == 3 and memory_limit is None):
+                # auto promised an answer, not a mode: where the complete mode does not fit the budget,
+                # track mode (memory grows with the surface only) answers under the same budget. The
+                # error's frames are freed first.
+                if not (requested == "auto" and mode == "surface" and d == 3):
                     raise
                 over_memory = str(err)
         if mesh is None:
@@ -205,7 +205,10 @@ def extract_mesh(
                 warnings.warn(f"mode='auto': surface mode (complete) does not fit in memory_limit here "
                               f"({over_memory}); using track mode, which misses only components of the level set "
                               "that no seed reaches", stacklevel=2)
-                mesh, why = _track_mesh(netd, b, level, close, seeds, progress)
+                try:
+                    mesh, why = _track_mesh(netd, b, level, close, seeds, progress, memory_limit)
+                except MemoryError as err:
+                    raise MemoryError(f"{over_memory} Track mode, tried instead by mode='auto': {err}") from None
             if mesh is None:
                 raise MemoryError(f"{over_memory} Track mode, tried instead by mode='auto', {why}.")
             mode = "track"
@@ -230,8 +233,8 @@ def default_mode(net: Any) -> str:
     of the grid: on the ``grid_cpu`` networks (finest resolution 96) that took over an hour on
     a 2-core CPU, where track mode takes about a minute (``experiments/RESULTS.md``). Track mode
     misses only components that no seed reaches; pass ``mode="surface"`` for the complete answer.
-    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the default
-    memory budget.)
+    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
+    budget.)
 
     Parameters
     ----------
@@ -321,12 +324,12 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
     return mesh
 
 
-def _track_mesh(net: PLGraph, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool
-                ) -> tuple[ExactMesh | None, str]:
+def _track_mesh(net: PLGraph, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool,
+                memory_limit: float | None = None) -> tuple[ExactMesh | None, str]:
     """Track mode of :func:`extract_mesh`; ``(None, why)`` where it cannot answer (see
     :func:`track_polygons`)."""
     t0 = time.perf_counter()
-    tr, why = track_polygons(net, b, level, close, seeds, progress)
+    tr, why = track_polygons(net, b, level, close, seeds, progress, memory_limit)
     if tr is None:
         return None, why
     mesh = _mesh_from_tracks(net, tr, b, level)
@@ -335,7 +338,8 @@ def _track_mesh(net: PLGraph, b: np.ndarray, level: float, close: bool, seeds: A
 
 
 def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, close: bool = False,
-                   seeds: Any = None, progress: bool = False) -> tuple[dict[str, Any] | None, str]:
+                   seeds: Any = None, progress: bool = False, memory_limit: float | None = None
+                   ) -> tuple[dict[str, Any] | None, str]:
     """The polygons of :func:`nsr.extraction.tracking.track_surface` grown from ``seeds`` (a grid
     resolution, default 64, or ``(M, 3)`` points; those outside the box ``b`` are dropped),
     or ``(None, why)`` where track mode cannot answer: no seed region crosses the level set,
@@ -355,6 +359,9 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
         A seed-grid resolution (default 64) or points near the level set.
     progress : bool
         A progress bar.
+    memory_limit : float, optional
+        Bytes the polygons (and the mesh still to be built from them) may need before a
+        ``MemoryError``; default 80% of the available memory.
 
     Returns
     -------
@@ -396,7 +403,7 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
             raise ValueError(f"seed points must be (M, 3), got shape {tuple(pts.shape)}")
         inside = ((pts >= bt[:, 0]) & (pts <= bt[:, 1])).all(1)
         pts = pts[inside]
-    tr = track_surface(net, bt, pts, level=level, close=close, progress=progress)
+    tr = track_surface(net, bt, pts, level=level, close=close, progress=progress, memory_limit=memory_limit)
     if tr["stats"]["seed_regions"] == 0:
         return None, "found no seed on the level set"
     if tr["stats"]["degenerate_polygons"]:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words, pack_bits, unpack_bits
-from nsr.extraction.memory import WALK_CHUNK_BYTES, _chunks
+from nsr.extraction.memory import WALK_CHUNK_BYTES, _check_track_memory, _chunks, default_memory_limit, tensors_bytes
 from nsr.extraction.progress import _progress
 from nsr.pl.graph import PLGraph, as_graph
 from nsr.pl.layout import ConstraintLayout
@@ -265,6 +265,10 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
         Distance under which a fourth plane makes a vertex degenerate.
     max_edges : int
         Longest polygon walked.
+    memory_limit : float, optional
+        Bytes the polygons (and the mesh still to be built from them) may need before a
+        ``MemoryError``; default 80% of the available memory. ``stats["memory_estimate_mb"]``
+        is that need at the end.
 
     Returns
     -------
@@ -502,6 +506,10 @@ class _Visited:
             raise RuntimeError("64-bit hash collision between two polygon keys; rerun with mode='surface'")
         return same
 
+    @property
+    def bytes(self) -> int:
+        return tensors_bytes((self.h, self.rows))
+
     def add(self, rows: Tensor, h: Tensor) -> None:
         allh = torch.cat([self.h, h])
         order = torch.argsort(allh)
@@ -510,7 +518,8 @@ class _Visited:
 
 
 def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float = 0.0, close: bool = False,
-                  progress: bool = False, max_edges: int = 256) -> dict[str, Any]:
+                  progress: bool = False, max_edges: int = 256, memory_limit: float | None = None
+                  ) -> dict[str, Any]:
     """Grow the polygons of the level set (and, with ``close``, the box caps) from seed points.
 
     ``net`` and ``bounds`` ``(D, 2)`` share dtype and device; ``seeds`` ``(M, D)``. Returns a
@@ -566,7 +575,7 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     if net.encoder is not None:
         from nsr.extraction.encoder_tracking import _track_encoder_surface  # it builds on this module
 
-        return _track_encoder_surface(net, bounds, seeds, level, close, progress, max_edges)
+        return _track_encoder_surface(net, bounds, seeds, level, close, progress, max_edges, memory_limit)
     n = net.n_neurons
     lay = ConstraintLayout.of(net)
     out = lay.output
@@ -584,6 +593,8 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     # a fourth plane this close to a vertex makes its identity ambiguous
     tol = 256 * torch.finfo(net.dtype).eps * float((bounds[:, 1] - bounds[:, 0]).norm())
+    limit = memory_limit if memory_limit is not None else default_memory_limit()
+    kept, need, batch = 0, 0, 0  # bytes of the polygons found so far, expected in all, of a batch's temporaries
     bar = _bar(progress)
     while len(front_key):
         rounds += 1
@@ -617,10 +628,12 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
             found["edges"].append(e)
             found["vertices"].append(v)
             found["length"].append(m)
+            kept += tensors_bytes((key, e, v, m)) + found["normal"][-1].numel() * v.element_size()
             nk, npc = _neighbours(key, e, m, support, words, lay, close)
             next_key.append(nk)
             next_pc.append(npc)
-        walked += len(front_key)
+        walked_now = len(front_key)
+        walked += walked_now
         if degenerate:  # the caller falls back to a method that resolves degeneracies
             break
         if bar is not None:
@@ -631,6 +644,9 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
             hk = hash_rows(front_key)
             seen = visited.contains(front_key, hk)
             front_key, front_pc = front_key[~seen], front_pc[~seen]
+        batch = max(batch, min(WALK_CHUNK_BYTES, row * walked_now))
+        need = _check_track_memory(kept + visited.bytes + tensors_bytes((front_key, front_pc)), walked, n, batch,
+                                   limit)
     if bar is not None:
         bar.close()
     lmax = max((int(e.shape[1]) for e in found["edges"]), default=0)
@@ -650,7 +666,8 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
         "length": length,
         "normal": normal,
         "stats": {"seeds": len(seeds), "seed_regions": n_seed_regions, "rounds": rounds,
-                  "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate},
+                  "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate,
+                  "memory_estimate_mb": need / 2**20},
     }
 
 
