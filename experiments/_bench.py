@@ -413,7 +413,7 @@ def _exact(subject: Subject, method: Method, dtype: str | None, device: str) -> 
     mesh = extract_mesh(subject.net, BOUNDS, mode=method.mode, dtype=dtype, device=device, progress=False)
     s = mesh.stats
     keep = ("mode", "dtype", "time_s", "subdivision_s", "bounds_s", "tracking_s", "tiles", "tiles_kept",
-            "seed_regions", "watertight", "unpaired_face_keys", "uncertain_signs")
+            "seed_regions", "watertight", "unpaired_face_keys", "uncertain_signs", "memory_estimate_mb")
     return {"vertices": mesh.vertices, "polygons": len(mesh.polygons), "triangles": len(mesh.triangles),
             "mode_used": s.get("mode"), "stats": {k: s[k] for k in keep if k in s}}
 

@@ -276,3 +276,17 @@ def test_pack_and_unpack_bits_round_trip(n_bits):
     assert torch.equal(unpack_bits(words, torch.arange(n_bits)), flags)
     ids = torch.randperm(n_bits, generator=gen)[: max(1, n_bits // 3)]
     assert torch.equal(unpack_bits(words, ids), flags[:, ids])
+
+
+def test_unpack_bits_in_blocks_of_rows(monkeypatch):
+    """Rows unpacked in blocks (a block of 3 rows here) give the bits unpacked at once, for every
+    bit, a prefix of the bits and bits out of order."""
+    import nsr.extraction.bits as bits_module
+
+    gen = torch.Generator().manual_seed(0)
+    flags = torch.rand(10, 130, generator=gen) > 0.5
+    words = bits_module.pack_bits(flags, 3)
+    monkeypatch.setattr(bits_module, "_UNPACK_BYTES", 3 * 64 * 3)
+    for ids in (torch.arange(130), torch.arange(70), torch.tensor([129, 0, 64, 63, 5])):
+        assert torch.equal(bits_module.unpack_bits(words, ids), flags[:, ids])
+    assert bits_module.unpack_bits(words[:0], torch.arange(130)).shape == (0, 130)

@@ -146,12 +146,12 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
 
 
 # Peak memory of track mode, per byte the walks keep (polygons found, keys visited) and per byte
-# of activation pattern (one per neuron per polygon, unpacked for the mesh): the concatenation
-# after the last round, corner names, welding and triangles. Fitted on plain, skip and grid
-# networks, 67k-928k polygons (experiments/track_memory.py, experiments/RESULTS.md): peaks were
-# 0.78-0.89x the estimate.
+# of activation pattern (one per neuron per polygon; the mesh keeps them unpacked for its polygons
+# and vertices): the concatenation after the last round, corner names, welding and triangles.
+# Fitted on plain, skip and grid networks of 67k-928k polygons (experiments/track_memory.py; the
+# measured peaks and these estimates are in experiments/RESULTS.md).
 _TRACK_HELD_FACTOR = 6
-_TRACK_PATTERN_FACTOR = 6
+_TRACK_PATTERN_FACTOR = 3
 
 
 def tensors_bytes(tensors: Any) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nsr.extraction.memory import _chunks
 from nsr.files import MESH_SUFFIXES, write_mesh
 from nsr.pl.graph import PLGraph
 
@@ -329,8 +330,12 @@ def _measure(mesh: ExactMesh, net: PLGraph) -> None:
         s["max_abs_f"] = s["mean_abs_f"] = 0.0
         return
     n64 = net.to(device="cpu", dtype=torch.float64)
+    x = torch.as_tensor(mesh.vertices)
+    # in blocks: a wide network's layer over a million vertices would take gigabytes at once
+    row = 8 * 3 * max(net.widths, default=1)
     with torch.no_grad():
-        f = (n64(torch.as_tensor(mesh.vertices)) - mesh.level).abs()
+        f = torch.cat([n64(x[sl]).reshape(-1) for sl in _chunks(len(x), row, x.device)])
+        f = (f - mesh.level).abs()
     if mesh.dim == 3 and mesh.polygon_is_cap.any():
         # cap-only vertices are not on the level set; measure those of surface polygons
         surf = np.unique(np.concatenate([p for p, c in zip(mesh.polygons, mesh.polygon_is_cap) if not c]

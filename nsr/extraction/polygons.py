@@ -538,13 +538,17 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
         before = torch.gather(e, 1, (ar[None] - 1) % m.clamp(min=1)[:, None])
         f, i = torch.nonzero(ar[None] < m[:, None], as_tuple=True)
         trip = torch.sort(torch.stack([support[f], before[f, i], e[f, i]], 1), 1).values
-        pk = key[f, :words].clone()
+        # a corner's name: its region's pattern with the bits of its three constraints cleared, then
+        # the three ids, written in place (a wide network's corner patterns are most of the memory)
+        rows = torch.empty(len(f), words + 3, dtype=key.dtype, device=dev)
+        pk = rows[:, :words]
+        pk.copy_(key[f, :words])
+        rows[:, words:] = trip
         for col in range(3):
             c = trip[:, col]
-            rows = torch.nonzero(layout.kind(c) == NEURON).squeeze(1)
-            wd, mk = bit_values(layout.neuron_index(c[rows]))
-            pk[rows, wd] &= ~mk
-        rows = torch.cat([pk, trip], 1)
+            at = torch.nonzero(layout.kind(c) == NEURON).squeeze(1)
+            wd, mk = bit_values(layout.neuron_index(c[at]))
+            pk[at, wd] &= ~mk
     order, vid = group_equal_rows(rows)
     n_v = int(vid.max()) + 1
     entry_vertex = torch.empty_like(vid)
