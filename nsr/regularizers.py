@@ -1499,6 +1499,7 @@ def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> S
     falls back to ``extract_mesh``, which then resolves it in surface mode)."""
     from nsr.extraction.polygons import weld_tracks
     from nsr.extraction.surface import track_polygons
+    from nsr.extraction.tracking import track_patterns
 
     pl = pl.to(dtype=torch.float64)
     tr, why = track_polygons(pl, np.asarray(bounds, dtype=np.float64), level, seeds=seeds)
@@ -1508,7 +1509,7 @@ def _track_structure(pl: Any, bounds: np.ndarray, seeds: Any, level: float) -> S
         return None
     w = weld_tracks(pl, tr)
     return SurfaceStructure.from_polygons(w["vertices"], w["cycles"], w["vertex_constraints"],
-                                          w["vertex_patterns"], tr["patterns"],
+                                          w["vertex_patterns"], track_patterns(tr),
                                           torch.as_tensor(bounds, dtype=torch.float64, device=pl.device))
 
 

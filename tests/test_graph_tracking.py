@@ -20,7 +20,7 @@ from nsr import geometry as G
 from nsr import regularizers as R
 from nsr.extraction.polygons import weld_tracks
 from nsr.extraction.surface import extract_mesh, track_polygons
-from nsr.extraction.tracking import region_constraints, track_surface
+from nsr.extraction.tracking import region_constraints, track_patterns, track_surface
 from nsr.networks import PLNetwork
 from nsr.pl import INPUT, Affine, Layer, NotPiecewiseAffineError, PLGraph, ResidualMLP, SkipMLP, trace
 
@@ -215,7 +215,7 @@ def test_track_mode_on_graphs_equals_surface_mode_on_the_equivalent_mlp(kind):
     assert off_box.numel() == 0 or float(off_box.max()) <= 1e-12
     # each polygon's pattern is the graph's pattern at its centroid
     cent = torch.stack([x[c].mean(0) for c in (torch.as_tensor(c) for c in cycles)])
-    assert torch.equal(torch.cat(g.patterns(cent), 1), tr["patterns"])
+    assert torch.equal(torch.cat(g.patterns(cent), 1), track_patterns(tr))
 
 
 def test_region_constraints_use_the_slopes():

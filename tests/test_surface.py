@@ -514,3 +514,28 @@ def test_track_mode_stops_at_the_memory_budget():
     with pytest.raises(MemoryError, match="surface mode.*Track mode, tried instead by mode='auto': track mode stopped"):
         with pytest.warns(UserWarning, match="does not fit in memory_limit"):
             extract_mesh(net, box, mode="auto", progress=False, memory_limit=need / 2)
+
+
+@pytest.mark.parametrize("mode", ["surface", "track"])
+def test_meshes_keep_patterns_packed_until_read(mode):
+    """Extraction stores the mesh's activation patterns as bits (8x less memory on wide networks);
+    read, they are each polygon's pattern at its centroid and, at each vertex, agree with the sign
+    of every neuron not zero there (the network evaluated directly)."""
+    from nsr.extraction.mesh import PackedPatterns
+    from nsr.pl import as_graph
+
+    net = _centered(3, [16, 16, 16], seed=5)
+    mesh = extract_mesh(net, (-1, 1), mode=mode, progress=False)
+    assert len(mesh.polygons) > 50
+    assert isinstance(mesh.__dict__["_polygon_patterns"], PackedPatterns)
+    assert isinstance(mesh.__dict__["_vertex_patterns"], PackedPatterns)
+    assert "polygons=" in repr(mesh) and isinstance(mesh.__dict__["_vertex_patterns"], PackedPatterns)
+    graph = as_graph(net).to(dtype=torch.float64)
+    cent = torch.as_tensor(np.stack([mesh.vertices[p].mean(0) for p in mesh.polygons]))
+    want = torch.cat(graph.patterns(cent), 1).numpy()
+    assert mesh.polygon_patterns.dtype == bool and np.array_equal(mesh.polygon_patterns, want)
+    x = torch.as_tensor(mesh.vertices)
+    z = torch.cat([graph.preactivations(x, layer) for layer in range(len(graph.widths))], 1).numpy()
+    sure = np.abs(z) > 1e-9
+    assert np.array_equal(mesh.vertex_patterns[sure], (z > 0)[sure])
+    assert (~sure).sum(1).max() >= 1  # every vertex lies on neurons: some entries are decided by the region

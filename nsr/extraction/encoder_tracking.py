@@ -731,7 +731,7 @@ def _track_encoder_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, level: f
     key = cat("key", torch.zeros(0, width, dtype=i64, device=dev), 0)
     return {
         "key": key,
-        "patterns": unpack_bits(key[:, :words], torch.arange(n, device=dev)),
+        "n_neurons": n,
         "slabs": key[:, words:words + n_fam],
         "support": key[:, -1],
         "edges": cat("edges", torch.zeros(0, 0, dtype=i64, device=dev), -1),

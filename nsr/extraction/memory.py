@@ -146,12 +146,12 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
 
 
 # Peak memory of track mode, per byte the walks keep (polygons found, keys visited) and per byte
-# of activation pattern (one per neuron per polygon; the mesh keeps them unpacked for its polygons
-# and vertices): the concatenation after the last round, corner names, welding and triangles.
+# of activation pattern (one per neuron per polygon; corner names carry them packed while welding,
+# and the mesh keeps them packed): the concatenation after the last round, welding and triangles.
 # Fitted on plain, skip and grid networks of 67k-928k polygons (experiments/track_memory.py; the
 # measured peaks and these estimates are in experiments/RESULTS.md).
 _TRACK_HELD_FACTOR = 6
-_TRACK_PATTERN_FACTOR = 3
+_TRACK_PATTERN_FACTOR = 2
 
 
 def tensors_bytes(tensors: Any) -> int:
@@ -182,8 +182,9 @@ def tensors_bytes(tensors: Any) -> int:
 def _check_track_memory(held: int, n_polygons: int, n_neurons: int, temporaries: int, limit: float | None) -> int:
     """Stop track mode before its polygons outgrow ``limit`` bytes; the bytes it is expected to need.
 
-    ``held`` counts what the walks keep; the activation patterns unpacked at the end add one byte
-    per neuron per polygon, and the largest batch of walks its ``temporaries``.
+    ``held`` counts what the walks keep, each polygon's activation pattern (``n_neurons`` bits,
+    carried by its corners while welding) adds in proportion, and the largest batch of walks its
+    ``temporaries``.
     """
     need = _TRACK_HELD_FACTOR * held + _TRACK_PATTERN_FACTOR * n_polygons * n_neurons + temporaries
     if limit is not None and need > limit:

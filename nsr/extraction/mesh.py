@@ -18,6 +18,73 @@ from nsr.pl.graph import PLGraph
 EXPORT_SUFFIXES = MESH_SUFFIXES
 
 
+@dataclass(frozen=True)
+class PackedPatterns:
+    """Activation patterns kept as bits, as extraction packs them: pattern bit ``k`` of row ``m``
+    is bit ``start + k`` of ``words[m]`` (bit ``i`` is bit ``i % 64`` of word ``i // 64``), for
+    ``k < count``. A wide network's exact mesh keeps its patterns this way, 8x smaller than bool
+    (2,048 neurons and 1.4 M polygons: ~8 GB of bool); :class:`ExactMesh` unpacks them when read.
+
+    Parameters
+    ----------
+    words : (M, W) int64 ndarray
+        The packed sets (:func:`nsr.extraction.bits.pack_bits`).
+    start : int
+        The bit of the first pattern entry (the constraints numbered before the neurons).
+    count : int
+        Pattern entries per row (the number of neurons).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> words = np.array([[0b1011], [-(1 << 63)]], dtype=np.int64)  # the second: bit 63 alone
+    >>> PackedPatterns(words, start=1, count=3).unpack().tolist()
+    [[True, False, True], [False, False, False]]
+    >>> PackedPatterns(words, start=60, count=4).unpack()[1].tolist()
+    [False, False, False, True]
+    """
+
+    words: np.ndarray
+    start: int
+    count: int
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def unpack(self) -> np.ndarray:
+        """The patterns as a ``(M, count)`` bool array.
+
+        Returns
+        -------
+        (M, count) bool ndarray
+        """
+        # little-endian bytes: bit i of a word is bit i % 8 of its byte i // 8
+        words = np.ascontiguousarray(self.words, dtype="<i8")
+        bits = np.unpackbits(words.view(np.uint8), axis=1, count=self.start + self.count, bitorder="little")
+        return np.ascontiguousarray(bits[:, self.start:]).view(bool)
+
+
+class _Patterns:
+    """An :class:`ExactMesh` field of activation patterns: set as a bool array or as
+    :class:`PackedPatterns`, read as a bool array (unpacked on the first read, then kept)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass default: no patterns
+        value = obj.__dict__.get(self._slot)
+        if value is None:
+            return np.zeros((0, 0), dtype=bool)
+        if isinstance(value, PackedPatterns):
+            value = obj.__dict__[self._slot] = value.unpack()
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._slot] = value
+
+
 @dataclass
 class ExactMesh:
     """An exact level-set mesh.
@@ -60,10 +127,11 @@ class ExactMesh:
         D = 2: vertex paths; a closed loop repeats its first vertex.
     vertex_constraints : (V, D) int64 ndarray
         The constraints each vertex lies on.
-    vertex_patterns : (V, N) bool ndarray
-        An activation pattern valid at each vertex.
-    polygon_patterns : (P, N) bool ndarray
-        The activation pattern of each polygon's linear region.
+    vertex_patterns : (V, N) bool ndarray or PackedPatterns
+        An activation pattern valid at each vertex (read as a bool array; extraction stores them
+        packed, unpacked on the first read).
+    polygon_patterns : (P, N) bool ndarray or PackedPatterns
+        The activation pattern of each polygon's linear region (as ``vertex_patterns``).
     polygon_is_cap : (P,) bool ndarray
         Polygons on the box faces (``close=True``).
     stats : dict
@@ -89,10 +157,20 @@ class ExactMesh:
     triangle_polygon: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     polylines: list[np.ndarray] = field(default_factory=list)
     vertex_constraints: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
-    vertex_patterns: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
-    polygon_patterns: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=bool))
+    vertex_patterns: np.ndarray = _Patterns()  # type: ignore[assignment]
+    polygon_patterns: np.ndarray = _Patterns()  # type: ignore[assignment]
     polygon_is_cap: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # counts, not arrays: printing a mesh should not unpack gigabytes of patterns
+        parts = [f"dim={self.dim}", f"vertices={len(self.vertices):,}"]
+        parts += [f"polygons={len(self.polygons):,}", f"triangles={len(self.triangles):,}"] if self.dim == 3 else \
+            [f"polylines={len(self.polylines):,}"]
+        parts.append(f"level={self.level!r}")
+        if "mode" in self.stats:
+            parts.append(f"mode={self.stats['mode']!r}")
+        return f"ExactMesh({', '.join(parts)})"
 
     @property
     def dim(self) -> int:

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nsr.extraction.bits import bit_values, group_equal_rows, unpack_bits
+from nsr.extraction.bits import bit_values, group_equal_rows, n_words, unpack_bits
 from nsr.extraction.complex import PolyhedralComplex
 from nsr.extraction.guards import no_tf32
-from nsr.extraction.mesh import ExactMesh, _measure
+from nsr.extraction.mesh import ExactMesh, PackedPatterns, _measure
 from nsr.extraction.tolerances import facet_tolerances
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork
@@ -306,8 +306,11 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     cycles = torch.where(cycles >= 0, remap[cycles.clamp(min=0)], cycles)
     verts = wx[usedv]
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
-    vpat = unpack_bits(arr.vpos[wrep[usedv]], torch.arange(layout.neuron_offset, out, device=dev))
-    return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, patterns, is_cap, n_invalid)
+    n_pat = out - layout.neuron_offset
+    del patterns  # the mesh keeps them packed
+    vpat = _packed(arr.vpos[wrep[usedv]], layout.neuron_offset, n_pat)
+    return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, _packed(f_pos, layout.neuron_offset, n_pat), is_cap,
+                         n_invalid)
 
 
 def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Tensor, gz: Tensor, internal: Tensor,
@@ -393,8 +396,18 @@ def _rows_to_list(rows: np.ndarray) -> list[np.ndarray]:
     return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
+def _packed(words: Tensor, start: int, count: int) -> PackedPatterns:
+    """Patterns packed in ``words`` ``(M, W)`` (bits ``start .. start + count - 1``) for an :class:`ExactMesh`."""
+    return PackedPatterns(words.cpu().numpy(), start, count)
+
+
+def _numpy_patterns(patterns: Tensor | PackedPatterns) -> np.ndarray | PackedPatterns:
+    return patterns if isinstance(patterns, PackedPatterns) else patterns.cpu().numpy()
+
+
 def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, vertex_constraints: Tensor,
-                  vertex_patterns: Tensor, polygon_patterns: Tensor, is_cap: Tensor, n_invalid: int) -> ExactMesh:
+                  vertex_patterns: Tensor | PackedPatterns, polygon_patterns: Tensor | PackedPatterns, is_cap: Tensor,
+                  n_invalid: int) -> ExactMesh:
     """An :class:`ExactMesh` of oriented vertex cycles ``(P, L)`` (-1 padded), fan-triangulated."""
     tris, owner = fan_triangles(cycles)
     mesh = ExactMesh(
@@ -405,8 +418,8 @@ def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, v
         triangles=tris.cpu().numpy(),
         triangle_polygon=owner.cpu().numpy(),
         vertex_constraints=vertex_constraints.cpu().numpy(),
-        vertex_patterns=vertex_patterns.cpu().numpy(),
-        polygon_patterns=polygon_patterns.cpu().numpy(),
+        vertex_patterns=_numpy_patterns(vertex_patterns),
+        polygon_patterns=_numpy_patterns(polygon_patterns),
         polygon_is_cap=is_cap.cpu().numpy(),
     )
     mesh.stats["invalid_faces"] = n_invalid
@@ -472,8 +485,8 @@ def _polylines(
         level=level,
         polylines=[remap[np.asarray(p)] for p in lines],
         vertex_constraints=_plane_to_constraint(gz[wrep[torch.as_tensor(usedv)]], arr.grid).numpy(),
-        vertex_patterns=unpack_bits(arr.vpos[wrep[torch.as_tensor(usedv)]],
-                                    torch.arange(layout.neuron_offset, out)).numpy(),
+        vertex_patterns=_packed(arr.vpos[wrep[torch.as_tensor(usedv)]], layout.neuron_offset,
+                                out - layout.neuron_offset),
     )
 
 
@@ -481,22 +494,23 @@ def _mesh_from_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], bounds: np.n
     """Weld walked polygons (:func:`nsr.extraction.tracking.track_surface`) into an :class:`ExactMesh`."""
     if len(tr["key"]) == 0:
         return _empty(bounds, level, 3, net.n_neurons)
-    w = weld_tracks(net, tr)
+    w = weld_tracks(net, tr, unpack=False)
     layout = tr.get("layout") or ConstraintLayout.of(net)  # with an encoder: its planes are numbered too
+    n, words = net.n_neurons, n_words(max(net.n_neurons, 1))
     return _polygon_mesh(w["vertices"], w["cycles"], bounds, level, w["vertex_constraints"],
-                         w["vertex_patterns"], tr["patterns"], tr["support"] != layout.output,
-                         tr["stats"]["failed_walks"])
+                         _packed(w["vertex_pattern_words"], 0, n), _packed(tr["key"][:, :words], 0, n),
+                         tr["support"] != layout.output, tr["stats"]["failed_walks"])
 
 
-def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tensor]:
+def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], unpack: bool = True) -> dict[str, Tensor]:
     """Weld the polygons walked by :func:`nsr.extraction.tracking.track_surface` into shared vertices.
 
     Vertex ``i`` of a polygon lies on its support and on the constraints of edges ``i - 1``
     and ``i``; with the bits of those neurons cleared from the region's pattern (the regions
     around the vertex differ only there), the three ids and the pattern identify it exactly.
     Returns tensors: ``vertices`` ``(V, 3)`` float64, ``cycles`` ``(P, L)`` long (-1 padded,
-    oriented along each polygon's ``normal``), ``vertex_constraints`` ``(V, 3)`` long and
-    ``vertex_patterns`` ``(V, N)`` bool.
+    oriented along each polygon's ``normal``), ``vertex_constraints`` ``(V, 3)`` long,
+    ``vertex_pattern_words`` ``(V, W)`` int64 (packed) and ``vertex_patterns`` ``(V, N)`` bool.
 
     Parameters
     ----------
@@ -505,11 +519,14 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     tr : dict
         The output of :func:`track_polygons` (:func:`nsr.extraction.tracking.track_surface`):
         ``key``, ``edges``, ``length``, ``support``, ``vertices``, ``normal``.
+    unpack : bool
+        Also return ``vertex_patterns`` unpacked (bool); without it, only the packed words.
 
     Returns
     -------
     dict of str to Tensor
-        ``vertices``, ``cycles``, ``vertex_constraints``, ``vertex_patterns``.
+        ``vertices``, ``cycles``, ``vertex_constraints``, ``vertex_pattern_words`` and, with
+        ``unpack``, ``vertex_patterns``.
 
     Examples
     --------
@@ -559,8 +576,10 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any]) -> dict[str, Tenso
     cycles = torch.full((len(key), lmax), -1, dtype=torch.int64, device=dev)
     cycles[f, i] = entry_vertex
     cycles = _orient(cycles, x, tr["normal"].double())
-    return {"vertices": x, "cycles": cycles, "vertex_constraints": trip[rep],
-            "vertex_patterns": unpack_bits(pk[rep], torch.arange(n, device=dev))}
+    out = {"vertices": x, "cycles": cycles, "vertex_constraints": trip[rep], "vertex_pattern_words": pk[rep]}
+    if unpack:
+        out["vertex_patterns"] = unpack_bits(out["vertex_pattern_words"], torch.arange(n, device=dev))
+    return out
 
 
 def _empty(bounds: np.ndarray, level: float, d: int, n: int) -> ExactMesh:

@@ -367,7 +367,8 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
     -------
     tracks : dict or None
         The walked polygons (``key``, ``edges``, ``length``, ``support``, ``vertices``,
-        ``normal``, ``patterns``, ``stats``), for :func:`weld_tracks`.
+        ``normal``, ``n_neurons``, ``stats``), for :func:`weld_tracks`; the polygons' patterns by
+        :func:`nsr.extraction.tracking.track_patterns`.
     why : str
         Empty, or why track mode cannot answer.
 

@@ -523,7 +523,8 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     """Grow the polygons of the level set (and, with ``close``, the box caps) from seed points.
 
     ``net`` and ``bounds`` ``(D, 2)`` share dtype and device; ``seeds`` ``(M, D)``. Returns a
-    dict of tensors: ``patterns`` ``(P, N)`` bool, ``support`` ``(P,)`` (the level-set
+    dict of tensors: ``key`` ``(P, W + 1)`` (the region's pattern packed in ``W`` words, read by
+    :func:`track_patterns`, and the support), ``support`` ``(P,)`` (the level-set
     constraint for surface polygons, a box facet for caps), ``edges`` ``(P, L)`` constraint per
     edge, ``vertices`` ``(P, L, D)``, ``length`` ``(P,)`` and ``normal`` ``(P, D)`` (the plane's
     normal pointing from ``f < level`` to ``f > level``, outward for caps), plus counts in
@@ -659,7 +660,7 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     normal = torch.cat(found["normal"]) if found["normal"] else torch.zeros(0, D, dtype=net.dtype, device=dev)
     return {
         "key": key,
-        "patterns": unpack_bits(key[:, :words], torch.arange(n, device=dev)),
+        "n_neurons": n,
         "support": key[:, words],
         "edges": edges,
         "vertices": verts,
@@ -669,6 +670,34 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
                   "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate,
                   "memory_estimate_mb": need / 2**20},
     }
+
+
+def track_patterns(tr: dict[str, Any]) -> Tensor:
+    """The activation pattern of each polygon of :func:`track_surface` ``(P, N)`` bool, unpacked
+    from its key (the walks keep them packed: a wide network's patterns unpacked are several
+    gigabytes).
+
+    Parameters
+    ----------
+    tr : dict
+        The output of :func:`track_surface` (``key``, ``n_neurons``).
+
+    Returns
+    -------
+    (P, N) bool Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> net = octahedron_network()
+    >>> box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    >>> tr = track_surface(net, box, grid_seeds(net, box, resolution=4))
+    >>> bool((track_patterns(tr) == activation_patterns(net, tr["vertices"][:, :3].mean(1))).all())
+    True
+    """
+    n = tr["n_neurons"]
+    return unpack_bits(tr["key"][:, :n_words(max(n, 1))], torch.arange(n, device=tr["key"].device))
 
 
 def _bar(enabled: bool) -> Any:
