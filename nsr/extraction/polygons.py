@@ -401,12 +401,8 @@ def _packed(words: Tensor, start: int, count: int) -> PackedPatterns:
     return PackedPatterns(words.cpu().numpy(), start, count)
 
 
-def _numpy_patterns(patterns: Tensor | PackedPatterns) -> np.ndarray | PackedPatterns:
-    return patterns if isinstance(patterns, PackedPatterns) else patterns.cpu().numpy()
-
-
 def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, vertex_constraints: Tensor,
-                  vertex_patterns: Tensor | PackedPatterns, polygon_patterns: Tensor | PackedPatterns, is_cap: Tensor,
+                  vertex_patterns: PackedPatterns, polygon_patterns: PackedPatterns, is_cap: Tensor,
                   n_invalid: int) -> ExactMesh:
     """An :class:`ExactMesh` of oriented vertex cycles ``(P, L)`` (-1 padded), fan-triangulated."""
     tris, owner = fan_triangles(cycles)
@@ -418,8 +414,8 @@ def _polygon_mesh(x: Tensor, cycles: Tensor, bounds: np.ndarray, level: float, v
         triangles=tris.cpu().numpy(),
         triangle_polygon=owner.cpu().numpy(),
         vertex_constraints=vertex_constraints.cpu().numpy(),
-        vertex_patterns=_numpy_patterns(vertex_patterns),
-        polygon_patterns=_numpy_patterns(polygon_patterns),
+        vertex_patterns=vertex_patterns,
+        polygon_patterns=polygon_patterns,
         polygon_is_cap=is_cap.cpu().numpy(),
     )
     mesh.stats["invalid_faces"] = n_invalid

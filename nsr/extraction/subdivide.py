@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 CULL_ENCODER_PLANES = True
 # Drop the cells of the encoder's planes whose output provably misses the level before layer 0 (surface mode).
 PRUNE_ENCODER_CELLS = True
-# The first layer pruned region by region (see subdivide's comment where it is read).
-FIRST_REGION_LAYER = 2
 
 
 def subdivide(
@@ -201,7 +199,7 @@ def subdivide(
                     sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
                 # not before layer 2: after one layer the regions are many and far from the output, so
                 # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
-                by_region = keep_negative is None and layer >= max(FIRST_REGION_LAYER, out_layer - region_layers)
+                by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
                 if not by_region:  # per-region bounds subsume the tile's
                     alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges,
                                              tol_out)
