@@ -377,3 +377,36 @@ def test_regularizers_refuse_what_has_no_live_graph():
     smooth = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
     with pytest.raises(NotPiecewiseAffineError, match="SiLU"):
         _ = R.ExactSurface(smooth, None).params
+
+
+@pytest.mark.parametrize("kind", ["skip", "residual", "leaky", "abs"])
+def test_grouped_region_maps_equal_per_region_maps(kind, monkeypatch):
+    # wide networks share each layer's map among regions with equal earlier patterns; points in
+    # small clusters give regions that share their first layers' patterns, as neighbours do
+    import nsr.extraction.tracking as T
+
+    g = _random_graph(kind, [24, 24, 24], 5)
+    gen = torch.Generator().manual_seed(2)
+    centres = torch.rand(12, D, generator=gen, dtype=torch.float64) * 2 - 1
+    x = (centres[:, None] + 0.02 * torch.randn(12, 40, D, generator=gen, dtype=torch.float64)).reshape(-1, D)
+    per_layer = g.patterns(x)
+    monkeypatch.setattr(T, "_GROUP_MIN_MACS", 0)
+    groups = T._prefix_groups(g, per_layer)
+    assert groups is not None
+    # the groups share something (else the test would not test sharing), and only equal prefixes
+    assert len(groups[1][0]) < len(x) and len(groups[2][0]) < len(x)
+    pats = torch.cat(per_layer, 1)
+    for l, (rep, inv) in enumerate(groups):
+        n_before = sum(g.widths[:l])
+        assert torch.equal(pats[:, :n_before], pats[rep[inv], :n_before])
+    grouped = g.region_maps(per_layer, augmented=True, groups=groups)
+    plain = g.region_maps(per_layer, augmented=True)
+    for l, (m, p) in enumerate(zip(grouped, plain, strict=True)):
+        assert torch.allclose(m[groups[l][1]] if len(m) > 1 else m.expand(len(x), -1, -1), p, rtol=0, atol=1e-13), l
+    # and the constraints they give equal the graph evaluated at the points (not its maps)
+    cons = region_constraints(g, pats, torch.as_tensor(BOX), 0.0)
+    monkeypatch.setattr(T, "_GROUP_MIN_MACS", 10**12)
+    assert torch.allclose(cons, region_constraints(g, pats, torch.as_tensor(BOX), 0.0), rtol=0, atol=1e-13)
+    slack = torch.bmm(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)[:, None], cons)[:, 0]
+    sign = torch.cat([pats.double() * 2 - 1, -torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    assert torch.allclose(slack[:, 2 * D:], _all_preactivations(g, x) * sign, atol=1e-12)

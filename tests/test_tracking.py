@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from nsr.extraction import tracking
 from nsr.extraction.surface import extract_mesh
-from nsr.extraction.tracking import activation_patterns, grid_seeds, region_constraints
+from nsr.extraction.tracking import (
+    activation_patterns,
+    grid_seeds,
+    region_constraints,
+    track_patterns,
+    track_surface,
+    walk_polygons,
+)
 from nsr.networks import PLNetwork, cube_network, octahedron_network
 from tests.test_surface import _centered
 
@@ -184,9 +192,11 @@ def _many_gon_network(k: int, r: float = 0.3) -> PLNetwork:
     return PLNetwork([w1, w2], [b1, torch.tensor([-10.0], dtype=torch.float64)])
 
 
-def test_a_polygon_of_many_edges_is_walked_whole():
-    # 40 edges: the walk's per-edge buffers start 16 wide and must grow twice
-    k, r = 40, 0.3
+@pytest.mark.parametrize("k", [40, 200])
+def test_a_polygon_of_many_edges_is_walked_whole(k):
+    # 40 edges: the walk's per-edge buffers start 16 wide and must grow twice; 200 edges: more
+    # than the walk's candidate constraints (64), so the walk among them must be found wanting
+    r = 0.3
     net = _many_gon_network(k, r)
     mesh = extract_mesh(net, (-1, 1), mode="track", progress=False)
     assert mesh.stats["mode"] == "track"
@@ -198,3 +208,59 @@ def test_a_polygon_of_many_edges_is_walked_whole():
     want = np.stack([np.cos(a), np.sin(a), np.zeros(k)], 1) * np.array([r / np.cos(np.pi / k)] * 2 + [1.0])
     got = mesh.vertices[big[0]]
     assert np.abs(got[:, None] - want[None]).max(-1).min(1).max() < 1e-12
+
+
+@pytest.mark.parametrize("k", [3, 8, 64])
+def test_walks_among_the_nearest_constraints_equal_full_walks(k, monkeypatch):
+    # a region of a 3x48 network has 151 constraints; a walk among the k nearest to its start
+    # is kept only where it provably is the full walk, the others are walked again over all
+    net = _centered(3, [48, 48, 48], 4)
+    box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    tr = track_surface(net, box, grid_seeds(net, box, 16))
+    m = tr["length"]
+    assert len(m) > 1000
+    rows = torch.arange(len(m))
+    support, prev, cur = tr["support"], tr["edges"][rows, m - 1], tr["edges"][:, 0]
+    g = region_constraints(net, track_patterns(tr), box, 0.0)
+    assert g.shape[2] > 2 * k or k == 64
+    tol = 256 * torch.finfo(torch.float64).eps * float((box[:, 1] - box[:, 0]).norm())
+    full = walk_polygons(g, support, prev, cur, tol, candidates=None)
+    calls = []
+    walk_all = tracking._walk_all
+
+    def counted(gg, *args):
+        calls.append(len(gg))
+        return walk_all(gg, *args)
+
+    monkeypatch.setattr(tracking, "_walk_all", counted)
+    near = walk_polygons(g, support, prev, cur, tol, candidates=k)
+    assert len(calls) in (1, 2) and calls[0] == len(m)
+    redone = calls[1] if len(calls) == 2 else 0
+    if k == 3:  # three candidates hold only the start's own planes: every walk is redone
+        assert redone == len(m)
+    if k == 8:  # both branches taken
+        assert 0 < redone < len(m)
+    width = max(full[0].shape[1], near[0].shape[1])
+    assert torch.equal(tracking._pad(full[0], width, -1), tracking._pad(near[0], width, -1))
+    assert torch.equal(tracking._pad(full[1], width, 0.0), tracking._pad(near[1], width, 0.0))
+    assert torch.equal(full[2], near[2]) and torch.equal(full[3], near[3])
+    assert bool((full[2] == m).all())  # and both are the polygons track mode walked
+
+
+def test_welded_vertices_do_not_depend_on_the_order_of_the_walks():
+    # a corner is computed by each of its polygons from that region's planes (equal to rounding);
+    # the mesh takes one copy by a rule of the polygons' keys, not of the order they were walked in
+    from nsr.extraction.polygons import weld_tracks
+
+    net = _centered(3, [24, 24, 24], 6)
+    box = torch.tensor([[-1.0, 1.0]] * 3, dtype=torch.float64)
+    tr = track_surface(net, box, grid_seeds(net, box, 16))
+    perm = torch.randperm(len(tr["length"]), generator=torch.Generator().manual_seed(0))
+    shuffled = {k: (v[perm] if isinstance(v, torch.Tensor) and v.ndim and len(v) == len(perm) else v)
+                for k, v in tr.items()}
+    a, b = weld_tracks(net, tr), weld_tracks(net, shuffled)
+    va, vb = a["vertices"].numpy(), b["vertices"].numpy()
+    copies = tr["vertices"][torch.arange(tr["vertices"].shape[1])[None] < tr["length"][:, None]].numpy()
+    # the test means something: some corner has copies that differ in their last bits
+    assert len(np.unique(copies, axis=0)) > len(va)
+    assert np.array_equal(np.unique(va, axis=0), np.unique(vb, axis=0))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nsr.extraction.bits import bit_values, group_equal_rows, n_words, unpack_bits
+from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words, unpack_bits
 from nsr.extraction.complex import PolyhedralComplex
 from nsr.extraction.guards import no_tf32
 from nsr.extraction.mesh import ExactMesh, PackedPatterns, _measure
@@ -566,8 +566,15 @@ def weld_tracks(net: PLGraph | PLNetwork, tr: dict[str, Any], unpack: bool = Tru
     n_v = int(vid.max()) + 1
     entry_vertex = torch.empty_like(vid)
     entry_vertex[order] = vid
+    # Each polygon computed the corner from its own region's planes (equal to rounding); take
+    # the copy of the polygon with the smallest key hash, so that the mesh does not depend on
+    # the order in which the polygons were walked.
+    h = hash_rows(key)[f]
+    best = torch.full((n_v,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+    best.scatter_reduce_(0, entry_vertex, h, "amin")
+    pick = torch.nonzero(h == best[entry_vertex]).squeeze(1)
     rep = torch.zeros(n_v, dtype=torch.int64, device=dev)
-    rep[vid] = order
+    rep[entry_vertex[pick]] = pick
     x = tr["vertices"][f, i][rep].double()
     cycles = torch.full((len(key), lmax), -1, dtype=torch.int64, device=dev)
     cycles[f, i] = entry_vertex

@@ -38,6 +38,7 @@ Constraint ids follow :class:`nsr.pl.layout.ConstraintLayout` (as :class:`nsr.ex
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -159,16 +160,50 @@ def region_constraints(net: PLGraph, patterns: Tensor, bounds: Tensor, level: fl
     facets[D, 1::2] = hi
     g = torch.empty(bsz, D + 1, lay.n_constraints, dtype=dt, device=dev)
     g[:, :, :lay.n_box] = facets
-    # (B, D+1, n_l) per layer, then the output; the maps multiply by the slopes (0/1 for ReLU),
-    # never by (sign + 1) / 2, which would round
-    maps = graph.region_maps(list(torch.split(patterns, graph.widths, 1)), augmented=True)
+    # (B, D+1, n_l) per layer (per group of regions on wide networks), then the output; the maps
+    # multiply by the slopes (0/1 for ReLU), never by (sign + 1) / 2, which would round
+    per_layer = list(torch.split(patterns, graph.widths, 1))
+    groups = _prefix_groups(graph, per_layer)
+    maps = graph.region_maps(per_layer, augmented=True, groups=groups)
     sign = patterns.to(dt) * 2 - 1  # (B, N): +1 active, -1 inactive
-    for l, z in enumerate(maps[:-1]):
-        c0, c1 = lay.neuron(l), lay.neuron(l + 1)
-        torch.mul(z, sign[:, None, c0 - lay.neuron_offset:c1 - lay.neuron_offset], out=g[:, :, c0:c1])
-    g[:, :, lay.output] = -maps[-1][:, :, 0]
+    for l, z in enumerate(maps):
+        cols = slice(lay.neuron(l), lay.neuron(l + 1)) if l < len(maps) - 1 else slice(lay.output, lay.output + 1)
+        if groups is not None:
+            z = z.index_select(0, groups[l][1]) if len(z) > 1 else z.expand(bsz, -1, -1)
+        if l < len(maps) - 1:
+            torch.mul(z, sign[:, None, cols.start - lay.neuron_offset:cols.stop - lay.neuron_offset], out=g[:, :, cols])
+        else:
+            g[:, :, cols] = -z  # (broadcast from one row when there is no hidden layer)
     g[:, D, lay.output] += level
     return g
+
+
+# A layer's maps are shared by regions with equal earlier patterns when its GEMM costs at least
+# this many multiply-adds per region (grouping costs a hash and a sort of the patterns).
+_GROUP_MIN_MACS = 128 * 128
+
+
+def _prefix_groups(graph: PLGraph, patterns: list[Tensor]) -> list[tuple[Tensor, Tensor]] | None:
+    """For each map of :meth:`PLGraph.region_maps`, the groups of regions that share the
+    patterns of every earlier layer: ``(rep, inv)`` per entry (see its ``groups``), or ``None``
+    where no layer's GEMM is worth sharing (narrow networks)."""
+    n_in = [sum(graph.widths[k] for k in graph.affine(l).sources if k >= 0) for l in range(graph.n_layers + 1)]
+    if not patterns or max(n * w for n, w in zip(n_in[1:], graph.widths[1:] + [1], strict=True)) < _GROUP_MIN_MACS:
+        return None
+    dev = patterns[0].device
+    bsz = patterns[0].shape[0]
+    inv = torch.zeros(bsz, dtype=torch.int64, device=dev)
+    groups = [(inv[:1], inv)]
+    for l in range(graph.n_layers - 1):
+        rows = torch.cat([inv[:, None], pack_bits(patterns[l], n_words(max(graph.widths[l], 1)))], 1)
+        order, gid = group_equal_rows(rows)
+        inv = torch.empty_like(gid).scatter_(0, order, gid)
+        first = torch.ones(len(gid), dtype=torch.bool, device=dev)
+        first[1:] = gid[1:] != gid[:-1]
+        groups.append((order[first], inv))
+    every = torch.arange(bsz, device=dev)  # the output's map: regions differ in some earlier layer
+    groups.append((every, every))
+    return groups
 
 
 def _columns(g: Tensor, c: Tensor) -> Tensor:
@@ -236,13 +271,16 @@ def _first_hit(g: Tensor, x: Tensor, d: Tensor, exclude: Tensor, near: Tensor | 
     return idx, 1.0 / smax, degenerate
 
 
+# Walks go first among this many constraints nearest to their start (see _walk_nearest).
+CANDIDATES = 64
+
 # Per-edge outputs of the walks start this wide and double as polygons grow: most polygons have a
 # handful of edges, and buffers max_edges wide would dominate a batch's memory (and so shrink it).
 _FIRST_WIDTH = 16
 
 
-def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float = 0.0, max_edges: int = 256
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float = 0.0, max_edges: int = 256,
+                  candidates: int | None = CANDIDATES) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Walk the polygons of regions around their boundary.
 
     ``g`` ``(B, D+1, C)`` oriented constraints; the polygon lies on constraint ``support``
@@ -265,10 +303,10 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
         Distance under which a fourth plane makes a vertex degenerate.
     max_edges : int
         Longest polygon walked.
-    memory_limit : float, optional
-        Bytes the polygons (and the mesh still to be built from them) may need before a
-        ``MemoryError``; default 80% of the available memory. ``stats["memory_estimate_mb"]``
-        is that need at the end.
+    candidates : int, optional
+        Walk first among the ``candidates`` constraints nearest to the start vertex only, and
+        keep that walk where it provably equals the full one (see :func:`_walk_nearest`); the
+        others, and every walk when ``None`` or when ``C`` is not much larger, go over all ``C``.
 
     Returns
     -------
@@ -297,6 +335,14 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
             [ 0.0000, -0.5000,  0.0000],
             [ 0.0000,  0.0000,  0.5000]], dtype=torch.float64)
     """
+    if candidates is not None and g.shape[2] > 2 * candidates and g.shape[0]:
+        return _walk_nearest(g, support, prev, cur, tol, max_edges, candidates)
+    return _walk_all(g, support, prev, cur, tol, max_edges)
+
+
+def _walk_all(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float, max_edges: int
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`walk_polygons` over every constraint."""
     bsz = g.shape[0]
     dev, dt = g.device, g.dtype
     width = min(max_edges, _FIRST_WIDTH)
@@ -323,7 +369,7 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
         degenerate[idx[deg]] = True
         rr = _columns(ga, r)
         v = _vertex(rs, rq, rr)
-        closed = r == end
+        closed = (r == end) & torch.isfinite(t)  # no hit: argmax is 0, which may be end
         if bool(closed.any()):
             fin = idx[closed]
             edges[fin, step + 1] = end[closed]
@@ -342,6 +388,49 @@ def walk_polygons(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
             idx, end, s, p, q, v = idx[keep], end[keep], s[keep], p[keep], q[keep], v[keep]
             rs, rp, rq, ga, near = rs[keep], rp[keep], rq[keep], ga[keep], near[keep]
     edges[length == 0] = -1
+    return edges, verts, length, degenerate
+
+
+def _walk_nearest(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float, max_edges: int, k: int
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`walk_polygons` among the ``k`` constraints nearest to each start vertex ``v0``.
+
+    A wide network's region has one constraint per neuron, but its polygon meets a handful: on
+    a trained 4x256 (1,031 constraints) the planes within reach of a polygon (closer to ``v0``
+    than its farthest vertex) number 8 at the median and 49 at most. The walk among the nearest
+    ``k`` gives a polygon ``P_k`` that contains the true one; it *is* the true one when every
+    plane left out lies farther from ``v0`` than ``R + tol``, ``R`` the largest distance from
+    ``v0`` to a vertex of ``P_k``: such a plane misses the ball that holds ``P_k`` (``v0`` is on
+    its inner side), so it cuts nothing, and no vertex lies within ``tol`` of it (the
+    degeneracy test sees what the full walk sees). Constraints keep their order, so ties break
+    as in the full walk. Rows where the test fails (or the walk does not close) are walked
+    again over all constraints.
+    """
+    dt = g.dtype
+    ids = torch.stack([support, prev, cur], 1)
+    rows = [_columns(g, c) for c in (support, prev, cur)]
+    v0 = _vertex(*rows)
+    # distance of v0 to every plane (negative: v0 outside, which the selection keeps)
+    dist = _slacks(g, v0).div_(_normal_lengths(g).clamp_(min=torch.finfo(dt).tiny))
+    dist.scatter_(1, ids, -math.inf)
+    near_d, sel = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
+    cut = near_d[:, k]  # the nearest plane left out
+    sel, _ = torch.sort(sel[:, :k], 1)
+    sub = torch.gather(g, 2, sel[:, None, :].expand(-1, g.shape[1], -1))
+    local = torch.searchsorted(sel, ids)
+    edges, verts, length, degenerate = _walk_all(sub, local[:, 0], local[:, 1], local[:, 2], tol, max_edges)
+    edges = torch.where(edges >= 0, torch.gather(sel, 1, edges.clamp(min=0)), edges)
+    valid = torch.arange(edges.shape[1], device=g.device)[None] < length[:, None]
+    reach = ((verts - v0[:, None]).square().sum(2).sqrt() * valid).amax(1) if edges.shape[1] else cut * 0
+    # relative slack for the rounding of the distances themselves
+    scale = torch.finfo(dt).eps * 64 * (1.0 + v0.abs().amax(1))
+    redo = torch.nonzero((length == 0) | ~(cut > reach + tol + scale)).squeeze(1)
+    if len(redo):
+        e2, v2, m2, d2 = _walk_all(g[redo], support[redo], prev[redo], cur[redo], tol, max_edges)
+        width = max(edges.shape[1], e2.shape[1])
+        edges, e2 = _pad(edges, width, -1), _pad(e2, width, -1)
+        verts, v2 = _pad(verts, width, 0.0), _pad(v2, width, 0.0)
+        edges[redo], verts[redo], length[redo], degenerate[redo] = e2, v2, m2, d2
     return edges, verts, length, degenerate
 
 
@@ -589,8 +678,8 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     front_pc = torch.stack([prev, cur], 1)
     visited = _Visited(width, dev)
     found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": [], "normal": []}
-    # g and the walk's (B, C) temporaries
-    row = 4 * (D + 1) * (out + 1) * net.dtype.itemsize
+    # g, its maps, and the walk's (B, C) temporaries (distances, normal lengths, candidates)
+    row = (2 * (D + 1) + 3) * (out + 1) * net.dtype.itemsize
     rounds, failed, walked, degenerate = 0, 0, 0, 0
     # a fourth plane this close to a vertex makes its identity ambiguous
     tol = 256 * torch.finfo(net.dtype).eps * float((bounds[:, 1] - bounds[:, 0]).norm())
@@ -609,6 +698,9 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
         if not len(front_key):
             break
         visited.add(front_key, h)
+        # regions with equal first layers next to each other: a batch shares their maps
+        order = _lexicographic_order(front_key[:, :min(words, _SORT_WORDS)])
+        front_key, front_pc = front_key[order], front_pc[order]
         next_key, next_pc = [], []
         for sl in _chunks(len(front_key), row, dev, WALK_CHUNK_BYTES):
             key = front_key[sl]
@@ -670,6 +762,18 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
                   "regions_walked": walked, "failed_walks": failed, "degenerate_polygons": degenerate,
                   "memory_estimate_mb": need / 2**20},
     }
+
+
+# Words of a key sorted on before a round's walks (the first layers' neurons).
+_SORT_WORDS = 8
+
+
+def _lexicographic_order(rows: Tensor) -> Tensor:
+    """Order of ``rows`` ``(M, K)`` int64 sorted lexicographically (stable sorts, last column first)."""
+    order = torch.arange(len(rows), device=rows.device)
+    for k in range(rows.shape[1] - 1, -1, -1):
+        order = order[torch.sort(rows[order, k], stable=True)[1]]
+    return order
 
 
 def track_patterns(tr: dict[str, Any]) -> Tensor:

@@ -857,8 +857,8 @@ class PLGraph:
             values[l] = self.layers[l].activate(z)
         return out
 
-    def region_maps(self, patterns: Sequence[Tensor], points: Tensor | None = None, augmented: bool = False
-                    ) -> list:
+    def region_maps(self, patterns: Sequence[Tensor], points: Tensor | None = None, augmented: bool = False,
+                    groups: Sequence[tuple[Tensor, Tensor]] | None = None) -> list:
         """Affine maps of every layer's pre-activations, and of the output, on the regions with
         the given activation patterns ``patterns[l]`` ``(P, n_l)`` bool (one per layer, or fewer:
         then maps up to that layer only). Entry ``l`` is ``(A (P, n_l, D), c (P, n_l))`` with
@@ -882,6 +882,12 @@ class PLGraph:
             row ``D`` is ``c`` (the layout of the tracking and geometry kernels: one GEMM of
             ``(P (D + 1), n_k) x (n_k, n_l)`` per block). Entries may be expanded views: do not
             write into them.
+        groups : sequence of (rep (G_l,), inv (P,)) int64 Tensors, optional
+            With ``augmented``, one per entry: regions ``inv_l == i`` share the patterns of
+            every layer before ``l`` (so they share layer ``l``'s map) and ``rep_l[i]`` is one of
+            them. Entry ``l`` is then ``(G_l, D + 1, n_l)``, one map per group (``m[inv_l]`` per
+            region): neighbouring regions differ in a few neurons, and on a wide network most
+            of them share their first layers' patterns, so each GEMM runs once per group.
 
         Returns
         -------
@@ -906,6 +912,8 @@ class PLGraph:
         >>> g.region_maps(g.patterns(x), augmented=True)[0].shape  # (P, D + 1, n_0)
         torch.Size([5, 4, 8])
         """
+        if groups is not None:
+            return self._grouped_maps(patterns, groups)
         d = self.in_dim
         n_pat = patterns[0].shape[0] if patterns else (points.shape[0] if points is not None else 1)
         post: dict[int, Tensor] = {}  # (P, D + 1, n_k) maps of the post-activations of every source
@@ -940,6 +948,39 @@ class PLGraph:
             s = self.layers[l].slopes(patterns[l]).to(self.dtype)
             post[l] = m * s[:, None, :]
         return out
+
+    def _grouped_maps(self, patterns: Sequence[Tensor], groups: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """:meth:`region_maps` (augmented) once per group of regions sharing their earlier
+        layers' patterns: entry ``l`` ``(G_l, D + 1, n_l)``."""
+        if getattr(self, "encoder", None) is not None:
+            raise ValueError("grouped region maps read networks without an encoder (a cell's features depend on "
+                             "its points, not on its patterns)")
+        d = self.in_dim
+        maps: list[Tensor] = []  # layer k's map per group of groups[k]
+        for l in range(min(len(patterns), self.n_layers) + 1):
+            aff = self.affine(l)
+            rep, _ = groups[l]
+            m = None
+            for k in aff.sources:
+                if k == INPUT:
+                    continue
+                # the source's map on each group's representative, times its slopes there
+                src = maps[k].index_select(0, groups[k][1].index_select(0, rep))
+                src = src * self.layers[k].slopes(patterns[k].index_select(0, rep)).to(self.dtype)[:, None, :]
+                term = (src.reshape(-1, src.shape[2]) @ aff.blocks[k].T).reshape(len(rep), d + 1, aff.n)
+                m = term if m is None else m + term
+            inp = aff.blocks.get(INPUT)
+            if m is None:
+                lin = inp.T if inp is not None else torch.zeros(d, aff.n, dtype=self.dtype, device=self.device)
+                m = torch.cat([lin, aff.bias[None]], 0).expand(len(rep), -1, -1)
+            else:
+                m[:, d] += aff.bias
+                if inp is not None:
+                    m[:, :d] += inp.T
+            maps.append(m)
+            if l == self.n_layers or l == len(patterns):
+                break
+        return maps
 
     def local_gradients(self, patterns: Sequence[Tensor]) -> Tensor:
         """Gradient of ``g`` on regions with given activation patterns.
