@@ -410,3 +410,17 @@ def test_grouped_region_maps_equal_per_region_maps(kind, monkeypatch):
     slack = torch.bmm(torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)[:, None], cons)[:, 0]
     sign = torch.cat([pats.double() * 2 - 1, -torch.ones(len(x), 1, dtype=x.dtype)], 1)
     assert torch.allclose(slack[:, 2 * D:], _all_preactivations(g, x) * sign, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_local_gradients_are_the_graphs_gradients(kind):
+    # reverse mode with each region's slopes against autograd through the graph at points of the
+    # regions, and against the gradient rows of the regions' maps
+    g = _graph(kind)
+    x = (torch.rand(500, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1).requires_grad_()
+    g(x).sum().backward()
+    pats = g.patterns(x.detach())
+    got = g.local_gradients(pats)
+    assert torch.allclose(got, x.grad, rtol=0, atol=1e-12)
+    assert torch.allclose(got, g.region_maps(pats)[-1][0][:, 0], rtol=0, atol=1e-12)
+    assert float(got.abs().max()) > 0.1

@@ -1010,7 +1010,28 @@ class PLGraph:
         """
         if len(patterns) != self.n_layers:
             raise ValueError(f"need one pattern per layer ({self.n_layers}), got {len(patterns)}")
-        return self.region_maps(patterns)[-1][0][:, 0]
+        if getattr(self, "encoder", None) is not None:
+            return self.region_maps(patterns)[-1][0][:, 0]  # asks for points: features are affine per cell
+        # reverse mode with the regions' slopes: one row per region through each block, where the
+        # maps of region_maps carry D + 1 (a wide network's mesh spends seconds there)
+        n_pat = patterns[0].shape[0] if patterns else 1
+        grad = torch.zeros(n_pat, self.in_dim, dtype=self.dtype, device=self.device)
+        adjoint: dict[int, Tensor] = {}  # d g / d a_k, (P, n_k)
+
+        def push(aff: Affine, u: Tensor) -> None:
+            nonlocal grad
+            for k, block in aff.blocks.items():
+                term = u @ block
+                if k == INPUT:
+                    grad = grad + term
+                else:
+                    adjoint[k] = adjoint[k] + term if k in adjoint else term
+
+        push(self.affine(self.n_layers), torch.ones(n_pat, 1, dtype=self.dtype, device=self.device))
+        for l in range(self.n_layers - 1, -1, -1):
+            if l in adjoint:
+                push(self.affine(l), adjoint.pop(l) * self.layers[l].slopes(patterns[l]).to(self.dtype))
+        return grad
 
     # ---- conversions ----------------------------------------------------------------------
     @classmethod
