@@ -926,22 +926,7 @@ class PLGraph:
             post[ENCODED] = torch.cat([fa.transpose(1, 2), fc[:, None]], 1)
         out: list = []
         for l in range(min(len(patterns), self.n_layers) + 1):
-            aff = self.affine(l)
-            m = None
-            for k in aff.sources:
-                if k == INPUT:
-                    continue
-                src = post[k]
-                term = (src.reshape(-1, src.shape[2]) @ aff.blocks[k].T).reshape(n_pat, d + 1, aff.n)
-                m = term if m is None else m + term
-            inp = aff.blocks.get(INPUT)
-            if m is None:  # reads the input only (a first layer): one map shared by every region
-                lin = inp.T if inp is not None else torch.zeros(d, aff.n, dtype=self.dtype, device=self.device)
-                m = torch.cat([lin, aff.bias[None]], 0).expand(n_pat, -1, -1)
-            else:  # m is a fresh tensor: add in place (autograd records it)
-                m[:, d] += aff.bias
-                if inp is not None:
-                    m[:, :d] += inp.T
+            m = self._layer_map(l, post, n_pat)
             out.append(m if augmented else (m[:, :d].transpose(1, 2), m[:, d]))
             if l == self.n_layers or l == len(patterns):
                 break
@@ -955,32 +940,38 @@ class PLGraph:
         if getattr(self, "encoder", None) is not None:
             raise ValueError("grouped region maps read networks without an encoder (a cell's features depend on "
                              "its points, not on its patterns)")
-        d = self.in_dim
         maps: list[Tensor] = []  # layer k's map per group of groups[k]
         for l in range(min(len(patterns), self.n_layers) + 1):
-            aff = self.affine(l)
-            rep, _ = groups[l]
-            m = None
-            for k in aff.sources:
-                if k == INPUT:
-                    continue
-                # the source's map on each group's representative, times its slopes there
-                src = maps[k].index_select(0, groups[k][1].index_select(0, rep))
-                src = src * self.layers[k].slopes(patterns[k].index_select(0, rep)).to(self.dtype)[:, None, :]
-                term = (src.reshape(-1, src.shape[2]) @ aff.blocks[k].T).reshape(len(rep), d + 1, aff.n)
-                m = term if m is None else m + term
-            inp = aff.blocks.get(INPUT)
-            if m is None:
-                lin = inp.T if inp is not None else torch.zeros(d, aff.n, dtype=self.dtype, device=self.device)
-                m = torch.cat([lin, aff.bias[None]], 0).expand(len(rep), -1, -1)
-            else:
-                m[:, d] += aff.bias
-                if inp is not None:
-                    m[:, :d] += inp.T
-            maps.append(m)
+            rep = groups[l][0]
+            # each source's map on each group's representative, times its slopes there
+            post = {k: maps[k].index_select(0, groups[k][1].index_select(0, rep))
+                    * self.layers[k].slopes(patterns[k].index_select(0, rep)).to(self.dtype)[:, None, :]
+                    for k in self.affine(l).sources if k != INPUT}
+            maps.append(self._layer_map(l, post, len(rep)))
             if l == self.n_layers or l == len(patterns):
                 break
         return maps
+
+    def _layer_map(self, l: int, post: Mapping[int, Tensor], n_rows: int) -> Tensor:
+        """Layer ``l``'s (the output's for ``n_layers``) augmented map ``(R, D + 1, n_l)`` from
+        the maps ``post[k]`` ``(R, D + 1, n_k)`` of its sources' post-activations."""
+        d = self.in_dim
+        aff = self.affine(l)
+        m = None
+        for k in aff.sources:
+            if k == INPUT:
+                continue
+            src = post[k]
+            term = (src.reshape(-1, src.shape[2]) @ aff.blocks[k].T).reshape(n_rows, d + 1, aff.n)
+            m = term if m is None else m + term
+        inp = aff.blocks.get(INPUT)
+        if m is None:  # reads the input only (a first layer): one map shared by every region
+            lin = inp.T if inp is not None else torch.zeros(d, aff.n, dtype=self.dtype, device=self.device)
+            return torch.cat([lin, aff.bias[None]], 0).expand(n_rows, -1, -1)
+        m[:, d] += aff.bias  # m is a fresh tensor: add in place (autograd records it)
+        if inp is not None:
+            m[:, :d] += inp.T
+        return m
 
     def local_gradients(self, patterns: Sequence[Tensor]) -> Tensor:
         """Gradient of ``g`` on regions with given activation patterns.
