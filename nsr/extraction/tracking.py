@@ -183,12 +183,17 @@ def region_constraints(net: PLGraph, patterns: Tensor, bounds: Tensor, level: fl
 _GROUP_MIN_MACS = 128 * 128
 
 
+def _shares_maps(graph: PLGraph) -> bool:
+    """Whether some layer's GEMM is worth sharing among regions (:func:`_prefix_groups`)."""
+    n_in = [sum(graph.widths[k] for k in graph.affine(l).sources if k >= 0) for l in range(graph.n_layers + 1)]
+    return max((n * w for n, w in zip(n_in[1:], (graph.widths + [1])[1:], strict=True)), default=0) >= _GROUP_MIN_MACS
+
+
 def _prefix_groups(graph: PLGraph, patterns: list[Tensor]) -> list[tuple[Tensor, Tensor]] | None:
     """For each map of :meth:`PLGraph.region_maps`, the groups of regions that share the
     patterns of every earlier layer: ``(rep, inv)`` per entry (see its ``groups``), or ``None``
     where no layer's GEMM is worth sharing (narrow networks)."""
-    n_in = [sum(graph.widths[k] for k in graph.affine(l).sources if k >= 0) for l in range(graph.n_layers + 1)]
-    if not patterns or max(n * w for n, w in zip(n_in[1:], graph.widths[1:] + [1], strict=True)) < _GROUP_MIN_MACS:
+    if not patterns or not _shares_maps(graph):
         return None
     dev = patterns[0].device
     bsz = patterns[0].shape[0]
@@ -677,6 +682,7 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
     front_key = torch.cat([pack_bits(pats, words), torch.full((len(pats), 1), out, device=dev)], 1)
     front_pc = torch.stack([prev, cur], 1)
     visited = _Visited(width, dev)
+    shares = _shares_maps(net)
     found: dict[str, list[Tensor]] = {"key": [], "edges": [], "vertices": [], "length": [], "normal": []}
     # g, its maps, and the walk's (B, C) temporaries (distances, normal lengths, candidates)
     row = (2 * (D + 1) + 3) * (out + 1) * net.dtype.itemsize
@@ -698,9 +704,9 @@ def track_surface(net: PLGraph, bounds: Tensor, seeds: Tensor, *, level: float =
         if not len(front_key):
             break
         visited.add(front_key, h)
-        # regions with equal first layers next to each other: a batch shares their maps
-        order = _lexicographic_order(front_key[:, :min(words, _SORT_WORDS)])
-        front_key, front_pc = front_key[order], front_pc[order]
+        if shares:  # regions with equal first layers next to each other: a batch shares their maps
+            order = _lexicographic_order(front_key[:, :min(words, _SORT_WORDS)])
+            front_key, front_pc = front_key[order], front_pc[order]
         next_key, next_pc = [], []
         for sl in _chunks(len(front_key), row, dev, WALK_CHUNK_BYTES):
             key = front_key[sl]
