@@ -280,13 +280,13 @@ def test_pack_and_unpack_bits_round_trip(n_bits):
 
 def test_unpack_bits_in_blocks_of_rows(monkeypatch):
     """Rows unpacked in blocks (a block of 3 rows here) give the bits unpacked at once, for every
-    bit, a prefix of the bits and bits out of order."""
+    bit, a prefix of the bits, a run after the first bits and bits out of order."""
     import nsr.extraction.bits as bits_module
 
     gen = torch.Generator().manual_seed(0)
     flags = torch.rand(10, 130, generator=gen) > 0.5
     words = bits_module.pack_bits(flags, 3)
     monkeypatch.setattr(bits_module, "_UNPACK_BYTES", 3 * 64 * 3)
-    for ids in (torch.arange(130), torch.arange(70), torch.tensor([129, 0, 64, 63, 5])):
+    for ids in (torch.arange(130), torch.arange(70), torch.arange(6, 130), torch.tensor([129, 0, 64, 63, 5])):
         assert torch.equal(bits_module.unpack_bits(words, ids), flags[:, ids])
     assert bits_module.unpack_bits(words[:0], torch.arange(130)).shape == (0, 130)

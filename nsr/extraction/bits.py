@@ -94,7 +94,9 @@ def unpack_bits(pos: Tensor, ids: Tensor) -> Tensor:
     # (a million vertices, 2,048 neurons) took several times the bool result in temporaries.
     m, w = pos.shape
     k = len(ids)
-    prefix = k <= _BITS * w and bool((ids == torch.arange(k, device=ids.device)).all()) if k else True
+    # a run of consecutive bits (a mesh's neurons, after the box's and the encoder's ids) is a slice
+    first = int(ids[0]) if k else 0
+    run = first + k <= _BITS * w and bool((ids == torch.arange(first, first + k, device=ids.device)).all())
     out = torch.empty(m, k, dtype=torch.bool, device=pos.device)
     shifts = torch.arange(8, dtype=torch.uint8, device=pos.device)
     step = m if pos.device.type != "cpu" else max(1, _UNPACK_BYTES // max(1, _BITS * w))
@@ -105,7 +107,7 @@ def unpack_bits(pos: Tensor, ids: Tensor) -> Tensor:
         else:
             by = torch.stack([(p >> (8 * j)) & 255 for j in range(8)], 2).to(torch.uint8).reshape(len(p), -1)
         bits = (by[..., None] >> shifts).bitwise_and_(1).view(len(p), _BITS * w)
-        out[s:s + step] = bits[:, :k] if prefix else bits[:, ids]
+        out[s:s + step] = bits[:, first:first + k] if run else bits[:, ids]
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nsr.extraction.bits import unpack_bits
 from nsr.extraction.memory import _chunks
 from nsr.files import MESH_SUFFIXES, write_mesh
 from nsr.pl.graph import PLGraph
@@ -58,10 +59,8 @@ class PackedPatterns:
         -------
         (M, count) bool ndarray
         """
-        # little-endian bytes: bit i of a word is bit i % 8 of its byte i // 8
-        words = np.ascontiguousarray(self.words, dtype="<i8")
-        bits = np.unpackbits(words.view(np.uint8), axis=1, count=self.start + self.count, bitorder="little")
-        return np.ascontiguousarray(bits[:, self.start:]).view(bool)
+        ids = torch.arange(self.start, self.start + self.count)
+        return unpack_bits(torch.from_numpy(np.ascontiguousarray(self.words, dtype=np.int64)), ids).numpy()
 
 
 class _Patterns:

@@ -167,13 +167,13 @@ def region_constraints(net: PLGraph, patterns: Tensor, bounds: Tensor, level: fl
     maps = graph.region_maps(per_layer, augmented=True, groups=groups)
     sign = patterns.to(dt) * 2 - 1  # (B, N): +1 active, -1 inactive
     for l, z in enumerate(maps):
-        cols = slice(lay.neuron(l), lay.neuron(l + 1)) if l < len(maps) - 1 else slice(lay.output, lay.output + 1)
         if groups is not None:
             z = z.index_select(0, groups[l][1]) if len(z) > 1 else z.expand(bsz, -1, -1)
-        if l < len(maps) - 1:
-            torch.mul(z, sign[:, None, cols.start - lay.neuron_offset:cols.stop - lay.neuron_offset], out=g[:, :, cols])
+        if l == len(maps) - 1:  # the output (broadcast from one row when there is no hidden layer)
+            g[:, :, lay.output:lay.output + 1] = -z
         else:
-            g[:, :, cols] = -z  # (broadcast from one row when there is no hidden layer)
+            c0, c1 = lay.neuron(l), lay.neuron(l + 1)
+            torch.mul(z, sign[:, None, c0 - lay.neuron_offset:c1 - lay.neuron_offset], out=g[:, :, c0:c1])
     g[:, D, lay.output] += level
     return g
 
