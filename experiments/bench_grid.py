@@ -137,7 +137,7 @@ def train(kind: str, path: Path, args: argparse.Namespace) -> tuple[torch.nn.Mod
                            sampling=dict(SAMPLING, seed=args.seed, pool_size=args.pool_size))
     net = make_net(kind, args)
     module = ImplicitShapeModule(net, ImplicitLoss(sdf=1.0, surface=1.0, eikonal=args.eikonal, normal=args.normal,
-                                                   clamp=0.1),
+                                                   gradient=args.gradient, clamp=0.1),
                                  optimizer=optimizer_factory(net, kind, args))
     snaps = Snapshots(budgets)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=100_000,
@@ -276,6 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--normal", type=float, default=0.0,
                     help="weight of the normal-alignment loss on surface samples (both networks; a double backward)")
     ap.add_argument("--eikonal", type=float, default=0.0, help="weight of the eikonal loss (both networks)")
+    ap.add_argument("--gradient", type=float, default=0.0,
+                    help="weight of the SDF-gradient loss at near-surface samples (both networks)")
     ap.add_argument("--seed", type=int, default=0)
     g = ap.add_argument_group("grid network (defaults: the recommended 2-core CPU settings)")
     g.add_argument("--levels", type=int, default=GRID_DEFAULTS["n_levels"])

@@ -257,7 +257,9 @@ def test_split_counts_and_sample_points_are_reproducible():
     a = sample_points(src, counts, [0.01, 0.003], 0.5, batch_generator(0, 1, 2))
     b = sample_points(src, counts, [0.01, 0.003], 0.5, batch_generator(0, 1, 2))
     c = sample_points(src, counts, [0.01, 0.003], 0.5, batch_generator(0, 2, 2))
-    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["points"], c["points"])
+    for k in a:  # bitwise the same (NaN rows included: the uniform points' gradients)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True)
+    assert not torch.equal(a["points"], c["points"])
     assert a["surface"].shape == (200, 3) and a["points"].shape == (800, 3)
     exact = a["points"].double().norm(dim=1) - 0.3
     assert torch.allclose(a["sdf"].double(), exact, atol=1e-6)
@@ -286,6 +288,80 @@ def test_implicit_loss_vanishes_on_exact_sdf():
     terms = ImplicitLoss(sdf=1, surface=1, eikonal=1, normal=1)(lambda x: sphere.sdf(x.double()), batch)
     for k in ("sdf", "surface", "eikonal", "normal", "loss"):
         assert terms[k].item() < 1e-5, k
+
+
+def test_implicit_loss_gradient_term():
+    """The ``gradient`` term: zero on an exact SDF, ``1 - cos`` by hand otherwise, NaN rows skipped."""
+    sphere = S.Sphere(0.3)
+    batch = sample_points(AnalyticSource(sphere), {"surface": 10, "near": 100, "uniform": 50}, [0.01], 0.5,
+                          batch_generator(0, 0, 0))
+    assert batch["gradients"][:100].isfinite().all() and batch["gradients"][100:].isnan().all()
+    exact = ImplicitLoss(sdf=0, surface=0, eikonal=0, normal=0, gradient=1)(lambda x: sphere.sdf(x.double()), batch)
+    assert exact["gradient"].item() < 1e-6
+    # f = x_0 has gradient e_0 everywhere: the term is the mean of 1 - g_0 over the near points only
+    plane = ImplicitLoss(sdf=0, surface=0, eikonal=0, normal=0, gradient=2)(lambda x: x[:, 0], batch)
+    want = (1 - batch["gradients"][:100, 0].double()).mean()
+    assert plane["gradient"].item() == pytest.approx(float(want), rel=1e-5)
+    assert plane["loss"].item() == pytest.approx(2 * float(want), rel=1e-5)
+    without = dict(batch)
+    del without["gradients"]  # batches of older pools: no term, no error
+    assert "gradient" not in ImplicitLoss(gradient=1)(lambda x: x[:, 0], without)
+
+
+@pytest.mark.parametrize("shape", [S.Sphere(), S.Circle(), S.Box(), S.Torus(), S.Capsule(), S.Cylinder(),
+                                   S.Polygon([[-0.2, -0.2], [0.2, -0.2], [0.0, 0.25]]), S.Extrusion(S.Circle(0.2)),
+                                   S.Difference([S.Box(), S.Sphere(0.28)])], ids=lambda s: type(s).__name__)
+def test_analytic_sdf_gradient_matches_differences(shape):
+    """``AnalyticSource.sdf_gradient`` equals central differences of the SDF wherever the SDF is
+    differentiable there (|difference gradient| = 1)."""
+    src = AnalyticSource(shape)
+    x = (torch.rand(500, shape.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5) * 0.9
+    g = src.sdf_gradient(x, src.signed_distance(x))
+    h = 1e-5
+    fd = torch.stack([(src.signed_distance(x + h * e) - src.signed_distance(x - h * e)) / (2 * h)
+                      for e in torch.eye(shape.dim, dtype=torch.float64)], dim=1)
+    ok = (fd.norm(dim=1) - 1).abs() < 1e-3
+    assert ok.float().mean() > 0.9
+    torch.testing.assert_close(g[ok], fd[ok], atol=1e-5, rtol=0)
+
+
+@needs_o3d
+def test_mesh_sdf_gradient_is_the_labels_gradient(tmp_path):
+    """``MeshSource.sdf_gradient`` equals central differences of its own ``signed_distance``, inside
+    and outside, at near-surface points of a sphere mesh and of an inward-oriented copy (the sign comes
+    from the labels, not the faces' orientation)."""
+    mesh = _sphere_mesh(center=(0, 0, 0), radius=1.0)
+    flipped = trimesh.Trimesh(mesh.vertices, mesh.faces[:, ::-1], process=False)
+    gen = torch.Generator().manual_seed(3)
+    for name, m in (("sphere", mesh), ("flipped", flipped)):
+        path = tmp_path / f"{name}.obj"
+        m.export(path)
+        src = MeshSource(path)
+        base, nrm = src.sample_surface(200, gen)
+        x = base + nrm * (torch.rand(200, 1, generator=gen) - 0.5) * 0.04  # within 0.02 of the surface
+        g = src.sdf_gradient(x, src.signed_distance(x))
+        h = 1e-3
+        fd = torch.stack([(src.signed_distance(x + h * e) - src.signed_distance(x - h * e)) / (2 * h)
+                          for e in torch.eye(3)], dim=1)
+        ok = (fd.norm(dim=1) - 1).abs() < 0.05  # away from the icosphere's edges' kinks
+        assert ok.float().mean() > 0.8, name
+        assert torch.nn.functional.cosine_similarity(g[ok], fd[ok], dim=1).min() > 0.98, name
+        radial = x / x.norm(dim=1, keepdim=True)  # a sphere's SDF gradient is radial, outward
+        assert torch.nn.functional.cosine_similarity(g, radial, dim=1).min() > 0.98, name
+
+
+def test_pool_batches_carry_the_gradients_of_their_points():
+    """In ``pool`` mode a batch's ``gradients`` rows belong to its ``points`` rows (radial on a sphere)."""
+    from nsr.training.lightning import ShapeDataModule
+
+    dm = ShapeDataModule(shape=S.Sphere(0.3), sampling={"mode": "pool", "pool_size": 2000, "batch_size": 256,
+                                                        "steps_per_epoch": 2, "n_val": 40})
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    known = batch["gradients"].isfinite().all(1)
+    assert 0 < int(known.sum()) < len(known)  # near points known, uniform points not
+    p = batch["points"][known]
+    assert torch.allclose(batch["gradients"][known], p / p.norm(dim=1, keepdim=True), atol=1e-5)
 
 
 def test_import_does_not_load_open3d():

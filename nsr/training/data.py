@@ -86,6 +86,12 @@ def _open3d() -> Any:
     return open3d
 
 
+def _unit_rows(v: Tensor, eps: float = 1e-12) -> Tensor:
+    """Rows of ``v`` ``(N, D)`` scaled to unit length; ``NaN`` rows where the length is under ``eps``."""
+    n = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    return torch.where(n > eps, v / n.clamp(min=eps), torch.full_like(v, float("nan")))
+
+
 class ShapeSource:
     """Base class: a shape in normalized training-box coordinates.
 
@@ -138,6 +144,42 @@ class ShapeSource:
         tensor([-0.3000,  0.2000])
         """
         raise NotImplementedError
+
+    def sdf_gradient(self, x: Tensor, sdf: Tensor) -> Tensor:
+        """Unit gradient of the signed distance at points, ``NaN`` rows where unknown (this
+        base class: everywhere). It is the outward normal of the nearest surface point, the
+        target of the ``gradient`` loss at near-surface samples.
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points in box units.
+        sdf : (N,) float Tensor
+            Their signed distances (:meth:`signed_distance`), which fix the gradient's sign.
+
+        Returns
+        -------
+        (N, D) float Tensor
+            In ``x``'s dtype.
+        """
+        return torch.full_like(x, float("nan"))
+
+    def signed_distance_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`signed_distance` and :meth:`sdf_gradient` together (a mesh answers both from
+        one nearest-point query).
+
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        sdf : (N,) float Tensor
+        gradient : (N, D) float Tensor
+        """
+        sdf = self.signed_distance(x)
+        return sdf, self.sdf_gradient(x, sdf)
 
     def sample_surface(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Surface points and their unit outward normals.
@@ -348,6 +390,25 @@ class AnalyticSource(ShapeSource):
         tensor([-0.2000,  0.3000])
         """
         return self.shape.sdf(x.double()).to(x.dtype)
+
+    def sdf_gradient(self, x: Tensor, sdf: Tensor) -> Tensor:
+        """The analytic SDF's gradient by autograd (float64), normalized; ``NaN`` where it vanishes.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from nsr.training.data import AnalyticSource
+        >>> from nsr.training.shapes import Sphere
+        >>> src = AnalyticSource(Sphere(0.3))
+        >>> x = torch.tensor([[0.0, 0.4, 0.0], [0.0, 0.0, -0.1]])
+        >>> src.sdf_gradient(x, src.signed_distance(x))
+        tensor([[ 0.,  1.,  0.],
+                [ 0.,  0., -1.]])
+        """
+        with torch.enable_grad():
+            xd = x.detach().double().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.shape.sdf(xd).sum(), xd)
+        return _unit_rows(g).to(x.dtype)
 
     def _project(self, x: Tensor, steps: int = 6) -> tuple[Tensor, Tensor, Tensor]:
         for _ in range(steps):
@@ -996,6 +1057,50 @@ class MeshSource(ShapeSource):
             sdf = np.where(self.inside(x), -dist, dist)
         return torch.from_numpy(sdf).to(device=x.device, dtype=x.dtype)
 
+    def sdf_gradient(self, x: Tensor, sdf: Tensor) -> Tensor:
+        """``sign * (x - q) / |x - q|`` with ``q`` the nearest surface point (open3d), the sign of
+        ``sdf`` (``+1`` for ``shell``, an unsigned distance there): the exact gradient of the
+        training labels, whatever the faces' orientation; ``NaN`` within 1e-7 of the surface.
+
+        Examples
+        --------
+        >>> import tempfile, torch, trimesh
+        >>> from pathlib import Path
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = Path(tmp.name) / "cube.obj"
+        >>> _ = trimesh.creation.box(extents=(1, 1, 1)).export(path)
+        >>> from nsr.training.data import MeshSource
+        >>> src = MeshSource(path, fit=0.4)  # the cube fills [-0.4, 0.4]^3
+        >>> x = torch.tensor([[0.0, 0.0, 0.45], [0.3, 0.0, 0.0]])
+        >>> (src.sdf_gradient(x, src.signed_distance(x)).round(decimals=4) + 0.0).tolist()  # outward, inside too
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+        >>> tmp.cleanup()
+        """
+        return self._gradient(self._offsets(x), sdf).to(device=x.device, dtype=x.dtype)
+
+    def signed_distance_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`signed_distance` and :meth:`sdf_gradient` from one nearest-point query."""
+        d = self._offsets(x)
+        dist = torch.linalg.vector_norm(d, dim=1).float().numpy()
+        if self.sign == "shell":
+            sdf = dist - np.float32(self.shell_thickness / 2)
+        else:
+            sdf = np.where(self.inside(x), -dist, dist)
+        sdf_t = torch.from_numpy(sdf)
+        return (sdf_t.to(device=x.device, dtype=x.dtype),
+                self._gradient(d, sdf_t).to(device=x.device, dtype=x.dtype))
+
+    def _offsets(self, x: Tensor) -> Tensor:
+        """``x - q`` ``(N, 3)`` float64 (CPU), ``q`` the nearest surface point (open3d)."""
+        o3d = _open3d()
+        q = self._raycasting_scene().compute_closest_points(o3d.core.Tensor(x.detach().cpu().float().numpy()))
+        return x.detach().cpu().double() - torch.from_numpy(q["points"].numpy()).double()
+
+    def _gradient(self, offsets: Tensor, sdf: Tensor) -> Tensor:
+        sign = torch.ones(len(sdf), dtype=torch.float64) if self.sign == "shell" else torch.where(
+            sdf.cpu() < 0, -1.0, 1.0).double()
+        return _unit_rows(offsets * sign[:, None], eps=1e-7)
+
     def _sample_faces(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         face = torch.multinomial(self._areas, n, replacement=True, generator=gen)
         u = torch.rand(n, 2, generator=gen)
@@ -1386,7 +1491,9 @@ def sample_points(
     """One set of training samples, float32.
 
     Returns ``surface`` ``(S, D)``, ``normals`` ``(S, D)``, ``points`` ``(Q, D)`` (near-surface
-    then uniform) and ``sdf`` ``(Q,)`` (``NaN`` where unknown).
+    then uniform), ``sdf`` ``(Q,)`` (``NaN`` where unknown) and ``gradients`` ``(Q, D)``, the
+    SDF's unit gradient at the near-surface points (``NaN`` rows at uniform points and where
+    unknown).
 
     Parameters
     ----------
@@ -1413,8 +1520,13 @@ def sample_points(
     >>> batch = sample_points(AnalyticSource(Sphere(0.3)), {"surface": 8, "near": 4, "uniform": 6}, [0.01, 0.003],
     ...                       0.5, torch.Generator().manual_seed(0))
     >>> {k: tuple(v.shape) for k, v in batch.items()}
-    {'surface': (8, 3), 'normals': (8, 3), 'points': (10, 3), 'sdf': (10,)}
+    {'surface': (8, 3), 'normals': (8, 3), 'points': (10, 3), 'sdf': (10,), 'gradients': (10, 3)}
     >>> bool(torch.allclose(batch["sdf"], batch["points"].norm(dim=1) - 0.3, atol=1e-6))
+    True
+    >>> near = batch["points"][:4]  # the SDF's gradient there; NaN at the uniform points
+    >>> bool(torch.allclose(batch["gradients"][:4], near / near.norm(dim=1, keepdim=True), atol=1e-6))
+    True
+    >>> bool(batch["gradients"][4:].isnan().all())
     True
     """
     d = source.dim
@@ -1430,9 +1542,17 @@ def sample_points(
     else:
         near = torch.zeros(0, d)
     uni = (torch.rand(n_uni, d, generator=gen) * 2 - 1) * box
-    pts = torch.cat([near, uni]).float()
-    sdf = source.signed_distance(pts) if pts.shape[0] else torch.zeros(0)
-    return {"surface": surf.float(), "normals": nrm.float(), "points": pts, "sdf": sdf.float()}
+    near, uni = near.float(), uni.float()
+    # The SDF's gradient where the surface is near (the ``gradient`` loss's targets); uniform
+    # points stay NaN: far from the surface the gradient does not shape the level set.
+    if near.shape[0]:
+        sdf_near, grad_near = source.signed_distance_and_gradient(near)
+    else:
+        sdf_near, grad_near = torch.zeros(0), torch.zeros(0, d)
+    sdf_uni = source.signed_distance(uni) if uni.shape[0] else torch.zeros(0)
+    grads = torch.cat([grad_near.float(), torch.full((uni.shape[0], d), float("nan"))])
+    return {"surface": surf.float(), "normals": nrm.float(), "points": torch.cat([near, uni]),
+            "sdf": torch.cat([sdf_near.float(), sdf_uni.float()]), "gradients": grads}
 
 
 def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:

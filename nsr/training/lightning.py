@@ -63,6 +63,7 @@ class _BatchDataset(Dataset):
             "normals": p["normals"][i_s],
             "points": p["points"][i_q],
             "sdf": p["sdf"][i_q],
+            "gradients": p["gradients"][i_q],
         }
 
 
@@ -111,7 +112,7 @@ class ShapeDataModule(L.LightningDataModule):
     >>> dm.setup()
     >>> batch = next(iter(dm.train_dataloader()))
     >>> {k: tuple(v.shape) for k, v in batch.items()}  # 0.2 of 64 on the surface, the rest off it
-    {'surface': (13, 3), 'normals': (13, 3), 'points': (51, 3), 'sdf': (51,)}
+    {'surface': (13, 3), 'normals': (13, 3), 'points': (51, 3), 'sdf': (51,), 'gradients': (51, 3)}
     >>> len(dm.train_dataloader())
     2
     """

@@ -7,6 +7,9 @@ Terms, each weighted from config (``conf/loss/``), zero weight = not computed:
 * ``surface``: ``|f|`` on surface samples.
 * ``eikonal``: ``(|grad f| - 1)^2`` on all samples (IGR, Gropp et al. 2020).
 * ``normal``: ``1 - cos(grad f, n)`` on surface samples with normals.
+* ``gradient``: ``1 - cos(grad f, grad s)`` on near-surface samples where the signed
+  distance's gradient is known (the normal of the nearest surface point): the normal loss
+  carried onto the cells around the surface, where the exact mesh's facets take their normals.
 * ``occupancy``: BCE with logits ``-f / temperature`` against ``s < 0`` (inside), an
   alternative to ``sdf``; the zero level stays the surface.
 * ``offsurface``: ``exp(-alpha |f|)`` on off-surface samples (SIREN), for point clouds.
@@ -163,7 +166,7 @@ class ImplicitLoss(nn.Module):
 
     Parameters
     ----------
-    sdf, surface, eikonal, normal, occupancy, offsurface : float
+    sdf, surface, eikonal, normal, occupancy, offsurface, gradient : float
         Weight of each term (module docstring); 0 skips the term.
     clamp : float or None
         Clamp of the ``sdf`` term (:func:`sdf_l1`).
@@ -203,6 +206,7 @@ class ImplicitLoss(nn.Module):
         clamp: float | None = 0.1,
         temperature: float = 0.01,
         offsurface_alpha: float = 100.0,
+        gradient: float = 0.0,
     ) -> None:
         super().__init__()
         self.weights = {
@@ -212,6 +216,7 @@ class ImplicitLoss(nn.Module):
             "normal": float(normal),
             "occupancy": float(occupancy),
             "offsurface": float(offsurface),
+            "gradient": float(gradient),
         }
         if any(w < 0 for w in self.weights.values()):
             raise ValueError(f"loss weights must be >= 0, got {self.weights}")
@@ -233,7 +238,8 @@ class ImplicitLoss(nn.Module):
         batch : dict of str to Tensor
             ``surface`` ``(S, D)`` surface samples, ``normals`` ``(S, D)`` (NaN rows: unknown),
             ``points`` ``(P, D)`` off-surface samples, ``sdf`` ``(P,)`` their signed distances
-            (NaN: unknown).
+            (NaN: unknown); optionally ``gradients`` ``(P, D)``, the signed distance's unit
+            gradient at the points (NaN rows: unknown), for the ``gradient`` term.
 
         Returns
         -------
@@ -252,7 +258,7 @@ class ImplicitLoss(nn.Module):
         """
         w = self.weights
         surf, pts, sdf = batch["surface"], batch["points"], batch["sdf"]
-        need_grad = w["eikonal"] > 0 or w["normal"] > 0
+        need_grad = w["eikonal"] > 0 or w["normal"] > 0 or w["gradient"] > 0
         x = torch.cat([surf, pts]).detach().requires_grad_(need_grad)
         f = net(x)
         f_surf, f_pts = f[: surf.shape[0]], f[surf.shape[0] :]
@@ -274,5 +280,10 @@ class ImplicitLoss(nn.Module):
             has_n = torch.isfinite(normals).all(-1)
             if w["normal"] > 0 and has_n.any():
                 terms["normal"] = normal_alignment(g[: surf.shape[0]][has_n], normals[has_n])
+            targets = batch.get("gradients")
+            if w["gradient"] > 0 and targets is not None:
+                has_g = torch.isfinite(targets).all(-1)
+                if has_g.any():
+                    terms["gradient"] = normal_alignment(g[surf.shape[0] :][has_g], targets[has_g])
         total = sum((w[k] * v for k, v in terms.items()), f.new_zeros(()))
         return {"loss": total, **terms}
