@@ -394,6 +394,18 @@ class AnalyticSource(ShapeSource):
     def sdf_gradient(self, x: Tensor, sdf: Tensor) -> Tensor:
         """The analytic SDF's gradient by autograd (float64), normalized; ``NaN`` where it vanishes.
 
+        Parameters
+        ----------
+        x : (N, D) float Tensor
+            Points in box units.
+        sdf : (N,) float Tensor
+            Their signed distances.
+
+        Returns
+        -------
+        (N, D) float Tensor
+            In ``x``'s dtype.
+
         Examples
         --------
         >>> import torch
@@ -1062,6 +1074,18 @@ class MeshSource(ShapeSource):
         ``sdf`` (``+1`` for ``shell``, an unsigned distance there): the exact gradient of the
         training labels, whatever the faces' orientation; ``NaN`` within 1e-7 of the surface.
 
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+        sdf : (N,) float Tensor
+            Their signed distances.
+
+        Returns
+        -------
+        (N, 3) float Tensor
+            In ``x``'s dtype.
+
         Examples
         --------
         >>> import tempfile, torch, trimesh
@@ -1079,7 +1103,18 @@ class MeshSource(ShapeSource):
         return self._gradient(self._offsets(x), sdf).to(device=x.device, dtype=x.dtype)
 
     def signed_distance_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`signed_distance` and :meth:`sdf_gradient` from one nearest-point query."""
+        """:meth:`signed_distance` and :meth:`sdf_gradient` from one nearest-point query.
+
+        Parameters
+        ----------
+        x : (N, 3) float Tensor
+            Points in box units.
+
+        Returns
+        -------
+        sdf : (N,) float Tensor
+        gradient : (N, 3) float Tensor
+        """
         d = self._offsets(x)
         dist = torch.linalg.vector_norm(d, dim=1).float().numpy()
         if self.sign == "shell":
