@@ -1062,7 +1062,10 @@ class MeshSource(ShapeSource):
         (N,) float Tensor
             In ``x``'s dtype and on its device.
         """
-        dist = self.unsigned_distance(x)
+        return self._signed(x, self.unsigned_distance(x))
+
+    def _signed(self, x: Tensor, dist: np.ndarray) -> Tensor:
+        """Distances ``(N,)`` float32 at ``x`` with the sign of :meth:`inside`, or minus half the shell."""
         if self.sign == "shell":
             sdf = dist - np.float32(self.shell_thickness / 2)
         else:
@@ -1116,14 +1119,8 @@ class MeshSource(ShapeSource):
         gradient : (N, 3) float Tensor
         """
         d = self._offsets(x)
-        dist = torch.linalg.vector_norm(d, dim=1).float().numpy()
-        if self.sign == "shell":
-            sdf = dist - np.float32(self.shell_thickness / 2)
-        else:
-            sdf = np.where(self.inside(x), -dist, dist)
-        sdf_t = torch.from_numpy(sdf)
-        return (sdf_t.to(device=x.device, dtype=x.dtype),
-                self._gradient(d, sdf_t).to(device=x.device, dtype=x.dtype))
+        sdf = self._signed(x, torch.linalg.vector_norm(d, dim=1).float().numpy())
+        return sdf, self._gradient(d, sdf).to(device=x.device, dtype=x.dtype)
 
     def _offsets(self, x: Tensor) -> Tensor:
         """``x - q`` ``(N, 3)`` float64 (CPU), ``q`` the nearest surface point (open3d)."""
@@ -1132,6 +1129,7 @@ class MeshSource(ShapeSource):
         return x.detach().cpu().double() - torch.from_numpy(q["points"].numpy()).double()
 
     def _gradient(self, offsets: Tensor, sdf: Tensor) -> Tensor:
+        """Unit ``offsets`` ``(N, 3)`` turned by the sign of ``sdf`` (none for a shell's unsigned distance)."""
         sign = torch.ones(len(sdf), dtype=torch.float64) if self.sign == "shell" else torch.where(
             sdf.cpu() < 0, -1.0, 1.0).double()
         return _unit_rows(offsets * sign[:, None], eps=1e-7)
