@@ -407,7 +407,9 @@ class SimplexGridEncoding(nn.Module):
         for level in range(len(self.resolutions)):
             vertices, weights = self.simplex_vertices(self.grid_coordinates(x, level), level)
             feats = self.gather(table, vertices, level)  # (P, D+1, F)
-            out.append((weights[:, :, None] * feats).sum(1))
+            # (P, 1, D+1) @ (P, D+1, F): a product over the vertices; a broadcast product
+            # summed over dim 1 (not the innermost) is 3-6x slower on a CPU.
+            out.append(torch.bmm(weights[:, None, :], feats).squeeze(1))
         if include_input:
             out.append(x)
         return torch.cat(out, 1)
@@ -756,7 +758,7 @@ class SimplexGridEncoder:
             src = step.transpose(1, 2) * slope_k[:, None, :]  # (N, F, D), column k belongs to axis order[k]
             index = order[:, None, :].expand(-1, enc.features, -1)
             maps.append(torch.zeros_like(src).scatter(2, index, src))
-            consts.append(feats[:, 0] + (step * shift_k[:, :, None]).sum(1))
+            consts.append(feats[:, 0] + torch.bmm(shift_k[:, None, :], step).squeeze(1))
         if self.include_input:
             maps.append(torch.eye(d, dtype=x.dtype, device=x.device).expand(x.shape[0], d, d))
             consts.append(torch.zeros_like(x))
