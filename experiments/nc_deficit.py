@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import bench_grid  # noqa: E402
 
-from nsr.eval.metrics import nearest, sample_faces  # noqa: E402
+from nsr.eval.metrics import nearest, unit_cube_pairs  # noqa: E402
 
 CLASSES = ("boundary", "crease", "far", "smooth")
 
@@ -116,15 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     pred = trimesh.Trimesh(bench_grid._shape_units(exact.vertices, source), exact.triangles, process=False)
     gt = trimesh.load(path, force="mesh", process=False)
 
-    used = np.asarray(gt.vertices)[np.unique(np.asarray(gt.faces))]
-    lo, hi = used.min(0), used.max(0)
-    centre, scale = (lo + hi) / 2, 1.0 / float((hi - lo).max())
-    p, fp = sample_faces(pred, bargs.samples, 1)
-    r, fr = sample_faces(gt, bargs.samples, 2)
-    p, r = (p - centre) * scale, (r - centre) * scale
-    _, i_pr = nearest(p, r)
-    _, i_rp = nearest(r, p)
-    n_p, n_r = np.asarray(pred.face_normals)[fp], np.asarray(gt.face_normals)[fr]
+    m = unit_cube_pairs(pred, gt, bargs.samples)  # the metric's own samples and matches
+    p, r, i_pr, i_rp, n_p, n_r = (m[k] for k in ("pred", "ref", "i_pr", "i_rp", "n_pred", "n_ref"))
+    centre, scale = m["centre"], m["scale"]
     cos_pr = np.abs((n_p * n_r[i_pr]).sum(1))
     cos_rp = np.abs((n_r * n_p[i_rp]).sum(1))
     open_edges, sharp = feature_edges(gt, args.sharp)

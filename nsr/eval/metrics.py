@@ -513,6 +513,60 @@ def compare_meshes(
     return out
 
 
+def unit_cube_pairs(
+    pred: trimesh.Trimesh,
+    ref: trimesh.Trimesh,
+    n_samples: int = 1_000_000,
+    seeds: tuple[int, int] = (1, 2),
+) -> dict[str, Any]:
+    """The matched samples behind :func:`unit_cube_chamfer`: ``n_samples`` area-weighted samples
+    on each mesh (``pred`` with ``seeds[0]``, ``ref`` with ``seeds[1]``), moved by the map that
+    puts ``ref``'s bounding box (of the vertices its faces use) centred into the unit cube, longest
+    side 1, each matched to the nearest sample of the other mesh.
+
+    Parameters
+    ----------
+    pred, ref : trimesh.Trimesh
+        The mesh measured and the reference.
+    n_samples : int
+        Samples per mesh.
+    seeds : (int, int)
+        Sampler seeds of ``pred`` and ``ref``.
+
+    Returns
+    -------
+    dict of str to ndarray or float
+        ``centre`` ``(3,)`` and ``scale`` (unit-cube point = ``(x - centre) * scale``); ``pred``
+        ``(N, 3)`` and ``ref`` ``(M, 3)`` samples in the unit cube; ``n_pred`` ``(N, 3)`` and
+        ``n_ref`` ``(M, 3)`` their faces' normals; ``d_pr``, ``i_pr`` ``(N,)`` the distance to and
+        index of each ``pred`` sample's nearest ``ref`` sample, ``d_rp``, ``i_rp`` ``(M,)`` the
+        other way (empty where either mesh has no samples).
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.eval.metrics import unit_cube_pairs
+    >>> ref = trimesh.creation.box(extents=(2, 2, 2))
+    >>> pairs = unit_cube_pairs(ref, ref, n_samples=1000)
+    >>> pairs["scale"], pairs["pred"].shape, bool(abs(pairs["ref"]).max() <= 0.5 + 1e-12)
+    (0.5, (1000, 3), True)
+    """
+    used = np.asarray(ref.vertices)[np.unique(np.asarray(ref.faces))]
+    lo, hi = used.min(0), used.max(0)
+    centre, scale = (lo + hi) / 2, 1.0 / float((hi - lo).max())
+    p, fp = sample_faces(pred, n_samples, seeds[0])
+    r, fr = sample_faces(ref, n_samples, seeds[1])
+    p, r = (p - centre) * scale, (r - centre) * scale
+    out: dict[str, Any] = {"centre": centre, "scale": scale, "pred": p, "ref": r,
+                           "n_pred": np.asarray(pred.face_normals)[fp], "n_ref": np.asarray(ref.face_normals)[fr]}
+    if len(p) == 0 or len(r) == 0:
+        empty_d, empty_i = np.zeros(0), np.zeros(0, dtype=np.int64)
+        return out | {"d_pr": empty_d, "i_pr": empty_i, "d_rp": empty_d, "i_rp": empty_i}
+    out["d_pr"], out["i_pr"] = nearest(p, r)
+    out["d_rp"], out["i_rp"] = nearest(r, p)
+    return out
+
+
 def unit_cube_chamfer(
     pred: trimesh.Trimesh,
     ref: trimesh.Trimesh,
@@ -556,19 +610,12 @@ def unit_cube_chamfer(
     >>> same["chamfer_l1"] < 0.01 < moved["chamfer_l1"]  # faces 0.01 out in the unit cube
     True
     """
-    used = np.asarray(ref.vertices)[np.unique(np.asarray(ref.faces))]
-    lo, hi = used.min(0), used.max(0)
-    centre, scale = (lo + hi) / 2, 1.0 / float((hi - lo).max())
-    p, fp = sample_faces(pred, n_samples, seeds[0])
-    r, fr = sample_faces(ref, n_samples, seeds[1])
+    m = unit_cube_pairs(pred, ref, n_samples, seeds)
     keys = {"n_samples": float(n_samples)}
-    if len(p) == 0 or len(r) == 0:
+    if len(m["pred"]) == 0 or len(m["ref"]) == 0:
         return keys | {"chamfer_l1": float("nan"), "normal_consistency": float("nan")} | {
             f"f_score@{t:g}": 0.0 for t in F_THRESHOLDS}
-    p, r = (p - centre) * scale, (r - centre) * scale
-    d_pr, i_pr = nearest(p, r)
-    d_rp, i_rp = nearest(r, p)
-    n_p, n_r = np.asarray(pred.face_normals)[fp], np.asarray(ref.face_normals)[fr]
+    d_pr, i_pr, d_rp, i_rp, n_p, n_r = (m[k] for k in ("d_pr", "i_pr", "d_rp", "i_rp", "n_pred", "n_ref"))
     out = keys | {
         "chamfer_l1": float(0.5 * (d_pr.mean() + d_rp.mean())),
         "normal_consistency": normal_consistency(n_p, n_r, n_r[i_pr], n_p[i_rp]),
