@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nsr.pl.encoding import GridMLP, SimplexGridEncoding, descending_order, level_resolutions
+from nsr.pl.encoding import (
+    GridMLP,
+    SimplexGridEncoder,
+    SimplexGridEncoding,
+    descending_order,
+    level_resolutions,
+    levels_nest,
+)
 
 
 def _enc(d, **kw):
@@ -101,6 +108,45 @@ def test_planes_separate_exactly_the_points_in_different_simplices():
     separated = (side_x != side_y).any(1)
     same_simplex = (_simplex_ids(enc, x) == _simplex_ids(enc, y)).all(1)
     assert torch.equal(separated, ~same_simplex)
+
+
+def _corners_in_finest_simplex(enc, x):
+    """The D + 1 corners (in x) of the finest level's Kuhn simplex holding each point."""
+    level = len(enc.resolutions) - 1
+    vertices, _ = enc.simplex_vertices(enc.grid_coordinates(x, level), level)  # (P, D+1, D) grid ints
+    return enc.lo + (enc.hi - enc.lo) * vertices.double() / enc.resolutions[level]
+
+
+@pytest.mark.parametrize("levels, nested", [((3, 2, 8), True), ((3, 2, 9), False)])
+def test_nested_levels_are_affine_on_the_finest_simplices(levels, nested):
+    """Levels 2, 4, 8 nest: the whole encoding interpolates its values at the corners of each finest
+    simplex barycentrically; levels 2, 4, 9 do not (the coarse planes cut the simplices of 9)."""
+    enc = _enc(3, n_levels=levels[0], min_resolution=levels[1], max_resolution=levels[2], table_size=10**4)
+    assert levels_nest(enc.resolutions) is nested
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(400, 3, generator=gen, dtype=torch.float64) * 1.8 - 0.9
+    corners = _corners_in_finest_simplex(enc, x)  # (P, 4, 3)
+    w = torch.distributions.Dirichlet(torch.ones(4, dtype=torch.float64)).sample((400,))
+    y = (w[:, :, None] * corners).sum(1)  # random points of the same finest simplices
+    at_corners = enc(corners.reshape(-1, 3)).reshape(400, 4, -1)
+    interpolated = (w[:, :, None] * at_corners).sum(1)
+    error = (enc(y) - interpolated).abs().amax(1)
+    if nested:
+        assert error.max() < 1e-12
+    else:
+        assert (error > 1e-6).float().mean() > 0.5
+
+
+def test_nested_levels_add_no_planes():
+    """The extractor's breakpoints of levels 2, 4, 8 are the finest level's alone: on the grid's own
+    box, 3 (N - 1) axis planes and 3 (2N - 1) diagonal ones for N = 8."""
+    nested = SimplexGridEncoder(_enc(3, n_levels=3, min_resolution=2, max_resolution=8))
+    lo, hi = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    assert len(nested.planes(lo, hi)[1]) == 3 * 7 + 3 * 15
+    overlaid = SimplexGridEncoder(_enc(3, n_levels=3, min_resolution=2, max_resolution=9))  # 2, 4, 9
+    # 2's planes lie in 4's; 4's (3 per axis, 7 per diagonal pair) and 9's (8, 17) share only the
+    # diagonals through the origin
+    assert len(overlaid.planes(lo, hi)[1]) == 3 * (3 + 8) + 3 * (7 + 17 - 1)
 
 
 def test_dense_and_hashed_levels():
