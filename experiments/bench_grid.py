@@ -62,11 +62,12 @@ MESHES = ("stanford-bunny", "spot", "fandisk", "rocker-arm")
 BOX = 0.5  # training box [-BOX, BOX]^3 (experiment=mesh)
 FIT = 0.45
 
-# Recommended grid network for a 2-core CPU (issue 14's tuning, RESULTS.md): 2 features per level, 2^15-row
+# Recommended grid network for a 2-core CPU, experiment=grid_cpu's (issue 14's tuning, RESULTS.md): 2^15-row
 # tables, MLP 16 x 2 (it reached the same SDF error per step as 8 levels 8..128 with MLP 32 x 2 at 0.73x its step
-# time); since 2026-12-02 5 nested levels 6, 12, 24, 48, 96 instead of 6 levels 8..96 ("Nested grid levels":
-# the same fidelity, 4.5-4.9x fewer polygons; --levels 6 --min-resolution 8 gives the older rows' network).
-GRID_DEFAULTS: dict[str, Any] = dict(width=16, depth=2, n_levels=5, features=2, min_resolution=6, max_resolution=96,
+# time); since 2026-12-02 5 nested levels 6, 12, 24, 48, 96 of 4 features instead of 6 levels 8..96 of 2
+# ("Nested grid levels": 3.4-4.7x fewer polygons at 2 features, the same fidelity; 4 features: fandisk's normal
+# consistency 0.9896 -> 0.9913). --levels 6 --min-resolution 8 --features 2 gives the older rows' network.
+GRID_DEFAULTS: dict[str, Any] = dict(width=16, depth=2, n_levels=5, features=4, min_resolution=6, max_resolution=96,
                                      table_size=2**15, include_input=True, init_scale=1e-4)
 GRID_LR, GRID_TABLE_LR = 1e-3, 1e-2
 MLP_WIDTH, MLP_DEPTH, MLP_LR = 64, 4, 2e-3

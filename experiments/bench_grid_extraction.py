@@ -1,7 +1,7 @@
 """Exact extraction of a trained simplex-grid network against marching cubes, in ONE process (issue 14).
 
-The network is ``experiments/grid_net.py``'s recommended CPU grid (6 levels of 2 features,
-resolutions 8..96, 2^15-row tables, raw coordinates, MLP 16x2) trained on the shared bunny
+The network is ``experiments/grid_net.py``'s recommended CPU grid (5 nested levels of 4 features,
+resolutions 6..96, 2^15-row tables, raw coordinates, MLP 16x2) trained on the shared bunny
 (cached under ``experiments/out/``; trained first if absent, which needs ``../shared``). One after
 another, in one process: the exact surface in track mode (float64; walks only the polygons the
 surface crosses, so its cost follows the surface, not the ~1,900-plane arrangement that surface
@@ -12,6 +12,12 @@ mode must build in every tile the bounds cannot drop), then marching cubes at ea
 between operations).
 
     python experiments/bench_grid_extraction.py --seconds 90 --resolutions 128 256
+    python experiments/bench_grid_extraction.py --net outputs/train/<run>/checkpoints/last.ckpt \\
+        --seeds 64 192 --surface --resolutions 256 512
+
+``--net`` takes any network file nsr reads (a checkpoint of ``experiment=grid_cpu``, a state dict)
+instead of the cached one; ``--seeds`` runs track mode once per seed-grid resolution (a component no seed
+reaches is missed, so the polygon counts differ); ``--surface`` adds the complete mode (surface), last.
 
 Prints a Markdown table and writes ``bench_grid_extraction.json`` to ``--out``.
 """
@@ -56,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolutions", type=int, nargs="*", default=[128, 256])
     ap.add_argument("--max-seconds", type=int, default=900)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--net", type=Path, default=None, help="a network file (checkpoint or state dict)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="track mode's seed grids, one run each; 0: extract_mesh's default (default_seeds)")
+    ap.add_argument("--surface", action="store_true", help="also the complete (surface) mode, after the others")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("NSR_OUT", ROOT / "experiments" / "out")))
     args = ap.parse_args(argv)
 
@@ -64,25 +74,38 @@ def main(argv: list[str] | None = None) -> int:
     from nsr.eval.marching_cubes import marching_cubes
     from nsr.extraction.surface import extract_mesh
 
-    path = grid_net.default_path(args.seconds)
-    if not path.is_file():
-        if not (ROOT.parent / "shared" / "meshes").is_dir():
-            print("../shared/meshes is absent: nothing to train on; skipping")
-            return 0
-        grid_net.train_grid_net(args.seconds)
     torch.set_num_threads(args.threads)
-    net = grid_net.load_grid_net(path)
+    if args.net is not None:
+        from nsr.networks import load_network
+
+        net = load_network(args.net).eval()
+    else:
+        path = grid_net.default_path(args.seconds)
+        if not path.is_file():
+            if not (ROOT.parent / "shared" / "meshes").is_dir():
+                print("../shared/meshes is absent: nothing to train on; skipping")
+                return 0
+            grid_net.train_grid_net(args.seconds)
+        net = grid_net.load_grid_net(path)
     bounds = np.array([[-0.5, 0.5]] * 3)
     signal.signal(signal.SIGALRM, _alarm)
     rows = []
-    methods = [("exact, track mode", None)] + [(f"marching cubes {r}^3", r) for r in args.resolutions]
+    methods: list[tuple[str, object]] = [
+        (f"exact, track mode (seeds {s}^3)" if s else "exact, track mode (default seeds)", ("track", s))
+        for s in (s or None for s in args.seeds)]
+    methods += [(f"marching cubes {r}^3", r) for r in args.resolutions]
+    if args.surface:
+        methods.append(("exact, surface mode (complete)", ("surface", None)))
     for name, res in methods:
         signal.alarm(args.max_seconds)
         t0 = time.perf_counter()
         try:
-            if res is None:
-                mesh = extract_mesh(net, bounds, mode="track", progress=False)
+            if isinstance(res, tuple):
+                mode, seeds = res
+                mesh = extract_mesh(net, bounds, mode=mode, seeds=seeds, progress=False)
                 verts, n_poly = mesh.vertices, len(mesh.polygons)
+                if mode == "track":
+                    name = name.replace("default seeds", f"default seeds, {mesh.stats.get('seed_grid')}^3")
             else:
                 mc = marching_cubes(net, bounds, resolution=res)
                 verts, n_poly = np.asarray(mc.vertices), len(mc.faces)

@@ -1,14 +1,14 @@
 """The trained simplex-grid network of issue 14's extraction measurements: the recommended 2-core CPU grid
-(``experiments/bench_grid.py`` defaults: since 2026-12-02 5 nested levels of 2 features, resolutions 6..96; before,
-6 levels 8..96; 2^15-row tables, raw coordinates, MLP 16 x 2) trained on the shared bunny for ``--seconds``
-(default 90) through nsr's Lightning module, cached under ``experiments/out/`` (git-ignored; the weights are never
-committed). The cache's name holds the levels (``grid_stanford-bunny_90s_L5r6-96.pt``); the cache of the older
-levels (``grid_stanford-bunny_90s.pt``, named before the levels changed) is still read by its path, and
-:func:`load_grid_net` rebuilds any cache with the settings it was trained with.
+(``experiments/bench_grid.py`` defaults: since 2026-12-02 5 nested levels of 4 features, resolutions 6..96;
+before, 6 levels of 2 features 8..96; 2^15-row tables, raw coordinates, MLP 16 x 2) trained on the shared bunny
+for ``--seconds`` (default 90) through nsr's Lightning module, cached under ``experiments/out/`` (git-ignored;
+the weights are never committed). The cache's name holds the levels (``grid_stanford-bunny_90s_L5r6-96f4.pt``);
+the older levels' cache (``grid_stanford-bunny_90s.pt``, named before the levels changed) is still read by its
+path, and :func:`load_grid_net` rebuilds any cache with the settings it was trained with.
 
 Usage::
 
-    python experiments/grid_net.py                 # train (or reuse) experiments/out/grid_stanford-bunny_90s_L5r6-96.pt
+    python experiments/grid_net.py    # train (or reuse) experiments/out/grid_stanford-bunny_90s_L5r6-96f4.pt
     python experiments/grid_net.py --seconds 60 --force
 
 ``load_grid_net(path)`` rebuilds the network from the cache.
@@ -35,7 +35,7 @@ from nsr.pl.encoding import GridMLP  # noqa: E402
 def default_path(seconds: float, mesh: str = "stanford-bunny") -> Path:
     """Where the network of the current defaults trained on ``mesh`` for ``seconds`` is cached."""
     g = bench_grid.GRID_DEFAULTS
-    levels = f"L{g['n_levels']}r{g['min_resolution']}-{g['max_resolution']}"
+    levels = f"L{g['n_levels']}r{g['min_resolution']}-{g['max_resolution']}f{g['features']}"
     return ROOT / "experiments" / "out" / f"grid_{mesh}_{seconds:g}s_{levels}.pt"
 
 

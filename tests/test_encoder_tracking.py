@@ -250,3 +250,12 @@ def test_polygons_of_many_edges_are_walked_whole():
     assert len(flat) == 6 and min(map(len, flat)) > 16
     assert sum(map(len, flat)) == k + 2 * 6 + 6  # the corners, 6 cut points shared by 2 sectors, the centre in each
     assert _max_abs_f_on_surface(net, mesh) <= 1e-12
+
+
+
+def test_seed_grid_is_recorded():
+    """The seed grid track mode used is in the stats: 64 by default, or the one asked for."""
+    net = _grid_net(1, 2, 40, 80, 4, True)
+    thin = [(-0.45, 0.45), (-0.05, 0.05), (-0.05, 0.05)]
+    assert _track(net, thin).stats["seed_grid"] == 64
+    assert _track(net, thin, seeds=70).stats["seed_grid"] == 70

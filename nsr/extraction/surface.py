@@ -230,10 +230,11 @@ def default_mode(net: Any) -> str:
     encoder (a simplex grid), ``"surface"`` otherwise.
 
     Surface mode is complete, but on an encoder network it first cuts the box by every plane
-    of the grid: on the ``grid_cpu`` network of the bunny 180 s on a 2-core CPU, where track mode
-    takes 6.6 s (the 6-level grids before the levels nested: over an hour against about a minute;
-    ``experiments/RESULTS.md``). Track mode misses only components that no seed reaches (130 of
-    that mesh's 207,696 polygons); pass ``mode="surface"`` for the complete answer.
+    of the grid: on the ``grid_cpu`` network of the bunny 159 s on a 2-core CPU, where track mode
+    takes 8.8 s (the 6-level grids before the levels nested: over an hour against about a minute;
+    ``experiments/RESULTS.md``). Track mode misses only components that no seed reaches (there,
+    three small ones: 112 of surface mode's 243,908 polygons; ``seeds=192``, two seeds per cell of
+    the finest level, found them in 13.4 s); pass ``mode="surface"`` for the complete answer.
     (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
     budget.)
 
@@ -406,6 +407,8 @@ def track_polygons(net: PLGraph | PLNetwork, b: np.ndarray, level: float = 0.0, 
         inside = ((pts >= bt[:, 0]) & (pts <= bt[:, 1])).all(1)
         pts = pts[inside]
     tr = track_surface(net, bt, pts, level=level, close=close, progress=progress, memory_limit=memory_limit)
+    if seeds is None or isinstance(seeds, (int, np.integer)):
+        tr["stats"]["seed_grid"] = res
     if tr["stats"]["seed_regions"] == 0:
         return None, "found no seed on the level set"
     if tr["stats"]["degenerate_polygons"]:
