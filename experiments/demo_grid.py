@@ -1,8 +1,8 @@
 """Study (issue 14): would a grid network make a better `make demo`?
 
 Runs the demo (:func:`nsr.demo.main`) with its own network (``mlp``: :data:`nsr.demo.DEMO_OVERRIDES`) or
-with the ``grid_cpu`` network in their place (``grid``: 6 levels 8..96, 2^14-row tables, MLP 32x2, lr 2e-3,
-batch 2048, ``EPOCHS`` epochs of 50 steps, the normal loss at ``NORMAL``), so the two can run side by
+with the ``grid_cpu`` network of 2026-12-01 in their place (``grid``: 6 levels 8..96, 2^14-row tables, MLP 32x2,
+lr 2e-3, batch 2048, ``EPOCHS`` epochs of 50 steps, the normal loss at ``NORMAL``), so the two can run side by
 side, each pinned to a core::
 
     OMP_NUM_THREADS=1 taskset -c 0 python experiments/demo_grid.py mlp outputs/demo_mlp &

@@ -252,7 +252,6 @@ def test_polygons_of_many_edges_are_walked_whole():
     assert _max_abs_f_on_surface(net, mesh) <= 1e-12
 
 
-
 def test_seed_grid_is_recorded():
     """The seed grid track mode used is in the stats: 64 by default, or the one asked for."""
     net = _grid_net(1, 2, 40, 80, 4, True)
