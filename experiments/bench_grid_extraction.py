@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="track mode's seed grids, one run each; 0: extract_mesh's default (default_seeds)")
     ap.add_argument("--surface", action="store_true", help="also the complete (surface) mode, after the others")
+    ap.add_argument("--tiles", type=int, nargs="+", default=[0],
+                    help="surface mode's tiles per axis, one run each; 0: extract_mesh's default (default_tiles)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("NSR_OUT", ROOT / "experiments" / "out")))
     args = ap.parse_args(argv)
 
@@ -95,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         for s in (s or None for s in args.seeds)]
     methods += [(f"marching cubes {r}^3", r) for r in args.resolutions]
     if args.surface:
-        methods.append(("exact, surface mode (complete)", ("surface", None)))
+        methods += [(f"exact, surface mode (complete, {t}^3 tiles)" if t else "exact, surface mode (complete)",
+                     ("surface", t or None)) for t in args.tiles]
     for name, res in methods:
         signal.alarm(args.max_seconds)
         t0 = time.perf_counter()
         try:
             if isinstance(res, tuple):
-                mode, seeds = res
-                mesh = extract_mesh(net, bounds, mode=mode, seeds=seeds, progress=False)
+                mode, opt = res  # track: its seed grid; surface: its tiles (None: the defaults)
+                mesh = extract_mesh(net, bounds, mode=mode, progress=False,
+                                    **({"seeds": opt} if mode == "track" else {"tiles": opt}))
                 verts, n_poly = mesh.vertices, len(mesh.polygons)
                 if mode == "track":
                     name = name.replace("default seeds", f"default seeds, {mesh.stats.get('seed_grid')}^3")

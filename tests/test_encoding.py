@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -135,6 +137,20 @@ def test_nested_levels_are_affine_on_the_finest_simplices(levels, nested):
         assert error.max() < 1e-12
     else:
         assert (error > 1e-6).float().mean() > 0.5
+
+
+def test_default_levels_nest():
+    """A grid built with the defaults, in the library or from nsr's configs, has nested levels."""
+    import yaml
+
+    from nsr._config import config_dir
+
+    assert levels_nest(SimplexGridEncoding().resolutions)
+    assert levels_nest(GridMLP().encoding.resolutions)
+    for name in ("model/grid_mlp.yaml", "experiment/grid_cpu.yaml", "experiment/grid_gpu.yaml"):
+        cfg = yaml.safe_load((Path(config_dir()) / name).read_text())
+        net = cfg["net"] if "net" in cfg else cfg["model"]["net"]
+        assert levels_nest(level_resolutions(net["n_levels"], net["min_resolution"], net["max_resolution"])), name
 
 
 def test_nested_levels_add_no_planes():

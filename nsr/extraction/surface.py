@@ -230,7 +230,7 @@ def default_mode(net: Any) -> str:
     encoder (a simplex grid), ``"surface"`` otherwise.
 
     Surface mode is complete, but on an encoder network it first cuts the box by every plane
-    of the grid: on the ``grid_cpu`` network of the bunny 159 s on a 2-core CPU, where track mode
+    of the grid: on the ``grid_cpu`` network of the bunny 155-200 s on a 2-core CPU, where track mode
     takes 8.8 s (the 6-level grids before the levels nested: over an hour against about a minute;
     ``experiments/RESULTS.md``). Track mode misses only components that no seed reaches (there,
     three small ones: 112 of surface mode's 243,908 polygons; ``seeds=192``, two seeds per cell of

@@ -16,6 +16,7 @@ from nsr.extraction.progress import _progress
 from nsr.extraction.pruning import Band
 from nsr.extraction.subdivide import subdivide
 from nsr.networks import PLNetwork
+from nsr.pl.encoding import levels_nest
 from nsr.pl.graph import PLGraph, as_graph
 
 
@@ -73,7 +74,8 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     8^3), and since region pruning got cheaper (issue 16) large ones are too: one process,
     CPU time, 2^3 / 4^3 / 8^3 tiles, a trained 4x64 bunny 21.7-19.2 / 25.8-23.5 / 26.8-25.3 s,
     the shared 8x32 bunny 51.3 / 51.8 / 54.0 s, the same polygons. A simplex-grid encoder gets
-    about one tile per 6 cells of its finest level (2 to 32 per axis).
+    about one tile per 12 cells of its finest level where its levels nest, per 6 cells where they
+    do not (2 to 32 per axis).
 
     Parameters
     ----------
@@ -83,13 +85,19 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     Returns
     -------
     int
-        For a simplex-grid encoder, its finest resolution over 6 (2 to 32); otherwise 2.
+        For a simplex-grid encoder, its finest resolution over 12 (nested levels) or 6 (2 to 32);
+        otherwise 2.
 
     Examples
     --------
     >>> from nsr.networks import random_network
+    >>> from nsr.pl.encoding import GridMLP
     >>> default_tiles(random_network(3, [8, 8])), default_tiles(random_network(3, [64, 64, 64]))
     (2, 2)
+    >>> nested = GridMLP(in_dim=3, width=4, depth=1, n_levels=5, min_resolution=6, max_resolution=96)
+    >>> overlaid = GridMLP(in_dim=3, width=4, depth=1, n_levels=6, min_resolution=8, max_resolution=96)
+    >>> default_tiles(nested), default_tiles(overlaid)
+    (8, 16)
     """
     net = as_graph(net)
     resolutions = getattr(getattr(net.encoder, "encoding", None), "resolutions", None)
@@ -97,8 +105,11 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
         # A simplex grid: every tile is cut by all the planes crossing it before cells are pruned, so a tile's
         # cost grows with the cube of its side; tiles of about 6 cells of the finest level were the fastest on
         # a trained bunny grid (6 levels 8..96, a surface sub-box: 16.1 s with tiles of 1/16 of the box, 18.4 s
-        # with 1/32, 22.7 s with 1/64, 20.4 s with 1/8).
-        return int(min(32, max(2, max(resolutions) // 6)))
+        # with 1/32, 22.7 s with 1/64, 20.4 s with 1/8). Nested levels (one Kuhn grid, fewer planes per tile)
+        # favour 12 cells: the grid_cpu bunny, whole box, one process, 8^3 tiles 154.8 / 175.9 s against 16^3
+        # 202.1 / 199.5 s (both orders), 32^3 338 s (experiments/RESULTS.md, "Nested grid levels").
+        cells = 12 if levels_nest(resolutions) else 6
+        return int(min(32, max(2, max(resolutions) // cells)))
     return 2
 
 

@@ -151,7 +151,8 @@ class SimplexGridEncoding(nn.Module):
     in_dim : int
         Input dimension ``D >= 1``.
     n_levels, min_resolution, max_resolution : int
-        Grid levels, resolutions in geometric progression.
+        Grid levels, resolutions in geometric progression (default 6 levels 4..128: 4, 8, ..., 128,
+        which nest; until 2026-12-02 8 levels, which do not).
     features : int
         Features per level ``F``.
     table_size : int
@@ -188,7 +189,7 @@ class SimplexGridEncoding(nn.Module):
     def __init__(
         self,
         in_dim: int = 3,
-        n_levels: int = 8,
+        n_levels: int = 6,
         features: int = 2,
         min_resolution: int = 4,
         max_resolution: int = 128,
