@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--net", type=Path, default=None, help="a network file (checkpoint or state dict)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
-                    help="track mode's seed grids, one run each; 0: extract_mesh's default (default_seeds)")
+                    help="track mode's seed grids, one run each; 0: extract_mesh's default (64)")
     ap.add_argument("--surface", action="store_true", help="also the complete (surface) mode, after the others")
     ap.add_argument("--tiles", type=int, nargs="+", default=[0],
                     help="surface mode's tiles per axis, one run each; 0: extract_mesh's default (default_tiles)")
