@@ -20,6 +20,7 @@ from nsr.extraction.bits import bit_values, group_equal_rows, hash_rows, n_words
 from nsr.extraction.complex import PolyhedralComplex
 from nsr.extraction.guards import no_tf32
 from nsr.extraction.mesh import ExactMesh, PackedPatterns, _measure
+from nsr.extraction.skeleton import wall_sides
 from nsr.extraction.tolerances import facet_tolerances
 from nsr.geometry import fan_triangles
 from nsr.networks import PLNetwork
@@ -155,6 +156,8 @@ class _Arrays:
     tile_index: Tensor  # (K, D) grid index of each tile
     grid: int  # tiles per axis
     n_facets: int = 0  # encoder planes (constraint ids 2D..2D+P-1)
+    walls: int = 0  # ids below it bound their tile (0: the box facets), on the side in tile_bits
+    tile_bits: Tensor | None = None  # (K, W) simplex tiles' sides (nsr.extraction.kuhn)
 
 
 def _global_zeros(zeros: Tensor, tile: Tensor, arr: _Arrays, d: int) -> tuple[Tensor, Tensor]:
@@ -179,7 +182,7 @@ def _plane_to_constraint(g: Tensor, grid: int) -> Tensor:
 
 def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: float, close: bool) -> ExactMesh:
     arr = _Arrays(arr.x, arr.vzeros.long(), arr.vpos, arr.vtile.long(), arr.edges.long(), arr.ezeros.long(),
-                  arr.tile_index, arr.grid, arr.n_facets)
+                  arr.tile_index, arr.grid, arr.n_facets, arr.walls, arr.tile_bits)
     d = arr.x.shape[1]
     n = net.n_neurons
     layout = ConstraintLayout(d, net.widths, arr.n_facets)
@@ -195,8 +198,11 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
 
     gz, internal = _global_zeros(arr.vzeros, arr.vtile, arr, d)
     gz = torch.sort(gz, 1).values
-    e = arr.edges
-    ge, e_internal = _global_zeros(arr.ezeros, arr.vtile[e[:, 0]], arr, d)
+    e, ez = arr.edges, arr.ezeros
+    if d == 3 and not close:  # only the level set's own edges bound polygons: name those alone
+        on = torch.nonzero(ez[:, -1] == out).squeeze(1)
+        e, ez = e[on], ez[on]
+    ge, e_internal = _global_zeros(ez, arr.vtile[e[:, 0]], arr, d)
     epos = (arr.vpos[e[:, 0]] | arr.vpos[e[:, 1]]) & mask
 
     if d == 2:
@@ -205,6 +211,10 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     faces_support, faces_pos, inc_edge = [], [], []
 
     def add(edge_idx: Tensor, support: Tensor, other: Tensor, sides: tuple[int, ...], need_neg: bool) -> None:
+        # a simplex tile's facet (an encoder plane) is a wall: the edge's polygon is on the tile's side only,
+        # the other side's polygon has its own copy of the edge in its own tile
+        wall, inside = wall_sides(other.clamp(min=0), arr.vtile[e[edge_idx, 0]], d, arr.walls, arr.tile_bits)
+        wall &= other >= layout.n_box
         for side in sides:
             sel = edge_idx
             pk = epos[sel].clone()
@@ -214,9 +224,9 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
                 wi, mi = bit_values(oth.clamp(min=0))
                 rows = torch.nonzero(is_neuron).squeeze(1)
                 pk[rows, wi[rows]] |= mi[rows]
-                keep = is_neuron | (oth < 0)
+                keep = is_neuron & (~wall | inside) | (oth < 0)
             else:  # the negative side of a neuron or of the level set
-                keep = is_neuron | (oth == out)
+                keep = is_neuron & (~wall | ~inside) | (oth == out)
             if need_neg:
                 wo, mo = bit_values(torch.tensor(out, device=dev))
                 keep = keep & ((pk[:, wo] & mo) == 0)
@@ -226,7 +236,7 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
             inc_edge.append(sel[r])
 
     # surface: edges on the level set whose other zero is not an internal tile plane
-    on_ls = arr.ezeros[:, -1] == out
+    on_ls = ez[:, -1] == out
     s_edges = torch.nonzero(on_ls & ~e_internal[:, 0]).squeeze(1)
     add(s_edges, torch.full((len(s_edges),), out, device=dev), ge[s_edges, 0], (0, 1), need_neg=False)
     if close:

@@ -12,7 +12,7 @@ from torch import Tensor
 from nsr.extraction.bits import bit_values
 from nsr.extraction.evaluate import _evaluate, _source_values
 from nsr.extraction.memory import _chunks
-from nsr.extraction.skeleton import _index_reduce, _keep
+from nsr.extraction.skeleton import _index_reduce, _keep, wall_sides
 from nsr.extraction.tolerances import sign_tolerances
 from nsr.networks import PLNetwork
 from nsr.pl import bounds as _bounds
@@ -183,15 +183,17 @@ def _region_hashes(sk: _Skeleton) -> tuple[Tensor, Tensor]:
         # its value only where it is, so that a key never counts a bit twice
         clear = (vpos.gather(1, word) & mask) == 0
         flip = torch.where(clear, bits[vz], 0)  # (n, D)
-        box_facet = vz < 2 * d  # a box facet has no outside
+        # a wall (box facet, simplex tile facet) has no outside
+        wall, inside = wall_sides(vz, sk.vtile.t[sl].long()[:, None].expand_as(vz), d, sk.walls, sk.tile_bits)
         for combo in range(1 << d):
             h = h0.clone()
             ok = torch.ones(vz.shape[0], dtype=torch.bool, device=dev)
             for i in range(d):
                 if combo >> i & 1:
                     h += flip[:, i]
+                    ok &= ~wall[:, i] | inside[:, i]
                 else:
-                    ok &= ~box_facet[:, i]
+                    ok &= ~wall[:, i] | ~inside[:, i]
             hashes[combo, sl] = h
             valid[combo, sl] = ok
     return hashes, valid
@@ -511,6 +513,10 @@ class TileBounds:
     crown_hidden : bool, optional
         Bound the hidden layers by linear bound propagation on the first update (default) rather
         than by intervals only.
+    sources : dict of int to (lower, upper), optional
+        Ranges ``(K, n)`` of the input and the features over each tile, where tighter than the
+        tile's box gives (:func:`nsr.pl.bounds.source_ranges`, default): a simplex's features range
+        over its corners' values.
 
     Examples
     --------
@@ -530,8 +536,10 @@ class TileBounds:
     True
     """
 
-    def __init__(self, net: PLGraph, tile_lo: Tensor, tile_hi: Tensor, crown_hidden: bool = True) -> None:
+    def __init__(self, net: PLGraph, tile_lo: Tensor, tile_hi: Tensor, crown_hidden: bool = True,
+                 sources: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
         self.net, self.lo, self.hi, self.crown_hidden = net, tile_lo, tile_hi, crown_hidden
+        self.sources = sources
         self.pre: list[tuple[Tensor, Tensor]] | None = None  # per layer, then the output
         self.layer = -1  # the last layer whose exact range was given
 
@@ -554,10 +562,11 @@ class TileBounds:
         """
         net = self.net
         if self.pre is None or layer != self.layer + 1:
-            self.pre = _bounds.layer_bounds(net, self.lo, self.hi, exact[: layer + 1], self.crown_hidden)
+            self.pre = _bounds.layer_bounds(net, self.lo, self.hi, exact[: layer + 1], self.crown_hidden,
+                                            self.sources)
         else:
             pre = self.pre
-            ranges = _bounds.source_ranges(net, self.lo, self.hi)
+            ranges = dict(self.sources) if self.sources is not None else _bounds.source_ranges(net, self.lo, self.hi)
             for k in range(layer + 1):
                 pre[k] = exact[k]
                 ranges[k] = _bounds.activation_range(net.layers[k], *pre[k])
@@ -576,7 +585,8 @@ class TileBounds:
 
 
 def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_bounds: TileBounds, level: float,
-                    keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]], tol: float = 0.0) -> Tensor:
+                    keep_negative: Tensor | None, ranges: list[tuple[Tensor, Tensor]], tol: float = 0.0,
+                    bound: bool = True) -> Tensor:
     """Tiles whose output may reach ``level``. The pre-activations of layers ``0..layer`` are
     affine on every current cell, so their exact range over a tile is their min/max over the
     tile's vertices; later layers and the output are bounded by ``tile_bounds``
@@ -584,7 +594,8 @@ def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_bounds: TileBo
 
     ``ranges`` holds the ranges of earlier layers from earlier calls and gets this layer's:
     subdivision adds vertices only inside cells where those layers are affine and pruning
-    only removes vertices, so an earlier range stays a valid bound."""
+    only removes vertices, so an earlier range stays a valid bound. ``bound=False`` only records
+    the range (the tiles holding vertices are returned)."""
     n_tiles = tile_bounds.lo.shape[0]
     x = sk.x.t
     width = net.layers[layer].n
@@ -597,6 +608,8 @@ def _tiles_reaching(net: PLGraph, sk: _Skeleton, layer: int, tile_bounds: TileBo
         _index_reduce(hi, idx, z, "amax")
     ranges.append((lo, hi))
     has = torch.isfinite(lo[:, 0])
+    if not bound:
+        return has
     known = [(torch.where(has[:, None], lo, 0.0), torch.where(has[:, None], hi, 0.0)) for lo, hi in ranges]
     olo, ohi = tile_bounds.update(layer, known)
     reach = has & may_reach(olo, ohi, level, tol)

@@ -57,6 +57,14 @@ class _Skeleton:
     # (V, n) pre-activations of the current layer while pruning: filtered with the vertices,
     # so that the bounds and the subdivision share one evaluation
     values: _Buffer | None = None
+    # Walls: constraint ids below ``walls`` (default ``2 D``, the box facets) bound their tile, which
+    # lies on one side of each; ``tile_bits`` ``(K, W)`` says which (bit set: positive), default the
+    # positive side. Simplex tiles (nsr.extraction.kuhn) have encoder planes for walls.
+    walls: int = 0
+    tile_bits: Tensor | None = None
+    # face keys read the sign words from this one on: on simplex tiles the encoder planes' bits of a
+    # face are its tile's, less the face's own plane, so the words below the neurons' name nothing new
+    key_word0: int = 0
 
     @property
     def n_vertices(self) -> int:
@@ -274,6 +282,49 @@ def split_by_constraint(sk: _Skeleton, values: _Buffer | None, z: Tensor, c: int
     _pair_new_vertices(sk, ez, pe, tile_a, new_ids, torch.full((n,), c, dtype=torch.int64, device=z.device))
 
 
+def wall_sides(zeros: Tensor, tiles: Tensor, d: int, walls: int = 0, tile_bits: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """Which zero ids bound their tile (a wall has one side only inside the tile), and that side.
+
+    Parameters
+    ----------
+    zeros : (...,) int64 Tensor
+        Constraint ids.
+    tiles : (...,) int64 Tensor
+        The tile of each.
+    d : int
+        The dimension: ids below ``2 d`` are box facets.
+    walls : int
+        Ids below it are walls (0: ``2 d``).
+    tile_bits : (K, W) int64 Tensor, optional
+        Each tile's side of its walls (bit set: positive); default positive.
+
+    Returns
+    -------
+    wall : (...,) bool Tensor
+    inside : (...,) bool Tensor
+        The positive side is the inside (meaningful where ``wall``).
+
+    Examples
+    --------
+    Box facets (ids 0..5 in 3-D) are walls with the inside positive; with ``tile_bits``, tile 0
+    lies on the negative side of wall 7 and tile 1 on its positive side:
+
+    >>> import torch
+    >>> wall_sides(torch.tensor([2, 6, 9]), torch.tensor([0, 0, 0]), 3)
+    (tensor([ True, False, False]), tensor([ True, False, False]))
+    >>> bits = torch.tensor([[0], [1 << 7]])
+    >>> wall_sides(torch.tensor([7, 7]), torch.tensor([0, 1]), 3, walls=9, tile_bits=bits)[1].tolist()
+    [False, True]
+    """
+    box = zeros < 2 * d
+    if not walls or tile_bits is None:
+        return box, box
+    word, mask = bit_values(zeros)
+    inside = (tile_bits[tiles, word] & mask) != 0
+    return zeros < walls, inside | box
+
+
 def _pair_new_vertices(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, new_ids: Tensor, c: Tensor) -> None:
     """Join the new vertices of one split that bound the same 2-face by new edges on the splitting
     constraint.
@@ -286,22 +337,23 @@ def _pair_new_vertices(sk: _Skeleton, ez: Tensor, pe: Tensor, tile_a: Tensor, ne
     n = ez.shape[0]
     dev = ez.device
     # Face keys: for each zero slot i of the cut edge and each side, the 2-face obtained by
-    # making that entry non-zero. Box facets have no outside.
+    # making that entry non-zero. A wall (a box facet, a simplex tile's facet) has one side only.
     keys, owners = [], []
     tile = tile_a.long().unsqueeze(1)
     for i in range(d - 1):
         zi = ez[:, i]
         rest = torch.cat([ez[:, :i], ez[:, i + 1 :]], 1)
         wi, mi = bit_values(zi)
+        wall, inside = wall_sides(zi, tile_a.long(), d, sk.walls, sk.tile_bits)
         for side in (0, 1):
             pk = pe.clone()
             if side:
                 rows = torch.arange(n, device=dev)
                 pk[rows, wi] |= mi
-                sel = torch.arange(n, device=dev)
+                sel = torch.nonzero(~wall | inside).squeeze(1)
             else:
-                sel = torch.nonzero(zi >= 2 * d).squeeze(1)
-            keys.append(torch.cat([tile[sel], pk[sel], rest[sel]], 1))
+                sel = torch.nonzero(~wall | ~inside).squeeze(1)
+            keys.append(torch.cat([tile[sel], pk[sel, sk.key_word0:], rest[sel]], 1))
             owners.append(sel)
     key = torch.cat(keys)
     owner = torch.cat(owners)

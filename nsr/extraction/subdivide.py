@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -151,13 +151,10 @@ def subdivide(
     if tolerances is None:
         tolerances = sign_tolerances(net, box_lo, box_hi, lv)
     tol_out = float(tolerances[-1][0])
-    out_layer = net.n_layers
-    n_layers = out_layer + 1 if level is not None else out_layer
     bar = _progress(layout.n_facets + n_neurons + (1 if level is not None else 0), desc, progress)
     t0 = time.perf_counter()
     itemsize = torch.finfo(tile_lo.dtype).bits // 8
     limit = memory_limit if memory_limit is not None else default_memory_limit()
-    tile_ranges: list[tuple[Tensor, Tensor]] = []
     tile_bounds = TileBounds(net, tile_lo, tile_hi)
     try:
         normals, offsets, facet_tol = facets
@@ -191,47 +188,10 @@ def subdivide(
                     sk.values = _Buffer(_evaluate(net, sk.x.t, 0, 0, width0, 0.0))
                 sk.stats["regions_kept_encoder"] = _prune_regions_bounded(net, sk, 0, lv, tol_out)
             sk.stats["encoder_split_s"] = time.perf_counter() - t0
-        c = layout.neuron_offset
-        for layer in range(n_layers):
-            width = net.affine(layer).n
-            if prune and layer < out_layer:  # at the output the split itself finds the crossings
-                if sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
-                    sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
-                # not before layer 2: after one layer the regions are many and far from the output, so
-                # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
-                by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
-                if not by_region:  # per-region bounds subsume the tile's
-                    alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges,
-                                             tol_out)
-                    _prune_tiles(sk, alive)
-                if band is not None and layer > 0 and sk.n_edges:
-                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
-                if by_region and sk.n_edges:
-                    sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_bounded(net, sk, layer, lv, tol_out)
-            j0 = 0
-            while j0 < width:
-                # Pre-activations of this layer are affine on every current edge, so new
-                # vertices inherit interpolated values; only a block of columns is kept at a
-                # time (fresh evaluation per block) to bound memory.
-                cols = max(1, min(width - j0, max_value_bytes // max(1, sk.n_vertices * itemsize * 2)))
-                if sk.values is not None:  # evaluated for pruning, filtered with the vertices
-                    values, sk.values, cols = sk.values, None, width
-                else:
-                    values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
-                tol = tolerances[layer]
-                if layer == out_layer:
-                    # A dropped region provably holds no vertex on either side of the level set's
-                    # cut (may_reach), so the level set cuts only complete faces: every key pairs.
-                    sk.partial = False
-                for j in range(cols):
-                    split_by_constraint(sk, values, values.t[:, j].clone(), c, tol[j0 + j])
-                    _check_memory(sk, values, limit, c - layout.neuron_offset, n_neurons, desc)
-                    c += 1
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(layer=layer, V=sk.n_vertices, E=sk.n_edges, refresh=False)
-                del values
-                j0 += cols
+            sk.values = None  # the layer loop evaluates layer 0 afresh, as before this step existed
+        alive = split_by_layers(net, sk, alive, tile_bounds, layout, level, prune=prune, keep_negative=keep_negative,
+                                band=band, region_layers=region_layers, max_value_bytes=max_value_bytes,
+                                limit=limit, tolerances=tolerances, bar=bar, desc=desc)
     finally:
         if bar is not None:
             bar.close()
@@ -241,6 +201,131 @@ def subdivide(
     warn_unpaired(sk.unpaired, tile_lo.dtype)
     warn_uncertain(sk.stats["uncertain_signs"], tile_lo.dtype)
     return sk, alive
+
+
+def split_by_layers(net: PLGraph, sk: _Skeleton, alive: Tensor, tile_bounds: TileBounds, layout: ConstraintLayout,
+                    level: float | None, *, prune: bool, keep_negative: Tensor | None, band: Band | None,
+                    region_layers: int, max_value_bytes: int, limit: float | None, tolerances: list[Tensor],
+                    bar: Any, desc: str, prune_from: int = 0, carry: bool = False) -> Tensor:
+    """Cut the skeleton by every hidden neuron, layer by layer, then by the level set (the loop of
+    :func:`subdivide`, once its tiles are made and cut by the encoder's planes, for tiles of any shape:
+    boxes, or simplices of :mod:`nsr.extraction.kuhn`). With ``prune``, tiles and then regions that
+    provably miss the level are dropped before each layer (see :func:`subdivide`). Pre-activations
+    of layer 0 already in ``sk.values`` are used as they are; layers before ``prune_from`` are not
+    pruned (their tiles are already bounded from the same ranges). With ``carry``, a layer that reads
+    the previous one alone is computed from that layer's values as the splits carried them (interpolated
+    along edges), not evaluated afresh from the points.
+
+    Parameters
+    ----------
+    net : PLGraph
+        The network.
+    sk : _Skeleton
+        The tiles' skeleton, every layer before layer 0 (the encoder) already affine on each edge; mutated.
+    alive : (K,) bool Tensor
+        The tiles still subdivided.
+    tile_bounds : TileBounds
+        Bounds over the tiles, tightened layer by layer.
+    layout : ConstraintLayout
+        Constraint ids.
+    level : float, optional
+        Also cut by ``g = level``.
+    prune, keep_negative, band, region_layers, max_value_bytes : as for :func:`subdivide`
+    limit : float, optional
+        Bytes the skeleton may hold.
+    tolerances : list of Tensor
+        Sign tolerances per layer, then the output's.
+    bar : tqdm-like, optional
+        Advanced once per neuron.
+    desc : str
+        The mode the memory guard names.
+    prune_from : int
+        First layer pruned.
+    carry : bool
+        Compute each layer from the carried values of the previous one where it reads that alone.
+
+    Returns
+    -------
+    (K,) bool Tensor
+        The tiles kept.
+
+    Examples
+    --------
+    The octahedron network's three planes cut ``[-1, 1]^3`` into 27 boxes, as :func:`subdivide` does:
+
+    >>> import torch
+    >>> from nsr.networks import octahedron_network
+    >>> from nsr.extraction.skeleton import box_skeleton
+    >>> from nsr.extraction.tolerances import sign_tolerances
+    >>> g = as_graph(octahedron_network())
+    >>> lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    >>> layout = ConstraintLayout(3, g.widths, 0)
+    >>> sk = box_skeleton(lo, hi, layout.n_constraints)
+    >>> tols = sign_tolerances(g, lo[0], hi[0], 0.0)
+    >>> alive = split_by_layers(g, sk, torch.ones(1, dtype=torch.bool), TileBounds(g, lo, hi), layout, None,
+    ...                         prune=False, keep_negative=None, band=None, region_layers=3, max_value_bytes=2**30,
+    ...                         limit=None, tolerances=tols, bar=None, desc="doc")
+    >>> sk.n_vertices, sk.n_edges, alive.tolist()
+    (27, 54, [True])
+    """
+    lv = 0.0 if level is None else float(level)
+    tol_out = float(tolerances[-1][0])
+    out_layer = net.n_layers
+    n_layers = out_layer + 1 if level is not None else out_layer
+    n_neurons = net.n_neurons
+    itemsize = sk.x.t.element_size()
+    tile_ranges: list[tuple[Tensor, Tensor]] = []
+    c = layout.neuron_offset
+    carried: Tensor | None = None  # the previous layer's values at every vertex (with carry)
+    for layer in range(n_layers):
+        width = net.affine(layer).n
+        if carried is not None and net.affine(layer).sources == [layer - 1]:
+            z = net.affine(layer).apply({layer - 1: net.layers[layer - 1].activate(carried)})
+            sk.values = _Buffer(z - lv if layer == out_layer and lv else z)
+        carried = None
+        if prune and layer < min(prune_from, out_layer):  # the exact ranges only, for the later layers' bounds
+            alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges, tol_out, bound=False)
+        elif prune and layer < out_layer:  # at the output the split itself finds the crossings
+            if sk.values is None and sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
+                sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
+            # not before layer 2: after one layer the regions are many and far from the output, so
+            # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
+            by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
+            if not by_region:  # per-region bounds subsume the tile's
+                alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges,
+                                         tol_out)
+                _prune_tiles(sk, alive)
+            if band is not None and layer > 0 and sk.n_edges:
+                sk.stats[f"regions_kept_layer{layer}"] = _prune_regions(sk, band)
+            if by_region and sk.n_edges:
+                sk.stats[f"regions_kept_layer{layer}"] = _prune_regions_bounded(net, sk, layer, lv, tol_out)
+        j0 = 0
+        while j0 < width:
+            # Pre-activations of this layer are affine on every current edge, so new
+            # vertices inherit interpolated values; only a block of columns is kept at a
+            # time (fresh evaluation per block) to bound memory.
+            cols = max(1, min(width - j0, max_value_bytes // max(1, sk.n_vertices * itemsize * 2)))
+            if sk.values is not None:  # evaluated for pruning, filtered with the vertices
+                values, sk.values, cols = sk.values, None, width
+            else:
+                values = _Buffer(_evaluate(net, sk.x.t, layer, j0, j0 + cols, lv if layer == out_layer else 0.0))
+            tol = tolerances[layer]
+            if layer == out_layer:
+                # A dropped region provably holds no vertex on either side of the level set's
+                # cut (may_reach), so the level set cuts only complete faces: every key pairs.
+                sk.partial = False
+            for j in range(cols):
+                split_by_constraint(sk, values, values.t[:, j].clone(), c, tol[j0 + j])
+                _check_memory(sk, values, limit, c - layout.neuron_offset, n_neurons, desc)
+                c += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(layer=layer, V=sk.n_vertices, E=sk.n_edges, refresh=False)
+            if carry and cols == width:
+                carried = values.t
+            del values
+            j0 += cols
+    return alive
 
 
 def encoder_facets(graph: PLGraph, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -406,7 +406,7 @@ def output_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds
 
 
 def layer_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds] | None = None,
-                 crown_hidden: bool = True) -> list[Bounds]:
+                 crown_hidden: bool = True, sources: dict[int, Bounds] | None = None) -> list[Bounds]:
     """Bounds ``(K, n_l)`` on the pre-activations of every layer, then ``(K, 1)`` on the output,
     over boxes ``[lo, hi]`` ``(K, D)``, as :func:`output_bounds` computes them.
 
@@ -420,6 +420,8 @@ def layer_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds]
         Given bounds of the first layers.
     crown_hidden : bool
         Also use linear bounds on hidden layers.
+    sources : dict of int to (lower, upper), optional
+        Ranges of the sources (:func:`source_ranges`, default) when tighter ones are known.
 
     Returns
     -------
@@ -436,7 +438,7 @@ def layer_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds]
     [(2, 8), (2, 4), (2, 1)]
     """
     known = list(known or [])
-    ranges = source_ranges(graph, lo, hi)
+    ranges = dict(sources) if sources is not None else source_ranges(graph, lo, hi)
     features = ranges.get(ENCODED)
     pre: list[Bounds] = []
     for l in range(graph.n_layers + 1):
