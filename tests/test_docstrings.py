@@ -42,6 +42,7 @@ MODULES = [
     "nsr.training.lightning",
     "nsr.extraction.cells",
     "nsr.extraction.encoder_split",
+    "nsr.extraction.kuhn",
     "nsr.extraction.encoder_tracking",
     "nsr.extraction.tracking",
     "nsr.regularizers",

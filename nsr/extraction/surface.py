@@ -34,6 +34,7 @@ from nsr import limits
 from nsr.extraction.complex import extract_complex
 from nsr.extraction.encoder_split import tile_batches
 from nsr.extraction.guards import as_bounds, check_box, no_tf32, resolve_dtype
+from nsr.extraction.kuhn import kuhn_grid, subdivide_simplices
 from nsr.extraction.memory import peak_memory_mb
 from nsr.extraction.mesh import ExactMesh, _measure
 from nsr.extraction.polygons import (
@@ -278,12 +279,23 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
         if res < 0 or res & (res - 1):
             raise ValueError(f"band must be 0 (off) or a power of two, got {res}")
         t_band = time.perf_counter()
-        tlo, thi, tidx = tile_grid(b, grid, dt, dev)
         bt = torch.as_tensor(b, dtype=dt, device=dev)
         # one tolerance per neuron for the whole box, whichever tiles or workers see it
         tols = sign_tolerances(netd, bt[:, 0], bt[:, 1], level)
         facets = encoder_facets(netd, bt[:, 0], bt[:, 1])
         n_facets = len(facets[1])
+        kg = kuhn_grid(netd, b, facets) if tiles is None and not res and not close and workers == 1 else None
+        if kg is not None:  # a nested simplex grid: its simplices are the tiles
+            arr, kept, unpaired, region_stats = subdivide_simplices(netd, kg, level, tols, facets, progress,
+                                                                    memory_limit)
+            warn_unpaired(unpaired, dt)
+            arr.n_facets = n_facets
+            mesh = _mesh_from_arrays(netd, arr, b, level, close)
+            mesh.stats.update(band=0, band_cells=None, bounds_s=region_stats["kuhn_bounds_s"], workers=workers,
+                              tiles="simplices", tiles_kept=kept, unpaired_face_keys=unpaired,
+                              subdivision_s=time.perf_counter() - t0, **region_stats)
+            return mesh
+        tlo, thi, tidx = tile_grid(b, grid, dt, dev)
         tol_out = float(tols[-1][0])
         cells = None
         if res:
