@@ -307,6 +307,22 @@ def range_bits(start: Tensor, count: Tensor, n_words_: int) -> Tensor:
     return below[hi] & ~below[lo]
 
 
+def _facet_ids(kg: KuhnGrid, cells: Tensor, perm: Tensor, t: _SimplexTables, first_id: int) -> Tensor:
+    """Constraint ids ``(M, D+1)`` of the facets of simplices ``perm`` of ``cells``: box facets ``2 a``
+    (``x_a = lo``) and ``2 a + 1`` (``x_a = hi``) on the box's faces, ``first_id + plane`` elsewhere."""
+    d = kg.dim
+    k = (t.coef[perm] * cells[:, None, :]).sum(-1) + t.const[perm]  # (M, D+1)
+    fam = t.family[perm]
+    axis = fam.clamp(max=d - 1)
+    is_axis = fam < d
+    on_lo = is_axis & (k == kg.first[axis])
+    on_hi = is_axis & (k == kg.first[axis] + kg.count[axis])
+    pid = kg.plane_ids[fam, (k + kg.n).clamp(0, 2 * kg.n)]
+    if not bool(((pid >= 0) | on_lo | on_hi).all()):
+        raise RuntimeError("a simplex facet is neither a plane of the encoder nor a facet of the box")
+    return torch.where(on_lo, 2 * axis, torch.where(on_hi, 2 * axis + 1, first_id + pid))
+
+
 def simplex_skeleton(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: ConstraintLayout,
                      tables: _SimplexTables | None = None) -> _Skeleton:
     """The skeletons of simplices ``perm`` ``(M,)`` of cubes ``cells`` ``(M, D)``, each its own tile.
@@ -360,17 +376,7 @@ def simplex_skeleton(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: Constrai
     m = cells.shape[0]
     n_w = n_words(layout.n_constraints)
     corners = cells[:, None, :] + t.steps[perm]  # (M, D+1, D)
-    # facet ids
-    k = (t.coef[perm] * cells[:, None, :]).sum(-1) + t.const[perm]  # (M, D+1)
-    fam = t.family[perm]
-    axis = fam.clamp(max=d - 1)
-    is_axis = fam < d
-    on_lo = is_axis & (k == kg.first[axis])
-    on_hi = is_axis & (k == kg.first[axis] + kg.count[axis])
-    pid = kg.plane_ids[fam, (k + kg.n).clamp(0, 2 * kg.n)]
-    if not bool(((pid >= 0) | on_lo | on_hi).all()):
-        raise RuntimeError("a simplex facet is neither a plane of the encoder nor a facet of the box")
-    cid = torch.where(on_lo, 2 * axis, torch.where(on_hi, 2 * axis + 1, layout.facet(0) + pid))
+    cid = _facet_ids(kg, cells, perm, t, layout.facet(0))
     # sides: of every encoder plane, from the centroid (never on a plane): the planes of a family below
     # it, a prefix of the family's ids; the box facets all positive
     total = corners.sum(1)  # (M, D) = (D + 1) x centroid
@@ -458,7 +464,7 @@ def _cube_extremes(values: Tensor, op: Any) -> Tensor:
     return values
 
 
-def candidate_simplices(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, slab: int = 4
+def candidate_simplices(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, slab: int = 4, close: bool = False
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, dict[str, int]]:
     """The simplices the output may cross: ``(cells, perm, z0, feat_lo, feat_hi, stats)``.
 
@@ -477,6 +483,8 @@ def candidate_simplices(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, 
         The level of ``g`` and the output's sign tolerance.
     slab : int
         Cubes per slab along axis 0.
+    close : bool
+        Also keep the simplices with a facet on the box where the output may be below the level (the caps).
 
     Returns
     -------
@@ -510,7 +518,7 @@ def candidate_simplices(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, 
     (8, True, (4, 4))
     """
     stats: dict[str, int] = {}
-    parts = list(_candidate_slabs(graph, kg, level, tol, stats, slab))
+    parts = list(_candidate_slabs(graph, kg, level, tol, stats, slab, close))
     d, dev, dt = kg.dim, kg.box.device, kg.box.dtype
     n_f = graph.encoder.out_dim if graph.encoder is not None else 0
     empty = (torch.zeros(0, d, dtype=torch.int64, device=dev), torch.zeros(0, dtype=torch.int64, device=dev),
@@ -520,8 +528,8 @@ def candidate_simplices(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, 
     return cells, perm, z0, flo, fhi, stats
 
 
-def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, stats: dict[str, int], slab: int
-                     ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
+def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, stats: dict[str, int], slab: int,
+                     close: bool = False) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor, Tensor]]:
     """:func:`candidate_simplices` slab by slab (every slab, kept or not), the counts into ``stats``."""
     d = kg.dim
     dev = kg.box.device
@@ -552,7 +560,11 @@ def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, sta
             sources[ENCODED] = (_cube_extremes(g_f, torch.minimum).reshape(len(cube), -1),
                                 _cube_extremes(g_f, torch.maximum).reshape(len(cube), -1))
         olo, ohi = _output_interval(graph, (zlo, zhi), sources)
-        kept = torch.nonzero(may_reach(olo, ohi, level, tol)).squeeze(1)
+        reach = may_reach(olo, ohi, level, tol)
+        if close:  # the cubes on the box's faces where the output may be below the level hold caps
+            cell = cube + shift
+            reach |= ((cell == first) | (cell == first + count - 1)).any(1) & (ohi < level + tol)
+        kept = torch.nonzero(reach).squeeze(1)
         stats["kuhn_cubes_kept"] += len(kept)
         # the simplices of the kept cubes: their corners' point indices in the slab
         n_s = t.steps.shape[0]
@@ -563,14 +575,17 @@ def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, sta
         zc = z0[flat]  # (M, D+1, n_0)
         fc = feats[flat]
         keep = _simplices_reaching(graph, zc, [x[flat] if k == INPUT else fc for k in front], level, tol)
+        if close:  # every simplex on the box's faces in a cube kept: those below the level hold caps
+            keep |= (_facet_ids(kg, cells_k + shift, perm, t, 2 * d) < 2 * d).any(1)
         stats["kuhn_simplices_kept"] += int(keep.sum())
         yield cells_k[keep] + shift, perm[keep], zc[keep], fc[keep].amin(1), fc[keep].amax(1)
 
 
 def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: list[Tensor],
                         facets: tuple[Tensor, Tensor, Tensor], progress: bool, memory_limit: float | None,
-                        batch: int | None = None) -> tuple[_Arrays, int, int, dict[str, Any]]:
-    """Surface mode's subdivision on the simplices of ``kg`` that the output may cross.
+                        batch: int | None = None, close: bool = False) -> tuple[_Arrays, int, int, dict[str, Any]]:
+    """Surface mode's subdivision on the simplices of ``kg`` that the output may cross (with ``close``,
+    also those on the box's faces where it is below the level: the caps).
 
     Batches of ``batch`` simplices are built (:func:`simplex_skeleton`), pruned region by region at
     layer 0 (every simplex is one region there), cut by the neurons and the level set
@@ -594,6 +609,8 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
         Bytes a batch's skeleton may hold.
     batch : int, optional
         Simplices per batch (default :data:`SIMPLEX_BATCH`).
+    close : bool
+        Keep what the caps need (:func:`nsr.extraction.surface.extract_mesh`'s ``close``).
 
     Returns
     -------
@@ -652,7 +669,8 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
         lo, hi = kg.positions(cells), kg.positions(cells + 1)
         tile_bounds = TileBounds(net, lo, hi, sources={INPUT: (lo, hi), ENCODED: (flo, fhi)})
         alive = torch.ones(len(lo), dtype=torch.bool, device=lo.device)
-        split_by_layers(net, sk, alive, tile_bounds, layout, lv, prune=True, keep_negative=None, band=None,
+        keep_negative = (sk.vzeros.t.view(len(cells), -1) < 2 * d).any(1) if close else None
+        split_by_layers(net, sk, alive, tile_bounds, layout, lv, prune=True, keep_negative=keep_negative, band=None,
                         region_layers=3, max_value_bytes=2**30, limit=limit, tolerances=tolerances, bar=None,
                         desc="surface", prune_from=1, carry=True)
         for i, arr in enumerate((sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t + n_done, sk.edges.t + v_off,
@@ -671,7 +689,7 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     pending: list[tuple[Tensor, ...]] = []
     held = 0
     try:
-        slabs = _candidate_slabs(net, kg, lv, tol_out, stats, slab)
+        slabs = _candidate_slabs(net, kg, lv, tol_out, stats, slab, close)
         while True:
             t1 = time.perf_counter()
             part = next(slabs, None)

@@ -284,10 +284,10 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
         tols = sign_tolerances(netd, bt[:, 0], bt[:, 1], level)
         facets = encoder_facets(netd, bt[:, 0], bt[:, 1])
         n_facets = len(facets[1])
-        kg = kuhn_grid(netd, b, facets) if tiles is None and not res and not close and workers == 1 else None
+        kg = kuhn_grid(netd, b, facets) if tiles is None and not res and workers == 1 else None
         if kg is not None:  # a nested simplex grid: its simplices are the tiles
             arr, kept, unpaired, region_stats = subdivide_simplices(netd, kg, level, tols, facets, progress,
-                                                                    memory_limit)
+                                                                    memory_limit, close=close)
             warn_unpaired(unpaired, dt)
             arr.n_facets = n_facets
             mesh = _mesh_from_arrays(netd, arr, b, level, close)
