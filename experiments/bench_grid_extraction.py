@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="track mode's seed grids, one run each; 0: extract_mesh's default (64)")
     ap.add_argument("--surface", action="store_true", help="also the complete (surface) mode, after the others")
+    ap.add_argument("--surface-first", action="store_true",
+                    help="with --surface: run it first (A/B in both orders: what ran before moves a timing)")
     ap.add_argument("--tiles", type=int, nargs="+", default=[0],
                     help="surface mode's tiles per axis, one run each; 0: extract_mesh's default (default_tiles)")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("NSR_OUT", ROOT / "experiments" / "out")))
@@ -97,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in (s or None for s in args.seeds)]
     methods += [(f"marching cubes {r}^3", r) for r in args.resolutions]
     if args.surface:
-        methods += [(f"exact, surface mode (complete, {t}^3 tiles)" if t else "exact, surface mode (complete)",
-                     ("surface", t or None)) for t in args.tiles]
+        surface = [(f"exact, surface mode (complete, {t}^3 tiles)" if t else "exact, surface mode (complete)",
+                    ("surface", t or None)) for t in args.tiles]
+        methods = surface + methods if args.surface_first else methods + surface
     for name, res in methods:
         signal.alarm(args.max_seconds)
         t0 = time.perf_counter()

@@ -96,7 +96,9 @@ def extract_mesh(
         surface outgrow the memory), auto warns and answers in track mode, whose memory grows with
         the surface only, under the same budget; ``stats["surface_mode_error"]`` keeps why.
     close : cap the surface with the box faces where the network is below ``level`` (D = 3).
-    tiles : tiles per axis in surface mode (default: :func:`default_tiles`).
+    tiles : tiles per axis in surface mode (default: :func:`default_tiles`; on a simplex grid whose
+        levels nest, over a box made of cells of its finest level, the default is the grid's own
+        simplices, :mod:`nsr.extraction.kuhn`, and ``tiles`` or ``band`` ask for box tiles instead).
     band : cells per axis of the grid on which surface mode bounds the output by linear
         bound propagation (default: :func:`default_band`); regions whose bounding box misses
         every cell that may hold the surface are dropped before each layer.
@@ -230,12 +232,13 @@ def default_mode(net: Any) -> str:
     """The extraction mode ``mode="auto"`` picks: ``"track"`` for a 3-D network with an input
     encoder (a simplex grid), ``"surface"`` otherwise.
 
-    Surface mode is complete, but on an encoder network it first cuts the box by every plane
-    of the grid: on the ``grid_cpu`` network of the bunny 155-200 s on a 2-core CPU, where track mode
-    takes 8.8 s (the 6-level grids before the levels nested: over an hour against about a minute;
-    ``experiments/RESULTS.md``). Track mode misses only components that no seed reaches (there,
-    three small ones: 112 of surface mode's 243,908 polygons; ``seeds=192``, two seeds per cell of
-    the finest level, found them in 13.4 s); pass ``mode="surface"`` for the complete answer.
+    Surface mode is complete, and on a nested grid over a box of its cells it subdivides the grid's
+    simplices (:mod:`nsr.extraction.kuhn`), but track mode is faster there: on the ``grid_cpu``
+    network of the bunny, 2 threads, 7.7 s against 18.8 s (marching cubes 256³ 14.4 s; before the
+    simplices, surface mode took 155-200 s; ``experiments/RESULTS.md``). Track mode misses only
+    components that no seed reaches (there, three small ones: 112 of surface mode's 243,908 polygons;
+    ``seeds=192``, two seeds per cell of the finest level, found them in 13.4 s); pass
+    ``mode="surface"`` for the complete answer.
     (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
     budget.)
 

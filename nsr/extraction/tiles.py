@@ -75,7 +75,9 @@ def default_tiles(net: PLGraph | PLNetwork) -> int:
     CPU time, 2^3 / 4^3 / 8^3 tiles, a trained 4x64 bunny 21.7-19.2 / 25.8-23.5 / 26.8-25.3 s,
     the shared 8x32 bunny 51.3 / 51.8 / 54.0 s, the same polygons. A simplex-grid encoder gets
     about one tile per 12 cells of its finest level where its levels nest, per 6 cells where they
-    do not (2 to 32 per axis).
+    do not (2 to 32 per axis). (Surface mode tiles a nested grid by its simplices instead where the
+    box is made of cells of its finest level, :mod:`nsr.extraction.kuhn`; these tiles serve the
+    other boxes, ``tiles=`` and ``band=``.)
 
     Parameters
     ----------
