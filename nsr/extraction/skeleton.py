@@ -15,6 +15,7 @@ class _Buffer:
     def __init__(self, data: Tensor) -> None:
         self.data = data
         self.n = data.shape[0]
+        self.reserved = 0  # rows kept allocated through keep() (reserve())
 
     @property
     def t(self) -> Tensor:
@@ -30,9 +31,25 @@ class _Buffer:
         self.data[self.n : need] = rows
         self.n = need
 
+    def reserve(self, capacity: int) -> None:
+        """Room for ``capacity`` rows without growing (growing copies every row held), kept through
+        :meth:`keep`."""
+        self.reserved = capacity
+        if capacity > self.data.shape[0]:
+            new = torch.empty((capacity, *self.data.shape[1:]), dtype=self.data.dtype, device=self.data.device)
+            new[: self.n] = self.data[: self.n]
+            self.data = new
+
     def keep(self, mask_or_index: Tensor) -> None:
-        self.data = self.t[mask_or_index]  # advanced indexing already copies
-        self.n = self.data.shape[0]
+        if not self.reserved:
+            self.data = self.t[mask_or_index]  # advanced indexing already copies
+            self.n = self.data.shape[0]
+            return
+        idx = torch.nonzero(mask_or_index).squeeze(1) if mask_or_index.dtype == torch.bool else mask_or_index
+        new = torch.empty((max(len(idx), self.reserved), *self.data.shape[1:]), dtype=self.data.dtype,
+                          device=self.data.device)
+        torch.index_select(self.t, 0, idx, out=new[: len(idx)])
+        self.data, self.n = new, len(idx)
 
 
 @dataclass
@@ -393,7 +410,10 @@ def _keep(sk: _Skeleton, keep_v: Tensor, keep_e: Tensor) -> None:
         if buf is not None:
             buf.keep(keep_v)
     sk.ezeros.keep(keep_e)
+    reserved = sk.edges.reserved
     sk.edges = _Buffer(edges)
+    if reserved:
+        sk.edges.reserve(reserved)
 
 
 def _index_reduce(out: Tensor, index: Tensor, src: Tensor, op: str) -> None:

@@ -282,6 +282,8 @@ def split_by_layers(net: PLGraph, sk: _Skeleton, alive: Tensor, tile_bounds: Til
         if carried is not None and net.affine(layer).sources == [layer - 1]:
             z = net.affine(layer).apply({layer - 1: net.layers[layer - 1].activate(carried)})
             sk.values = _Buffer(z - lv if layer == out_layer and lv else z)
+            if sk.x.reserved:
+                sk.values.reserve(sk.x.reserved)
         carried = None
         if prune and layer < min(prune_from, out_layer):  # the exact ranges only, for the later layers' bounds
             alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges, tol_out, bound=False)
