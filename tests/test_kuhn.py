@@ -221,3 +221,18 @@ def test_box_tiles_where_simplices_do_not_apply():
             assert "kuhn_simplices_kept" not in extract_mesh(net, (-1, 1), level=level, progress=False,
                                                              **kwargs).stats
         assert "kuhn_simplices_kept" not in extract_mesh(net, (-0.9, 1), level=level, progress=False).stats
+
+
+def test_simplex_tiles_stop_at_the_memory_limit_with_the_reason(monkeypatch):
+    net = _grid_net(3, 2, n_levels=2, min_res=2)
+    x = torch.rand(1000, 3, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        level = float(net(x).median())
+    full = extract_mesh(net, (-1, 1), level=level, progress=False)
+    assert full.stats["kuhn_batches"] == 1
+    with pytest.raises(MemoryError, match="surface mode"):
+        extract_mesh(net, (-1, 1), level=level, progress=False, memory_limit=20_000)
+    # batches of 7 simplices each fit, but the ones kept count too
+    monkeypatch.setattr(kuhn, "SIMPLEX_BATCH", 7)
+    with pytest.raises(MemoryError, match="surface mode"):
+        extract_mesh(net, (-1, 1), level=level, progress=False, memory_limit=800_000)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from nsr.extraction.bits import bit_values, n_words
-from nsr.extraction.memory import _chunks
+from nsr.extraction.memory import _HELD_FACTOR, _chunks
 from nsr.extraction.polygons import _Arrays
 from nsr.extraction.progress import _progress
 from nsr.extraction.pruning import TileBounds, may_reach
@@ -619,7 +619,9 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     Returns
     -------
     arrays : _Arrays
-        The skeletons, tile by tile (``tile_bits`` and ``walls`` set).
+        What the polygons are made of, tile by tile: the level set's edges (with ``close``, also the
+        box facets') and their vertices (``tile_bits`` and ``walls`` set). The batches kept count
+        against ``memory_limit`` as the next batch is cut.
     kept : int
         Simplices that held vertices to the end.
     unpaired : int
@@ -659,14 +661,14 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     tables = simplex_tables(d, kg.box.device)
     limit = memory_limit if memory_limit is not None else default_memory_limit()
     cols: list[list[Tensor]] = [[] for _ in range(7)]
-    v_off, kept, unpaired, n_done, n_batches, t_bounds = 0, 0, 0, 0, 0, 0.0
+    v_off, kept, unpaired, n_done, n_batches, t_bounds, held_bytes = 0, 0, 0, 0, 0, 0.0, 0
     stats: dict[str, Any] = {}
     slab = 4
     n_slabs = -(-int(kg.count[0]) // slab)
     bar = _progress(n_slabs, "surface (slabs of simplices)", progress, unit="slab")
 
     def run(batch_: tuple[Tensor, ...]) -> None:
-        nonlocal v_off, kept, unpaired, n_done, n_batches
+        nonlocal v_off, kept, unpaired, n_done, n_batches, held_bytes
         cells, perm, z0, flo, fhi = batch_
         sk = simplex_skeleton(kg, cells, perm, layout, tables)
         sk.values = _Buffer(z0.reshape(-1, z0.shape[2]))
@@ -678,13 +680,25 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
         tile_bounds = TileBounds(net, lo, hi, sources={INPUT: (lo, hi), ENCODED: (flo, fhi)})
         alive = torch.ones(len(lo), dtype=torch.bool, device=lo.device)
         keep_negative = (sk.vzeros.t.view(len(cells), -1) < 2 * d).any(1) if close else None
+        # the batches already kept count against the budget (surface mode's factor: what a batch's peak needs)
+        room = None if limit is None else limit - _HELD_FACTOR["surface"] * held_bytes
         split_by_layers(net, sk, alive, tile_bounds, layout, lv, prune=True, keep_negative=keep_negative, band=None,
-                        region_layers=3, max_value_bytes=2**30, limit=limit, tolerances=tolerances, bar=None,
+                        region_layers=3, max_value_bytes=2**30, limit=room, tolerances=tolerances, bar=None,
                         desc="surface", prune_from=1, carry=True)
-        for i, arr in enumerate((sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t + n_done, sk.edges.t + v_off,
-                                 sk.ezeros.t, sk.tile_bits)):
+        # keep what the polygons are made of: the level set's edges (and the box facets' for the caps)
+        ez = sk.ezeros.t
+        on = ez[:, -1] == layout.output
+        if close:
+            on |= (ez < 2 * d).any(1)
+        edges = sk.edges.t[on].long()
+        used = torch.unique(edges)
+        remap = torch.full((sk.n_vertices,), -1, dtype=torch.int64, device=edges.device)
+        remap[used] = torch.arange(len(used), device=edges.device)
+        for i, arr in enumerate((sk.x.t[used], sk.vzeros.t[used], sk.vpos.t[used], sk.vtile.t[used] + n_done,
+                                 (remap[edges] + v_off).int(), ez[on], sk.tile_bits)):
             cols[i].append(arr)
-        v_off += sk.n_vertices
+            held_bytes += arr.element_size() * arr.numel()
+        v_off += len(used)
         kept += int(torch.unique(sk.vtile.t).numel()) if sk.n_vertices else 0
         unpaired += sk.unpaired
         n_done += len(cells)
