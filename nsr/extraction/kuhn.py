@@ -459,6 +459,17 @@ def _simplices_reaching(graph: PLGraph, z0: Tensor, front: list[Tensor], level: 
     return keep_all
 
 
+def _block_extremes(values: Tensor, step: list[int]) -> tuple[Tensor, Tensor]:
+    """Min and max over the grid points of every block of ``step`` cells (the last block of an axis may be
+    shorter): ``(B_0, .., B_{D-1}, C)`` each, from point values ``(P_0, .., P_{D-1}, C)``, D = 2 or 3."""
+    pool = torch.nn.functional.max_pool3d if values.ndim == 4 else torch.nn.functional.max_pool2d
+    x = values.movedim(-1, 0).unsqueeze(0)
+    kernel = [s + 1 for s in step]
+    hi = pool(x, kernel, step, ceil_mode=True)
+    lo = -pool(-x, kernel, step, ceil_mode=True)
+    return lo[0].movedim(0, -1), hi[0].movedim(0, -1)
+
+
 def _cube_extremes(values: Tensor, op: Any) -> Tensor:
     """``op`` (min or max) over the ``2^D`` corners of every cube of point values ``(P_0, .., P_{D-1}, C)``."""
     d = values.ndim - 1
@@ -553,18 +564,43 @@ def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, sta
         z0 = graph.preactivations(x, 0, values=values)
         feats = values.get(ENCODED, x.new_zeros(len(x), 0))
         grid_z = z0.view(*shape, -1)
-        zlo = _cube_extremes(grid_z, torch.minimum).reshape(-1, z0.shape[1])
-        zhi = _cube_extremes(grid_z, torch.maximum).reshape(-1, z0.shape[1])
+        g_f = feats.view(*shape, -1)
         cube = torch.cartesian_prod(*[torch.arange(s - 1, device=dev) for s in shape]).reshape(-1, d)
         shift = first + torch.tensor([i0] + [0] * (d - 1), device=dev)
+        # Blocks of slab^D cubes first (the slab's thickness along axis 0): over a block, too, layer 0 and the
+        # sources lie in the hull of their values at its grid points, and most blocks are far from the level.
+        cand = torch.arange(len(cube), device=dev)
+        if d in (2, 3):
+            step = [i1 - i0] + [min(slab, c) for c in c_all[1:]]
+            blo_z, bhi_z = _block_extremes(grid_z, step)
+            bcell = torch.cartesian_prod(*[torch.arange(n, device=dev) for n in blo_z.shape[:-1]]).reshape(-1, d)
+            b_lo = bcell * torch.tensor(step, device=dev) + shift
+            b_hi = torch.minimum(b_lo + torch.tensor(step, device=dev), first + count)
+            b_sources: dict[int, tuple[Tensor, Tensor]] = {}
+            if INPUT in front:
+                b_sources[INPUT] = (kg.positions(b_lo), kg.positions(b_hi))
+            if ENCODED in front:
+                flo_b, fhi_b = _block_extremes(g_f, step)
+                b_sources[ENCODED] = (flo_b.reshape(len(bcell), -1), fhi_b.reshape(len(bcell), -1))
+            olo, ohi = _output_interval(graph, (blo_z.reshape(len(bcell), -1), bhi_z.reshape(len(bcell), -1)),
+                                        b_sources)
+            b_keep = may_reach(olo, ohi, level, tol)
+            if close:
+                b_keep |= ((b_lo == first) | (b_hi == first + count)).any(1) & (ohi < level + tol)
+            b_keep = b_keep.view(blo_z.shape[:-1])
+            cand = torch.nonzero(b_keep[tuple((cube // torch.tensor(step, device=dev)).T)]).squeeze(1)
+        zlo = _cube_extremes(grid_z, torch.minimum).reshape(-1, z0.shape[1])[cand]
+        zhi = _cube_extremes(grid_z, torch.maximum).reshape(-1, z0.shape[1])[cand]
         sources: dict[int, tuple[Tensor, Tensor]] = {}
         if INPUT in front:
-            sources[INPUT] = (kg.positions(cube + shift), kg.positions(cube + shift + 1))
+            sources[INPUT] = (kg.positions(cube[cand] + shift), kg.positions(cube[cand] + shift + 1))
         if ENCODED in front:
-            g_f = feats.view(*shape, -1)
-            sources[ENCODED] = (_cube_extremes(g_f, torch.minimum).reshape(len(cube), -1),
-                                _cube_extremes(g_f, torch.maximum).reshape(len(cube), -1))
-        olo, ohi = _output_interval(graph, (zlo, zhi), sources)
+            sources[ENCODED] = (_cube_extremes(g_f, torch.minimum).reshape(len(cube), -1)[cand],
+                                _cube_extremes(g_f, torch.maximum).reshape(len(cube), -1)[cand])
+        olo_c, ohi_c = _output_interval(graph, (zlo, zhi), sources)
+        olo = torch.full((len(cube),), float("inf"), dtype=z0.dtype, device=dev)
+        ohi = torch.full((len(cube),), float("inf"), dtype=z0.dtype, device=dev)
+        olo[cand], ohi[cand] = olo_c, ohi_c
         reach = may_reach(olo, ohi, level, tol)
         strides = torch.tensor([int(np.prod(shape[a + 1:])) for a in range(d)], device=dev)
         # Linear bounds on the cubes left: over a cube, layer 0 and the sources lie in the hull of their values

@@ -188,7 +188,7 @@ def subdivide(
                     sk.values = _Buffer(_evaluate(net, sk.x.t, 0, 0, width0, 0.0))
                 sk.stats["regions_kept_encoder"] = _prune_regions_bounded(net, sk, 0, lv, tol_out)
             sk.stats["encoder_split_s"] = time.perf_counter() - t0
-            sk.values = None  # the layer loop evaluates layer 0 afresh, as before this step existed
+            sk.values = None  # the layer loop evaluates layer 0 afresh on the vertices kept (as it always has)
         alive = split_by_layers(net, sk, alive, tile_bounds, layout, level, prune=prune, keep_negative=keep_negative,
                                 band=band, region_layers=region_layers, max_value_bytes=max_value_bytes,
                                 limit=limit, tolerances=tolerances, bar=bar, desc=desc)
