@@ -6,8 +6,8 @@ and those simplices are the cells of the arrangement of all its planes. Cutting 
 planes one at a time (:mod:`nsr.extraction.encoder_split`) meets ``D (D + 1) / 2`` planes through
 every grid point, which the sign rule resolves into many coincident skeleton vertices (about 83
 per grid point on a trained bunny network: 160 of its 180 s). Here the simplices are written down
-instead. Every simplex the output may cross (interval bounds from the exact range of the first
-layer at its corners, first per cube, then per simplex) becomes a tile of its own, its ``D + 1``
+instead. Every simplex the output may cross (interval and linear bounds from the exact range of the
+first layer at its corners, per block of cubes, per cube, then per simplex) becomes a tile of its own, its ``D + 1``
 corners each on ``D`` of its facets, and the neurons cut it as they cut any tile
 (:func:`nsr.extraction.subdivide.split_by_layers`).
 
@@ -484,9 +484,10 @@ def candidate_simplices(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, 
     """The simplices the output may cross: ``(cells, perm, z0, feat_lo, feat_hi, stats)``.
 
     The grid's vertices are evaluated slab by slab (``slab`` cubes thick along axis 0); layer 0
-    is affine on every simplex, so its exact range is its range at the corners, from which
-    interval arithmetic bounds the output, first over every cube (the hull of its corners' values
-    holds each of its simplices'), then over every simplex of the cubes kept.
+    is affine on every simplex, so its exact range is its range at the corners, and over a cube or a
+    block of cubes its values lie in the hull of those at the grid points. Interval arithmetic bounds
+    the output over blocks of ``slab^D`` cubes, then over the cubes of the blocks kept, linear bounds
+    (minimum at a corner) over the cubes left, and both over every simplex of the cubes kept.
 
     Parameters
     ----------
@@ -637,9 +638,10 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     """Surface mode's subdivision on the simplices of ``kg`` that the output may cross (with ``close``,
     also those on the box's faces where it is below the level: the caps).
 
-    Batches of ``batch`` simplices are built (:func:`simplex_skeleton`), pruned region by region at
-    layer 0 (every simplex is one region there), cut by the neurons and the level set
-    (:func:`nsr.extraction.subdivide.split_by_layers`), and concatenated, tile numbers offset.
+    The simplices :func:`candidate_simplices` keeps stream in, slab by slab, into batches of ``batch``,
+    each built (:func:`simplex_skeleton`), cut by the neurons and the level set
+    (:func:`nsr.extraction.subdivide.split_by_layers`) and reduced to what the polygons are made of;
+    the batches are concatenated, tile numbers offset.
 
     Parameters
     ----------
