@@ -236,3 +236,13 @@ def test_simplex_tiles_stop_at_the_memory_limit_with_the_reason(monkeypatch):
     monkeypatch.setattr(kuhn, "SIMPLEX_BATCH", 7)
     with pytest.raises(MemoryError, match="surface mode"):
         extract_mesh(net, (-1, 1), level=level, progress=False, memory_limit=800_000)
+
+
+def test_a_grid_without_the_level_in_the_box_is_not_evaluated():
+    net = _grid_net(3, 3, n_levels=3, min_res=2)  # resolutions 2, 4, 8: two slabs of 4 cubes
+    with torch.no_grad():
+        top = float(net(torch.rand(5000, 3, dtype=torch.float64) * 2 - 1).abs().max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mesh = extract_mesh(net, (-1, 1), level=100 * top + 1, progress=False)
+    assert mesh.is_empty and mesh.stats["kuhn_slabs_skipped"] == 2 and mesh.stats["kuhn_cubes_kept"] == 0

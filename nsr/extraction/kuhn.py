@@ -45,7 +45,7 @@ from nsr.extraction.progress import _progress
 from nsr.extraction.pruning import TileBounds, may_reach
 from nsr.extraction.skeleton import _Buffer, _Skeleton
 from nsr.extraction.subdivide import split_by_layers
-from nsr.pl.bounds import _affine_interval, activation_range, frontier, region_bounds
+from nsr.pl.bounds import _affine_interval, activation_range, frontier, output_bounds, region_bounds
 from nsr.pl.encoding import SimplexGridEncoder
 from nsr.pl.graph import ENCODED, INPUT, PLGraph
 from nsr.pl.layout import ConstraintLayout
@@ -459,6 +459,27 @@ def _simplices_reaching(graph: PLGraph, z0: Tensor, front: list[Tensor], level: 
     return keep_all
 
 
+def _live_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, slab: int, close: bool) -> list[bool]:
+    """Which slabs may hold the level (or, with ``close``, caps), from bounds over tiles of ``slab`` by
+    ``4 slab`` cells across each (:func:`nsr.pl.bounds.output_bounds`, through the encoder's feature
+    ranges): evaluating a 256^3 grid's points costs minutes, bounding a few thousand boxes seconds."""
+    d, dev = kg.dim, kg.box.device
+    c_all = kg.count.tolist()
+    starts = [list(range(0, c_all[0], slab))] + [list(range(0, c, 4 * slab)) for c in c_all[1:]]
+    steps = [slab] + [4 * slab] * (d - 1)
+    idx = torch.cartesian_prod(*[torch.tensor(s_, device=dev) for s_ in starts]).reshape(-1, d)
+    lo = idx + kg.first
+    hi = torch.minimum(lo + torch.tensor(steps, device=dev), kg.first + kg.count)
+    keep = torch.zeros(len(lo), dtype=torch.bool, device=dev)
+    for part in torch.arange(len(lo), device=dev).split(4096):
+        olo, ohi = output_bounds(graph, kg.positions(lo[part]), kg.positions(hi[part]))
+        keep[part] = may_reach(olo, ohi, level, tol)
+        if close:
+            on_box = ((lo[part] == kg.first) | (hi[part] == kg.first + kg.count)).any(1)
+            keep[part] |= on_box & (olo < level + tol)
+    return keep.view(len(starts[0]), -1).any(1).tolist()
+
+
 def _block_extremes(values: Tensor, step: list[int]) -> tuple[Tensor, Tensor]:
     """Min and max over the grid points of every block of ``step`` cells (the last block of an axis may be
     shorter): ``(B_0, .., B_{D-1}, C)`` each, from point values ``(P_0, .., P_{D-1}, C)``, D = 2 or 3."""
@@ -554,9 +575,16 @@ def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, sta
     front = frontier(graph, 0)
     offsets = torch.cartesian_prod(*[torch.arange(2, device=dev)] * d).reshape(-1, d)  # a cube's corners
     c_all = count.tolist()
-    stats.update(kuhn_cubes=int(np.prod(c_all)), kuhn_cubes_kept=0, kuhn_simplices_kept=0)
-    for i0 in range(0, c_all[0], slab):
+    stats.update(kuhn_cubes=int(np.prod(c_all)), kuhn_cubes_kept=0, kuhn_simplices_kept=0, kuhn_slabs_skipped=0)
+    live = _live_slabs(graph, kg, level, tol, slab, close)
+    for s_i, i0 in enumerate(range(0, c_all[0], slab)):
         i1 = min(i0 + slab, c_all[0])
+        if not live[s_i]:  # no tile across this slab may reach the level: nothing to evaluate
+            stats["kuhn_slabs_skipped"] += 1
+            yield (torch.zeros(0, d, dtype=torch.int64, device=dev), torch.zeros(0, dtype=torch.int64, device=dev),
+                   torch.zeros(0, d + 1, graph.layers[0].n, dtype=kg.box.dtype, device=dev),
+                   *(torch.zeros(0, graph.encoder.out_dim, dtype=kg.box.dtype, device=dev),) * 2)
+            continue
         shape = [i1 - i0 + 1] + [c + 1 for c in c_all[1:]]
         ranges_ = [torch.arange(i0, i1 + 1, device=dev)] + [torch.arange(c + 1, device=dev) for c in c_all[1:]]
         v = torch.cartesian_prod(*ranges_).reshape(-1, d) + first
