@@ -45,7 +45,7 @@ from nsr.extraction.progress import _progress
 from nsr.extraction.pruning import TileBounds, may_reach
 from nsr.extraction.skeleton import _Buffer, _Skeleton
 from nsr.extraction.subdivide import split_by_layers
-from nsr.pl.bounds import _affine_interval, activation_range, frontier, output_bounds, region_bounds
+from nsr.pl.bounds import frontier, interval_bounds, output_bounds, region_bounds
 from nsr.pl.encoding import SimplexGridEncoder
 from nsr.pl.graph import ENCODED, INPUT, PLGraph
 from nsr.pl.layout import ConstraintLayout
@@ -420,17 +420,11 @@ def simplex_skeleton(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: Constrai
     )
 
 
-def _output_interval(graph: PLGraph, z0: tuple[Tensor, Tensor], sources: dict[int, tuple[Tensor, Tensor]]
+def _output_interval(graph: PLGraph, z0_lo: Tensor, z0_hi: Tensor, sources: dict[int, tuple[Tensor, Tensor]]
                      ) -> tuple[Tensor, Tensor]:
-    """Interval bounds of the output from layer 0's range and the other sources' ranges."""
-    ranges = dict(sources)
-    z = z0
-    for layer in range(graph.n_layers + 1):
-        if layer:
-            z = _affine_interval(graph.affine(layer), ranges)
-        if layer < graph.n_layers:
-            ranges[layer] = activation_range(graph.layers[layer], *z)
-    return z[0][:, 0], z[1][:, 0]
+    """Interval bounds ``(M,)`` of the output from layer 0's range ``(M, n_0)`` and the other sources'."""
+    pre = interval_bounds(graph, None, None, known=[(z0_lo, z0_hi)], sources=sources)
+    return pre[-1][0][:, 0], pre[-1][1][:, 0]
 
 
 def _simplices_reaching(graph: PLGraph, z0: Tensor, front: list[Tensor], level: float, tol: float) -> Tensor:
@@ -611,7 +605,7 @@ def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, sta
             if ENCODED in front:
                 flo_b, fhi_b = _block_extremes(g_f, step)
                 b_sources[ENCODED] = (flo_b.reshape(len(bcell), -1), fhi_b.reshape(len(bcell), -1))
-            olo, ohi = _output_interval(graph, (blo_z.reshape(len(bcell), -1), bhi_z.reshape(len(bcell), -1)),
+            olo, ohi = _output_interval(graph, blo_z.reshape(len(bcell), -1), bhi_z.reshape(len(bcell), -1),
                                         b_sources)
             b_keep = may_reach(olo, ohi, level, tol)
             if close:
@@ -626,7 +620,7 @@ def _candidate_slabs(graph: PLGraph, kg: KuhnGrid, level: float, tol: float, sta
         if ENCODED in front:
             sources[ENCODED] = (_cube_extremes(g_f, torch.minimum).reshape(len(cube), -1)[cand],
                                 _cube_extremes(g_f, torch.maximum).reshape(len(cube), -1)[cand])
-        olo_c, ohi_c = _output_interval(graph, (zlo, zhi), sources)
+        olo_c, ohi_c = _output_interval(graph, zlo, zhi, sources)
         olo = torch.full((len(cube),), float("inf"), dtype=z0.dtype, device=dev)
         ohi = torch.full((len(cube),), float("inf"), dtype=z0.dtype, device=dev)
         olo[cand], ohi[cand] = olo_c, ohi_c

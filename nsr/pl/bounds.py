@@ -192,7 +192,8 @@ def _affine_interval(aff: Affine, ranges: dict[int, Bounds]) -> Bounds:
     return mid - rad, mid + rad
 
 
-def interval_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Bounds] | None = None) -> list[Bounds]:
+def interval_bounds(graph: PLGraph, lo: Tensor | None, hi: Tensor | None, known: Sequence[Bounds] | None = None,
+                    sources: dict[int, Bounds] | None = None) -> list[Bounds]:
     """Interval bounds ``(K, n_l)`` on the pre-activations of every layer and of the output
     (last entry, ``(K, 1)``) over boxes ``[lo, hi]`` ``(K, D)``; ``known[l]`` replace computed ones.
 
@@ -200,10 +201,13 @@ def interval_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Boun
     ----------
     graph : PLGraph
         The network.
-    lo, hi : (K, D) float Tensor
-        Corners of ``K`` boxes.
+    lo, hi : (K, D) float Tensor or None
+        Corners of ``K`` boxes (not read where ``sources`` are given).
     known : sequence of (lower, upper), optional
         Given bounds of the first layers.
+    sources : dict of int to (lower, upper), optional
+        Ranges of the sources (default :func:`source_ranges` of the boxes), e.g. exact ones over a
+        simplex; only those the layers after ``known`` read are needed.
 
     Returns
     -------
@@ -224,7 +228,9 @@ def interval_bounds(graph: PLGraph, lo: Tensor, hi: Tensor, known: Sequence[Boun
     (-0.8, 0.1)
     """
     known = list(known or [])
-    ranges = source_ranges(graph, lo, hi)
+    if sources is None and (lo is None or hi is None):
+        raise ValueError("interval_bounds needs the boxes lo, hi or the sources' ranges")
+    ranges = dict(sources) if sources is not None else source_ranges(graph, lo, hi)  # type: ignore[arg-type]
     pre: list[Bounds] = []
     for l in range(graph.n_layers + 1):
         z = known[l] if l < len(known) else _affine_interval(graph.affine(l), ranges)
