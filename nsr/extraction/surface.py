@@ -292,45 +292,41 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
             arr, kept, unpaired, region_stats = subdivide_simplices(netd, kg, level, tols, facets, progress,
                                                                     memory_limit, close=close)
             warn_unpaired(unpaired, dt)
-            arr.n_facets = n_facets
-            mesh = _mesh_from_arrays(netd, arr, b, level, close)
-            mesh.stats.update(band=0, band_cells=None, bounds_s=region_stats["kuhn_bounds_s"], workers=workers,
-                              tiles="simplices", tiles_kept=kept, unpaired_face_keys=unpaired,
-                              subdivision_s=time.perf_counter() - t0, **region_stats)
-            return mesh
-        tlo, thi, tidx = tile_grid(b, grid, dt, dev)
-        tol_out = float(tols[-1][0])
-        cells = None
-        if res:
-            cells = Band(band_cells(netd, bt, res, level, close), bt[:, 0], bt[:, 1])
-            sel = cells.hits(tlo, thi)
+            cells, n_tiles, t_band = None, "simplices", region_stats["kuhn_bounds_s"]
         else:
-            olo, ohi = output_bounds(netd, tlo, thi)
-            sel = may_reach(olo, ohi, level, tol_out)
-            if close:
-                sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level + tol_out)
-        t_band = time.perf_counter() - t_band
-        tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
-        on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
-        n_tiles = grid**d
-        keep_neg = on_boundary if close else None
-        region_stats: dict[str, Any] = {}
-        if workers > 1 and len(tlo) > 1:
-            arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
-                                                        workers, memory_limit, tols, facets)
-            warn_unpaired(unpaired, dt)  # the workers' own warnings stay in their processes
-        elif n_facets and len(batches := tile_batches(tlo, thi, facets)) > 1:
-            arr, kept, unpaired, region_stats = _subdivide_in_batches(netd, tlo, thi, tidx, grid, level, keep_neg,
-                                                                      cells, batches, progress, memory_limit,
-                                                                      tols, facets)
-            warn_unpaired(unpaired, dt)
-        else:
-            sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
-                                  band=cells, progress=progress, desc="surface", memory_limit=memory_limit,
-                                  tolerances=tols, facets=facets)
-            arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
-            kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
-            region_stats = _subdivision_stats(sk.stats)
+            tlo, thi, tidx = tile_grid(b, grid, dt, dev)
+            tol_out = float(tols[-1][0])
+            cells = None
+            if res:
+                cells = Band(band_cells(netd, bt, res, level, close), bt[:, 0], bt[:, 1])
+                sel = cells.hits(tlo, thi)
+            else:
+                olo, ohi = output_bounds(netd, tlo, thi)
+                sel = may_reach(olo, ohi, level, tol_out)
+                if close:
+                    sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level + tol_out)
+            t_band = time.perf_counter() - t_band
+            tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
+            on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
+            n_tiles = grid**d
+            keep_neg = on_boundary if close else None
+            region_stats: dict[str, Any] = {}
+            if workers > 1 and len(tlo) > 1:
+                arr, kept, unpaired = _subdivide_in_workers(netd, tlo, thi, tidx, grid, level, keep_neg,
+                                                            workers, memory_limit, tols, facets)
+                warn_unpaired(unpaired, dt)  # the workers' own warnings stay in their processes
+            elif n_facets and len(batches := tile_batches(tlo, thi, facets)) > 1:
+                arr, kept, unpaired, region_stats = _subdivide_in_batches(netd, tlo, thi, tidx, grid, level, keep_neg,
+                                                                          cells, batches, progress, memory_limit,
+                                                                          tols, facets)
+                warn_unpaired(unpaired, dt)
+            else:
+                sk, alive = subdivide(netd, tlo, thi, level=level, prune=True, keep_negative=keep_neg,
+                                      band=cells, progress=progress, desc="surface", memory_limit=memory_limit,
+                                      tolerances=tols, facets=facets)
+                arr = _Arrays(sk.x.t, sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.edges.t, sk.ezeros.t, tidx, grid)
+                kept, unpaired = sk.stats["tiles_alive"], sk.unpaired
+                region_stats = _subdivision_stats(sk.stats)
     t_sub = time.perf_counter() - t0
     arr.n_facets = n_facets
     mesh = _mesh_from_arrays(netd, arr, b, level, close)
