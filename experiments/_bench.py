@@ -259,6 +259,9 @@ def make_subject(spec: NetSpec, cfg: TrainConfig, cache: Path, retrain: bool = F
         from nsr.networks import load_network
 
         pl = load_network(spec.path)
+        if isinstance(pl, nn.Module):  # a grid or skip network: measured as the module it is
+            m64 = copy.deepcopy(pl).double().eval()
+            return Subject(spec.label, pl, m64, {**_module_facts(pl), "path": spec.path})
         n64 = pl.to(dtype=torch.float64, device="cpu")
         params = sum(w.numel() + b.numel() for w, b in zip(pl.weights, pl.biases))
         facts = {"class": "PLNetwork (file)", "params": params,

@@ -246,3 +246,55 @@ def test_a_grid_without_the_level_in_the_box_is_not_evaluated():
         warnings.simplefilter("ignore")
         mesh = extract_mesh(net, (-1, 1), level=100 * top + 1, progress=False)
     assert mesh.is_empty and mesh.stats["kuhn_slabs_skipped"] == 2 and mesh.stats["kuhn_cubes_kept"] == 0
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_cutting_in_local_ids_names_every_vertex_as_the_global_ids_do(d):
+    # 2 x 48 neurons: the local ids take two words, the global ones three, at another offset
+    from nsr.extraction.pruning import TileBounds
+    from nsr.extraction.subdivide import split_by_layers
+    from nsr.extraction.tolerances import sign_tolerances
+
+    net = _grid_net(d, 3, n_levels=2, min_res=8 if d == 2 else 2, width=48)
+    box = np.array([[-1.0, 1.0]] * d)
+    g, facets, kg = _graph(net, box)
+    bt = torch.as_tensor(box)
+    layout = ConstraintLayout(d, g.widths, len(facets[1]))
+    local = kuhn.local_layout(layout)
+    assert local.n_constraints > 64 and local.neuron_offset != layout.neuron_offset
+    n = int(kg.count[0])
+    cells = torch.cartesian_prod(*[torch.arange(n)] * d).reshape(-1, d).repeat_interleave(math.factorial(d), 0)
+    perm = torch.arange(math.factorial(d)).repeat(n**d)
+    level = float(g(torch.zeros(1, d, dtype=torch.float64)))
+    tols = sign_tolerances(g, bt[:, 0], bt[:, 1], level)
+    sides = kuhn.simplex_sides(kg, cells, perm, layout)
+    out = {}
+    for name, lay in (("global", None), ("local", local)):
+        sk = simplex_skeleton(kg, cells, perm, layout, local=lay, sides=sides)
+        lo, hi = kg.positions(cells), kg.positions(cells + 1)
+        split_by_layers(g, sk, torch.ones(len(cells), dtype=torch.bool), TileBounds(g, lo, hi),
+                        lay or layout, level, prune=False, keep_negative=None, band=None, region_layers=3,
+                        max_value_bytes=2**30, limit=None, tolerances=tols, bar=None, desc="test")
+        out[name] = sk
+    ref, sk = out["global"], out["local"]
+    assert sk.vpos.t.shape[1] == 2 < ref.vpos.t.shape[1] and sk.unpaired == ref.unpaired == 0, ref.vpos.t.shape
+    assert ref.n_vertices > 10 * len(cells)  # the neurons cut the simplices
+    vz, vp, ez = kuhn.globalize(sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.ezeros.t,
+                                sk.vtile.t[sk.edges.t[:, 0].long()], sides, local, layout)
+
+    def canonical(s, vzeros, vpos, ezeros):
+        # new edges come in the order of their face keys' hashes, which differ (and so may an edge's
+        # direction, and a later cut's rounding): compare sets, a vertex named by its simplex and position
+        x, tile = s.x.t.numpy(), s.vtile.t.numpy()
+        order = np.lexsort((*np.round(x, 9).T[::-1], tile))
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        e = np.sort(rank[s.edges.t.numpy()], 1)
+        rows = np.concatenate([e, ezeros.numpy()], 1)
+        return (x[order], vzeros.numpy()[order], vpos.numpy()[order], rows[np.lexsort(rows.T[::-1])])
+
+    a = canonical(sk, vz, vp, ez)
+    b = canonical(ref, ref.vzeros.t.sort(1).values, ref.vpos.t, ref.ezeros.t.sort(1).values)
+    assert a[0].shape == b[0].shape and np.abs(a[0] - b[0]).max() < 1e-12
+    for u, v in zip(a[1:], b[1:]):
+        assert u.shape == v.shape and np.array_equal(u, v)

@@ -327,8 +327,188 @@ def _facet_ids(kg: KuhnGrid, cells: Tensor, perm: Tensor, t: _SimplexTables, fir
     return torch.where(on_lo, 2 * axis, torch.where(on_hi, 2 * axis + 1, first_id + pid))
 
 
+def simplex_sides(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: ConstraintLayout,
+                  tables: _SimplexTables | None = None) -> tuple[Tensor, Tensor]:
+    """The facets of simplices ``perm`` ``(M,)`` of cubes ``cells`` ``(M, D)`` and their sides of every plane.
+
+    Parameters
+    ----------
+    kg : KuhnGrid
+        The grid.
+    cells : (M, D) int64 Tensor
+        Cube of every simplex (finest-level grid indices).
+    perm : (M,) int64 Tensor
+        Which of the cube's ``D!`` simplices.
+    layout : ConstraintLayout
+        The network's constraint ids.
+    tables : _SimplexTables, optional
+        :func:`simplex_tables` of ``D``, if already made.
+
+    Returns
+    -------
+    cid : (M, D+1) int64 Tensor
+        Constraint id of facet ``j`` (opposite corner ``j``): a box facet on the box's faces, else
+        ``layout.facet(plane)``.
+    bits : (M, W) int64 Tensor
+        Each simplex's sign bits in ``layout``: set on the box facets and on every encoder plane it
+        lies on the positive side of (from its centroid, which no plane passes through).
+
+    Examples
+    --------
+    The triangle below the diagonal of the cell ``[0, 1]^2`` of a resolution-2 grid on ``[-1, 1]^2``
+    (centroid ``(2/3, 1/3)``) has facets ``x = 1`` (box facet 1), ``x - y = 0`` (plane 3) and ``y = 0``
+    (plane 1); it lies on the positive side of the box facets (bits 0-3) and of planes 0-3 (``x = 0``,
+    ``y = 0``, ``x - y = -1``, ``x - y = 0``: bits 4-7), not of plane 4 (``x - y = 1``, bit 8):
+
+    >>> import numpy as np, torch
+    >>> from nsr.pl import as_graph
+    >>> from nsr.pl.encoding import GridMLP
+    >>> from nsr.extraction.subdivide import encoder_facets
+    >>> g = as_graph(GridMLP(in_dim=2, width=4, depth=1, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> g = g.to(dtype=torch.float64)
+    >>> box = np.array([[-1.0, 1.0]] * 2)
+    >>> facets = encoder_facets(g, torch.tensor(box[:, 0]), torch.tensor(box[:, 1]))
+    >>> layout = ConstraintLayout(2, g.widths, len(facets[1]))
+    >>> cid, bits = simplex_sides(kuhn_grid(g, box, facets), torch.tensor([[1, 1]]), torch.tensor([0]), layout)
+    >>> cid.tolist(), [layout.facet(k) for k in (1, 3)], bin(int(bits[0, 0]))
+    ([[1, 7, 5]], [5, 7], '0b11111111')
+    """
+    d = kg.dim
+    dev = cells.device
+    t = tables if tables is not None else simplex_tables(d, dev)
+    m = cells.shape[0]
+    n_w = n_words(layout.n_constraints)
+    cid = _facet_ids(kg, cells, perm, t, layout.facet(0))
+    # sides: of every encoder plane, from the centroid (never on a plane): the planes of a family below
+    # it, a prefix of the family's ids; the box facets all positive
+    total = (cells[:, None, :] + t.steps[perm]).sum(1)  # (M, D) = (D + 1) x centroid
+    bits = range_bits(torch.zeros(m, dtype=torch.int64, device=dev), torch.full((m,), 2 * d, device=dev), n_w)
+    for f in range(kg.plane_ids.shape[0]):
+        if f < d:
+            val = total[:, f]
+        else:
+            a, b = next((a, b) for a in range(d) for b in range(a + 1, d) if _pair_family(a, b, d) == f)
+            val = total[:, a] - total[:, b]
+        below = torch.div(val, d + 1, rounding_mode="floor") - kg.kmin[f] + 1
+        bits |= range_bits(layout.facet(0) + kg.start[f].expand(m), below.clamp(0, int(kg.size[f])), n_w)
+    return cid, bits
+
+
+def local_layout(layout: ConstraintLayout) -> ConstraintLayout:
+    """``layout`` with the ``D + 1`` facets of one simplex in place of the encoder's planes: the ids a
+    simplex tile's skeleton is cut in (:func:`simplex_skeleton`'s ``local``), so that its vertices carry
+    a bit per facet of their own simplex rather than one per plane of the encoder (the bunny's grid:
+    2 words instead of 15).
+
+    Parameters
+    ----------
+    layout : ConstraintLayout
+        The network's.
+
+    Returns
+    -------
+    ConstraintLayout
+
+    Examples
+    --------
+    >>> from nsr.pl.layout import ConstraintLayout
+    >>> lay = ConstraintLayout(3, (32, 32), 858)
+    >>> local_layout(lay).neuron_offset, local_layout(lay).n_constraints, lay.n_constraints
+    (10, 75, 929)
+    """
+    return ConstraintLayout(layout.dim, layout.widths, layout.dim + 1)
+
+
+def globalize(vzeros: Tensor, vpos: Tensor, vtile: Tensor, ezeros: Tensor, etile: Tensor, sides: tuple[Tensor, Tensor],
+              local: ConstraintLayout, layout: ConstraintLayout) -> tuple[Tensor, Tensor, Tensor]:
+    """Zeros and signs numbered by :func:`local_layout` back in the network's ``layout``.
+
+    A simplex's own facet ``j`` becomes its plane ``cid[tile, j]`` (box facets keep their ids), neurons and
+    the output move by the difference of the offsets, and a vertex's sign on every plane of the encoder is
+    its simplex's (``bits``) except on the planes it lies on: as :func:`simplex_skeleton` without ``local``
+    and the same cuts would have named it.
+
+    Parameters
+    ----------
+    vzeros : (V, D) int Tensor
+    vpos : (V, W_local) int64 Tensor
+    vtile : (V,) int Tensor
+        Vertices: zeros, signs and simplex (a row of ``sides``).
+    ezeros : (E, D-1) int Tensor
+    etile : (E,) int Tensor
+        Edges: zeros and simplex.
+    sides : (cid, bits)
+        :func:`simplex_sides` of the simplices in ``layout``.
+    local, layout : ConstraintLayout
+
+    Returns
+    -------
+    vzeros : (V, D) int32 Tensor
+    vpos : (V, W) int64 Tensor
+    ezeros : (E, D-1) int32 Tensor
+        In ``layout``, zeros sorted.
+
+    Examples
+    --------
+    The corners of a cube's 6 tetrahedra, numbered locally and mapped back, are those numbered globally:
+
+    >>> import numpy as np, torch
+    >>> from nsr.pl import as_graph
+    >>> from nsr.pl.encoding import GridMLP
+    >>> from nsr.extraction.subdivide import encoder_facets
+    >>> g = as_graph(GridMLP(in_dim=3, width=4, depth=1, n_levels=1, min_resolution=2, max_resolution=2))
+    >>> g = g.to(dtype=torch.float64)
+    >>> box = np.array([[-1.0, 1.0]] * 3)
+    >>> facets = encoder_facets(g, torch.tensor(box[:, 0]), torch.tensor(box[:, 1]))
+    >>> kg, layout = kuhn_grid(g, box, facets), ConstraintLayout(3, g.widths, len(facets[1]))
+    >>> cells, perm = torch.tensor([[0, 1, 0]]).expand(6, 3), torch.arange(6)
+    >>> sides = simplex_sides(kg, cells, perm, layout)
+    >>> ref = simplex_skeleton(kg, cells, perm, layout)
+    >>> sk = simplex_skeleton(kg, cells, perm, layout, local=local_layout(layout), sides=sides)
+    >>> sk.vpos.t.shape[1], ref.vpos.t.shape[1]
+    (1, 1)
+    >>> vz, vp, ez = globalize(sk.vzeros.t, sk.vpos.t, sk.vtile.t, sk.ezeros.t, sk.vtile.t[sk.edges.t[:, 0].long()],
+    ...                        sides, local_layout(layout), layout)
+    >>> torch.equal(vz, ref.vzeros.t), torch.equal(vp, ref.vpos.t), torch.equal(ez, ref.ezeros.t)
+    (True, True, True)
+    """
+    from nsr.extraction.bits import unpack_bits
+
+    cid, bits = sides
+    d = layout.dim
+    shift = layout.neuron_offset - local.neuron_offset
+
+    def ids(z: Tensor, tile: Tensor) -> Tensor:
+        z = z.long()
+        own = (z >= local.facet(0)) & (z < local.neuron_offset)
+        j = (z - local.facet(0)).clamp(0, d)
+        g = torch.where(own, cid[tile.long()[:, None].expand_as(z), j], z)
+        return torch.where(z >= local.neuron_offset, z + shift, g).sort(1).values
+
+    gz = ids(vzeros, vtile)
+    ez = ids(ezeros, etile).int()
+    n_w = bits.shape[1]
+    out = torch.empty(len(gz), n_w, dtype=torch.int64, device=bits.device)
+    later = torch.arange(local.neuron_offset, local.n_constraints, device=bits.device)
+    word, mask = bit_values(later + shift)
+    words = torch.unique(word).tolist()
+    for sl in _chunks(len(gz), 8 * n_w + len(later) + 16 * d, bits.device):
+        z = gz[sl]
+        w0, m0 = bit_values(z)
+        cleared = torch.zeros(len(z), n_w, dtype=torch.int64, device=bits.device)
+        cleared.scatter_add_(1, w0, torch.where(z < layout.neuron_offset, m0, 0))  # distinct ids: the sum is the union
+        row = bits.index_select(0, vtile[sl].long()) & ~cleared
+        flags = unpack_bits(vpos[sl], later)  # (n, neurons + 1)
+        for w in words:
+            sel = word == w
+            row[:, w] |= (flags[:, sel].long() * mask[sel]).sum(1)  # distinct bits: sum = or
+        out[sl] = row
+    return gz.int(), out, ez
+
+
 def simplex_skeleton(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: ConstraintLayout,
-                     tables: _SimplexTables | None = None) -> _Skeleton:
+                     tables: _SimplexTables | None = None, local: ConstraintLayout | None = None,
+                     sides: tuple[Tensor, Tensor] | None = None) -> _Skeleton:
     """The skeletons of simplices ``perm`` ``(M,)`` of cubes ``cells`` ``(M, D)``, each its own tile.
 
     Tile ``t`` has corners ``t (D+1) .. t (D+1) + D`` and ``D (D+1) / 2`` edges; a corner's zeros are
@@ -348,6 +528,13 @@ def simplex_skeleton(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: Constrai
         The network's constraint ids (encoder planes first).
     tables : _SimplexTables, optional
         :func:`simplex_tables` of ``D``, if already made.
+    local : ConstraintLayout, optional
+        Number the skeleton by this layout of ``D + 1`` facets instead (:func:`local_layout`): every
+        simplex's facets off the box are ids ``local.facet(j)`` and its signs are on its own facets only,
+        so a vertex carries a few words instead of one bit per encoder plane; :func:`globalize` maps
+        the result back. ``sk.tile_bits`` is then in the local ids.
+    sides : (cid, bits), optional
+        :func:`simplex_sides` of these simplices, if already computed.
 
     Returns
     -------
@@ -378,21 +565,19 @@ def simplex_skeleton(kg: KuhnGrid, cells: Tensor, perm: Tensor, layout: Constrai
     dev = cells.device
     t = tables if tables is not None else simplex_tables(d, dev)
     m = cells.shape[0]
-    n_w = n_words(layout.n_constraints)
     corners = cells[:, None, :] + t.steps[perm]  # (M, D+1, D)
-    cid = _facet_ids(kg, cells, perm, t, layout.facet(0))
-    # sides: of every encoder plane, from the centroid (never on a plane): the planes of a family below
-    # it, a prefix of the family's ids; the box facets all positive
-    total = corners.sum(1)  # (M, D) = (D + 1) x centroid
-    bits = range_bits(torch.zeros(m, dtype=torch.int64, device=dev), torch.full((m,), 2 * d, device=dev), n_w)
-    for f in range(kg.plane_ids.shape[0]):
-        if f < d:
-            val = total[:, f]
-        else:
-            a, b = next((a, b) for a in range(d) for b in range(a + 1, d) if _pair_family(a, b, d) == f)
-            val = total[:, a] - total[:, b]
-        below = torch.div(val, d + 1, rounding_mode="floor") - kg.kmin[f] + 1
-        bits |= range_bits(layout.facet(0) + kg.start[f].expand(m), below.clamp(0, int(kg.size[f])), n_w)
+    cid, bits = sides if sides is not None else simplex_sides(kg, cells, perm, layout, t)
+    n_w = bits.shape[1]
+    if local is not None:  # the simplex's own facets as ids local.facet(j): its sides on them only
+        own = local.facet(0) + torch.arange(d + 1, device=dev)
+        word, mask = bit_values(cid.clamp(min=0))
+        inside = ((bits.gather(1, word) & mask) != 0) & (cid >= 2 * d)  # (M, D+1)
+        cid = torch.where(cid < 2 * d, cid, own)
+        layout, n_w = local, n_words(local.n_constraints)
+        bits = range_bits(torch.zeros(m, dtype=torch.int64, device=dev), torch.full((m,), 2 * d, device=dev), n_w)
+        w_own, m_own = bit_values(own)
+        bits = bits.index_put((torch.arange(m, device=dev)[:, None].expand(m, d + 1), w_own.expand(m, d + 1)),
+                              torch.where(inside, m_own, 0), accumulate=True)  # distinct bits: sum = or
     # corners: on every facet but the opposite one
     others = torch.tensor([[j for j in range(d + 1) if j != i] for i in range(d + 1)], device=dev)  # (D+1, D)
     vz = cid[:, others].sort(-1).values  # (M, D+1, D)
@@ -728,6 +913,7 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     lv = float(level)
     tol_out = float(tolerances[-1][0])
     layout = ConstraintLayout(d, net.widths, len(facets[1]))
+    local = local_layout(layout)  # what a batch is cut in; globalize maps its level set back
     tables = simplex_tables(d, kg.box.device)
     limit = memory_limit if memory_limit is not None else default_memory_limit()
     cols: list[list[Tensor]] = [[] for _ in range(7)]
@@ -740,7 +926,8 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     def run(batch_: tuple[Tensor, ...]) -> None:
         nonlocal v_off, kept, unpaired, n_done, n_batches, held_bytes
         cells, perm, z0, flo, fhi = batch_
-        sk = simplex_skeleton(kg, cells, perm, layout, tables)
+        sides = simplex_sides(kg, cells, perm, layout, tables)
+        sk = simplex_skeleton(kg, cells, perm, layout, tables, local=local, sides=sides)
         sk.values = _Buffer(z0.reshape(-1, z0.shape[2]))
         for buf in (sk.x, sk.vzeros, sk.vpos, sk.vtile, sk.values):
             buf.reserve(RESERVE_VERTICES * len(cells))
@@ -752,20 +939,22 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
         keep_negative = (sk.vzeros.t.view(len(cells), -1) < 2 * d).any(1) if close else None
         # the batches already kept count against the budget (surface mode's factor: what a batch's peak needs)
         room = None if limit is None else limit - _HELD_FACTOR["surface"] * held_bytes
-        split_by_layers(net, sk, alive, tile_bounds, layout, lv, prune=True, keep_negative=keep_negative, band=None,
+        split_by_layers(net, sk, alive, tile_bounds, local, lv, prune=True, keep_negative=keep_negative, band=None,
                         region_layers=3, max_value_bytes=2**30, limit=room, tolerances=tolerances, bar=None,
                         desc="surface", prune_from=1, carry=True)
         # keep what the polygons are made of: the level set's edges (and the box facets' for the caps)
         ez = sk.ezeros.t
-        on = ez[:, -1] == layout.output
+        on = ez[:, -1] == local.output
         if close:
             on |= (ez < 2 * d).any(1)
         edges = sk.edges.t[on].long()
         used = torch.unique(edges)
         remap = torch.full((sk.n_vertices,), -1, dtype=torch.int64, device=edges.device)
         remap[used] = torch.arange(len(used), device=edges.device)
-        for i, arr in enumerate((sk.x.t[used], sk.vzeros.t[used], sk.vpos.t[used], sk.vtile.t[used] + n_done,
-                                 (remap[edges] + v_off).int(), ez[on], sk.tile_bits)):
+        vtile = sk.vtile.t[used]
+        vz, vp, ez = globalize(sk.vzeros.t[used], sk.vpos.t[used], vtile, ez[on], sk.vtile.t[edges[:, 0]], sides,
+                               local, layout)
+        for i, arr in enumerate((sk.x.t[used], vz, vp, vtile + n_done, (remap[edges] + v_off).int(), ez, sides[1])):
             cols[i].append(arr)
             held_bytes += arr.element_size() * arr.numel()
         v_off += len(used)
