@@ -252,7 +252,14 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     inc = torch.cat(inc_edge)
     if len(inc) == 0:
         return _empty(bounds, level, d, n)
-    order, fid = group_equal_rows(torch.cat([support[:, None], fpos], 1))
+    # a simplex tile holds its polygons whole and its sides of the encoder's planes are its own: its
+    # number and the neurons' words name a face as all the words do (the bunny's grid: 4 columns, not 16)
+    simplex_tiles = arr.walls > 0 and arr.tile_bits is not None
+    if simplex_tiles:
+        w0 = layout.neuron_offset // 64
+        order, fid = group_equal_rows(torch.cat([support[:, None], arr.vtile[e[inc, 0]][:, None], fpos[:, w0:]], 1))
+    else:
+        order, fid = group_equal_rows(torch.cat([support[:, None], fpos], 1))
     n_faces = int(fid.max()) + 1
     face_of_inc = torch.empty_like(fid)
     face_of_inc[order] = fid
@@ -262,8 +269,12 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
 
     # weld vertices of the incident edges by (neuron/output signs, global zero ids)
     used = torch.unique(e[inc].reshape(-1))
-    vkey = torch.cat([arr.vpos[used] & mask, gz[used]], 1)
-    vorder, vid = group_equal_rows(vkey)
+    if simplex_tiles and net.encoder is not None and arr.n_facets:
+        # one vertex per point in each simplex, and each polygon within one: the polygons need no weld
+        # before the grid lines' (which names the points across simplices)
+        vorder = vid = torch.arange(len(used), device=dev)
+    else:
+        vorder, vid = group_equal_rows(torch.cat([arr.vpos[used] & mask, gz[used]], 1))
     weld = torch.full((len(arr.x),), -1, dtype=torch.int64, device=dev)
     weld[used[vorder]] = vid
     n_w = int(vid.max()) + 1
@@ -297,10 +308,11 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
         f_support, f_pos = f_support[kept], f_pos[kept]
     # orientation: surface polygons along the gradient, caps along the outward facet normal
     is_cap = f_support != out
-    patterns = unpack_bits(f_pos, torch.arange(layout.neuron_offset, out, device=dev))
     netd = net.to(device=dev, dtype=torch.float64)
     if n and netd.encoder is None:
+        patterns = unpack_bits(f_pos, torch.arange(layout.neuron_offset, out, device=dev))
         normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1)))
+        del patterns  # the mesh keeps them packed
     else:  # the gradient inside each polygon's region, at the polygon's centroid
         normal = _gradients_at(netd, _centroids(cycles, wx))
     cap_c = _plane_to_constraint(f_support[is_cap], arr.grid)
@@ -317,7 +329,6 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     verts = wx[usedv]
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
     n_pat = out - layout.neuron_offset
-    del patterns  # the mesh keeps them packed
     vpat = _packed(arr.vpos[wrep[usedv]], layout.neuron_offset, n_pat)
     return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, _packed(f_pos, layout.neuron_offset, n_pat), is_cap,
                          n_invalid)
@@ -329,9 +340,11 @@ def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Te
 
     A vertex is named by its zero constraints other than encoder planes, every encoder plane
     through it (one per family of parallel planes, within that plane's sign tolerance, and those
-    it was cut by), and its signs on every other constraint, as track mode names them: the
-    vertices of one point differ only in the sides of the planes through it. Returns the new id
-    ``(n_w,)`` of each welded vertex ``wrep`` and their number."""
+    it was cut by), its signs on the neurons and the output, and its slab of every family it is
+    on no plane of, as track mode names them: the vertices of one point differ only in the sides
+    of the planes through it. (A plane farther than its tolerance from a vertex is on the side
+    that the vertex's sign bit says, so the slab, one number, stands for the family's bits.)
+    Returns the new id ``(n_w,)`` of each welded vertex ``wrep`` and their number."""
     from nsr.extraction.encoder_tracking import EncoderCells
 
     dev, dt = arr.x.device, arr.x.dtype
@@ -356,16 +369,18 @@ def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Te
     plane = (z - p0).clamp(0, max(arr.n_facets - 1, 0))
     rows = torch.arange(len(z), device=dev)[:, None].expand_as(z)
     through[rows[is_enc], cells.family[plane[is_enc]]] = plane[is_enc]  # the planes it was cut by
-    # the sides of the planes through the point differ between its vertices; every other sign is the point's
-    on = through >= 0
-    wd, mk = bit_values(p0 + through[on])
-    clear = torch.zeros(len(z), mask.shape[0], dtype=torch.int64, device=dev)
-    clear.index_put_((rows[:, :1].expand_as(through)[on], wd), mk, accumulate=True)  # distinct bits: sum = or
+    # the sides of the planes through the point differ between its vertices; every other side is the point's:
+    # its slab in the families it is on no plane of
+    slab = torch.where(through >= 0, -1, above.T)
+    later = torch.arange(layout.neuron_offset, layout.n_constraints, device=dev)
+    wd, mk = bit_values(later)
+    neurons = torch.zeros(mask.shape[0], dtype=torch.int64, device=dev).index_put_((wd,), mk, accumulate=True)
+    words = torch.nonzero(neurons).squeeze(1)
     # box facets through the point (coordinates on them are copied exactly, never interpolated)
     on_box = torch.cat([x == bt[:, 0], x == bt[:, 1]], 1).long()
     drop = is_enc | (z < 0) & ~internal[wrep]  # encoder planes and box facets: named by the columns above
     other = torch.sort(torch.where(drop, torch.full_like(z, -(2**62)), z), 1).values
-    key = torch.cat([arr.vpos[wrep] & mask & ~clear, other, through, on_box], 1)
+    key = torch.cat([arr.vpos[wrep][:, words] & neurons[words], other, through, slab, on_box], 1)
     order, gid = group_equal_rows(key)
     out = torch.empty_like(gid)
     out[order] = gid
