@@ -487,7 +487,8 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     if mode == "auto":
         from nsr.extraction.surface import default_mode
 
-        mode = default_mode(net)
+        simplices = opts["tiles"] is None and not opts["band"] and opts["workers"] == 1
+        mode = default_mode(net, box if simplices else None)
         check_mode_options(opts, mode)
     if net.in_dim not in (2, 3):
         raise ConfigError(f"net={opts['net']}: a {net.in_dim}-D network has no mesh or polylines; use the library "

@@ -184,8 +184,8 @@ def test_help_says_what_each_app_does(tmp_path):
     assert all(p.returncode == 0 for p in procs.values())
     # the comments of conf/<app>.yaml: what the app does, each option with default and meaning, examples
     assert "nsr-extract: the exact zero-level set" in text["extract"] and "Examples:" in text["extract"]
-    assert "mode: auto          # auto: track for grid (encoder) networks and where surface runs out of memory" \
-        in text["extract"]
+    assert ("mode: auto          # auto: surface (complete); track for grid networks off their cells' box "
+            "and where surface runs out of memory") in text["extract"]
     assert "resolutions: [64, 128, 256]   # marching-cubes samples" in text["compare"]
     assert "regularizer" not in text["extract"] and "trainer" not in text["compare"]  # no training groups
     assert "data: " in text["train"] and "regularizer: " in text["train"]
@@ -303,25 +303,32 @@ def _tiny_grid_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_auto_mode_tracks_grid_networks_and_subdivides_the_others(tmp_path, tiny_net):
-    """``mode=auto`` (the apps' default): surface mode on a plain network, track mode on a grid
-    network (surface mode cuts the box by every plane of the grid first: over an hour on the
-    grid_cpu networks), with the same polygons as the complete surface mode on a coarse grid;
-    and seeds given for the mode auto did not choose are refused by name."""
+def test_auto_mode_is_complete_on_grid_simplices_and_tracks_other_grid_boxes(tmp_path, tiny_net):
+    """``mode=auto`` (the apps' default): surface mode on a plain network, and on a grid network
+    over a box of its cells (its simplices are the tiles); track mode on the same grid over a box
+    that cuts its cells (surface mode would cut box tiles by every plane of the grid: over an hour on
+    the grid_cpu networks); the same polygons as the complete surface mode either way; and seeds
+    given for the mode auto did not choose are refused by name."""
     from nsr._config import ConfigError
     from nsr.extract import run_extract
     from nsr.extraction.surface import extract_mesh
     from nsr.networks import load_network
 
-    grid_ckpt = _tiny_grid_checkpoint(tmp_path / "grid.ckpt")
+    grid_ckpt = _tiny_grid_checkpoint(tmp_path / "grid.ckpt")  # one level of resolution 2 over [-1, 1]
     plain = run_extract({"net": str(tiny_net), "out_dir": str(tmp_path / "plain"), "preview": False})
     assert plain["mode"] == "surface" and plain["mode_requested"] == "auto"
-    grid = run_extract({"net": str(grid_ckpt), "out_dir": str(tmp_path / "grid"), "preview": False,
-                        "bounds": [-0.5, 0.5]})
-    assert grid["mode"] == "track" and grid["mode_requested"] == "auto"
-    complete = extract_mesh(load_network(grid_ckpt), (-0.5, 0.5), mode="surface", progress=False)
-    assert grid["n_polygons"] == len(complete.polygons) > 0
-    assert grid["abs_f_vertices_max"] < 1e-12
+    for box, mode in (([-1, 1], "surface"), ([-0.5, 0.5], "track")):
+        grid = run_extract({"net": str(grid_ckpt), "out_dir": str(tmp_path / f"grid{box[1]}"), "preview": False,
+                            "bounds": box})
+        assert grid["mode"] == mode and grid["mode_requested"] == "auto"
+        complete = extract_mesh(load_network(grid_ckpt), box, mode="surface", tiles=1, progress=False)
+        assert "kuhn_simplices_kept" not in complete.stats  # box tiles: independent of the simplices
+        assert grid["n_polygons"] == len(complete.polygons) > 0
+        assert grid["abs_f_vertices_max"] < 1e-12
+    simplices = json.loads((tmp_path / "grid1" / "stats.json").read_text())
+    assert simplices["surface_stats"]["kuhn_simplices_kept"] > 0
+    with pytest.raises(ConfigError, match="tiles=2: only used by mode=surface"):  # auto tracks with tiles given
+        run_extract({"net": str(grid_ckpt), "out_dir": str(tmp_path / "tiles"), "bounds": [-1, 1], "tiles": 2})
     with pytest.raises(ConfigError, match=r"seeds=16: only used by mode=track \(mode=auto chose surface"):
         run_extract({"net": str(tiny_net), "out_dir": str(tmp_path / "seeds"), "seeds": 16})
     assert not (tmp_path / "seeds").exists()

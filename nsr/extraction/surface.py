@@ -90,8 +90,9 @@ def extract_mesh(
     mode : ``"surface"`` (tiles, pruning; default), ``"complex"`` (the whole complex),
         ``"track"`` (grow the surface polygon by polygon from seed points, D = 3: work
         proportional to the surface, but a component of the level set that holds no seed is
-        missed; see :mod:`nsr.extraction.tracking`) or ``"auto"`` (:func:`default_mode`: track
-        for 3-D networks with an input encoder, surface otherwise; what the apps use). Where
+        missed; see :mod:`nsr.extraction.tracking`) or ``"auto"`` (:func:`default_mode`: surface,
+        except track for a 3-D grid network whose simplices surface mode cannot take as tiles
+        over this box, or with ``tiles``, ``band`` or ``workers`` given; what the apps use). Where
         auto's surface mode would exceed the memory budget (wide networks: the regions near the
         surface outgrow the memory), auto warns and answers in track mode, whose memory grows with
         the surface only, under the same budget; ``stats["surface_mode_error"]`` keeps why.
@@ -163,8 +164,8 @@ def extract_mesh(
             "use nsr.extract_complex(net, bounds).level_set() for the level-set complex in any dimension"
         )
     requested = mode
-    if mode == "auto":
-        mode = default_mode(net)
+    if mode == "auto":  # surface mode on a grid's simplices only: not with tiles, a band or workers
+        mode = default_mode(net, bounds if tiles is None and not band and workers == 1 else None)
     dt = resolve_dtype(dtype)
     args = limits.check_extract_arguments(
         dim=d, n_neurons=net.n_neurons, max_width=max(net.widths, default=1), itemsize=dt.itemsize, mode=mode,
@@ -228,23 +229,25 @@ def extract_mesh(
     return mesh
 
 
-def default_mode(net: Any) -> str:
-    """The extraction mode ``mode="auto"`` picks: ``"track"`` for a 3-D network with an input
-    encoder (a simplex grid), ``"surface"`` otherwise.
+def default_mode(net: Any, bounds: Any = None) -> str:
+    """The extraction mode ``mode="auto"`` picks: ``"surface"`` (complete), except ``"track"`` for a
+    3-D network with an input encoder whose cells surface mode cannot write down over ``bounds``.
 
-    Surface mode is complete, and on a nested grid over a box of its cells it subdivides the grid's
-    simplices (:mod:`nsr.extraction.kuhn`), but track mode is faster there: on the ``grid_cpu``
-    network of the bunny, 2 threads, 7.7 s against 18.8 s (marching cubes 256³ 14.4 s; before the
-    simplices, surface mode took 155-200 s; ``experiments/RESULTS.md``). Track mode misses only
-    components that no seed reaches (there, three small ones: 112 of surface mode's 243,908 polygons;
-    ``seeds=192``, two seeds per cell of the finest level, found them in 13.4 s); pass
-    ``mode="surface"`` for the complete answer.
-    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
-    budget.)
+    On a simplex grid whose levels nest, over a box made of cells of its finest level (the training
+    box, as the apps use it), surface mode subdivides the grid's simplices (:mod:`nsr.extraction.kuhn`):
+    complete, and faster than marching cubes 256³ of the same network on the four ``grid_cpu``
+    networks of the shared meshes (2 threads: 0.39-0.79x; track mode 0.26-0.68x, but it missed 112
+    of the bunny's 243,908 polygons and 90 of fandisk's, components no seed reached;
+    ``experiments/RESULTS.md``). Elsewhere (levels that do not nest, another box, or no ``bounds``
+    given) surface mode cuts box tiles by the encoder's planes one at a time, 10-30x slower, and
+    track mode is picked. (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode
+    stops at the memory budget.)
 
     Parameters
     ----------
     net : anything :func:`nsr.pl.as_graph` reads
+    bounds : ``(lo, hi)`` for every axis or a ``(D, 2)`` array, optional
+        The box to extract.
 
     Returns
     -------
@@ -255,12 +258,19 @@ def default_mode(net: Any) -> str:
     >>> from nsr.extraction.surface import default_mode
     >>> from nsr.networks import octahedron_network
     >>> from nsr.pl.encoding import GridMLP
-    >>> grid = GridMLP(in_dim=3, width=4, depth=1, n_levels=1, min_resolution=2, max_resolution=2)
-    >>> default_mode(octahedron_network()), default_mode(grid)
-    ('surface', 'track')
+    >>> grid = GridMLP(in_dim=3, width=4, depth=1, n_levels=2, min_resolution=2, max_resolution=4)
+    >>> default_mode(octahedron_network()), default_mode(grid, (0, 1)), default_mode(grid, (0, 0.3)), default_mode(grid)
+    ('surface', 'surface', 'track', 'track')
     """
     graph = as_graph(net)
-    return "track" if graph.encoder is not None and graph.in_dim == 3 else "surface"
+    if graph.encoder is None or graph.in_dim != 3:
+        return "surface"
+    if bounds is None:
+        return "track"
+    b = as_bounds(bounds, 3)
+    g64 = graph.to(dtype=torch.float64)
+    bt = torch.as_tensor(b, dtype=torch.float64, device=g64.device)
+    return "surface" if kuhn_grid(g64, b, encoder_facets(g64, bt[:, 0], bt[:, 1])) is not None else "track"
 
 
 def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, close: bool, tiles: int | None,
