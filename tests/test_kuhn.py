@@ -298,3 +298,15 @@ def test_cutting_in_local_ids_names_every_vertex_as_the_global_ids_do(d):
     assert a[0].shape == b[0].shape and np.abs(a[0] - b[0]).max() < 1e-12
     for u, v in zip(a[1:], b[1:]):
         assert u.shape == v.shape and np.array_equal(u, v)
+
+
+@pytest.mark.parametrize("shape, step", [((7, 10, 6, 2), [3, 4, 2]), ((9, 5, 3), [4, 4]), ((5, 5, 5, 1), [4, 4, 4])])
+def test_block_extremes_against_slices(shape, step):
+    values = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(len(shape)))
+    lo, hi = kuhn._block_extremes(values, step)
+    cells = [n - 1 for n in shape[:-1]]
+    assert list(lo.shape[:-1]) == [-(-c // s) for c, s in zip(cells, step)]
+    for idx in np.ndindex(*lo.shape[:-1]):  # block idx: points idx*s .. min(idx*s + s, cells), inclusive
+        sl = tuple(slice(i * s, min(i * s + s, c) + 1) for i, s, c in zip(idx, step, cells))
+        block = values[sl].reshape(-1, shape[-1])
+        assert torch.equal(lo[idx], block.amin(0)) and torch.equal(hi[idx], block.amax(0))
