@@ -141,6 +141,8 @@ def _centroid_set(mesh) -> np.ndarray:
 def test_simplex_tiles_give_the_polygons_of_box_tiles_and_complex_mode(seed, monkeypatch):
     if seed % 2:  # batches of a few simplices: slabs split across batches, tiles renumbered
         monkeypatch.setattr(kuhn, "SIMPLEX_BATCH", 7)
+    if seed >= 4:  # regions pruned from layer 1, as for wide layers
+        monkeypatch.setattr(kuhn, "REGION_WIDTH", 1)
     d = 2 if seed % 4 == 0 else 3
     net = _grid_net(d, seed, n_levels=1 + seed % 3, min_res=1 + seed % 2, depth=1 + seed % 3,
                     include_input=bool(seed % 2))
@@ -159,6 +161,8 @@ def test_simplex_tiles_give_the_polygons_of_box_tiles_and_complex_mode(seed, mon
     if close:
         assert simplices.to_trimesh().is_watertight and int(simplices.polygon_is_cap.sum()) > 0
     assert "kuhn_simplices_kept" in simplices.stats and "kuhn_simplices_kept" not in tiles.stats
+    if seed >= 4 and not close and len(net.layers) > 2:
+        assert "regions_kept_layer1" in simplices.stats
     assert simplices.stats["unpaired_face_keys"] == 0
     assert simplices.stats["kuhn_batches"] == -(-simplices.stats["kuhn_simplices_kept"] // kuhn.SIMPLEX_BATCH)
     assert simplices.stats["max_abs_f"] <= 1e-12

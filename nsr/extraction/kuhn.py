@@ -56,6 +56,11 @@ SIMPLEX_BATCH = 2**17
 # leaves about 15 vertices and 30 edges per simplex kept; buffers grown row by row instead copied
 # everything they held 67 times (2.5 of its 21 s at one thread).
 RESERVE_VERTICES, RESERVE_EDGES = 16, 32
+# Regions of a simplex are pruned one by one from layer 1 (box tiles: layer 2) when layer 1 has at least
+# this many neurons: each region the bounds drop is then not cut by them. A 64-wide layer 1 (grid_gpu's
+# shape, a quarter of a torus, one thread): subdivision 45 s against 67 s; a 16-wide one (grid_cpu):
+# as fast either way (4.8-6.6 s against 5.1-5.4 s on the bunny), so not there.
+REGION_WIDTH = 32
 
 
 @dataclass
@@ -952,7 +957,8 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
         room = None if limit is None else limit - _HELD_FACTOR["surface"] * held_bytes
         split_by_layers(net, sk, alive, tile_bounds, local, lv, prune=True, keep_negative=keep_negative, band=None,
                         region_layers=3, max_value_bytes=2**30, limit=room, tolerances=tolerances, bar=None,
-                        desc="surface", prune_from=1, carry=True)
+                        desc="surface", prune_from=1, carry=True,
+                        region_from=1 if net.n_layers > 1 and net.affine(1).n >= REGION_WIDTH else 2)
         # keep what the polygons are made of: the level set's edges (and the box facets' for the caps)
         ez = sk.ezeros.t
         on = ez[:, -1] == local.output

@@ -206,7 +206,7 @@ def subdivide(
 def split_by_layers(net: PLGraph, sk: _Skeleton, alive: Tensor, tile_bounds: TileBounds, layout: ConstraintLayout,
                     level: float | None, *, prune: bool, keep_negative: Tensor | None, band: Band | None,
                     region_layers: int, max_value_bytes: int, limit: float | None, tolerances: list[Tensor],
-                    bar: Any, desc: str, prune_from: int = 0, carry: bool = False) -> Tensor:
+                    bar: Any, desc: str, prune_from: int = 0, carry: bool = False, region_from: int = 2) -> Tensor:
     """Cut the skeleton by every hidden neuron, layer by layer, then by the level set (the loop of
     :func:`subdivide`, once its tiles are made and cut by the encoder's planes, for tiles of any shape:
     boxes, or simplices of :mod:`nsr.extraction.kuhn`). With ``prune``, tiles and then regions that
@@ -243,6 +243,8 @@ def split_by_layers(net: PLGraph, sk: _Skeleton, alive: Tensor, tile_bounds: Til
         First layer pruned.
     carry : bool
         Compute each layer from the carried values of the previous one where it reads that alone.
+    region_from : int
+        First layer whose regions may be pruned one by one (box tiles: 2, see the comment below).
 
     Returns
     -------
@@ -292,7 +294,7 @@ def split_by_layers(net: PLGraph, sk: _Skeleton, alive: Tensor, tile_bounds: Til
                 sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
             # not before layer 2: after one layer the regions are many and far from the output, so
             # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
-            by_region = keep_negative is None and layer >= max(2, out_layer - region_layers)
+            by_region = keep_negative is None and layer >= max(region_from, out_layer - region_layers)
             if not by_region:  # per-region bounds subsume the tile's
                 alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges,
                                          tol_out)
