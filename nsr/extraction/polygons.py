@@ -203,10 +203,16 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
         on = torch.nonzero(ez[:, -1] == out).squeeze(1)
         e, ez = e[on], ez[on]
     ge, e_internal = _global_zeros(ez, arr.vtile[e[:, 0]], arr, d)
-    epos = (arr.vpos[e[:, 0]] | arr.vpos[e[:, 1]]) & mask
 
     if d == 2:
         return _polylines(net, arr, bounds, level, gz, internal, ge, e_internal, mask, layout)
+
+    # A simplex tile holds its polygons whole, and its sides of the encoder's planes are its own: its
+    # number and the neurons' words name a face as all the words do. Faces then carry the words from the
+    # neurons' first on only (``base``; the bunny's grid: 2 of 15, a 256-grid's 2 of 27).
+    simplex_tiles = arr.walls > 0 and arr.tile_bits is not None
+    base = layout.neuron_offset // 64 if simplex_tiles else 0
+    epos = (arr.vpos[e[:, 0], base:] | arr.vpos[e[:, 1], base:]) & mask[base:]
 
     faces_support, faces_pos, inc_edge = [], [], []
 
@@ -222,14 +228,14 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
             is_neuron = (oth >= layout.n_box) & (oth < out)  # a neuron or an encoder plane: two sides
             if side == 1:  # the positive side of a neuron; the inside of a box plane
                 wi, mi = bit_values(oth.clamp(min=0))
-                rows = torch.nonzero(is_neuron).squeeze(1)
-                pk[rows, wi[rows]] |= mi[rows]
+                rows = torch.nonzero(is_neuron & (wi >= base)).squeeze(1)  # (a wall's bit is its tile's)
+                pk[rows, wi[rows] - base] |= mi[rows]
                 keep = is_neuron & (~wall | inside) | (oth < 0)
             else:  # the negative side of a neuron or of the level set
                 keep = is_neuron & (~wall | ~inside) | (oth == out)
             if need_neg:
                 wo, mo = bit_values(torch.tensor(out, device=dev))
-                keep = keep & ((pk[:, wo] & mo) == 0)
+                keep = keep & ((pk[:, wo - base] & mo) == 0)
             r = torch.nonzero(keep).squeeze(1)
             faces_support.append(support[r])
             faces_pos.append(pk[r])
@@ -252,12 +258,8 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     inc = torch.cat(inc_edge)
     if len(inc) == 0:
         return _empty(bounds, level, d, n)
-    # a simplex tile holds its polygons whole and its sides of the encoder's planes are its own: its
-    # number and the neurons' words name a face as all the words do (the bunny's grid: 4 columns, not 16)
-    simplex_tiles = arr.walls > 0 and arr.tile_bits is not None
     if simplex_tiles:
-        w0 = layout.neuron_offset // 64
-        order, fid = group_equal_rows(torch.cat([support[:, None], arr.vtile[e[inc, 0]][:, None], fpos[:, w0:]], 1))
+        order, fid = group_equal_rows(torch.cat([support[:, None], arr.vtile[e[inc, 0]][:, None], fpos], 1))
     else:
         order, fid = group_equal_rows(torch.cat([support[:, None], fpos], 1))
     n_faces = int(fid.max()) + 1
@@ -309,7 +311,7 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     # orientation: surface polygons along the gradient, caps along the outward facet normal
     is_cap = f_support != out
     netd = net.to(device=dev, dtype=torch.float64)
-    if n and netd.encoder is None:
+    if n and netd.encoder is None:  # (base 0)
         patterns = unpack_bits(f_pos, torch.arange(layout.neuron_offset, out, device=dev))
         normal = netd.local_gradients(list(torch.split(patterns, net.widths, dim=1)))
         del patterns  # the mesh keeps them packed
@@ -329,9 +331,9 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     verts = wx[usedv]
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
     n_pat = out - layout.neuron_offset
-    vpat = _packed(arr.vpos[wrep[usedv]], layout.neuron_offset, n_pat)
-    return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, _packed(f_pos, layout.neuron_offset, n_pat), is_cap,
-                         n_invalid)
+    first = layout.neuron_offset - 64 * base  # the first neuron's bit in the words kept
+    vpat = _packed(arr.vpos[wrep[usedv], base:], first, n_pat)
+    return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, _packed(f_pos, first, n_pat), is_cap, n_invalid)
 
 
 def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Tensor, gz: Tensor, internal: Tensor,

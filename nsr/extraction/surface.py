@@ -241,8 +241,9 @@ def default_mode(net: Any, bounds: Any = None) -> str:
     ``experiments/RESULTS.md``). Elsewhere (levels that do not nest, another box, or no ``bounds``
     given) surface mode cuts box tiles by the encoder's planes one at a time, 10-30x slower, and
     track mode is picked. On a wide grid (MLP 64x2 on levels to 256) the complete mode took 3.9x track
-    mode's time on a 2-core CPU (230 s against 60 s): pass ``mode="track"`` there for speed. (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode
-    stops at the memory budget.)
+    mode's time on a 2-core CPU (230 s against 60 s): pass ``mode="track"`` there for speed.
+    (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
+    budget.)
 
     Parameters
     ----------
