@@ -270,9 +270,8 @@ def default_mode(net: Any, bounds: Any = None) -> str:
     if bounds is None:
         return "track"
     b = as_bounds(bounds, 3)
-    g64 = graph.to(dtype=torch.float64)
-    bt = torch.as_tensor(b, dtype=torch.float64, device=g64.device)
-    return "surface" if kuhn_grid(g64, b, encoder_facets(g64, bt[:, 0], bt[:, 1])) is not None else "track"
+    bt = torch.as_tensor(b, dtype=torch.float64, device=graph.device)  # the planes come in its dtype
+    return "surface" if kuhn_grid(graph, b, encoder_facets(graph, bt[:, 0], bt[:, 1])) is not None else "track"
 
 
 def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, close: bool, tiles: int | None,
