@@ -292,8 +292,9 @@ def split_by_layers(net: PLGraph, sk: _Skeleton, alive: Tensor, tile_bounds: Til
         elif prune and layer < out_layer:  # at the output the split itself finds the crossings
             if sk.values is None and sk.n_vertices * width * itemsize * 2 <= max_value_bytes:
                 sk.values = _Buffer(_evaluate(net, sk.x.t, layer, 0, width, 0.0))
-            # not before layer 2: after one layer the regions are many and far from the output, so
-            # their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1)
+            # box tiles not before layer 2: after one layer the regions are many and far from the output,
+            # so their bounds cost more than they save (trained 4x128 bunny: minutes at layer 1); a
+            # simplex tile's few regions next to a wide layer pay from layer 1 (nsr.extraction.kuhn)
             by_region = keep_negative is None and layer >= max(region_from, out_layer - region_layers)
             if not by_region:  # per-region bounds subsume the tile's
                 alive &= _tiles_reaching(net, sk, layer, tile_bounds, lv, keep_negative, tile_ranges,
