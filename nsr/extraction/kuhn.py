@@ -425,7 +425,7 @@ def local_layout(layout: ConstraintLayout) -> ConstraintLayout:
 
 
 def globalize(vzeros: Tensor, vpos: Tensor, vtile: Tensor, ezeros: Tensor, etile: Tensor, sides: tuple[Tensor, Tensor],
-              local: ConstraintLayout, layout: ConstraintLayout) -> tuple[Tensor, Tensor, Tensor]:
+              local: ConstraintLayout, layout: ConstraintLayout, word0: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Zeros and signs numbered by :func:`local_layout` back in the network's ``layout``.
 
     A simplex's own facet ``j`` becomes its plane ``cid[tile, j]`` (box facets keep their ids), neurons and
@@ -445,11 +445,14 @@ def globalize(vzeros: Tensor, vpos: Tensor, vtile: Tensor, ezeros: Tensor, etile
     sides : (cid, bits)
         :func:`simplex_sides` of the simplices in ``layout``.
     local, layout : ConstraintLayout
+    word0 : int
+        Return the sign words from this one on only (3-D meshes read the neurons' words alone:
+        ``layout.neuron_offset // 64``).
 
     Returns
     -------
     vzeros : (V, D) int32 Tensor
-    vpos : (V, W) int64 Tensor
+    vpos : (V, W - word0) int64 Tensor
     ezeros : (E, D-1) int32 Tensor
         In ``layout``, zeros sorted.
 
@@ -493,7 +496,7 @@ def globalize(vzeros: Tensor, vpos: Tensor, vtile: Tensor, ezeros: Tensor, etile
     gz = ids(vzeros, vtile)
     ez = ids(ezeros, etile).int()
     n_w = bits.shape[1]
-    out = torch.empty(len(gz), n_w, dtype=torch.int64, device=bits.device)
+    out = torch.empty(len(gz), n_w - word0, dtype=torch.int64, device=bits.device)
     later = torch.arange(local.neuron_offset, local.n_constraints, device=bits.device)
     word, mask = bit_values(later + shift)
     words = torch.unique(word).tolist()
@@ -502,11 +505,11 @@ def globalize(vzeros: Tensor, vpos: Tensor, vtile: Tensor, ezeros: Tensor, etile
         w0, m0 = bit_values(z)
         cleared = torch.zeros(len(z), n_w, dtype=torch.int64, device=bits.device)
         cleared.scatter_add_(1, w0, torch.where(z < layout.neuron_offset, m0, 0))  # distinct ids: the sum is the union
-        row = bits.index_select(0, vtile[sl].long()) & ~cleared
+        row = bits[:, word0:].index_select(0, vtile[sl].long()) & ~cleared[:, word0:]
         flags = unpack_bits(vpos[sl], later)  # (n, neurons + 1)
         for w in words:
             sel = word == w
-            row[:, w] |= (flags[:, sel].long() * mask[sel]).sum(1)  # distinct bits: sum = or
+            row[:, w - word0] |= (flags[:, sel].long() * mask[sel]).sum(1)  # distinct bits: sum = or
         out[sl] = row
     return gz.int(), out, ez
 
@@ -891,7 +894,8 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     -------
     arrays : _Arrays
         What the polygons are made of, tile by tile: the level set's edges (with ``close``, also the
-        box facets') and their vertices (``tile_bits`` and ``walls`` set). The batches kept count
+        box facets') and their vertices (``tile_bits`` and ``walls`` set; in 3-D, ``vpos`` holds the sign
+        words from the first neuron's on, ``word0``, which are all a mesh reads). The batches kept count
         against ``memory_limit`` as the next batch is cut.
     kept : int
         Simplices that held vertices to the end.
@@ -930,6 +934,7 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     tol_out = float(tolerances[-1][0])
     layout = ConstraintLayout(d, net.widths, len(facets[1]))
     local = local_layout(layout)  # what a batch is cut in; globalize maps its level set back
+    word0 = layout.neuron_offset // 64 if d == 3 else 0  # the sign words a mesh reads (polylines: all)
     tables = simplex_tables(d, kg.box.device)
     limit = memory_limit if memory_limit is not None else default_memory_limit()
     cols: list[list[Tensor]] = [[] for _ in range(7)]
@@ -970,7 +975,7 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
         remap[used] = torch.arange(len(used), device=edges.device)
         vtile = sk.vtile.t[used]
         vz, vp, ez = globalize(sk.vzeros.t[used], sk.vpos.t[used], vtile, ez[on], sk.vtile.t[edges[:, 0]], sides,
-                               local, layout)
+                               local, layout, word0)
         for i, arr in enumerate((sk.x.t[used], vz, vp, vtile + n_done, (remap[edges] + v_off).int(), ez, sides[1])):
             cols[i].append(arr)
             held_bytes += arr.element_size() * arr.numel()
@@ -1014,11 +1019,11 @@ def subdivide_simplices(net: PLGraph, kg: KuhnGrid, level: float, tolerances: li
     x_dt, dev = kg.box.dtype, kg.box.device
     n_w = n_words(layout.n_constraints)
     empty = [torch.zeros(0, d, dtype=x_dt, device=dev), torch.zeros(0, d, dtype=torch.int32, device=dev),
-             torch.zeros(0, n_w, dtype=torch.int64, device=dev), torch.zeros(0, dtype=torch.int32, device=dev),
+             torch.zeros(0, n_w - word0, dtype=torch.int64, device=dev), torch.zeros(0, dtype=torch.int32, device=dev),
              torch.zeros(0, 2, dtype=torch.int32, device=dev), torch.zeros(0, d - 1, dtype=torch.int32, device=dev),
              torch.zeros(0, n_w, dtype=torch.int64, device=dev)]
     x, vz, vp, vt, e, ez, tb = (torch.cat(c) if c else z for c, z in zip(cols, empty))
     arr = _Arrays(x, vz, vp, vt, e, ez, torch.zeros(max(m, 1), d, dtype=torch.int64, device=dev), 1,
-                  n_facets=len(facets[1]), walls=layout.neuron_offset, tile_bits=tb)
+                  n_facets=len(facets[1]), walls=layout.neuron_offset, tile_bits=tb, word0=word0)
     stats["kuhn_subdivision_s"] = time.perf_counter() - t0 - stats["kuhn_bounds_s"]
     return arr, kept, unpaired, stats

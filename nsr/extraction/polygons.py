@@ -158,6 +158,7 @@ class _Arrays:
     n_facets: int = 0  # encoder planes (constraint ids 2D..2D+P-1)
     walls: int = 0  # ids below it bound their tile (0: the box facets), on the side in tile_bits
     tile_bits: Tensor | None = None  # (K, W) simplex tiles' sides (nsr.extraction.kuhn)
+    word0: int = 0  # vpos holds words word0.. of the sign vectors (3-D simplex tiles: the first neuron's on)
 
 
 def _global_zeros(zeros: Tensor, tile: Tensor, arr: _Arrays, d: int) -> tuple[Tensor, Tensor]:
@@ -182,12 +183,12 @@ def _plane_to_constraint(g: Tensor, grid: int) -> Tensor:
 
 def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: float, close: bool) -> ExactMesh:
     arr = _Arrays(arr.x, arr.vzeros.long(), arr.vpos, arr.vtile.long(), arr.edges.long(), arr.ezeros.long(),
-                  arr.tile_index, arr.grid, arr.n_facets, arr.walls, arr.tile_bits)
+                  arr.tile_index, arr.grid, arr.n_facets, arr.walls, arr.tile_bits, arr.word0)
     d = arr.x.shape[1]
     n = net.n_neurons
     layout = ConstraintLayout(d, net.widths, arr.n_facets)
     out = layout.output
-    w = arr.vpos.shape[1]
+    w = arr.vpos.shape[1] + arr.word0
     dev = arr.x.device
     # bits past the box facets: encoder planes, neurons and output (tile-facet bits differ
     # between tiles for one vertex; the others are global)
@@ -205,6 +206,8 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     ge, e_internal = _global_zeros(ez, arr.vtile[e[:, 0]], arr, d)
 
     if d == 2:
+        if arr.word0:
+            raise ValueError("polylines weld by every word of the sign vectors: word0 must be 0 in 2-D")
         return _polylines(net, arr, bounds, level, gz, internal, ge, e_internal, mask, layout)
 
     # A simplex tile holds its polygons whole, and its sides of the encoder's planes are its own: its
@@ -212,7 +215,10 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     # neurons' first on only (``base``; the bunny's grid: 2 of 15, a 256-grid's 2 of 27).
     simplex_tiles = arr.walls > 0 and arr.tile_bits is not None
     base = layout.neuron_offset // 64 if simplex_tiles else 0
-    epos = (arr.vpos[e[:, 0], base:] | arr.vpos[e[:, 1], base:]) & mask[base:]
+    if arr.word0 > base:
+        raise ValueError(f"the arrays hold sign words from {arr.word0} on; faces need them from {base} on")
+    vpos = arr.vpos[:, base - arr.word0:]  # words base..
+    epos = (vpos[e[:, 0]] | vpos[e[:, 1]]) & mask[base:]
 
     faces_support, faces_pos, inc_edge = [], [], []
 
@@ -276,7 +282,7 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
         # before the grid lines' (which names the points across simplices)
         vorder = vid = torch.arange(len(used), device=dev)
     else:
-        vorder, vid = group_equal_rows(torch.cat([arr.vpos[used] & mask, gz[used]], 1))
+        vorder, vid = group_equal_rows(torch.cat([vpos[used] & mask[base:], gz[used]], 1))  # (base 0)
     weld = torch.full((len(arr.x),), -1, dtype=torch.int64, device=dev)
     weld[used[vorder]] = vid
     n_w = int(vid.max()) + 1
@@ -332,7 +338,7 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
     vcons = _plane_to_constraint(gz[wrep[usedv]], arr.grid)
     n_pat = out - layout.neuron_offset
     first = layout.neuron_offset - 64 * base  # the first neuron's bit in the words kept
-    vpat = _packed(arr.vpos[wrep[usedv], base:], first, n_pat)
+    vpat = _packed(vpos[wrep[usedv]], first, n_pat)
     return _polygon_mesh(verts, cycles, bounds, level, vcons, vpat, _packed(f_pos, first, n_pat), is_cap, n_invalid)
 
 
@@ -382,7 +388,7 @@ def _weld_on_grid_lines(net: PLGraph, arr: _Arrays, bounds: np.ndarray, wrep: Te
     on_box = torch.cat([x == bt[:, 0], x == bt[:, 1]], 1).long()
     drop = is_enc | (z < 0) & ~internal[wrep]  # encoder planes and box facets: named by the columns above
     other = torch.sort(torch.where(drop, torch.full_like(z, -(2**62)), z), 1).values
-    key = torch.cat([arr.vpos[wrep][:, words] & neurons[words], other, through, slab, on_box], 1)
+    key = torch.cat([arr.vpos[wrep][:, words - arr.word0] & neurons[words], other, through, slab, on_box], 1)
     order, gid = group_equal_rows(key)
     out = torch.empty_like(gid)
     out[order] = gid
