@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check (`make gpu-check`): on a machine with CUDA, run the GPU-marked tests and the
-# complex/surface benchmarks on the device in float32 and float64, and write every table to
-# $NSR_OUT (default experiments/out/). Record the figures in experiments/RESULTS.md.
+# complex/surface benchmarks on the device in float32 and float64, then a wide grid network
+# (experiment=grid_gpu's shape) fitted and extracted on the device against marching cubes, and write
+# every table to $NSR_OUT (default experiments/out/). Record the figures in experiments/RESULTS.md.
 #
 #   make gpu-check                          # uses .venv
 #   NSR_OUT=/tmp/gpu PY=python bash experiments/gpu_check.sh
@@ -36,5 +37,9 @@ for dtype in float32 float64; do
         --resolutions 256 512 2>&1 | tee "$OUT/gpu_bench_surface_$dtype.md"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
+echo "== a wide grid network (experiment=grid_gpu's shape, a torus), cuda: exact modes vs marching cubes 256^3, 512^3"
+"$PY" experiments/bench_wide_grid.py --device cuda --steps 600 --modes surface track --resolutions 256 512 \
+    2>&1 | tee "$OUT/gpu_bench_wide_grid.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "gpu-check: tables in $OUT (exit $status)"
 exit $status

@@ -74,3 +74,21 @@ def test_marching_cubes_cuda_matches_cpu():
     b = marching_cubes(net, (-1, 1), 48, level=level, device="cuda")
     assert len(a.faces) == len(b.faces)
     assert np.allclose(a.vertices, b.vertices, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["surface", "track"])
+def test_grid_network_cuda_matches_cpu_float64(mode):
+    # a nested simplex grid over a box of its cells: surface mode cuts its simplices (nsr.extraction.kuhn)
+    from nsr.pl.encoding import GridMLP
+
+    torch.manual_seed(2)
+    net = GridMLP(in_dim=3, width=16, depth=2, n_levels=2, min_resolution=4, max_resolution=8, features=2,
+                  init_scale=1.0, include_input=True).double()
+    level = _median_level(net)
+    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False)
+    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False)
+    if mode == "surface":
+        assert b.stats["kuhn_simplices_kept"] == a.stats["kuhn_simplices_kept"] > 0
+    assert len(a.polygons) == len(b.polygons) > 0
+    assert _polygon_set(a) == _polygon_set(b)
+    assert b.stats["max_abs_f"] < 1e-12
