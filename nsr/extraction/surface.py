@@ -240,8 +240,8 @@ def default_mode(net: Any, bounds: Any = None) -> str:
     of the bunny's 243,908 polygons and 90 of fandisk's, components no seed reached;
     ``experiments/RESULTS.md``). Elsewhere (levels that do not nest, another box, or no ``bounds``
     given) surface mode cuts box tiles by the encoder's planes one at a time, 10-30x slower, and
-    track mode is picked. On a wide grid (MLP 64x2 on levels to 256) the complete mode took 3.9x track
-    mode's time on a 2-core CPU (230 s against 60 s): pass ``mode="track"`` there for speed.
+    track mode is picked. On a wide grid (MLP 64x2 on levels to 256) the complete mode took about 4x
+    track mode's time on a 2-core CPU (221-230 s against 51-60 s): pass ``mode="track"`` there for speed.
     (:func:`extract_mesh` with ``mode="auto"`` also tracks where surface mode stops at the memory
     budget.)
 
