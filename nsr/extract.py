@@ -485,10 +485,9 @@ def run_extract(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     net = as_graph(loaded)  # the one form the extraction reads (skips, residuals, output transforms)
     box = _box(cfg, run_box, net.in_dim)
     if mode == "auto":
-        from nsr.extraction.surface import default_mode
+        from nsr.extraction.surface import default_mode, simplex_tiles_allowed
 
-        simplices = opts["tiles"] is None and not opts["band"] and opts["workers"] == 1
-        mode = default_mode(net, box if simplices else None)
+        mode = default_mode(net, box if simplex_tiles_allowed(opts["tiles"], opts["band"], opts["workers"]) else None)
         check_mode_options(opts, mode)
     if net.in_dim not in (2, 3):
         raise ConfigError(f"net={opts['net']}: a {net.in_dim}-D network has no mesh or polylines; use the library "

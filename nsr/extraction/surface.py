@@ -165,7 +165,7 @@ def extract_mesh(
         )
     requested = mode
     if mode == "auto":  # surface mode on a grid's simplices only: not with tiles, a band or workers
-        mode = default_mode(net, bounds if tiles is None and not band and workers == 1 else None)
+        mode = default_mode(net, bounds if simplex_tiles_allowed(tiles, band, workers) else None)
     dt = resolve_dtype(dtype)
     args = limits.check_extract_arguments(
         dim=d, n_neurons=net.n_neurons, max_width=max(net.widths, default=1), itemsize=dt.itemsize, mode=mode,
@@ -227,6 +227,29 @@ def extract_mesh(
     if mesh.is_empty:
         warnings.warn(limits.empty_level_set_message(netd, b, level), stacklevel=2)
     return mesh
+
+
+def simplex_tiles_allowed(tiles: int | None, band: int | None, workers: int) -> bool:
+    """Whether surface mode may take a nested grid's simplices as its tiles: not where box tiles are asked
+    for (``tiles``), nor with a band of cells or several workers, which work on box tiles.
+
+    Parameters
+    ----------
+    tiles, band : int or None
+        :func:`extract_mesh`'s options (``band`` 0 or None: none).
+    workers : int
+        Processes.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> simplex_tiles_allowed(None, None, 1), simplex_tiles_allowed(2, None, 1), simplex_tiles_allowed(None, 0, 2)
+    (True, False, False)
+    """
+    return tiles is None and not band and workers == 1
 
 
 def default_mode(net: Any, bounds: Any = None) -> str:
@@ -298,7 +321,7 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
         tols = sign_tolerances(netd, bt[:, 0], bt[:, 1], level)
         facets = encoder_facets(netd, bt[:, 0], bt[:, 1])
         n_facets = len(facets[1])
-        kg = kuhn_grid(netd, b, facets) if tiles is None and not res and workers == 1 else None
+        kg = kuhn_grid(netd, b, facets) if simplex_tiles_allowed(tiles, res, workers) else None
         if kg is not None:  # a nested simplex grid: its simplices are the tiles
             arr, kept, unpaired, region_stats = subdivide_simplices(netd, kg, level, tols, facets, progress,
                                                                     memory_limit, close=close)
