@@ -18,8 +18,9 @@ surface samples. Three kinds:
     on more than ``max_ambiguous`` of the probes (an open square, a hemisphere, a car body
     with its windows open) the inside is undefined and the source refuses, naming the file,
     the measured fraction and the options below. Meshes with small holes (a scan's base)
-    pass and take a majority vote of ``n_rays`` (odd) ray parities, each ray in a uniformly
-    random direction (so the vote follows the winding number, see ``MeshSource._ray_vote``).
+    pass; their holes are closed by flat caps (``holes``, :func:`cap_holes`), and inside is a
+    majority vote of ``n_rays`` (odd) ray parities, each ray in a uniformly random direction
+    (so the vote follows the winding number, see ``MeshSource._ray_vote``).
   - ``rays``: that majority vote without the check (the user vouches for the mesh).
   - ``winding``: inside where the generalized winding number has ``|w| >= 0.5`` (Jacobson et
     al. 2013); robust to holes, cracks and duplicated seams. libigl's fast winding number
@@ -60,6 +61,7 @@ MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
 POINT_CLOUD_SUFFIXES = (".ply", ".pcd", ".xyz", ".xyzn", ".pts")
 SIGN_MODES = ("auto", "rays", "winding", "shell")
 WINDING_BACKENDS = ("auto", "exact", "igl")
+HOLE_MODES = ("auto", "keep", "fill")
 AMBIGUOUS_BAND = (0.2, 0.8)  # |winding number| here: the point is neither inside nor outside
 MIN_CLOUD_POINTS = 16
 
@@ -797,6 +799,65 @@ def is_closed(vertices: np.ndarray, faces: np.ndarray) -> bool:
     return bool(trimesh.Trimesh(vertices, faces, process=True).is_watertight)
 
 
+def cap_holes(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Close each boundary loop of a mesh with a fan of triangles from the loop's centroid.
+
+    A scan's holes (the shared bunny's base) leave the inside to a vote, and the signed distance
+    jumps across them from ``+r`` to ``-r`` (``r`` the distance to the rim). A network fitted to
+    that closes them anyway, with a cap that bulges out along the vote's ``w = 0.5`` surface.
+    Caps put in the mesh make the target a true signed distance of a closed surface, and the
+    cap nearly flat: a fan from the centroid is flat where the loop is planar, and about the
+    least area that closes a scan's small holes.
+
+    Vertices are merged first (by position; texture seams are not holes). Boundary loops that
+    do not close (non-manifold rims) are left open.
+
+    Parameters
+    ----------
+    vertices : (V, 3) float ndarray
+    faces : (F, 3) int ndarray
+
+    Returns
+    -------
+    vertices : (V', 3) float64 ndarray
+        The merged vertices, then one centroid per loop closed.
+    faces : (F', 3) int64 ndarray
+        The faces, then the caps, each cap triangle wound against the rim's face so the
+        orientation carries over.
+    n_loops : int
+        Loops closed.
+
+    Examples
+    --------
+    >>> import trimesh
+    >>> from nsr.training.data import cap_holes, is_closed
+    >>> cube = trimesh.creation.box()
+    >>> v, f, n = cap_holes(cube.vertices, cube.faces[2:])  # one side of the cube removed
+    >>> n, len(f) - 10, is_closed(v, f)
+    (1, 4, True)
+    """
+    import trimesh
+
+    mesh = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces, dtype=np.int64), process=False)
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)
+    outline = mesh.outline()
+    verts, tris = [np.asarray(mesh.vertices)], [np.asarray(mesh.faces, dtype=np.int64)]
+    directed = set(map(tuple, np.asarray(mesh.edges).tolist()))
+    n, closed = len(mesh.vertices), 0
+    for entity in outline.entities:
+        loop = np.asarray(entity.points, dtype=np.int64)
+        if len(loop) < 4 or loop[0] != loop[-1]:
+            continue
+        a = loop[:-1]
+        b = np.roll(a, -1)
+        if (int(a[0]), int(b[0])) in directed:  # a face runs a -> b: the cap runs b -> a
+            a, b = b, a
+        verts.append(np.asarray(mesh.vertices)[loop[:-1]].mean(0, keepdims=True))
+        tris.append(np.column_stack([a, b, np.full(len(a), n)]))
+        n, closed = n + 1, closed + 1
+    return np.concatenate(verts), np.concatenate(tris), closed
+
+
 class MeshSource(ShapeSource):
     """Triangle mesh file, normalized so its bounding box fits ``[-fit, fit]^3``, centered.
 
@@ -821,6 +882,12 @@ class MeshSource(ShapeSource):
         Largest ambiguous fraction ``auto`` accepts on an open mesh.
     winding_backend : {"auto", "exact", "igl"}
         Winding number backend.
+    holes : {"auto", "keep", "fill"}
+        ``fill``: close an open mesh's boundary loops with flat caps (:func:`cap_holes`) and train
+        on the closed surface they make (``holes_filled`` says how many): the signed distance is
+        continuous across the holes, and the network's caps are flat instead of bulging along the
+        inside vote. ``auto`` (default): ``fill`` when ``sign="auto"`` and the mesh passed its
+        inside check (which always sees the mesh as given), else ``keep``: the mesh as it is.
 
     Raises
     ------
@@ -854,25 +921,48 @@ class MeshSource(ShapeSource):
         shell_thickness: float = 0.01,
         max_ambiguous: float = 0.05,
         winding_backend: str = "auto",
+        holes: str = "auto",
     ) -> None:
         self.path = Path(path)
+        if holes not in HOLE_MODES:
+            raise ShapeError(f"data.holes must be one of {', '.join(HOLE_MODES)}, got {holes!r}")
         if sign not in SIGN_MODES:
             raise ShapeError(f"data.sign must be one of {', '.join(SIGN_MODES)}, got {sign!r}")
         if winding_backend not in WINDING_BACKENDS:
             raise ShapeError(f"data.winding_backend must be one of {WINDING_BACKENDS}, got {winding_backend!r}")
+        if sign == "shell" and holes == "fill":
+            raise ShapeError("data.holes=fill closes a mesh's holes, data.sign=shell is for a surface without an "
+                             "inside: choose one (data.holes=keep or auto with the shell)")
         if sign == "shell" and not 0 < shell_thickness < 0.5:
             raise ShapeError(f"data.shell_thickness must be in (0, 0.5) box units, got {shell_thickness}")
         if not 0 <= max_ambiguous <= 1:
             raise ShapeError(f"data.max_ambiguous must be a fraction in [0, 1], got {max_ambiguous}")
         mesh = load_mesh(self.path)
-        center, scale = fit_transform(np.asarray(mesh.vertices, dtype=np.float64), fit)
+        vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+        center, scale = fit_transform(vertices, fit)
         super().__init__(center, scale)
-        self.vertices = self.from_shape_units(np.asarray(mesh.vertices)).astype(np.float32)
-        self.faces = np.asarray(mesh.faces, dtype=np.int64)
-        self.watertight = is_closed(self.vertices, self.faces)
         self.sign, self.shell_thickness = sign, float(shell_thickness)
         self.winding_backend = winding_backend
+        self._set_mesh(vertices, faces)
+        self.watertight = is_closed(self.vertices, self.faces)
         self.n_rays = 1 if self.watertight else int(n_rays) | 1
+        self._scene: Any = None
+        self.inside_check: dict[str, float] = {}
+        if sign == "auto" and not self.watertight:
+            self._check_inside(max_ambiguous)  # on the mesh as given: caps cannot make an inside
+        self.holes_filled = 0
+        if not self.watertight and (holes == "fill" or (holes == "auto" and sign == "auto")):
+            # The caps close what the check found small; the vote stays (n_rays), robust where a
+            # cap crosses the surface.
+            vertices, faces, self.holes_filled = cap_holes(vertices, faces)
+            self._set_mesh(vertices, faces)
+            self.watertight = is_closed(self.vertices, self.faces)
+
+    def _set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
+        """Hold a mesh ``(V, 3)``, ``(F, 3)`` in the file's units, in box units with its triangles,
+        areas and unit normals."""
+        self.vertices = self.from_shape_units(vertices).astype(np.float32)
+        self.faces = np.asarray(faces, dtype=np.int64)
         v = torch.from_numpy(self.vertices)
         tri = v[torch.from_numpy(self.faces)]  # (F, 3, 3)
         cross = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
@@ -883,10 +973,6 @@ class MeshSource(ShapeSource):
             min=1e-20
         )
         self._tri = tri
-        self._scene: Any = None
-        self.inside_check: dict[str, float] = {}
-        if sign == "auto" and not self.watertight:
-            self._check_inside(max_ambiguous)
 
     def _check_inside(self, max_ambiguous: float, max_pairs: int = 2**25) -> None:
         """Refuse an open mesh whose inside is undefined (see the module docstring).
@@ -1423,11 +1509,12 @@ def make_source(
     shell_thickness: float = 0.01,
     max_ambiguous: float = 0.05,
     winding_backend: str = "auto",
+    holes: str = "auto",
 ) -> ShapeSource:
     """Build and validate a source; every bad input raises here, before any training.
 
-    ``sign``, ``shell_thickness``, ``max_ambiguous``, ``winding_backend``: mesh files only,
-    see :class:`MeshSource`.
+    ``sign``, ``shell_thickness``, ``max_ambiguous``, ``winding_backend``, ``holes``: mesh files
+    only, see :class:`MeshSource`.
 
     Parameters
     ----------
@@ -1441,7 +1528,7 @@ def make_source(
         Half-size of the training box.
     fit : float
         Half-size files are scaled to, ``0 < fit <= box``.
-    n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend
+    n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend, holes
         Passed to :class:`MeshSource` or :class:`PointCloudSource`.
 
     Returns
@@ -1471,7 +1558,7 @@ def make_source(
     if path is None or str(path) in ("", "???"):
         raise ShapeError(f"data.kind={kind} needs data.path")
     if kind == "mesh":
-        return MeshSource(path, fit, n_rays, sign, shell_thickness, max_ambiguous, winding_backend)
+        return MeshSource(path, fit, n_rays, sign, shell_thickness, max_ambiguous, winding_backend, holes)
     if kind == "pointcloud":
         return PointCloudSource(path, fit, require_normals)
     raise ShapeError(f"unknown data.kind {kind!r}: use analytic, mesh or pointcloud")

@@ -90,7 +90,7 @@ class ShapeDataModule(L.LightningDataModule):
 
     Parameters
     ----------
-    kind, shape, path, box, fit, n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend
+    kind, shape, path, box, fit, n_rays, require_normals, sign, shell_thickness, max_ambiguous, winding_backend, holes
         The source, see :func:`nsr.training.data.make_source`.
     dim : int
         Expected dimension of the shape.
@@ -132,10 +132,11 @@ class ShapeDataModule(L.LightningDataModule):
         shell_thickness: float = 0.01,
         max_ambiguous: float = 0.05,
         winding_backend: str = "auto",
+        holes: str = "auto",
     ) -> None:
         super().__init__()
         self.source = make_source(kind, shape, path, box, fit, n_rays, require_normals, sign, shell_thickness,
-                                  max_ambiguous, winding_backend)
+                                  max_ambiguous, winding_backend, holes)
         if self.source.dim != dim:
             raise ValueError(f"data.dim={dim} but the shape is {self.source.dim}-dimensional")
         self.kind, self.dim, self.box = kind, dim, float(box)

@@ -25,6 +25,7 @@ from nsr.training.data import (
     MeshSource,
     PointCloudSource,
     ShapeError,
+    cap_holes,
     igl_available,
     mesh_winding_numbers,
     sample_points,
@@ -143,7 +144,8 @@ def test_closed_meshes_and_small_holes_pass_the_check(tmp_path):
     keep[:1] = False  # a small hole: the inside is still well defined
     holed = MeshSource(_write(tmp_path, "holed", trimesh.Trimesh(sphere.vertices, sphere.faces[keep])),
                        winding_backend="exact")
-    assert not holed.watertight and holed.inside_check["ambiguous_fraction"] < 0.05
+    assert holed.inside_check["ambiguous_fraction"] < 0.05
+    assert holed.holes_filled == 1 and holed.watertight  # then its hole is capped (data.holes=auto)
     # a closed mesh whose OBJ duplicates vertices along seams is still closed
     seams = trimesh.Trimesh(_cube().triangles.reshape(-1, 3), np.arange(36).reshape(-1, 3), process=False)
     assert not seams.is_watertight
@@ -161,6 +163,81 @@ def test_bad_sign_options_are_refused(tmp_path):
         MeshSource(path, winding_backend="fast")
     with pytest.raises(ShapeError, match="max_ambiguous"):
         MeshSource(path, max_ambiguous=2.0)
+
+
+# ----------------------------------------------------------------- open meshes: holes closed by caps
+
+
+def _holed_sphere(cos_cut: float = 0.8, subdivisions: int = 3) -> trimesh.Trimesh:
+    """Unit icosphere without the faces whose centres have ``z > cos_cut`` (one round hole)."""
+    m = trimesh.creation.icosphere(subdivisions)
+    return trimesh.Trimesh(m.vertices, m.faces[m.triangles_center[:, 2] <= cos_cut], process=False)
+
+
+def test_cap_holes_closes_a_cube_side_flat_and_keeps_the_orientation():
+    cube = _cube(drop_top=True)
+    v, f, n = cap_holes(cube.vertices, cube.faces)
+    closed = trimesh.Trimesh(v, f, process=False)
+    assert n == 1 and len(f) == len(cube.faces) + 4
+    assert closed.is_watertight and closed.is_winding_consistent
+    # a flat cap on the unit cube: volume 1 and area 6 exactly (closed forms), outward normals
+    assert closed.volume == pytest.approx(1.0, abs=1e-12) and closed.area == pytest.approx(6.0, abs=1e-12)
+    np.testing.assert_allclose(closed.face_normals[len(cube.faces):], [[0, 0, 1]] * 4, atol=1e-12)
+
+
+def test_cap_holes_leaves_closed_meshes_and_seams_alone():
+    cube = _cube()
+    seams = trimesh.Trimesh(cube.triangles.reshape(-1, 3), np.arange(36).reshape(-1, 3), process=False)
+    for mesh in (cube, seams):
+        v, f, n = cap_holes(mesh.vertices, mesh.faces)
+        assert n == 0 and len(f) == 12 and trimesh.Trimesh(v, f).is_watertight
+
+
+def test_cap_holes_closes_every_hole_of_a_sphere():
+    m = trimesh.creation.icosphere(3)
+    c = m.triangles_center
+    keep = (np.abs(c[:, 2]) <= 0.85) & (c[:, 0] <= 0.9)  # three round holes: +z, -z, +x
+    v, f, n = cap_holes(m.vertices, m.faces[keep])
+    closed = trimesh.Trimesh(v, f, process=False)
+    assert n == 3 and closed.is_watertight and closed.is_winding_consistent and closed.volume > 0
+    # signed volume is additive: the capped sphere plus the pieces cut off (the removed faces
+    # closed by the same caps, turned over) make the whole sphere again
+    index = {tuple(p): i for i, p in enumerate(np.asarray(m.vertices).tolist())}
+    centroids = np.arange(len(v) - n, len(v))
+    to_sphere = np.array([index.get(tuple(p), -1) for p in v.tolist()])  # caps' rims: m's own vertices
+    to_sphere[centroids] = len(m.vertices) + np.arange(n)
+    caps = to_sphere[f[int(keep.sum()):]]
+    cut = trimesh.Trimesh(np.concatenate([m.vertices, v[centroids]]),
+                          np.concatenate([m.faces[~keep], caps[:, ::-1]]), process=False)
+    assert cut.is_watertight and cut.volume > 0
+    assert closed.volume + cut.volume == pytest.approx(m.volume, abs=1e-12)
+
+
+@needs_o3d
+def test_filled_holes_give_a_true_signed_distance_across_the_cap(tmp_path):
+    path = _write(tmp_path, "holed", _holed_sphere())
+    kept = MeshSource(path, holes="keep", winding_backend="exact")
+    filled = MeshSource(path, winding_backend="exact")  # data.holes=auto
+    assert (kept.holes_filled, filled.holes_filled) == (0, 1)
+    assert filled.watertight and not kept.watertight
+    assert filled.inside_check["ambiguous_fraction"] < 0.05  # checked before the caps went in
+    # the sphere (radius 1) is scaled to radius 0.45; the hole's rim is above z = 0.8 (0.36 in box
+    # units) and at least about 0.2 from the axis.
+    # Along the axis, through the cap: distance to the cap (|z - 0.36|), inside below, outside above.
+    cap_z = float(filled.vertices[-1, 2])  # the cap's centre, on the rim's plane
+    assert 0.36 < cap_z < 0.45
+    z = cap_z + torch.tensor([-0.05, -0.01, 0.01, 0.03])
+    q = torch.stack([torch.zeros(4), torch.zeros(4), z], dim=1)
+    np.testing.assert_allclose(filled.signed_distance(q).numpy(), (z - cap_z).numpy(), atol=2e-3)
+    # the open mesh's distance there is to the rim: no zero crossing near the cap's plane
+    assert float(kept.signed_distance(q).abs().min()) > 0.1
+    with pytest.raises(ShapeError, match="data.holes must be one of"):
+        MeshSource(path, holes="close")
+    with pytest.raises(ShapeError, match="data.holes=fill closes"):
+        MeshSource(path, holes="fill", sign="shell")
+    # an open surface without an inside is still refused by auto: caps cannot make one
+    with pytest.raises(ShapeError, match="inside is undefined"):
+        MeshSource(_write(tmp_path, "square", _square()), winding_backend="exact")
 
 
 # ----------------------------------------------------------------- open meshes: winding and shell
