@@ -842,7 +842,10 @@ def cap_holes(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.n
     mesh.merge_vertices(merge_tex=True, merge_norm=True)
     outline = mesh.outline()
     verts, tris = [np.asarray(mesh.vertices)], [np.asarray(mesh.faces, dtype=np.int64)]
-    directed = set(map(tuple, np.asarray(mesh.edges).tolist()))
+    # The rims' edges as their faces run them (edges used by one face only): few, unlike all edges.
+    edges = np.asarray(mesh.edges)
+    rim = edges[trimesh.grouping.group_rows(mesh.edges_sorted, require_count=1)]
+    directed = set(map(tuple, rim.tolist()))
     n, closed = len(mesh.vertices), 0
     for entity in outline.entities:
         loop = np.asarray(entity.points, dtype=np.int64)
