@@ -1,10 +1,11 @@
 """The ``grid_cpu`` preset as a user runs it, measured (issue 14).
 
-Trains ``experiment=grid_cpu data.path=<shared mesh>`` through nsr's Hydra app (its own 2-minute budget,
-its progress bar off), then in the same process: the exact mesh as the apps extract it (``mode=auto``,
-float64), marching cubes 256³ of the same network, and the metrics of ``bench_grid.py`` on the exact mesh
-(Chamfer-L1 with 1M samples against the mesh's own floor, normal consistency, F@0.5%, max |f|). Extra Hydra
-overrides follow ``--``, so two presets can run side by side, each pinned to a core::
+Trains ``experiment=grid_cpu data.path=<shared mesh>`` (or ``--experiment mesh``: the 64x4 MLP) through
+nsr's Hydra app (the preset's own budget, its progress bar off), then in the same process: the exact mesh
+as the apps extract it (``mode=auto``, float64), marching cubes 256³ of the same network, and the metrics
+of ``bench_grid.py`` on the exact mesh (Chamfer-L1 with 1M samples against the mesh's own floor, normal
+consistency, F@0.5%, max |f|). Extra Hydra overrides follow ``--``, so two presets can run side by side,
+each pinned to a core::
 
     OMP_NUM_THREADS=1 taskset -c 0 python experiments/preset_grid.py --mesh fandisk --out DIR_A &
     OMP_NUM_THREADS=1 taskset -c 1 python experiments/preset_grid.py --mesh fandisk --out DIR_B -- \\
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="run directory (created)")
     ap.add_argument("--samples", type=int, default=1_000_000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--experiment", default="grid_cpu", help="the preset (e.g. mesh: the 64x4 MLP)")
     args = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     path = bench_grid.SHARED / f"{args.mesh}.obj"
     if not path.is_file():
@@ -55,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=grid_cpu", f"data.path={path}", f"run_dir={args.out}",
+        cfg = compose("train", overrides=[f"experiment={args.experiment}", f"data.path={path}", f"run_dir={args.out}",
                                           "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
                                           "extract=none", "logger=csv", *extra])
     t0 = time.perf_counter()
     run_dir = train(cfg)
-    row: dict = {"mesh": args.mesh, "overrides": extra, "train_s": round(time.perf_counter() - t0, 1),
+    row: dict = {"mesh": args.mesh, "experiment": args.experiment, "overrides": extra,
+                 "train_s": round(time.perf_counter() - t0, 1),
                  "steps": json.loads((run_dir / "metrics.json").read_text())["global_step"]}
     net = load_module_network(run_dir / "checkpoints" / "last.ckpt").eval()
     row["params"] = sum(p.numel() for p in net.parameters())
