@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import numpy as np
@@ -245,6 +246,23 @@ def test_walks_among_the_nearest_constraints_equal_full_walks(k, monkeypatch):
     assert torch.equal(tracking._pad(full[1], width, 0.0), tracking._pad(near[1], width, 0.0))
     assert torch.equal(full[2], near[2]) and torch.equal(full[3], near[3])
     assert bool((full[2] == m).all())  # and both are the polygons track mode walked
+
+
+@pytest.mark.parametrize("partition", [True, False])
+@pytest.mark.parametrize("k", [1, 5, 64])
+def test_nearest_selects_the_k_smallest_and_the_first_left_out(partition, k):
+    # against a full sort, on rows with many ties (integers 0..9) and -inf entries (a walk's own planes)
+    gen = torch.Generator().manual_seed(k)
+    dist = torch.randint(0, 10, (300, 130), generator=gen).double()
+    dist[:, :3] = -math.inf
+    sel, cut = tracking._nearest(dist, k, partition=partition)
+    assert sel.shape == (300, k) and bool((sel[:, 1:] > sel[:, :-1]).all())  # distinct, in column order
+    ordered = torch.sort(dist, 1)[0]
+    assert torch.equal(cut, ordered[:, k])  # the (k+1)-th smallest value
+    picked = dist.gather(1, sel)
+    assert torch.equal(torch.sort(picked, 1)[0], ordered[:, :k])  # the k smallest values
+    left = torch.ones_like(dist, dtype=torch.bool).scatter_(1, sel, False)
+    assert bool((dist[left].view(300, -1) >= cut[:, None]).all())  # nothing closer was left out
 
 
 def test_welded_vertices_do_not_depend_on_the_order_of_the_walks():

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -396,6 +397,35 @@ def _walk_all(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float,
     return edges, verts, length, degenerate
 
 
+def _nearest(dist: Tensor, k: int, partition: bool | None = None) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest entries of each row of ``dist`` ``(B, C)``, ``C > k``: their columns
+    ``(B, k)`` in increasing order of column, and the smallest entry left out ``(B,)``. Every
+    column left out is at least that entry (ties at it may go either way). A selection, not a
+    sort: on CPU numpy's ``argpartition`` (about 3x faster than a sorted ``topk`` on 263 columns),
+    elsewhere an unsorted ``topk`` of ``k + 1`` whose largest is the one left out (``partition``
+    picks one: ``None`` by the device).
+
+    Examples
+    --------
+    >>> import torch
+    >>> sel, cut = _nearest(torch.tensor([[5.0, 1.0, 4.0, 2.0, 3.0]], dtype=torch.float64), 3)
+    >>> sel.tolist(), cut.tolist()
+    ([[1, 3, 4]], [4.0])
+    """
+    if partition is None:
+        partition = dist.device.type == "cpu"
+    if partition:
+        part = torch.from_numpy(np.argpartition(dist.detach().numpy(), k, axis=1))
+        sel, out = part[:, :k], part[:, k:k + 1]
+    else:
+        vals, idx = torch.topk(dist, k + 1, dim=1, largest=False, sorted=False)
+        drop = vals.argmax(1, keepdim=True)
+        out = idx.gather(1, drop)
+        keep = torch.ones_like(idx, dtype=torch.bool).scatter_(1, drop, False)
+        sel = idx[keep].view(-1, k)
+    return torch.sort(sel, 1)[0], dist.gather(1, out).squeeze(1)
+
+
 def _walk_nearest(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: float, max_edges: int, k: int
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`walk_polygons` among the ``k`` constraints nearest to each start vertex ``v0``.
@@ -418,9 +448,7 @@ def _walk_nearest(g: Tensor, support: Tensor, prev: Tensor, cur: Tensor, tol: fl
     # distance of v0 to every plane (negative: v0 outside, which the selection keeps)
     dist = _slacks(g, v0).div_(_normal_lengths(g).clamp_(min=torch.finfo(dt).tiny))
     dist.scatter_(1, ids, -math.inf)
-    near_d, sel = torch.topk(dist, k + 1, dim=1, largest=False, sorted=True)
-    cut = near_d[:, k]  # the nearest plane left out
-    sel, _ = torch.sort(sel[:, :k], 1)
+    sel, cut = _nearest(dist, k)
     sub = torch.gather(g, 2, sel[:, None, :].expand(-1, g.shape[1], -1))
     local = torch.searchsorted(sel, ids)
     edges, verts, length, degenerate = _walk_all(sub, local[:, 0], local[:, 1], local[:, 2], tol, max_edges)
