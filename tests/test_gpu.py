@@ -92,3 +92,58 @@ def test_grid_network_cuda_matches_cpu_float64(mode):
     assert len(a.polygons) == len(b.polygons) > 0
     assert _polygon_set(a) == _polygon_set(b)
     assert b.stats["max_abs_f"] < 1e-12
+
+
+def test_polylines_2d_cuda_match_cpu():
+    # the 2-D level set is walked on the CPU after a CUDA subdivision
+    net = random_network(2, [16, 16], seed=5)
+    x = torch.rand(4096, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    level = float(net(x).median())
+    a = extract_mesh(net, (-1, 1), mode="surface", level=level, device="cpu", progress=False)
+    b = extract_mesh(net, (-1, 1), mode="surface", level=level, device="cuda", progress=False)
+    assert len(a.polylines) == len(b.polylines) > 0
+    assert np.allclose(np.sort(a.vertices, 0), np.sort(b.vertices, 0), atol=1e-12)
+    assert b.stats["max_abs_f"] < 1e-12
+
+
+def test_level_set_edges_cuda_match_cpu():
+    net = random_network(3, [12, 12], seed=6)
+    level = _median_level(net)
+    a = extract_complex(net, (-1, 1), device="cpu", progress=False).level_set(level)
+    b = extract_complex(net, (-1, 1), device="cuda", progress=False).level_set(level)
+    assert a.f_vector == b.f_vector and len(a.edges) == len(b.edges) > 0
+    assert int(b.edges.min()) >= 0
+
+
+@pytest.mark.parametrize("kind", ["skip", "residual"])
+@pytest.mark.parametrize("mode", ["surface", "track"])
+def test_skip_and_residual_networks_cuda_match_cpu(kind, mode):
+    from nsr.pl.models import ResidualMLP, SkipMLP
+
+    torch.manual_seed(3)
+    net = (SkipMLP(in_dim=3, width=16, depth=4, skip=2) if kind == "skip"
+           else ResidualMLP(in_dim=3, width=16, depth=2, activation="leaky_relu")).double()
+    level = _median_level(net)
+    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False)
+    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False)
+    assert len(a.polygons) == len(b.polygons) > 0
+    assert _polygon_set(a) == _polygon_set(b)
+    assert b.stats["max_abs_f"] < 1e-12
+
+
+def test_regularizer_term_cuda_matches_cpu():
+    from nsr.networks import ReLUMLP
+    from nsr.regularizers import ExactRegularizerCallback, SmoothnessRegularizer
+
+    torch.manual_seed(4)
+    net = ReLUMLP(in_dim=3, width=16, depth=2, geometric_init=True, radius=0.5).double()
+    values = []
+    for dev in ("cpu", "cuda"):
+        callback = ExactRegularizerCallback([SmoothnessRegularizer(weight=1.0)], bounds=(-1, 1), dtype=torch.float64)
+        terms = callback.term(net.to(dev))
+        terms["smooth"].backward()
+        grad = net.layers[0].weight.grad.detach().cpu().clone()
+        net.zero_grad()
+        values.append((float(terms["smooth"]), grad))
+    assert values[0][0] == pytest.approx(values[1][0], rel=1e-9)
+    assert torch.allclose(values[0][1], values[1][1], rtol=1e-7, atol=1e-12)

@@ -473,7 +473,7 @@ class PolyhedralComplex:
         cells = []
         for k in range(ref.dim):
             pos, zeros = ref.cells(k)
-            on = (zeros == out).any(1) if zeros.shape[1] else torch.zeros(len(pos), dtype=torch.bool)
+            on = (zeros == out).any(1) if zeros.shape[1] else torch.zeros(len(pos), dtype=torch.bool, device=pos.device)
             cells.append(torch.nonzero(on).squeeze(1))
         return LevelSet(ref, cells)
 
@@ -626,9 +626,10 @@ class LevelSet:
     def edges(self) -> Tensor:
         """Level-set edges as indices into :attr:`vertices`, ``(E, 2)``."""
         if self.dim < 1:
-            return torch.zeros(0, 2, dtype=torch.int64)
-        remap = torch.full((len(self.complex.vertices),), -1, dtype=torch.int64)
-        remap[self.cells[0]] = torch.arange(len(self.cells[0]))
+            return torch.zeros(0, 2, dtype=torch.int64, device=self.complex.vertices.device)
+        dev = self.cells[0].device
+        remap = torch.full((len(self.complex.vertices),), -1, dtype=torch.int64, device=dev)
+        remap[self.cells[0]] = torch.arange(len(self.cells[0]), device=dev)
         return remap[self.complex.edges[self.cells[1]]]
 
     @property

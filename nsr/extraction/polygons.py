@@ -468,13 +468,13 @@ def _polylines(
     used = torch.unique(e[sel].reshape(-1))
     vkey = torch.cat([arr.vpos[used] & mask, gz[used]], 1)
     vorder, vid = group_equal_rows(vkey)
-    weld = torch.full((len(arr.x),), -1, dtype=torch.int64)
+    weld = torch.full((len(arr.x),), -1, dtype=torch.int64, device=e.device)
     weld[used[vorder]] = vid
     n_w = int(vid.max()) + 1
-    wrep = torch.zeros(n_w, dtype=torch.int64)
+    wrep = torch.zeros(n_w, dtype=torch.int64, device=e.device)
     wrep[vid] = used[vorder]
-    split = internal[wrep].any(1).numpy()
-    ends = weld[e[sel]].numpy()
+    split = internal[wrep].any(1).cpu().numpy()  # 2-D level sets are small: walked on the CPU
+    ends = weld[e[sel]].cpu().numpy()
     # Walk the graph (degree <= 2); 2-D level sets are small, plain Python is fine here.
     adj: dict[int, list[int]] = {}
     for a, b in ends:
@@ -507,14 +507,15 @@ def _polylines(
     usedv = np.unique(np.concatenate([np.asarray(p) for p in lines]))
     remap = -np.ones(n_w, dtype=np.int64)
     remap[usedv] = np.arange(len(usedv))
-    x = arr.x[wrep].double().numpy()
+    x = arr.x[wrep].double().cpu().numpy()
+    rows = wrep[torch.as_tensor(usedv, device=wrep.device)]
     return ExactMesh(
         vertices=x[usedv],
         bounds=bounds,
         level=level,
         polylines=[remap[np.asarray(p)] for p in lines],
-        vertex_constraints=_plane_to_constraint(gz[wrep[torch.as_tensor(usedv)]], arr.grid).numpy(),
-        vertex_patterns=_packed(arr.vpos[wrep[torch.as_tensor(usedv)]], layout.neuron_offset,
+        vertex_constraints=_plane_to_constraint(gz[rows], arr.grid).cpu().numpy(),
+        vertex_patterns=_packed(arr.vpos[rows], layout.neuron_offset,
                                 out - layout.neuron_offset),
     )
 
