@@ -147,3 +147,15 @@ def test_regularizer_term_cuda_matches_cpu():
         values.append((float(terms["smooth"]), grad))
     assert values[0][0] == pytest.approx(values[1][0], rel=1e-9)
     assert torch.allclose(values[0][1], values[1][1], rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["surface", "track"])
+def test_closed_meshes_cuda_match_cpu(mode):
+    # close=True adds the box's caps, whose normals are set by index on the device
+    net = random_network(3, [16, 16], seed=8)
+    level = _median_level(net)
+    a = extract_mesh(net, (-1, 1), mode=mode, level=level, close=True, device="cpu", progress=False)
+    b = extract_mesh(net, (-1, 1), mode=mode, level=level, close=True, device="cuda", progress=False)
+    assert int(np.sum(b.polygon_is_cap)) == int(np.sum(a.polygon_is_cap)) > 0
+    assert _polygon_set(a) == _polygon_set(b)
+    assert b.stats["watertight"]

@@ -325,7 +325,8 @@ def _mesh_from_arrays(net: PLGraph, arr: _Arrays, bounds: np.ndarray, level: flo
         normal = _gradients_at(netd, _centroids(cycles, wx))
     cap_c = _plane_to_constraint(f_support[is_cap], arr.grid)
     cap_n = torch.zeros(int(is_cap.sum()), d, dtype=torch.float64, device=dev)
-    cap_n[torch.arange(len(cap_c)), torch.div(cap_c, 2, rounding_mode="floor")] = (cap_c % 2).double() * 2 - 1
+    rows = torch.arange(len(cap_c), device=dev)
+    cap_n[rows, torch.div(cap_c, 2, rounding_mode="floor")] = (cap_c % 2).double() * 2 - 1
     normal[is_cap] = cap_n
     cycles = _orient(cycles, wx, normal)
 
