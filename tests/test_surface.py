@@ -539,3 +539,78 @@ def test_meshes_keep_patterns_packed_until_read(mode):
     sure = np.abs(z) > 1e-9
     assert np.array_equal(mesh.vertex_patterns[sure], (z > 0)[sure])
     assert (~sure).sum(1).max() >= 1  # every vertex lies on neurons: some entries are decided by the region
+
+
+def _tiles(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n^3`` tiles of [-1, 1]^3."""
+    import itertools
+
+    corners = torch.tensor(list(itertools.product(range(n), repeat=3)), dtype=torch.float64)
+    lo = -1 + corners * (2.0 / n)
+    return lo, lo + 2.0 / n
+
+
+@pytest.mark.parametrize("width, tiles", [(12, 1), (30, 2), (40, 3)])
+def test_first_layer_vertices_are_the_vertices_of_the_first_cuts(width, tiles):
+    # against the subdivision itself: a one-layer network's skeleton holds the tiles' corners and
+    # the vertices the first layer's planes make inside, on the facets and on the edges of each tile
+    from nsr.extraction.memory import first_layer_vertices
+    from nsr.extraction.subdivide import subdivide
+    from nsr.pl.graph import INPUT, as_graph
+
+    g = as_graph(random_network(3, [width], seed=width))
+    lo, hi = _tiles(tiles)
+    sk, _ = subdivide(g, lo, hi, level=None, prune=False, progress=False)
+    a = g.affine(0)
+    assert first_layer_vertices(a.blocks[INPUT], a.bias, lo, hi) == sk.n_vertices - 8 * len(lo) > 0
+
+
+def test_first_layer_vertices_sampled_estimate_is_within_a_percent():
+    from nsr.extraction.memory import first_layer_vertices
+    from nsr.pl.graph import INPUT, as_graph
+
+    a = as_graph(random_network(3, [150], seed=2)).affine(0)  # 551,300 triples: sampled
+    lo, hi = _tiles(2)
+    exact = first_layer_vertices(a.blocks[INPUT], a.bias, lo, hi, samples=10**7)
+    for seed in (0, 1):
+        assert first_layer_vertices(a.blocks[INPUT], a.bias, lo, hi, seed=seed) == pytest.approx(exact, rel=0.01)
+
+
+def test_a_first_layer_over_the_budget_is_refused_before_any_cut(monkeypatch):
+    """A first layer whose arrangement alone exceeds the budget is refused at once (surface and
+    complex modes), where the cuts would run until the budget stopped them; ``mode="auto"`` then
+    answers in track mode. A budget it fits in extracts as before."""
+    import nsr.extraction.surface as surface_module
+    from nsr.extraction.memory import check_first_layer_memory, first_layer_vertices
+    from nsr.pl.graph import INPUT
+    from nsr.pl.layout import ConstraintLayout
+
+    net = _centered(3, [64, 8], seed=4)
+    box = np.array([[-1.0, 1.0]] * 3)
+    g = surface_module.as_graph(net)
+    a = g.affine(0)
+    n_v = first_layer_vertices(a.blocks[INPUT], a.bias, *_tiles(2))
+    assert n_v > 10_000
+    need = None
+    for limit in (2.0**40, 1.0):  # the need, read from the message of a refusal
+        try:
+            check_first_layer_memory(n_v, 3, 64, ConstraintLayout.of(g).n_constraints, 8, limit, "surface")
+        except MemoryError as err:
+            need = float(str(err).split("need ~")[1].split(" MiB")[0]) * 2**20
+    assert need is not None and need > 3 * n_v * 64 * 8  # at least the layer's values, three times
+
+    def no_cuts(*args, **kwargs):
+        raise AssertionError("the cuts started")
+
+    with monkeypatch.context() as m:
+        m.setattr(surface_module, "subdivide", no_cuts)
+        m.setattr(surface_module, "extract_complex", no_cuts)
+        for mode in ("surface", "complex"):
+            with pytest.raises(MemoryError, match=f"{mode} mode.*refused before its first cut.*64 neurons"):
+                extract_mesh(net, box, mode=mode, progress=False, memory_limit=need / 4)
+        m.setattr(surface_module, "default_memory_limit", lambda: need / 2)
+        with pytest.warns(UserWarning, match="does not fit in memory_limit"):
+            auto = extract_mesh(net, box, mode="auto", progress=False)
+    assert auto.stats["mode"] == "track" and "refused before its first cut" in auto.stats["surface_mode_error"]
+    full = extract_mesh(net, box, mode="surface", progress=False, memory_limit=4 * need)
+    assert len(full.polygons) == len(auto.polygons) > 100
