@@ -34,6 +34,16 @@ def _polygon_set(mesh) -> set[tuple]:
     return {tuple(sorted(map(tuple, np.round(v[p], 9)))) for p in mesh.polygons}
 
 
+def _same_on_both(net, mode: str, level: float, **kwargs):
+    """The float64 mesh on the CPU and on CUDA: the same polygons, exact vertices on CUDA."""
+    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False, **kwargs)
+    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False, **kwargs)
+    assert len(a.polygons) == len(b.polygons) > 0
+    assert _polygon_set(a) == _polygon_set(b)
+    assert b.stats["max_abs_f"] < 1e-12
+    return a, b
+
+
 @pytest.mark.parametrize("widths", [[16, 16], [32, 32, 32]])
 def test_complex_cuda_matches_cpu(widths):
     net = random_network(3, widths, seed=4)
@@ -47,12 +57,7 @@ def test_complex_cuda_matches_cpu(widths):
 @pytest.mark.parametrize("mode", ["complex", "surface", "track"])
 def test_mesh_cuda_matches_cpu_float64(mode):
     net = random_network(3, [24, 24, 24], seed=7)
-    level = _median_level(net)
-    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False)
-    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False)
-    assert len(a.polygons) == len(b.polygons) > 0
-    assert _polygon_set(a) == _polygon_set(b)
-    assert b.stats["max_abs_f"] < 1e-12
+    _same_on_both(net, mode, _median_level(net))
 
 
 @pytest.mark.parametrize("mode", ["complex", "surface"])
@@ -84,14 +89,9 @@ def test_grid_network_cuda_matches_cpu_float64(mode):
     torch.manual_seed(2)
     net = GridMLP(in_dim=3, width=16, depth=2, n_levels=2, min_resolution=4, max_resolution=8, features=2,
                   init_scale=1.0, include_input=True).double()
-    level = _median_level(net)
-    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False)
-    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False)
+    a, b = _same_on_both(net, mode, _median_level(net))
     if mode == "surface":
         assert b.stats["kuhn_simplices_kept"] == a.stats["kuhn_simplices_kept"] > 0
-    assert len(a.polygons) == len(b.polygons) > 0
-    assert _polygon_set(a) == _polygon_set(b)
-    assert b.stats["max_abs_f"] < 1e-12
 
 
 def test_polylines_2d_cuda_match_cpu():
@@ -123,12 +123,7 @@ def test_skip_and_residual_networks_cuda_match_cpu(kind, mode):
     torch.manual_seed(3)
     net = (SkipMLP(in_dim=3, width=16, depth=4, skip=2) if kind == "skip"
            else ResidualMLP(in_dim=3, width=16, depth=2, activation="leaky_relu")).double()
-    level = _median_level(net)
-    a = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cpu", progress=False)
-    b = extract_mesh(net, (-1, 1), mode=mode, level=level, device="cuda", progress=False)
-    assert len(a.polygons) == len(b.polygons) > 0
-    assert _polygon_set(a) == _polygon_set(b)
-    assert b.stats["max_abs_f"] < 1e-12
+    _same_on_both(net, mode, _median_level(net))
 
 
 def test_regularizer_term_cuda_matches_cpu():
@@ -153,9 +148,6 @@ def test_regularizer_term_cuda_matches_cpu():
 def test_closed_meshes_cuda_match_cpu(mode):
     # close=True adds the box's caps, whose normals are set by index on the device
     net = random_network(3, [16, 16], seed=8)
-    level = _median_level(net)
-    a = extract_mesh(net, (-1, 1), mode=mode, level=level, close=True, device="cpu", progress=False)
-    b = extract_mesh(net, (-1, 1), mode=mode, level=level, close=True, device="cuda", progress=False)
+    a, b = _same_on_both(net, mode, _median_level(net), close=True)
     assert int(np.sum(b.polygon_is_cap)) == int(np.sum(a.polygon_is_cap)) > 0
-    assert _polygon_set(a) == _polygon_set(b)
     assert b.stats["watertight"]

@@ -138,12 +138,17 @@ def _check_memory(sk: _Skeleton, values: _Buffer | None, limit: float | None, do
         return
     need = _HELD_FACTOR.get(desc, 2) * skeleton_bytes(sk, values)
     if need > limit:
-        advice = _MEMORY_ADVICE.get(desc, _MEMORY_ADVICE["complex"])
-        raise MemoryError(
-            f"edge subdivision ({desc} mode) stopped after {done} of {total} neurons: {sk.n_vertices:,} vertices "
-            f"and {sk.n_edges:,} edges already need ~{_size(need)}, over the limit of {_size(limit)} "
-            f"(memory_limit; default 80% of the available memory); {advice}."
-        )
+        _over_budget(desc, f"stopped after {done} of {total} neurons: {sk.n_vertices:,} vertices and "
+                           f"{sk.n_edges:,} edges already need", need, limit)
+
+
+def _over_budget(desc: str, what: str, need: float, limit: float) -> None:
+    """Raise the subdivision's ``MemoryError``: ``what`` happened, needing ``need`` of ``limit`` bytes."""
+    advice = _MEMORY_ADVICE.get(desc, _MEMORY_ADVICE["complex"])
+    raise MemoryError(
+        f"edge subdivision ({desc} mode) {what} ~{_size(need)}, over the limit of {_size(limit)} "
+        f"(memory_limit; default 80% of the available memory); {advice}."
+    )
 
 
 # Peak memory of track mode, per byte the walks keep (polygons found, keys visited) and per byte
@@ -337,9 +342,5 @@ def check_first_layer_memory(n_vertices: float, dim: int, width: int, n_constrai
     per_vertex = dim * itemsize + dim * 4 + words * 8 + 4 + width * itemsize + dim * (2 + dim - 1) * 4
     need = _HELD_FACTOR.get(desc, 2) * n_vertices * per_vertex
     if need > limit:
-        advice = _MEMORY_ADVICE.get(desc, _MEMORY_ADVICE["complex"])
-        raise MemoryError(
-            f"edge subdivision ({desc} mode) refused before its first cut: the first layer's {width} neurons alone "
-            f"make ~{n_vertices:,.0f} vertices in this box, which need ~{_size(need)}, over the limit of "
-            f"{_size(limit)} (memory_limit; default 80% of the available memory); {advice}."
-        )
+        _over_budget(desc, f"refused before its first cut: the first layer's {width} neurons alone make "
+                           f"~{n_vertices:,.0f} vertices in this box, which need", need, limit)
