@@ -541,28 +541,28 @@ def test_meshes_keep_patterns_packed_until_read(mode):
     assert (~sure).sum(1).max() >= 1  # every vertex lies on neurons: some entries are decided by the region
 
 
-def _tiles(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n^3`` tiles of [-1, 1]^3."""
+def _tiles(n: int, dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n^dim`` tiles of [-1, 1]^dim."""
     import itertools
 
-    corners = torch.tensor(list(itertools.product(range(n), repeat=3)), dtype=torch.float64)
+    corners = torch.tensor(list(itertools.product(range(n), repeat=dim)), dtype=torch.float64)
     lo = -1 + corners * (2.0 / n)
     return lo, lo + 2.0 / n
 
 
-@pytest.mark.parametrize("width, tiles", [(12, 1), (30, 2), (40, 3)])
-def test_first_layer_vertices_are_the_vertices_of_the_first_cuts(width, tiles):
+@pytest.mark.parametrize("dim, width, tiles", [(3, 12, 1), (3, 30, 2), (3, 40, 3), (2, 20, 3)])
+def test_first_layer_vertices_are_the_vertices_of_the_first_cuts(dim, width, tiles):
     # against the subdivision itself: a one-layer network's skeleton holds the tiles' corners and
     # the vertices the first layer's planes make inside, on the facets and on the edges of each tile
     from nsr.extraction.memory import first_layer_vertices
     from nsr.extraction.subdivide import subdivide
     from nsr.pl.graph import INPUT, as_graph
 
-    g = as_graph(random_network(3, [width], seed=width))
-    lo, hi = _tiles(tiles)
+    g = as_graph(random_network(dim, [width], seed=width))
+    lo, hi = _tiles(tiles, dim)
     sk, _ = subdivide(g, lo, hi, level=None, prune=False, progress=False)
     a = g.affine(0)
-    assert first_layer_vertices(a.blocks[INPUT], a.bias, lo, hi) == sk.n_vertices - 8 * len(lo) > 0
+    assert first_layer_vertices(a.blocks[INPUT], a.bias, lo, hi) == sk.n_vertices - 2**dim * len(lo) > 0
 
 
 def test_first_layer_vertices_sampled_estimate_is_within_a_percent():
