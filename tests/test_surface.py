@@ -542,12 +542,10 @@ def test_meshes_keep_patterns_packed_until_read(mode):
 
 
 def _tiles(n: int, dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n^dim`` tiles of [-1, 1]^dim."""
-    import itertools
+    """``n^dim`` tiles of [-1, 1]^dim, as surface mode makes them."""
+    from nsr.extraction.tiles import tile_grid
 
-    corners = torch.tensor(list(itertools.product(range(n), repeat=dim)), dtype=torch.float64)
-    lo = -1 + corners * (2.0 / n)
-    return lo, lo + 2.0 / n
+    return tile_grid(np.array([[-1.0, 1.0]] * dim), n, torch.float64, torch.device("cpu"))[:2]
 
 
 @pytest.mark.parametrize("dim, width, tiles", [(3, 12, 1), (3, 30, 2), (3, 40, 3), (2, 20, 3)])
@@ -578,16 +576,17 @@ def test_first_layer_vertices_sampled_estimate_is_within_a_percent():
 
 def test_a_first_layer_over_the_budget_is_refused_before_any_cut(monkeypatch):
     """A first layer whose arrangement alone exceeds the budget is refused at once (surface and
-    complex modes), where the cuts would run until the budget stopped them; ``mode="auto"`` then
-    answers in track mode. A budget it fits in extracts as before."""
-    import nsr.extraction.surface as surface_module
+    complex modes, ``extract_complex``), where the cuts would run until the budget stopped them;
+    ``mode="auto"`` then answers in track mode. A budget it fits in extracts as before."""
+    import nsr.extraction.subdivide as subdivide_module
+    from nsr.extraction.complex import extract_complex
     from nsr.extraction.memory import check_first_layer_memory, first_layer_vertices
-    from nsr.pl.graph import INPUT
+    from nsr.pl.graph import INPUT, as_graph
     from nsr.pl.layout import ConstraintLayout
 
     net = _centered(3, [64, 8], seed=4)
     box = np.array([[-1.0, 1.0]] * 3)
-    g = surface_module.as_graph(net)
+    g = as_graph(net)
     a = g.affine(0)
     n_v = first_layer_vertices(a.blocks[INPUT], a.bias, *_tiles(2))
     assert n_v > 10_000
@@ -603,12 +602,13 @@ def test_a_first_layer_over_the_budget_is_refused_before_any_cut(monkeypatch):
         raise AssertionError("the cuts started")
 
     with monkeypatch.context() as m:
-        m.setattr(surface_module, "subdivide", no_cuts)
-        m.setattr(surface_module, "extract_complex", no_cuts)
+        m.setattr(subdivide_module, "split_by_layers", no_cuts)
         for mode in ("surface", "complex"):
             with pytest.raises(MemoryError, match=f"{mode} mode.*refused before its first cut.*64 neurons"):
                 extract_mesh(net, box, mode=mode, progress=False, memory_limit=need / 4)
-        m.setattr(surface_module, "default_memory_limit", lambda: need / 2)
+        with pytest.raises(MemoryError, match="refused before its first cut"):
+            extract_complex(net, box, progress=False, memory_limit=need / 4)
+        m.setattr(subdivide_module, "default_memory_limit", lambda: need / 2)
         with pytest.warns(UserWarning, match="does not fit in memory_limit"):
             auto = extract_mesh(net, box, mode="auto", progress=False)
     assert auto.stats["mode"] == "track" and "refused before its first cut" in auto.stats["surface_mode_error"]

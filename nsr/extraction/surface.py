@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from nsr import limits
 from nsr.extraction.complex import extract_complex
 from nsr.extraction.encoder_split import tile_batches
 from nsr.extraction.guards import as_bounds, check_box, no_tf32, resolve_dtype
 from nsr.extraction.kuhn import kuhn_grid, subdivide_simplices
-from nsr.extraction.memory import check_first_layer_memory, default_memory_limit, first_layer_vertices, peak_memory_mb
+from nsr.extraction.memory import peak_memory_mb
 from nsr.extraction.mesh import ExactMesh, _measure
 from nsr.extraction.polygons import (
     _Arrays,
@@ -57,8 +56,7 @@ from nsr.extraction.tiles import (
 from nsr.extraction.tolerances import sign_tolerances, warn_unpaired
 from nsr.networks import PLNetwork
 from nsr.pl.bounds import output_bounds
-from nsr.pl.graph import INPUT, PLGraph, as_graph
-from nsr.pl.layout import ConstraintLayout
+from nsr.pl.graph import PLGraph, as_graph
 
 
 def extract_mesh(
@@ -305,8 +303,6 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
     t0 = time.perf_counter()
     d, dt, dev = netd.in_dim, netd.dtype, netd.device
     if mode == "complex":
-        bt = torch.as_tensor(b, dtype=dt, device=dev)
-        _refuse_oversized_first_layer(netd, bt[None, :, 0], bt[None, :, 1], memory_limit, "complex")
         cx = extract_complex(netd, b, dtype=dt, device=dev, progress=progress,
                              memory_limit=memory_limit).refine(level)
         arr = _complex_arrays(cx)
@@ -345,7 +341,6 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
                     sel |= ((tidx == 0) | (tidx == grid - 1)).any(1) & (ohi < level + tol_out)
             t_band = time.perf_counter() - t_band
             tlo, thi, tidx = tlo[sel], thi[sel], tidx[sel]
-            _refuse_oversized_first_layer(netd, tlo, thi, memory_limit, "surface")
             on_boundary = ((tidx == 0) | (tidx == grid - 1)).any(1)
             n_tiles = grid**d
             keep_neg = on_boundary if close else None
@@ -374,22 +369,6 @@ def _subdivided_mesh(netd: PLGraph, b: np.ndarray, mode: str, level: float, clos
                           workers=workers, **region_stats)
     mesh.stats.update(tiles=n_tiles, tiles_kept=kept, unpaired_face_keys=unpaired, subdivision_s=t_sub)
     return mesh
-
-
-def _refuse_oversized_first_layer(net: PLGraph, tlo: Tensor, thi: Tensor, memory_limit: float | None,
-                                  desc: str) -> None:
-    """Stop before the first cut where the first layer's arrangement in the tiles ``(K, D)`` alone
-    would exceed the budget (:func:`nsr.extraction.memory.check_first_layer_memory`): on wide
-    networks the cuts otherwise run for a minute before the budget stops them (and ``mode="auto"``
-    answers in track mode only then). Networks whose first layer reads more than the input (an
-    encoder's features) are left to the cuts' own guard."""
-    if net.encoder is not None or not net.n_layers or net.affine(0).sources != [INPUT]:
-        return
-    limit = memory_limit if memory_limit is not None else default_memory_limit()
-    aff = net.affine(0)
-    n_v = first_layer_vertices(aff.blocks[INPUT], aff.bias, tlo, thi)
-    check_first_layer_memory(n_v, net.in_dim, aff.n, ConstraintLayout.of(net).n_constraints,
-                             net.dtype.itemsize, limit, desc)
 
 
 def _track_mesh(net: PLGraph, b: np.ndarray, level: float, close: bool, seeds: Any, progress: bool,
