@@ -348,7 +348,8 @@ def test_extract_app_answers_in_track_mode_where_auto_surface_mode_runs_out_of_m
     path = tmp_path / "net.pt"
     torch.save(net.to_module().state_dict(), path)
     full = extract_mesh(net, (-1, 1), mode="surface", progress=False)
-    monkeypatch.setattr(subdivide_module, "default_memory_limit", lambda: 1e6)
+    # 2 MB: the first layer fits (under ~1.4 MB it is refused before any cut), the cuts' guard stops a later one
+    monkeypatch.setattr(subdivide_module, "default_memory_limit", lambda: 2e6)
     opts = {"net": str(path), "bounds": [-1, 1], "preview": False}
     with pytest.warns(UserWarning, match="does not fit in memory_limit"):
         stats = run_extract(opts | {"out_dir": str(tmp_path / "auto")})
