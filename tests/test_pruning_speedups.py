@@ -13,6 +13,7 @@ import nsr.extraction.surface as surface
 from nsr.extraction.bits import bit_values
 from nsr.extraction.pruning import (
     TileBounds,
+    _group_equal,
     _keep_live_regions,
     _region_blocks,
     _region_members,
@@ -82,6 +83,31 @@ def _explicit_regions(sk) -> tuple[torch.Tensor, int]:
     region = torch.full((1 << d, v), -1, dtype=torch.int64)
     region.view(-1)[torch.cat(where)] = ids
     return region, int(ids.max()) + 1
+
+
+@pytest.mark.parametrize("offset", [0, 2**31])  # payloads over 2^30: the torch.sort branch
+def test_group_equal_brings_each_hashs_payloads_together(offset):
+    """Against a dict from hash to payloads: every run is one hash's payloads, each payload once."""
+    gen = torch.Generator().manual_seed(3)
+    distinct = torch.randint(-(2**63), 2**63 - 1, (300,), generator=gen, dtype=torch.int64)
+    h = distinct[torch.randint(0, 300, (5000,), generator=gen)]
+    payload = torch.randperm(5000, generator=gen) + offset
+    grouped, first = _group_equal(h, payload)
+    expected: dict[int, set[int]] = {}
+    for key, p in zip(h.tolist(), payload.tolist()):
+        expected.setdefault(key, set()).add(p)
+    runs = torch.tensor_split(grouped, torch.nonzero(first).squeeze(1)[1:])
+    assert sorted(map(sorted, (r.tolist() for r in runs))) == sorted(map(sorted, expected.values()))
+    assert bool(first[0]) and len(runs) == len(expected)
+
+
+def test_group_equal_merges_only_hashes_that_agree_above_the_payloads_bits():
+    """The numpy branch drops the hash's low bits: hashes that differ only there share a run (a
+    merge, which widens bounds and so stays sound); any higher bit keeps them apart."""
+    h = torch.tensor([64, 65, 64 + 2**40, 65, 64], dtype=torch.int64)
+    grouped, first = _group_equal(h, torch.arange(5))
+    runs = sorted(sorted(r.tolist()) for r in torch.tensor_split(grouped, torch.nonzero(first).squeeze(1)[1:]))
+    assert runs == [[0, 1, 3, 4], [2]]
 
 
 @pytest.mark.parametrize(("dim", "widths"), [(2, [12, 12]), (3, [10, 10]), (3, [4] * 5)])
