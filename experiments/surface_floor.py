@@ -13,8 +13,10 @@ every region pruning kept, then times, in one process and in alternating order,
 - ``track``: track mode;
 - marching cubes at each ``--resolutions``.
 
-Every exact run must give the recorded run's polygons. Prints one table per network with each
-method's best time and its ratio to marching cubes 256^3, and writes ``surface_floor.json``.
+Every exact run must give the recorded run's polygons. For each pruned layer it also prints how
+many regions the bounds kept and how many hold a polygon (what perfect bounds would keep). Prints
+one table per network with each method's best time and its ratio to marching cubes 256^3, and
+writes ``surface_floor.json``.
 
     python experiments/surface_floor.py --nets shared:bunny_3d_8x32 relu:4x64 --threads 2 --repeat 3
 """
@@ -28,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from _bench import BOUNDS, DEFAULT_OUT, TrainConfig, make_subject, parse_net, run_meta, warn_if_loaded, write_json
 
@@ -36,10 +39,11 @@ import nsr.extraction.pruning as pruning
 import nsr.extraction.subdivide as subdivide
 from nsr.eval.marching_cubes import marching_cubes
 from nsr.extraction.skeleton import _keep
+from nsr.pl import as_graph
 
 
-def record_pruning(net: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-    """Surface mode once, keeping the masks every region pruning applied; and its polygon count."""
+def record_pruning(net: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Any]:
+    """Surface mode once, keeping the masks every region pruning applied; and its mesh."""
     masks: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = pruning._keep
 
@@ -52,7 +56,23 @@ def record_pruning(net: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], i
         mesh = nsr.extract_mesh(net, BOUNDS, progress=False)
     finally:
         pruning._keep = original
-    return masks, int(mesh.stats["n_polygons"])
+    return masks, mesh
+
+
+def regions_needed(net: Any, mesh: Any) -> dict[int, tuple[int, int]]:
+    """For each layer ``k`` pruned region by region: (regions kept, regions that hold a polygon).
+    The second is the number of distinct sign vectors of the layers before ``k`` among the
+    polygons (regions split by a tile boundary count once, so it is a slight undercount): what
+    perfect bounds would keep."""
+    widths = as_graph(net).widths
+    starts = np.cumsum([0, *widths])
+    patterns = np.asarray(mesh.polygon_patterns, dtype=bool)
+    out = {}
+    for key, kept in mesh.stats.items():
+        if key.startswith("regions_kept_layer"):
+            k = int(key.removeprefix("regions_kept_layer"))
+            out[k] = (int(kept), len(np.unique(patterns[:, :starts[k]], axis=0)))
+    return out
 
 
 def surface_with_masks(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor]],
@@ -114,7 +134,10 @@ def main() -> None:
             continue
         net = subject.net
         nsr.extract_mesh(net, BOUNDS, progress=False)  # warm-up
-        masks, n_polygons = record_pruning(net)
+        masks, recorded = record_pruning(net)
+        n_polygons = int(recorded.stats["n_polygons"])
+        needed = regions_needed(net, recorded)
+        del recorded
         reached: list[float] = []
         methods = timed_methods(net, masks, args.resolutions, reached)
         times: dict[str, list[float]] = {k: [] for k in methods}
@@ -138,7 +161,10 @@ def main() -> None:
         if reached:
             print(f"| (bounds free: the whole box's cuts, before the first pruning) | {min(reached):.2f} | "
                   f"{min(reached) / ref:.2f} |" if ref else "")
-        results[spec.label] = {"polygons": n_polygons, "times": times, "whole_box_cuts_s": reached}
+        for k, (kept, held) in needed.items():
+            print(f"layer {k}: {kept:,} regions kept by the bounds, {held:,} hold a polygon")
+        results[spec.label] = {"regions_kept_and_needed": needed, "polygons": n_polygons, "times": times,
+                               "whole_box_cuts_s": reached}
     write_json(args.out / "surface_floor.json", {"meta": meta, "results": results})
 
 
