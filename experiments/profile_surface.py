@@ -10,7 +10,8 @@ first-call costs), ``nsr.extract_mesh(net, (-0.5, 0.5), mode=--mode)`` runs once
   nsr functions on the stack (``PHASES`` below; the innermost nsr function that a rule names
   decides, so helpers such as ``_chunks`` or ``unpack_bits`` count for their caller; a few
   outer contexts, e.g. ``_measure``, win over everything under them). While ``subdivide`` is on
-  the stack the sample also records its current ``layer``, which gives the per-layer split.
+  the stack the sample also records its current ``layer`` (the loop of ``split_by_layers``),
+  which gives the per-layer split.
   Reports: time per phase, phases per layer, the hottest nsr functions and source lines
   (innermost nsr frame, torch operations they call included).
 - ``cprofile``: ``cProfile`` over the same call; the functions with the largest own time
@@ -87,7 +88,7 @@ PHASES = [
     ("mesh: face pairing / welding", r"_global_zeros|weld_tracks|_unique_rows|_neighbours|_mesh_from_arrays"
                                      r"|_mesh_from_tracks|mesh_from_complex"),
     ("tracking: walks", r"walk_polygons|_first_hit|_vertex|region_constraints|_columns|track_surface"),
-    ("subdivision: driver (own lines of subdivide)", r"subdivide"),
+    ("subdivision: driver (own lines of subdivide)", r"subdivide|split_by_layers"),
     ("setup (checks, conversion)", r"as_network|as_graph|check_\w+|_check\w*|resolve_dtype|PLNetwork\.to|as_bounds"),
     ("driver (own lines of extract_mesh and its mode functions)", r"extract_mesh|_subdivided_mesh|_track_mesh"
                                                                   r"|track_polygons|extract_complex"),
@@ -155,7 +156,7 @@ class StackSampler:
                     rel = Path(code.co_filename).relative_to(ROOT)
                     first_line = f"{rel}:{frame.f_lineno} ({qual})"
                 names.append(qual)
-                if code.co_name == "subdivide" and layer is None:
+                if code.co_name in ("split_by_layers", "subdivide") and layer is None:  # the layer loop
                     value = frame.f_locals.get("layer")
                     layer = value if isinstance(value, int) else None
             frame = frame.f_back
