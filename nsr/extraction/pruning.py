@@ -218,7 +218,7 @@ def _group_equal(h: Tensor, payload: Tensor) -> tuple[Tensor, Tensor]:
     On CPU one numpy sort of ``(top 63 - b bits of the hash, payload in the b low bits)`` does
     it: numpy sorts plain int64 keys several times faster than ``torch.sort`` returns a
     permutation, and the payload comes out sorted without a gather (the 8x32 bunny's 10.4 M
-    pairs at layer 5: 1.8-2.0 s for all of :func:`_region_members` against 2.4-2.9 s). Dropping
+    pairs at layer 5, one thread: 1.4-1.8 s for all of :func:`_region_members` against 2.2-2.6 s). Dropping
     the hash's low ``b + 1`` bits (``2^b`` > the largest payload) can merge two regions whose
     hashes agree above them (expected merges ``R^2 / 2^(64 - b)``: 2 of the 8x32's 1.3 M
     regions), which only widens their bounds, as a full collision would (:func:`_region_hashes`)."""
