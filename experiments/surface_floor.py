@@ -42,20 +42,25 @@ from nsr.extraction.skeleton import _keep
 from nsr.pl import as_graph
 
 
-def record_pruning(net: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Any]:
-    """Surface mode once, keeping the masks every region pruning applied; and its mesh."""
-    masks: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = pruning._keep
+def record_pruning(net: Any) -> tuple[list[tuple[torch.Tensor, torch.Tensor] | None], Any]:
+    """Surface mode once, keeping for every region pruning the vertex and edge masks it applied
+    (``None`` where it kept everything, and so applied none); and its mesh."""
+    masks: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    prune, keep = subdivide._prune_regions_bounded, pruning._keep
 
-    def keep(sk: Any, keep_v: torch.Tensor, keep_e: torch.Tensor) -> None:
-        masks.append((keep_v.clone(), keep_e.clone()))
-        original(sk, keep_v, keep_e)
+    def recorded_keep(sk: Any, keep_v: torch.Tensor, keep_e: torch.Tensor) -> None:
+        masks[-1] = (keep_v.clone(), keep_e.clone())
+        keep(sk, keep_v, keep_e)
 
-    pruning._keep = keep
+    def recorded_prune(graph: Any, sk: Any, layer: int, level: float, tol: float = 0.0) -> int:
+        masks.append(None)
+        return prune(graph, sk, layer, level, tol)
+
+    subdivide._prune_regions_bounded, pruning._keep = recorded_prune, recorded_keep
     try:
         mesh = nsr.extract_mesh(net, BOUNDS, progress=False)
     finally:
-        pruning._keep = original
+        subdivide._prune_regions_bounded, pruning._keep = prune, keep
     return masks, mesh
 
 
@@ -75,7 +80,7 @@ def regions_needed(net: Any, mesh: Any) -> dict[int, tuple[int, int]]:
     return out
 
 
-def surface_with_masks(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor]],
+def surface_with_masks(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor] | None],
                        reached: list[float] | None = None) -> Any:
     """Surface mode with each region pruning replaced by the next recorded masks; appends to
     ``reached`` the seconds from the call to the first pruning (the cuts of the whole box)."""
@@ -86,12 +91,14 @@ def surface_with_masks(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor]],
     def oracle(graph: Any, sk: Any, layer: int, level: float, tol: float = 0.0) -> int:
         if reached is not None and len(queue) == len(masks):
             reached.append(time.perf_counter() - t0)
-        keep_v, keep_e = queue.pop(0)
+        mask = queue.pop(0)
+        if mask is None:  # this pruning kept everything
+            return -1
+        keep_v, keep_e = mask
         if len(keep_v) != sk.n_vertices or len(keep_e) != sk.n_edges:
             raise RuntimeError("the skeleton differs from the recorded run's")
-        if not bool(keep_e.all()):
-            _keep(sk, keep_v, keep_e)
-            sk.partial = True
+        _keep(sk, keep_v, keep_e)
+        sk.partial = True
         return -1
 
     subdivide._prune_regions_bounded = oracle
@@ -101,7 +108,7 @@ def surface_with_masks(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor]],
         subdivide._prune_regions_bounded = original
 
 
-def timed_methods(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor]], resolutions: list[int],
+def timed_methods(net: Any, masks: list[tuple[torch.Tensor, torch.Tensor] | None], resolutions: list[int],
                   reached: list[float]) -> dict[str, Any]:
     """The calls timed, by name."""
     return {
